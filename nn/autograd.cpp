@@ -1,0 +1,102 @@
+#include "nn/autograd.h"
+
+#include <vector>
+
+#include "nn/check.h"
+
+namespace toptag {
+
+namespace {
+
+struct TapeEntry {
+  std::shared_ptr<GradSlot> output;
+  std::function<void(const Tensor&)> backward;
+};
+
+thread_local std::vector<TapeEntry> tape;
+thread_local bool grad_mode = true;
+
+}  // namespace
+
+Var::Var(Tensor value, bool requires_grad) : value_(std::move(value)) {
+  if (requires_grad) slot_ = std::make_shared<GradSlot>();
+}
+
+Var Var::parameter(Tensor value) {
+  Var v(std::move(value), true);
+  v.slot_->is_parameter = true;
+  v.slot_->grad = Tensor::zeros(v.value_.shape());
+  return v;
+}
+
+const Tensor& Var::grad() const {
+  static const Tensor none;
+  return slot_ ? slot_->grad : none;
+}
+
+Tensor& Var::mutable_grad() {
+  if (!slot_) fail("mutable_grad() on a tensor that does not require a gradient");
+  return slot_->grad;
+}
+
+void Var::zero_grad() {
+  if (!slot_) return;
+  if (slot_->is_parameter)
+    slot_->grad.fill(0.0f);
+  else
+    slot_->grad = Tensor();
+}
+
+GradSink grad_sink(GradSlot& slot, const Shape& shape) {
+  if (slot.grad.defined()) {
+    TT_ASSERT(slot.grad.shape() == shape);
+    return {slot.grad.data(), true};
+  }
+  slot.grad = Tensor::empty(shape);
+  return {slot.grad.data(), false};
+}
+
+Var record_op(Tensor output, std::initializer_list<const Var*> inputs, std::function<void(const Tensor&)> backward) {
+  Var result(std::move(output));
+  if (!grad_mode) return result;
+  bool any = false;
+  for (const Var* v : inputs) any = any || (v != nullptr && v->requires_grad());
+  if (!any) return result;
+  result.slot_ = std::make_shared<GradSlot>();
+  tape.push_back({result.slot_, std::move(backward)});
+  return result;
+}
+
+void backward(const Var& output, const Tensor& grad_output) {
+  if (!output.requires_grad()) fail("backward(): the output does not depend on anything that requires a gradient");
+  expect_shape(grad_output, output.shape(), "backward() seed gradient");
+  GradSlot& seed = *output.slot();
+  if (seed.grad.defined()) {
+    for (int64_t i = 0; i < grad_output.numel(); ++i) seed.grad.data()[i] += grad_output.data()[i];
+  } else {
+    seed.grad = grad_output.clone();
+  }
+  // Move the tape out first: closures must not see (or grow) the tape they are being run from.
+  std::vector<TapeEntry> entries;
+  entries.swap(tape);
+  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    if (it->output->grad.defined()) it->backward(it->output->grad);
+    if (!it->output->is_parameter && it->output.get() != &seed) it->output->grad = Tensor();  // free early
+    it->backward = nullptr;  // release the tensors the closure saved
+  }
+}
+
+void backward(const Var& loss) {
+  if (loss.value().numel() != 1) fail("backward(): the loss must have one element, found shape {}", loss.shape().str());
+  backward(loss, Tensor::full(loss.shape(), 1.0f));
+}
+
+void clear_tape() { tape.clear(); }
+size_t tape_size() { return tape.size(); }
+
+bool grad_enabled() { return grad_mode; }
+
+NoGradGuard::NoGradGuard() : previous_(grad_mode) { grad_mode = false; }
+NoGradGuard::~NoGradGuard() { grad_mode = previous_; }
+
+}  // namespace toptag

@@ -1,0 +1,99 @@
+#include "nn/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <vector>
+
+#include "nn/check.h"
+
+namespace toptag {
+
+AtomicH5File::AtomicH5File(std::string path) : path_(std::move(path)) {
+  temp_path_ = fmt::format("{}.tmp-{}", path_, ::getpid());
+  const std::filesystem::path parent = std::filesystem::path(path_).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  file_ = h5_create(temp_path_);
+}
+
+AtomicH5File::~AtomicH5File() {
+  if (!committed_) {
+    file_.reset();
+    std::remove(temp_path_.c_str());
+  }
+}
+
+void AtomicH5File::commit() {
+  if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0) fail("{}: cannot flush", temp_path_);
+  file_.reset();
+  const int fd = ::open(temp_path_.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  if (std::rename(temp_path_.c_str(), path_.c_str()) != 0) fail("{}: cannot rename {} into place", path_, temp_path_);
+  committed_ = true;
+}
+
+void write_model_state(hid_t file, ResNet& model) {
+  StateList state = model.state();
+  for (const auto& p : state.parameters) h5_write_tensor(file, p.name, p.var->value());
+  for (const auto& b : state.buffers) h5_write_tensor(file, b.name, *b.tensor);
+  h5_set_attr(file, "arch", model.config().arch);
+  h5_set_attr(file, "toptag_format", kCheckpointFormat);
+}
+
+void save_model(const std::string& path, ResNet& model) {
+  AtomicH5File out(path);
+  write_model_state(out.id(), model);
+  out.commit();
+}
+
+ResNetConfig read_model_config(hid_t file, const std::string& path) {
+  if (auto format = h5_attr_int(file, "toptag_format"); format && *format > kCheckpointFormat)
+    fail("{}: checkpoint format {} is newer than this toptag understands ({}); upgrade toptag", path, *format,
+         kCheckpointFormat);
+  std::optional<std::string> arch = h5_attr_string(file, "arch");
+  if (!arch) fail("{}: not a model checkpoint (root attribute 'arch' is missing)", path);
+  if (!find_arch(*arch)) fail("{}: unknown architecture '{}' (known: {})", path, *arch, fmt::join(known_archs(), ", "));
+  auto shape_of = [&](const char* name, size_t rank) {
+    std::vector<int64_t> s = h5_dataset_shape(file, name, path);
+    if (s.size() != rank) fail("{}: tensor '{}' has rank {}, expected {}", path, name, s.size(), rank);
+    return s;
+  };
+  ResNetConfig config;
+  config.arch = *arch;
+  const std::vector<int64_t> stem = shape_of("conv1.weight", 4);
+  config.width = stem[0];
+  config.in_channels = stem[1];
+  config.hidden = shape_of("fc1.weight", 2)[0];
+  config.classes = shape_of("fc2.weight", 2)[0];
+  return config;
+}
+
+void read_model_state(hid_t file, const std::string& path, ResNet& model) {
+  StateList state = model.state();
+  // Read everything first so that a bad file leaves the model untouched.
+  std::vector<std::pair<Tensor*, Tensor>> loaded;
+  auto load = [&](const std::string& name, Tensor* target) {
+    if (!h5_exists(file, name)) fail("{}: tensor '{}' is missing (expected shape {})", path, name, target->shape().str());
+    Tensor t = h5_read_tensor(file, name, path);
+    if (!(t.shape() == target->shape()))
+      fail("{}: tensor '{}' has shape {}, expected {}", path, name, t.shape().str(), target->shape().str());
+    loaded.emplace_back(target, std::move(t));
+  };
+  for (const auto& p : state.parameters) load(p.name, &p.var->value());
+  for (const auto& b : state.buffers) load(b.name, b.tensor);
+  for (auto& [target, value] : loaded) target->copy_from(value);
+}
+
+std::unique_ptr<ResNet> load_model(const std::string& path) {
+  H5Id file = h5_open(path);
+  auto model = std::make_unique<ResNet>(read_model_config(file.get(), path), 0);
+  read_model_state(file.get(), path, *model);
+  return model;
+}
+
+}  // namespace toptag

@@ -1,0 +1,17 @@
+// Row-major single-precision matrix products on OpenBLAS.
+#pragma once
+
+#include <cstdint>
+
+namespace toptag {
+
+// C (M x N) = alpha * op(A) * op(B) + beta * C, all row-major with leading dimensions given.
+// op(A) is M x K: A is M x K (lda >= K) or, with trans_a, K x M (lda >= M). Likewise op(B) is K x N.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// Plain triple-loop reference of gemm(), for tests.
+void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+              const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+}  // namespace toptag

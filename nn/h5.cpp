@@ -1,0 +1,252 @@
+#include "nn/h5.h"
+
+#include <filesystem>
+
+#include "nn/check.h"
+
+namespace toptag {
+
+H5Id& H5Id::operator=(H5Id&& other) noexcept {
+  if (this != &other) {
+    reset();
+    id_ = other.id_;
+    other.id_ = H5I_INVALID_HID;
+  }
+  return *this;
+}
+
+void H5Id::reset() {
+  if (id_ >= 0) {
+    switch (H5Iget_type(id_)) {
+      case H5I_FILE: H5Fclose(id_); break;
+      case H5I_GROUP: H5Gclose(id_); break;
+      case H5I_DATASET: H5Dclose(id_); break;
+      case H5I_DATASPACE: H5Sclose(id_); break;
+      case H5I_DATATYPE: H5Tclose(id_); break;
+      case H5I_ATTR: H5Aclose(id_); break;
+      case H5I_GENPROP_LST: H5Pclose(id_); break;
+      default: H5Idec_ref(id_); break;
+    }
+  }
+  id_ = H5I_INVALID_HID;
+}
+
+void h5_quiet() {
+  static const bool done = [] {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    return true;
+  }();
+  (void)done;
+}
+
+H5Id h5_open(const std::string& path, bool writable) {
+  h5_quiet();
+  if (!std::filesystem::exists(path)) fail("{}: no such file", path);
+  if (H5Fis_hdf5(path.c_str()) <= 0) fail("{}: not an HDF5 file (or unreadable)", path);
+  H5Id f(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT));
+  if (!f.valid()) fail("{}: cannot open as HDF5", path);
+  return f;
+}
+
+H5Id h5_create(const std::string& path) {
+  h5_quiet();
+  H5Id f(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+  if (!f.valid()) fail("{}: cannot create file", path);
+  return f;
+}
+
+bool h5_exists(hid_t loc, const std::string& path) {
+  h5_quiet();
+  // Check each component: H5Lexists fails (rather than returning false) when a parent is missing.
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    std::string prefix = path.substr(0, pos);
+    if (prefix.empty() || prefix == "/") continue;
+    if (H5Lexists(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+  }
+  return true;
+}
+
+H5Id h5_group(hid_t loc, const std::string& name, bool create) {
+  h5_quiet();
+  if (h5_exists(loc, name)) return H5Id(H5Gopen2(loc, name.c_str(), H5P_DEFAULT));
+  if (!create) fail("HDF5 group '{}' is missing", name);
+  H5Id lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  H5Id g(H5Gcreate2(loc, name.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
+  if (!g.valid()) fail("cannot create HDF5 group '{}'", name);
+  return g;
+}
+
+std::vector<std::string> h5_members(hid_t group) {
+  std::vector<std::string> names;
+  H5Literate(
+      group, H5_INDEX_NAME, H5_ITER_INC, nullptr,
+      [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
+        static_cast<std::vector<std::string>*>(data)->push_back(name);
+        return 0;
+      },
+      &names);
+  return names;
+}
+
+namespace {
+
+template <class T>
+void write_dataset(hid_t loc, const std::string& name, hid_t mem_type, hid_t file_type, std::span<const hsize_t> dims,
+                   const T* data) {
+  H5Id space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
+  if (dims.empty()) space = H5Id(H5Screate(H5S_SCALAR));
+  if (h5_exists(loc, name)) H5Ldelete(loc, name.c_str(), H5P_DEFAULT);
+  H5Id lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  H5Id ds(H5Dcreate2(loc, name.c_str(), file_type, space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
+  if (!ds.valid()) fail("cannot create HDF5 dataset '{}'", name);
+  if (H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) fail("cannot write HDF5 dataset '{}'", name);
+}
+
+H5Id open_dataset(hid_t loc, const std::string& name, const std::string& file) {
+  h5_quiet();
+  if (!h5_exists(loc, name)) fail("{}: dataset '{}' is missing", file, name);
+  H5Id ds(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
+  if (!ds.valid()) fail("{}: '{}' is not a dataset", file, name);
+  return ds;
+}
+
+std::vector<hsize_t> dataspace_dims(hid_t ds) {
+  H5Id space(H5Dget_space(ds));
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  std::vector<hsize_t> dims(static_cast<size_t>(std::max(rank, 0)));
+  if (rank > 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  return dims;
+}
+
+void expect_numeric(hid_t ds, const std::string& name, const std::string& file) {
+  H5Id type(H5Dget_type(ds));
+  const H5T_class_t cls = H5Tget_class(type.get());
+  if (cls != H5T_FLOAT && cls != H5T_INTEGER) fail("{}: dataset '{}' is not numeric", file, name);
+}
+
+}  // namespace
+
+void h5_write_tensor(hid_t loc, const std::string& name, const Tensor& tensor) {
+  std::vector<hsize_t> dims(tensor.shape().dims().begin(), tensor.shape().dims().end());
+  write_dataset(loc, name, H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, dims, tensor.data());
+}
+
+std::vector<int64_t> h5_dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
+  H5Id ds = open_dataset(loc, name, file);
+  std::vector<hsize_t> dims = dataspace_dims(ds.get());
+  return {dims.begin(), dims.end()};
+}
+
+Tensor h5_read_tensor(hid_t loc, const std::string& name, const std::string& file) {
+  H5Id ds = open_dataset(loc, name, file);
+  expect_numeric(ds.get(), name, file);
+  std::vector<hsize_t> dims = dataspace_dims(ds.get());
+  std::vector<int64_t> shape(dims.begin(), dims.end());
+  if (shape.size() > static_cast<size_t>(Shape::kMaxRank)) fail("{}: dataset '{}' has too many dimensions", file, name);
+  Tensor t = Tensor::empty(Shape(std::span<const int64_t>(shape)));
+  if (H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data()) < 0)
+    fail("{}: cannot read dataset '{}' as float32", file, name);
+  return t;
+}
+
+void h5_write_int64(hid_t loc, const std::string& name, const std::vector<int64_t>& values) {
+  const hsize_t n = values.size();
+  write_dataset(loc, name, H5T_NATIVE_INT64, H5T_STD_I64LE, std::span<const hsize_t>(&n, 1), values.data());
+}
+
+std::vector<int64_t> h5_read_int64(hid_t loc, const std::string& name, const std::string& file) {
+  H5Id ds = open_dataset(loc, name, file);
+  expect_numeric(ds.get(), name, file);
+  std::vector<hsize_t> dims = dataspace_dims(ds.get());
+  hsize_t n = 1;
+  for (hsize_t d : dims) n *= d;
+  std::vector<int64_t> values(n);
+  if (n > 0 && H5Dread(ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) < 0)
+    fail("{}: cannot read dataset '{}' as int64", file, name);
+  return values;
+}
+
+namespace {
+
+H5Id replace_attr(hid_t obj, const std::string& name, hid_t type, hid_t space) {
+  if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
+  H5Id a(H5Acreate2(obj, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT));
+  if (!a.valid()) fail("cannot create HDF5 attribute '{}'", name);
+  return a;
+}
+
+template <class T>
+void set_scalar_attr(hid_t obj, const std::string& name, hid_t mem_type, hid_t file_type, T value) {
+  H5Id space(H5Screate(H5S_SCALAR));
+  H5Id a = replace_attr(obj, name, file_type, space.get());
+  H5Awrite(a.get(), mem_type, &value);
+}
+
+template <class T>
+std::optional<T> scalar_attr(hid_t obj, const std::string& name, hid_t mem_type, H5T_class_t want) {
+  h5_quiet();
+  if (H5Aexists(obj, name.c_str()) <= 0) return std::nullopt;
+  H5Id a(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
+  H5Id type(H5Aget_type(a.get()));
+  const H5T_class_t cls = H5Tget_class(type.get());
+  if (cls != want && !(cls == H5T_INTEGER && want == H5T_FLOAT) && !(cls == H5T_FLOAT && want == H5T_INTEGER))
+    return std::nullopt;
+  T value{};
+  if (H5Aread(a.get(), mem_type, &value) < 0) return std::nullopt;
+  return value;
+}
+
+}  // namespace
+
+void h5_set_attr(hid_t obj, const std::string& name, const std::string& value) {
+  H5Id type(H5Tcopy(H5T_C_S1));
+  H5Tset_size(type.get(), value.size() + 1);
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  H5Id space(H5Screate(H5S_SCALAR));
+  H5Id a = replace_attr(obj, name, type.get(), space.get());
+  H5Awrite(a.get(), type.get(), value.c_str());
+}
+
+void h5_set_attr(hid_t obj, const std::string& name, int64_t value) {
+  set_scalar_attr(obj, name, H5T_NATIVE_INT64, H5T_STD_I64LE, value);
+}
+
+void h5_set_attr(hid_t obj, const std::string& name, double value) {
+  set_scalar_attr(obj, name, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, value);
+}
+
+std::optional<int64_t> h5_attr_int(hid_t obj, const std::string& name) {
+  return scalar_attr<int64_t>(obj, name, H5T_NATIVE_INT64, H5T_INTEGER);
+}
+
+std::optional<double> h5_attr_double(hid_t obj, const std::string& name) {
+  return scalar_attr<double>(obj, name, H5T_NATIVE_DOUBLE, H5T_FLOAT);
+}
+
+std::optional<std::string> h5_attr_string(hid_t obj, const std::string& name) {
+  h5_quiet();
+  if (H5Aexists(obj, name.c_str()) <= 0) return std::nullopt;
+  H5Id a(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
+  H5Id type(H5Aget_type(a.get()));
+  if (H5Tget_class(type.get()) != H5T_STRING) return std::nullopt;
+  // Read with a copy of the stored type: HDF5 will not convert between ASCII and UTF-8 strings.
+  H5Id mem(H5Tcopy(type.get()));
+  if (H5Tis_variable_str(type.get()) > 0) {
+    char* s = nullptr;
+    if (H5Aread(a.get(), mem.get(), &s) < 0 || s == nullptr) return std::nullopt;
+    std::string value(s);
+    H5free_memory(s);
+    return value;
+  }
+  const size_t size = H5Tget_size(type.get());
+  std::string value(size, '\0');
+  if (H5Aread(a.get(), mem.get(), value.data()) < 0) return std::nullopt;
+  value.resize(value.find('\0') == std::string::npos ? size : value.find('\0'));
+  return value;
+}
+
+}  // namespace toptag

@@ -1,0 +1,64 @@
+// A thin RAII layer over the HDF5 C API: handles that close themselves, and tensor/attribute
+// helpers that throw toptag::Error naming the file and object instead of printing HDF5's stack.
+#pragma once
+
+#include <hdf5.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "nn/tensor.h"
+
+namespace toptag {
+
+// An owned HDF5 identifier (file, group, dataset, dataspace, type or attribute).
+class H5Id {
+ public:
+  H5Id() = default;
+  explicit H5Id(hid_t id) : id_(id) {}
+  H5Id(H5Id&& other) noexcept : id_(other.id_) { other.id_ = H5I_INVALID_HID; }
+  H5Id& operator=(H5Id&& other) noexcept;
+  H5Id(const H5Id&) = delete;
+  H5Id& operator=(const H5Id&) = delete;
+  ~H5Id() { reset(); }
+
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  void reset();
+
+ private:
+  hid_t id_ = H5I_INVALID_HID;
+};
+
+// Silences HDF5's automatic error printing (we report errors ourselves). Idempotent.
+void h5_quiet();
+
+// Open an existing file read-only (or read-write); throws naming the file if it is missing or not HDF5.
+H5Id h5_open(const std::string& path, bool writable = false);
+// Create (truncate) a file.
+H5Id h5_create(const std::string& path);
+// Open a group or create it (and its parents) if absent.
+H5Id h5_group(hid_t loc, const std::string& name, bool create);
+
+bool h5_exists(hid_t loc, const std::string& path);
+// Names of the direct members of a group.
+std::vector<std::string> h5_members(hid_t group);
+
+// Datasets. Tensors are written as float32; reading converts any floating or integer type to float32.
+void h5_write_tensor(hid_t loc, const std::string& name, const Tensor& tensor);
+Tensor h5_read_tensor(hid_t loc, const std::string& name, const std::string& file_for_errors);
+std::vector<int64_t> h5_dataset_shape(hid_t loc, const std::string& name, const std::string& file_for_errors);
+void h5_write_int64(hid_t loc, const std::string& name, const std::vector<int64_t>& values);
+std::vector<int64_t> h5_read_int64(hid_t loc, const std::string& name, const std::string& file_for_errors);
+
+// Attributes on any object.
+void h5_set_attr(hid_t obj, const std::string& name, const std::string& value);
+void h5_set_attr(hid_t obj, const std::string& name, int64_t value);
+void h5_set_attr(hid_t obj, const std::string& name, double value);
+std::optional<std::string> h5_attr_string(hid_t obj, const std::string& name);
+std::optional<int64_t> h5_attr_int(hid_t obj, const std::string& name);
+std::optional<double> h5_attr_double(hid_t obj, const std::string& name);
+
+}  // namespace toptag

@@ -1,0 +1,135 @@
+#include "nn/ops/batchnorm2d.h"
+
+#include <cmath>
+
+#include "nn/check.h"
+
+namespace toptag {
+
+namespace {
+
+// Per-channel mean and biased variance over (N, H, W): two passes (sum, then squared deviations)
+// so a large mean cannot cancel away the variance; float partials per plane, double across planes.
+void batch_statistics(const Tensor& x, Tensor& mean, Tensor& var) {
+  const int64_t N = x.dim(0), C = x.dim(1), L = x.dim(2) * x.dim(3);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const float* plane = x.data() + (n * C + c) * L;
+      float s = 0.0f;
+      for (int64_t i = 0; i < L; ++i) s += plane[i];
+      sum += s;
+    }
+    const float m = static_cast<float>(sum / static_cast<double>(N * L));
+    double sum_sq = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const float* plane = x.data() + (n * C + c) * L;
+      float ss = 0.0f;
+      for (int64_t i = 0; i < L; ++i) ss += (plane[i] - m) * (plane[i] - m);
+      sum_sq += ss;
+    }
+    mean.data()[c] = m;
+    var.data()[c] = static_cast<float>(sum_sq / static_cast<double>(N * L));
+  }
+}
+
+// y = (x - mean) * invstd * gamma + beta, per channel.
+Tensor normalize(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma, const Tensor& beta) {
+  const int64_t N = x.dim(0), C = x.dim(1), L = x.dim(2) * x.dim(3);
+  Tensor y = Tensor::empty(x.shape());
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const float scale = invstd.data()[c] * gamma.data()[c];
+      const float shift = beta.data()[c] - mean.data()[c] * scale;
+      const float* in = x.data() + (n * C + c) * L;
+      float* out = y.data() + (n * C + c) * L;
+      for (int64_t i = 0; i < L; ++i) out[i] = in[i] * scale + shift;
+    }
+  return y;
+}
+
+// Backward with xhat = (x - mean) * invstd and M = N*H*W elements per channel:
+//   dgamma += sum(dy * xhat),  dbeta += sum(dy)
+//   training: dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
+//   eval:     dx = gamma * invstd * dy            (mean and invstd are constants)
+void backward(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+              bool training, GradSlot* x_slot, GradSlot* gamma_slot, GradSlot* beta_slot) {
+  const int64_t N = x.dim(0), C = x.dim(1), L = x.dim(2) * x.dim(3);
+  const double M = static_cast<double>(N * L);
+  GradSink xs = x_slot ? grad_sink(*x_slot, x.shape()) : GradSink{};
+  GradSink gs = gamma_slot ? grad_sink(*gamma_slot, Shape{C}) : GradSink{};
+  GradSink bs = beta_slot ? grad_sink(*beta_slot, Shape{C}) : GradSink{};
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    const float mu = mean.data()[c], is = invstd.data()[c];
+    double sum_dy = 0.0, sum_dy_xhat = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const float* g = gy.data() + (n * C + c) * L;
+      const float* in = x.data() + (n * C + c) * L;
+      float s = 0.0f, sx = 0.0f;
+      for (int64_t i = 0; i < L; ++i) {
+        s += g[i];
+        sx += g[i] * (in[i] - mu);
+      }
+      sum_dy += s;
+      sum_dy_xhat += sx;
+    }
+    sum_dy_xhat *= is;
+    if (gs.data) gs.data[c] = static_cast<float>(sum_dy_xhat) + (gs.accumulate ? gs.data[c] : 0.0f);
+    if (bs.data) bs.data[c] = static_cast<float>(sum_dy) + (bs.accumulate ? bs.data[c] : 0.0f);
+    if (!xs.data) continue;
+    const float k = gamma.data()[c] * is;
+    const float mean_dy = training ? static_cast<float>(sum_dy / M) : 0.0f;
+    const float mean_dy_xhat = training ? static_cast<float>(sum_dy_xhat / M) : 0.0f;
+    for (int64_t n = 0; n < N; ++n) {
+      const float* g = gy.data() + (n * C + c) * L;
+      const float* in = x.data() + (n * C + c) * L;
+      float* out = xs.data + (n * C + c) * L;
+      for (int64_t i = 0; i < L; ++i) {
+        const float xhat = (in[i] - mu) * is;
+        const float dx = k * (g[i] - mean_dy - xhat * mean_dy_xhat);
+        out[i] = xs.accumulate ? out[i] + dx : dx;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
+                BatchNormParams params) {
+  if (x.shape().rank() != 4) fail("batchnorm2d: input must be (N,C,H,W), found shape {}", x.shape().str());
+  const int64_t C = x.shape()[1];
+  expect_shape(gamma.value(), Shape{C}, "batchnorm2d weight");
+  expect_shape(beta.value(), Shape{C}, "batchnorm2d bias");
+  expect_shape(running_mean, Shape{C}, "batchnorm2d running_mean");
+  expect_shape(running_var, Shape{C}, "batchnorm2d running_var");
+  const int64_t count = x.shape().numel() / C;
+  if (params.training && count < 2)
+    fail("batchnorm2d: training needs more than one value per channel, input shape {}", x.shape().str());
+
+  Tensor mean = Tensor::empty({C}), invstd = Tensor::empty({C});
+  if (params.training) {
+    Tensor var = Tensor::empty({C});
+    batch_statistics(x.value(), mean, var);
+    const float m = params.momentum, unbias = static_cast<float>(count) / static_cast<float>(count - 1);
+    for (int64_t c = 0; c < C; ++c) {
+      invstd.data()[c] = 1.0f / std::sqrt(var.data()[c] + params.eps);
+      running_mean.data()[c] = (1 - m) * running_mean.data()[c] + m * mean.data()[c];
+      running_var.data()[c] = (1 - m) * running_var.data()[c] + m * var.data()[c] * unbias;
+    }
+  } else {
+    mean.copy_from(running_mean);
+    for (int64_t c = 0; c < C; ++c) invstd.data()[c] = 1.0f / std::sqrt(running_var.data()[c] + params.eps);
+  }
+  Tensor y = normalize(x.value(), mean, invstd, gamma.value(), beta.value());
+  return record_op(std::move(y), {&x, &gamma, &beta},
+                   [xv = x.value(), mean, invstd, gv = gamma.value(), training = params.training, xs = x.slot(),
+                    gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
+                     backward(gy, xv, mean, invstd, gv, training, xs.get(), gs.get(), bs.get());
+                   });
+}
+
+}  // namespace toptag

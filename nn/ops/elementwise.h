@@ -1,0 +1,14 @@
+// Elementwise ops: relu and add.
+#pragma once
+
+#include "nn/autograd.h"
+
+namespace toptag {
+
+// x: any -> y = max(x, 0), same shape. Backward: dx = dy * (y > 0).
+Var relu(const Var& x);
+
+// a, b: same shape -> y = a + b. Backward: da = dy, db = dy.
+Var add(const Var& a, const Var& b);
+
+}  // namespace toptag

@@ -1,0 +1,106 @@
+#include "nn/ops/pool.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "nn/check.h"
+
+namespace toptag {
+
+namespace {
+
+struct PoolGeometry {
+  int64_t N, C, H, W, P, Q;
+  MaxPool2dParams p;
+};
+
+// Index (h*W + w) of the first maximum of output pixel (oh, ow)'s window in one plane.
+int64_t window_argmax(const float* plane, const PoolGeometry& g, int64_t oh, int64_t ow) {
+  const int64_t h0 = oh * g.p.stride - g.p.padding, w0 = ow * g.p.stride - g.p.padding;
+  const int64_t h1 = std::min(h0 + g.p.kernel, g.H), w1 = std::min(w0 + g.p.kernel, g.W);
+  int64_t best = -1;
+  float best_value = -std::numeric_limits<float>::infinity();
+  for (int64_t h = std::max<int64_t>(h0, 0); h < h1; ++h)
+    for (int64_t w = std::max<int64_t>(w0, 0); w < w1; ++w) {
+      const float v = plane[h * g.W + w];
+      if (best < 0 || v > best_value || std::isnan(v)) {
+        best = h * g.W + w;
+        best_value = v;
+        if (std::isnan(v)) return best;
+      }
+    }
+  return best;
+}
+
+}  // namespace
+
+Var maxpool2d(const Var& x, MaxPool2dParams params) {
+  const Shape& s = x.shape();
+  if (s.rank() != 4) fail("maxpool2d: input must be (N,C,H,W), found shape {}", s.str());
+  if (params.kernel < 1 || params.stride < 1 || params.padding < 0 || 2 * params.padding > params.kernel)
+    fail("maxpool2d: invalid kernel {} stride {} padding {}", params.kernel, params.stride, params.padding);
+  const int64_t P = (s[2] + 2 * params.padding - params.kernel) / params.stride + 1;
+  const int64_t Q = (s[3] + 2 * params.padding - params.kernel) / params.stride + 1;
+  if (P < 1 || Q < 1) fail("maxpool2d: input {} is smaller than the {}x{} window", s.str(), params.kernel, params.kernel);
+  const PoolGeometry g{s[0], s[1], s[2], s[3], P, Q, params};
+
+  Tensor y = Tensor::empty({g.N, g.C, P, Q});
+#pragma omp parallel for schedule(static)
+  for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+    const float* plane = x.value().data() + nc * g.H * g.W;
+    float* out = y.data() + nc * P * Q;
+    for (int64_t oh = 0; oh < P; ++oh)
+      for (int64_t ow = 0; ow < Q; ++ow) out[oh * Q + ow] = plane[window_argmax(plane, g, oh, ow)];
+  }
+  return record_op(std::move(y), {&x}, [xv = x.value(), xs = x.slot(), g](const Tensor& gy) {
+    GradSink sink = grad_sink(*xs, xv.shape());
+    if (!sink.accumulate) std::fill_n(sink.data, xv.numel(), 0.0f);
+#pragma omp parallel for schedule(static)
+    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+      const float* plane = xv.data() + nc * g.H * g.W;
+      const float* grad = gy.data() + nc * g.P * g.Q;
+      float* dx = sink.data + nc * g.H * g.W;
+      for (int64_t oh = 0; oh < g.P; ++oh)
+        for (int64_t ow = 0; ow < g.Q; ++ow) dx[window_argmax(plane, g, oh, ow)] += grad[oh * g.Q + ow];
+    }
+  });
+}
+
+Var global_avgpool(const Var& x) {
+  const Shape& s = x.shape();
+  if (s.rank() != 4) fail("global_avgpool: input must be (N,C,H,W), found shape {}", s.str());
+  const int64_t NC = s[0] * s[1], L = s[2] * s[3];
+  Tensor y = Tensor::empty({s[0], s[1]});
+  const float* in = x.value().data();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < NC; ++i) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < L; ++j) sum += in[i * L + j];
+    y.data()[i] = sum / static_cast<float>(L);
+  }
+  return record_op(std::move(y), {&x}, [shape = s, xs = x.slot()](const Tensor& gy) {
+    const int64_t nc = shape[0] * shape[1], l = shape[2] * shape[3];
+    GradSink sink = grad_sink(*xs, shape);
+    const float inv = 1.0f / static_cast<float>(l);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nc; ++i) {
+      const float g = gy.data()[i] * inv;
+      float* dx = sink.data + i * l;
+      for (int64_t j = 0; j < l; ++j) dx[j] = sink.accumulate ? dx[j] + g : g;
+    }
+  });
+}
+
+Var flatten(const Var& x) {
+  const Shape& s = x.shape();
+  if (s.rank() < 1) fail("flatten: input must have a batch dimension");
+  const int64_t N = s[0], rest = s.numel() / std::max<int64_t>(N, 1);
+  Tensor y = x.value().reshape({N, rest});
+  return record_op(std::move(y), {&x}, [shape = s, xs = x.slot()](const Tensor& gy) {
+    GradSink sink = grad_sink(*xs, shape);
+    for (int64_t i = 0; i < gy.numel(); ++i) sink.data[i] = sink.accumulate ? sink.data[i] + gy.data()[i] : gy.data()[i];
+  });
+}
+
+}  // namespace toptag

@@ -1,0 +1,82 @@
+// ResNet in torchvision's v1.5 topology (stride on the 3x3 conv of the bottleneck), with the
+// paper's classifier head (Duarte et al. 2019): global average pool -> fc1 (1024, ReLU) -> fc2 (2).
+//
+//   conv1 7x7/2 -> bn1 -> relu -> maxpool 3x3/2 -> layer1..layer4 -> avgpool -> fc1 -> relu -> fc2
+//
+// The "featurizer" is everything up to the average pool; its output is the features() vector
+// (2048 wide for resnet50) that the classifier head reads.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "nn/layers.h"
+#include "nn/ops/pool.h"
+
+namespace toptag {
+
+enum class BlockKind { basic, bottleneck };
+
+struct ResNetConfig {
+  std::string arch = "resnet50";  // resnet10, resnet18, resnet34, resnet50, resnet101, resnet152
+  int64_t in_channels = 1;        // 1: a single-colour jet image; 3: the paper's RGB copies
+  int64_t width = 64;             // channels of the stem; torchvision uses 64, smaller is for quick tests
+  int64_t hidden = 1024;          // fc1 width
+  int64_t classes = 2;            // QCD, top
+};
+
+// Known architectures and their block layout.
+struct ArchSpec {
+  BlockKind block;
+  std::vector<int> layers;  // blocks per stage
+};
+std::optional<ArchSpec> find_arch(const std::string& arch);
+std::vector<std::string> known_archs();
+
+// One residual block. Bottleneck: 1x1 -> 3x3 (stride) -> 1x1 (x4 channels). Basic: 3x3 (stride) -> 3x3.
+// A 1x1 conv + BN "downsample" path is added when the stride or the channel count changes.
+class Block {
+ public:
+  Block(BlockKind kind, int64_t in_channels, int64_t planes, int stride, Rng& rng);
+  Var forward(const Var& x);
+  void collect(const std::string& prefix, StateList& out);
+  void set_training(bool training);
+  int64_t out_channels() const;
+
+  BlockKind kind;
+  Conv2d conv1, conv2, conv3;
+  BatchNorm2d bn1, bn2, bn3;
+  std::optional<Conv2d> downsample_conv;  // "downsample.0"
+  std::optional<BatchNorm2d> downsample_bn;  // "downsample.1"
+};
+
+class ResNet {
+ public:
+  // Throws toptag::Error for an unknown architecture.
+  ResNet(const ResNetConfig& config, uint64_t seed);
+
+  // images: (N, in_channels, H, W) -> logits (N, classes)
+  Var forward(const Var& images);
+  // images -> featurizer output (N, feature_dim)
+  Var features(const Var& images);
+  // features (N, feature_dim) -> logits (N, classes)
+  Var head(const Var& features);
+
+  // Every parameter and buffer under its torchvision state_dict key.
+  StateList state();
+  StateList head_state();  // fc1 and fc2 only
+  void set_training(bool training);
+  int64_t feature_dim() const { return feature_dim_; }
+  const ResNetConfig& config() const { return config_; }
+
+ private:
+  ResNetConfig config_;
+  int64_t feature_dim_ = 0;
+  Conv2d conv1;
+  BatchNorm2d bn1;
+  std::vector<std::vector<Block>> layers;
+  Linear fc1, fc2;
+};
+
+}  // namespace toptag

@@ -1,0 +1,98 @@
+// Finite-difference gradient checks of every op through the one harness in testing.h.
+#include "nn/ops/batchnorm2d.h"
+#include "nn/ops/conv2d.h"
+#include "nn/ops/elementwise.h"
+#include "nn/ops/linear.h"
+#include "nn/ops/pool.h"
+#include "nn/ops/softmax.h"
+#include <gtest/gtest-spi.h>
+
+#include "testing.h"
+
+namespace toptag {
+namespace {
+
+using testing::expect_gradients_match;
+using testing::random_tensor;
+
+TEST(GradCheck, Conv2dAllGeometries) {
+  Rng rng(1);
+  struct Case { int k, stride, pad; int64_t h; };
+  for (Case c : {Case{3, 1, 1, 5}, Case{3, 2, 1, 6}, Case{1, 1, 0, 4}, Case{1, 2, 0, 5}, Case{7, 2, 3, 8}}) {
+    Tensor x = random_tensor({2, 3, c.h, c.h}, rng), w = random_tensor({4, 3, c.k, c.k}, rng, 0.5),
+           b = random_tensor({4}, rng);
+    expect_gradients_match(
+        [&](std::vector<Var>& v) { return conv2d(v[0], v[1], &v[2], {c.stride, c.pad}); }, {x, w, b},
+        "conv2d k" + std::to_string(c.k) + " s" + std::to_string(c.stride));
+  }
+}
+
+TEST(GradCheck, Conv2dBatchedPathWithLargeBatch) {
+  // Many small images go through the batched (channel-major) path; check it separately.
+  Rng rng(2);
+  Tensor x = random_tensor({9, 2, 3, 3}, rng), w = random_tensor({3, 2, 1, 1}, rng);
+  expect_gradients_match([](std::vector<Var>& v) { return conv2d(v[0], v[1], {1, 0}); }, {x, w}, "conv2d 1x1 batch 9");
+}
+
+TEST(GradCheck, BatchNormTrainingAndEval) {
+  Rng rng(3);
+  Tensor x = random_tensor({3, 2, 3, 3}, rng, 2.0), gamma = random_tensor({2}, rng), beta = random_tensor({2}, rng);
+  Tensor rm = Tensor::zeros({2}), rv = Tensor::full({2}, 1.0f);
+  expect_gradients_match([&](std::vector<Var>& v) { return batchnorm2d(v[0], v[1], v[2], rm, rv, {}); },
+                         {x, gamma, beta}, "batchnorm2d train");
+  BatchNormParams eval;
+  eval.training = false;
+  rv.fill(0.7f);
+  expect_gradients_match([&](std::vector<Var>& v) { return batchnorm2d(v[0], v[1], v[2], rm, rv, eval); },
+                         {x, gamma, beta}, "batchnorm2d eval");
+}
+
+TEST(GradCheck, ReluAndAdd) {
+  Rng rng(4);
+  Tensor a = random_tensor({2, 3, 4}, rng), b = random_tensor({2, 3, 4}, rng);
+  expect_gradients_match([](std::vector<Var>& v) { return relu(v[0]); }, {a}, "relu");
+  expect_gradients_match([](std::vector<Var>& v) { return add(v[0], v[1]); }, {a, b}, "add");
+  // An input used twice must receive the sum of both gradients.
+  expect_gradients_match([](std::vector<Var>& v) { return add(relu(v[0]), v[0]); }, {a}, "relu(x) + x");
+}
+
+TEST(GradCheck, Pools) {
+  Rng rng(5);
+  Tensor x = random_tensor({2, 2, 7, 7}, rng);
+  expect_gradients_match([](std::vector<Var>& v) { return maxpool2d(v[0], {3, 2, 1}); }, {x}, "maxpool2d");
+  expect_gradients_match([](std::vector<Var>& v) { return global_avgpool(v[0]); }, {x}, "global_avgpool");
+  expect_gradients_match([](std::vector<Var>& v) { return flatten(v[0]); }, {x}, "flatten");
+}
+
+TEST(GradCheck, LinearSoftmaxCrossEntropy) {
+  Rng rng(6);
+  Tensor x = random_tensor({4, 5}, rng), w = random_tensor({3, 5}, rng), b = random_tensor({3}, rng);
+  expect_gradients_match([](std::vector<Var>& v) { return linear(v[0], v[1], &v[2]); }, {x, w, b}, "linear");
+  expect_gradients_match([](std::vector<Var>& v) { return softmax(v[0]); }, {x}, "softmax");
+  const std::vector<int64_t> labels = {0, 4, 2, 1};
+  expect_gradients_match([&](std::vector<Var>& v) { return softmax_cross_entropy(v[0], labels); }, {x},
+                         "softmax_cross_entropy");
+}
+
+TEST(GradCheck, HarnessCatchesAWrongGradient) {
+  // A deliberately wrong backward (2x the true gradient) must fail the check.
+  auto wrong_double = [](std::vector<Var>& v) {
+    Tensor y = v[0].value().clone();
+    return record_op(std::move(y), {&v[0]}, [s = v[0].slot()](const Tensor& gy) {
+      GradSink sink = grad_sink(*s, gy.shape());
+      for (int64_t i = 0; i < gy.numel(); ++i) sink.data[i] = (sink.accumulate ? sink.data[i] : 0.0f) + 2 * gy.data()[i];
+    });
+  };
+  Rng rng(7);
+  Tensor x = random_tensor({6}, rng);
+  ::testing::TestPartResultArray failures;
+  {
+    ::testing::ScopedFakeTestPartResultReporter capture(&failures);
+    expect_gradients_match(wrong_double, {x}, "identity with a wrong gradient");
+  }
+  ASSERT_GT(failures.size(), 0);
+  EXPECT_NE(std::string(failures.GetTestPartResult(0).message()).find("analytic"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace toptag

@@ -1,0 +1,82 @@
+// Tensors, the buffer pool and the autodiff tape.
+#include "nn/gemm.h"
+#include "nn/ops/elementwise.h"
+#include "nn/ops/linear.h"
+#include "testing.h"
+
+namespace toptag {
+namespace {
+
+TEST(Tensor, ShapeAndReshape) {
+  Tensor t = Tensor::zeros({2, 3, 4});
+  EXPECT_EQ(t.numel(), 24);
+  EXPECT_EQ(t.shape().str(), "[2, 3, 4]");
+  Tensor r = t.reshape({6, 4});
+  EXPECT_TRUE(r.shares_storage_with(t));
+  EXPECT_THROW(t.reshape({5, 5}), Error);
+  EXPECT_THROW(expect_shape(t, {2, 3, 5}, "thing"), Error);
+}
+
+TEST(Tensor, PoolReusesFreedBuffers) {
+  pool_release_cached();
+  const PoolStats before = pool_stats();
+  for (int i = 0; i < 10; ++i) Tensor::empty({1000, 7});  // same size each time
+  const PoolStats after = pool_stats();
+  EXPECT_EQ(after.allocations - before.allocations, 1);
+  EXPECT_EQ(after.reuses - before.reuses, 9);
+}
+
+TEST(Autograd, ParameterGradientsAccumulateAcrossBackwardPasses) {
+  Var w = Var::parameter(Tensor::from({1, 2}, std::vector<float>{1, 2}));
+  Var x(Tensor::from({1, 2}, std::vector<float>{3, 4}));
+  for (int pass = 0; pass < 2; ++pass) backward(linear(x, w, nullptr));
+  // d(x w^T)/dw = x, twice.
+  EXPECT_FLOAT_EQ(w.grad().data()[0], 6.0f);
+  EXPECT_FLOAT_EQ(w.grad().data()[1], 8.0f);
+  w.zero_grad();
+  EXPECT_FLOAT_EQ(w.grad().data()[0], 0.0f);
+}
+
+TEST(Autograd, ActivationReadTwiceGetsTheSum) {
+  Var x(Tensor::from({3}, std::vector<float>{-1, 2, 3}), true);
+  Var y = add(relu(x), x);  // dy/dx = [0, 1, 1] + 1
+  backward(y, Tensor::full({3}, 1.0f));
+  EXPECT_FLOAT_EQ(x.grad().data()[0], 1.0f);
+  EXPECT_FLOAT_EQ(x.grad().data()[1], 2.0f);
+  EXPECT_FLOAT_EQ(x.grad().data()[2], 2.0f);
+}
+
+TEST(Autograd, NoGradRecordsNothing) {
+  clear_tape();
+  Var x(Tensor::full({4}, 1.0f), true);
+  {
+    NoGradGuard guard;
+    Var y = relu(add(x, x));
+    EXPECT_FALSE(y.requires_grad());
+    EXPECT_EQ(tape_size(), 0u);
+  }
+  Var y = relu(x);
+  EXPECT_EQ(tape_size(), 1u);
+  clear_tape();
+}
+
+TEST(Autograd, BackwardWithoutGradientIsAnError) {
+  Var x(Tensor::full({1}, 1.0f));
+  EXPECT_THROW(backward(relu(x)), Error);
+}
+
+TEST(Gemm, OpenBlasMatchesReferenceInAllTranspositions) {
+  Rng rng(3);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      const int64_t M = 7, N = 5, K = 9;
+      Tensor a = testing::random_tensor({M * K}, rng), b = testing::random_tensor({K * N}, rng);
+      Tensor c = testing::random_tensor({M * N}, rng), c_ref = c.clone();
+      gemm(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c.data(), N);
+      gemm_ref(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c_ref.data(), N);
+      testing::expect_close(c, c_ref, "gemm", 1e-5, 1e-5);
+    }
+}
+
+}  // namespace
+}  // namespace toptag

@@ -1,0 +1,116 @@
+#include "testing.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace toptag::testing {
+
+std::string data_path(const std::string& file) { return std::string(TOPTAG_TEST_DATA) + "/" + file; }
+
+Golden::Golden() : path_(data_path("torch_ops_golden.h5")), file_(h5_open(path_)) {}
+
+Tensor Golden::get(const std::string& group, const std::string& name) const {
+  return h5_read_tensor(file_.get(), group + "/" + name, path_);
+}
+
+std::vector<int64_t> Golden::get_int64(const std::string& group, const std::string& name) const {
+  return h5_read_int64(file_.get(), group + "/" + name, path_);
+}
+
+int64_t Golden::attr(const std::string& group, const std::string& name) const {
+  H5Id g = h5_group(file_.get(), group, false);
+  std::optional<int64_t> v = h5_attr_int(g.get(), name);
+  if (!v) throw std::runtime_error(group + " has no attribute " + name);
+  return *v;
+}
+
+void expect_close(const Tensor& actual, const Tensor& expected, const std::string& what, double rtol, double atol) {
+  ASSERT_TRUE(actual.defined()) << what << ": no tensor computed";
+  ASSERT_EQ(actual.shape().str(), expected.shape().str()) << what << ": shape mismatch";
+  double scale = 0.0;
+  for (float e : expected.span()) scale = std::max(scale, static_cast<double>(std::abs(e)));
+  const double abs_tol = atol * std::max(1.0, scale);
+  int64_t worst = -1, bad = 0;
+  double worst_excess = 0.0;
+  for (int64_t i = 0; i < expected.numel(); ++i) {
+    const double a = actual.data()[i], e = expected.data()[i];
+    const double excess = std::abs(a - e) - (abs_tol + rtol * std::abs(e));
+    if (!(excess <= 0.0)) {
+      ++bad;
+      if (worst < 0 || excess > worst_excess || std::isnan(excess)) worst = i, worst_excess = excess;
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << expected.numel() << " elements differ; worst at flat index "
+                    << worst << ": got " << (worst >= 0 ? actual.data()[worst] : 0.0f) << ", expected "
+                    << (worst >= 0 ? expected.data()[worst] : 0.0f);
+}
+
+Tensor random_tensor(const Shape& shape, Rng& rng, double scale) {
+  Tensor t = Tensor::empty(shape);
+  for (float& v : t.span()) v = static_cast<float>(scale * rng.normal());
+  return t;
+}
+
+namespace {
+
+double weighted_sum(const Tensor& y, const Tensor& r) {
+  double s = 0.0;
+  for (int64_t i = 0; i < y.numel(); ++i) s += static_cast<double>(y.data()[i]) * r.data()[i];
+  return s;
+}
+
+}  // namespace
+
+void expect_gradients_match(const VarFunction& f, const std::vector<Tensor>& inputs, const std::string& what,
+                            GradCheckOptions options) {
+  Rng rng(1234);
+  std::vector<Var> vars;
+  for (const Tensor& t : inputs) vars.emplace_back(t.clone(), true);
+  Var y = f(vars);
+  Tensor r = random_tensor(y.shape(), rng);
+  backward(y, r);
+
+  auto loss_at = [&](size_t input, int64_t index, double delta) {
+    NoGradGuard no_grad;
+    std::vector<Var> perturbed;
+    for (const Var& v : vars) perturbed.emplace_back(v.value().clone(), false);
+    perturbed[input].value().data()[index] += static_cast<float>(delta);
+    return weighted_sum(f(perturbed).value(), r);
+  };
+
+  for (size_t in = 0; in < vars.size(); ++in) {
+    const Tensor& analytic = vars[in].grad();
+    ASSERT_TRUE(analytic.defined()) << what << ": input " << in << " received no gradient";
+    std::vector<int64_t> coords(static_cast<size_t>(analytic.numel()));
+    std::iota(coords.begin(), coords.end(), 0);
+    for (size_t i = coords.size(); i > 1; --i) std::swap(coords[i - 1], coords[rng.below(i)]);
+    coords.resize(std::min<size_t>(coords.size(), static_cast<size_t>(options.max_coordinates)));
+
+    int checked = 0;
+    for (int64_t index : coords) {
+      const double a = analytic.data()[index];
+      bool matched = false, kink = false;
+      double last_numeric = 0.0;
+      for (double h : options.steps) {
+        const double plus = loss_at(in, index, h), minus = loss_at(in, index, -h), here = loss_at(in, index, 0.0);
+        const double numeric = (plus - minus) / (2 * h);
+        const double right = (plus - here) / h, left = (here - minus) / h;
+        last_numeric = numeric;
+        if (std::abs(numeric - a) <= options.atol + options.rtol * std::abs(numeric)) {
+          matched = true;
+          break;
+        }
+        kink = kink || std::abs(right - left) > 10 * options.atol + 0.1 * (std::abs(right) + std::abs(left));
+      }
+      if (!matched && kink) continue;
+      ++checked;
+      EXPECT_TRUE(matched) << what << ": input " << in << " element " << index << ": analytic " << a << ", numeric "
+                           << last_numeric;
+    }
+    EXPECT_GE(checked * 100, static_cast<int>(coords.size()) * options.min_checked_fraction_percent)
+        << what << ": input " << in << ": too many coordinates skipped as kinks";
+  }
+}
+
+}  // namespace toptag::testing

@@ -1,0 +1,53 @@
+// Shared test helpers: the golden-file reader and comparison, and the generic gradient checker.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "nn/autograd.h"
+#include "nn/check.h"
+#include "nn/h5.h"
+#include "nn/random.h"
+
+namespace toptag::testing {
+
+std::string data_path(const std::string& file);  // tests/data/<file>
+
+// The PyTorch reference file tests/data/torch_ops_golden.h5, one group per case.
+class Golden {
+ public:
+  Golden();
+  Tensor get(const std::string& group, const std::string& name) const;  // float64 -> float32
+  std::vector<int64_t> get_int64(const std::string& group, const std::string& name) const;
+  int64_t attr(const std::string& group, const std::string& name) const;
+
+ private:
+  std::string path_;
+  H5Id file_;
+};
+
+// Element-wise |actual - expected| <= atol + rtol * |expected|, with atol scaled by the largest
+// |expected| so that both large and small tensors are judged fairly. Reports the worst element.
+void expect_close(const Tensor& actual, const Tensor& expected, const std::string& what, double rtol = 1e-4,
+                  double atol = 1e-5);
+
+Tensor random_tensor(const Shape& shape, Rng& rng, double scale = 1.0);
+
+// Finite-difference gradient check of f at `inputs` for L = sum(f(inputs) * r), r fixed random.
+// The analytical gradient of every input must match central differences for at least one of the
+// step sizes; coordinates where the one-sided slopes disagree (a kink of relu or max) are skipped.
+struct GradCheckOptions {
+  std::vector<double> steps = {1e-2, 3e-3, 1e-3};
+  double rtol = 2e-2;
+  double atol = 2e-3;
+  int max_coordinates = 48;  // per input, chosen at random when an input is larger
+  int min_checked_fraction_percent = 50;  // fail if kinks hide more than half the coordinates
+};
+using VarFunction = std::function<Var(std::vector<Var>&)>;
+void expect_gradients_match(const VarFunction& f, const std::vector<Tensor>& inputs, const std::string& what,
+                            GradCheckOptions options = {});
+
+}  // namespace toptag::testing
