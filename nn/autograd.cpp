@@ -29,25 +29,42 @@ Var Var::parameter(Tensor value) {
   return v;
 }
 
+namespace {
+// Makes a lazily zeroed parameter gradient real before anyone reads it.
+void materialize(GradSlot& slot) {
+  if (slot.stale) {
+    slot.grad.fill(0.0f);
+    slot.stale = false;
+  }
+}
+}  // namespace
+
 const Tensor& Var::grad() const {
   static const Tensor none;
-  return slot_ ? slot_->grad : none;
+  if (!slot_) return none;
+  materialize(*slot_);
+  return slot_->grad;
 }
 
 Tensor& Var::mutable_grad() {
   if (!slot_) fail("mutable_grad() on a tensor that does not require a gradient");
+  materialize(*slot_);
   return slot_->grad;
 }
 
 void Var::zero_grad() {
   if (!slot_) return;
   if (slot_->is_parameter)
-    slot_->grad.fill(0.0f);
+    slot_->stale = true;
   else
     slot_->grad = Tensor();
 }
 
 GradSink grad_sink(GradSlot& slot, const Shape& shape) {
+  if (slot.stale) {
+    slot.stale = false;
+    return {slot.grad.data(), false};
+  }
   if (slot.grad.defined()) {
     TT_ASSERT(slot.grad.shape() == shape);
     return {slot.grad.data(), true};

@@ -22,8 +22,11 @@ namespace toptag {
 
 // Gradient storage of one Var. Closures hold slots, not values, so a value can die early.
 struct GradSlot {
-  Tensor grad;               // undefined until a consumer writes it
-  bool is_parameter = false; // parameter gradients persist and always accumulate
+  Tensor grad;                // undefined until a consumer writes it
+  bool is_parameter = false;  // parameter gradients persist and accumulate
+  // zero_grad() on a parameter only sets this flag: the next backward overwrites the buffer instead
+  // of adding to it, which saves a memset of every gradient and lets GEMMs run with beta = 0.
+  bool stale = false;
 };
 
 class Var {
@@ -38,7 +41,7 @@ class Var {
   Tensor& value() { return value_; }
   const Shape& shape() const { return value_.shape(); }
   bool requires_grad() const { return slot_ != nullptr; }
-  // The gradient, or an undefined tensor if none was computed.
+  // The gradient, or an undefined tensor if none was computed (zeros for a parameter after zero_grad()).
   const Tensor& grad() const;
   Tensor& mutable_grad();
   const std::shared_ptr<GradSlot>& slot() const { return slot_; }

@@ -37,7 +37,9 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{2, 8, 20, 8, 3, 1, 1},    // 3x3 per-image (400 pixels)
                       ConvCase{5, 8, 5, 16, 1, 2, 0},    // strided 1x1 downsample
                       ConvCase{5, 8, 5, 8, 3, 2, 1},     // strided 3x3
-                      ConvCase{1, 3, 2, 4, 3, 1, 1}));   // tiny image, padding everywhere
+                      ConvCase{1, 3, 2, 4, 3, 1, 1},     // tiny image, padding everywhere
+                      ConvCase{2, 1, 2, 4, 7, 2, 3},     // stem on a 2x2 image: most taps fall in padding
+                      ConvCase{2, 2, 3, 4, 7, 2, 3}));
 
 TEST(Conv, ResultsDoNotDependOnThreadCount) {
   Rng rng(12);

@@ -36,12 +36,17 @@ int64_t images_per_chunk(const ConvGeometry& g) {
   return std::clamp<int64_t>(fit, 1, g.N);
 }
 
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
 // col[(c,r,s), b*PQ + p*Q + q] = x[b, c, p*stride - pad + r, q*stride - pad + s] (0 outside).
 void im2col(const float* x, const ConvGeometry& g, int64_t B, float* col) {
   const int64_t rows = g.crs(), ld = B * g.pq(), image = g.C * g.H * g.W;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t c = row / (g.R * g.S), r = (row / g.S) % g.R, s = row % g.S;
+    // Output columns q whose input column q*stride - pad + s lies inside [0, W).
+    const int64_t q_begin = std::clamp<int64_t>(floor_div(g.pad - s + g.stride - 1, g.stride), 0, g.Q);
+    const int64_t q_end = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - s, g.stride) + 1, q_begin, g.Q);
     for (int64_t b = 0; b < B; ++b) {
       const float* plane = x + b * image + c * g.H * g.W;
       float* out = col + row * ld + b * g.pq();
@@ -52,11 +57,14 @@ void im2col(const float* x, const ConvGeometry& g, int64_t B, float* col) {
           std::fill_n(out_row, g.Q, 0.0f);
           continue;
         }
-        const float* in_row = plane + h * g.W;
-        for (int64_t q = 0; q < g.Q; ++q) {
-          const int64_t w = q * g.stride - g.pad + s;
-          out_row[q] = (w >= 0 && w < g.W) ? in_row[w] : 0.0f;
+        const float* in_row = plane + h * g.W - g.pad + s;  // in_row[q * stride] is input column q*stride-pad+s
+        std::fill(out_row, out_row + q_begin, 0.0f);
+        if (g.stride == 1) {
+          std::copy(in_row + q_begin, in_row + q_end, out_row + q_begin);
+        } else {
+          for (int64_t q = q_begin; q < q_end; ++q) out_row[q] = in_row[q * g.stride];
         }
+        std::fill(out_row + q_end, out_row + g.Q, 0.0f);
       }
     }
   }

@@ -1,0 +1,58 @@
+// Google Benchmark cases for every distinct convolution of ResNet-50 on 40x40 inputs, batch 64:
+// forward alone, and forward + backward (input and weight gradients).
+#include <benchmark/benchmark.h>
+
+#include "nn/ops/conv2d.h"
+#include "nn/random.h"
+
+using namespace toptag;
+
+namespace {
+
+Tensor random_tensor(const Shape& shape, Rng& rng) {
+  Tensor t = Tensor::empty(shape);
+  for (float& v : t.span()) v = static_cast<float>(rng.normal());
+  return t;
+}
+
+// args: C, H, K, kernel, stride, pad, backward
+void BM_Conv(benchmark::State& state) {
+  const int64_t C = state.range(0), H = state.range(1), K = state.range(2);
+  const int kernel = static_cast<int>(state.range(3)), stride = static_cast<int>(state.range(4)),
+            pad = static_cast<int>(state.range(5));
+  const bool with_backward = state.range(6) != 0;
+  Rng rng(1);
+  Var x(random_tensor({64, C, H, H}, rng), with_backward);
+  Var w = Var::parameter(random_tensor({K, C, kernel, kernel}, rng));
+  const Shape y_shape = conv2d_output_shape(x.shape(), w.shape(), {stride, pad});
+  Tensor gy = random_tensor(y_shape, rng);
+  for (auto _ : state) {
+    Var y = conv2d(x, w, {stride, pad});
+    if (with_backward) {
+      x.zero_grad();
+      backward(y, gy);
+    }
+    benchmark::DoNotOptimize(y.value().data());
+  }
+  const double flops = 2.0 * y_shape.numel() * C * kernel * kernel * (with_backward ? 3 : 1);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+void ResNet50Shapes(benchmark::internal::Benchmark* b) {
+  // C, H, K, kernel, stride, pad: stem, then each stage's 1x1 reduce, 3x3, 1x1 expand and downsample.
+  const std::vector<std::vector<int64_t>> shapes = {
+      {1, 40, 64, 7, 2, 3},                                                                            // conv1
+      {64, 10, 64, 1, 1, 0},    {64, 10, 64, 3, 1, 1},   {64, 10, 256, 1, 1, 0},  {256, 10, 64, 1, 1, 0},  // layer1
+      {256, 10, 128, 1, 1, 0},  {128, 10, 128, 3, 2, 1}, {128, 5, 512, 1, 1, 0},  {256, 10, 512, 1, 2, 0},  // layer2
+      {512, 5, 256, 1, 1, 0},   {256, 5, 256, 3, 2, 1},  {256, 3, 1024, 1, 1, 0}, {512, 5, 1024, 1, 2, 0},  // layer3
+      {1024, 3, 512, 1, 1, 0},  {512, 3, 512, 3, 2, 1},  {512, 2, 2048, 1, 1, 0}, {1024, 3, 2048, 1, 2, 0}, // layer4
+  };
+  b->ArgNames({"C", "H", "K", "k", "s", "p", "bwd"});
+  for (const auto& s : shapes)
+    for (int64_t bwd : {0, 1}) b->Args({s[0], s[1], s[2], s[3], s[4], s[5], bwd});
+}
+
+}  // namespace
+
+BENCHMARK(BM_Conv)->Apply(ResNet50Shapes)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_MAIN();
