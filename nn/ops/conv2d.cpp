@@ -27,7 +27,7 @@ ConvGeometry geometry(const Shape& x, const Shape& w, Conv2dParams p) {
 // A 1x1 stride-1 conv with a large image is one GEMM per image straight on the NCHW data. Smaller
 // images are batched: B images side by side in one (C*R*S, B*P*Q) column matrix, so a single large
 // GEMM keeps both cores busy and reads the weights once per batch instead of once per image.
-constexpr int64_t kPerImageMinPixels = 256;
+constexpr int64_t kPerImageMinPixels = 1024;
 constexpr int64_t kColumnBudgetFloats = int64_t{16} << 20;  // 64 MiB of im2col scratch at most
 
 int64_t images_per_chunk(const ConvGeometry& g) {
