@@ -1,1 +1,27 @@
-int main() { return 0; }
+// toptag: train, quantize, evaluate and serve top-quark jet taggers (Duarte et al. 2019).
+// Each subcommand lives in its own cmd_*.cpp; this file only wires them together and turns
+// errors into a message and a non-zero exit code.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "apps/commands.h"
+#include "nn/check.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"toptag: top-quark jet tagging with ResNet-50, from training to FPGA-style quantization and serving"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("toptag ") + TOPTAG_VERSION);
+  toptag::apps::register_commands(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const toptag::Error& e) {
+    fmt::print(stderr, "toptag: error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "toptag: internal error: {}\n", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,56 @@
+// toptag model: describe an architecture or a checkpoint (layers, shapes, parameter count).
+#include <fmt/format.h>
+
+#include <memory>
+
+#include "apps/commands.h"
+#include "nn/checkpoint.h"
+
+namespace toptag::apps {
+
+namespace {
+
+struct ModelArgs {
+  std::string arch = "resnet50", checkpoint;
+  int64_t in_channels = 1, width = 64, hidden = 1024;
+  bool list_tensors = false;
+};
+
+void run_model(const ModelArgs& args) {
+  std::unique_ptr<ResNet> model;
+  if (!args.checkpoint.empty()) {
+    model = load_model(args.checkpoint);
+  } else {
+    model = std::make_unique<ResNet>(ResNetConfig{args.arch, args.in_channels, args.width, args.hidden, 2}, 0);
+  }
+  const ResNetConfig& c = model->config();
+  StateList state = model->state();
+  fmt::print("architecture   {}\n", c.arch);
+  fmt::print("input channels {}\n", c.in_channels);
+  fmt::print("stem width     {}\n", c.width);
+  fmt::print("feature width  {}\n", model->feature_dim());
+  fmt::print("head           fc1 {} -> {} (ReLU), fc2 {} -> {}\n", model->feature_dim(), c.hidden, c.hidden, c.classes);
+  fmt::print("parameters     {}\n", state.parameter_count());
+  fmt::print("buffers        {} tensors (batch-norm running statistics)\n", state.buffers.size());
+  if (args.list_tensors) {
+    for (const auto& p : state.parameters) fmt::print("  {:<40} {}\n", p.name, p.var->shape().str());
+    for (const auto& b : state.buffers) fmt::print("  {:<40} {}\n", b.name, b.tensor->shape().str());
+  }
+}
+
+}  // namespace
+
+void add_model_command(CLI::App& app) {
+  auto args = std::make_shared<ModelArgs>();
+  CLI::App* cmd = app.add_subcommand("model", "Describe an architecture or a checkpoint: layers, sizes, parameter count");
+  cmd->add_option("--arch", args->arch, "architecture: resnet10, resnet18, resnet34, resnet50, resnet101, resnet152")
+      ->default_val("resnet50");
+  cmd->add_option("--in-channels", args->in_channels, "input image channels (1, or 3 as the paper)")->default_val(1);
+  cmd->add_option("--width", args->width, "stem width (torchvision: 64)")->default_val(64);
+  cmd->add_option("--hidden", args->hidden, "width of the fc1 layer of the head")->default_val(1024);
+  cmd->add_option("--checkpoint", args->checkpoint, "describe this checkpoint instead")->check(CLI::ExistingFile);
+  cmd->add_flag("--tensors", args->list_tensors, "list every tensor with its shape");
+  cmd->callback([args] { run_model(*args); });
+}
+
+}  // namespace toptag::apps

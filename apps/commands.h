@@ -1,0 +1,17 @@
+// Registration of every toptag subcommand. Each add_*_command adds one subcommand whose callback
+// parses nothing itself (CLI11 does) and calls into the libraries.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace toptag::apps {
+
+void register_commands(CLI::App& app);
+
+void add_model_command(CLI::App& app);
+
+// --threads N, shared by every command that computes; applied by apply_threads().
+void add_threads_option(CLI::App& command, int& threads);
+void apply_threads(int threads);
+
+}  // namespace toptag::apps
