@@ -4,7 +4,10 @@
 
 namespace toptag::apps {
 
-void register_commands(CLI::App& app) { add_model_command(app); }
+void register_commands(CLI::App& app) {
+  add_model_command(app);
+  add_data_commands(app);
+}
 
 void add_threads_option(CLI::App& command, int& threads) {
   command.add_option("--threads", threads, "worker threads for OpenBLAS and toptag's own loops (0: all cores)")

@@ -9,6 +9,7 @@ namespace toptag::apps {
 void register_commands(CLI::App& app);
 
 void add_model_command(CLI::App& app);
+void add_data_commands(CLI::App& app);  // generate, images, info
 
 // --threads N, shared by every command that computes; applied by apply_threads().
 void add_threads_option(CLI::App& command, int& threads);

@@ -20,26 +20,6 @@ namespace toptag {
 
 constexpr int64_t kCheckpointFormat = 1;
 
-// An HDF5 file written under a temporary name and moved into place by commit(). If commit() is
-// never reached (an exception, a crash), the target is untouched and the temporary is removed.
-class AtomicH5File {
- public:
-  explicit AtomicH5File(std::string path);
-  ~AtomicH5File();
-  AtomicH5File(const AtomicH5File&) = delete;
-  AtomicH5File& operator=(const AtomicH5File&) = delete;
-
-  hid_t id() const { return file_.get(); }
-  const std::string& path() const { return path_; }
-  // Flushes, closes, syncs to disk and renames over the target path.
-  void commit();
-
- private:
-  std::string path_, temp_path_;
-  H5Id file_;
-  bool committed_ = false;
-};
-
 // Writes the model's tensors and the root attributes into an open file.
 void write_model_state(hid_t file, ResNet& model);
 // Atomically writes a checkpoint holding only the model.

@@ -1,5 +1,9 @@
 #include "nn/h5.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <filesystem>
 
 #include "nn/check.h"
@@ -247,6 +251,32 @@ std::optional<std::string> h5_attr_string(hid_t obj, const std::string& name) {
   if (H5Aread(a.get(), mem.get(), value.data()) < 0) return std::nullopt;
   value.resize(value.find('\0') == std::string::npos ? size : value.find('\0'));
   return value;
+}
+
+AtomicH5File::AtomicH5File(std::string path) : path_(std::move(path)) {
+  temp_path_ = fmt::format("{}.tmp-{}", path_, ::getpid());
+  const std::filesystem::path parent = std::filesystem::path(path_).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  file_ = h5_create(temp_path_);
+}
+
+AtomicH5File::~AtomicH5File() {
+  if (!committed_) {
+    file_.reset();
+    std::remove(temp_path_.c_str());
+  }
+}
+
+void AtomicH5File::commit() {
+  if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0) fail("{}: cannot flush", temp_path_);
+  file_.reset();
+  const int fd = ::open(temp_path_.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  if (std::rename(temp_path_.c_str(), path_.c_str()) != 0) fail("{}: cannot rename {} into place", path_, temp_path_);
+  committed_ = true;
 }
 
 }  // namespace toptag

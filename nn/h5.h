@@ -61,4 +61,24 @@ std::optional<std::string> h5_attr_string(hid_t obj, const std::string& name);
 std::optional<int64_t> h5_attr_int(hid_t obj, const std::string& name);
 std::optional<double> h5_attr_double(hid_t obj, const std::string& name);
 
+// An HDF5 file written under a temporary name and moved into place by commit(). If commit() is
+// never reached (an exception, a crash), the target is untouched and the temporary is removed.
+class AtomicH5File {
+ public:
+  explicit AtomicH5File(std::string path);
+  ~AtomicH5File();
+  AtomicH5File(const AtomicH5File&) = delete;
+  AtomicH5File& operator=(const AtomicH5File&) = delete;
+
+  hid_t id() const { return file_.get(); }
+  const std::string& path() const { return path_; }
+  // Flushes, closes, syncs to disk and renames over the target path.
+  void commit();
+
+ private:
+  std::string path_, temp_path_;
+  H5Id file_;
+  bool committed_ = false;
+};
+
 }  // namespace toptag
