@@ -7,6 +7,9 @@ namespace toptag::apps {
 void register_commands(CLI::App& app) {
   add_model_command(app);
   add_data_commands(app);
+  add_train_command(app);
+  add_predict_commands(app);
+  add_eval_command(app);
 }
 
 void add_threads_option(CLI::App& command, int& threads) {

@@ -1,0 +1,88 @@
+// toptag train: the paper's training recipe, with resume, interrupts, head-only training.
+#include <fmt/format.h>
+
+#include <atomic>
+#include <csignal>
+
+#include "apps/commands.h"
+#include "apps/image_options.h"
+#include "nn/checkpoint.h"
+#include "training/trainer.h"
+
+namespace toptag::apps {
+
+namespace {
+
+std::atomic<bool> stop_requested{false};
+
+extern "C" void request_stop(int) { stop_requested.store(true); }
+
+struct TrainArgs {
+  TrainConfig config;
+  ImageArgs image;
+  std::string resume;
+  CLI::Option* epochs_option = nullptr;
+};
+
+void run_train(TrainArgs& a) {
+  TrainConfig config = a.config;
+  std::string resume_from;
+  if (!a.resume.empty()) {
+    resume_from = resume_checkpoint_path(a.resume);
+    config = read_train_config(resume_from);
+    if (a.epochs_option->count() > 0) config.epochs = a.config.epochs;  // the only setting a resume may change
+    fmt::print(stderr, "resuming {} from {}\n", config.output_dir, resume_from);
+  } else {
+    config.images = a.image.options;
+    config.images.center = !a.image.no_center, config.images.rotate = !a.image.no_rotate;
+    config.images.flip = !a.image.no_flip, config.images.normalize = !a.image.no_normalize;
+  }
+  apply_threads(config.threads);
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
+  const TrainResult r = train(config, &stop_requested, resume_from);
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  if (r.interrupted) {
+    fmt::print(stderr, "interrupted in epoch {} after {} steps; checkpoint written to {}\nresume with: toptag train --resume {}\n",
+               r.state.epoch + 1, r.state.step_in_epoch, r.last_checkpoint, config.output_dir);
+    return;
+  }
+  fmt::print("trained {} epochs; best validation AUC {:.4f} (epoch {})\nlast checkpoint: {}\nbest checkpoint: {}\n",
+             r.state.epoch, r.state.best_auc, r.state.best_epoch, r.last_checkpoint, r.best_checkpoint);
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  TrainConfig& c = a->config;
+  CLI::App* cmd = app.add_subcommand("train", "Train a top tagger (defaults: the paper's ResNet-50 recipe)");
+  cmd->add_option("--train", c.train_path, "training jets: reference-format or cached image file");
+  cmd->add_option("--val", c.val_path, "validation jets (or, with --features, a features file)");
+  cmd->add_option("--output-dir,-o", c.output_dir, "directory for checkpoints and metrics");
+  cmd->add_option("--features", c.features_path, "train only the head on a features file (toptag features)");
+  cmd->add_option("--init", c.init_path, "start from this checkpoint's weights");
+  cmd->add_option("--resume", a->resume, "continue the run in this directory (or from this checkpoint)");
+  cmd->add_option("--arch", c.arch, "resnet10, resnet18, resnet34, resnet50, resnet101, resnet152")->default_val("resnet50");
+  cmd->add_option("--width", c.width, "stem width (torchvision: 64)")->default_val(64);
+  cmd->add_option("--hidden", c.hidden, "fc1 width of the head")->default_val(1024);
+  a->epochs_option = cmd->add_option("--epochs", c.epochs, "epochs")->default_val(10);
+  cmd->add_option("--batch-size", c.batch_size, "minibatch size")->default_val(64);
+  cmd->add_option("--eval-batch-size", c.eval_batch_size, "batch size for validation")->default_val(256);
+  cmd->add_option("--lr", c.lr, "Adam learning rate")->default_val(1e-3);
+  cmd->add_option("--lr-schedule", c.schedule.kind, "constant, step or cosine")->default_val("constant");
+  cmd->add_option("--warmup-steps", c.schedule.warmup_steps, "linear warm-up steps")->default_val(0);
+  cmd->add_option("--step-epochs", c.schedule.step_epochs, "step schedule: epochs between decays")->default_val(3);
+  cmd->add_option("--gamma", c.schedule.gamma, "step schedule: decay factor")->default_val(0.1);
+  cmd->add_option("--weight-decay", c.weight_decay, "decoupled weight decay (AdamW)")->default_val(0.0);
+  cmd->add_option("--seed", c.seed, "seed for initial weights and data order")->default_val(1);
+  cmd->add_option("--max-train-jets", c.max_train_jets, "use only the first N training jets (0: all)")->default_val(0);
+  cmd->add_option("--max-val-jets", c.max_val_jets, "use only the first N validation jets (0: all)")->default_val(0);
+  cmd->add_flag("--freeze-backbone", c.freeze_backbone, "train only fc1 and fc2 (the featurizer stays fixed)");
+  a->image.add_to(*cmd);
+  add_threads_option(*cmd, c.threads);
+  cmd->callback([a] { run_train(*a); });
+}
+
+}  // namespace toptag::apps

@@ -1,0 +1,38 @@
+// Batched inference without the tape: scores, features and the loss on a labelled set.
+#pragma once
+
+#include <functional>
+
+#include "data/loader.h"
+#include "eval/predictions.h"
+#include "nn/resnet.h"
+
+namespace toptag {
+
+struct InferenceOptions {
+  int64_t batch_size = 64;
+  int64_t max_jets = 0;
+  bool show_progress = true;
+  std::string label = "predict";
+};
+
+struct InferenceResult {
+  Predictions predictions;   // score = softmax probability of top
+  double mean_loss = 0;      // cross-entropy, when labelled
+  NonFiniteReport dropped;
+};
+
+// Runs `model` in eval mode over `file` in file order.
+InferenceResult run_inference(ResNet& model, const JetFile& file, const ImageOptions& images,
+                              const InferenceOptions& options);
+
+// The probability of top (class 1) for each row of logits (N, 2), and the summed cross-entropy.
+void scores_from_logits(const Tensor& logits, const std::vector<int64_t>* labels, std::vector<float>& scores,
+                        double& loss_sum);
+
+// Featurizer outputs (N, feature_dim) for every jet, passed batch by batch to `sink`.
+using FeatureSink = std::function<void(const Tensor& features, const std::vector<int64_t>& labels)>;
+NonFiniteReport run_featurizer(ResNet& model, const JetFile& file, const ImageOptions& images,
+                               const InferenceOptions& options, const FeatureSink& sink);
+
+}  // namespace toptag
