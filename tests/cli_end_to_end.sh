@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# End to end through the CLI: generate -> images -> train (tiny model) -> interrupt and resume ->
+# predict -> eval, plus the error paths a user hits first. Usage: cli_end_to_end.sh path/to/toptag
+set -euo pipefail
+TOPTAG=$1
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+export TOPTAG_PLAIN_PROGRESS=1
+fail() { echo "FAIL: $*"; exit 1; }
+
+$TOPTAG generate -o train.h5 --jets 600 --seed 1 >/dev/null 2>&1
+$TOPTAG generate -o val.h5 --jets 200 --seed 2 --ttv 2 >/dev/null 2>&1
+$TOPTAG generate -o test.h5 --jets 300 --seed 3 --ttv 1 >/dev/null 2>&1
+$TOPTAG info train.h5 | grep -q "jets           600" || fail "info does not count 600 jets"
+$TOPTAG images -i val.h5 -o val_images.h5 --image-size 16 >/dev/null 2>&1
+$TOPTAG info val_images.h5 | grep -q "16x16x1" || fail "image file is not 16x16x1"
+
+TINY="--arch resnet10 --width 4 --hidden 16 --image-size 16 --batch-size 32"
+$TOPTAG train --train train.h5 --val val_images.h5 -o run $TINY --epochs 1 >/dev/null 2>&1
+[ -s run/last.h5 ] && [ -s run/best.h5 ] && [ -s run/metrics.csv ] || fail "train left no checkpoints/metrics"
+
+# SIGINT during a long run writes a checkpoint and exits 0; --resume finishes it.
+$TOPTAG train --train train.h5 --val val.h5 -o long $TINY --epochs 200 >long.log 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do [ -s long/metrics.csv ] && break; sleep 0.2; done
+kill -INT $pid
+wait $pid || fail "interrupted train exited non-zero: $(tail -3 long.log)"
+grep -q "resume with" long.log || fail "no resume hint after SIGINT: $(tail -3 long.log)"
+$TOPTAG train --resume long --epochs 2 >resume.log 2>&1 || fail "resume failed: $(tail -3 resume.log)"
+grep -q "trained 2 epochs" resume.log || fail "resume did not finish: $(tail -3 resume.log)"
+
+$TOPTAG predict -c run/best.h5 -i test.h5 -o pred.h5 >/dev/null 2>&1
+$TOPTAG predict -c run/best.h5 -i test.h5 -o pred.csv >/dev/null 2>&1
+$TOPTAG eval -p pred.h5 pred.csv --names h5,csv --json eval.json --plot roc.png --roc-csv rocs --reference pred.h5 >eval.txt
+grep -q '"n_signal"' eval.json || fail "eval.json lacks n_signal"
+[ -s roc.png ] && [ -s rocs/h5.csv ] || fail "no ROC plot or CSV"
+
+# Errors: clear message, non-zero exit, nothing overwritten.
+echo "not hdf5" > junk.h5
+if $TOPTAG info junk.h5 2>err.txt; then fail "info accepted a non-HDF5 file"; fi
+grep -q "junk.h5: not an HDF5 file" err.txt || fail "unhelpful error: $(cat err.txt)"
+printf 'score,label\n0.5,1\n0.4,3\n' > bad.csv
+cp eval.json eval_before.json
+if $TOPTAG eval -p bad.csv --json eval.json 2>err.txt; then fail "eval accepted label 3"; fi
+grep -q "bad.csv: line 3" err.txt || fail "unhelpful error: $(cat err.txt)"
+cmp -s eval.json eval_before.json || fail "a failed eval overwrote eval.json"
+if $TOPTAG predict -c val.h5 -i test.h5 -o p.h5 2>err.txt; then fail "predict accepted a jet file as checkpoint"; fi
+grep -q "not a model checkpoint" err.txt || fail "unhelpful error: $(cat err.txt)"
+echo "cli end-to-end: all checks passed"

@@ -1,0 +1,147 @@
+// The training workflow: resume equivalence, interrupt checkpoints, head-only training, schedules.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "datasets/generator.h"
+#include "nn/checkpoint.h"
+#include "testing.h"
+#include "training/trainer.h"
+
+namespace toptag {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TrainingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("toptag_training_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+    GeneratorOptions g;
+    g.seed = 11;
+    generate_file((dir_ / "train.h5").string(), 256, g);
+    g.seed = 12;
+    generate_file((dir_ / "val.h5").string(), 128, g);
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  TrainConfig tiny(const std::string& out) const {
+    TrainConfig c;
+    c.train_path = (dir_ / "train.h5").string();
+    c.val_path = (dir_ / "val.h5").string();
+    c.output_dir = (dir_ / out).string();
+    c.arch = "resnet10";
+    c.width = 4;
+    c.hidden = 16;
+    c.images.size = 16;
+    c.batch_size = 32;
+    c.epochs = 2;
+    c.seed = 3;
+    return c;
+  }
+
+  static void expect_same_weights(const std::string& a, const std::string& b) {
+    std::unique_ptr<ResNet> ma = load_model(a), mb = load_model(b);
+    StateList sa = ma->state(), sb = mb->state();
+    for (size_t i = 0; i < sa.parameters.size(); ++i)
+      testing::expect_close(sb.parameters[i].var->value(), sa.parameters[i].var->value(), sa.parameters[i].name, 0, 0);
+    for (size_t i = 0; i < sa.buffers.size(); ++i)
+      testing::expect_close(*sb.buffers[i].tensor, *sa.buffers[i].tensor, sa.buffers[i].name, 0, 0);
+  }
+
+  static fs::path dir_;
+};
+
+fs::path TrainingTest::dir_;
+
+TEST_F(TrainingTest, ResumedAfterOneEpochEndsWithTheSameWeights) {
+  TrainResult full = train(tiny("full"), nullptr);
+  EXPECT_EQ(full.state.epoch, 2);
+  TrainConfig first = tiny("split");
+  first.epochs = 1;
+  train(first, nullptr);
+  TrainConfig rest = read_train_config(resume_checkpoint_path(first.output_dir));
+  EXPECT_EQ(rest.epochs, 1);
+  rest.epochs = 2;
+  TrainResult resumed = train(rest, nullptr, resume_checkpoint_path(first.output_dir));
+  EXPECT_EQ(resumed.state.epoch, 2);
+  expect_same_weights(full.last_checkpoint, resumed.last_checkpoint);
+  // metrics.csv has a header and one row per epoch, across the resume.
+  std::ifstream csv(fs::path(first.output_dir) / "metrics.csv");
+  int lines = 0;
+  for (std::string line; std::getline(csv, line);) ++lines;
+  EXPECT_EQ(lines, 3);
+  EXPECT_TRUE(fs::exists(fs::path(first.output_dir) / "metrics.json"));
+  EXPECT_TRUE(fs::exists(fs::path(first.output_dir) / "best.h5"));
+}
+
+TEST_F(TrainingTest, InterruptWritesACheckpointAndResumingMidEpochMatches) {
+  TrainResult full = train(tiny("full_mid"), nullptr);
+  std::atomic<bool> stop{true};  // already set: the run stops after its first step
+  TrainResult cut = train(tiny("cut"), &stop);
+  EXPECT_TRUE(cut.interrupted);
+  EXPECT_EQ(cut.state.epoch, 0);
+  EXPECT_EQ(cut.state.step_in_epoch, 1);
+  ASSERT_TRUE(fs::exists(cut.last_checkpoint));
+  TrainResult resumed = train(read_train_config(cut.last_checkpoint), nullptr, cut.last_checkpoint);
+  EXPECT_FALSE(resumed.interrupted);
+  expect_same_weights(full.last_checkpoint, resumed.last_checkpoint);
+}
+
+TEST_F(TrainingTest, FrozenBackboneChangesOnlyTheHead) {
+  TrainConfig base = tiny("base");
+  base.epochs = 1;
+  train(base, nullptr);
+  TrainConfig head = tiny("head");
+  head.epochs = 1;
+  head.init_path = (fs::path(base.output_dir) / "last.h5").string();
+  head.freeze_backbone = true;
+  train(head, nullptr);
+  std::unique_ptr<ResNet> before = load_model(head.init_path), after = load_model((fs::path(head.output_dir) / "last.h5").string());
+  StateList sb = before->state(), sa = after->state();
+  for (size_t i = 0; i < sb.parameters.size(); ++i) {
+    const bool is_head = sb.parameters[i].name.rfind("fc", 0) == 0;
+    const float* x = sb.parameters[i].var->value().data();
+    const float* y = sa.parameters[i].var->value().data();
+    bool same = std::equal(x, x + sb.parameters[i].var->value().numel(), y);
+    EXPECT_EQ(same, !is_head) << sb.parameters[i].name;
+  }
+  for (size_t i = 0; i < sb.buffers.size(); ++i)  // running statistics untouched too
+    testing::expect_close(*sa.buffers[i].tensor, *sb.buffers[i].tensor, sb.buffers[i].name, 0, 0);
+}
+
+TEST_F(TrainingTest, ConfigurationErrors) {
+  TrainConfig c = tiny("bad");
+  c.epochs = 0;
+  EXPECT_THROW(train(c, nullptr), Error);
+  c = tiny("bad");
+  c.schedule.kind = "triangle";
+  EXPECT_THROW(train(c, nullptr), Error);
+  c = tiny("bad");
+  c.features_path = c.train_path;  // --features without --init
+  EXPECT_THROW(train(c, nullptr), Error);
+}
+
+TEST(Schedule, ShapesOfTheSchedules) {
+  ScheduleOptions o;
+  EXPECT_DOUBLE_EQ(learning_rate(1e-3, o, 500, 100, 1000), 1e-3);
+  o.kind = "step";
+  o.step_epochs = 2;
+  o.gamma = 0.5;
+  EXPECT_DOUBLE_EQ(learning_rate(1.0, o, 199, 100, 1000), 1.0);
+  EXPECT_DOUBLE_EQ(learning_rate(1.0, o, 200, 100, 1000), 0.5);
+  EXPECT_DOUBLE_EQ(learning_rate(1.0, o, 450, 100, 1000), 0.25);
+  o.kind = "cosine";
+  EXPECT_DOUBLE_EQ(learning_rate(1.0, o, 0, 100, 1000), 1.0);
+  EXPECT_NEAR(learning_rate(1.0, o, 500, 100, 1000), 0.5, 1e-12);
+  EXPECT_NEAR(learning_rate(1.0, o, 1000, 100, 1000), 0.0, 1e-12);
+  o.kind = "constant";
+  o.warmup_steps = 10;
+  EXPECT_DOUBLE_EQ(learning_rate(1.0, o, 0, 100, 1000), 0.1);
+  EXPECT_DOUBLE_EQ(learning_rate(1.0, o, 9, 100, 1000), 1.0);
+}
+
+}  // namespace
+}  // namespace toptag
