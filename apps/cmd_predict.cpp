@@ -4,7 +4,7 @@
 #include "apps/commands.h"
 #include "apps/image_options.h"
 #include "nn/check.h"
-#include "nn/checkpoint.h"
+#include "quantize/model.h"
 #include "training/inference.h"
 
 namespace toptag::apps {
@@ -26,7 +26,8 @@ void report_dropped(const std::string& path, const NonFiniteReport& d) {
 
 void run_predict(const PredictArgs& a) {
   apply_threads(a.threads);
-  std::unique_ptr<ResNet> model = load_model(a.checkpoint);
+  Tagger tagger = load_tagger(a.checkpoint);
+  ResNet* model = tagger.model.get();
   JetFile file(a.input);
   ImageArgs image = a.image;
   if (image.channels_option->count() == 0) image.options.channels = static_cast<int>(model->config().in_channels);
@@ -41,7 +42,8 @@ void run_predict(const PredictArgs& a) {
 
 void run_features(const PredictArgs& a) {
   apply_threads(a.threads);
-  std::unique_ptr<ResNet> model = load_model(a.checkpoint);
+  Tagger tagger = load_tagger(a.checkpoint);
+  ResNet* model = tagger.model.get();
   JetFile file(a.input);
   ImageArgs image = a.image;
   if (image.channels_option->count() == 0) image.options.channels = static_cast<int>(model->config().in_channels);

@@ -80,6 +80,10 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--max-train-jets", c.max_train_jets, "use only the first N training jets (0: all)")->default_val(0);
   cmd->add_option("--max-val-jets", c.max_val_jets, "use only the first N validation jets (0: all)")->default_val(0);
   cmd->add_flag("--freeze-backbone", c.freeze_backbone, "train only fc1 and fc2 (the featurizer stays fixed)");
+  cmd->add_option("--quantize", c.quantize, "quantization-aware training with weights in this format (see toptag quantize)");
+  cmd->add_option("--quantize-activations", c.quantize_activations, "... and the inputs of every conv/linear in this one");
+  cmd->add_option("--ste", c.ste, "straight-through estimator: masked or identity")->default_val("masked");
+  cmd->add_option("--calibration-batches", c.calibration_batches, "int8 activations: calibration batches")->default_val(8);
   a->image.add_to(*cmd);
   add_threads_option(*cmd, c.threads);
   cmd->callback([a] { run_train(*a); });

@@ -9,6 +9,7 @@ void register_commands(CLI::App& app) {
   add_data_commands(app);
   add_train_command(app);
   add_predict_commands(app);
+  add_quantize_command(app);
   add_eval_command(app);
 }
 

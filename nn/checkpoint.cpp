@@ -12,6 +12,7 @@ void write_model_state(hid_t file, ResNet& model) {
   for (const auto& b : state.buffers) h5_write_tensor(file, b.name, *b.tensor);
   h5_set_attr(file, "arch", model.config().arch);
   h5_set_attr(file, "toptag_format", kCheckpointFormat);
+  h5_set_attr(file, "folded_batchnorm", static_cast<int64_t>(model.folded() ? 1 : 0));
 }
 
 void save_model(const std::string& path, ResNet& model) {
@@ -61,6 +62,7 @@ void read_model_state(hid_t file, const std::string& path, ResNet& model) {
 std::unique_ptr<ResNet> load_model(const std::string& path) {
   H5Id file = h5_open(path);
   auto model = std::make_unique<ResNet>(read_model_config(file.get(), path), 0);
+  if (h5_attr_int(file.get(), "folded_batchnorm").value_or(0) != 0) model->fold_batchnorm();
   read_model_state(file.get(), path, *model);
   return model;
 }

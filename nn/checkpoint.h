@@ -3,6 +3,7 @@
 //    state_dict key ("conv1.weight", "layer2.0.downsample.1.running_var", "fc2.bias"), in PyTorch
 //    layout (OIHW convs, [out, in] linear);
 //  - root attribute "arch" (e.g. "resnet50"); "toptag_format" is the format version;
+//    "folded_batchnorm" = 1 marks a model whose batch norms were folded into conv biases;
 //  - the model's sizes (input channels, stem width, hidden width, classes) are read off the shapes,
 //    so a file holding only the tensors and "arch" (an export from PyTorch) loads as it is;
 //  - other components (optimizer state, training progress, run configuration) live in groups of

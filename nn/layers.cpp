@@ -20,7 +20,16 @@ Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int kernel, Conv2dPara
   weight = Var::parameter(std::move(w));
 }
 
-void Conv2d::collect(const std::string& prefix, StateList& out) { out.parameters.push_back({prefix + "weight", &weight}); }
+Var Conv2d::forward(const Var& x) const {
+  const Var w = hooks && hooks->weight ? hooks->weight(weight) : weight;
+  const Var in = hooks && hooks->input ? hooks->input(x) : x;
+  return conv2d(in, w, bias.value().defined() ? &bias : nullptr, params);
+}
+
+void Conv2d::collect(const std::string& prefix, StateList& out) {
+  out.parameters.push_back({prefix + "weight", &weight});
+  if (bias.value().defined()) out.parameters.push_back({prefix + "bias", &bias});
+}
 
 BatchNorm2d::BatchNorm2d(int64_t channels)
     : weight(Var::parameter(Tensor::full({channels}, 1.0f))),
@@ -29,12 +38,31 @@ BatchNorm2d::BatchNorm2d(int64_t channels)
       running_var(Tensor::full({channels}, 1.0f)) {}
 
 Var BatchNorm2d::forward(const Var& x) {
+  if (folded) return x;
   BatchNormParams p;
   p.training = training;
+  p.eps = eps;
   return batchnorm2d(x, weight, bias, running_mean, running_var, p);
 }
 
+void BatchNorm2d::fold_into(Conv2d& conv) {
+  if (folded) return;
+  const int64_t K = conv.weight.shape()[0], per = conv.weight.value().numel() / K;
+  Tensor b = conv.bias.value().defined() ? conv.bias.value().clone() : Tensor::zeros({K});
+  float* w = conv.weight.value().data();
+  for (int64_t k = 0; k < K; ++k) {
+    const double scale = weight.value().data()[k] / std::sqrt(static_cast<double>(running_var.data()[k]) + eps);
+    for (int64_t i = 0; i < per; ++i) w[k * per + i] = static_cast<float>(w[k * per + i] * scale);
+    b.data()[k] = static_cast<float>(bias.value().data()[k] + (b.data()[k] - running_mean.data()[k]) * scale);
+  }
+  conv.bias = Var::parameter(b);
+  folded = true;
+  weight = bias = Var();
+  running_mean = running_var = Tensor();
+}
+
 void BatchNorm2d::collect(const std::string& prefix, StateList& out) {
+  if (folded) return;
   out.parameters.push_back({prefix + "weight", &weight});
   out.parameters.push_back({prefix + "bias", &bias});
   out.buffers.push_back({prefix + "running_mean", &running_mean});
@@ -51,7 +79,11 @@ Linear::Linear(int64_t in_features, int64_t out_features, Rng& rng) {
   bias = Var::parameter(std::move(b));
 }
 
-Var Linear::forward(const Var& x) const { return linear(x, weight, &bias); }
+Var Linear::forward(const Var& x) const {
+  const Var w = hooks && hooks->weight ? hooks->weight(weight) : weight;
+  const Var in = hooks && hooks->input ? hooks->input(x) : x;
+  return linear(in, w, &bias);
+}
 
 void Linear::collect(const std::string& prefix, StateList& out) {
   out.parameters.push_back({prefix + "weight", &weight});

@@ -2,6 +2,8 @@
 // state_dict names, so checkpoints use the same keys as PyTorch ("layer1.0.conv1.weight").
 #pragma once
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,16 +28,24 @@ struct StateList {
   int64_t parameter_count() const;
 };
 
+// Transforms applied on every forward pass to a layer's weight and to its input, e.g. fake
+// quantization (quantize/). Either may be empty.
+struct LayerHooks {
+  std::function<Var(const Var&)> weight, input;
+};
+
 class Conv2d {
  public:
   Conv2d() = default;
   // Kaiming-normal init, fan_out mode for ReLU: std = sqrt(2 / (out_channels * k * k)), as torchvision's ResNet.
   Conv2d(int64_t in_channels, int64_t out_channels, int kernel, Conv2dParams params, Rng& rng);
-  Var forward(const Var& x) const { return conv2d(x, weight, params); }
+  Var forward(const Var& x) const;
   void collect(const std::string& prefix, StateList& out);
 
   Var weight;  // (K, C, R, S)
+  Var bias;    // (K); undefined unless a batch norm was folded into this conv
   Conv2dParams params;
+  std::shared_ptr<LayerHooks> hooks;
 };
 
 class BatchNorm2d {
@@ -44,10 +54,16 @@ class BatchNorm2d {
   explicit BatchNorm2d(int64_t channels);  // weight 1, bias 0, running mean 0, running var 1
   Var forward(const Var& x);
   void collect(const std::string& prefix, StateList& out);
+  // Folds this normalisation (eval mode) into the preceding conv:
+  //   w' = w * gamma / sqrt(var + eps),  b' = beta + (b - mean) * gamma / sqrt(var + eps)
+  // after which this layer passes its input through and holds no state.
+  void fold_into(Conv2d& conv);
 
   Var weight, bias;                 // (C)
   Tensor running_mean, running_var; // (C)
   bool training = true;
+  bool folded = false;
+  float eps = 1e-5f;
 };
 
 class Linear {
@@ -60,6 +76,7 @@ class Linear {
 
   Var weight;  // (out, in)
   Var bias;    // (out)
+  std::shared_ptr<LayerHooks> hooks;
 };
 
 }  // namespace toptag

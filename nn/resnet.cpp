@@ -87,6 +87,13 @@ void Block::collect(const std::string& prefix, StateList& out) {
   }
 }
 
+void Block::fold_batchnorm() {
+  bn1.fold_into(conv1);
+  bn2.fold_into(conv2);
+  if (kind == BlockKind::bottleneck) bn3.fold_into(conv3);
+  if (downsample_bn) downsample_bn->fold_into(*downsample_conv);
+}
+
 void Block::set_training(bool training) {
   bn1.training = bn2.training = bn3.training = training;
   if (downsample_bn) downsample_bn->training = training;
@@ -147,6 +154,29 @@ StateList ResNet::head_state() {
   fc2.collect("fc2.", out);
   return out;
 }
+
+void ResNet::fold_batchnorm() {
+  bn1.fold_into(conv1);
+  for (auto& stage : layers)
+    for (auto& block : stage) block.fold_batchnorm();
+  folded_ = true;
+}
+
+std::vector<std::pair<std::string, Conv2d*>> ResNet::convs() {
+  std::vector<std::pair<std::string, Conv2d*>> out{{"conv1", &conv1}};
+  for (size_t s = 0; s < layers.size(); ++s)
+    for (size_t b = 0; b < layers[s].size(); ++b) {
+      Block& block = layers[s][b];
+      const std::string prefix = fmt::format("layer{}.{}.", s + 1, b);
+      out.emplace_back(prefix + "conv1", &block.conv1);
+      out.emplace_back(prefix + "conv2", &block.conv2);
+      if (block.kind == BlockKind::bottleneck) out.emplace_back(prefix + "conv3", &block.conv3);
+      if (block.downsample_conv) out.emplace_back(prefix + "downsample.0", &*block.downsample_conv);
+    }
+  return out;
+}
+
+std::vector<std::pair<std::string, Linear*>> ResNet::linears() { return {{"fc1", &fc1}, {"fc2", &fc2}}; }
 
 void ResNet::set_training(bool training) {
   bn1.training = training;

@@ -42,6 +42,7 @@ class Block {
   Var forward(const Var& x);
   void collect(const std::string& prefix, StateList& out);
   void set_training(bool training);
+  void fold_batchnorm();
   int64_t out_channels() const;
 
   BlockKind kind;
@@ -67,12 +68,23 @@ class ResNet {
   StateList state();
   StateList head_state();  // fc1 and fc2 only
   void set_training(bool training);
+
+  // Folds every batch norm (with its running statistics) into the conv before it: the model then
+  // computes the same function as in eval mode, with biased convs and no normalisation layers.
+  // A folded model's state lists "<conv>.bias" and no batch-norm tensors.
+  void fold_batchnorm();
+  bool folded() const { return folded_; }
+
+  // Every conv and linear layer under its state_dict prefix ("layer1.0.conv2", "fc1"), for attaching hooks.
+  std::vector<std::pair<std::string, Conv2d*>> convs();
+  std::vector<std::pair<std::string, Linear*>> linears();
   int64_t feature_dim() const { return feature_dim_; }
   const ResNetConfig& config() const { return config_; }
 
  private:
   ResNetConfig config_;
   int64_t feature_dim_ = 0;
+  bool folded_ = false;
   Conv2d conv1;
   BatchNorm2d bn1;
   std::vector<std::vector<Block>> layers;

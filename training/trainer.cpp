@@ -15,6 +15,7 @@
 #include "nn/checkpoint.h"
 #include "nn/ops/softmax.h"
 #include "nn/progress.h"
+#include "quantize/model.h"
 #include "training/inference.h"
 
 namespace toptag {
@@ -35,7 +36,9 @@ std::string TrainConfig::to_json() const {
             {"schedule", schedule.kind}, {"warmup_steps", schedule.warmup_steps},
             {"step_epochs", schedule.step_epochs}, {"gamma", schedule.gamma}, {"seed", seed},
             {"max_train_jets", max_train_jets}, {"max_val_jets", max_val_jets},
-            {"freeze_backbone", freeze_backbone}, {"threads", threads}};
+            {"freeze_backbone", freeze_backbone}, {"threads", threads}, {"quantize", quantize},
+            {"quantize_activations", quantize_activations}, {"ste", ste},
+            {"calibration_batches", calibration_batches}};
   return j.dump(2);
 }
 
@@ -55,6 +58,8 @@ TrainConfig TrainConfig::from_json(const std::string& text, const std::string& s
     c.schedule.step_epochs = j.at("step_epochs"), c.schedule.gamma = j.at("gamma");
     c.seed = j.at("seed"), c.max_train_jets = j.at("max_train_jets"), c.max_val_jets = j.at("max_val_jets");
     c.freeze_backbone = j.at("freeze_backbone"), c.threads = j.at("threads");
+    c.quantize = j.value("quantize", ""), c.quantize_activations = j.value("quantize_activations", "");
+    c.ste = j.value("ste", "masked"), c.calibration_batches = j.value("calibration_batches", 8);
   } catch (const json::exception& e) {
     fail("{}: cannot read the stored training configuration: {}", source, e.what());
   }
@@ -80,10 +85,11 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Checkpoints
 
-void write_checkpoint(const std::string& path, ResNet& model, const Adam& adam, const TrainState& s,
+void write_checkpoint(const std::string& path, Tagger& tagger, const Adam& adam, const TrainState& s,
                       const TrainConfig& config) {
   AtomicH5File out(path);
-  write_model_state(out.id(), model);
+  write_model_state(out.id(), *tagger.model);
+  if (tagger.quantization) write_quantization(out.id(), *tagger.model, *tagger.quantization);
   H5Id opt = h5_group(out.id(), "optimizer", true);
   adam.save(opt.get());
   H5Id t = h5_group(out.id(), "training", true);
@@ -232,19 +238,31 @@ void validate_config(const TrainConfig& c) {
 TrainResult train(const TrainConfig& config_in, const std::atomic<bool>* stop, const std::string& resume_from) {
   TrainConfig config = config_in;
   TrainState state;
-  std::unique_ptr<ResNet> model;
+  Tagger tagger;
   H5Id resume_file;
   if (!resume_from.empty()) {
     resume_file = h5_open(resume_from);
     state = read_state(resume_file.get(), resume_from);
-    model = load_model(resume_from);
+    tagger = load_tagger(resume_from);
   } else if (!config.init_path.empty()) {
-    model = load_model(config.init_path);
+    tagger = load_tagger(config.init_path);
   } else {
-    model = std::make_unique<ResNet>(
+    tagger.model = std::make_unique<ResNet>(
         ResNetConfig{config.arch, config.images.channels, config.width, config.hidden, 2}, config.seed);
   }
   validate_config(config);
+  std::unique_ptr<ResNet>& model = tagger.model;
+  const bool quantize_now = resume_from.empty() && !config.quantize.empty();
+  if (quantize_now) {
+    auto q = std::make_shared<QuantizationConfig>();
+    q->weights = Format::parse(config.quantize);
+    if (!config.quantize_activations.empty()) q->activations = Format::parse(config.quantize_activations);
+    q->ste = parse_ste(config.ste);
+    if (tagger.quantization && q->activations && q->activations->kind == FormatKind::int8)
+      q->ranges = tagger.quantization->ranges;  // reuse the init checkpoint's calibration
+    tagger.quantization = q;
+    if (!model->folded()) model->fold_batchnorm();  // before the optimizer sees the parameters
+  }
   const ResNetConfig& mc = model->config();
   config.arch = mc.arch, config.width = mc.width, config.hidden = mc.hidden;
   const bool head_only = config.freeze_backbone || !config.features_path.empty();
@@ -276,7 +294,23 @@ TrainResult train(const TrainConfig& config_in, const std::atomic<bool>* stop, c
     lo.max_jets = config.max_train_jets;
     lo.drop_last = true;  // a batch of 1 cannot be batch-normalised
     loader.emplace(*train_file, images, lo);
+    if (quantize_now) {
+      QuantizationConfig& q = *tagger.quantization;
+      if (q.activations && q.activations->kind == FormatKind::int8 && q.ranges.empty()) {
+        loader->start_epoch(0);
+        int64_t batches = 0;
+        const int64_t seen = calibrate(*model, q, [&]() -> std::optional<Tensor> {
+          if (batches++ >= config.calibration_batches) return std::nullopt;
+          std::optional<Batch> b = loader->next();
+          return b ? std::optional<Tensor>(b->images) : std::nullopt;
+        });
+        fmt::print(stderr, "calibrated int8 activation ranges on {} jets\n", seen);
+      }
+      attach_quantization(*model, tagger.quantization);
+      fmt::print(stderr, "quantization-aware training: {}\n", q.describe());
+    }
   } else {
+    if (quantize_now) attach_quantization(*model, tagger.quantization);
     train_features = read_features(config.features_path, config.max_train_jets);
     val_features = read_features(config.val_path, config.max_val_jets);
     if (train_features->features.dim(1) != model->feature_dim())
@@ -365,7 +399,7 @@ TrainResult train(const TrainConfig& config_in, const std::atomic<bool>* stop, c
                        fmt::format("loss {:.4f} lr {:.2g}", loss_sum / static_cast<double>(loss_count), lr));
       if (stop && stop->load()) {
         progress.finish("interrupted");
-        write_checkpoint(last, *model, adam, state, config);
+        write_checkpoint(last, tagger, adam, state, config);
         result.state = state;
         result.interrupted = true;
         return result;
@@ -395,9 +429,9 @@ TrainResult train(const TrainConfig& config_in, const std::atomic<bool>* stop, c
     if (m.val_auc > state.best_auc) {
       state.best_auc = saved.best_auc = m.val_auc;
       state.best_epoch = saved.best_epoch = m.epoch;
-      write_checkpoint(best, *model, adam, saved, config);
+      write_checkpoint(best, tagger, adam, saved, config);
     }
-    write_checkpoint(last, *model, adam, saved, config);
+    write_checkpoint(last, tagger, adam, saved, config);
   }
   result.state = state;
   return result;

@@ -33,6 +33,10 @@ struct TrainConfig {
   int64_t max_train_jets = 0, max_val_jets = 0;
   bool freeze_backbone = false;
   int threads = 0;
+  // Quantization-aware training: weights (and optionally layer inputs) fake-quantized in the forward
+  // pass, batch norms folded; "" = float. A quantized --init checkpoint brings its own formats.
+  std::string quantize, quantize_activations, ste = "masked";
+  int64_t calibration_batches = 8;  // int8 activations: batches used to calibrate the input ranges
 
   std::string to_json() const;
   static TrainConfig from_json(const std::string& json, const std::string& source);

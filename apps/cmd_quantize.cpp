@@ -1,0 +1,97 @@
+// toptag quantize: post-training quantization of a checkpoint to an FPGA number format.
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "apps/commands.h"
+#include "apps/image_options.h"
+#include "data/loader.h"
+#include "nn/check.h"
+#include "quantize/model.h"
+
+namespace toptag::apps {
+
+namespace {
+
+struct QuantizeArgs {
+  std::string checkpoint, output, format, activation_format, ste = "masked", calibration;
+  bool activations = false;
+  int64_t calibration_jets = 2048, batch_size = 128;
+  ImageArgs image;
+  int threads = 0;
+};
+
+void run_quantize(const QuantizeArgs& a) {
+  apply_threads(a.threads);
+  Tagger tagger = load_tagger(a.checkpoint);
+  if (tagger.quantized())
+    fail("{}: already quantized ({}); quantize the float checkpoint instead", a.checkpoint, tagger.quantization->describe());
+  auto config = std::make_shared<QuantizationConfig>();
+  config->weights = Format::parse(a.format);
+  if (!a.activation_format.empty()) config->activations = Format::parse(a.activation_format);
+  else if (a.activations) config->activations = config->weights;
+  config->ste = parse_ste(a.ste);
+  ResNet& model = *tagger.model;
+  model.fold_batchnorm();
+
+  if (config->activations && config->activations->kind == FormatKind::int8) {
+    if (a.calibration.empty()) fail("int8 activations need --calibration FILE (jets to observe the input ranges on)");
+    JetFile file(a.calibration);
+    ImageArgs image = a.image;
+    if (image.channels_option->count() == 0) image.options.channels = static_cast<int>(model.config().in_channels);
+    LoaderOptions lo;
+    lo.batch_size = a.batch_size;
+    lo.shuffle = false;
+    lo.max_jets = a.calibration_jets;
+    Loader loader(file, image.resolve(file), lo);
+    loader.start_epoch(0);
+    const int64_t seen = calibrate(model, *config, [&]() -> std::optional<Tensor> {
+      std::optional<Batch> b = loader.next();
+      return b ? std::optional<Tensor>(b->images) : std::nullopt;
+    });
+    fmt::print("calibrated {} layer input ranges on {} jets of {}\n", config->ranges.size(), seen, a.calibration);
+  }
+  attach_quantization(model, config);
+  tagger.quantization = config;
+
+  // How far the quantized weights are from the float ones.
+  double err2 = 0, ref2 = 0;
+  int64_t layers = 0;
+  for (auto& [name, conv] : model.convs()) {
+    Tensor q = Tensor::empty(conv->weight.shape());
+    quantize_tensor(config->weights, true, conv->weight.value(), q, nullptr);
+    for (int64_t i = 0; i < q.numel(); ++i) {
+      const double w = conv->weight.value().data()[i];
+      err2 += (q.data()[i] - w) * (q.data()[i] - w), ref2 += w * w;
+    }
+    ++layers;
+  }
+  save_tagger(a.output, tagger);
+  fmt::print("quantized {} conv and {} linear layers of {} ({}), batch norms folded\n", layers, model.linears().size(),
+             a.checkpoint, config->describe());
+  fmt::print("relative RMS error of the conv weights: {:.4f}\n", std::sqrt(err2 / std::max(ref2, 1e-30)));
+  fmt::print("wrote {}\n", a.output);
+}
+
+}  // namespace
+
+void add_quantize_command(CLI::App& app) {
+  auto a = std::make_shared<QuantizeArgs>();
+  CLI::App* cmd = app.add_subcommand("quantize", "Post-training quantization to an FPGA number format (batch norms folded)");
+  cmd->add_option("--checkpoint,-c", a->checkpoint, "float checkpoint")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--format,-f", a->format,
+                  "weight format: ms-fp8, ms-fp9, msfp12, msfp16, mxint8, bfp<E,M,B>, fixed<W,I[,RND|RND_CONV|TRN[,SAT|WRAP]]>, int8")
+      ->required();
+  cmd->add_flag("--activations", a->activations, "quantize every conv/linear input too, in the same format");
+  cmd->add_option("--activation-format", a->activation_format, "quantize the inputs in this format instead");
+  cmd->add_option("--ste", a->ste, "straight-through estimator for later fine-tuning: masked or identity")
+      ->default_val("masked");
+  cmd->add_option("--calibration", a->calibration, "jets for int8 activation ranges")->check(CLI::ExistingFile);
+  cmd->add_option("--calibration-jets", a->calibration_jets, "jets used for calibration")->default_val(2048);
+  cmd->add_option("--output,-o", a->output, "quantized checkpoint")->required();
+  a->image.add_to(*cmd);
+  add_threads_option(*cmd, a->threads);
+  cmd->callback([a] { run_quantize(*a); });
+}
+
+}  // namespace toptag::apps

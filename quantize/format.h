@@ -1,0 +1,92 @@
+// The number formats of FPGA inference, each with a plain scalar reference implementation (the
+// `_ref` functions, the definition tested by hand) and a tensor quantizer used in the forward pass.
+//
+// fixed<W,I[,ROUND[,OVERFLOW]]>  Vivado / hls4ml ap_fixed: W bits, I integer bits including the sign,
+//     LSB = 2^-(W-I), range [-2^(I-1), 2^(I-1) - LSB]. Rounding TRN (floor, default), RND (half towards
+//     +inf), RND_CONV (half to even); overflow WRAP (two's complement, default) or SAT. hls4ml's
+//     default is fixed<16,6>.
+// bfp<E,M,B>  block floating point: B consecutive values along the reduction (input-channel) axis
+//     share one E-bit exponent e = floor(log2(max |x|)) of the block, clamped to [-(2^(E-1)-1),
+//     2^(E-1)-1]; each value keeps a sign and an M-bit magnitude m = round_half_even(|x| / 2^(e+1-M)),
+//     saturating at 2^M - 1. Presets: ms-fp8 = bfp<5,2,128> (Brainwave), ms-fp9 = bfp<5,3,128>,
+//     msfp12 = bfp<8,3,16>, msfp16 = bfp<8,7,16>, mxint8 = bfp<8,7,32> (OCP MX: an 8-bit shared scale
+//     and int8 elements, here symmetric in [-127, 127]).
+// int8  weights: symmetric per output channel, scale = max |w| / 127, q in [-127, 127] (PyTorch's
+//     per-channel symmetric scheme on the restricted range, which makes it idempotent);
+//     activations: per tensor, affine uint8 over the observed [min, max] (min clamped to <= 0), as
+//     PyTorch's default MinMax observer, fixed after calibration.
+// Products are accumulated in float32 (the emulation quantizes the operands, not the sums).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "nn/tensor.h"
+
+namespace toptag {
+
+enum class Rounding { trn, rnd, rnd_conv };
+enum class Overflow { wrap, sat };
+enum class FormatKind { fixed, bfp, int8 };
+
+struct Format {
+  FormatKind kind = FormatKind::fixed;
+  int width = 16, integer = 6;                  // fixed
+  Rounding rounding = Rounding::trn;            // fixed
+  Overflow overflow = Overflow::wrap;           // fixed
+  int exponent_bits = 5, mantissa_bits = 2, block = 128;  // bfp
+
+  // "fixed<16,6>", "fixed<8,3,RND_CONV,SAT>", "bfp<5,2,128>", a preset name, or "int8".
+  static Format parse(const std::string& spec);
+  std::string str() const;  // canonical spec
+};
+
+// ---- scalar references ----------------------------------------------------------------------
+// The fixed-point integer (value / LSB) of x, and the value it stands for.
+int64_t fixed_integer_ref(double x, const Format& f);
+double fixed_ref(double x, const Format& f);
+double fixed_lsb(const Format& f);
+double fixed_min(const Format& f);
+double fixed_max(const Format& f);
+
+// One block: fills the signed magnitudes m (value = m * 2^(exponent + 1 - M)) and returns the exponent.
+int bfp_block_ref(std::span<const double> x, const Format& f, std::span<int64_t> mantissas);
+int bfp_exponent_min(const Format& f);
+int bfp_exponent_max(const Format& f);
+double bfp_max_magnitude(const Format& f);  // the largest representable |value|
+
+// ---- tensors --------------------------------------------------------------------------------
+// How a tensor is grouped: viewed as [outer, axis, inner], blocks run along `axis` (the input
+// channels) for each (outer, inner); int8 weight channels are the `outer` index.
+struct AxisLayout {
+  int64_t outer = 1, axis = 1, inner = 1;
+};
+AxisLayout weight_layout(const Shape& w);      // conv (K,C,R,S) -> [K, C, R*S]; linear (O,I) -> [O, I, 1]
+AxisLayout activation_layout(const Shape& x);  // conv input (N,C,H,W) -> [N, C, H*W]; linear input (N,I) -> [N, I, 1]
+
+// Per-tensor affine parameters of an int8 activation quantizer.
+struct AffineRange {
+  float min = 0, max = 0;
+  float scale() const;
+  int zero_point() const;
+};
+
+// y = q(x); in_range[i] = 1 where x[i] is representable (masked STE), 0 where it saturates or wraps.
+// `range` is required for int8 activations and ignored otherwise.
+void quantize_tensor(const Format& f, bool is_weight, const Tensor& x, Tensor& y, Tensor* in_range,
+                     const AffineRange* range = nullptr);
+
+// The exact integer encoding of a quantized weight, for checkpoints and FPGA flows:
+//   fixed: integers = value / LSB;  bfp: integers = signed magnitudes, exponents per block
+//   ([outer, ceil(axis / B), inner]);  int8: integers = q, scales per output channel.
+struct EncodedTensor {
+  std::vector<int32_t> integers;
+  std::vector<int8_t> exponents;
+  std::vector<float> scales;
+};
+EncodedTensor encode_weight(const Format& f, const Tensor& w);
+Tensor decode_weight(const Format& f, const EncodedTensor& e, const Shape& shape);
+
+}  // namespace toptag
