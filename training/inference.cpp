@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "nn/ops/softmax.h"
 #include "nn/progress.h"
 
 namespace toptag {
@@ -21,14 +22,17 @@ LoaderOptions in_file_order(const InferenceOptions& o) {
 void scores_from_logits(const Tensor& logits, const std::vector<int64_t>* labels, std::vector<float>& scores,
                         double& loss_sum) {
   const int64_t N = logits.dim(0), K = logits.dim(1);
+  // The score is nn's softmax, the same function the server applies, so local and served scores agree.
+  const Tensor p = softmax(Var(logits)).value();
   for (int64_t n = 0; n < N; ++n) {
+    scores.push_back(p.data()[n * K + 1]);
+    if (!labels) continue;
     const float* z = logits.data() + n * K;
     double max = z[0];
     for (int64_t k = 1; k < K; ++k) max = std::max<double>(max, z[k]);
     double sum = 0;
     for (int64_t k = 0; k < K; ++k) sum += std::exp(z[k] - max);
-    scores.push_back(static_cast<float>(std::exp(z[1] - max) / sum));
-    if (labels) loss_sum += std::log(sum) + max - z[(*labels)[n]];
+    loss_sum += std::log(sum) + max - z[(*labels)[n]];
   }
 }
 

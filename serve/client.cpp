@@ -1,0 +1,288 @@
+#include "serve/client.h"
+
+#include <grpcpp/grpcpp.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "data/jets.h"
+#include "inference.grpc.pb.h"
+#include "nn/progress.h"
+
+namespace toptag {
+
+using json = nlohmann::json;
+
+const RemoteTensor* RemoteModel::input(const std::string& n) const {
+  for (const RemoteTensor& t : inputs)
+    if (t.name == n) return &t;
+  return nullptr;
+}
+
+namespace {
+
+void split_host_port(const std::string& url, const std::string& scheme, std::string& host, int& port) {
+  const std::string rest = url.substr(scheme.size());
+  const size_t colon = rest.rfind(':');
+  if (colon == std::string::npos) fail("server URL '{}' needs a port: {}HOST:PORT", url, scheme);
+  host = rest.substr(0, colon);
+  try {
+    port = std::stoi(rest.substr(colon + 1));
+  } catch (const std::exception&) {
+    fail("server URL '{}': bad port", url);
+  }
+}
+
+class GrpcClient final : public InferenceClient {
+ public:
+  GrpcClient(const std::string& target, std::string model, int64_t timeout_ms) : model_(std::move(model)), timeout_ms_(timeout_ms) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(256 << 20);
+    args.SetMaxSendMessageSize(256 << 20);
+    stub_ = inference::GRPCInferenceService::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+  }
+
+  bool ready() override {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    inference::ModelReadyRequest q;
+    q.set_name(model_);
+    inference::ModelReadyResponse r;
+    return stub_->ModelReady(&ctx, q, &r).ok() && r.ready();
+  }
+
+  RemoteModel metadata() override {
+    grpc::ClientContext ctx;
+    set_deadline(ctx);
+    inference::ModelMetadataRequest q;
+    q.set_name(model_);
+    inference::ModelMetadataResponse r;
+    check(stub_->ModelMetadata(&ctx, q, &r), "ModelMetadata");
+    RemoteModel m{r.name(), r.platform(), {}, {}};
+    for (const auto& t : r.inputs()) m.inputs.push_back({t.name(), t.datatype(), {t.shape().begin(), t.shape().end()}});
+    for (const auto& t : r.outputs()) m.outputs.push_back({t.name(), t.datatype(), {t.shape().begin(), t.shape().end()}});
+    return m;
+  }
+
+  InferReply infer(const std::string& input, const std::vector<int64_t>& shape, std::span<const float> values,
+                   bool want_features) override {
+    inference::ModelInferRequest q;
+    q.set_model_name(model_);
+    auto* in = q.add_inputs();
+    in->set_name(input);
+    in->set_datatype("FP32");
+    for (int64_t d : shape) in->add_shape(d);
+    q.add_raw_input_contents(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+    q.add_outputs()->set_name("probabilities");
+    if (want_features) q.add_outputs()->set_name("features");
+    grpc::ClientContext ctx;
+    set_deadline(ctx);
+    inference::ModelInferResponse r;
+    check(stub_->ModelInfer(&ctx, q, &r), "ModelInfer");
+    InferReply reply;
+    for (int i = 0; i < r.outputs_size(); ++i) {
+      if (i >= r.raw_output_contents_size()) throw ClientError("ModelInfer: response lacks raw output contents", false);
+      const std::string& raw = r.raw_output_contents(i);
+      std::vector<float>& dst = r.outputs(i).name() == "features" ? reply.features : reply.probabilities;
+      dst.resize(raw.size() / 4);
+      std::memcpy(dst.data(), raw.data(), dst.size() * 4);
+    }
+    return reply;
+  }
+
+ private:
+  void set_deadline(grpc::ClientContext& ctx) const {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms_));
+  }
+  static void check(const grpc::Status& s, const char* call) {
+    if (s.ok()) return;
+    const bool retryable = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                           s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                           s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+    throw ClientError(fmt::format("{} failed ({}): {}", call, static_cast<int>(s.error_code()), s.error_message()), retryable);
+  }
+
+  std::string model_;
+  int64_t timeout_ms_;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;
+};
+
+class HttpClient final : public InferenceClient {
+ public:
+  HttpClient(const std::string& host, int port, std::string model, int64_t timeout_ms)
+      : client_(host, port), model_(std::move(model)) {
+    const time_t sec = static_cast<time_t>(timeout_ms / 1000);
+    client_.set_read_timeout(sec, 0);
+    client_.set_write_timeout(sec, 0);
+    client_.set_connection_timeout(5, 0);
+    client_.set_keep_alive(true);
+  }
+
+  bool ready() override {
+    auto res = client_.Get(("/v2/models/" + model_ + "/ready").c_str());
+    return res && res->status == 200;
+  }
+
+  RemoteModel metadata() override {
+    const json j = get_json("/v2/models/" + model_);
+    RemoteModel m{j.value("name", ""), j.value("platform", ""), {}, {}};
+    for (const json& t : j.at("inputs")) m.inputs.push_back({t.at("name"), t.at("datatype"), t.at("shape")});
+    for (const json& t : j.at("outputs")) m.outputs.push_back({t.at("name"), t.at("datatype"), t.at("shape")});
+    return m;
+  }
+
+  InferReply infer(const std::string& input, const std::vector<int64_t>& shape, std::span<const float> values,
+                   bool want_features) override {
+    // Binary tensor extension both ways: a JSON header, then the raw FP32 bytes.
+    json outputs = json::array({{{"name", "probabilities"}, {"parameters", {{"binary_data", true}}}}});
+    if (want_features) outputs.push_back({{"name", "features"}, {"parameters", {{"binary_data", true}}}});
+    const json header = {{"inputs",
+                          {{{"name", input}, {"datatype", "FP32"}, {"shape", shape},
+                            {"parameters", {{"binary_data_size", values.size() * 4}}}}}},
+                         {"outputs", outputs}};
+    const std::string head = header.dump();
+    std::string body = head;
+    body.append(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+    httplib::Headers headers = {{"Inference-Header-Content-Length", std::to_string(head.size())}};
+    auto res = client_.Post(("/v2/models/" + model_ + "/infer").c_str(), headers, body, "application/octet-stream");
+    if (!res) throw ClientError(fmt::format("HTTP infer failed: {}", httplib::to_string(res.error())), true);
+    if (res->status != 200) throw ClientError(fmt::format("HTTP infer failed ({}): {}", res->status, res->body), res->status == 503);
+    size_t json_size = res->body.size();
+    if (res->has_header("Inference-Header-Content-Length")) json_size = std::stoul(res->get_header_value("Inference-Header-Content-Length"));
+    const json reply_json = json::parse(res->body.substr(0, json_size));
+    InferReply reply;
+    size_t offset = json_size;
+    for (const json& o : reply_json.at("outputs")) {
+      std::vector<float>& dst = o.at("name") == "features" ? reply.features : reply.probabilities;
+      if (o.contains("parameters") && o["parameters"].contains("binary_data_size")) {
+        const size_t bytes = o["parameters"]["binary_data_size"];
+        dst.resize(bytes / 4);
+        std::memcpy(dst.data(), res->body.data() + offset, bytes);
+        offset += bytes;
+      } else {
+        dst = o.at("data").get<std::vector<float>>();
+      }
+    }
+    return reply;
+  }
+
+ private:
+  json get_json(const std::string& path) {
+    auto res = client_.Get(path.c_str());
+    if (!res) throw ClientError(fmt::format("GET {} failed: {}", path, httplib::to_string(res.error())), true);
+    if (res->status != 200) throw ClientError(fmt::format("GET {} failed ({}): {}", path, res->status, res->body), false);
+    return json::parse(res->body);
+  }
+
+  httplib::Client client_;
+  std::string model_;
+};
+
+}  // namespace
+
+std::unique_ptr<InferenceClient> InferenceClient::connect(const std::string& url, const std::string& model, int64_t timeout_ms) {
+  std::string host;
+  int port = 0;
+  if (url.rfind("grpc://", 0) == 0) {
+    split_host_port(url, "grpc://", host, port);
+    return std::make_unique<GrpcClient>(fmt::format("{}:{}", host, port), model, timeout_ms);
+  }
+  if (url.rfind("http://", 0) == 0) {
+    split_host_port(url, "http://", host, port);
+    return std::make_unique<HttpClient>(host, port, model, timeout_ms);
+  }
+  fail("server URL '{}' must start with grpc:// or http://", url);
+}
+
+RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptions& o) {
+  if (o.concurrency < 1) fail("--concurrency must be at least 1, got {}", o.concurrency);
+  const auto start = std::chrono::steady_clock::now();
+  std::unique_ptr<InferenceClient> probe = InferenceClient::connect(o.url, o.model);
+  if (!probe->ready()) fail("{}: model '{}' is not ready (is the server running?)", o.url, o.model);
+  const RemoteModel meta = probe->metadata();
+  const bool send_images = !file.has_constituents();
+  if (!meta.input(send_images ? "images" : "constituents"))
+    fail("{}: model '{}' has no '{}' input", o.url, o.model, send_images ? "images" : "constituents");
+
+  const int64_t n = o.max_jets > 0 ? std::min(o.max_jets, file.size()) : file.size();
+  RemotePredictResult result;
+  std::optional<Progress> progress;
+  if (o.show_progress) progress.emplace("predict " + o.url, n, "jets");
+  constexpr int64_t kChunk = 4096;  // jets read at once: memory stays bounded
+  std::vector<std::unique_ptr<InferenceClient>> clients;
+  for (int t = 0; t < o.concurrency; ++t) clients.push_back(InferenceClient::connect(o.url, o.model));
+  std::atomic<int64_t> retried{0};
+  for (int64_t start_row = 0; start_row < n; start_row += kChunk) {
+    Examples ex = file.read(start_row, std::min(kChunk, n - start_row), result.dropped);
+    const int64_t m = ex.size();
+    if (!send_images && ex.jets.n_constituents != kMaxConstituents)
+      fail("{}: jets have {} constituents; the server takes {}", file.path(), ex.jets.n_constituents, kMaxConstituents);
+    std::vector<float> scores(static_cast<size_t>(m));
+    std::vector<std::vector<float>> features(o.features ? static_cast<size_t>(m) : 0);
+    std::atomic<int64_t> next{0}, done{0};
+    std::exception_ptr error;
+    std::mutex error_mutex;
+    auto worker = [&](InferenceClient& client) {
+      for (int64_t i; (i = next++) < m;) {
+        std::vector<int64_t> shape;
+        std::span<const float> values;
+        if (send_images) {
+          const int64_t per = ex.images.numel() / std::max<int64_t>(1, ex.images.dim(0));
+          shape = {1, ex.images.dim(1), ex.images.dim(2), ex.images.dim(3)};
+          values = {ex.images.data() + i * per, static_cast<size_t>(per)};
+        } else {
+          const int nc = ex.jets.n_constituents;
+          shape = {1, nc, 4};
+          values = {ex.jets.constituents.data() + i * nc * 4, static_cast<size_t>(nc) * 4};
+        }
+        for (int attempt = 0;; ++attempt) {
+          try {
+            InferReply r = client.infer(send_images ? "images" : "constituents", shape, values, o.features);
+            if (r.probabilities.size() != 2) throw ClientError("reply holds no probabilities", false);
+            scores[i] = r.probabilities[1];
+            if (o.features) features[i] = std::move(r.features);
+            break;
+          } catch (const ClientError& e) {
+            if (!e.retryable() || attempt >= o.retries) {
+              std::lock_guard lock(error_mutex);
+              if (!error) error = std::current_exception();
+              next = m;  // stop the others
+              return;
+            }
+            ++retried;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
+          }
+        }
+        ++done;
+      }
+    };
+    std::vector<std::thread> threads;
+    for (int t = 0; t < o.concurrency; ++t) threads.emplace_back(worker, std::ref(*clients[t]));
+    int64_t shown = 0;
+    while (done.load() < m) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (progress) progress->advance(done.load() - shown), shown = done.load();
+      std::lock_guard lock(error_mutex);
+      if (error) break;
+    }
+    for (std::thread& t : threads) t.join();
+    if (error) std::rethrow_exception(error);
+    if (progress) progress->advance(m - shown);
+    result.predictions.score.insert(result.predictions.score.end(), scores.begin(), scores.end());
+    result.predictions.label.insert(result.predictions.label.end(), ex.labels.begin(), ex.labels.end());
+    for (auto& f : features) {
+      result.feature_dim = static_cast<int64_t>(f.size());
+      result.features.insert(result.features.end(), f.begin(), f.end());
+    }
+  }
+  if (progress) progress->finish();
+  result.retried = retried.load();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace toptag

@@ -1,0 +1,80 @@
+// Clients of the KServe v2 protocol: gRPC (grpc://host:port) and HTTP (http://host:port), able to
+// call toptag serve or NVIDIA Triton. One client per thread; a gRPC client shares nothing mutable.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "eval/predictions.h"
+#include "nn/check.h"
+
+namespace toptag {
+
+// A failed call; `retryable` for transport problems and an unavailable server, not for refused requests.
+class ClientError : public Error {
+ public:
+  ClientError(const std::string& message, bool retryable) : Error(message), retryable_(retryable) {}
+  bool retryable() const { return retryable_; }
+
+ private:
+  bool retryable_;
+};
+
+struct RemoteTensor {
+  std::string name, datatype;
+  std::vector<int64_t> shape;
+};
+
+struct RemoteModel {
+  std::string name, platform;
+  std::vector<RemoteTensor> inputs, outputs;
+  const RemoteTensor* input(const std::string& name) const;
+};
+
+struct InferReply {
+  std::vector<float> probabilities;  // n x 2
+  std::vector<float> features;       // n x F when requested
+};
+
+class InferenceClient {
+ public:
+  // url: grpc://HOST:PORT or http://HOST:PORT. Throws for another scheme.
+  static std::unique_ptr<InferenceClient> connect(const std::string& url, const std::string& model,
+                                                  int64_t timeout_ms = 60000);
+  virtual ~InferenceClient() = default;
+
+  virtual bool ready() = 0;  // server live and model ready
+  virtual RemoteModel metadata() = 0;
+  // One call: input "images" [n, C, H, W] or "constituents" [n, 200, 4], FP32 row-major.
+  virtual InferReply infer(const std::string& input, const std::vector<int64_t>& shape, std::span<const float> values,
+                           bool want_features) = 0;
+};
+
+struct RemotePredictOptions {
+  std::string url, model = "toptag";
+  int concurrency = 16;
+  int retries = 3;          // per request, with exponential back-off
+  int64_t max_jets = 0;
+  bool features = false;    // collect the featurizer outputs too
+  bool show_progress = true;
+};
+
+struct RemotePredictResult {
+  Predictions predictions;
+  std::vector<float> features;  // n x F
+  int64_t feature_dim = 0;
+  int64_t retried = 0;
+  double seconds = 0;
+  NonFiniteReport dropped;
+};
+
+// Sends every jet of `file` in its own request (one event per request, as a CMSSW job does), with
+// `concurrency` requests in flight: constituents for jet files, images for image files.
+RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptions& options);
+
+}  // namespace toptag

@@ -1,0 +1,141 @@
+#include "serve/engine.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "nn/check.h"
+#include "nn/ops/softmax.h"
+#include "nn/parallel.h"
+
+namespace toptag {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+int64_t micros(Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
+}  // namespace
+
+BatchingEngine::BatchingEngine(Tagger tagger, const ImageOptions& images, const EngineOptions& options)
+    : tagger_(std::move(tagger)), images_(images), options_(options), feature_dim_(tagger_.model->feature_dim()) {
+  if (options.max_batch < 1) fail("--max-batch must be at least 1, got {}", options.max_batch);
+  if (options.max_queue_delay_us < 0) fail("--max-queue-delay-us must be >= 0, got {}", options.max_queue_delay_us);
+  if (images.channels != tagger_.model->config().in_channels)
+    fail("the model takes {}-channel images but the server was set up for {}", tagger_.model->config().in_channels,
+         images.channels);
+  validate(images);
+  tagger_.model->set_training(false);
+  worker_ = std::thread([this] { work(); });
+}
+
+BatchingEngine::~BatchingEngine() { stop(); }
+
+std::string BatchingEngine::describe() const {
+  const ResNetConfig& c = tagger_.model->config();
+  return fmt::format("{} (width {}, {} features){}; images {}", c.arch, c.width, feature_dim_,
+                     tagger_.quantized() ? ", quantized: " + tagger_.quantization->describe() : "", images_.describe());
+}
+
+bool BatchingEngine::running() const {
+  std::lock_guard lock(mutex_);
+  return !stopping_;
+}
+
+Tensor BatchingEngine::images_from_constituents(std::span<const float> constituents, int64_t n, int n_constituents) const {
+  return jet_images(constituents, n, n_constituents, images_);
+}
+
+std::future<EngineResult> BatchingEngine::submit(Tensor images, bool want_features) {
+  const Shape want{images.rank() == 4 ? images.dim(0) : 0, images_.channels, images_.size, images_.size};
+  if (images.rank() != 4 || !(images.shape() == want))
+    fail("images must have shape [N, {}, {}, {}], got {}", images_.channels, images_.size, images_.size,
+         images.shape().str());
+  if (images.dim(0) < 1) fail("empty batch: a request needs at least one image");
+  Pending p{std::move(images), want_features, {}, Clock::now()};
+  std::future<EngineResult> result = p.promise.get_future();
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) fail("the server is shutting down");
+    queued_images_ += p.images.dim(0);
+    queue_.push_back(std::move(p));
+  }
+  changed_.notify_all();
+  return result;
+}
+
+void BatchingEngine::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+void BatchingEngine::work() {
+  set_num_threads(options_.threads);  // OpenMP settings are per thread: apply them to this one
+  std::vector<Pending> batch;
+  for (;;) {
+    {
+      std::unique_lock lock(mutex_);
+      changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and nothing left to answer
+      // Wait for the batch to fill, at most max_queue_delay after the oldest request arrived.
+      const auto deadline = queue_.front().arrival + std::chrono::microseconds(options_.max_queue_delay_us);
+      changed_.wait_until(lock, deadline, [&] { return stopping_ || queued_images_ >= options_.max_batch; });
+      int64_t images = 0;
+      while (!queue_.empty() && (batch.empty() || images + queue_.front().images.dim(0) <= options_.max_batch)) {
+        images += queue_.front().images.dim(0);
+        queued_images_ -= queue_.front().images.dim(0);
+        batch.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+    }
+    run_batch(batch);
+    batch.clear();
+  }
+}
+
+void BatchingEngine::run_batch(std::vector<Pending>& batch) {
+  const auto start = Clock::now();
+  int64_t n = 0;
+  for (const Pending& p : batch) n += p.images.dim(0);
+  try {
+    const int64_t per = images_.pixels();
+    Tensor images = batch.size() == 1 ? batch[0].images : Tensor::empty({n, images_.channels, images_.size, images_.size});
+    if (batch.size() > 1) {
+      int64_t row = 0;
+      for (const Pending& p : batch) {
+        std::memcpy(images.data() + row * per, p.images.data(), p.images.numel() * sizeof(float));
+        row += p.images.dim(0);
+      }
+    }
+    NoGradGuard no_grad;
+    ResNet& model = *tagger_.model;
+    Var features = model.features(Var(images));
+    // The same softmax as local prediction (training/inference.cpp), so scores agree bit for bit.
+    const Tensor probabilities = softmax(model.head(features)).value();
+    ++executions_;
+    const int64_t done_us = micros(Clock::now() - start);
+    int64_t row = 0;
+    for (Pending& p : batch) {
+      const int64_t m = p.images.dim(0);
+      EngineResult r;
+      r.probabilities = Tensor::empty({m, 2});
+      std::memcpy(r.probabilities.data(), probabilities.data() + row * 2, m * 2 * sizeof(float));
+      if (p.want_features) {
+        r.features = Tensor::empty({m, feature_dim_});
+        std::memcpy(r.features.data(), features.value().data() + row * feature_dim_, m * feature_dim_ * sizeof(float));
+      }
+      r.queue_us = micros(start - p.arrival);
+      r.compute_us = done_us;
+      r.batch_images = n;
+      row += m;
+      p.promise.set_value(std::move(r));
+    }
+  } catch (...) {
+    for (Pending& p : batch) p.promise.set_exception(std::current_exception());
+  }
+}
+
+}  // namespace toptag

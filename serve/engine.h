@@ -1,0 +1,78 @@
+// Dynamic batching (as Triton's dynamic batcher): requests from every client wait in one queue; a
+// worker thread takes as many as fit in --max-batch images, waiting at most --max-queue-delay-us
+// after the oldest request arrived for more to come, runs the model once on the whole batch, and
+// hands every request its own rows. Every row is computed independently of the others in its
+// batch, so a response is what the request would get alone.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "data/jet_image.h"
+#include "quantize/model.h"
+
+namespace toptag {
+
+struct EngineOptions {
+  int64_t max_batch = 64;
+  int64_t max_queue_delay_us = 500;
+  int threads = 0;  // the worker's OpenMP/OpenBLAS threads (0: all cores)
+};
+
+struct EngineResult {
+  Tensor probabilities;  // (n, 2): P(QCD), P(top)
+  Tensor features;       // (n, feature_dim) when requested
+  int64_t queue_us = 0, compute_us = 0, batch_images = 0;
+};
+
+class BatchingEngine {
+ public:
+  // images: the preprocessing applied to "constituents" inputs, and the image size every request must have.
+  BatchingEngine(Tagger tagger, const ImageOptions& images, const EngineOptions& options);
+  ~BatchingEngine();
+  BatchingEngine(const BatchingEngine&) = delete;
+  BatchingEngine& operator=(const BatchingEngine&) = delete;
+
+  // images: (n, C, H, W) with C, H, W as the engine expects (toptag::Error otherwise). Thread-safe.
+  std::future<EngineResult> submit(Tensor images, bool want_features);
+  // Jets (n x n_constituents x 4: E, px, py, pz) -> images, with the model's preprocessing.
+  Tensor images_from_constituents(std::span<const float> constituents, int64_t n, int n_constituents) const;
+
+  // Finishes every queued request, then stops the worker. Later submits fail.
+  void stop();
+  bool running() const;
+
+  uint64_t executions() const { return executions_.load(); }  // batches run so far
+  const ImageOptions& image_options() const { return images_; }
+  int64_t feature_dim() const { return feature_dim_; }
+  std::string describe() const;  // model summary for metadata and logs
+
+ private:
+  struct Pending {
+    Tensor images;
+    bool want_features;
+    std::promise<EngineResult> promise;
+    std::chrono::steady_clock::time_point arrival;
+  };
+  void work();
+  void run_batch(std::vector<Pending>& batch);
+
+  Tagger tagger_;
+  ImageOptions images_;
+  EngineOptions options_;
+  int64_t feature_dim_;
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<Pending> queue_;
+  int64_t queued_images_ = 0;
+  bool stopping_ = false;
+  std::atomic<uint64_t> executions_{0};
+  std::thread worker_;
+};
+
+}  // namespace toptag

@@ -1,0 +1,154 @@
+// The gRPC front end: KServe v2 GRPCInferenceService on top of InferenceService.
+#include <grpcpp/grpcpp.h>
+
+#include <cstring>
+
+#include "inference.grpc.pb.h"
+#include "serve/grpc_frontend.h"
+
+namespace toptag {
+
+namespace {
+
+grpc::Status to_status(const RequestError& e) {
+  switch (e.kind()) {
+    case RequestError::Kind::not_found: return {grpc::StatusCode::NOT_FOUND, e.what()};
+    case RequestError::Kind::unavailable: return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    case RequestError::Kind::invalid: break;
+  }
+  return {grpc::StatusCode::INVALID_ARGUMENT, e.what()};
+}
+
+void fill_metadata(const TensorMetadata& t, inference::ModelMetadataResponse::TensorMetadata* out) {
+  out->set_name(t.name);
+  out->set_datatype(t.datatype);
+  for (int64_t d : t.shape) out->add_shape(d);
+}
+
+class Service final : public inference::GRPCInferenceService::Service {
+ public:
+  explicit Service(InferenceService& s) : s_(s) {}
+
+  grpc::Status ServerLive(grpc::ServerContext*, const inference::ServerLiveRequest*,
+                          inference::ServerLiveResponse* r) override {
+    r->set_live(true);
+    return grpc::Status::OK;
+  }
+  grpc::Status ServerReady(grpc::ServerContext*, const inference::ServerReadyRequest*,
+                           inference::ServerReadyResponse* r) override {
+    r->set_ready(s_.ready());
+    return grpc::Status::OK;
+  }
+  grpc::Status ModelReady(grpc::ServerContext*, const inference::ModelReadyRequest* q,
+                          inference::ModelReadyResponse* r) override {
+    try {
+      s_.check_model(q->name(), q->version());
+      r->set_ready(s_.ready());
+    } catch (const RequestError& e) {
+      return to_status(e);
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status ServerMetadata(grpc::ServerContext*, const inference::ServerMetadataRequest*,
+                              inference::ServerMetadataResponse* r) override {
+    r->set_name("toptag");
+    r->set_version(TOPTAG_VERSION);
+    return grpc::Status::OK;
+  }
+  grpc::Status ModelMetadata(grpc::ServerContext*, const inference::ModelMetadataRequest* q,
+                             inference::ModelMetadataResponse* r) override {
+    try {
+      s_.check_model(q->name(), q->version());
+    } catch (const RequestError& e) {
+      return to_status(e);
+    }
+    r->set_name(s_.model_name());
+    r->add_versions(InferenceService::kVersion);
+    r->set_platform(s_.platform());
+    for (const TensorMetadata& t : s_.inputs()) fill_metadata(t, r->add_inputs());
+    for (const TensorMetadata& t : s_.outputs()) fill_metadata(t, r->add_outputs());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ModelInfer(grpc::ServerContext*, const inference::ModelInferRequest* q,
+                          inference::ModelInferResponse* r) override {
+    try {
+      if (q->inputs_size() != 1)
+        throw RequestError(RequestError::Kind::invalid,
+                           fmt::format("expected exactly one input (images or constituents), got {}", q->inputs_size()));
+      const auto& in = q->inputs(0);
+      InputTensor t{in.name(), in.datatype(), {in.shape().begin(), in.shape().end()}, {}};
+      std::vector<float> aligned;
+      if (q->raw_input_contents_size() > 0) {
+        if (in.has_contents())
+          throw RequestError(RequestError::Kind::invalid, "input has both raw_input_contents and typed contents");
+        const std::string& raw = q->raw_input_contents(0);
+        if (raw.size() % 4 != 0)
+          throw RequestError(RequestError::Kind::invalid,
+                             fmt::format("raw contents of '{}' are {} bytes, not a whole number of FP32 values", in.name(), raw.size()));
+        aligned.resize(raw.size() / 4);
+        std::memcpy(aligned.data(), raw.data(), raw.size());  // little-endian FP32, as on every supported host
+        t.values = aligned;
+      } else {
+        t.values = {in.contents().fp32_contents().data(), static_cast<size_t>(in.contents().fp32_contents_size())};
+      }
+      std::vector<std::string> outputs;
+      for (const auto& o : q->outputs()) outputs.push_back(o.name());
+      if (outputs.empty()) outputs.push_back("probabilities");
+      EngineResult result = s_.infer(q->model_name(), q->model_version(), t, outputs);
+      r->set_model_name(s_.model_name());
+      r->set_model_version(InferenceService::kVersion);
+      r->set_id(q->id());
+      const int64_t n = t.shape[0];
+      for (const std::string& name : outputs) {
+        const Tensor& v = name == "features" ? result.features : result.probabilities;
+        auto* o = r->add_outputs();
+        o->set_name(name);
+        o->set_datatype("FP32");
+        o->add_shape(n);
+        o->add_shape(v.dim(1));
+        r->add_raw_output_contents(reinterpret_cast<const char*>(v.data()), static_cast<size_t>(v.numel()) * 4);
+      }
+    } catch (const RequestError& e) {
+      return to_status(e);
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::INTERNAL, e.what()};
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  InferenceService& s_;
+};
+
+}  // namespace
+
+struct GrpcFrontEnd::Impl {
+  std::unique_ptr<Service> service;
+  std::unique_ptr<grpc::Server> server;
+};
+
+GrpcFrontEnd::GrpcFrontEnd(InferenceService& service, const std::string& host, int port, int64_t max_message_bytes)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->service = std::make_unique<Service>(service);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(fmt::format("{}:{}", host, port), grpc::InsecureServerCredentials(), &port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
+  builder.RegisterService(impl_->service.get());
+  impl_->server = builder.BuildAndStart();
+  if (!impl_->server || port_ == 0) fail("cannot listen for gRPC on {}:{} (port in use?)", host, port);
+}
+
+GrpcFrontEnd::~GrpcFrontEnd() { shutdown(); }
+
+void GrpcFrontEnd::shutdown() {
+  if (impl_->server) {
+    // Stop accepting; in-flight calls get up to 30 s to finish.
+    impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    impl_->server->Wait();
+    impl_->server.reset();
+  }
+}
+
+}  // namespace toptag

@@ -1,0 +1,211 @@
+#include "serve/perf.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <gnuplot-iostream.h>
+#include <mutex>
+#include <thread>
+
+#include "nn/check.h"
+#include "nn/parallel.h"
+#include "nn/random.h"
+#include "serve/client.h"
+
+namespace toptag {
+
+using Clock = std::chrono::steady_clock;
+
+double parse_duration(const std::string& text) {
+  try {
+    size_t used = 0;
+    const double v = std::stod(text, &used);
+    const std::string unit = text.substr(used);
+    if (unit.empty() || unit == "s") return v;
+    if (unit == "ms") return v / 1000;
+    if (unit == "m" || unit == "min") return v * 60;
+  } catch (const std::exception&) {
+  }
+  fail("duration '{}' must look like 10s, 500ms or 2m", text);
+}
+
+LatencyStats summarize(std::vector<double> ms, int64_t images, double seconds, int64_t errors) {
+  LatencyStats s;
+  s.requests = static_cast<int64_t>(ms.size());
+  s.errors = errors;
+  s.seconds = seconds;
+  if (ms.empty()) return s;
+  std::sort(ms.begin(), ms.end());
+  double sum = 0;
+  for (double v : ms) sum += v;
+  auto q = [&](double f) { return ms[std::min(ms.size() - 1, static_cast<size_t>(f * static_cast<double>(ms.size())))]; };
+  s.mean_ms = sum / static_cast<double>(ms.size());
+  s.p50_ms = q(0.5), s.p90_ms = q(0.9), s.p95_ms = q(0.95), s.p99_ms = q(0.99);
+  s.throughput = static_cast<double>(s.requests * images) / seconds;
+  return s;
+}
+
+namespace {
+
+std::vector<float> random_values(int64_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = static_cast<float>(rng.uniform() * 0.01);
+  return v;
+}
+
+}  // namespace
+
+std::vector<PerfPoint> measure_server(const ServerPerfOptions& o, bool show_progress) {
+  std::unique_ptr<InferenceClient> probe = InferenceClient::connect(o.url, o.model);
+  if (!probe->ready()) fail("{}: model '{}' is not ready", o.url, o.model);
+  const RemoteModel meta = probe->metadata();
+  const RemoteTensor* input = meta.input(o.input);
+  if (!input) fail("{}: model '{}' has no input '{}'", o.url, o.model, o.input);
+  std::vector<int64_t> shape = input->shape;
+  shape[0] = o.batch;
+  int64_t count = 1;
+  for (int64_t d : shape) {
+    if (d < 0) fail("{}: input '{}' has a variable dimension besides the batch", o.url, o.input);
+    count *= d;
+  }
+  // Jet-image-like sparse inputs are not needed for timing: the network's cost does not depend on values.
+  const std::vector<float> values = random_values(count, 1);
+  std::vector<PerfPoint> points;
+  for (int concurrency : o.concurrency) {
+    if (concurrency < 1) fail("--concurrency values must be >= 1");
+    std::vector<std::unique_ptr<InferenceClient>> clients;
+    for (int c = 0; c < concurrency; ++c) clients.push_back(InferenceClient::connect(o.url, o.model));
+    std::atomic<bool> measuring{false}, stop{false};
+    std::atomic<int64_t> errors{0};
+    std::mutex mutex;
+    std::vector<double> latencies;
+    std::vector<std::thread> threads;
+    for (int c = 0; c < concurrency; ++c)
+      threads.emplace_back([&, c] {
+        std::vector<double> mine;
+        while (!stop.load()) {
+          const auto t0 = Clock::now();
+          try {
+            clients[c]->infer(o.input, shape, values, false);
+          } catch (const Error&) {
+            if (measuring.load()) ++errors;
+            continue;
+          }
+          if (measuring.load()) mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+        }
+        std::lock_guard lock(mutex);
+        latencies.insert(latencies.end(), mine.begin(), mine.end());
+      });
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.warmup_s));
+    measuring = true;
+    const auto t0 = Clock::now();
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.duration_s));
+    measuring = false;
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    stop = true;
+    for (std::thread& t : threads) t.join();
+    PerfPoint p{"server", concurrency, 0, o.batch, summarize(latencies, o.batch, seconds, errors.load())};
+    if (show_progress)
+      fmt::print(stderr, "concurrency {:>3}: {:8.1f} inferences/s, p50 {:.2f} ms, p99 {:.2f} ms\n", concurrency,
+                 p.stats.throughput, p.stats.p50_ms, p.stats.p99_ms);
+    points.push_back(p);
+  }
+  return points;
+}
+
+std::vector<PerfPoint> measure_local(Tagger& tagger, int image_size, const LocalPerfOptions& o, bool show_progress) {
+  ResNet& model = *tagger.model;
+  model.set_training(false);
+  std::vector<PerfPoint> points;
+  for (int threads : o.threads) {
+    set_num_threads(threads);
+    for (int64_t batch : o.batches) {
+      if (batch < 1) fail("--batch values must be >= 1");
+      const Shape shape{batch, model.config().in_channels, image_size, image_size};
+      const std::vector<float> values = random_values(shape.numel(), 2);
+      const Tensor images = Tensor::from(shape, values);
+      NoGradGuard no_grad;
+      std::vector<double> ms;
+      const auto warm_end = Clock::now() + std::chrono::duration<double>(o.warmup_s);
+      do model.forward(Var(images));
+      while (Clock::now() < warm_end);
+      const auto t0 = Clock::now();
+      while (std::chrono::duration<double>(Clock::now() - t0).count() < o.duration_s) {
+        const auto s = Clock::now();
+        model.forward(Var(images));
+        ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - s).count());
+      }
+      PerfPoint p{"local", 1, num_threads(), batch, summarize(ms, batch, std::chrono::duration<double>(Clock::now() - t0).count(), 0)};
+      if (show_progress)
+        fmt::print(stderr, "local {} thread(s), batch {:>3}: {:8.1f} images/s, p50 {:.2f} ms\n", p.threads, batch,
+                   p.stats.throughput, p.stats.p50_ms);
+      points.push_back(p);
+    }
+  }
+  set_num_threads(0);
+  return points;
+}
+
+std::string perf_table(const std::vector<PerfPoint>& points) {
+  std::string out = fmt::format("{:<7} {:>11} {:>7} {:>6} {:>14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}\n", "mode",
+                                "concurrency", "threads", "batch", "inferences/s", "mean ms", "p50 ms", "p90 ms", "p95 ms",
+                                "p99 ms", "errors");
+  for (const PerfPoint& p : points)
+    out += fmt::format("{:<7} {:>11} {:>7} {:>6} {:>14.1f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>7}\n", p.mode,
+                       p.concurrency, p.threads == 0 ? std::string("-") : std::to_string(p.threads), p.batch,
+                       p.stats.throughput, p.stats.mean_ms, p.stats.p50_ms, p.stats.p90_ms, p.stats.p95_ms, p.stats.p99_ms,
+                       p.stats.errors);
+  return out;
+}
+
+void write_perf_csv(const std::string& path, const std::vector<PerfPoint>& points) {
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp);
+    if (!out) fail("{}: cannot write", path);
+    out << "mode,concurrency,threads,batch,throughput,mean_ms,p50_ms,p90_ms,p95_ms,p99_ms,requests,errors\n";
+    for (const PerfPoint& p : points)
+      out << fmt::format("{},{},{},{},{:.3f},{:.4f},{:.4f},{:.4f},{:.4f},{:.4f},{},{}\n", p.mode, p.concurrency, p.threads,
+                         p.batch, p.stats.throughput, p.stats.mean_ms, p.stats.p50_ms, p.stats.p90_ms, p.stats.p95_ms,
+                         p.stats.p99_ms, p.stats.requests, p.stats.errors);
+  }
+  std::filesystem::rename(temp, path);
+}
+
+void plot_throughput(const std::string& path, const std::vector<PerfPoint>& points, const std::string& title) {
+  const std::string ext = std::filesystem::path(path).extension().string();
+  std::string terminal;
+  if (ext == ".png") terminal = "pngcairo size 900,600 enhanced font 'sans,11'";
+  else if (ext == ".svg") terminal = "svg size 900,600 enhanced";
+  else if (ext == ".pdf") terminal = "pdfcairo size 6in,4in enhanced";
+  else fail("{}: plot format must be .png, .svg or .pdf", path);
+  std::vector<std::pair<double, double>> served;
+  double best_local = 0;
+  for (const PerfPoint& p : points) {
+    if (p.mode == "server") served.emplace_back(p.concurrency, p.stats.throughput);
+    else best_local = std::max(best_local, p.stats.throughput);
+  }
+  if (served.empty()) fail("{}: no server measurements to plot", path);
+  const std::string temp = path + ".tmp" + ext;
+  {
+    Gnuplot gp("gnuplot");
+    gp << "set terminal " << terminal << "\nset output '" << temp << "'\n";
+    gp << "set logscale x 2\nset grid\nset key bottom right\nset yrange [0:*]\n";
+    gp << "set xlabel 'concurrent clients (one jet per request)'\nset ylabel 'throughput (inferences/s)'\n";
+    if (!title.empty()) gp << "set title '" << title << "'\n";
+    gp << "plot '-' with linespoints linewidth 2 pointtype 7 title 'toptag serve'";
+    if (best_local > 0) gp << ", " << best_local << " with lines dashtype 2 linewidth 2 title 'best local batched'";
+    gp << "\n";
+    gp.send1d(served);
+  }
+  if (!std::filesystem::exists(temp) || std::filesystem::file_size(temp) == 0)
+    fail("{}: gnuplot produced no plot (is gnuplot installed? Debian: gnuplot-nox)", path);
+  std::filesystem::rename(temp, path);
+}
+
+}  // namespace toptag

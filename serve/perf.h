@@ -1,0 +1,52 @@
+// Throughput and latency, as Triton's perf_analyzer measures them: a number of concurrent clients,
+// each sending its next request as soon as the previous one is answered, for a fixed duration after a
+// warm-up; and the same figures for in-process inference at given batch sizes and thread counts.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "quantize/model.h"
+
+namespace toptag {
+
+struct LatencyStats {
+  int64_t requests = 0, errors = 0;
+  double seconds = 0, throughput = 0;  // inferences (images) per second
+  double mean_ms = 0, p50_ms = 0, p90_ms = 0, p95_ms = 0, p99_ms = 0;
+};
+// From per-request latencies in milliseconds, `images` per request, over `seconds`.
+LatencyStats summarize(std::vector<double> latencies_ms, int64_t images_per_request, double seconds, int64_t errors);
+
+struct PerfPoint {
+  std::string mode;  // "server", "local"
+  int concurrency = 1, threads = 0;
+  int64_t batch = 1;
+  LatencyStats stats;
+};
+
+struct ServerPerfOptions {
+  std::string url, model = "toptag";
+  std::vector<int> concurrency = {1, 2, 4, 8, 16, 32};
+  int64_t batch = 1;
+  double duration_s = 10, warmup_s = 1;
+  std::string input = "images";  // or "constituents"
+};
+std::vector<PerfPoint> measure_server(const ServerPerfOptions& options, bool show_progress = true);
+
+struct LocalPerfOptions {
+  std::vector<int64_t> batches = {1, 8, 32, 64};
+  std::vector<int> threads = {1, 2};
+  double duration_s = 10, warmup_s = 1;
+};
+std::vector<PerfPoint> measure_local(Tagger& tagger, int image_size, const LocalPerfOptions& options,
+                                     bool show_progress = true);
+
+std::string perf_table(const std::vector<PerfPoint>& points);
+void write_perf_csv(const std::string& path, const std::vector<PerfPoint>& points);
+// Throughput versus concurrent clients (server points), with gnuplot.
+void plot_throughput(const std::string& path, const std::vector<PerfPoint>& points, const std::string& title = "");
+
+double parse_duration(const std::string& text);  // "10s", "500ms", "2m", or plain seconds
+
+}  // namespace toptag
