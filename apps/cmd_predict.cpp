@@ -5,7 +5,9 @@
 #include "apps/image_options.h"
 #include "nn/check.h"
 #include "quantize/model.h"
+#include "serve/client.h"
 #include "training/inference.h"
+#include "training/trainer.h"
 
 namespace toptag::apps {
 
@@ -13,6 +15,8 @@ namespace {
 
 struct PredictArgs {
   std::string checkpoint, input, output;
+  std::string server, model = "toptag";  // --server: ask a KServe v2 server instead
+  int concurrency = 16, retries = 3;
   ImageArgs image;
   int64_t batch_size = 256, max_jets = 0;
   int threads = 0;
@@ -24,54 +28,91 @@ void report_dropped(const std::string& path, const NonFiniteReport& d) {
                d.first_row);
 }
 
+// Where the model lives: exactly one of --checkpoint and --server.
+void check_source(const PredictArgs& a) {
+  if (a.checkpoint.empty() == a.server.empty()) fail("give either --checkpoint FILE or --server URL");
+}
+
+RemotePredictResult predict_from_server(const PredictArgs& a, bool features) {
+  RemotePredictOptions o;
+  o.url = a.server, o.model = a.model, o.concurrency = a.concurrency, o.retries = a.retries;
+  o.max_jets = a.max_jets, o.features = features;
+  JetFile file(a.input);
+  RemotePredictResult r = predict_remote(file, o);
+  report_dropped(a.input, r.dropped);
+  const double n = static_cast<double>(r.predictions.size());
+  fmt::print("{} one-jet requests to {} ({} in flight): {:.1f} jets/s, {} retried\n", r.predictions.size(), a.server,
+             a.concurrency, n / std::max(r.seconds, 1e-9), r.retried);
+  return r;
+}
+
 void run_predict(const PredictArgs& a) {
+  check_source(a);
+  if (!a.server.empty()) {
+    RemotePredictResult r = predict_from_server(a, false);
+    write_predictions(a.output, r.predictions);
+    fmt::print("wrote {} predictions to {}\n", r.predictions.size(), a.output);
+    return;
+  }
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
   ResNet* model = tagger.model.get();
   JetFile file(a.input);
-  ImageArgs image = a.image;
-  if (image.channels_option->count() == 0) image.options.channels = static_cast<int>(model->config().in_channels);
   InferenceOptions io;
   io.batch_size = a.batch_size;
   io.max_jets = a.max_jets;
-  InferenceResult r = run_inference(*model, file, image.resolve(file), io);
+  InferenceResult r = run_inference(*model, file, a.image.resolve(file, model_image_options(a.checkpoint, *model)), io);
   report_dropped(a.input, r.dropped);
   write_predictions(a.output, r.predictions);
   fmt::print("wrote {} predictions to {}\n", r.predictions.size(), a.output);
 }
 
+void write_features(const std::string& path, const std::vector<float>& features, const std::vector<int64_t>& labels,
+                    int64_t dim, const std::string& source) {
+  const int64_t n = static_cast<int64_t>(labels.size());
+  AtomicH5File out(path);
+  h5_write_tensor(out.id(), "features", Tensor::from({n, dim}, features));
+  h5_write_int64(out.id(), "labels", labels);
+  h5_set_attr(out.id(), "source", source);
+  out.commit();
+  fmt::print("wrote {} x {} features to {}\n", n, dim, path);
+}
+
 void run_features(const PredictArgs& a) {
+  check_source(a);
+  if (!a.server.empty()) {
+    RemotePredictResult r = predict_from_server(a, true);
+    if (r.predictions.label.size() != r.predictions.size()) fail("{}: features need labelled jets", a.input);
+    write_features(a.output, r.features, r.predictions.label, r.feature_dim, a.server + " model " + a.model);
+    return;
+  }
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
   ResNet* model = tagger.model.get();
   JetFile file(a.input);
-  ImageArgs image = a.image;
-  if (image.channels_option->count() == 0) image.options.channels = static_cast<int>(model->config().in_channels);
   InferenceOptions io;
   io.batch_size = a.batch_size;
   io.max_jets = a.max_jets;
   io.label = "features";
   std::vector<float> features;
   std::vector<int64_t> labels;
-  NonFiniteReport dropped = run_featurizer(*model, file, image.resolve(file), io,
+  NonFiniteReport dropped = run_featurizer(*model, file, a.image.resolve(file, model_image_options(a.checkpoint, *model)), io,
                                            [&](const Tensor& f, const std::vector<int64_t>& l) {
                                              features.insert(features.end(), f.data(), f.data() + f.numel());
                                              labels.insert(labels.end(), l.begin(), l.end());
                                            });
   report_dropped(a.input, dropped);
-  const int64_t n = static_cast<int64_t>(labels.size());
-  AtomicH5File out(a.output);
-  h5_write_tensor(out.id(), "features", Tensor::from({n, model->feature_dim()}, features));
-  h5_write_int64(out.id(), "labels", labels);
-  h5_set_attr(out.id(), "checkpoint", a.checkpoint);
-  out.commit();
-  fmt::print("wrote {} x {} features to {}\n", n, model->feature_dim(), a.output);
+  write_features(a.output, features, labels, model->feature_dim(), a.checkpoint);
 }
 
 CLI::App* add_inference_options(CLI::App& app, const char* name, const char* help, std::shared_ptr<PredictArgs> a,
                                 const char* output_help) {
   CLI::App* cmd = app.add_subcommand(name, help);
-  cmd->add_option("--checkpoint,-c", a->checkpoint, "model checkpoint")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--checkpoint,-c", a->checkpoint, "model checkpoint (or --server)")->check(CLI::ExistingFile);
+  cmd->add_option("--server", a->server, "ask a KServe v2 server instead: grpc://HOST:PORT or http://HOST:PORT");
+  cmd->add_option("--model", a->model, "--server: the model's name")->default_val("toptag");
+  cmd->add_option("--concurrency", a->concurrency, "--server: one-jet requests in flight")->default_val(16)->check(CLI::Range(1, 1024));
+  cmd->add_option("--retries", a->retries, "--server: retries of a failed request")->default_val(3)->check(CLI::Range(0, 100));
   cmd->add_option("--input,-i", a->input, "jets: reference-format or cached image file")->required()->check(CLI::ExistingFile);
   cmd->add_option("--output,-o", a->output, output_help)->required();
   cmd->add_option("--batch-size", a->batch_size, "inference batch size")->default_val(256);

@@ -8,6 +8,7 @@
 #include "data/loader.h"
 #include "nn/check.h"
 #include "quantize/model.h"
+#include "training/trainer.h"
 
 namespace toptag::apps {
 
@@ -37,13 +38,11 @@ void run_quantize(const QuantizeArgs& a) {
   if (config->activations && config->activations->kind == FormatKind::int8) {
     if (a.calibration.empty()) fail("int8 activations need --calibration FILE (jets to observe the input ranges on)");
     JetFile file(a.calibration);
-    ImageArgs image = a.image;
-    if (image.channels_option->count() == 0) image.options.channels = static_cast<int>(model.config().in_channels);
     LoaderOptions lo;
     lo.batch_size = a.batch_size;
     lo.shuffle = false;
     lo.max_jets = a.calibration_jets;
-    Loader loader(file, image.resolve(file), lo);
+    Loader loader(file, a.image.resolve(file, model_image_options(a.checkpoint, model)), lo);
     loader.start_epoch(0);
     const int64_t seen = calibrate(model, *config, [&]() -> std::optional<Tensor> {
       std::optional<Batch> b = loader.next();
@@ -66,7 +65,7 @@ void run_quantize(const QuantizeArgs& a) {
     }
     ++layers;
   }
-  save_tagger(a.output, tagger);
+  save_tagger(a.output, tagger, checkpoint_training_config(a.checkpoint).value_or(""));
   fmt::print("quantized {} conv and {} linear layers of {} ({}), batch norms folded\n", layers, model.linears().size(),
              a.checkpoint, config->describe());
   fmt::print("relative RMS error of the conv weights: {:.4f}\n", std::sqrt(err2 / std::max(ref2, 1e-30)));

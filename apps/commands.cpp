@@ -11,6 +11,7 @@ void register_commands(CLI::App& app) {
   add_predict_commands(app);
   add_quantize_command(app);
   add_eval_command(app);
+  add_serve_commands(app);
 }
 
 void add_threads_option(CLI::App& command, int& threads) {

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <optional>
 
 #include "data/dataset.h"
+#include "nn/resnet.h"
 
 namespace toptag::apps {
 
@@ -12,10 +14,19 @@ struct ImageArgs {
   bool no_center = false, no_rotate = false, no_flip = false, no_normalize = false;
   CLI::Option* size_option = nullptr;
   CLI::Option* channels_option = nullptr;
+  CLI::Option* extent_option = nullptr;
+  CLI::Option* step_options[4] = {};  // --no-center, --no-rotate, --no-flip, --no-normalize
 
   void add_to(CLI::App& command);
-  // The options to use for `file` (cached image files impose their own size and channels).
-  ImageOptions resolve(const JetFile& file) const;
+  // The options given on the command line; any option not given comes from `model` (the image
+  // options a checkpoint was trained with), if known, so a model is fed images as it was trained.
+  ImageOptions merged(const std::optional<ImageOptions>& model = std::nullopt) const;
+  // The same for `file` (cached image files impose their own size and channels).
+  ImageOptions resolve(const JetFile& file, const std::optional<ImageOptions>& model = std::nullopt) const;
 };
+
+// The image options `checkpoint` was trained with (stored in it), or else the defaults with the
+// model's number of input channels.
+ImageOptions model_image_options(const std::string& checkpoint, const ResNet& model);
 
 }  // namespace toptag::apps

@@ -149,8 +149,9 @@ Tagger load_tagger(const std::string& path) {
   return t;
 }
 
-void save_tagger(const std::string& path, Tagger& tagger) {
+void save_tagger(const std::string& path, Tagger& tagger, const std::string& training_config) {
   AtomicH5File out(path);
+  if (!training_config.empty()) h5_set_attr(out.id(), "training_config", training_config);
   write_model_state(out.id(), *tagger.model);
   if (tagger.quantization) write_quantization(out.id(), *tagger.model, *tagger.quantization);
   out.commit();

@@ -56,7 +56,9 @@ std::optional<QuantizationConfig> read_quantization(hid_t file, const std::strin
 // Loads any toptag checkpoint (float, folded or quantized) ready for inference or training.
 Tagger load_tagger(const std::string& path);
 // Saves model (+ quantization) atomically.
-void save_tagger(const std::string& path, Tagger& tagger);
+// A non-empty `training_config` (JSON) is kept as the root attribute "training_config", so the
+// image options the weights were trained with travel with them.
+void save_tagger(const std::string& path, Tagger& tagger, const std::string& training_config = "");
 
 // SteMode from "masked" / "identity".
 SteMode parse_ste(const std::string& name);

@@ -120,6 +120,7 @@ class HttpClient final : public InferenceClient {
     client_.set_write_timeout(sec, 0);
     client_.set_connection_timeout(5, 0);
     client_.set_keep_alive(true);
+    client_.set_tcp_nodelay(true);
   }
 
   bool ready() override {

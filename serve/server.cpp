@@ -190,6 +190,7 @@ InferenceServer::InferenceServer(Tagger tagger, const ImageOptions& images, cons
     s->set_payload_max_length(static_cast<size_t>(options.max_message_bytes));
     s->new_task_queue = [] { return new httplib::ThreadPool(64); };  // one thread per concurrent client
     s->set_keep_alive_max_count(100000);
+    s->set_tcp_nodelay(true);  // one small response per request: do not let Nagle hold it back
     return s;
   };
   if (options.http_port >= 0) {

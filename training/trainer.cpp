@@ -80,6 +80,21 @@ TrainConfig read_train_config(const std::string& checkpoint) {
   return TrainConfig::from_json(*text, checkpoint);
 }
 
+std::optional<std::string> checkpoint_training_config(const std::string& checkpoint) {
+  H5Id f = h5_open(checkpoint);
+  if (h5_exists(f.get(), "training")) {
+    H5Id g = h5_group(f.get(), "training", false);
+    return h5_attr_string(g.get(), "config");
+  }
+  return h5_attr_string(f.get(), "training_config");
+}
+
+std::optional<ImageOptions> checkpoint_image_options(const std::string& checkpoint) {
+  std::optional<std::string> text = checkpoint_training_config(checkpoint);
+  if (!text) return std::nullopt;
+  return TrainConfig::from_json(*text, checkpoint).images;
+}
+
 namespace {
 
 // ---------------------------------------------------------------------------------------------

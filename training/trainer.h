@@ -66,5 +66,10 @@ TrainResult train(const TrainConfig& config, const std::atomic<bool>* stop, cons
 std::string resume_checkpoint_path(const std::string& dir_or_file);
 // The configuration stored in a training checkpoint.
 TrainConfig read_train_config(const std::string& checkpoint);
+// The JSON text of the configuration a checkpoint's weights were trained with: /training's "config",
+// or the root attribute "training_config" that toptag quantize copies over. nullopt when unknown.
+std::optional<std::string> checkpoint_training_config(const std::string& checkpoint);
+// The image options of that configuration: what the model expects to be fed.
+std::optional<ImageOptions> checkpoint_image_options(const std::string& checkpoint);
 
 }  // namespace toptag

@@ -1,0 +1,166 @@
+// toptag serve | perf: the KServe v2 inference server, and the load generator that measures it
+// (and in-process inference) as Triton's perf_analyzer does.
+#include <fmt/format.h>
+#include <pthread.h>
+
+#include <csignal>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.h"
+#include "apps/image_options.h"
+#include "nn/check.h"
+#include "nn/parallel.h"
+#include "serve/perf.h"
+#include "serve/server.h"
+
+namespace toptag::apps {
+
+namespace {
+
+struct ServeArgs {
+  std::string checkpoint, port_file;
+  ServerOptions server;
+  ImageArgs image;
+  int threads = 0;
+};
+
+void write_port_file(const std::string& path, const InferenceServer& server) {
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp);
+    if (!out) fail("{}: cannot write the port file", path);
+    out << nlohmann::json{{"grpc", server.grpc_port()}, {"http", server.http_port()}, {"metrics", server.metrics_port()},
+                          {"pid", static_cast<int64_t>(getpid())}}
+               .dump()
+        << "\n";
+  }
+  std::rename(temp.c_str(), path.c_str());
+}
+
+void run_serve(ServeArgs& a) {
+  // SIGINT and SIGTERM are taken by sigwait below: block them before any thread starts, so every
+  // thread inherits the mask and the signal reaches this one.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Tagger tagger = load_tagger(a.checkpoint);
+  const ImageOptions images = a.image.merged(model_image_options(a.checkpoint, *tagger.model));
+  validate(images);
+  if (images.channels != tagger.model->config().in_channels)
+    fail("{}: the model takes {}-channel images but --channels is {}", a.checkpoint, tagger.model->config().in_channels,
+         images.channels);
+  const std::string what = tagger.quantized() ? tagger.quantization->describe() : "float32";
+  a.server.engine.threads = a.threads;
+  InferenceServer server(std::move(tagger), images, a.server);
+  fmt::print("toptag serve: model '{}' from {} ({}), images {}x{}x{}\n", a.server.model_name, a.checkpoint, what,
+             images.channels, images.size, images.size);
+  fmt::print("  gRPC     {}:{}\n  HTTP     http://{}:{}/v2\n  metrics  http://{}:{}/metrics\n", a.server.host,
+             server.grpc_port(), a.server.host, server.http_port(), a.server.host, server.metrics_port());
+  fmt::print("  dynamic batching: up to {} images, queue delay up to {} us; Ctrl-C or SIGTERM stops\n",
+             a.server.engine.max_batch, a.server.engine.max_queue_delay_us);
+  std::fflush(stdout);
+  if (!a.port_file.empty()) write_port_file(a.port_file, server);
+
+  int received = 0;
+  sigwait(&signals, &received);
+  fmt::print("toptag serve: {} received; finishing in-flight requests\n", received == SIGINT ? "SIGINT" : "SIGTERM");
+  server.shutdown();
+  const ServiceMetrics& m = server.service().metrics();
+  fmt::print("toptag serve: stopped after {} requests ({} failed), {} inferences in {} batches\n",
+             m.request_success.load() + m.request_failure.load(), m.request_failure.load(), m.inference_count.load(),
+             server.service().engine().executions());
+  if (!a.port_file.empty()) std::remove(a.port_file.c_str());
+}
+
+struct PerfArgs {
+  std::string server_url, model = "toptag", checkpoint, csv, plot, duration = "10s", warmup = "1s", input = "images";
+  bool local = false;
+  std::vector<int> concurrency = {1, 2, 4, 8, 16, 32}, threads;
+  std::vector<int64_t> batches;
+  ImageArgs image;
+};
+
+void run_perf(const PerfArgs& a) {
+  if (a.local == !a.server_url.empty()) fail("give either --server URL or --local --checkpoint C");
+  std::vector<PerfPoint> points;
+  if (a.local) {
+    if (a.checkpoint.empty()) fail("--local needs --checkpoint");
+    Tagger tagger = load_tagger(a.checkpoint);
+    const ImageOptions images = a.image.merged(model_image_options(a.checkpoint, *tagger.model));
+    LocalPerfOptions o;
+    if (!a.batches.empty()) o.batches = a.batches;
+    if (!a.threads.empty()) o.threads = a.threads;
+    else o.threads = {1, hardware_threads()};
+    o.duration_s = parse_duration(a.duration), o.warmup_s = parse_duration(a.warmup);
+    fmt::print(stderr, "measuring {} in process, {}x{} images, {:g} s per point\n", a.checkpoint, images.size,
+               images.size, o.duration_s);
+    points = measure_local(tagger, images.size, o);
+  } else {
+    ServerPerfOptions o;
+    o.url = a.server_url, o.model = a.model, o.concurrency = a.concurrency, o.input = a.input;
+    o.duration_s = parse_duration(a.duration), o.warmup_s = parse_duration(a.warmup);
+    fmt::print(stderr, "measuring {} model '{}', {:g} s per point\n", a.server_url, a.model, o.duration_s);
+    for (int64_t batch : a.batches.empty() ? std::vector<int64_t>{1} : a.batches) {
+      o.batch = batch;
+      std::vector<PerfPoint> p = measure_server(o);
+      points.insert(points.end(), p.begin(), p.end());
+    }
+  }
+  fmt::print("{}", perf_table(points));
+  if (!a.csv.empty()) write_perf_csv(a.csv, points), fmt::print("wrote {}\n", a.csv);
+  if (!a.plot.empty()) plot_throughput(a.plot, points), fmt::print("wrote {}\n", a.plot);
+}
+
+}  // namespace
+
+void add_serve_commands(CLI::App& app) {
+  auto a = std::make_shared<ServeArgs>();
+  ServerOptions& s = a->server;
+  CLI::App* cmd = app.add_subcommand("serve", "Serve a model over the KServe v2 protocol (gRPC and HTTP), as Triton does");
+  cmd->add_option("--checkpoint,-c", a->checkpoint, "float or quantized checkpoint")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--model-name", s.model_name, "the model's name in requests")->default_val("toptag");
+  cmd->add_option("--host", s.host, "address to listen on (127.0.0.1: this machine only)")->default_val("0.0.0.0");
+  cmd->add_option("--grpc-port", s.grpc_port, "gRPC port (0: any free port, -1: no gRPC)")->default_val(8001);
+  cmd->add_option("--http-port", s.http_port, "HTTP/REST port (0: any free port, -1: no HTTP)")->default_val(8000);
+  cmd->add_option("--metrics-port", s.metrics_port, "Prometheus metrics port (0: any free, -1: none)")->default_val(8002);
+  cmd->add_option("--max-batch", s.engine.max_batch, "dynamic batching: most images per model execution")
+      ->default_val(64)
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--max-queue-delay-us", s.engine.max_queue_delay_us,
+                  "dynamic batching: longest wait for a batch to fill, in microseconds")
+      ->default_val(500)
+      ->check(CLI::Range(0, 10000000));
+  cmd->add_option("--max-request-jets", s.limits.max_request_jets, "largest batch one request may send")
+      ->default_val(4096)
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--port-file", a->port_file, "write the bound ports as JSON here once serving (for scripts)");
+  a->image.add_to(*cmd);
+  add_threads_option(*cmd, a->threads);
+  cmd->callback([a] { run_serve(*a); });
+
+  auto p = std::make_shared<PerfArgs>();
+  CLI::App* perf = app.add_subcommand("perf", "Measure throughput and latency of a server (as perf_analyzer) or in process");
+  perf->add_option("--server", p->server_url, "grpc://HOST:PORT or http://HOST:PORT");
+  perf->add_option("--model", p->model, "model name on the server")->default_val("toptag");
+  perf->add_option("--concurrency", p->concurrency, "concurrent clients, each with one request in flight")
+      ->delimiter(',')
+      ->default_str("1,2,4,8,16,32");
+  perf->add_option("--input", p->input, "server input to send: images or constituents")->default_val("images");
+  perf->add_flag("--local", p->local, "measure in-process inference instead");
+  perf->add_option("--checkpoint,-c", p->checkpoint, "model for --local")->check(CLI::ExistingFile);
+  perf->add_option("--batch", p->batches, "images per request (server: default 1) or per forward pass (local: default 1,8,32,64)")
+      ->delimiter(',');
+  perf->add_option("--threads", p->threads, "local: thread counts to measure (default: 1 and all cores)")->delimiter(',');
+  perf->add_option("--duration", p->duration, "measuring time per point: 10s, 500ms, 2m")->default_val("10s");
+  perf->add_option("--warmup", p->warmup, "unmeasured time before each point")->default_val("1s");
+  perf->add_option("--csv", p->csv, "also write the table as CSV");
+  perf->add_option("--plot", p->plot, "throughput versus clients (.png, .svg, .pdf)");
+  p->image.add_to(*perf);
+  perf->callback([p] { run_perf(*p); });
+}
+
+}  // namespace toptag::apps
