@@ -22,7 +22,6 @@ struct ServeArgs {
   std::string checkpoint, port_file;
   ServerOptions server;
   ImageArgs image;
-  int threads = 0;
 };
 
 void write_port_file(const std::string& path, const InferenceServer& server) {
@@ -54,14 +53,15 @@ void run_serve(ServeArgs& a) {
     fail("{}: the model takes {}-channel images but --channels is {}", a.checkpoint, tagger.model->config().in_channels,
          images.channels);
   const std::string what = tagger.quantized() ? tagger.quantization->describe() : "float32";
-  a.server.engine.threads = a.threads;
   InferenceServer server(std::move(tagger), images, a.server);
   fmt::print("toptag serve: model '{}' from {} ({}), images {}x{}x{}\n", a.server.model_name, a.checkpoint, what,
              images.channels, images.size, images.size);
   fmt::print("  gRPC     {}:{}\n  HTTP     http://{}:{}/v2\n  metrics  http://{}:{}/metrics\n", a.server.host,
              server.grpc_port(), a.server.host, server.http_port(), a.server.host, server.metrics_port());
-  fmt::print("  dynamic batching: up to {} images, queue delay up to {} us; Ctrl-C or SIGTERM stops\n",
-             a.server.engine.max_batch, a.server.engine.max_queue_delay_us);
+  fmt::print("  dynamic batching: up to {} images, queue delay up to {} us, {} instance(s) x {} thread(s)\n",
+             a.server.engine.max_batch, a.server.engine.max_queue_delay_us, server.service().engine().instances(),
+             server.service().engine().threads_per_instance());
+  fmt::print("  Ctrl-C or SIGTERM stops\n");
   std::fflush(stdout);
   if (!a.port_file.empty()) write_port_file(a.port_file, server);
 
@@ -138,8 +138,14 @@ void add_serve_commands(CLI::App& app) {
       ->default_val(4096)
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--port-file", a->port_file, "write the bound ports as JSON here once serving (for scripts)");
+  cmd->add_option("--instances", s.engine.instances,
+                  "model instances computing batches side by side (0: 2, or 1 on a single core)")
+      ->default_val(0)
+      ->check(CLI::Range(0, 256));
+  cmd->add_option("--threads", s.engine.threads, "threads per instance (0: the cores shared among the instances)")
+      ->default_val(0)
+      ->check(CLI::Range(0, 1024));
   a->image.add_to(*cmd);
-  add_threads_option(*cmd, a->threads);
   cmd->callback([a] { run_serve(*a); });
 
   auto p = std::make_shared<PerfArgs>();

@@ -24,16 +24,20 @@ BatchingEngine::BatchingEngine(Tagger tagger, const ImageOptions& images, const 
     fail("the model takes {}-channel images but the server was set up for {}", tagger_.model->config().in_channels,
          images.channels);
   validate(images);
+  const int cores = hardware_threads();
+  if (options_.instances <= 0) options_.instances = std::min(2, cores);
+  if (options_.threads <= 0) options_.threads = std::max(1, cores / options_.instances);
   tagger_.model->set_training(false);
-  worker_ = std::thread([this] { work(); });
+  for (int i = 0; i < options_.instances; ++i) workers_.emplace_back([this] { work(); });
 }
 
 BatchingEngine::~BatchingEngine() { stop(); }
 
 std::string BatchingEngine::describe() const {
   const ResNetConfig& c = tagger_.model->config();
-  return fmt::format("{} (width {}, {} features){}; images {}", c.arch, c.width, feature_dim_,
-                     tagger_.quantized() ? ", quantized: " + tagger_.quantization->describe() : "", images_.describe());
+  return fmt::format("{} (width {}, {} features){}; images {}; {} instance(s) x {} thread(s)", c.arch, c.width,
+                     feature_dim_, tagger_.quantized() ? ", quantized: " + tagger_.quantization->describe() : "",
+                     images_.describe(), options_.instances, options_.threads);
 }
 
 bool BatchingEngine::running() const {
@@ -69,7 +73,8 @@ void BatchingEngine::stop() {
     stopping_ = true;
   }
   changed_.notify_all();
-  if (worker_.joinable()) worker_.join();
+  for (std::thread& w : workers_)
+    if (w.joinable()) w.join();
 }
 
 void BatchingEngine::work() {
@@ -82,7 +87,9 @@ void BatchingEngine::work() {
       if (queue_.empty()) return;  // stopping, and nothing left to answer
       // Wait for the batch to fill, at most max_queue_delay after the oldest request arrived.
       const auto deadline = queue_.front().arrival + std::chrono::microseconds(options_.max_queue_delay_us);
-      changed_.wait_until(lock, deadline, [&] { return stopping_ || queued_images_ >= options_.max_batch; });
+      changed_.wait_until(lock, deadline,
+                          [&] { return stopping_ || queue_.empty() || queued_images_ >= options_.max_batch; });
+      if (queue_.empty()) continue;  // another instance took them
       int64_t images = 0;
       while (!queue_.empty() && (batch.empty() || images + queue_.front().images.dim(0) <= options_.max_batch)) {
         images += queue_.front().images.dim(0);
@@ -91,6 +98,7 @@ void BatchingEngine::work() {
         queue_.pop_front();
       }
     }
+    changed_.notify_all();  // the queue changed: an instance waiting on it re-reads it
     run_batch(batch);
     batch.clear();
   }

@@ -1,5 +1,5 @@
 // Dynamic batching (as Triton's dynamic batcher): requests from every client wait in one queue; a
-// worker thread takes as many as fit in --max-batch images, waiting at most --max-queue-delay-us
+// worker thread (one per model instance, as Triton's instance_group) takes as many as fit in --max-batch images, waiting at most --max-queue-delay-us
 // after the oldest request arrived for more to come, runs the model once on the whole batch, and
 // hands every request its own rows. Every row is computed independently of the others in its
 // batch, so a response is what the request would get alone.
@@ -21,7 +21,10 @@ namespace toptag {
 struct EngineOptions {
   int64_t max_batch = 64;
   int64_t max_queue_delay_us = 500;
-  int threads = 0;  // the worker's OpenMP/OpenBLAS threads (0: all cores)
+  // Model instances: worker threads that each run one batch at a time, sharing the read-only
+  // weights; with two, one batch fills while the other computes. 0: two (one on a single core).
+  int instances = 0;
+  int threads = 0;  // OpenMP/OpenBLAS threads of each instance (0: the cores divided among instances)
 };
 
 struct EngineResult {
@@ -51,6 +54,8 @@ class BatchingEngine {
   const ImageOptions& image_options() const { return images_; }
   int64_t feature_dim() const { return feature_dim_; }
   std::string describe() const;  // model summary for metadata and logs
+  int instances() const { return options_.instances; }
+  int threads_per_instance() const { return options_.threads; }
 
  private:
   struct Pending {
@@ -72,7 +77,7 @@ class BatchingEngine {
   int64_t queued_images_ = 0;
   bool stopping_ = false;
   std::atomic<uint64_t> executions_{0};
-  std::thread worker_;
+  std::vector<std::thread> workers_;
 };
 
 }  // namespace toptag
