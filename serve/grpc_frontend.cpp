@@ -110,8 +110,10 @@ class Service final : public inference::GRPCInferenceService::Service {
         r->add_raw_output_contents(reinterpret_cast<const char*>(v.data()), static_cast<size_t>(v.numel()) * 4);
       }
     } catch (const RequestError& e) {
+      s_.metrics().request_failure++;
       return to_status(e);
     } catch (const std::exception& e) {
+      s_.metrics().request_failure++;
       return {grpc::StatusCode::INTERNAL, e.what()};
     }
     return grpc::Status::OK;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <gnuplot-iostream.h>
@@ -42,7 +43,11 @@ LatencyStats summarize(std::vector<double> ms, int64_t images, double seconds, i
   std::sort(ms.begin(), ms.end());
   double sum = 0;
   for (double v : ms) sum += v;
-  auto q = [&](double f) { return ms[std::min(ms.size() - 1, static_cast<size_t>(f * static_cast<double>(ms.size())))]; };
+  // Nearest rank: the smallest latency that at least a fraction f of the requests did not exceed.
+  auto q = [&](double f) {
+    const auto rank = static_cast<size_t>(std::ceil(f * static_cast<double>(ms.size())));
+    return ms[std::clamp<size_t>(rank, 1, ms.size()) - 1];
+  };
   s.mean_ms = sum / static_cast<double>(ms.size());
   s.p50_ms = q(0.5), s.p90_ms = q(0.9), s.p95_ms = q(0.95), s.p99_ms = q(0.99);
   s.throughput = static_cast<double>(s.requests * images) / seconds;

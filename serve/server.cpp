@@ -120,8 +120,10 @@ void handle_infer(InferenceService& service, const httplib::Request& req, httpli
     res.set_header(kBinaryHeader, std::to_string(header.size()));
     res.set_content(header + blob, "application/octet-stream");
   } catch (const RequestError& e) {
+    service.metrics().request_failure++;
     send_error(res, http_status(e), e.what());
   } catch (const std::exception& e) {
+    service.metrics().request_failure++;
     send_error(res, 500, e.what());
   }
 }

@@ -48,65 +48,60 @@ std::vector<TensorMetadata> InferenceService::outputs() const {
 EngineResult InferenceService::infer(const std::string& model, const std::string& version, const InputTensor& in,
                                      const std::vector<std::string>& outputs) {
   const auto start = std::chrono::steady_clock::now();
-  try {
-    check_model(model, version);
-    if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
-    auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
-    bool want_features = false;
-    for (const std::string& o : outputs) {
-      if (o == "features") want_features = true;
-      else if (o != "probabilities") throw invalid(fmt::format("unknown output '{}' (probabilities, features)", o));
-    }
-    if (in.datatype != "FP32") throw invalid(fmt::format("input '{}' has datatype '{}'; expected FP32", in.name, in.datatype));
-    for (int64_t d : in.shape)
-      if (d < 0) throw invalid(fmt::format("input '{}' has a negative dimension in shape [{}]", in.name, fmt::join(in.shape, ",")));
-    int64_t count = 1;
-    for (int64_t d : in.shape) count *= d;
-    const std::string shape = fmt::format("[{}]", fmt::join(in.shape, ","));
-    Tensor images;
-    const ImageOptions& o = engine_.image_options();
-    if (in.name == "images") {
-      if (in.shape.size() != 4 || in.shape[1] != o.channels || in.shape[2] != o.size || in.shape[3] != o.size)
-        throw invalid(fmt::format("input 'images' must have shape [-1,{},{},{}], got {}", o.channels, o.size, o.size, shape));
-    } else if (in.name == "constituents") {
-      if (in.shape.size() != 3 || in.shape[1] != kMaxConstituents || in.shape[2] != 4)
-        throw invalid(fmt::format("input 'constituents' must have shape [-1,{},4], got {}", kMaxConstituents, shape));
-    } else {
-      throw invalid(fmt::format("unknown input '{}' (images, constituents)", in.name));
-    }
-    const int64_t n = in.shape[0];
-    if (n == 0) throw invalid("empty batch: the first dimension of the input is 0");
-    if (n > limits_.max_request_jets)
-      throw invalid(fmt::format("{} jets in one request exceed the server's limit of {}", n, limits_.max_request_jets));
-    if (static_cast<int64_t>(in.values.size()) != count)
-      throw invalid(fmt::format("input '{}' of shape {} needs {} values ({} bytes), got {}", in.name, shape, count,
-                                count * 4, in.values.size()));
-    for (float v : in.values)
-      if (!std::isfinite(v)) throw invalid(fmt::format("input '{}' holds NaN or inf", in.name));
-    if (in.name == "images") {
-      images = Tensor::from(Shape{n, o.channels, o.size, o.size}, in.values);
-    } else {
-      images = engine_.images_from_constituents(in.values, n, kMaxConstituents);
-    }
-    EngineResult r;
-    try {
-      r = engine_.submit(std::move(images), want_features).get();
-    } catch (const RequestError&) {
-      throw;
-    } catch (const Error& e) {
-      throw RequestError(RequestError::Kind::unavailable, e.what());
-    }
-    metrics_.request_success++;
-    metrics_.inference_count += static_cast<uint64_t>(n);
-    metrics_.queue_duration_us += static_cast<uint64_t>(r.queue_us);
-    metrics_.compute_infer_duration_us += static_cast<uint64_t>(r.compute_us * n / std::max<int64_t>(1, r.batch_images));
-    metrics_.request_duration_us +=
-        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
-    return r;
-  } catch (...) {
-    metrics_.request_failure++;
-    throw;
+  check_model(model, version);
+  if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
+  auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
+  bool want_features = false;
+  for (const std::string& o : outputs) {
+    if (o == "features") want_features = true;
+    else if (o != "probabilities") throw invalid(fmt::format("unknown output '{}' (probabilities, features)", o));
   }
+  if (in.datatype != "FP32") throw invalid(fmt::format("input '{}' has datatype '{}'; expected FP32", in.name, in.datatype));
+  for (int64_t d : in.shape)
+    if (d < 0) throw invalid(fmt::format("input '{}' has a negative dimension in shape [{}]", in.name, fmt::join(in.shape, ",")));
+  const std::string shape = fmt::format("[{}]", fmt::join(in.shape, ","));
+  Tensor images;
+  const ImageOptions& o = engine_.image_options();
+  if (in.name == "images") {
+    if (in.shape.size() != 4 || in.shape[1] != o.channels || in.shape[2] != o.size || in.shape[3] != o.size)
+      throw invalid(fmt::format("input 'images' must have shape [-1,{},{},{}], got {}", o.channels, o.size, o.size, shape));
+  } else if (in.name == "constituents") {
+    if (in.shape.size() != 3 || in.shape[1] != kMaxConstituents || in.shape[2] != 4)
+      throw invalid(fmt::format("input 'constituents' must have shape [-1,{},4], got {}", kMaxConstituents, shape));
+  } else {
+    throw invalid(fmt::format("unknown input '{}' (images, constituents)", in.name));
+  }
+  const int64_t n = in.shape[0];
+  if (n == 0) throw invalid("empty batch: the first dimension of the input is 0");
+  if (n > limits_.max_request_jets)
+    throw invalid(fmt::format("{} jets in one request exceed the server's limit of {}", n, limits_.max_request_jets));
+  int64_t count = 1;  // bounded now: every dimension but the first is fixed, the first is limited
+  for (int64_t d : in.shape) count *= d;
+  if (static_cast<int64_t>(in.values.size()) != count)
+    throw invalid(fmt::format("input '{}' of shape {} needs {} values ({} bytes), got {}", in.name, shape, count,
+                              count * 4, in.values.size()));
+  for (float v : in.values)
+    if (!std::isfinite(v)) throw invalid(fmt::format("input '{}' holds NaN or inf", in.name));
+  if (in.name == "images") {
+    images = Tensor::from(Shape{n, o.channels, o.size, o.size}, in.values);
+  } else {
+    images = engine_.images_from_constituents(in.values, n, kMaxConstituents);
+  }
+  EngineResult r;
+  try {
+    r = engine_.submit(std::move(images), want_features).get();
+  } catch (const RequestError&) {
+    throw;
+  } catch (const Error& e) {
+    throw RequestError(RequestError::Kind::unavailable, e.what());
+  }
+  metrics_.request_success++;
+  metrics_.inference_count += static_cast<uint64_t>(n);
+  metrics_.queue_duration_us += static_cast<uint64_t>(r.queue_us);
+  metrics_.compute_infer_duration_us += static_cast<uint64_t>(r.compute_us * n / std::max<int64_t>(1, r.batch_images));
+  metrics_.request_duration_us +=
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
+  return r;
 }
 
 }  // namespace toptag

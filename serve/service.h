@@ -62,7 +62,8 @@ class InferenceService {
   std::string platform() const { return "toptag_resnet"; }
 
   // Validates the input ("images" [n, C, H, W] or "constituents" [n, 200, 4], FP32) and the requested
-  // outputs ("probabilities", "features"), runs it, and records the metrics. Throws RequestError.
+  // outputs ("probabilities", "features"), runs it, and records the success metrics. Throws
+  // RequestError; the front ends count failures (theirs and these) in metrics().request_failure.
   EngineResult infer(const std::string& model, const std::string& version, const InputTensor& input,
                      const std::vector<std::string>& outputs);
 

@@ -36,6 +36,39 @@ $TOPTAG eval -p pred.h5 pred.csv --names h5,csv --json eval.json --plot roc.png 
 grep -q '"n_signal"' eval.json || fail "eval.json lacks n_signal"
 [ -s roc.png ] && [ -s rocs/h5.csv ] || fail "no ROC plot or CSV"
 
+# Serving: predictions and features through both protocols agree with local ones; SIGTERM exits 0.
+$TOPTAG serve -c run/best.h5 --host 127.0.0.1 --grpc-port 0 --http-port 0 --metrics-port 0 --port-file ports.json \
+  --max-queue-delay-us 2000 >serve.log 2>&1 &
+serve_pid=$!
+for _ in $(seq 1 100); do [ -s ports.json ] && break; sleep 0.1; done
+[ -s ports.json ] || fail "serve did not start: $(cat serve.log)"
+port() { sed -E "s/.*\"$1\":([0-9]+).*/\1/" ports.json; }
+GRPC=grpc://127.0.0.1:$(port grpc)
+HTTP=http://127.0.0.1:$(port http)
+$TOPTAG predict --server "$GRPC" -i test.h5 -o served_grpc.h5 --concurrency 8 >/dev/null 2>&1 || fail "predict over gRPC"
+$TOPTAG predict --server "$HTTP" -i test.h5 -o served_http.h5 --concurrency 8 >/dev/null 2>&1 || fail "predict over HTTP"
+$TOPTAG eval -p served_grpc.h5 served_http.h5 --names grpc,http --reference pred.h5 --json served.json >served.txt
+for name in grpc http; do
+  diff=$(awk -v n="$name" '$1 == n && NF == 5 { print $2 }' served.txt)
+  [ -n "$diff" ] || fail "no comparison line for $name: $(cat served.txt)"
+  awk -v d="$diff" 'BEGIN { exit !(d + 0 <= 1e-6) }' || fail "served ($name) and local scores differ by $diff"
+done
+$TOPTAG features --server "$GRPC" -i train.h5 -o served_features.h5 >/dev/null 2>&1 || fail "features over gRPC"
+$TOPTAG train --features served_features.h5 --val served_features.h5 -o head --epochs 1 --init run/best.h5 >/dev/null 2>&1 \
+  || fail "head training on served features"
+$TOPTAG perf --server "$HTTP" --concurrency 1,4 --duration 300ms --warmup 100ms --csv perf.csv >/dev/null 2>&1 || fail "perf"
+grep -q "^server,4,0,1," perf.csv || fail "perf.csv lacks the concurrency-4 row: $(cat perf.csv)"
+curl_metrics=$(exec 3<>/dev/tcp/127.0.0.1/$(port metrics); printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3)
+echo "$curl_metrics" | grep -q '^nv_inference_exec_count{model="toptag",version="1"} [1-9]' || fail "metrics did not move"
+if $TOPTAG predict --server "$GRPC" --model other -i test.h5 -o x.h5 2>err.txt; then fail "unknown model accepted"; fi
+grep -q "not ready" err.txt || fail "unhelpful error: $(cat err.txt)"
+kill -TERM $serve_pid
+wait $serve_pid || fail "serve exited non-zero after SIGTERM: $(tail -3 serve.log)"
+grep -q "stopped after" serve.log || fail "serve did not report its shutdown: $(cat serve.log)"
+$TOPTAG perf --local -c run/best.h5 --batch 1,4 --threads 1 --duration 200ms --warmup 50ms >perf_local.txt 2>&1 \
+  || fail "perf --local: $(tail -3 perf_local.txt)"
+grep -q "^local" perf_local.txt || fail "perf --local printed no table"
+
 # Errors: clear message, non-zero exit, nothing overwritten.
 echo "not hdf5" > junk.h5
 if $TOPTAG info junk.h5 2>err.txt; then fail "info accepted a non-HDF5 file"; fi

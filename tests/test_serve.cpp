@@ -1,0 +1,593 @@
+// toptag serve: every KServe v2 endpoint over gRPC (raw generated stubs, as tritonclient uses) and
+// HTTP (plain httplib, as curl would), the bad-input cases, the metrics, dynamic batching, graceful
+// shutdown, and toptag's own client. Servers listen on ephemeral loopback ports.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "data/jets.h"
+#include "inference.grpc.pb.h"
+#include "nn/ops/softmax.h"
+#include "serve/client.h"
+#include "serve/perf.h"
+#include "serve/server.h"
+#include "testing.h"
+
+namespace toptag {
+namespace {
+
+using json = nlohmann::json;
+constexpr int kSize = 16;  // image pixels per side
+
+Tagger tiny_tagger() {
+  Tagger t;
+  t.model = std::make_unique<ResNet>(ResNetConfig{"resnet10", 1, 4, 16, 2}, 11);
+  t.model->set_training(false);
+  return t;
+}
+
+ImageOptions tiny_images() {
+  ImageOptions o;
+  o.size = kSize;
+  return o;
+}
+
+// n random sparse-ish images, as the server expects them.
+std::vector<float> random_images(int64_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> v(static_cast<size_t>(n * kSize * kSize));
+  for (float& x : v) x = rng.uniform() < 0.1 ? static_cast<float>(rng.uniform()) : 0.0f;
+  return v;
+}
+
+// The probabilities the model gives these images run alone (batch 1 each), in process.
+std::vector<float> local_probabilities(const std::vector<float>& images, int64_t n) {
+  Tagger t = tiny_tagger();
+  NoGradGuard no_grad;
+  std::vector<float> out;
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<float> one(images.begin() + i * kSize * kSize, images.begin() + (i + 1) * kSize * kSize);
+    const Tensor p = softmax(t.model->forward(Var(Tensor::from({1, 1, kSize, kSize}, one)))).value();
+    out.insert(out.end(), p.data(), p.data() + 2);
+  }
+  return out;
+}
+
+std::unique_ptr<InferenceServer> start_server(ServerOptions o = {}) {
+  o.host = "127.0.0.1";
+  o.grpc_port = o.http_port = o.metrics_port = 0;
+  return std::make_unique<InferenceServer>(tiny_tagger(), tiny_images(), o);
+}
+
+std::unique_ptr<inference::GRPCInferenceService::Stub> grpc_stub(int port) {
+  return inference::GRPCInferenceService::NewStub(
+      grpc::CreateChannel(fmt::format("127.0.0.1:{}", port), grpc::InsecureChannelCredentials()));
+}
+
+inference::ModelInferRequest raw_request(const std::vector<float>& values, std::vector<int64_t> shape,
+                                         const std::string& name = "images") {
+  inference::ModelInferRequest q;
+  q.set_model_name("toptag");
+  q.set_id("req-1");
+  auto* in = q.add_inputs();
+  in->set_name(name);
+  in->set_datatype("FP32");
+  for (int64_t d : shape) in->add_shape(d);
+  q.add_raw_input_contents(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+  return q;
+}
+
+std::vector<float> raw_floats(const std::string& bytes) {
+  std::vector<float> v(bytes.size() / 4);
+  std::memcpy(v.data(), bytes.data(), bytes.size());
+  return v;
+}
+
+double metric(const std::string& text, const std::string& name) {
+  std::smatch m;
+  if (!std::regex_search(text, m, std::regex(name + R"(\{[^}]*\} ([0-9.e+]+))"))) return -1;
+  return std::stod(m[1]);
+}
+
+class ServeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server = start_server();
+    stub = grpc_stub(server->grpc_port());
+    http = std::make_unique<httplib::Client>("127.0.0.1", server->http_port());
+  }
+  std::string metrics_text() {
+    httplib::Client m("127.0.0.1", server->metrics_port());
+    auto res = m.Get("/metrics");
+    EXPECT_TRUE(res && res->status == 200);
+    return res ? res->body : "";
+  }
+  grpc::Status infer(const inference::ModelInferRequest& q, inference::ModelInferResponse& r) {
+    grpc::ClientContext ctx;
+    return stub->ModelInfer(&ctx, q, &r);
+  }
+  std::unique_ptr<InferenceServer> server;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> stub;
+  std::unique_ptr<httplib::Client> http;
+};
+
+TEST_F(ServeTest, GrpcHealthAndMetadata) {
+  {
+    grpc::ClientContext ctx;
+    inference::ServerLiveResponse r;
+    ASSERT_TRUE(stub->ServerLive(&ctx, {}, &r).ok());
+    EXPECT_TRUE(r.live());
+  }
+  {
+    grpc::ClientContext ctx;
+    inference::ServerReadyResponse r;
+    ASSERT_TRUE(stub->ServerReady(&ctx, {}, &r).ok());
+    EXPECT_TRUE(r.ready());
+  }
+  {
+    grpc::ClientContext ctx;
+    inference::ModelReadyRequest q;
+    q.set_name("toptag");
+    inference::ModelReadyResponse r;
+    ASSERT_TRUE(stub->ModelReady(&ctx, q, &r).ok());
+    EXPECT_TRUE(r.ready());
+  }
+  {
+    grpc::ClientContext ctx;
+    inference::ServerMetadataResponse r;
+    ASSERT_TRUE(stub->ServerMetadata(&ctx, {}, &r).ok());
+    EXPECT_EQ(r.name(), "toptag");
+  }
+  {
+    grpc::ClientContext ctx;
+    inference::ModelMetadataRequest q;
+    q.set_name("toptag");
+    inference::ModelMetadataResponse r;
+    ASSERT_TRUE(stub->ModelMetadata(&ctx, q, &r).ok());
+    ASSERT_EQ(r.inputs_size(), 2);
+    EXPECT_EQ(r.inputs(0).name(), "images");
+    EXPECT_EQ(r.inputs(0).datatype(), "FP32");
+    EXPECT_EQ(std::vector<int64_t>(r.inputs(0).shape().begin(), r.inputs(0).shape().end()),
+              (std::vector<int64_t>{-1, 1, kSize, kSize}));
+    EXPECT_EQ(r.inputs(1).name(), "constituents");
+    EXPECT_EQ(std::vector<int64_t>(r.inputs(1).shape().begin(), r.inputs(1).shape().end()),
+              (std::vector<int64_t>{-1, 200, 4}));
+    ASSERT_EQ(r.outputs_size(), 2);
+    EXPECT_EQ(r.outputs(0).name(), "probabilities");
+    EXPECT_EQ(r.outputs(1).name(), "features");
+    EXPECT_EQ(r.outputs(1).shape(1), 4 * 8 * 1);  // resnet10 at width 4: 32 features
+  }
+  {
+    grpc::ClientContext ctx;
+    inference::ModelMetadataRequest q;
+    q.set_name("resnet");
+    inference::ModelMetadataResponse r;
+    EXPECT_EQ(stub->ModelMetadata(&ctx, q, &r).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+}
+
+TEST_F(ServeTest, GrpcInferRawAndTypedContentsMatchLocal) {
+  const std::vector<float> images = random_images(3, 1);
+  const std::vector<float> expected = local_probabilities(images, 3);
+
+  inference::ModelInferResponse r;
+  ASSERT_TRUE(infer(raw_request(images, {3, 1, kSize, kSize}), r).ok());
+  EXPECT_EQ(r.model_name(), "toptag");
+  EXPECT_EQ(r.id(), "req-1");
+  ASSERT_EQ(r.outputs_size(), 1);  // probabilities only, unless features are asked for
+  EXPECT_EQ(r.outputs(0).name(), "probabilities");
+  EXPECT_EQ(r.outputs(0).shape(0), 3);
+  EXPECT_EQ(r.outputs(0).shape(1), 2);
+  const std::vector<float> got = raw_floats(r.raw_output_contents(0));
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expected[i], 1e-6) << "value " << i;
+  for (size_t i = 0; i < got.size(); i += 2) EXPECT_NEAR(got[i] + got[i + 1], 1.0f, 1e-6);
+
+  // The same request as typed fp32_contents, asking for both outputs.
+  inference::ModelInferRequest q = raw_request({}, {3, 1, kSize, kSize});
+  q.clear_raw_input_contents();
+  for (float v : images) q.mutable_inputs(0)->mutable_contents()->add_fp32_contents(v);
+  q.add_outputs()->set_name("probabilities");
+  q.add_outputs()->set_name("features");
+  inference::ModelInferResponse r2;
+  ASSERT_TRUE(infer(q, r2).ok());
+  ASSERT_EQ(r2.outputs_size(), 2);
+  EXPECT_EQ(raw_floats(r2.raw_output_contents(0)), got);
+  EXPECT_EQ(r2.outputs(1).name(), "features");
+  EXPECT_EQ(raw_floats(r2.raw_output_contents(1)).size(), 3u * 32u);
+}
+
+TEST_F(ServeTest, GrpcConstituentsAreTurnedIntoImagesAsInTraining) {
+  // Two jets of three constituents each, zero-padded to 200.
+  std::vector<float> jets(2 * kMaxConstituents * 4, 0.0f);
+  const float c[2][3][4] = {{{500, 300, 350, 200}, {80, 50, 55, 40}, {20, 12, 14, 10}},
+                            {{300, 250, 10, 160}, {200, 160, 20, 110}, {90, 70, -10, 55}}};
+  for (int j = 0; j < 2; ++j)
+    for (int k = 0; k < 3; ++k)
+      for (int d = 0; d < 4; ++d) jets[(j * kMaxConstituents + k) * 4 + d] = c[j][k][d];
+  inference::ModelInferResponse r;
+  ASSERT_TRUE(infer(raw_request(jets, {2, kMaxConstituents, 4}, "constituents"), r).ok());
+  const Tensor images = jet_images(jets, 2, kMaxConstituents, tiny_images());
+  const std::vector<float> expected =
+      local_probabilities(std::vector<float>(images.data(), images.data() + images.numel()), 2);
+  const std::vector<float> got = raw_floats(r.raw_output_contents(0));
+  ASSERT_EQ(got.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(got[i], expected[i], 1e-6);
+}
+
+TEST_F(ServeTest, GrpcBadRequestsAreRefusedAndTheServerKeepsServing) {
+  const std::vector<float> one = random_images(1, 2);
+  struct Case {
+    const char* what;
+    inference::ModelInferRequest request;
+    grpc::StatusCode code;
+    const char* message;
+  };
+  std::vector<Case> cases;
+  {
+    auto q = raw_request(one, {1, 1, kSize, kSize});
+    q.set_model_name("resnet");
+    cases.push_back({"unknown model", q, grpc::StatusCode::NOT_FOUND, "unknown model 'resnet'"});
+  }
+  cases.push_back({"wrong input name", raw_request(one, {1, 1, kSize, kSize}, "pixels"),
+                   grpc::StatusCode::INVALID_ARGUMENT, "unknown input 'pixels'"});
+  {
+    auto q = raw_request(one, {1, 1, kSize, kSize});
+    q.mutable_inputs(0)->set_datatype("FP64");
+    cases.push_back({"wrong datatype", q, grpc::StatusCode::INVALID_ARGUMENT, "datatype 'FP64'"});
+  }
+  cases.push_back({"wrong shape", raw_request(one, {1, 1, kSize, kSize + 1}), grpc::StatusCode::INVALID_ARGUMENT,
+                   "must have shape [-1,1,16,16]"});
+  cases.push_back({"short raw contents", raw_request(std::vector<float>(one.begin(), one.end() - 1), {1, 1, kSize, kSize}),
+                   grpc::StatusCode::INVALID_ARGUMENT, "needs 256 values"});
+  {
+    auto q = raw_request(one, {1, 1, kSize, kSize});
+    q.mutable_raw_input_contents(0)->push_back('x');
+    cases.push_back({"ragged raw contents", q, grpc::StatusCode::INVALID_ARGUMENT, "not a whole number of FP32"});
+  }
+  cases.push_back({"empty batch", raw_request({}, {0, 1, kSize, kSize}), grpc::StatusCode::INVALID_ARGUMENT, "empty batch"});
+  cases.push_back({"too many jets", raw_request({}, {5000, 1, kSize, kSize}), grpc::StatusCode::INVALID_ARGUMENT,
+                   "exceed the server's limit of 4096"});
+  cases.push_back({"absurd shape", raw_request({}, {int64_t(1) << 62, 1, kSize, kSize}),
+                   grpc::StatusCode::INVALID_ARGUMENT, "exceed the server's limit"});
+  {
+    std::vector<float> nan = one;
+    nan[7] = std::nanf("");
+    cases.push_back({"NaN", raw_request(nan, {1, 1, kSize, kSize}), grpc::StatusCode::INVALID_ARGUMENT, "NaN"});
+  }
+  {
+    auto q = raw_request(one, {1, 1, kSize, kSize});
+    q.add_outputs()->set_name("logits");
+    cases.push_back({"unknown output", q, grpc::StatusCode::INVALID_ARGUMENT, "unknown output 'logits'"});
+  }
+  {
+    inference::ModelInferRequest q;
+    q.set_model_name("toptag");
+    cases.push_back({"no input", q, grpc::StatusCode::INVALID_ARGUMENT, "exactly one input"});
+  }
+  {
+    // 65 MB: over the message limit, refused by gRPC itself.
+    auto q = raw_request(std::vector<float>(17 << 20, 0.0f), {1, 1, kSize, kSize});
+    cases.push_back({"oversized message", q, grpc::StatusCode::RESOURCE_EXHAUSTED, ""});
+  }
+  for (const Case& c : cases) {
+    inference::ModelInferResponse r;
+    const grpc::Status s = infer(c.request, r);
+    EXPECT_EQ(s.error_code(), c.code) << c.what << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(c.message), std::string::npos) << c.what << ": " << s.error_message();
+  }
+  inference::ModelInferResponse r;
+  EXPECT_TRUE(infer(raw_request(one, {1, 1, kSize, kSize}), r).ok()) << "the server stopped serving";
+  const std::string m = metrics_text();
+  EXPECT_EQ(metric(m, "nv_inference_request_failure"), static_cast<double>(cases.size() - 1))
+      << "every refused request but the one gRPC dropped is counted";
+  EXPECT_EQ(metric(m, "nv_inference_request_success"), 1);
+}
+
+TEST_F(ServeTest, HttpEndpoints) {
+  auto get = [&](const std::string& path) {
+    auto res = http->Get(path);
+    EXPECT_TRUE(res) << path;
+    return res ? std::make_pair(res->status, json::parse(res->body, nullptr, false)) : std::make_pair(0, json());
+  };
+  EXPECT_EQ(get("/v2/health/live").first, 200);
+  EXPECT_EQ(get("/v2/health/ready").first, 200);
+  auto [status, server_meta] = get("/v2");
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(server_meta["name"], "toptag");
+  auto [mstatus, meta] = get("/v2/models/toptag");
+  EXPECT_EQ(mstatus, 200);
+  EXPECT_EQ(meta["inputs"][0]["name"], "images");
+  EXPECT_EQ(meta["inputs"][0]["shape"], json({-1, 1, kSize, kSize}));
+  EXPECT_EQ(meta["outputs"][1]["name"], "features");
+  EXPECT_EQ(get("/v2/models/toptag/ready").first, 200);
+  EXPECT_EQ(get("/v2/models/toptag/versions/1/ready").first, 200);
+  auto [nstatus, missing] = get("/v2/models/other");
+  EXPECT_EQ(nstatus, 404);
+  EXPECT_TRUE(missing.contains("error"));
+  EXPECT_EQ(get("/v2/models/toptag/versions/7/ready").first, 404);
+  EXPECT_EQ(get("/nowhere").first, 404);
+}
+
+TEST_F(ServeTest, HttpInferJsonAndBinary) {
+  const std::vector<float> images = random_images(2, 3);
+  const std::vector<float> expected = local_probabilities(images, 2);
+  json body = {{"id", "a7"},
+               {"inputs", {{{"name", "images"}, {"shape", {2, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", images}}}},
+               {"outputs", {{{"name", "probabilities"}}, {{"name", "features"}}}}};
+  auto res = http->Post("/v2/models/toptag/infer", body.dump(), "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json r = json::parse(res->body);
+  EXPECT_EQ(r["id"], "a7");
+  EXPECT_EQ(r["outputs"][0]["shape"], json({2, 2}));
+  const std::vector<float> got = r["outputs"][0]["data"].get<std::vector<float>>();
+  ASSERT_EQ(got.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(got[i], expected[i], 1e-6);
+  EXPECT_EQ(r["outputs"][1]["data"].size(), 2u * 32u);
+
+  // Nested data arrays are accepted too, as the spec allows.
+  json nested = json::array();
+  for (int n = 0; n < 2; ++n) {
+    json rows = json::array();
+    for (int y = 0; y < kSize; ++y)
+      rows.push_back(std::vector<float>(images.begin() + (n * kSize + y) * kSize, images.begin() + (n * kSize + y + 1) * kSize));
+    nested.push_back(json::array({rows}));
+  }
+  body["inputs"][0]["data"] = nested;
+  res = http->Post("/v2/models/toptag/infer", body.dump(), "application/json");
+  ASSERT_TRUE(res && res->status == 200);
+  EXPECT_EQ(json::parse(res->body)["outputs"][0]["data"].get<std::vector<float>>(), got);
+
+  // Triton's binary tensor extension: JSON header, then raw little-endian tensors.
+  json head = {{"inputs", {{{"name", "images"}, {"shape", {2, 1, kSize, kSize}}, {"datatype", "FP32"},
+                            {"parameters", {{"binary_data_size", images.size() * 4}}}}}},
+               {"outputs", {{{"name", "probabilities"}, {"parameters", {{"binary_data", true}}}}}}};
+  const std::string header = head.dump();
+  std::string payload = header;
+  payload.append(reinterpret_cast<const char*>(images.data()), images.size() * 4);
+  res = http->Post("/v2/models/toptag/infer", {{"Inference-Header-Content-Length", std::to_string(header.size())}},
+                   payload, "application/octet-stream");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const size_t json_size = std::stoul(res->get_header_value("Inference-Header-Content-Length"));
+  const json rb = json::parse(res->body.substr(0, json_size));
+  EXPECT_EQ(rb["outputs"][0]["parameters"]["binary_data_size"], 16);
+  EXPECT_EQ(raw_floats(res->body.substr(json_size)), got);
+}
+
+TEST_F(ServeTest, HttpBadRequests) {
+  const std::vector<float> one = random_images(1, 4);
+  auto post = [&](const std::string& path, const std::string& body) {
+    auto res = http->Post(path, body, "application/json");
+    EXPECT_TRUE(res);
+    return res ? std::make_pair(res->status, res->body) : std::make_pair(0, std::string());
+  };
+  auto input = [&](const std::string& name, const std::string& type, json shape, json data) {
+    return json{{"inputs", {{{"name", name}, {"shape", shape}, {"datatype", type}, {"data", data}}}}}.dump();
+  };
+  const json shape = {1, 1, kSize, kSize};
+  struct Case {
+    const char* what;
+    std::string path, body;
+    int status;
+    const char* message;
+  };
+  const std::string infer = "/v2/models/toptag/infer";
+  const std::vector<Case> cases = {
+      {"unknown model", "/v2/models/resnet/infer", input("images", "FP32", shape, one), 404, "unknown model"},
+      {"malformed JSON", infer, "{\"inputs\": [", 400, "malformed JSON"},
+      {"no inputs", infer, "{}", 400, "\"inputs\""},
+      {"wrong name", infer, input("pixels", "FP32", shape, one), 400, "unknown input 'pixels'"},
+      {"wrong datatype", infer, input("images", "INT64", shape, one), 400, "datatype 'INT64'"},
+      {"wrong shape", infer, input("images", "FP32", {1, 3, kSize, kSize}, one), 400, "must have shape"},
+      {"too few values", infer, input("images", "FP32", shape, std::vector<float>(10, 0.f)), 400, "needs 256 values"},
+      {"strings for numbers", infer, input("images", "FP32", shape, {"a", "b"}), 400, "must hold numbers"},
+      {"empty batch", infer, input("images", "FP32", {0, 1, kSize, kSize}, json::array()), 400, "empty batch"},
+      {"too many jets", infer, input("images", "FP32", {10000, 1, kSize, kSize}, json::array()), 400, "limit of 4096"},
+      {"shape not numbers", infer, input("images", "FP32", {"one"}, one), 400, "bad input tensor"},
+  };
+  for (const Case& c : cases) {
+    auto [status, body] = post(c.path, c.body);
+    EXPECT_EQ(status, c.status) << c.what << ": " << body;
+    const json j = json::parse(body, nullptr, false);
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << c.what << ": " << body;
+    EXPECT_NE(j["error"].get<std::string>().find(c.message), std::string::npos) << c.what << ": " << body;
+  }
+  // A binary header that claims more than the body holds.
+  auto res = http->Post(infer, {{"Inference-Header-Content-Length", "999999"}}, "{}", "application/octet-stream");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  auto [status, body] = post(infer, input("images", "FP32", shape, one));
+  EXPECT_EQ(status, 200) << "the server stopped serving: " << body;
+  const std::string m = metrics_text();
+  EXPECT_EQ(metric(m, "nv_inference_request_failure"), static_cast<double>(cases.size() + 1));
+}
+
+TEST(Serve, MetricsCountRequestsInferencesAndBatches) {
+  auto server = start_server();
+  auto stub = grpc_stub(server->grpc_port());
+  httplib::Client m("127.0.0.1", server->metrics_port());
+  const std::string before = m.Get("/metrics")->body;
+  EXPECT_NE(before.find("# TYPE nv_inference_count counter"), std::string::npos);
+  EXPECT_EQ(metric(before, "nv_inference_count"), 0);
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse r;
+    ASSERT_TRUE(stub->ModelInfer(&ctx, raw_request(random_images(2, 10 + i), {2, 1, kSize, kSize}), &r).ok());
+  }
+  const std::string after = m.Get("/metrics")->body;
+  EXPECT_EQ(metric(after, "nv_inference_request_success"), 3);
+  EXPECT_EQ(metric(after, "nv_inference_count"), 6);
+  EXPECT_EQ(metric(after, "nv_inference_exec_count"), 3);  // sequential requests: one batch each
+  EXPECT_GT(metric(after, "nv_inference_request_duration_us"), 0);
+  EXPECT_GT(metric(after, "nv_inference_compute_infer_duration_us"), 0);
+  EXPECT_GE(metric(after, "nv_inference_queue_duration_us"), 0);
+  EXPECT_LE(metric(after, "nv_inference_compute_infer_duration_us"), metric(after, "nv_inference_request_duration_us"));
+}
+
+// 64 clients at once, one image each: the batcher merges them (fewer executions than requests) and
+// every client gets the answer its image gets alone.
+TEST(Serve, DynamicBatchingMergesConcurrentRequestsWithUnchangedResults) {
+  ServerOptions o;
+  o.engine.max_batch = 16;
+  o.engine.max_queue_delay_us = 200000;  // long enough that concurrent requests surely meet
+  o.engine.instances = 1;
+  auto server = start_server(o);
+  constexpr int kClients = 64;
+  const std::vector<float> images = random_images(kClients, 5);
+  const std::vector<float> expected = local_probabilities(images, kClients);
+  std::vector<std::vector<float>> got(kClients);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int c = 0; c < kClients; ++c)
+    threads.emplace_back([&, c] {
+      const std::string url = c % 2 ? fmt::format("grpc://127.0.0.1:{}", server->grpc_port())
+                                    : fmt::format("http://127.0.0.1:{}", server->http_port());
+      auto client = InferenceClient::connect(url, "toptag");
+      try {
+        std::span<const float> one(images.data() + c * kSize * kSize, kSize * kSize);
+        got[c] = client->infer("images", {1, 1, kSize, kSize}, one, false).probabilities;
+      } catch (const Error&) {
+        ++failures;
+      }
+    });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  const uint64_t executions = server->service().engine().executions();
+  EXPECT_LT(executions, static_cast<uint64_t>(kClients)) << "no requests were merged";
+  EXPECT_GE(executions, static_cast<uint64_t>(kClients / 16)) << "batches exceeded --max-batch";
+  for (int c = 0; c < kClients; ++c) {
+    ASSERT_EQ(got[c].size(), 2u);
+    EXPECT_NEAR(got[c][0], expected[2 * c], 1e-6) << "client " << c;
+    EXPECT_NEAR(got[c][1], expected[2 * c + 1], 1e-6) << "client " << c;
+  }
+}
+
+// Shutdown stops accepting but answers what is already queued, then the ports are closed.
+TEST(Serve, GracefulShutdownFinishesInFlightRequests) {
+  ServerOptions o;
+  o.engine.max_queue_delay_us = 300000;  // requests sit in the queue when shutdown begins
+  o.engine.max_batch = 64;
+  auto server = start_server(o);
+  const int port = server->grpc_port();
+  constexpr int kClients = 8;
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c)
+    threads.emplace_back([&, c] {
+      auto stub = grpc_stub(port);
+      grpc::ClientContext ctx;
+      inference::ModelInferResponse r;
+      const grpc::Status s = stub->ModelInfer(&ctx, raw_request(random_images(1, 20 + c), {1, 1, kSize, kSize}), &r);
+      (s.ok() && r.raw_output_contents_size() == 1 ? ok : failed)++;
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  server->shutdown();
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(ok.load(), kClients);
+  EXPECT_EQ(failed.load(), 0);
+  auto stub = grpc_stub(port);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  inference::ServerLiveResponse r;
+  EXPECT_FALSE(stub->ServerLive(&ctx, {}, &r).ok()) << "still accepting after shutdown";
+}
+
+TEST(Serve, StoppedEngineAnswersUnavailable) {
+  BatchingEngine engine(tiny_tagger(), tiny_images(), EngineOptions{});
+  InferenceService service(engine, "toptag");
+  const std::vector<float> one = random_images(1, 8);
+  const InputTensor in{"images", "FP32", {1, 1, kSize, kSize}, one};
+  EXPECT_EQ(service.infer("toptag", "", in, {"probabilities"}).probabilities.dim(0), 1);
+  engine.stop();
+  EXPECT_FALSE(service.ready());
+  try {
+    service.infer("toptag", "", in, {"probabilities"});
+    ADD_FAILURE() << "a stopped engine answered";
+  } catch (const RequestError& e) {
+    EXPECT_EQ(e.kind(), RequestError::Kind::unavailable);  // HTTP 503, gRPC UNAVAILABLE
+  }
+}
+
+TEST(Serve, ClientReadsMetadataAndRefusesBadUrls) {
+  auto server = start_server();
+  for (const std::string& url : {fmt::format("grpc://127.0.0.1:{}", server->grpc_port()),
+                                 fmt::format("http://127.0.0.1:{}", server->http_port())}) {
+    auto client = InferenceClient::connect(url, "toptag");
+    EXPECT_TRUE(client->ready()) << url;
+    const RemoteModel meta = client->metadata();
+    ASSERT_NE(meta.input("images"), nullptr) << url;
+    EXPECT_EQ(meta.input("images")->shape, (std::vector<int64_t>{-1, 1, kSize, kSize}));
+    const std::vector<float> one = random_images(1, 6);
+    const InferReply r = client->infer("images", {1, 1, kSize, kSize}, one, true);
+    EXPECT_EQ(r.probabilities.size(), 2u);
+    EXPECT_EQ(r.features.size(), 32u);
+    // A refused request is not worth retrying.
+    try {
+      client->infer("images", {1, 1, kSize, kSize + 1}, one, false);
+      ADD_FAILURE() << url << ": a wrong shape was accepted";
+    } catch (const ClientError& e) {
+      EXPECT_FALSE(e.retryable()) << url;
+      EXPECT_NE(std::string(e.what()).find("must have shape"), std::string::npos) << e.what();
+    }
+    auto other = InferenceClient::connect(url, "nosuchmodel");
+    EXPECT_FALSE(other->ready()) << url;
+  }
+  EXPECT_THROW(InferenceClient::connect("ftp://127.0.0.1:1", "toptag"), Error);
+  // Nothing listens there: a transport error, worth a retry.
+  auto dead = InferenceClient::connect("http://127.0.0.1:1", "toptag", 500);
+  try {
+    dead->infer("images", {1, 1, kSize, kSize}, random_images(1, 7), false);
+    ADD_FAILURE() << "a dead server answered";
+  } catch (const ClientError& e) {
+    EXPECT_TRUE(e.retryable());
+  }
+}
+
+TEST(Serve, PerfMeasuresThroughputAndLatency) {
+  auto server = start_server();
+  ServerPerfOptions o;
+  o.url = fmt::format("grpc://127.0.0.1:{}", server->grpc_port());
+  o.concurrency = {1, 4};
+  o.duration_s = 0.3, o.warmup_s = 0.05;
+  const std::vector<PerfPoint> points = measure_server(o, false);
+  ASSERT_EQ(points.size(), 2u);
+  for (const PerfPoint& p : points) {
+    EXPECT_EQ(p.mode, "server");
+    EXPECT_GT(p.stats.requests, 0);
+    EXPECT_EQ(p.stats.errors, 0);
+    EXPECT_GT(p.stats.throughput, 0);
+    EXPECT_LE(p.stats.p50_ms, p.stats.p90_ms);
+    EXPECT_LE(p.stats.p90_ms, p.stats.p99_ms);
+  }
+  EXPECT_NE(perf_table(points).find("inferences/s"), std::string::npos);
+}
+
+TEST(Serve, SummarizeUsesNearestRankPercentiles) {
+  std::vector<double> ms;
+  for (int i = 100; i >= 1; --i) ms.push_back(i);  // 1..100 ms, unsorted
+  const LatencyStats s = summarize(ms, 4, 2.0, 3);
+  EXPECT_EQ(s.requests, 100);
+  EXPECT_EQ(s.errors, 3);
+  EXPECT_DOUBLE_EQ(s.throughput, 200.0);  // 100 requests x 4 images / 2 s
+  EXPECT_DOUBLE_EQ(s.mean_ms, 50.5);
+  EXPECT_DOUBLE_EQ(s.p50_ms, 50);
+  EXPECT_DOUBLE_EQ(s.p90_ms, 90);
+  EXPECT_DOUBLE_EQ(s.p95_ms, 95);
+  EXPECT_DOUBLE_EQ(s.p99_ms, 99);
+  EXPECT_DOUBLE_EQ(summarize({7.0}, 1, 1.0, 0).p99_ms, 7);
+  EXPECT_DOUBLE_EQ(parse_duration("250ms"), 0.25);
+  EXPECT_DOUBLE_EQ(parse_duration("2m"), 120);
+  EXPECT_DOUBLE_EQ(parse_duration("3"), 3);
+  EXPECT_THROW(parse_duration("ten"), Error);
+}
+
+}  // namespace
+}  // namespace toptag
