@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "datasets/generator.h"
 #include "nn/checkpoint.h"
@@ -73,7 +74,12 @@ TEST_F(TrainingTest, ResumedAfterOneEpochEndsWithTheSameWeights) {
   int lines = 0;
   for (std::string line; std::getline(csv, line);) ++lines;
   EXPECT_EQ(lines, 3);
-  EXPECT_TRUE(fs::exists(fs::path(first.output_dir) / "metrics.json"));
+  // metrics.json holds the same rows, the last one included.
+  std::ifstream js(fs::path(first.output_dir) / "metrics.json");
+  const nlohmann::json j = nlohmann::json::parse(js);
+  ASSERT_EQ(j.at("epochs").size(), 2u);
+  EXPECT_EQ(j["epochs"][1]["epoch"], 2);
+  EXPECT_GT(j["epochs"][1]["val_auc"].get<double>(), 0.0);
   EXPECT_TRUE(fs::exists(fs::path(first.output_dir) / "best.h5"));
 }
 

@@ -207,6 +207,7 @@ void append_metrics(const std::string& dir, const EpochMetrics& m) {
   if (fresh) out << "epoch,step,lr,train_loss,val_loss,val_accuracy,val_auc,val_rejection_30,seconds\n";
   out << fmt::format("{},{},{:.6g},{:.6f},{:.6f},{:.6f},{:.6f},{:.4f},{:.1f}\n", m.epoch, m.step, m.lr, m.train_loss,
                      m.val_loss, m.val_accuracy, m.val_auc, m.val_rejection_30, m.seconds);
+  out.close();  // the row must be on disk before the CSV is read back
   // metrics.json: the same rows, rewritten whole (atomically) from the CSV.
   std::ifstream in(csv);
   std::string line;
