@@ -57,33 +57,32 @@ void run_predict(const PredictArgs& a) {
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
   ResNet* model = tagger.model.get();
-  JetFile file(a.input);
   InferenceOptions io;
   io.batch_size = a.batch_size;
   io.max_jets = a.max_jets;
+  if (is_features_file(a.input)) {
+    // Featurizer outputs (e.g. from a server): only the checkpoint's classifier head runs.
+    InferenceResult r = run_head(*model, read_features(a.input), io);
+    write_predictions(a.output, r.predictions);
+    fmt::print("wrote {} predictions (head only, on the features in {}) to {}\n", r.predictions.size(), a.input, a.output);
+    return;
+  }
+  JetFile file(a.input);
   InferenceResult r = run_inference(*model, file, a.image.resolve(file, model_image_options(a.checkpoint, *model)), io);
   report_dropped(a.input, r.dropped);
   write_predictions(a.output, r.predictions);
   fmt::print("wrote {} predictions to {}\n", r.predictions.size(), a.output);
 }
 
-void write_features(const std::string& path, const std::vector<float>& features, const std::vector<int64_t>& labels,
-                    int64_t dim, const std::string& source) {
-  const int64_t n = static_cast<int64_t>(labels.size());
-  AtomicH5File out(path);
-  h5_write_tensor(out.id(), "features", Tensor::from({n, dim}, features));
-  h5_write_int64(out.id(), "labels", labels);
-  h5_set_attr(out.id(), "source", source);
-  out.commit();
-  fmt::print("wrote {} x {} features to {}\n", n, dim, path);
-}
 
 void run_features(const PredictArgs& a) {
   check_source(a);
   if (!a.server.empty()) {
     RemotePredictResult r = predict_from_server(a, true);
     if (r.predictions.label.size() != r.predictions.size()) fail("{}: features need labelled jets", a.input);
-    write_features(a.output, r.features, r.predictions.label, r.feature_dim, a.server + " model " + a.model);
+    const int64_t n = r.predictions.size();
+    write_features(a.output, {Tensor::from({n, r.feature_dim}, r.features), r.predictions.label}, a.server + " model " + a.model);
+    fmt::print("wrote {} x {} features to {}\n", n, r.feature_dim, a.output);
     return;
   }
   apply_threads(a.threads);
@@ -102,7 +101,9 @@ void run_features(const PredictArgs& a) {
                                              labels.insert(labels.end(), l.begin(), l.end());
                                            });
   report_dropped(a.input, dropped);
-  write_features(a.output, features, labels, model->feature_dim(), a.checkpoint);
+  const int64_t n = static_cast<int64_t>(labels.size());
+  write_features(a.output, {Tensor::from({n, model->feature_dim()}, features), labels}, a.checkpoint);
+  fmt::print("wrote {} x {} features to {}\n", n, model->feature_dim(), a.output);
 }
 
 CLI::App* add_inference_options(CLI::App& app, const char* name, const char* help, std::shared_ptr<PredictArgs> a,

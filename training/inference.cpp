@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "nn/ops/softmax.h"
+#include "nn/check.h"
+#include "nn/h5.h"
 #include "nn/progress.h"
 
 namespace toptag {
@@ -72,6 +74,58 @@ NonFiniteReport run_featurizer(ResNet& model, const JetFile& file, const ImageOp
     if (progress) progress->advance(static_cast<int64_t>(batch->labels.size()));
   }
   return loader.dropped();
+}
+
+bool is_features_file(const std::string& path) {
+  H5Id f = h5_open(path);
+  return h5_exists(f.get(), "features");
+}
+
+FeatureSet read_features(const std::string& path, int64_t max_rows) {
+  H5Id f = h5_open(path);
+  if (!h5_exists(f.get(), "features")) fail("{}: not a features file (no /features; make one with toptag features)", path);
+  FeatureSet set;
+  set.features = h5_read_tensor(f.get(), "features", path);
+  set.labels = h5_read_int64(f.get(), "labels", path);
+  if (set.features.rank() != 2 || set.features.dim(0) != static_cast<int64_t>(set.labels.size()))
+    fail("{}: /features must be [N, F] with N = {} labels, found {}", path, set.labels.size(), set.features.shape().str());
+  if (max_rows > 0 && max_rows < set.features.dim(0)) {
+    const int64_t F = set.features.dim(1);
+    Tensor head = Tensor::empty({max_rows, F});
+    std::copy_n(set.features.data(), max_rows * F, head.data());
+    set.features = head;
+    set.labels.resize(static_cast<size_t>(max_rows));
+  }
+  return set;
+}
+
+void write_features(const std::string& path, const FeatureSet& set, const std::string& source) {
+  AtomicH5File out(path);
+  h5_write_tensor(out.id(), "features", set.features);
+  h5_write_int64(out.id(), "labels", set.labels);
+  h5_set_attr(out.id(), "source", source);
+  out.commit();
+}
+
+InferenceResult run_head(ResNet& model, const FeatureSet& set, const InferenceOptions& options) {
+  const int64_t F = set.features.dim(1);
+  if (F != model.feature_dim())
+    fail("features have {} columns but the model's head takes {}", F, model.feature_dim());
+  NoGradGuard no_grad;
+  model.set_training(false);
+  const int64_t n = options.max_jets > 0 ? std::min(options.max_jets, set.features.dim(0)) : set.features.dim(0);
+  InferenceResult result;
+  double loss_sum = 0;
+  for (int64_t start = 0; start < n; start += options.batch_size) {
+    const int64_t m = std::min(options.batch_size, n - start);
+    Tensor x = Tensor::empty({m, F});
+    std::copy_n(set.features.data() + start * F, m * F, x.data());
+    const std::vector<int64_t> labels(set.labels.begin() + start, set.labels.begin() + start + m);
+    scores_from_logits(model.head(Var(x)).value(), &labels, result.predictions.score, loss_sum);
+    result.predictions.label.insert(result.predictions.label.end(), labels.begin(), labels.end());
+  }
+  result.mean_loss = loss_sum / static_cast<double>(std::max<int64_t>(1, n));
+  return result;
 }
 
 }  // namespace toptag

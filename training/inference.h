@@ -35,4 +35,17 @@ using FeatureSink = std::function<void(const Tensor& features, const std::vector
 NonFiniteReport run_featurizer(ResNet& model, const JetFile& file, const ImageOptions& images,
                                const InferenceOptions& options, const FeatureSink& sink);
 
+// A features file (toptag features): /features float32 [N, F], /labels int64 [N].
+struct FeatureSet {
+  Tensor features;  // (N, F)
+  std::vector<int64_t> labels;
+};
+bool is_features_file(const std::string& path);
+FeatureSet read_features(const std::string& path, int64_t max_rows = 0);
+void write_features(const std::string& path, const FeatureSet& set, const std::string& source);
+
+// The classifier head alone on featurizer outputs: what a CPU job computes on the features a
+// coprocessor service returned.
+InferenceResult run_head(ResNet& model, const FeatureSet& set, const InferenceOptions& options);
+
 }  // namespace toptag

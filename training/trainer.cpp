@@ -136,28 +136,6 @@ TrainState read_state(hid_t file, const std::string& path) {
 
 using Example = std::pair<Tensor, std::vector<int64_t>>;
 
-struct FeatureSet {
-  Tensor features;  // (N, F)
-  std::vector<int64_t> labels;
-};
-
-FeatureSet read_features(const std::string& path, int64_t max_rows) {
-  H5Id f = h5_open(path);
-  if (!h5_exists(f.get(), "features")) fail("{}: not a features file (no /features; make one with toptag features)", path);
-  FeatureSet set;
-  set.features = h5_read_tensor(f.get(), "features", path);
-  set.labels = h5_read_int64(f.get(), "labels", path);
-  if (set.features.rank() != 2 || set.features.dim(0) != static_cast<int64_t>(set.labels.size()))
-    fail("{}: /features must be [N, F] with N = {} labels, found {}", path, set.labels.size(), set.features.shape().str());
-  if (max_rows > 0 && max_rows < set.features.dim(0)) {
-    const int64_t F = set.features.dim(1);
-    Tensor head = Tensor::empty({max_rows, F});
-    std::copy_n(set.features.data(), max_rows * F, head.data());
-    set.features = head;
-    set.labels.resize(static_cast<size_t>(max_rows));
-  }
-  return set;
-}
 
 class FeatureBatches {
  public:
