@@ -12,6 +12,7 @@ void register_commands(CLI::App& app) {
   add_quantize_command(app);
   add_eval_command(app);
   add_serve_commands(app);
+  add_study_command(app);
 }
 
 void add_threads_option(CLI::App& command, int& threads) {

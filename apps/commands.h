@@ -15,6 +15,7 @@ void add_predict_commands(CLI::App& app);  // predict, features
 void add_eval_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_serve_commands(CLI::App& app);   // serve, perf
+void add_study_command(CLI::App& app);
 
 // --threads N, shared by every command that computes; applied by apply_threads().
 void add_threads_option(CLI::App& command, int& threads);

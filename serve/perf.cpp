@@ -10,6 +10,7 @@
 #include <fstream>
 #include <gnuplot-iostream.h>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "nn/check.h"
@@ -182,6 +183,33 @@ void write_perf_csv(const std::string& path, const std::vector<PerfPoint>& point
   std::filesystem::rename(temp, path);
 }
 
+std::vector<PerfPoint> read_perf_csv(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("{}: cannot read", path);
+  std::string line;
+  std::getline(in, line);
+  if (line.rfind("mode,concurrency,threads,batch,throughput", 0) != 0) fail("{}: not a toptag perf CSV", path);
+  std::vector<PerfPoint> points;
+  for (int row = 2; std::getline(in, line); ++row) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string cell; std::getline(ss, cell, ',');) f.push_back(cell);
+    if (f.size() != 12) fail("{}: line {} has {} fields, expected 12", path, row, f.size());
+    try {
+      PerfPoint p;
+      p.mode = f[0], p.concurrency = std::stoi(f[1]), p.threads = std::stoi(f[2]), p.batch = std::stoll(f[3]);
+      LatencyStats& s = p.stats;
+      s.throughput = std::stod(f[4]), s.mean_ms = std::stod(f[5]), s.p50_ms = std::stod(f[6]);
+      s.p90_ms = std::stod(f[7]), s.p95_ms = std::stod(f[8]), s.p99_ms = std::stod(f[9]);
+      s.requests = std::stoll(f[10]), s.errors = std::stoll(f[11]);
+      points.push_back(p);
+    } catch (const std::exception&) {
+      fail("{}: line {} is not a row of numbers", path, row);
+    }
+  }
+  return points;
+}
+
 void plot_throughput(const std::string& path, const std::vector<PerfPoint>& points, const std::string& title) {
   const std::string ext = std::filesystem::path(path).extension().string();
   std::string terminal;
@@ -200,7 +228,7 @@ void plot_throughput(const std::string& path, const std::vector<PerfPoint>& poin
   {
     Gnuplot gp("gnuplot");
     gp << "set terminal " << terminal << "\nset output '" << temp << "'\n";
-    gp << "set logscale x 2\nset grid\nset key bottom right\nset yrange [0:*]\n";
+    gp << "set logscale x 2\nset grid\nset key top left\nset yrange [0:*]\n";
     gp << "set xlabel 'concurrent clients (one jet per request)'\nset ylabel 'throughput (inferences/s)'\n";
     if (!title.empty()) gp << "set title '" << title << "'\n";
     gp << "plot '-' with linespoints linewidth 2 pointtype 7 title 'toptag serve'";

@@ -44,6 +44,7 @@ std::vector<PerfPoint> measure_local(Tagger& tagger, int image_size, const Local
 
 std::string perf_table(const std::vector<PerfPoint>& points);
 void write_perf_csv(const std::string& path, const std::vector<PerfPoint>& points);
+std::vector<PerfPoint> read_perf_csv(const std::string& path);  // what write_perf_csv wrote
 // Throughput versus concurrent clients (server points), with gnuplot.
 void plot_throughput(const std::string& path, const std::vector<PerfPoint>& points, const std::string& title = "");
 

@@ -1,0 +1,58 @@
+// toptag study: the paper's whole study in one resumable command (see study/study.h).
+#include <fmt/format.h>
+
+#include "apps/commands.h"
+#include "nn/check.h"
+#include "study/study.h"
+
+namespace toptag::apps {
+
+namespace {
+
+struct StudyArgs {
+  StudyOptions options;
+  std::vector<int64_t> jets;
+};
+
+void run_study_command(StudyArgs& a) {
+  StudyOptions o = a.options;
+  if (!a.jets.empty()) {
+    if (a.jets.size() != 3) fail("--jets takes three sizes: TRAIN,VAL,TEST (e.g. 10000,2000,4000)");
+    o.train_jets = a.jets[0], o.val_jets = a.jets[1], o.test_jets = a.jets[2];
+    o.limit_data = true;  // with --data: only the first jets of each file
+  }
+  run_study(o);
+}
+
+}  // namespace
+
+void add_study_command(CLI::App& app) {
+  auto a = std::make_shared<StudyArgs>();
+  StudyOptions& o = a->options;
+  CLI::App* cmd = app.add_subcommand(
+      "study", "The paper's whole study: generate, train, quantize, fine-tune, serve, re-tune, measure, report");
+  cmd->add_option("--output-dir,-o", o.dir, "study directory (rerunning resumes it)")->default_val("study");
+  cmd->add_option("--jets", a->jets, "jets: TRAIN,VAL,TEST (with --data: the first ones of each file; default all)")->delimiter(',')->default_str("10000,2000,4000");
+  cmd->add_option("--data", o.data_dir, "use the reference files DIR/train.h5, val.h5, test.h5 instead")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--epochs", o.epochs, "float training epochs (the paper: 10)")->default_val(3)->check(CLI::Range(1, 1000));
+  cmd->add_option("--finetune-epochs", o.finetune_epochs, "quantization-aware fine-tuning epochs")
+      ->default_val(1)
+      ->check(CLI::Range(1, 1000));
+  cmd->add_option("--head-epochs", o.head_epochs, "head re-tuning epochs on served features")
+      ->default_val(2)
+      ->check(CLI::Range(1, 1000));
+  cmd->add_option("--image-size", o.image_size, "image pixels per side (the paper: 224)")->default_val(40);
+  cmd->add_option("--arch", o.arch, "featurizer: resnet50 (the paper), or a smaller resnet for quick runs")
+      ->default_val("resnet50");
+  cmd->add_option("--width", o.width, "stem width (torchvision: 64)")->default_val(64);
+  cmd->add_option("--hidden", o.hidden, "fc1 width of the head")->default_val(1024);
+  cmd->add_option("--format", o.format, "quantization format (see toptag quantize)")->default_val("ms-fp8");
+  cmd->add_option("--concurrency", o.concurrency, "client counts for the served throughput sweep")
+      ->delimiter(',')
+      ->default_str("1,2,4,8,16,32");
+  cmd->add_option("--perf-duration", o.perf_duration, "measuring time per performance point")->default_val("5s");
+  cmd->callback([a] { run_study_command(*a); });
+}
+
+}  // namespace toptag::apps
