@@ -1,0 +1,143 @@
+// toptag study, the README's main job, in a tiny version (few jets, a small model, one epoch) through
+// the same command: every report file exists, every metric is a number in range, a rerun resumes
+// instead of redoing, and a failing stage stops the study with its name.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+struct CommandResult {
+  int code;
+  std::string output;
+};
+
+CommandResult toptag(const std::string& args) {
+  const std::string command = std::string(TOPTAG_EXE) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return {-1, "popen failed"};
+  std::string out;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+const std::string kTiny =
+    "--jets 400,150,200 --epochs 1 --finetune-epochs 1 --head-epochs 1 --arch resnet10 --width 4 --hidden 16 "
+    "--image-size 16 --concurrency 1,4 --perf-duration 200ms";
+
+class StudyTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new fs::path(fs::temp_directory_path() / ("toptag_study_" + std::to_string(getpid())));
+    fs::remove_all(*dir_);
+    setenv("TOPTAG_PLAIN_PROGRESS", "1", 1);
+    first_ = new CommandResult(toptag("study -o " + dir_->string() + " " + kTiny));
+  }
+  static void TearDownTestSuite() {
+    fs::remove_all(*dir_);
+    delete dir_;
+    delete first_;
+  }
+  static fs::path* dir_;
+  static CommandResult* first_;
+};
+fs::path* StudyTest::dir_ = nullptr;
+CommandResult* StudyTest::first_ = nullptr;
+
+TEST_F(StudyTest, WritesEveryReportFile) {
+  ASSERT_EQ(first_->code, 0) << first_->output;
+  for (const char* f : {"REPORT.md", "metrics.json", "eval.json", "roc.png", "throughput_vs_clients.png",
+                        "training.png"}) {
+    const fs::path p = *dir_ / "report" / f;
+    ASSERT_TRUE(fs::exists(p)) << p;
+    EXPECT_GT(fs::file_size(p), 100u) << p;
+  }
+  // The commands are printed as a user would type them.
+  EXPECT_NE(first_->output.find("$ toptag quantize -c float/best.h5 --format ms-fp8"), std::string::npos);
+  EXPECT_NE(first_->output.find("report written to"), std::string::npos);
+}
+
+TEST_F(StudyTest, EveryMetricIsANumberInRange) {
+  ASSERT_EQ(first_->code, 0) << first_->output;
+  std::ifstream in(*dir_ / "report" / "metrics.json");
+  const json m = json::parse(in);
+  const std::vector<std::string> names = {"float", "quantized", "fine-tuned", "served", "served+retuned"};
+  ASSERT_EQ(m.at("models").size(), names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    const json& model = m["models"][i];
+    EXPECT_EQ(model.at("name"), names[i]);
+    EXPECT_EQ(model.at("n_signal").get<int64_t>() + model.at("n_background").get<int64_t>(), 200);
+    for (const char* k : {"accuracy", "auc"}) {
+      const double v = model.at(k).get<double>();
+      EXPECT_TRUE(v >= 0 && v <= 1) << names[i] << " " << k << " = " << v;
+    }
+    for (const char* eps : {"0.3", "0.5"}) {
+      const json& r = model.at("rejection").at(eps);
+      // 1/eps_B >= 1, or null (infinite: no QCD jet passes) on a tiny test set.
+      if (!r.is_null()) EXPECT_GE(r.get<double>(), 1.0) << names[i] << " at " << eps;
+    }
+  }
+  // The served model is the local fine-tuned one: scores agree to float rounding.
+  const json& d = m.at("served_vs_local");
+  EXPECT_LE(d.at("max_abs_diff").get<double>(), 1e-6);
+  EXPECT_EQ(d.at("flip_fraction").get<double>(), 0.0);
+  const json& perf = m.at("performance");
+  ASSERT_EQ(perf.at("server").size(), 2u);
+  ASSERT_EQ(perf.at("local").size(), 4u);  // 1 and all threads x batch 1 and 32 (1 thread twice on one core)
+  for (const char* mode : {"local", "server"})
+    for (const json& p : perf.at(mode)) {
+      EXPECT_GT(p.at("throughput").get<double>(), 0) << mode;
+      EXPECT_GT(p.at("p50_ms").get<double>(), 0) << mode;
+      EXPECT_EQ(p.at("errors").get<int64_t>(), 0) << mode;
+    }
+  ASSERT_EQ(m.at("training").at("float").size(), 1u);
+  const double auc = m["training"]["float"][0].at("val_auc").get<double>();
+  EXPECT_TRUE(auc >= 0 && auc <= 1);
+  for (const char* stage : {"data", "train", "float", "quantize", "finetune", "serve", "retune", "local-perf", "evaluate"})
+    EXPECT_GE(m.at("stage_seconds").at(stage).get<double>(), 0) << stage;
+  // The report's table holds the same numbers as eval.json.
+  std::ifstream md_in(*dir_ / "report" / "REPORT.md");
+  std::stringstream md;
+  md << md_in.rdbuf();
+  char auc_text[32];
+  std::snprintf(auc_text, sizeof auc_text, "%.4f", m["models"][3]["auc"].get<double>());
+  EXPECT_NE(md.str().find(std::string("| served (gRPC, one jet per request) | ")), std::string::npos);
+  EXPECT_NE(md.str().find(auc_text), std::string::npos) << "served AUC " << auc_text << " missing from REPORT.md";
+}
+
+TEST_F(StudyTest, RerunResumesFromFinishedStages) {
+  ASSERT_EQ(first_->code, 0) << first_->output;
+  const auto stamp = fs::last_write_time(*dir_ / "float" / "best.h5");
+  fs::remove(*dir_ / "stages" / "evaluate.done");
+  const CommandResult again = toptag("study -o " + dir_->string() + " " + kTiny);
+  ASSERT_EQ(again.code, 0) << again.output;
+  EXPECT_NE(again.output.find("train: done earlier"), std::string::npos) << again.output;
+  EXPECT_EQ(again.output.find("$ toptag train"), std::string::npos) << "training was redone";
+  EXPECT_NE(again.output.find("$ toptag eval"), std::string::npos) << "the unfinished stage did not rerun";
+  EXPECT_EQ(fs::last_write_time(*dir_ / "float" / "best.h5"), stamp);
+}
+
+TEST(Study, AFailingStageStopsWithItsName) {
+  const fs::path dir = fs::temp_directory_path() / ("toptag_study_bad_" + std::to_string(getpid()));
+  const fs::path data = dir / "data";
+  fs::create_directories(data);
+  std::ofstream(data / "train.h5") << "not an HDF5 file";
+  const CommandResult r = toptag("study -o " + (dir / "s").string() + " --data " + data.string() + " " + kTiny);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("study stage 'data' failed"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("train.h5"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "s" / "stages" / "data.done"));
+  fs::remove_all(dir);
+}
+
+}  // namespace
