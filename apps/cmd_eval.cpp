@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "apps/commands.h"
+#include "nn/files.h"
 #include "eval/report.h"
 #include "nn/check.h"
 
@@ -53,11 +54,7 @@ void run_eval(const EvalArgs& a) {
       fmt::print("{:<24}  {:>12.3g}  {:>12.3g}  {:>9.4f}%  {:>+10.5f}\n", name, c.max_abs_diff, c.mean_abs_diff,
                  100 * c.flip_fraction, c.auc_diff);
   }
-  if (!a.json.empty()) {
-    const std::string temp = a.json + ".tmp";
-    std::ofstream(temp) << eval_json(models);
-    std::filesystem::rename(temp, a.json);
-  }
+  if (!a.json.empty()) write_text_atomically(a.json, eval_json(models));
   if (!a.roc_csv.empty()) {
     std::filesystem::create_directories(a.roc_csv);
     for (const ModelEval& m : models) write_roc_csv((std::filesystem::path(a.roc_csv) / (m.name + ".csv")).string(), m.roc);

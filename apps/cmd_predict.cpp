@@ -56,6 +56,7 @@ void run_predict(const PredictArgs& a) {
   }
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
+  freeze_for_inference(tagger);
   ResNet* model = tagger.model.get();
   InferenceOptions io;
   io.batch_size = a.batch_size;
@@ -87,6 +88,7 @@ void run_features(const PredictArgs& a) {
   }
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
+  freeze_for_inference(tagger);
   ResNet* model = tagger.model.get();
   JetFile file(a.input);
   InferenceOptions io;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.h"
+#include "nn/files.h"
 #include "apps/image_options.h"
 #include "nn/check.h"
 #include "nn/parallel.h"
@@ -25,16 +26,12 @@ struct ServeArgs {
 };
 
 void write_port_file(const std::string& path, const InferenceServer& server) {
-  const std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp);
-    if (!out) fail("{}: cannot write the port file", path);
-    out << nlohmann::json{{"grpc", server.grpc_port()}, {"http", server.http_port()}, {"metrics", server.metrics_port()},
-                          {"pid", static_cast<int64_t>(getpid())}}
-               .dump()
-        << "\n";
-  }
-  std::rename(temp.c_str(), path.c_str());
+  write_text_atomically(path, nlohmann::json{{"grpc", server.grpc_port()},
+                                             {"http", server.http_port()},
+                                             {"metrics", server.metrics_port()},
+                                             {"pid", static_cast<int64_t>(getpid())}}
+                                     .dump() +
+                                 "\n");
 }
 
 void run_serve(ServeArgs& a) {
@@ -90,6 +87,7 @@ void run_perf(const PerfArgs& a) {
   if (a.local) {
     if (a.checkpoint.empty()) fail("--local needs --checkpoint");
     Tagger tagger = load_tagger(a.checkpoint);
+    freeze_for_inference(tagger);
     const ImageOptions images = a.image.merged(model_image_options(a.checkpoint, *tagger.model));
     LocalPerfOptions o;
     if (!a.batches.empty()) o.batches = a.batches;

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "nn/check.h"
+#include "nn/files.h"
 #include "nn/h5.h"
 
 namespace toptag {
@@ -75,21 +76,15 @@ void write_predictions(const std::string& path, const Predictions& p) {
   if (p.has_labels() && p.label.size() != p.score.size())
     fail("{}: {} labels for {} scores", path, p.label.size(), p.score.size());
   if (is_csv(path)) {
-    const std::string temp = path + ".tmp";
-    {
-      std::ofstream out(temp);
-      if (!out) fail("{}: cannot write", path);
-      out << (p.has_labels() ? "score,label\n" : "score\n");
-      char buffer[32];
-      for (size_t i = 0; i < p.score.size(); ++i) {
-        std::snprintf(buffer, sizeof(buffer), "%.9g", static_cast<double>(p.score[i]));
-        out << buffer;
-        if (p.has_labels()) out << ',' << p.label[i];
-        out << '\n';
-      }
-      if (!out) fail("{}: write failed", path);
+    std::string text = p.has_labels() ? "score,label\n" : "score\n";
+    char buffer[32];
+    for (size_t i = 0; i < p.score.size(); ++i) {
+      std::snprintf(buffer, sizeof(buffer), "%.9g", static_cast<double>(p.score[i]));
+      text += buffer;
+      if (p.has_labels()) text += ',' + std::to_string(p.label[i]);
+      text += '\n';
     }
-    std::filesystem::rename(temp, path);
+    write_text_atomically(path, text);
     return;
   }
   AtomicH5File out(path);

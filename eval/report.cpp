@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nn/check.h"
+#include "nn/files.h"
 #include "nn/random.h"
 
 namespace toptag {
@@ -132,16 +133,11 @@ std::string eval_table(const std::vector<ModelEval>& models) {
 }
 
 void write_roc_csv(const std::string& path, const std::vector<RocPoint>& roc) {
-  const std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp);
-    if (!out) fail("{}: cannot write", path);
-    out << "threshold,eps_s,eps_b,rejection\n";
-    for (const RocPoint& p : roc)
-      out << fmt::format("{:.9g},{:.9g},{:.9g},{:.9g}\n", p.threshold, p.eps_s, p.eps_b,
-                         p.eps_b > 0 ? 1.0 / p.eps_b : INFINITY);
-  }
-  std::filesystem::rename(temp, path);
+  std::string text = "threshold,eps_s,eps_b,rejection\n";
+  for (const RocPoint& p : roc)
+    text += fmt::format("{:.9g},{:.9g},{:.9g},{:.9g}\n", p.threshold, p.eps_s, p.eps_b,
+                        p.eps_b > 0 ? 1.0 / p.eps_b : INFINITY);
+  write_text_atomically(path, text);
 }
 
 void plot_roc(const std::string& path, const std::vector<ModelEval>& models, const std::string& title) {

@@ -60,6 +60,18 @@ void attach_quantization(ResNet& model, std::shared_ptr<QuantizationConfig> conf
   });
 }
 
+void freeze_for_inference(Tagger& tagger) {
+  if (!tagger.quantization) return;
+  const Format weights = tagger.quantization->weights;
+  for_each_layer(*tagger.model, [&](const std::string&, std::shared_ptr<LayerHooks>& hooks, Var& weight) {
+    Tensor q = Tensor::empty(weight.shape());
+    quantize_tensor(weights, true, weight.value(), q, nullptr);  // what the weight hook computes each time
+    auto frozen = std::make_shared<LayerHooks>(*hooks);
+    frozen->weight = [q](const Var&) { return Var(q); };
+    hooks = frozen;
+  });
+}
+
 int64_t calibrate(ResNet& model, QuantizationConfig& config, const std::function<std::optional<Tensor>()>& next_batch) {
   if (!model.folded()) model.fold_batchnorm();
   config.ranges.clear();

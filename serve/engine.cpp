@@ -28,6 +28,7 @@ BatchingEngine::BatchingEngine(Tagger tagger, const ImageOptions& images, const 
   if (options_.instances <= 0) options_.instances = std::min(2, cores);
   if (options_.threads <= 0) options_.threads = std::max(1, cores / options_.instances);
   tagger_.model->set_training(false);
+  freeze_for_inference(tagger_);  // quantized models: weights quantized once, not per batch
   for (int i = 0; i < options_.instances; ++i) workers_.emplace_back([this] { work(); });
 }
 

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "nn/check.h"
+#include "nn/files.h"
 #include "nn/parallel.h"
 #include "nn/random.h"
 #include "serve/client.h"
@@ -170,17 +171,12 @@ std::string perf_table(const std::vector<PerfPoint>& points) {
 }
 
 void write_perf_csv(const std::string& path, const std::vector<PerfPoint>& points) {
-  const std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp);
-    if (!out) fail("{}: cannot write", path);
-    out << "mode,concurrency,threads,batch,throughput,mean_ms,p50_ms,p90_ms,p95_ms,p99_ms,requests,errors\n";
-    for (const PerfPoint& p : points)
-      out << fmt::format("{},{},{},{},{:.3f},{:.4f},{:.4f},{:.4f},{:.4f},{:.4f},{},{}\n", p.mode, p.concurrency, p.threads,
-                         p.batch, p.stats.throughput, p.stats.mean_ms, p.stats.p50_ms, p.stats.p90_ms, p.stats.p95_ms,
-                         p.stats.p99_ms, p.stats.requests, p.stats.errors);
-  }
-  std::filesystem::rename(temp, path);
+  std::string text = "mode,concurrency,threads,batch,throughput,mean_ms,p50_ms,p90_ms,p95_ms,p99_ms,requests,errors\n";
+  for (const PerfPoint& p : points)
+    text += fmt::format("{},{},{},{},{:.3f},{:.4f},{:.4f},{:.4f},{:.4f},{:.4f},{},{}\n", p.mode, p.concurrency, p.threads,
+                        p.batch, p.stats.throughput, p.stats.mean_ms, p.stats.p50_ms, p.stats.p90_ms, p.stats.p95_ms,
+                        p.stats.p99_ms, p.stats.requests, p.stats.errors);
+  write_text_atomically(path, text);
 }
 
 std::vector<PerfPoint> read_perf_csv(const std::string& path) {

@@ -12,6 +12,7 @@
 #include "eval/predictions.h"
 #include "eval/report.h"
 #include "nn/check.h"
+#include "nn/files.h"
 #include "serve/perf.h"
 
 namespace toptag {
@@ -47,16 +48,6 @@ json read_training_csv(const fs::path& path) {
     if (k == names.size()) rows.push_back(row);
   }
   return rows;
-}
-
-void write_atomically(const fs::path& path, const std::string& text) {
-  const fs::path temp = path.string() + ".tmp";
-  {
-    std::ofstream out(temp);
-    if (!out) fail("{}: cannot write", path.string());
-    out << text;
-  }
-  fs::rename(temp, path);
 }
 
 // Loss (training and validation) and validation AUC per epoch of the float training run, with the
@@ -189,7 +180,7 @@ void write_report(const ReportInputs& in) {
        {{"arch", o.arch}, {"format", o.format}, {"image_size", o.image_size}, {"epochs", o.epochs},
         {"finetune_epochs", o.finetune_epochs}, {"head_epochs", o.head_epochs}, {"train_jets", o.train_jets},
         {"val_jets", o.val_jets}, {"test_jets", o.test_jets}, {"data", o.data_dir.empty() ? "generated" : o.data_dir}}}};
-  write_atomically(report / "metrics.json", metrics.dump(2) + "\n");
+  write_text_atomically(report / "metrics.json", metrics.dump(2) + "\n");
 
   // REPORT.md
   std::string md;
@@ -278,7 +269,7 @@ void write_report(const ReportInputs& in) {
   md += fmt::format("| total | {:.1f} |\n\nEvery number above is in `metrics.json`; the commands that made them are "
                     "printed in the study's log, and each can be rerun by hand from the study directory.\n",
                     total_seconds);
-  write_atomically(report / "REPORT.md", md);
+  write_text_atomically(report / "REPORT.md", md);
 }
 
 }  // namespace toptag

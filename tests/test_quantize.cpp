@@ -243,6 +243,9 @@ TEST(QuantizedModel, CheckpointReproducesTheFakeQuantForwardExactly) {
   EXPECT_EQ(loaded.quantization->describe(), config->describe());
   loaded.model->set_training(false);
   testing::expect_close(loaded.model->forward(Var(images)).value(), want, "reloaded quantized logits", kExact, kExact);
+  // Weights quantized once for inference (predict, serve) give the very same logits.
+  freeze_for_inference(loaded);
+  testing::expect_close(loaded.model->forward(Var(images)).value(), want, "frozen quantized logits", kExact, kExact);
   // The stored integers are the quantized weight exactly.
   H5Id f = h5_open(path);
   std::vector<int64_t> ints = h5_read_int64(f.get(), "quantized/layer1.0.conv1/integers", path);

@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "data/loader.h"
+#include "nn/files.h"
 #include "eval/metrics.h"
 #include "nn/check.h"
 #include "nn/checkpoint.h"
@@ -205,9 +206,7 @@ void append_metrics(const std::string& dir, const EpochMetrics& m) {
                     {"train_loss", v[3]}, {"val_loss", v[4]}, {"val_accuracy", v[5]}, {"val_auc", v[6]},
                     {"val_rejection_30", v[7]}, {"seconds", v[8]}});
   }
-  const fs::path js = fs::path(dir) / "metrics.json", tmp = fs::path(dir) / "metrics.json.tmp";
-  std::ofstream(tmp) << json{{"epochs", rows}}.dump(2) << "\n";
-  fs::rename(tmp, js);
+  write_text_atomically((fs::path(dir) / "metrics.json").string(), json{{"epochs", rows}}.dump(2) + "\n");
 }
 
 void validate_config(const TrainConfig& c) {

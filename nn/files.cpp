@@ -1,0 +1,28 @@
+#include "nn/files.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "nn/check.h"
+
+namespace toptag {
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp, std::ios::binary);
+    if (!out) fail("{}: cannot write", path);
+    out << text;
+    out.close();
+    if (!out) {
+      std::remove(temp.c_str());
+      fail("{}: write failed (disk full?)", path);
+    }
+  }
+  std::error_code e;
+  std::filesystem::rename(temp, path, e);
+  if (e) fail("{}: cannot move the finished file into place: {}", path, e.message());
+}
+
+}  // namespace toptag
