@@ -258,7 +258,7 @@ void run_study(const StudyOptions& o) {
          toptag.run({"eval", "-p", "predictions/float.h5", "predictions/quantized.h5", "predictions/finetuned.h5",
                      "predictions/served.h5", "predictions/served_retuned.h5", "--names",
                      "float,quantized,fine-tuned,served,served+retuned", "--json", "report/eval.json", "--plot",
-                     "report/roc.png", "--title", "ResNet-50 top tagger: float, " + o.format + ", served",
+                     "report/roc.png", "--title", o.arch + " top tagger: float, " + o.format + ", served",
                      "--roc-csv", "report/roc", "--reference", "predictions/finetuned.h5"});
        }},
   };

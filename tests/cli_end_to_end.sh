@@ -4,7 +4,7 @@
 set -euo pipefail
 TOPTAG=$1
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 cd "$WORK"
 export TOPTAG_PLAIN_PROGRESS=1
 fail() { echo "FAIL: $*"; exit 1; }
