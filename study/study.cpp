@@ -249,7 +249,7 @@ void run_study(const StudyOptions& o) {
        }},
       {"local-perf", "in-process latency and throughput: 1 and " + threads + " threads, batch 1 and 32",
        [&] {
-         toptag.run({"perf", "--local", "-c", "finetuned/best.h5", "--batch", "1,32", "--threads", "1," + threads,
+         toptag.run({"perf", "--local", "-c", "finetuned/best.h5", "--batch", "1,32", "--threads", fmt::format("1,{}", threads),
                      "--duration", o.perf_duration, "--csv", "perf/local.csv"});
        }},
       {"evaluate", "evaluate all five prediction sets (served compared with the local fine-tuned model)",
