@@ -1,6 +1,7 @@
 #include "study/study.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -159,11 +160,7 @@ void run_study(const StudyOptions& o) {
   };
   const std::string size = std::to_string(o.image_size);
   const std::string threads = std::to_string(hardware_threads());
-  auto concurrency = [&] {
-    std::string s;
-    for (int c : o.concurrency) s += (s.empty() ? "" : ",") + std::to_string(c);
-    return s;
-  };
+  auto concurrency = [&] { return fmt::format("{}", fmt::join(o.concurrency, ",")); };
   const std::vector<std::string> model_args{"--arch",   o.arch, "--width", std::to_string(o.width), "--hidden",
                                             std::to_string(o.hidden), "--image-size", size};
   auto with = [](std::vector<std::string> a, const std::vector<std::string>& b) {
