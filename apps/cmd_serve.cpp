@@ -129,8 +129,8 @@ void add_serve_commands(CLI::App& app) {
       ->default_val(64)
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--max-queue-delay-us", s.engine.max_queue_delay_us,
-                  "dynamic batching: longest wait for a batch to fill, in microseconds")
-      ->default_val(500)
+                  "dynamic batching: longest wait for a batch to fill while another instance computes, in microseconds")
+      ->default_val(2000)
       ->check(CLI::Range(0, 10000000));
   cmd->add_option("--max-request-jets", s.limits.max_request_jets, "largest batch one request may send")
       ->default_val(4096)

@@ -86,11 +86,16 @@ void BatchingEngine::work() {
       std::unique_lock lock(mutex_);
       changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and nothing left to answer
-      // Wait for the batch to fill, at most max_queue_delay after the oldest request arrived.
-      const auto deadline = queue_.front().arrival + std::chrono::microseconds(options_.max_queue_delay_us);
-      changed_.wait_until(lock, deadline,
-                          [&] { return stopping_ || queue_.empty() || queued_images_ >= options_.max_batch; });
-      if (queue_.empty()) continue;  // another instance took them
+      // Wait for the batch to fill, at most max_queue_delay after the oldest request arrived; but
+      // only while another instance is computing. With every instance idle, nothing suggests more
+      // requests are about to come (one client alone gets no added latency); with one busy, its
+      // clients come back as soon as it answers them, and a fuller batch is worth the wait.
+      if (computing_ > 0) {
+        const auto deadline = queue_.front().arrival + std::chrono::microseconds(options_.max_queue_delay_us);
+        changed_.wait_until(lock, deadline,
+                            [&] { return stopping_ || queue_.empty() || queued_images_ >= options_.max_batch; });
+        if (queue_.empty()) continue;  // another instance took them
+      }
       int64_t images = 0;
       while (!queue_.empty() && (batch.empty() || images + queue_.front().images.dim(0) <= options_.max_batch)) {
         images += queue_.front().images.dim(0);
@@ -98,10 +103,13 @@ void BatchingEngine::work() {
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
+      ++computing_;
     }
     changed_.notify_all();  // the queue changed: an instance waiting on it re-reads it
     run_batch(batch);
     batch.clear();
+    std::lock_guard lock(mutex_);
+    --computing_;
   }
 }
 

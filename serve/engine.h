@@ -1,8 +1,10 @@
 // Dynamic batching (as Triton's dynamic batcher): requests from every client wait in one queue; a
-// worker thread (one per model instance, as Triton's instance_group) takes as many as fit in --max-batch images, waiting at most --max-queue-delay-us
-// after the oldest request arrived for more to come, runs the model once on the whole batch, and
-// hands every request its own rows. Every row is computed independently of the others in its
-// batch, so a response is what the request would get alone.
+// worker thread per model instance (Triton's instance_group) takes as many as fit in --max-batch
+// images, runs the model once on the whole batch, and hands every request its own rows. While
+// another instance is computing, it first waits up to --max-queue-delay-us after the oldest request
+// arrived for more to come; with every instance idle it starts at once, so a lone client pays no
+// delay. Every row is computed independently of the others in its batch, so a response is what the
+// request would get alone (up to rounding in the matrix products).
 #pragma once
 
 #include <atomic>
@@ -20,7 +22,7 @@ namespace toptag {
 
 struct EngineOptions {
   int64_t max_batch = 64;
-  int64_t max_queue_delay_us = 500;
+  int64_t max_queue_delay_us = 2000;
   // Model instances: worker threads that each run one batch at a time, sharing the read-only
   // weights; with two, one batch fills while the other computes. 0: two (one on a single core).
   int instances = 0;
@@ -75,6 +77,7 @@ class BatchingEngine {
   std::condition_variable changed_;
   std::deque<Pending> queue_;
   int64_t queued_images_ = 0;
+  int computing_ = 0;  // instances running a batch now
   bool stopping_ = false;
   std::atomic<uint64_t> executions_{0};
   std::vector<std::thread> workers_;
