@@ -100,6 +100,53 @@ std::string make_pandas_kind(const std::vector<std::string>& names) {
   return s + "a.";
 }
 
+namespace {
+
+// The attributes PyTables and pandas write beside a table (pandas 0.15's HDFStore format, as in the
+// reference files), so that pandas.read_hdf(path, "table") reads toptag's files too. Pickled
+// attributes are protocol-0 pickles, as pandas leaves them.
+void write_pandas_metadata(hid_t root, hid_t group, hid_t table, const std::vector<std::string>& block0,
+                           int64_t rows) {
+  for (hid_t g : {root, group}) {
+    h5_set_attr_bytes(g, "CLASS", "GROUP");
+    h5_set_attr_bytes(g, "TITLE", "");
+    h5_set_attr_bytes(g, "VERSION", "1.0");
+  }
+  h5_set_attr_bytes(root, "PYTABLES_FORMAT_VERSION", "2.1");
+  std::vector<std::string> columns = block0;
+  columns.insert(columns.end(), {"ttv", "is_signal_new"});
+  std::string axes = "(lp0\n(I1\n(lp1\n";  // [(1, [column names])]
+  for (size_t i = 0; i < columns.size(); ++i) axes += fmt::format("{}V{}\np{}\n", i == 0 ? "" : "a", columns[i], i + 2);
+  axes += fmt::format("atp{}\na.", columns.size() + 2);
+  const std::pair<const char*, const char*> group_text[] = {
+      {"pandas_type", "frame_table"},
+      {"pandas_version", "0.15.2"},
+      {"table_type", "appendable_frame"},
+      {"encoding", "UTF-8"},
+      {"errors", "strict"},
+      {"nan_rep", "nan"},
+      {"data_columns", "(lp0\n."},
+      {"index_cols", "(lp0\n(I0\nVindex\np1\ntp2\na."},
+      {"values_cols", "(lp0\nVvalues_block_0\np1\naVvalues_block_1\np2\na."},
+      {"info", "(dp0\nI1\n(dp1\nVnames\np2\n(lp3\nNasVtype\np4\nVIndex\np5\nssVindex\np6\n(dp7\nsVvalues_block_0\np8\n"
+               "(dp9\nsVvalues_block_1\np10\n(dp11\ns."}};
+  for (const auto& [name, value] : group_text) h5_set_attr_bytes(group, name, value);
+  h5_set_attr_bytes(group, "non_index_axes", axes);
+  h5_set_attr(group, "levels", int64_t{1});
+  const std::pair<const char*, const char*> table_text[] = {
+      {"CLASS", "TABLE"},          {"VERSION", "2.7"},           {"TITLE", ""},
+      {"FIELD_0_NAME", "index"},   {"FIELD_1_NAME", "values_block_0"}, {"FIELD_2_NAME", "values_block_1"},
+      {"index_kind", "integer"},   {"values_block_0_dtype", "float32"}, {"values_block_0_meta", "N."},
+      {"values_block_1_dtype", "int64"}, {"values_block_1_meta", "N."}};
+  for (const auto& [name, value] : table_text) h5_set_attr_bytes(table, name, value);
+  h5_set_attr(table, "NROWS", rows);
+  h5_set_attr(table, "FIELD_0_FILL", int64_t{0});
+  h5_set_attr(table, "FIELD_1_FILL", 0.0);
+  h5_set_attr(table, "FIELD_2_FILL", int64_t{0});
+}
+
+}  // namespace
+
 bool ReferenceFile::looks_like(hid_t file) { return h5_exists(file, "/table/table"); }
 
 ReferenceFile::ReferenceFile(const std::string& path) : path_(path), file_(h5_open(path)) {
@@ -199,8 +246,8 @@ ReferenceWriter::ReferenceWriter(const std::string& path, int n_constituents)
   H5Pset_deflate(plist.get(), 1);
   dataset_ = H5Id(H5Dcreate2(group.get(), "table", type_.get(), space.get(), H5P_DEFAULT, plist.get(), H5P_DEFAULT));
   if (!dataset_.valid()) fail("{}: cannot create /table/table", path);
-  h5_set_attr(dataset_.get(), "values_block_0_kind", make_pandas_kind(block0_names(n_constituents)));
-  h5_set_attr(dataset_.get(), "values_block_1_kind", make_pandas_kind({"ttv", "is_signal_new"}));
+  h5_set_attr_bytes(dataset_.get(), "values_block_0_kind", make_pandas_kind(block0_names(n_constituents)));
+  h5_set_attr_bytes(dataset_.get(), "values_block_1_kind", make_pandas_kind({"ttv", "is_signal_new"}));
 }
 
 void ReferenceWriter::append(const JetBatch& jets) {
@@ -231,6 +278,8 @@ void ReferenceWriter::append(const JetBatch& jets) {
 }
 
 void ReferenceWriter::close() {
+  H5Id group = h5_group(file_.id(), "table", false);
+  write_pandas_metadata(file_.id(), group.get(), dataset_.get(), block0_names(n_constituents_), rows_);
   dataset_.reset();
   type_.reset();
   file_.commit();

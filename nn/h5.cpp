@@ -215,6 +215,17 @@ void h5_set_attr(hid_t obj, const std::string& name, const std::string& value) {
   H5Awrite(a.get(), type.get(), value.c_str());
 }
 
+void h5_set_attr_bytes(hid_t obj, const std::string& name, const std::string& value) {
+  H5Id type(H5Tcopy(H5T_C_S1));
+  H5Tset_size(type.get(), std::max<size_t>(value.size(), 1));  // HDF5 strings hold at least one byte
+  H5Tset_strpad(type.get(), H5T_STR_NULLPAD);
+  H5Id space(H5Screate(H5S_SCALAR));
+  H5Id a = replace_attr(obj, name, type.get(), space.get());
+  std::string stored = value;
+  stored.resize(std::max<size_t>(value.size(), 1), '\0');
+  H5Awrite(a.get(), type.get(), stored.data());
+}
+
 void h5_set_attr(hid_t obj, const std::string& name, int64_t value) {
   set_scalar_attr(obj, name, H5T_NATIVE_INT64, H5T_STD_I64LE, value);
 }

@@ -55,6 +55,9 @@ std::vector<int64_t> h5_read_int64(hid_t loc, const std::string& name, const std
 
 // Attributes on any object.
 void h5_set_attr(hid_t obj, const std::string& name, const std::string& value);
+// A fixed-length ASCII string of exactly value.size() bytes, no terminator: as PyTables writes them
+// (numpy reads it as bytes, which PyTables unpickles when it is a pickle).
+void h5_set_attr_bytes(hid_t obj, const std::string& name, const std::string& value);
 void h5_set_attr(hid_t obj, const std::string& name, int64_t value);
 void h5_set_attr(hid_t obj, const std::string& name, double value);
 std::optional<std::string> h5_attr_string(hid_t obj, const std::string& name);

@@ -12,7 +12,7 @@ packages=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libfastjet-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libcpp-httplib-dev
-  python3-h5py  # tests only: toptag's files read by h5py, as physicists read the real dataset
+  python3-h5py python3-pandas python3-tables  # tests only: toptag's files read from Python, as the real ones are
 )
 
 missing=()

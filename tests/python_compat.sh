@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The files toptag writes, read by h5py (Debian python3-h5py) the way physicists read the real
-# dataset: generated jets (f['table/table']['values_block_0']), cached images, checkpoints under
-# their torchvision names, predictions. Usage: h5py_compat.sh path/to/toptag
+# The files toptag writes, read from Python the way physicists read the real dataset (Debian
+# python3-h5py, python3-pandas, python3-tables): generated jets with h5py
+# (f['table/table']['values_block_0']) and pandas.read_hdf(path, 'table'), cached images,
+# checkpoints under their torchvision names, predictions. Usage: python_compat.sh path/to/toptag
 set -euo pipefail
 TOPTAG=$1
 PYTHON=/usr/bin/python3  # Debian's interpreter, where python3-h5py lives
@@ -50,5 +51,14 @@ with h5py.File("pred.h5", "r") as f:
     s = f["score"][:]
     assert s.shape == (300,) and ((s >= 0) & (s <= 1)).all()
     assert int(f["label"][:].sum()) == top
-print("h5py reads toptag's jets, images, checkpoints and predictions")
+import pandas as pd
+
+df = pd.read_hdf("jets.h5", "table")
+assert df.shape == (300, 806), df.shape
+assert list(df.columns[:4]) == ["E_0", "PX_0", "PY_0", "PZ_0"], list(df.columns[:4])
+assert list(df.columns[-6:]) == ["truthE", "truthPX", "truthPY", "truthPZ", "ttv", "is_signal_new"]
+assert int(df["is_signal_new"].sum()) == top
+with h5py.File("jets.h5", "r") as f:
+    np.testing.assert_array_equal(df.iloc[:, :804].to_numpy(), f["table/table"]["values_block_0"])
+print("h5py and pandas read toptag's jets; h5py its images, checkpoints and predictions")
 PY
