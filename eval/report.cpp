@@ -5,9 +5,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <gnuplot-iostream.h>
 #include <nlohmann/json.hpp>
 
+#include "eval/plot.h"
 #include "nn/check.h"
 #include "nn/files.h"
 #include "nn/random.h"
@@ -141,40 +141,25 @@ void write_roc_csv(const std::string& path, const std::vector<RocPoint>& roc) {
 }
 
 void plot_roc(const std::string& path, const std::vector<ModelEval>& models, const std::string& title) {
-  const std::string ext = std::filesystem::path(path).extension().string();
-  std::string terminal;
-  if (ext == ".png") terminal = "pngcairo size 900,700 enhanced font 'sans,11'";
-  else if (ext == ".svg") terminal = "svg size 900,700 enhanced";
-  else if (ext == ".pdf") terminal = "pdfcairo size 6in,4.7in enhanced";
-  else fail("{}: plot format must be .png, .svg or .pdf", path);
-  const std::string temp = path + ".tmp" + ext;
-  {
-    Gnuplot gp("gnuplot");
-    gp << "set terminal " << terminal << "\n";
-    gp << "set output '" << temp << "'\n";
-    gp << "set logscale y\nset grid\nset key top right\n";
-    gp << "set xlabel 'signal efficiency {/Symbol e}_S (top)'\n";
-    gp << "set ylabel 'background rejection 1/{/Symbol e}_B (QCD)'\n";
-    gp << "set xrange [0:1]\n";
-    if (!title.empty()) gp << "set title '" << title << "'\n";
-    gp << "plot ";
-    for (size_t i = 0; i < models.size(); ++i)
-      gp << (i ? ", " : "") << "'-' with lines linewidth 2 title '"
-         << fmt::format("{} (AUC {:.4f})", models[i].name, models[i].auc) << "'";
-    gp << "\n";
-    for (const ModelEval& m : models) {
-      // At most ~2000 points per curve: enough for a smooth line, small files.
-      std::vector<std::pair<double, double>> points;
-      const size_t stride = std::max<size_t>(1, m.roc.size() / 2000);
-      for (size_t k = 0; k < m.roc.size(); k += stride)
-        if (m.roc[k].eps_b > 0 && m.roc[k].eps_s > 0) points.emplace_back(m.roc[k].eps_s, 1.0 / m.roc[k].eps_b);
-      if (points.empty()) points.emplace_back(1.0, 1.0);
-      gp.send1d(points);
-    }
-  }  // closing the pipe waits for gnuplot to finish
-  if (!std::filesystem::exists(temp) || std::filesystem::file_size(temp) == 0)
-    fail("{}: gnuplot produced no plot (is gnuplot installed? Debian: gnuplot-nox)", path);
-  std::filesystem::rename(temp, path);
+  std::string script =
+      "set logscale y\nset grid\nset key top right\nset xrange [0:1]\n"
+      "set xlabel 'signal efficiency {/Symbol e}_S (top)'\nset ylabel 'background rejection 1/{/Symbol e}_B (QCD)'\n";
+  if (!title.empty()) script += "set title '" + title + "'\n";
+  script += "plot ";
+  for (size_t i = 0; i < models.size(); ++i)
+    script += fmt::format("{}'-' with lines linewidth 2 title '{} (AUC {:.4f})'", i ? ", " : "", models[i].name,
+                          models[i].auc);
+  script += "\n";
+  for (const ModelEval& m : models) {
+    // At most ~2000 points per curve: enough for a smooth line, small files.
+    XY points;
+    const size_t stride = std::max<size_t>(1, m.roc.size() / 2000);
+    for (size_t k = 0; k < m.roc.size(); k += stride)
+      if (m.roc[k].eps_b > 0 && m.roc[k].eps_s > 0) points.emplace_back(m.roc[k].eps_s, 1.0 / m.roc[k].eps_b);
+    if (points.empty()) points.emplace_back(1.0, 1.0);
+    script += gnuplot_data(points);
+  }
+  render_plot(path, 900, 700, script);
 }
 
 }  // namespace toptag

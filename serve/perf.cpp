@@ -8,11 +8,11 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <gnuplot-iostream.h>
 #include <mutex>
 #include <sstream>
 #include <thread>
 
+#include "eval/plot.h"
 #include "nn/check.h"
 #include "nn/files.h"
 #include "nn/parallel.h"
@@ -207,34 +207,20 @@ std::vector<PerfPoint> read_perf_csv(const std::string& path) {
 }
 
 void plot_throughput(const std::string& path, const std::vector<PerfPoint>& points, const std::string& title) {
-  const std::string ext = std::filesystem::path(path).extension().string();
-  std::string terminal;
-  if (ext == ".png") terminal = "pngcairo size 900,600 enhanced font 'sans,11'";
-  else if (ext == ".svg") terminal = "svg size 900,600 enhanced";
-  else if (ext == ".pdf") terminal = "pdfcairo size 6in,4in enhanced";
-  else fail("{}: plot format must be .png, .svg or .pdf", path);
-  std::vector<std::pair<double, double>> served;
+  XY served;
   double best_local = 0;
   for (const PerfPoint& p : points) {
     if (p.mode == "server") served.emplace_back(p.concurrency, p.stats.throughput);
     else best_local = std::max(best_local, p.stats.throughput);
   }
   if (served.empty()) fail("{}: no server measurements to plot", path);
-  const std::string temp = path + ".tmp" + ext;
-  {
-    Gnuplot gp("gnuplot");
-    gp << "set terminal " << terminal << "\nset output '" << temp << "'\n";
-    gp << "set logscale x 2\nset grid\nset key top left\nset yrange [0:*]\n";
-    gp << "set xlabel 'concurrent clients (one jet per request)'\nset ylabel 'throughput (inferences/s)'\n";
-    if (!title.empty()) gp << "set title '" << title << "'\n";
-    gp << "plot '-' with linespoints linewidth 2 pointtype 7 title 'toptag serve'";
-    if (best_local > 0) gp << ", " << best_local << " with lines dashtype 2 linewidth 2 title 'best local batched'";
-    gp << "\n";
-    gp.send1d(served);
-  }
-  if (!std::filesystem::exists(temp) || std::filesystem::file_size(temp) == 0)
-    fail("{}: gnuplot produced no plot (is gnuplot installed? Debian: gnuplot-nox)", path);
-  std::filesystem::rename(temp, path);
+  std::string script =
+      "set logscale x 2\nset grid\nset key top left\nset yrange [0:*]\n"
+      "set xlabel 'concurrent clients (one jet per request)'\nset ylabel 'throughput (inferences/s)'\n";
+  if (!title.empty()) script += "set title '" + title + "'\n";
+  script += "plot '-' with linespoints linewidth 2 pointtype 7 title 'toptag serve'";
+  if (best_local > 0) script += fmt::format(", {} with lines dashtype 2 linewidth 2 title 'best local batched'", best_local);
+  render_plot(path, 900, 600, script + "\n" + gnuplot_data(served));
 }
 
 }  // namespace toptag

@@ -5,10 +5,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <gnuplot-iostream.h>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "eval/plot.h"
 #include "eval/predictions.h"
 #include "eval/report.h"
 #include "nn/check.h"
@@ -54,7 +54,7 @@ json read_training_csv(const fs::path& path) {
 // fine-tuning epochs after it.
 void plot_training(const fs::path& path, const json& float_run, const json& finetune_run) {
   if (float_run.empty()) fail("{}: the float training run has no epochs to plot", path.string());
-  std::vector<std::pair<double, double>> train_loss, val_loss, auc, ft_loss, ft_auc;
+  XY train_loss, val_loss, auc, ft_loss, ft_auc;
   const double last_epoch = float_run.back().at("epoch").get<double>();
   for (const json& r : float_run) {
     train_loss.emplace_back(r["epoch"], r["train_loss"]);
@@ -65,29 +65,17 @@ void plot_training(const fs::path& path, const json& float_run, const json& fine
     ft_loss.emplace_back(last_epoch + r["epoch"].get<double>(), r["val_loss"]);
     ft_auc.emplace_back(last_epoch + r["epoch"].get<double>(), r["val_auc"]);
   }
-  const std::string temp = path.string() + ".tmp.png";
-  {
-    Gnuplot gp("gnuplot");
-    gp << "set terminal pngcairo size 1000,450 enhanced font 'sans,11'\nset output '" << temp << "'\n";
-    gp << "set multiplot layout 1,2\nset grid\nset xlabel 'epoch'\nset key top right\n";
-    gp << "set title 'loss'\nset ylabel 'cross-entropy'\n";
-    gp << "plot '-' with linespoints lw 2 pt 7 title 'training', '-' with linespoints lw 2 pt 5 title 'validation'";
-    if (!ft_loss.empty()) gp << ", '-' with linespoints lw 2 pt 9 title 'validation, quantized fine-tuning'";
-    gp << "\n";
-    gp.send1d(train_loss);
-    gp.send1d(val_loss);
-    if (!ft_loss.empty()) gp.send1d(ft_loss);
-    gp << "set title 'validation AUC'\nset ylabel 'AUC'\nset key bottom right\n";
-    gp << "plot '-' with linespoints lw 2 pt 7 title 'float'";
-    if (!ft_auc.empty()) gp << ", '-' with linespoints lw 2 pt 9 title 'quantized fine-tuning'";
-    gp << "\n";
-    gp.send1d(auc);
-    if (!ft_auc.empty()) gp.send1d(ft_auc);
-    gp << "unset multiplot\n";
-  }
-  if (!fs::exists(temp) || fs::file_size(temp) == 0)
-    fail("{}: gnuplot produced no plot (is gnuplot installed? Debian: gnuplot-nox)", path.string());
-  fs::rename(temp, path);
+  std::string script = "set multiplot layout 1,2\nset grid\nset xlabel 'epoch'\nset key top right\n"
+                       "set offsets graph 0.05, graph 0.05, 0, 0\n";
+  script += "set title 'loss'\nset ylabel 'cross-entropy'\n";
+  script += "plot '-' with linespoints lw 2 pt 7 title 'training', '-' with linespoints lw 2 pt 5 title 'validation'";
+  if (!ft_loss.empty()) script += ", '-' with linespoints lw 2 pt 9 title 'validation, quantized fine-tuning'";
+  script += "\n" + gnuplot_data(train_loss) + gnuplot_data(val_loss) + (ft_loss.empty() ? "" : gnuplot_data(ft_loss));
+  script += "set title 'validation AUC'\nset ylabel 'AUC'\nset key bottom right\n";
+  script += "plot '-' with linespoints lw 2 pt 7 title 'float'";
+  if (!ft_auc.empty()) script += ", '-' with linespoints lw 2 pt 9 title 'quantized fine-tuning'";
+  script += "\n" + gnuplot_data(auc) + (ft_auc.empty() ? "" : gnuplot_data(ft_auc)) + "unset multiplot\n";
+  render_plot(path.string(), 1000, 450, script);
 }
 
 json perf_rows(const std::vector<PerfPoint>& points) {

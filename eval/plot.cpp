@@ -1,0 +1,35 @@
+#include "eval/plot.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <gnuplot-iostream.h>
+
+#include "nn/check.h"
+
+namespace toptag {
+
+std::string gnuplot_data(const XY& points) {
+  std::string out;
+  for (const auto& [x, y] : points) out += fmt::format("{:.9g} {:.9g}\n", x, y);
+  return out + "e\n";
+}
+
+void render_plot(const std::string& path, int width, int height, const std::string& script) {
+  const std::string ext = std::filesystem::path(path).extension().string();
+  std::string terminal;
+  if (ext == ".png") terminal = fmt::format("pngcairo size {},{} enhanced font 'sans,11'", width, height);
+  else if (ext == ".svg") terminal = fmt::format("svg size {},{} enhanced", width, height);
+  else if (ext == ".pdf") terminal = fmt::format("pdfcairo size {:.2f}in,{:.2f}in enhanced", width / 150.0, height / 150.0);
+  else fail("{}: plot format must be .png, .svg or .pdf", path);
+  const std::string temp = path + ".tmp" + ext;
+  {
+    Gnuplot gp("gnuplot");
+    gp << "set terminal " << terminal << "\nset output '" << temp << "'\n" << script << "\n";
+  }  // closing the pipe waits for gnuplot to finish
+  if (!std::filesystem::exists(temp) || std::filesystem::file_size(temp) == 0)
+    fail("{}: gnuplot produced no plot (is gnuplot installed? Debian: gnuplot-nox)", path);
+  std::filesystem::rename(temp, path);
+}
+
+}  // namespace toptag

@@ -1,0 +1,20 @@
+// Plots drawn by gnuplot (through gnuplot-iostream): a caller writes the plot commands with inline
+// data blocks, render_plot adds the terminal for the file's extension and writes the file atomically.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace toptag {
+
+using XY = std::vector<std::pair<double, double>>;
+
+// An inline data block for a `'-'` plot source: one "x y" line per point, then "e".
+std::string gnuplot_data(const XY& points);
+
+// Runs `script` through gnuplot into `path` (.png, .svg or .pdf, `width` x `height` pixels), under a
+// temporary name renamed into place. Throws naming the file if gnuplot is missing or draws nothing.
+void render_plot(const std::string& path, int width, int height, const std::string& script);
+
+}  // namespace toptag
