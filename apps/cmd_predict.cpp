@@ -80,7 +80,7 @@ void run_features(const PredictArgs& a) {
   check_source(a);
   if (!a.server.empty()) {
     RemotePredictResult r = predict_from_server(a, true);
-    if (r.predictions.label.size() != r.predictions.size()) fail("{}: features need labelled jets", a.input);
+    if (static_cast<int64_t>(r.predictions.label.size()) != r.predictions.size()) fail("{}: features need labelled jets", a.input);
     const int64_t n = r.predictions.size();
     write_features(a.output, {Tensor::from({n, r.feature_dim}, r.features), r.predictions.label}, a.server + " model " + a.model);
     fmt::print("wrote {} x {} features to {}\n", n, r.feature_dim, a.output);

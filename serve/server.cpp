@@ -1,6 +1,7 @@
 #include "serve/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -171,8 +172,16 @@ void add_routes(httplib::Server& http, InferenceService& s) {
 // Binds `server` (port 0: any free port) and serves it on a thread of its own; returns the port.
 int listen_in_background(httplib::Server& server, const std::string& host, int port, std::vector<std::thread>& threads,
                          const char* what) {
+  int listening = -1;
+  server.set_socket_options([&listening](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listening = sock;
+  });
   const int bound = port == 0 ? server.bind_to_any_port(host) : (server.bind_to_port(host, port) ? port : -1);
   if (bound <= 0) fail("cannot listen for {} on {}:{} (port in use?)", what, host, port);
+  // Debian's cpp-httplib listens with a backlog of 5: dozens of clients connecting at once overflow it
+  // and the kernel drops connections. Listening again on the bound socket raises the backlog.
+  if (listening >= 0) ::listen(listening, SOMAXCONN);
   threads.emplace_back([&server] { server.listen_after_bind(); });
   return bound;
 }

@@ -6,6 +6,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <mutex>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -446,6 +447,8 @@ TEST(Serve, DynamicBatchingMergesConcurrentRequestsWithUnchangedResults) {
   std::vector<std::vector<float>> got(kClients);
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};
+  std::mutex error_mutex;
+  std::string first_error;
   for (int c = 0; c < kClients; ++c)
     threads.emplace_back([&, c] {
       const std::string url = c % 2 ? fmt::format("grpc://127.0.0.1:{}", server->grpc_port())
@@ -454,12 +457,14 @@ TEST(Serve, DynamicBatchingMergesConcurrentRequestsWithUnchangedResults) {
       try {
         std::span<const float> one(images.data() + c * kSize * kSize, kSize * kSize);
         got[c] = client->infer("images", {1, 1, kSize, kSize}, one, false).probabilities;
-      } catch (const Error&) {
+      } catch (const Error& e) {
         ++failures;
+        std::lock_guard lock(error_mutex);
+        if (first_error.empty()) first_error = fmt::format("client {} ({}): {}", c, url, e.what());
       }
     });
   for (std::thread& t : threads) t.join();
-  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(failures.load(), 0) << first_error;
   const uint64_t executions = server->service().engine().executions();
   EXPECT_LT(executions, static_cast<uint64_t>(kClients)) << "no requests were merged";
   EXPECT_GE(executions, static_cast<uint64_t>(kClients / 16)) << "batches exceeded --max-batch";

@@ -84,7 +84,9 @@ TEST_F(StudyTest, EveryMetricIsANumberInRange) {
     for (const char* eps : {"0.3", "0.5"}) {
       const json& r = model.at("rejection").at(eps);
       // 1/eps_B >= 1, or null (infinite: no QCD jet passes) on a tiny test set.
-      if (!r.is_null()) EXPECT_GE(r.get<double>(), 1.0) << names[i] << " at " << eps;
+      if (!r.is_null()) {
+        EXPECT_GE(r.get<double>(), 1.0) << names[i] << " at " << eps;
+      }
     }
   }
   // The served model is the local fine-tuned one: scores agree to float rounding.
