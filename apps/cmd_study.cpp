@@ -31,7 +31,9 @@ void add_study_command(CLI::App& app) {
   StudyOptions& o = a->options;
   CLI::App* cmd = app.add_subcommand(
       "study", "The paper's whole study: generate, train, quantize, fine-tune, serve, re-tune, measure, report");
-  cmd->add_option("--output-dir,-o", o.dir, "study directory (rerunning resumes it)")->default_val("study");
+  cmd->add_option("--output-dir,-o", o.dir, "study directory (rerunning resumes it)")
+      ->default_val("runs/study")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // scripts/study.sh -o DIR overrides its own
   cmd->add_option("--jets", a->jets, "jets: TRAIN,VAL,TEST (with --data: the first ones of each file; default all)")->delimiter(',')->default_str("10000,2000,4000");
   cmd->add_option("--data", o.data_dir, "use the reference files DIR/train.h5, val.h5, test.h5 instead")
       ->check(CLI::ExistingDirectory);

@@ -25,7 +25,7 @@
 namespace toptag {
 
 struct StudyOptions {
-  std::string dir = "study";
+  std::string dir = "runs/study";
   std::string data_dir;  // with train.h5, val.h5, test.h5 in the reference format: use them instead
   int64_t train_jets = 10000, val_jets = 2000, test_jets = 4000;
   bool limit_data = false;  // with data_dir: use only the first train/val/test_jets of each file
