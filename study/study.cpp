@@ -32,6 +32,20 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// SIGINT and SIGTERM while the study runs: passed on to the command running in the foreground (a
+// training run writes its checkpoint), after which the study stops; rerunning resumes.
+volatile std::sig_atomic_t interrupted = 0;
+volatile pid_t foreground = 0;
+
+extern "C" void forward_signal(int signal) {
+  interrupted = 1;
+  if (foreground > 0) kill(foreground, signal);
+}
+
+void check_interrupted() {
+  if (interrupted) fail("interrupted; rerun the same command to resume");
+}
+
 std::string quoted(const std::vector<std::string>& args) {
   std::string out;
   for (const std::string& a : args) {
@@ -69,7 +83,11 @@ class Runner {
     full.insert(full.end(), args.begin(), args.end());
     fmt::print("$ toptag {}\n", quoted(args));
     std::fflush(stdout);
-    const int code = wait_for(spawn(full));
+    check_interrupted();
+    foreground = spawn(full);
+    const int code = wait_for(foreground);
+    foreground = 0;
+    check_interrupted();
     if (code != 0) fail("'toptag {}' failed with exit code {} (in {})", quoted(args), code, dir_);
   }
   pid_t start(const std::vector<std::string>& args) const {
@@ -100,6 +118,7 @@ class ServerProcess {
         fail("toptag serve exited before it was ready");
       }
       if (Clock::now() > deadline) fail("toptag serve was not ready after 2 minutes");
+      check_interrupted();
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     std::ifstream in(port_file);
@@ -173,6 +192,11 @@ void run_study(const StudyOptions& o) {
       toptag.run({"train", "--resume", out, "--epochs", std::to_string(epochs)});
     else
       toptag.run(with({"train", "-o", out, "--epochs", std::to_string(epochs)}, args));
+    // A run stopped by a signal of its own exits 0 too: the stage is done only with every epoch.
+    std::ifstream csv(fs::path(out) / "metrics.csv");
+    int rows = -1;  // the header
+    for (std::string line; std::getline(csv, line);) ++rows;
+    if (rows < epochs) fail("training in {} stopped after {} of {} epochs; rerun to resume", out, std::max(rows, 0), epochs);
   };
 
   struct Stage {
@@ -260,6 +284,14 @@ void run_study(const StudyOptions& o) {
        }},
   };
 
+  std::signal(SIGINT, forward_signal);
+  std::signal(SIGTERM, forward_signal);
+  struct DefaultSignals {
+    ~DefaultSignals() {
+      std::signal(SIGINT, SIG_DFL);
+      std::signal(SIGTERM, SIG_DFL);
+    }
+  } default_signals;
   const auto study_start = Clock::now();
   std::vector<std::pair<std::string, double>> times;  // seconds per stage, in order
   const size_t total = stages.size() + 1;
@@ -280,6 +312,7 @@ void run_study(const StudyOptions& o) {
     try {
       s.run();
     } catch (const Error& e) {
+      if (interrupted) fail("study stage '{}' {}", s.name, e.what());
       fail("study stage '{}' failed: {}\nfix it and rerun the same command: finished stages are kept", s.name,
            e.what());
     }
