@@ -2,6 +2,9 @@
 // the same command: every report file exists, every metric is a number in range, a rerun resumes
 // instead of redoing, and a failing stage stops the study with its name.
 #include <gtest/gtest.h>
+#include <unistd.h>
+#include <sys/wait.h>
+#include <signal.h>
 
 #include <cmath>
 #include <cstdio>
@@ -127,6 +130,40 @@ TEST_F(StudyTest, RerunResumesFromFinishedStages) {
   EXPECT_EQ(again.output.find("$ toptag train"), std::string::npos) << "training was redone";
   EXPECT_NE(again.output.find("$ toptag eval"), std::string::npos) << "the unfinished stage did not rerun";
   EXPECT_EQ(fs::last_write_time(*dir_ / "float" / "best.h5"), stamp);
+}
+
+// SIGTERM in the middle (whatever stage is running) stops the study with a message and a non-zero
+// status, leaves no server behind, and the same command then finishes the study.
+TEST(Study, InterruptedStudyResumes) {
+  const fs::path dir = fs::temp_directory_path() / ("toptag_study_int_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  const fs::path log = dir.string() + ".log";
+  const std::string command =
+      std::string(TOPTAG_EXE) + " study -o " + dir.string() + " " + kTiny + " > " + log.string() + " 2>&1";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait until the study is past its first stage, then stop it.
+  for (int i = 0; i < 600 && !fs::exists(dir / "stages" / "data.done"); ++i) usleep(50000);
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::ifstream in(log);
+  std::stringstream out;
+  out << in.rdbuf();
+  ASSERT_TRUE(WIFEXITED(status)) << out.str();
+  EXPECT_NE(WEXITSTATUS(status), 0) << out.str();
+  EXPECT_NE(out.str().find("interrupted; rerun the same command to resume"), std::string::npos) << out.str();
+  EXPECT_FALSE(fs::exists(dir / "stages" / "evaluate.done"));
+  const CommandResult again = toptag("study -o " + dir.string() + " " + kTiny);
+  EXPECT_EQ(again.code, 0) << again.output;
+  EXPECT_NE(again.output.find("data: done earlier"), std::string::npos) << again.output;
+  EXPECT_TRUE(fs::exists(dir / "report" / "REPORT.md"));
+  fs::remove_all(dir);
+  fs::remove(log);
 }
 
 TEST(Study, AFailingStageStopsWithItsName) {
