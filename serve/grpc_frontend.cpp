@@ -135,6 +135,7 @@ GrpcFrontEnd::GrpcFrontEnd(InferenceService& service, const std::string& host, i
   impl_->service = std::make_unique<Service>(service);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(fmt::format("{}:{}", host, port), grpc::InsecureServerCredentials(), &port_);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a port in use is an error, not shared
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.RegisterService(impl_->service.get());

@@ -169,12 +169,15 @@ void add_routes(httplib::Server& http, InferenceService& s) {
   });
 }
 
-// Binds `server` (port 0: any free port) and serves it on a thread of its own; returns the port.
-int listen_in_background(httplib::Server& server, const std::string& host, int port, std::vector<std::thread>& threads,
-                         const char* what) {
+// Binds `server` (port 0: any free port); returns the port. Serving starts later, once every
+// listener is bound, so a failure here leaves no thread to clean up.
+int bind_listener(httplib::Server& server, const std::string& host, int port, const char* what) {
   int listening = -1;
   server.set_socket_options([&listening](socket_t sock) {
-    httplib::default_socket_options(sock);
+    // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, which lets a second server bind
+    // the same port silently and share its connections.
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     listening = sock;
   });
   const int bound = port == 0 ? server.bind_to_any_port(host) : (server.bind_to_port(host, port) ? port : -1);
@@ -182,7 +185,6 @@ int listen_in_background(httplib::Server& server, const std::string& host, int p
   // Debian's cpp-httplib listens with a backlog of 5: dozens of clients connecting at once overflow it
   // and the kernel drops connections. Listening again on the bound socket raises the backlog.
   if (listening >= 0) ::listen(listening, SOMAXCONN);
-  threads.emplace_back([&server] { server.listen_after_bind(); });
   return bound;
 }
 
@@ -207,15 +209,17 @@ InferenceServer::InferenceServer(Tagger tagger, const ImageOptions& images, cons
   if (options.http_port >= 0) {
     http_ = make_http();
     add_routes(*http_, *service_);
-    http_port_ = listen_in_background(*http_, options.host, options.http_port, listeners_, "HTTP");
+    http_port_ = bind_listener(*http_, options.host, options.http_port, "HTTP");
   }
   if (options.metrics_port >= 0) {
     metrics_ = make_http();
     metrics_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(service_->metrics_text(), "text/plain; version=0.0.4");
     });
-    metrics_port_ = listen_in_background(*metrics_, options.host, options.metrics_port, listeners_, "metrics");
+    metrics_port_ = bind_listener(*metrics_, options.host, options.metrics_port, "metrics");
   }
+  for (httplib::Server* server : {http_.get(), metrics_.get()})
+    if (server) listeners_.emplace_back([server] { server->listen_after_bind(); });
 }
 
 InferenceServer::~InferenceServer() { shutdown(); }

@@ -505,6 +505,27 @@ TEST(Serve, GracefulShutdownFinishesInFlightRequests) {
   EXPECT_FALSE(stub->ServerLive(&ctx, {}, &r).ok()) << "still accepting after shutdown";
 }
 
+// A port already taken is an error naming the listener, not a crash, whichever listener it is.
+TEST(Serve, PortInUseIsAClearError) {
+  auto first = start_server();
+  for (const char* which : {"grpc", "http", "metrics"}) {
+    ServerOptions o;
+    o.host = "127.0.0.1";
+    o.grpc_port = o.http_port = o.metrics_port = 0;
+    int& port = std::string(which) == "grpc" ? o.grpc_port : std::string(which) == "http" ? o.http_port : o.metrics_port;
+    port = std::string(which) == "grpc" ? first->grpc_port() : std::string(which) == "http" ? first->http_port()
+                                                                                                : first->metrics_port();
+    try {
+      InferenceServer second(tiny_tagger(), tiny_images(), o);
+      ADD_FAILURE() << which << ": a second server bound port " << port;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("cannot listen"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(std::to_string(port)), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_TRUE(InferenceClient::connect(fmt::format("http://127.0.0.1:{}", first->http_port()), "toptag")->ready());
+}
+
 TEST(Serve, StoppedEngineAnswersUnavailable) {
   BatchingEngine engine(tiny_tagger(), tiny_images(), EngineOptions{});
   InferenceService service(engine, "toptag");
