@@ -69,7 +69,7 @@ std::vector<float> random_values(int64_t n, uint64_t seed) {
 
 std::vector<PerfPoint> measure_server(const ServerPerfOptions& o, bool show_progress) {
   std::unique_ptr<InferenceClient> probe = InferenceClient::connect(o.url, o.model);
-  if (!probe->ready()) fail("{}: model '{}' is not ready", o.url, o.model);
+  if (!probe->ready()) fail("{}: model '{}' is not ready (is the server running?)", o.url, o.model);
   const RemoteModel meta = probe->metadata();
   const RemoteTensor* input = meta.input(o.input);
   if (!input) fail("{}: model '{}' has no input '{}'", o.url, o.model, o.input);
