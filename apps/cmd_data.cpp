@@ -37,12 +37,6 @@ struct ImagesArgs {
   int threads = 0;
 };
 
-void warn_dropped(const std::string& path, const NonFiniteReport& dropped) {
-  if (dropped.count > 0)
-    fmt::print(stderr, "toptag: warning: {}: skipped {} jets holding NaN or inf (first at row {})\n", path, dropped.count,
-               dropped.first_row);
-}
-
 void run_images(const ImagesArgs& a) {
   apply_threads(a.threads);
   JetFile file(a.input);
@@ -61,7 +55,7 @@ void run_images(const ImagesArgs& a) {
   }
   writer.close();
   progress.finish();
-  warn_dropped(a.input, dropped);
+  warn_skipped(a.input, dropped);
   fmt::print("wrote {} images ({}) to {}\n", writer.size(), options.describe(), a.output);
 }
 

@@ -22,12 +22,6 @@ struct PredictArgs {
   int threads = 0;
 };
 
-void report_dropped(const std::string& path, const NonFiniteReport& d) {
-  if (d.count > 0)
-    fmt::print(stderr, "toptag: warning: {}: skipped {} jets holding NaN or inf (first at row {})\n", path, d.count,
-               d.first_row);
-}
-
 // Where the model lives: exactly one of --checkpoint and --server.
 void check_source(const PredictArgs& a) {
   if (a.checkpoint.empty() == a.server.empty()) fail("give either --checkpoint FILE or --server URL");
@@ -39,7 +33,7 @@ RemotePredictResult predict_from_server(const PredictArgs& a, bool features) {
   o.max_jets = a.max_jets, o.features = features;
   JetFile file(a.input);
   RemotePredictResult r = predict_remote(file, o);
-  report_dropped(a.input, r.dropped);
+  warn_skipped(a.input, r.dropped);
   const double n = static_cast<double>(r.predictions.size());
   fmt::print("{} one-jet requests to {} ({} in flight): {:.1f} jets/s, {} retried\n", r.predictions.size(), a.server,
              a.concurrency, n / std::max(r.seconds, 1e-9), r.retried);
@@ -70,7 +64,7 @@ void run_predict(const PredictArgs& a) {
   }
   JetFile file(a.input);
   InferenceResult r = run_inference(*model, file, a.image.resolve(file, model_image_options(a.checkpoint, *model)), io);
-  report_dropped(a.input, r.dropped);
+  warn_skipped(a.input, r.dropped);
   write_predictions(a.output, r.predictions);
   fmt::print("wrote {} predictions to {}\n", r.predictions.size(), a.output);
 }
@@ -102,7 +96,7 @@ void run_features(const PredictArgs& a) {
                                              features.insert(features.end(), f.data(), f.data() + f.numel());
                                              labels.insert(labels.end(), l.begin(), l.end());
                                            });
-  report_dropped(a.input, dropped);
+  warn_skipped(a.input, dropped);
   const int64_t n = static_cast<int64_t>(labels.size());
   write_features(a.output, {Tensor::from({n, model->feature_dim()}, features), labels}, a.checkpoint);
   fmt::print("wrote {} x {} features to {}\n", n, model->feature_dim(), a.output);

@@ -147,6 +147,12 @@ void write_pandas_metadata(hid_t root, hid_t group, hid_t table, const std::vect
 
 }  // namespace
 
+void warn_skipped(const std::string& path, const NonFiniteReport& skipped) {
+  if (skipped.count > 0)
+    fmt::print(stderr, "toptag: warning: {}: skipped {} jets holding NaN or inf (first at row {})\n", path,
+               skipped.count, skipped.first_row);
+}
+
 bool ReferenceFile::looks_like(hid_t file) { return h5_exists(file, "/table/table"); }
 
 ReferenceFile::ReferenceFile(const std::string& path) : path_(path), file_(h5_open(path)) {

@@ -25,6 +25,8 @@ struct NonFiniteReport {
   int64_t count = 0;
   int64_t first_row = -1;
 };
+// Prints the warning for jets skipped in `path` (nothing when none were).
+void warn_skipped(const std::string& path, const NonFiniteReport& skipped);
 
 class ReferenceFile {
  public:

@@ -399,9 +399,7 @@ TrainResult train(const TrainConfig& config_in, const std::atomic<bool>* stop, c
       }
     }
     progress.finish(fmt::format("loss {:.4f}", loss_sum / static_cast<double>(std::max<int64_t>(1, loss_count))));
-    if (loader && loader->dropped().count > 0)
-      fmt::print(stderr, "toptag: warning: {}: skipped {} jets holding NaN or inf (first at row {})\n", config.train_path,
-                 loader->dropped().count, loader->dropped().first_row);
+    if (loader) warn_skipped(config.train_path, loader->dropped());
 
     double val_loss = 0;
     const Predictions val = validate_epoch(val_loss);
