@@ -6,7 +6,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "eval/plot.h"
 #include "eval/predictions.h"
@@ -30,24 +29,10 @@ json read_json(const fs::path& path) {
   return j;
 }
 
-// A training run's metrics.csv as rows of named numbers (empty when the run has none).
-json read_training_csv(const fs::path& path) {
-  json rows = json::array();
-  std::ifstream in(path);
-  if (!in) return rows;
-  std::string header, line;
-  std::getline(in, header);
-  std::vector<std::string> names;
-  std::stringstream hs(header);
-  for (std::string n; std::getline(hs, n, ',');) names.push_back(n);
-  while (std::getline(in, line)) {
-    std::stringstream ls(line);
-    json row;
-    size_t k = 0;
-    for (std::string cell; std::getline(ls, cell, ',') && k < names.size(); ++k) row[names[k]] = std::stod(cell);
-    if (k == names.size()) rows.push_back(row);
-  }
-  return rows;
+// A training run's epochs, as the trainer writes them to metrics.json (empty when the run has none).
+json read_training_epochs(const fs::path& run) {
+  if (!fs::exists(run / "metrics.json")) return json::array();
+  return read_json(run / "metrics.json").at("epochs");
 }
 
 // Loss (training and validation) and validation AUC per epoch of the float training run, with the
@@ -262,9 +247,9 @@ void write_report(const ReportInputs& in) {
   all.insert(all.end(), speed.server.begin(), speed.server.end());
   plot_throughput((report / "throughput_vs_clients.png").string(), all, "toptag serve, one jet per request, " + o.arch);
 
-  const json float_run = read_training_csv(dir / "float/metrics.csv");
-  const json finetune_run = read_training_csv(dir / "finetuned/metrics.csv");
-  const json retune_run = read_training_csv(dir / "retuned/metrics.csv");
+  const json float_run = read_training_epochs(dir / "float");
+  const json finetune_run = read_training_epochs(dir / "finetuned");
+  const json retune_run = read_training_epochs(dir / "retuned");
   plot_training(report / "training.png", float_run, finetune_run);
 
   json stages = json::object();

@@ -79,26 +79,28 @@ class Runner {
   Runner(std::string toptag, std::string dir) : toptag_(std::move(toptag)), dir_(std::move(dir)) {}
 
   void run(const std::vector<std::string>& args) const {
-    std::vector<std::string> full{toptag_};
-    full.insert(full.end(), args.begin(), args.end());
     fmt::print("$ toptag {}\n", quoted(args));
     std::fflush(stdout);
     check_interrupted();
-    foreground = spawn(full);
+    foreground = spawn(command(args));
     const int code = wait_for(foreground);
     foreground = 0;
     check_interrupted();
     if (code != 0) fail("'toptag {}' failed with exit code {} (in {})", quoted(args), code, dir_);
   }
   pid_t start(const std::vector<std::string>& args) const {
-    std::vector<std::string> full{toptag_};
-    full.insert(full.end(), args.begin(), args.end());
     fmt::print("$ toptag {} &\n", quoted(args));
     std::fflush(stdout);
-    return spawn(full);
+    return spawn(command(args));
   }
 
  private:
+  std::vector<std::string> command(const std::vector<std::string>& args) const {
+    std::vector<std::string> full{toptag_};
+    full.insert(full.end(), args.begin(), args.end());
+    return full;
+  }
+
   std::string toptag_, dir_;
 };
 
