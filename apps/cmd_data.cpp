@@ -25,9 +25,9 @@ struct GenerateArgs {
 void run_generate(const GenerateArgs& a) {
   apply_threads(a.threads);
   GenerateReport r = generate_file(a.output, a.jets, a.options);
-  fmt::print("wrote {} jets ({} top, {} QCD) to {} in {} ({:.0f} jets/s, {:.2f} events drawn per accepted jet)\n", r.jets,
-             r.signal, r.jets - r.signal, a.output, format_duration(r.seconds), r.jets / std::max(r.seconds, 1e-9),
-             r.mean_attempts);
+  fmt::print("wrote {} jets ({} top, {} QCD) to {} in {} ({:.0f} jets/s, {:.2f} events drawn per accepted jet)\n",
+             r.jets, r.signal, r.jets - r.signal, a.output, format_duration(r.seconds),
+             r.jets / std::max(r.seconds, 1e-9), r.mean_attempts);
 }
 
 struct ImagesArgs {
@@ -77,8 +77,8 @@ void run_info(const std::string& path) {
   JetFile file(path);
   const int64_t n = file.size();
   fmt::print("file           {}\n", path);
-  fmt::print("kind           {}\n", file.has_constituents() ? "reference-format jets (constituent four-vectors)"
-                                                            : "cached jet images");
+  fmt::print("kind           {}\n",
+             file.has_constituents() ? "reference-format jets (constituent four-vectors)" : "cached jet images");
   fmt::print("jets           {}\n", n);
   if (!file.has_constituents())
     fmt::print("images         {}x{}x{} ({})\n", file.image_file()->image_size(), file.image_file()->image_size(),
@@ -100,9 +100,10 @@ void run_info(const std::string& path) {
     }
   }
   const int64_t kept = count[0] + count[1];
-  fmt::print("labels         {} top ({:.1f}%), {} QCD ({:.1f}%)\n", count[1], 100.0 * count[1] / std::max<int64_t>(kept, 1),
-             count[0], 100.0 * count[0] / std::max<int64_t>(kept, 1));
-  if (dropped.count > 0) fmt::print("non-finite     {} jets hold NaN or inf (first at row {})\n", dropped.count, dropped.first_row);
+  fmt::print("labels         {} top ({:.1f}%), {} QCD ({:.1f}%)\n", count[1],
+             100.0 * count[1] / std::max<int64_t>(kept, 1), count[0], 100.0 * count[0] / std::max<int64_t>(kept, 1));
+  if (dropped.count > 0)
+    fmt::print("non-finite     {} jets hold NaN or inf (first at row {})\n", dropped.count, dropped.first_row);
   if (!file.has_constituents()) return;
   for (int label : {1, 0}) {
     fmt::print("{} jets:\n", label ? "top" : "QCD");
@@ -117,10 +118,12 @@ void run_info(const std::string& path) {
 void add_data_commands(CLI::App& app) {
   {
     auto a = std::make_shared<GenerateArgs>();
-    CLI::App* cmd = app.add_subcommand("generate", "Generate physics-like top and QCD jets in the reference dataset's layout");
+    CLI::App* cmd =
+        app.add_subcommand("generate", "Generate physics-like top and QCD jets in the reference dataset's layout");
     cmd->add_option("--output,-o", a->output, "output HDF5 file")->required();
     cmd->add_option("--jets,-n", a->jets, "number of jets")->default_val(10000);
-    cmd->add_option("--seed", a->options.seed, "random seed (same seed, same jets, whatever the thread count)")->default_val(1);
+    cmd->add_option("--seed", a->options.seed, "random seed (same seed, same jets, whatever the thread count)")
+        ->default_val(1);
     cmd->add_option("--signal-fraction", a->options.signal_fraction, "fraction of top jets")->default_val(0.5);
     cmd->add_option("--ttv", a->options.ttv, "value of the ttv column: 0 train, 1 test, 2 validation")->default_val(0);
     add_threads_option(*cmd, a->threads);
@@ -138,7 +141,8 @@ void add_data_commands(CLI::App& app) {
   }
   {
     auto path = std::make_shared<std::string>();
-    CLI::App* cmd = app.add_subcommand("info", "Summarise a jet or image file: size, label balance, pT, mass, multiplicity");
+    CLI::App* cmd =
+        app.add_subcommand("info", "Summarise a jet or image file: size, label balance, pT, mass, multiplicity");
     cmd->add_option("file", *path, "HDF5 file")->required()->check(CLI::ExistingFile);
     cmd->callback([path] { run_info(*path); });
   }

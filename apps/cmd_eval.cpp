@@ -5,9 +5,9 @@
 #include <fstream>
 
 #include "apps/commands.h"
-#include "nn/files.h"
 #include "eval/report.h"
 #include "nn/check.h"
+#include "nn/files.h"
 
 namespace toptag::apps {
 
@@ -21,7 +21,9 @@ struct EvalArgs {
   uint64_t seed = 1;
 };
 
-std::string default_name(const std::string& path) { return std::filesystem::path(path).stem().string(); }
+std::string default_name(const std::string& path) {
+  return std::filesystem::path(path).stem().string();
+}
 
 void run_eval(const EvalArgs& a) {
   if (!a.names.empty() && a.names.size() != a.predictions.size())
@@ -43,7 +45,8 @@ void run_eval(const EvalArgs& a) {
   std::vector<std::pair<std::string, Comparison>> comparisons;
   if (!a.reference.empty()) {
     const Predictions ref = read_predictions(a.reference);
-    for (size_t i = 0; i < sets.size(); ++i) comparisons.emplace_back(models[i].name, compare(sets[i], ref, a.predictions[i]));
+    for (size_t i = 0; i < sets.size(); ++i)
+      comparisons.emplace_back(models[i].name, compare(sets[i], ref, a.predictions[i]));
   }
 
   fmt::print("{}", eval_table(models));
@@ -57,7 +60,8 @@ void run_eval(const EvalArgs& a) {
   if (!a.json.empty()) write_text_atomically(a.json, eval_json(models));
   if (!a.roc_csv.empty()) {
     std::filesystem::create_directories(a.roc_csv);
-    for (const ModelEval& m : models) write_roc_csv((std::filesystem::path(a.roc_csv) / (m.name + ".csv")).string(), m.roc);
+    for (const ModelEval& m : models)
+      write_roc_csv((std::filesystem::path(a.roc_csv) / (m.name + ".csv")).string(), m.roc);
   }
   if (!a.plot.empty()) plot_roc(a.plot, models, a.title);
 }
@@ -68,7 +72,8 @@ void add_eval_command(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* cmd = app.add_subcommand("eval", "Accuracy, AUC, background rejection and ROC curves of prediction files");
   cmd->add_option("--predictions,-p", a->predictions, "prediction files (.h5 or .csv), one per model")
-      ->required()->check(CLI::ExistingFile);
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--names", a->names, "a name per file (default: the file names)")->delimiter(',');
   cmd->add_option("--at", a->at, "signal efficiencies for 1/eps_B (default 0.3,0.5)")->delimiter(',');
   cmd->add_option("--json", a->json, "write the summary as JSON");

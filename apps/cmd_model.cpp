@@ -42,7 +42,8 @@ void run_model(const ModelArgs& args) {
 
 void add_model_command(CLI::App& app) {
   auto args = std::make_shared<ModelArgs>();
-  CLI::App* cmd = app.add_subcommand("model", "Describe an architecture or a checkpoint: layers, sizes, parameter count");
+  CLI::App* cmd =
+      app.add_subcommand("model", "Describe an architecture or a checkpoint: layers, sizes, parameter count");
   cmd->add_option("--arch", args->arch, "architecture: resnet10, resnet18, resnet34, resnet50, resnet101, resnet152")
       ->default_val("resnet50");
   cmd->add_option("--in-channels", args->in_channels, "input image channels (1, or 3 as the paper)")->default_val(1);

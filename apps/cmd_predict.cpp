@@ -59,7 +59,8 @@ void run_predict(const PredictArgs& a) {
     // Featurizer outputs (e.g. from a server): only the checkpoint's classifier head runs.
     InferenceResult r = run_head(*model, read_features(a.input), io);
     write_predictions(a.output, r.predictions);
-    fmt::print("wrote {} predictions (head only, on the features in {}) to {}\n", r.predictions.size(), a.input, a.output);
+    fmt::print("wrote {} predictions (head only, on the features in {}) to {}\n", r.predictions.size(), a.input,
+               a.output);
     return;
   }
   JetFile file(a.input);
@@ -69,14 +70,15 @@ void run_predict(const PredictArgs& a) {
   fmt::print("wrote {} predictions to {}\n", r.predictions.size(), a.output);
 }
 
-
 void run_features(const PredictArgs& a) {
   check_source(a);
   if (!a.server.empty()) {
     RemotePredictResult r = predict_from_server(a, true);
-    if (static_cast<int64_t>(r.predictions.label.size()) != r.predictions.size()) fail("{}: features need labelled jets", a.input);
+    if (static_cast<int64_t>(r.predictions.label.size()) != r.predictions.size())
+      fail("{}: features need labelled jets", a.input);
     const int64_t n = r.predictions.size();
-    write_features(a.output, {Tensor::from({n, r.feature_dim}, r.features), r.predictions.label}, a.server + " model " + a.model);
+    write_features(a.output, {Tensor::from({n, r.feature_dim}, r.features), r.predictions.label},
+                   a.server + " model " + a.model);
     fmt::print("wrote {} x {} features to {}\n", n, r.feature_dim, a.output);
     return;
   }
@@ -91,11 +93,12 @@ void run_features(const PredictArgs& a) {
   io.label = "features";
   std::vector<float> features;
   std::vector<int64_t> labels;
-  NonFiniteReport dropped = run_featurizer(*model, file, a.image.resolve(file, model_image_options(a.checkpoint, *model)), io,
-                                           [&](const Tensor& f, const std::vector<int64_t>& l) {
-                                             features.insert(features.end(), f.data(), f.data() + f.numel());
-                                             labels.insert(labels.end(), l.begin(), l.end());
-                                           });
+  NonFiniteReport dropped =
+      run_featurizer(*model, file, a.image.resolve(file, model_image_options(a.checkpoint, *model)), io,
+                     [&](const Tensor& f, const std::vector<int64_t>& l) {
+                       features.insert(features.end(), f.data(), f.data() + f.numel());
+                       labels.insert(labels.end(), l.begin(), l.end());
+                     });
   warn_skipped(a.input, dropped);
   const int64_t n = static_cast<int64_t>(labels.size());
   write_features(a.output, {Tensor::from({n, model->feature_dim()}, features), labels}, a.checkpoint);
@@ -108,9 +111,15 @@ CLI::App* add_inference_options(CLI::App& app, const char* name, const char* hel
   cmd->add_option("--checkpoint,-c", a->checkpoint, "model checkpoint (or --server)")->check(CLI::ExistingFile);
   cmd->add_option("--server", a->server, "ask a KServe v2 server instead: grpc://HOST:PORT or http://HOST:PORT");
   cmd->add_option("--model", a->model, "--server: the model's name")->default_val("toptag");
-  cmd->add_option("--concurrency", a->concurrency, "--server: one-jet requests in flight")->default_val(16)->check(CLI::Range(1, 1024));
-  cmd->add_option("--retries", a->retries, "--server: retries of a failed request")->default_val(3)->check(CLI::Range(0, 100));
-  cmd->add_option("--input,-i", a->input, "jets: reference-format or cached image file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--concurrency", a->concurrency, "--server: one-jet requests in flight")
+      ->default_val(16)
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--retries", a->retries, "--server: retries of a failed request")
+      ->default_val(3)
+      ->check(CLI::Range(0, 100));
+  cmd->add_option("--input,-i", a->input, "jets: reference-format or cached image file")
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--output,-o", a->output, output_help)->required();
   cmd->add_option("--batch-size", a->batch_size, "inference batch size")->default_val(256);
   cmd->add_option("--max-jets", a->max_jets, "only the first N jets (0: all)")->default_val(0);

@@ -26,11 +26,14 @@ void run_quantize(const QuantizeArgs& a) {
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
   if (tagger.quantized())
-    fail("{}: already quantized ({}); quantize the float checkpoint instead", a.checkpoint, tagger.quantization->describe());
+    fail("{}: already quantized ({}); quantize the float checkpoint instead", a.checkpoint,
+         tagger.quantization->describe());
   auto config = std::make_shared<QuantizationConfig>();
   config->weights = Format::parse(a.format);
-  if (!a.activation_format.empty()) config->activations = Format::parse(a.activation_format);
-  else if (a.activations) config->activations = config->weights;
+  if (!a.activation_format.empty())
+    config->activations = Format::parse(a.activation_format);
+  else if (a.activations)
+    config->activations = config->weights;
   config->ste = parse_ste(a.ste);
   ResNet& model = *tagger.model;
   model.fold_batchnorm();
@@ -76,10 +79,12 @@ void run_quantize(const QuantizeArgs& a) {
 
 void add_quantize_command(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
-  CLI::App* cmd = app.add_subcommand("quantize", "Post-training quantization to an FPGA number format (batch norms folded)");
+  CLI::App* cmd =
+      app.add_subcommand("quantize", "Post-training quantization to an FPGA number format (batch norms folded)");
   cmd->add_option("--checkpoint,-c", a->checkpoint, "float checkpoint")->required()->check(CLI::ExistingFile);
   cmd->add_option("--format,-f", a->format,
-                  "weight format: ms-fp8, ms-fp9, msfp12, msfp16, mxint8, bfp<E,M,B>, fixed<W,I[,RND|RND_CONV|TRN[,SAT|WRAP]]>, int8")
+                  "weight format: ms-fp8, ms-fp9, msfp12, msfp16, mxint8, bfp<E,M,B>, "
+                  "fixed<W,I[,RND|RND_CONV|TRN[,SAT|WRAP]]>, int8")
       ->required();
   cmd->add_flag("--activations", a->activations, "quantize every conv/linear input too, in the same format");
   cmd->add_option("--activation-format", a->activation_format, "quantize the inputs in this format instead");

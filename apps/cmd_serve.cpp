@@ -8,9 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.h"
-#include "nn/files.h"
 #include "apps/image_options.h"
 #include "nn/check.h"
+#include "nn/files.h"
 #include "nn/parallel.h"
 #include "serve/perf.h"
 #include "serve/server.h"
@@ -30,8 +30,8 @@ void write_port_file(const std::string& path, const InferenceServer& server) {
                                              {"http", server.http_port()},
                                              {"metrics", server.metrics_port()},
                                              {"pid", static_cast<int64_t>(getpid())}}
-                                     .dump() +
-                                 "\n");
+                                      .dump() +
+                                  "\n");
 }
 
 void run_serve(ServeArgs& a) {
@@ -91,8 +91,10 @@ void run_perf(const PerfArgs& a) {
     const ImageOptions images = a.image.merged(model_image_options(a.checkpoint, *tagger.model));
     LocalPerfOptions o;
     if (!a.batches.empty()) o.batches = a.batches;
-    if (!a.threads.empty()) o.threads = a.threads;
-    else o.threads = {1, hardware_threads()};
+    if (!a.threads.empty())
+      o.threads = a.threads;
+    else
+      o.threads = {1, hardware_threads()};
     o.duration_s = parse_duration(a.duration), o.warmup_s = parse_duration(a.warmup);
     fmt::print(stderr, "measuring {} in process, {}x{} images, {:g} s per point\n", a.checkpoint, images.size,
                images.size, o.duration_s);
@@ -118,13 +120,17 @@ void run_perf(const PerfArgs& a) {
 void add_serve_commands(CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
   ServerOptions& s = a->server;
-  CLI::App* cmd = app.add_subcommand("serve", "Serve a model over the KServe v2 protocol (gRPC and HTTP), as Triton does");
-  cmd->add_option("--checkpoint,-c", a->checkpoint, "float or quantized checkpoint")->required()->check(CLI::ExistingFile);
+  CLI::App* cmd =
+      app.add_subcommand("serve", "Serve a model over the KServe v2 protocol (gRPC and HTTP), as Triton does");
+  cmd->add_option("--checkpoint,-c", a->checkpoint, "float or quantized checkpoint")
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--model-name", s.model_name, "the model's name in requests")->default_val("toptag");
   cmd->add_option("--host", s.host, "address to listen on (127.0.0.1: this machine only)")->default_val("0.0.0.0");
   cmd->add_option("--grpc-port", s.grpc_port, "gRPC port (0: any free port, -1: no gRPC)")->default_val(8001);
   cmd->add_option("--http-port", s.http_port, "HTTP/REST port (0: any free port, -1: no HTTP)")->default_val(8000);
-  cmd->add_option("--metrics-port", s.metrics_port, "Prometheus metrics port (0: any free, -1: none)")->default_val(8002);
+  cmd->add_option("--metrics-port", s.metrics_port, "Prometheus metrics port (0: any free, -1: none)")
+      ->default_val(8002);
   cmd->add_option("--max-batch", s.engine.max_batch, "dynamic batching: most images per model execution")
       ->default_val(64)
       ->check(CLI::Range(1, 4096));
@@ -147,7 +153,8 @@ void add_serve_commands(CLI::App& app) {
   cmd->callback([a] { run_serve(*a); });
 
   auto p = std::make_shared<PerfArgs>();
-  CLI::App* perf = app.add_subcommand("perf", "Measure throughput and latency of a server (as perf_analyzer) or in process");
+  CLI::App* perf =
+      app.add_subcommand("perf", "Measure throughput and latency of a server (as perf_analyzer) or in process");
   perf->add_option("--server", p->server_url, "grpc://HOST:PORT or http://HOST:PORT");
   perf->add_option("--model", p->model, "model name on the server")->default_val("toptag");
   perf->add_option("--concurrency", p->concurrency, "concurrent clients, each with one request in flight")
@@ -156,9 +163,11 @@ void add_serve_commands(CLI::App& app) {
   perf->add_option("--input", p->input, "server input to send: images or constituents")->default_val("images");
   perf->add_flag("--local", p->local, "measure in-process inference instead");
   perf->add_option("--checkpoint,-c", p->checkpoint, "model for --local")->check(CLI::ExistingFile);
-  perf->add_option("--batch", p->batches, "images per request (server: default 1) or per forward pass (local: default 1,8,32,64)")
+  perf->add_option("--batch", p->batches,
+                   "images per request (server: default 1) or per forward pass (local: default 1,8,32,64)")
       ->delimiter(',');
-  perf->add_option("--threads", p->threads, "local: thread counts to measure (default: 1 and all cores)")->delimiter(',');
+  perf->add_option("--threads", p->threads, "local: thread counts to measure (default: 1 and all cores)")
+      ->delimiter(',');
   perf->add_option("--duration", p->duration, "measuring time per point: 10s, 500ms, 2m")->default_val("10s");
   perf->add_option("--warmup", p->warmup, "unmeasured time before each point")->default_val("1s");
   perf->add_option("--csv", p->csv, "also write the table as CSV");

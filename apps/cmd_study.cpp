@@ -34,10 +34,14 @@ void add_study_command(CLI::App& app) {
   cmd->add_option("--output-dir,-o", o.dir, "study directory (rerunning resumes it)")
       ->default_val("runs/study")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // scripts/study.sh -o DIR overrides its own
-  cmd->add_option("--jets", a->jets, "jets: TRAIN,VAL,TEST (with --data: the first ones of each file; default all)")->delimiter(',')->default_str("10000,2000,4000");
+  cmd->add_option("--jets", a->jets, "jets: TRAIN,VAL,TEST (with --data: the first ones of each file; default all)")
+      ->delimiter(',')
+      ->default_str("10000,2000,4000");
   cmd->add_option("--data", o.data_dir, "use the reference files DIR/train.h5, val.h5, test.h5 instead")
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--epochs", o.epochs, "float training epochs (the paper: 10)")->default_val(3)->check(CLI::Range(1, 1000));
+  cmd->add_option("--epochs", o.epochs, "float training epochs (the paper: 10)")
+      ->default_val(3)
+      ->check(CLI::Range(1, 1000));
   cmd->add_option("--finetune-epochs", o.finetune_epochs, "quantization-aware fine-tuning epochs")
       ->default_val(1)
       ->check(CLI::Range(1, 1000));

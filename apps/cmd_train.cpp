@@ -15,7 +15,9 @@ namespace {
 
 std::atomic<bool> stop_requested{false};
 
-extern "C" void request_stop(int) { stop_requested.store(true); }
+extern "C" void request_stop(int) {
+  stop_requested.store(true);
+}
 
 struct TrainArgs {
   TrainConfig config;
@@ -44,8 +46,10 @@ void run_train(TrainArgs& a) {
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   if (r.interrupted) {
-    fmt::print(stderr, "interrupted in epoch {} after {} steps; checkpoint written to {}\nresume with: toptag train --resume {}\n",
-               r.state.epoch + 1, r.state.step_in_epoch, r.last_checkpoint, config.output_dir);
+    fmt::print(
+        stderr,
+        "interrupted in epoch {} after {} steps; checkpoint written to {}\nresume with: toptag train --resume {}\n",
+        r.state.epoch + 1, r.state.step_in_epoch, r.last_checkpoint, config.output_dir);
     return;
   }
   fmt::print("trained {} epochs; best validation AUC {:.4f} (epoch {})\nlast checkpoint: {}\nbest checkpoint: {}\n",
@@ -64,7 +68,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--features", c.features_path, "train only the head on a features file (toptag features)");
   cmd->add_option("--init", c.init_path, "start from this checkpoint's weights");
   cmd->add_option("--resume", a->resume, "continue the run in this directory (or from this checkpoint)");
-  cmd->add_option("--arch", c.arch, "resnet10, resnet18, resnet34, resnet50, resnet101, resnet152")->default_val("resnet50");
+  cmd->add_option("--arch", c.arch, "resnet10, resnet18, resnet34, resnet50, resnet101, resnet152")
+      ->default_val("resnet50");
   cmd->add_option("--width", c.width, "stem width (torchvision: 64)")->default_val(64);
   cmd->add_option("--hidden", c.hidden, "fc1 width of the head")->default_val(1024);
   a->epochs_option = cmd->add_option("--epochs", c.epochs, "epochs")->default_val(10);
@@ -80,10 +85,13 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--max-train-jets", c.max_train_jets, "use only the first N training jets (0: all)")->default_val(0);
   cmd->add_option("--max-val-jets", c.max_val_jets, "use only the first N validation jets (0: all)")->default_val(0);
   cmd->add_flag("--freeze-backbone", c.freeze_backbone, "train only fc1 and fc2 (the featurizer stays fixed)");
-  cmd->add_option("--quantize", c.quantize, "quantization-aware training with weights in this format (see toptag quantize)");
-  cmd->add_option("--quantize-activations", c.quantize_activations, "... and the inputs of every conv/linear in this one");
+  cmd->add_option("--quantize", c.quantize,
+                  "quantization-aware training with weights in this format (see toptag quantize)");
+  cmd->add_option("--quantize-activations", c.quantize_activations,
+                  "... and the inputs of every conv/linear in this one");
   cmd->add_option("--ste", c.ste, "straight-through estimator: masked or identity")->default_val("masked");
-  cmd->add_option("--calibration-batches", c.calibration_batches, "int8 activations: calibration batches")->default_val(8);
+  cmd->add_option("--calibration-batches", c.calibration_batches, "int8 activations: calibration batches")
+      ->default_val(8);
   a->image.add_to(*cmd);
   add_threads_option(*cmd, c.threads);
   cmd->callback([a] { run_train(*a); });

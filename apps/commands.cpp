@@ -20,6 +20,8 @@ void add_threads_option(CLI::App& command, int& threads) {
       ->default_val(0);
 }
 
-void apply_threads(int threads) { set_num_threads(threads); }
+void apply_threads(int threads) {
+  set_num_threads(threads);
+}
 
 }  // namespace toptag::apps

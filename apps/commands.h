@@ -9,12 +9,12 @@ namespace toptag::apps {
 void register_commands(CLI::App& app);
 
 void add_model_command(CLI::App& app);
-void add_data_commands(CLI::App& app);     // generate, images, info
+void add_data_commands(CLI::App& app);  // generate, images, info
 void add_train_command(CLI::App& app);
 void add_predict_commands(CLI::App& app);  // predict, features
 void add_eval_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
-void add_serve_commands(CLI::App& app);   // serve, perf
+void add_serve_commands(CLI::App& app);  // serve, perf
 void add_study_command(CLI::App& app);
 
 // --threads N, shared by every command that computes; applied by apply_threads().

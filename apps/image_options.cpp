@@ -5,8 +5,8 @@
 namespace toptag::apps {
 
 void ImageArgs::add_to(CLI::App& cmd) {
-  size_option = cmd.add_option("--image-size", options.size, "image pixels per side (224: the paper's input)")
-                    ->default_val(40);
+  size_option =
+      cmd.add_option("--image-size", options.size, "image pixels per side (224: the paper's input)")->default_val(40);
   channels_option =
       cmd.add_option("--channels", options.channels, "image channels: 1, or 3 copies as the paper")->default_val(1);
   extent_option =
@@ -14,7 +14,8 @@ void ImageArgs::add_to(CLI::App& cmd) {
   step_options[0] = cmd.add_flag("--no-center", no_center, "do not centre on the pT-weighted centroid");
   step_options[1] = cmd.add_flag("--no-rotate", no_rotate, "do not rotate the principal axis to vertical");
   step_options[2] = cmd.add_flag("--no-flip", no_flip, "do not flip the brightest half into a fixed quadrant");
-  step_options[3] = cmd.add_flag("--no-normalize", no_normalize, "keep pixel values in GeV instead of unit total intensity");
+  step_options[3] =
+      cmd.add_flag("--no-normalize", no_normalize, "keep pixel values in GeV instead of unit total intensity");
 }
 
 ImageOptions ImageArgs::merged(const std::optional<ImageOptions>& model) const {

@@ -1,8 +1,9 @@
 // toptag: train, quantize, evaluate and serve top-quark jet taggers (Duarte et al. 2019).
 // Each subcommand lives in its own cmd_*.cpp; this file only wires them together and turns
 // errors into a message and a non-zero exit code.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
 
 #include "apps/commands.h"
 #include "nn/check.h"

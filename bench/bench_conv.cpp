@@ -35,17 +35,18 @@ void BM_Conv(benchmark::State& state) {
     benchmark::DoNotOptimize(y.value().data());
   }
   const double flops = 2.0 * y_shape.numel() * C * kernel * kernel * (with_backward ? 3 : 1);
-  state.counters["GFLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
 void ResNet50Shapes(benchmark::internal::Benchmark* b) {
   // C, H, K, kernel, stride, pad: stem, then each stage's 1x1 reduce, 3x3, 1x1 expand and downsample.
   const std::vector<std::vector<int64_t>> shapes = {
-      {1, 40, 64, 7, 2, 3},                                                                            // conv1
-      {64, 10, 64, 1, 1, 0},    {64, 10, 64, 3, 1, 1},   {64, 10, 256, 1, 1, 0},  {256, 10, 64, 1, 1, 0},  // layer1
-      {256, 10, 128, 1, 1, 0},  {128, 10, 128, 3, 2, 1}, {128, 5, 512, 1, 1, 0},  {256, 10, 512, 1, 2, 0},  // layer2
-      {512, 5, 256, 1, 1, 0},   {256, 5, 256, 3, 2, 1},  {256, 3, 1024, 1, 1, 0}, {512, 5, 1024, 1, 2, 0},  // layer3
-      {1024, 3, 512, 1, 1, 0},  {512, 3, 512, 3, 2, 1},  {512, 2, 2048, 1, 1, 0}, {1024, 3, 2048, 1, 2, 0}, // layer4
+      {1, 40, 64, 7, 2, 3},                                                                                 // conv1
+      {64, 10, 64, 1, 1, 0},   {64, 10, 64, 3, 1, 1},   {64, 10, 256, 1, 1, 0},  {256, 10, 64, 1, 1, 0},    // layer1
+      {256, 10, 128, 1, 1, 0}, {128, 10, 128, 3, 2, 1}, {128, 5, 512, 1, 1, 0},  {256, 10, 512, 1, 2, 0},   // layer2
+      {512, 5, 256, 1, 1, 0},  {256, 5, 256, 3, 2, 1},  {256, 3, 1024, 1, 1, 0}, {512, 5, 1024, 1, 2, 0},   // layer3
+      {1024, 3, 512, 1, 1, 0}, {512, 3, 512, 3, 2, 1},  {512, 2, 2048, 1, 1, 0}, {1024, 3, 2048, 1, 2, 0},  // layer4
   };
   b->ArgNames({"C", "H", "K", "k", "s", "p", "bwd"});
   for (const auto& s : shapes)

@@ -5,10 +5,10 @@
 //   peak resident memory
 // Reference (same 2-core machine, PyTorch 1.13 CPU, 2 threads): ~90 train img/s, 25-38 ms batch-1
 // latency at 40x40, 55 ms at 224x224, ~1.4 GB peak RSS.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <sys/resource.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <vector>
@@ -23,7 +23,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 double peak_rss_mb() {
   rusage usage{};

@@ -18,7 +18,9 @@ JetFile::JetFile(const std::string& path) : path_(path) {
   }
 }
 
-int64_t JetFile::size() const { return reference_ ? reference_->size() : images_->size(); }
+int64_t JetFile::size() const {
+  return reference_ ? reference_->size() : images_->size();
+}
 
 ImageOptions JetFile::image_options(const ImageOptions& requested, bool size_explicit, bool channels_explicit) const {
   if (reference_) return requested;
@@ -27,7 +29,8 @@ ImageOptions JetFile::image_options(const ImageOptions& requested, bool size_exp
     fail("{}: holds {}x{} images, but --image-size {} was requested", path_, images_->image_size(),
          images_->image_size(), requested.size);
   if (channels_explicit && requested.channels != images_->channels())
-    fail("{}: holds {}-channel images, but --channels {} was requested", path_, images_->channels(), requested.channels);
+    fail("{}: holds {}-channel images, but --channels {} was requested", path_, images_->channels(),
+         requested.channels);
   o.size = images_->image_size();
   o.channels = images_->channels();
   return o;
@@ -58,7 +61,8 @@ Examples JetFile::read(int64_t start, int64_t count, NonFiniteReport& dropped) c
   ex.rows.resize(keep.size());
   for (size_t i = 0; i < keep.size(); ++i) ex.rows[i] = start + keep[i];
   if (static_cast<int64_t>(keep.size()) != count) {
-    Tensor kept = Tensor::empty({static_cast<int64_t>(keep.size()), ex.images.dim(1), ex.images.dim(2), ex.images.dim(3)});
+    Tensor kept =
+        Tensor::empty({static_cast<int64_t>(keep.size()), ex.images.dim(1), ex.images.dim(2), ex.images.dim(3)});
     std::vector<int64_t> labels;
     for (size_t i = 0; i < keep.size(); ++i) {
       std::memcpy(kept.data() + i * per, ex.images.data() + keep[i] * per, per * sizeof(float));

@@ -14,10 +14,10 @@ namespace toptag {
 
 // A range of examples read from a file: images are made later (they are large), constituents kept.
 struct Examples {
-  JetBatch jets;                 // reference files
-  Tensor images;                 // image files: (count, C, H, W)
-  std::vector<int64_t> labels;   // both
-  std::vector<int64_t> rows;     // row of each example in the file
+  JetBatch jets;                // reference files
+  Tensor images;                // image files: (count, C, H, W)
+  std::vector<int64_t> labels;  // both
+  std::vector<int64_t> rows;    // row of each example in the file
   int64_t size() const { return static_cast<int64_t>(labels.size()); }
 };
 

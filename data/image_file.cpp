@@ -8,7 +8,9 @@ namespace {
 constexpr hsize_t kChunkImages = 64;
 }
 
-bool ImageFile::looks_like(hid_t file) { return h5_exists(file, "/images") && h5_exists(file, "/labels"); }
+bool ImageFile::looks_like(hid_t file) {
+  return h5_exists(file, "/images") && h5_exists(file, "/labels");
+}
 
 ImageFile::ImageFile(const std::string& path) : path_(path), file_(h5_open(path)) {
   if (!looks_like(file_.get())) fail("{}: not a toptag image file (needs datasets /images and /labels)", path);

@@ -42,7 +42,8 @@ std::vector<Hit> relative_hits(std::span<const float> c) {
     if (c[i] <= 0) continue;
     const double pt = four_pt(c[i + 1], c[i + 2]);
     if (pt <= 0) continue;
-    hits.push_back({four_eta(c[i + 1], c[i + 2], c[i + 3]) - jet.eta, delta_phi(four_phi(c[i + 1], c[i + 2]), jet.phi), pt});
+    hits.push_back(
+        {four_eta(c[i + 1], c[i + 2], c[i + 3]) - jet.eta, delta_phi(four_phi(c[i + 1], c[i + 2]), jet.phi), pt});
   }
   return hits;
 }
@@ -70,7 +71,8 @@ void rotate_principal_axis_vertical(std::vector<Hit>& hits) {
 
 void flip_to_positive_quadrant(std::vector<Hit>& hits) {
   double x_balance = 0, y_balance = 0;
-  for (const Hit& h : hits) x_balance += h.x > 0 ? h.pt : (h.x < 0 ? -h.pt : 0), y_balance += h.y > 0 ? h.pt : (h.y < 0 ? -h.pt : 0);
+  for (const Hit& h : hits)
+    x_balance += h.x > 0 ? h.pt : (h.x < 0 ? -h.pt : 0), y_balance += h.y > 0 ? h.pt : (h.y < 0 ? -h.pt : 0);
   for (Hit& h : hits) {
     if (x_balance < 0) h.x = -h.x;
     if (y_balance < 0) h.y = -h.y;

@@ -18,9 +18,9 @@
 namespace toptag {
 
 struct ImageOptions {
-  int size = 40;         // pixels per side; 224 reproduces the paper's ResNet-50 input
-  int channels = 1;      // 1, or 3 identical copies as the paper fed ResNet-50
-  double extent = 0.8;   // half-width of the window in eta and phi
+  int size = 40;        // pixels per side; 224 reproduces the paper's ResNet-50 input
+  int channels = 1;     // 1, or 3 identical copies as the paper fed ResNet-50
+  double extent = 0.8;  // half-width of the window in eta and phi
   bool center = true;
   bool rotate = true;
   bool flip = true;

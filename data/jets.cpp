@@ -14,7 +14,9 @@ void JetBatch::resize(int64_t count, int n) {
   rows.assign(static_cast<size_t>(count), 0);
 }
 
-double four_pt(double px, double py) { return std::hypot(px, py); }
+double four_pt(double px, double py) {
+  return std::hypot(px, py);
+}
 
 double four_eta(double px, double py, double pz) {
   const double pt = four_pt(px, py);
@@ -22,7 +24,9 @@ double four_eta(double px, double py, double pz) {
   return std::asinh(pz / pt);
 }
 
-double four_phi(double px, double py) { return std::atan2(py, px); }
+double four_phi(double px, double py) {
+  return std::atan2(py, px);
+}
 
 double delta_phi(double a, double b) {
   constexpr double pi = std::numbers::pi;

@@ -30,7 +30,9 @@ Loader::Loader(const JetFile& file, const ImageOptions& images, const LoaderOpti
   if (rows_ == 0) fail("{}: no jets to read", file.path());
 }
 
-Loader::~Loader() { stop(); }
+Loader::~Loader() {
+  stop();
+}
 
 int64_t Loader::batches_per_epoch() const {
   return options_.drop_last ? rows_ / options_.batch_size : (rows_ + options_.batch_size - 1) / options_.batch_size;
@@ -123,7 +125,8 @@ void Loader::produce(int64_t epoch, int64_t skip_batches) {
       const int64_t base = ex.size();
       if (file_.has_constituents()) {
         ex.jets.n_constituents = part.jets.n_constituents;
-        ex.jets.constituents.insert(ex.jets.constituents.end(), part.jets.constituents.begin(), part.jets.constituents.end());
+        ex.jets.constituents.insert(ex.jets.constituents.end(), part.jets.constituents.begin(),
+                                    part.jets.constituents.end());
       } else {
         Tensor merged = Tensor::empty({base + part.size(), images_.channels, images_.size, images_.size});
         if (base > 0) std::copy_n(ex.images.data(), ex.images.numel(), merged.data());
@@ -153,11 +156,11 @@ void Loader::produce(int64_t epoch, int64_t skip_batches) {
       std::vector<int64_t> rest(order.begin() + static_cast<int64_t>(pos), order.end());
       carry.jets.n_constituents = ex.jets.n_constituents;
       const int64_t per_jet = static_cast<int64_t>(ex.jets.n_constituents) * 4;
-      if (!file_.has_constituents())
-        carry.images = file_.images(ex, rest, images_);
+      if (!file_.has_constituents()) carry.images = file_.images(ex, rest, images_);
       for (size_t i = 0; i < rest.size(); ++i) {
         if (file_.has_constituents())
-          carry.jets.constituents.insert(carry.jets.constituents.end(), ex.jets.constituents.begin() + rest[i] * per_jet,
+          carry.jets.constituents.insert(carry.jets.constituents.end(),
+                                         ex.jets.constituents.begin() + rest[i] * per_jet,
                                          ex.jets.constituents.begin() + (rest[i] + 1) * per_jet);
         carry.labels.push_back(ex.labels[rest[i]]);
         carry.rows.push_back(ex.rows[rest[i]]);

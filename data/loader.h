@@ -22,10 +22,10 @@ struct LoaderOptions {
   int64_t batch_size = 64;
   bool shuffle = true;
   uint64_t seed = 0;
-  int64_t max_jets = 0;                         // 0: all rows of the file
-  bool drop_last = false;                       // drop a final partial batch
-  int prefetch = 4;                             // batches prepared ahead
-  int64_t window_bytes = int64_t{128} << 20;    // raw rows held at once for shuffling
+  int64_t max_jets = 0;                       // 0: all rows of the file
+  bool drop_last = false;                     // drop a final partial batch
+  int prefetch = 4;                           // batches prepared ahead
+  int64_t window_bytes = int64_t{128} << 20;  // raw rows held at once for shuffling
 };
 
 struct Batch {

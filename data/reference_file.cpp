@@ -19,12 +19,12 @@ int array_member_width(hid_t type, const char* name, H5T_class_t cls, const std:
   const int index = H5Tget_member_index(type, name);
   if (index < 0) fail("{}: /table/table has no column block '{}': not the reference dataset layout", path, name);
   H5Id member(H5Tget_member_type(type, static_cast<unsigned>(index)));
-  if (H5Tget_class(member.get()) != H5T_ARRAY)
-    fail("{}: '{}' in /table/table is not an array column", path, name);
+  if (H5Tget_class(member.get()) != H5T_ARRAY) fail("{}: '{}' in /table/table is not an array column", path, name);
   H5Id base(H5Tget_super(member.get()));
   if (H5Tget_class(base.get()) != cls)
     fail("{}: '{}' in /table/table holds {} values, expected {}", path, name,
-         H5Tget_class(base.get()) == H5T_FLOAT ? "floating" : "non-floating", cls == H5T_FLOAT ? "floating" : "integer");
+         H5Tget_class(base.get()) == H5T_FLOAT ? "floating" : "non-floating",
+         cls == H5T_FLOAT ? "floating" : "integer");
   if (H5Tget_array_ndims(member.get()) != 1) fail("{}: '{}' in /table/table is not one-dimensional", path, name);
   hsize_t dim = 0;
   H5Tget_array_dims2(member.get(), &dim);
@@ -38,13 +38,14 @@ void check_filters(hid_t dataset, const std::string& path) {
     unsigned flags = 0, config = 0;
     size_t n_values = 0;
     char name[64] = {};
-    const H5Z_filter_t id = H5Pget_filter2(plist.get(), static_cast<unsigned>(i), &flags, &n_values, nullptr,
-                                           sizeof(name), name, &config);
+    const H5Z_filter_t id =
+        H5Pget_filter2(plist.get(), static_cast<unsigned>(i), &flags, &n_values, nullptr, sizeof(name), name, &config);
     if (H5Zfilter_avail(id) > 0) continue;
     if (id == kBloscFilter)
-      fail("{}: compressed with blosc, but the HDF5 blosc filter plugin is not available; install the Debian "
-           "package hdf5-filter-plugin-blosc-serial (or point HDF5_PLUGIN_PATH at a blosc plugin)",
-           path);
+      fail(
+          "{}: compressed with blosc, but the HDF5 blosc filter plugin is not available; install the Debian "
+          "package hdf5-filter-plugin-blosc-serial (or point HDF5_PLUGIN_PATH at a blosc plugin)",
+          path);
     fail("{}: needs HDF5 compression filter {} ('{}'), which is not available", path, id, name);
   }
 }
@@ -105,8 +106,7 @@ namespace {
 // The attributes PyTables and pandas write beside a table (pandas 0.15's HDFStore format, as in the
 // reference files), so that pandas.read_hdf(path, "table") reads toptag's files too. Pickled
 // attributes are protocol-0 pickles, as pandas leaves them.
-void write_pandas_metadata(hid_t root, hid_t group, hid_t table, const std::vector<std::string>& block0,
-                           int64_t rows) {
+void write_pandas_metadata(hid_t root, hid_t group, hid_t table, const std::vector<std::string>& block0, int64_t rows) {
   for (hid_t g : {root, group}) {
     h5_set_attr_bytes(g, "CLASS", "GROUP");
     h5_set_attr_bytes(g, "TITLE", "");
@@ -128,16 +128,23 @@ void write_pandas_metadata(hid_t root, hid_t group, hid_t table, const std::vect
       {"data_columns", "(lp0\n."},
       {"index_cols", "(lp0\n(I0\nVindex\np1\ntp2\na."},
       {"values_cols", "(lp0\nVvalues_block_0\np1\naVvalues_block_1\np2\na."},
-      {"info", "(dp0\nI1\n(dp1\nVnames\np2\n(lp3\nNasVtype\np4\nVIndex\np5\nssVindex\np6\n(dp7\nsVvalues_block_0\np8\n"
-               "(dp9\nsVvalues_block_1\np10\n(dp11\ns."}};
+      {"info",
+       "(dp0\nI1\n(dp1\nVnames\np2\n(lp3\nNasVtype\np4\nVIndex\np5\nssVindex\np6\n(dp7\nsVvalues_block_0\np8\n"
+       "(dp9\nsVvalues_block_1\np10\n(dp11\ns."}};
   for (const auto& [name, value] : group_text) h5_set_attr_bytes(group, name, value);
   h5_set_attr_bytes(group, "non_index_axes", axes);
   h5_set_attr(group, "levels", int64_t{1});
-  const std::pair<const char*, const char*> table_text[] = {
-      {"CLASS", "TABLE"},          {"VERSION", "2.7"},           {"TITLE", ""},
-      {"FIELD_0_NAME", "index"},   {"FIELD_1_NAME", "values_block_0"}, {"FIELD_2_NAME", "values_block_1"},
-      {"index_kind", "integer"},   {"values_block_0_dtype", "float32"}, {"values_block_0_meta", "N."},
-      {"values_block_1_dtype", "int64"}, {"values_block_1_meta", "N."}};
+  const std::pair<const char*, const char*> table_text[] = {{"CLASS", "TABLE"},
+                                                            {"VERSION", "2.7"},
+                                                            {"TITLE", ""},
+                                                            {"FIELD_0_NAME", "index"},
+                                                            {"FIELD_1_NAME", "values_block_0"},
+                                                            {"FIELD_2_NAME", "values_block_1"},
+                                                            {"index_kind", "integer"},
+                                                            {"values_block_0_dtype", "float32"},
+                                                            {"values_block_0_meta", "N."},
+                                                            {"values_block_1_dtype", "int64"},
+                                                            {"values_block_1_meta", "N."}};
   for (const auto& [name, value] : table_text) h5_set_attr_bytes(table, name, value);
   h5_set_attr(table, "NROWS", rows);
   h5_set_attr(table, "FIELD_0_FILL", int64_t{0});
@@ -153,22 +160,26 @@ void warn_skipped(const std::string& path, const NonFiniteReport& skipped) {
                skipped.count, skipped.first_row);
 }
 
-bool ReferenceFile::looks_like(hid_t file) { return h5_exists(file, "/table/table"); }
+bool ReferenceFile::looks_like(hid_t file) {
+  return h5_exists(file, "/table/table");
+}
 
 ReferenceFile::ReferenceFile(const std::string& path) : path_(path), file_(h5_open(path)) {
   if (!looks_like(file_.get()))
-    fail("{}: not a pandas table file (no dataset /table/table); expected the Top Quark Tagging Reference "
-         "Dataset layout",
-         path);
+    fail(
+        "{}: not a pandas table file (no dataset /table/table); expected the Top Quark Tagging Reference "
+        "Dataset layout",
+        path);
   dataset_ = H5Id(H5Dopen2(file_.get(), "/table/table", H5P_DEFAULT));
   H5Id type(H5Dget_type(dataset_.get()));
   if (H5Tget_class(type.get()) != H5T_COMPOUND) fail("{}: /table/table does not hold compound rows", path);
   block0_width_ = array_member_width(type.get(), "values_block_0", H5T_FLOAT, path);
   block1_width_ = array_member_width(type.get(), "values_block_1", H5T_INTEGER, path);
   if (block0_width_ < 8 || (block0_width_ - 4) % 4 != 0)
-    fail("{}: values_block_0 has {} columns; expected 4 per constituent plus 4 truth columns (804 for 200 "
-         "constituents)",
-         path, block0_width_);
+    fail(
+        "{}: values_block_0 has {} columns; expected 4 per constituent plus 4 truth columns (804 for 200 "
+        "constituents)",
+        path, block0_width_);
   n_constituents_ = (block0_width_ - 4) / 4;
 
   if (auto kind = h5_attr_string(dataset_.get(), "values_block_0_kind")) {

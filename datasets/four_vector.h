@@ -14,7 +14,10 @@ struct FourVector {
   double pt() const { return std::hypot(px, py); }
   double m2() const { return e * e - px * px - py * py - pz * pz; }
   double m() const { return std::sqrt(std::max(0.0, m2())); }
-  double eta() const { const double t = pt(); return t > 0 ? std::asinh(pz / t) : (pz >= 0 ? 1e9 : -1e9); }
+  double eta() const {
+    const double t = pt();
+    return t > 0 ? std::asinh(pz / t) : (pz >= 0 ? 1e9 : -1e9);
+  }
   double phi() const { return std::atan2(py, px); }
 
   // From transverse momentum, pseudorapidity, azimuth and mass.

@@ -1,11 +1,11 @@
 #include "datasets/generator.h"
 
-#include <fastjet/ClusterSequence.hh>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fastjet/ClusterSequence.hh>
 #include <numbers>
 #include <unordered_map>
 
@@ -38,7 +38,8 @@ void random_direction(Rng& rng, double& x, double& y, double& z) {
 
 // Two-body decay of a particle of mass M at rest into masses m1, m2: momenta back to back, isotropic.
 void two_body(Rng& rng, double M, double m1, double m2, FourVector& a, FourVector& b) {
-  const double p = std::sqrt(std::max(0.0, (M * M - (m1 + m2) * (m1 + m2)) * (M * M - (m1 - m2) * (m1 - m2)))) / (2 * M);
+  const double p =
+      std::sqrt(std::max(0.0, (M * M - (m1 + m2) * (m1 + m2)) * (M * M - (m1 - m2) * (m1 - m2)))) / (2 * M);
   double x, y, z;
   random_direction(rng, x, y, z);
   a = {std::sqrt(p * p + m1 * m1), p * x, p * y, p * z};
@@ -62,11 +63,11 @@ double partner_angle(const FourVector& a, std::initializer_list<FourVector> othe
 }
 
 struct Event {
-  std::vector<Parton> hard;            // partons that shower
-  std::vector<double> shower_angles;   // their maximum emission angles
-  std::vector<FourVector> quarks;      // decay quarks that must lie inside the jet (tops)
-  FourVector truth;                    // the top (zeros for QCD)
-  double eta = 0, phi = 0;             // direction of the hard object, for the underlying event
+  std::vector<Parton> hard;           // partons that shower
+  std::vector<double> shower_angles;  // their maximum emission angles
+  std::vector<FourVector> quarks;     // decay quarks that must lie inside the jet (tops)
+  FourVector truth;                   // the top (zeros for QCD)
+  double eta = 0, phi = 0;            // direction of the hard object, for the underlying event
 };
 
 Event top_event(Rng& rng) {
@@ -116,7 +117,8 @@ std::vector<fastjet::PseudoJet> detector_response(const std::vector<FourVector>&
       const double s = 1 + 0.01 * rng.normal();
       out.emplace_back(p.px * s, p.py * s, p.pz * s, p.e * s);
     } else {
-      const int64_t ie = static_cast<int64_t>(std::floor(p.eta() / kCell)), ip = static_cast<int64_t>(std::floor((p.phi() + kPi) / kCell));
+      const int64_t ie = static_cast<int64_t>(std::floor(p.eta() / kCell)),
+                    ip = static_cast<int64_t>(std::floor((p.phi() + kPi) / kCell));
       FourVector& t = towers[ie * 100000 + ip];
       t = t + p;
     }
@@ -154,7 +156,8 @@ GeneratedJet generate_jet(const GeneratorOptions& options, int64_t index) {
     const int n_ue = static_cast<int>(options.underlying_event_particles * (0.5 + rng.uniform()));
     for (int i = 0; i < n_ue; ++i) {
       const double pt = -0.8 * std::log(rng.uniform(1e-12, 1.0));
-      hadrons.push_back(FourVector::from_pt_eta_phi_m(pt, ev.eta + rng.uniform(-1.5, 1.5), ev.phi + rng.uniform(-1.5, 1.5), 0.0));
+      hadrons.push_back(
+          FourVector::from_pt_eta_phi_m(pt, ev.eta + rng.uniform(-1.5, 1.5), ev.phi + rng.uniform(-1.5, 1.5), 0.0));
     }
     std::vector<fastjet::PseudoJet> inputs = detector_response(hadrons, rng);
     fastjet::ClusterSequence cs(inputs, definition);
@@ -216,7 +219,8 @@ GenerateReport generate_file(const std::string& path, int64_t count, const Gener
     if (error) std::rethrow_exception(error);
     batch.resize(n);
     for (int64_t i = 0; i < n; ++i) {
-      std::copy(chunk[i].constituents.begin(), chunk[i].constituents.end(), batch.constituents.begin() + i * kMaxConstituents * 4);
+      std::copy(chunk[i].constituents.begin(), chunk[i].constituents.end(),
+                batch.constituents.begin() + i * kMaxConstituents * 4);
       std::copy_n(chunk[i].truth, 4, batch.truth.begin() + i * 4);
       batch.labels[i] = chunk[i].label;
       batch.ttv[i] = options.ttv;

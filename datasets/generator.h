@@ -24,7 +24,7 @@ namespace toptag {
 struct GeneratorOptions {
   uint64_t seed = 1;
   double signal_fraction = 0.5;
-  int64_t ttv = 0;             // stored in the ttv column: 0 train, 1 test, 2 validation
+  int64_t ttv = 0;  // stored in the ttv column: 0 train, 1 test, 2 validation
   double jet_pt_min = 550, jet_pt_max = 650, jet_abs_eta_max = 2.0, jet_radius = 0.8;
   double underlying_event_particles = 12;  // mean number per event near the jet
 };
@@ -34,7 +34,7 @@ struct GeneratedJet {
   std::vector<float> constituents;  // kMaxConstituents x 4, leading first, zero-padded
   float truth[4] = {0, 0, 0, 0};    // top four-vector (E, px, py, pz), zeros for QCD
   int64_t label = 0;
-  int attempts = 0;                 // events drawn until one passed the selection
+  int attempts = 0;  // events drawn until one passed the selection
 };
 
 // Deterministic for (options.seed, index).

@@ -24,9 +24,9 @@ struct Parton {
 };
 
 struct ShowerOptions {
-  double cutoff_gev = 1.0;      // minimum emission k_t
-  double lambda_qcd = 0.2;      // one-loop Lambda for alpha_s, 5 flavours
-  int max_partons = 400;        // safety bound per shower
+  double cutoff_gev = 1.0;  // minimum emission k_t
+  double lambda_qcd = 0.2;  // one-loop Lambda for alpha_s, 5 flavours
+  int max_partons = 400;    // safety bound per shower
 };
 
 // Showers `start` radiating at angles below theta_max; appends the final partons to `out`.

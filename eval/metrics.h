@@ -15,9 +15,9 @@
 namespace toptag {
 
 struct RocPoint {
-  double threshold;   // score >= threshold is called top
-  double eps_s;       // signal efficiency (true-positive rate)
-  double eps_b;       // background efficiency (false-positive rate, mistag rate)
+  double threshold;  // score >= threshold is called top
+  double eps_s;      // signal efficiency (true-positive rate)
+  double eps_b;      // background efficiency (false-positive rate, mistag rate)
 };
 
 // Throws toptag::Error naming the problem if sizes differ, a label is not 0/1, a score is NaN,

@@ -1,9 +1,9 @@
 #include "eval/plot.h"
 
 #include <fmt/format.h>
+#include <gnuplot-iostream.h>
 
 #include <filesystem>
-#include <gnuplot-iostream.h>
 
 #include "nn/check.h"
 
@@ -18,10 +18,14 @@ std::string gnuplot_data(const XY& points) {
 void render_plot(const std::string& path, int width, int height, const std::string& script) {
   const std::string ext = std::filesystem::path(path).extension().string();
   std::string terminal;
-  if (ext == ".png") terminal = fmt::format("pngcairo size {},{} enhanced font 'sans,11'", width, height);
-  else if (ext == ".svg") terminal = fmt::format("svg size {},{} enhanced", width, height);
-  else if (ext == ".pdf") terminal = fmt::format("pdfcairo size {:.2f}in,{:.2f}in enhanced", width / 150.0, height / 150.0);
-  else fail("{}: plot format must be .png, .svg or .pdf", path);
+  if (ext == ".png")
+    terminal = fmt::format("pngcairo size {},{} enhanced font 'sans,11'", width, height);
+  else if (ext == ".svg")
+    terminal = fmt::format("svg size {},{} enhanced", width, height);
+  else if (ext == ".pdf")
+    terminal = fmt::format("pdfcairo size {:.2f}in,{:.2f}in enhanced", width / 150.0, height / 150.0);
+  else
+    fail("{}: plot format must be .png, .svg or .pdf", path);
   const std::string temp = path + ".tmp" + ext;
   {
     Gnuplot gp("gnuplot");

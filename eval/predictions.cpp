@@ -64,8 +64,7 @@ Predictions read_predictions(const std::string& path) {
   p.score.assign(score.data(), score.data() + score.numel());
   if (h5_exists(f.get(), "label")) {
     p.label = h5_read_int64(f.get(), "label", path);
-    if (p.label.size() != p.score.size())
-      fail("{}: {} labels for {} scores", path, p.label.size(), p.score.size());
+    if (p.label.size() != p.score.size()) fail("{}: {} labels for {} scores", path, p.label.size(), p.score.size());
     for (size_t i = 0; i < p.label.size(); ++i)
       if (p.label[i] != 0 && p.label[i] != 1) fail("{}: label {} at row {} must be 0 or 1", path, p.label[i], i);
   }

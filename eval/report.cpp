@@ -29,7 +29,9 @@ double stddev_of(const std::vector<double>& v) {
   return std::sqrt(s / static_cast<double>(std::max<size_t>(1, v.size() - 1)));
 }
 
-std::string eps_key(double eps) { return fmt::format("{:g}", eps); }
+std::string eps_key(double eps) {
+  return fmt::format("{:g}", eps);
+}
 
 }  // namespace
 
@@ -104,8 +106,12 @@ std::string eval_json(const std::vector<ModelEval>& models) {
   for (const ModelEval& m : models) {
     nlohmann::ordered_json rej = nlohmann::ordered_json::object();
     for (const auto& [eps, r] : m.rejection) rej[eps_key(eps)] = std::isfinite(r) ? nlohmann::ordered_json(r) : nullptr;
-    out["models"].push_back({{"name", m.name}, {"n_signal", m.n_signal}, {"n_background", m.n_background},
-                             {"accuracy", m.accuracy}, {"auc", m.auc}, {"rejection", rej}});
+    out["models"].push_back({{"name", m.name},
+                             {"n_signal", m.n_signal},
+                             {"n_background", m.n_background},
+                             {"accuracy", m.accuracy},
+                             {"auc", m.auc},
+                             {"rejection", rej}});
   }
   return out.dump(2) + "\n";
 }
@@ -113,13 +119,15 @@ std::string eval_json(const std::vector<ModelEval>& models) {
 std::string eval_table(const std::vector<ModelEval>& models) {
   size_t width = 5;
   for (const ModelEval& m : models) width = std::max(width, m.name.size());
-  std::string header = fmt::format("{:<{}}  {:>8}  {:>8}  {:>9}  {:>8}", "model", width, "top", "QCD", "accuracy", "AUC");
+  std::string header =
+      fmt::format("{:<{}}  {:>8}  {:>8}  {:>9}  {:>8}", "model", width, "top", "QCD", "accuracy", "AUC");
   if (!models.empty())
-    for (const auto& [eps, r] : models.front().rejection) header += fmt::format("  {:>16}", fmt::format("1/eps_B@{:g}", eps));
+    for (const auto& [eps, r] : models.front().rejection)
+      header += fmt::format("  {:>16}", fmt::format("1/eps_B@{:g}", eps));
   std::string out = header + "\n";
   for (const ModelEval& m : models) {
-    std::string line = fmt::format("{:<{}}  {:>8}  {:>8}  {:>9.4f}  {:>8.4f}", m.name, width, m.n_signal, m.n_background,
-                                   m.accuracy, m.auc);
+    std::string line = fmt::format("{:<{}}  {:>8}  {:>8}  {:>9.4f}  {:>8.4f}", m.name, width, m.n_signal,
+                                   m.n_background, m.accuracy, m.auc);
     for (const auto& [eps, r] : m.rejection) line += fmt::format("  {:>16.1f}", r);
     out += line + "\n";
     if (m.spread) {

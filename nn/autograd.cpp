@@ -108,12 +108,22 @@ void backward(const Var& loss) {
   backward(loss, Tensor::full(loss.shape(), 1.0f));
 }
 
-void clear_tape() { tape.clear(); }
-size_t tape_size() { return tape.size(); }
+void clear_tape() {
+  tape.clear();
+}
+size_t tape_size() {
+  return tape.size();
+}
 
-bool grad_enabled() { return grad_mode; }
+bool grad_enabled() {
+  return grad_mode;
+}
 
-NoGradGuard::NoGradGuard() : previous_(grad_mode) { grad_mode = false; }
-NoGradGuard::~NoGradGuard() { grad_mode = previous_; }
+NoGradGuard::NoGradGuard() : previous_(grad_mode) {
+  grad_mode = false;
+}
+NoGradGuard::~NoGradGuard() {
+  grad_mode = previous_;
+}
 
 }  // namespace toptag

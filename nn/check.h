@@ -28,6 +28,5 @@ template <class... Args>
 #ifdef NDEBUG
 #define TT_ASSERT(condition) ((void)0)
 #else
-#define TT_ASSERT(condition) \
-  ((condition) ? (void)0 : ::toptag::assert_failed(#condition, __FILE__, __LINE__))
+#define TT_ASSERT(condition) ((condition) ? (void)0 : ::toptag::assert_failed(#condition, __FILE__, __LINE__))
 #endif

@@ -48,7 +48,8 @@ void read_model_state(hid_t file, const std::string& path, ResNet& model) {
   // Read everything first so that a bad file leaves the model untouched.
   std::vector<std::pair<Tensor*, Tensor>> loaded;
   auto load = [&](const std::string& name, Tensor* target) {
-    if (!h5_exists(file, name)) fail("{}: tensor '{}' is missing (expected shape {})", path, name, target->shape().str());
+    if (!h5_exists(file, name))
+      fail("{}: tensor '{}' is missing (expected shape {})", path, name, target->shape().str());
     Tensor t = h5_read_tensor(file, name, path);
     if (!(t.shape() == target->shape()))
       fail("{}: tensor '{}' has shape {}, expected {}", path, name, t.shape().str(), target->shape().str());

@@ -22,14 +22,30 @@ H5Id& H5Id::operator=(H5Id&& other) noexcept {
 void H5Id::reset() {
   if (id_ >= 0) {
     switch (H5Iget_type(id_)) {
-      case H5I_FILE: H5Fclose(id_); break;
-      case H5I_GROUP: H5Gclose(id_); break;
-      case H5I_DATASET: H5Dclose(id_); break;
-      case H5I_DATASPACE: H5Sclose(id_); break;
-      case H5I_DATATYPE: H5Tclose(id_); break;
-      case H5I_ATTR: H5Aclose(id_); break;
-      case H5I_GENPROP_LST: H5Pclose(id_); break;
-      default: H5Idec_ref(id_); break;
+      case H5I_FILE:
+        H5Fclose(id_);
+        break;
+      case H5I_GROUP:
+        H5Gclose(id_);
+        break;
+      case H5I_DATASET:
+        H5Dclose(id_);
+        break;
+      case H5I_DATASPACE:
+        H5Sclose(id_);
+        break;
+      case H5I_DATATYPE:
+        H5Tclose(id_);
+        break;
+      case H5I_ATTR:
+        H5Aclose(id_);
+        break;
+      case H5I_GENPROP_LST:
+        H5Pclose(id_);
+        break;
+      default:
+        H5Idec_ref(id_);
+        break;
     }
   }
   id_ = H5I_INVALID_HID;
@@ -107,7 +123,8 @@ void write_dataset(hid_t loc, const std::string& name, hid_t mem_type, hid_t fil
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   H5Id ds(H5Dcreate2(loc, name.c_str(), file_type, space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
   if (!ds.valid()) fail("cannot create HDF5 dataset '{}'", name);
-  if (H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) fail("cannot write HDF5 dataset '{}'", name);
+  if (H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+    fail("cannot write HDF5 dataset '{}'", name);
 }
 
 H5Id open_dataset(hid_t loc, const std::string& name, const std::string& file) {

@@ -59,8 +59,8 @@ class BatchNorm2d {
   // after which this layer passes its input through and holds no state.
   void fold_into(Conv2d& conv);
 
-  Var weight, bias;                 // (C)
-  Tensor running_mean, running_var; // (C)
+  Var weight, bias;                  // (C)
+  Tensor running_mean, running_var;  // (C)
   bool training = true;
   bool folded = false;
   float eps = 1e-5f;

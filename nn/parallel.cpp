@@ -23,6 +23,8 @@ void set_num_threads(int n) {
   openblas_set_num_threads(n);
 }
 
-int num_threads() { return configured_threads > 0 ? configured_threads : omp_get_max_threads(); }
+int num_threads() {
+  return configured_threads > 0 ? configured_threads : omp_get_max_threads();
+}
 
 }  // namespace toptag

@@ -20,7 +20,9 @@ std::string format_duration(double s) {
   return fmt::format("{}h{:02}m", t / 3600, (t % 3600) / 60);
 }
 
-bool Progress::interactive(std::FILE* out) { return ::isatty(::fileno(out)) && std::getenv("TOPTAG_PLAIN_PROGRESS") == nullptr; }
+bool Progress::interactive(std::FILE* out) {
+  return ::isatty(::fileno(out)) && std::getenv("TOPTAG_PLAIN_PROGRESS") == nullptr;
+}
 
 Progress::Progress(std::string label, int64_t total, std::string unit, std::FILE* out)
     : label_(std::move(label)), unit_(std::move(unit)), total_(total), out_(out), interactive_(interactive(out)) {
@@ -35,7 +37,9 @@ double Progress::elapsed_seconds() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
 }
 
-void Progress::set_status(const std::string& status) { status_ = status; }
+void Progress::set_status(const std::string& status) {
+  status_ = status;
+}
 
 void Progress::advance(int64_t n, const std::string& status) {
   done_ += n;

@@ -13,12 +13,9 @@ namespace {
 
 const std::map<std::string, ArchSpec>& arch_table() {
   static const std::map<std::string, ArchSpec> table = {
-      {"resnet10", {BlockKind::basic, {1, 1, 1, 1}}},
-      {"resnet18", {BlockKind::basic, {2, 2, 2, 2}}},
-      {"resnet34", {BlockKind::basic, {3, 4, 6, 3}}},
-      {"resnet50", {BlockKind::bottleneck, {3, 4, 6, 3}}},
-      {"resnet101", {BlockKind::bottleneck, {3, 4, 23, 3}}},
-      {"resnet152", {BlockKind::bottleneck, {3, 8, 36, 3}}},
+      {"resnet10", {BlockKind::basic, {1, 1, 1, 1}}},        {"resnet18", {BlockKind::basic, {2, 2, 2, 2}}},
+      {"resnet34", {BlockKind::basic, {3, 4, 6, 3}}},        {"resnet50", {BlockKind::bottleneck, {3, 4, 6, 3}}},
+      {"resnet101", {BlockKind::bottleneck, {3, 4, 23, 3}}}, {"resnet152", {BlockKind::bottleneck, {3, 8, 36, 3}}},
   };
   return table;
 }
@@ -133,9 +130,13 @@ Var ResNet::features(const Var& images) {
   return global_avgpool(x);
 }
 
-Var ResNet::head(const Var& features) { return fc2.forward(relu(fc1.forward(features))); }
+Var ResNet::head(const Var& features) {
+  return fc2.forward(relu(fc1.forward(features)));
+}
 
-Var ResNet::forward(const Var& images) { return head(features(images)); }
+Var ResNet::forward(const Var& images) {
+  return head(features(images));
+}
 
 StateList ResNet::state() {
   StateList out;
@@ -176,7 +177,9 @@ std::vector<std::pair<std::string, Conv2d*>> ResNet::convs() {
   return out;
 }
 
-std::vector<std::pair<std::string, Linear*>> ResNet::linears() { return {{"fc1", &fc1}, {"fc2", &fc2}}; }
+std::vector<std::pair<std::string, Linear*>> ResNet::linears() {
+  return {{"fc1", &fc1}, {"fc2", &fc2}};
+}
 
 void ResNet::set_training(bool training) {
   bn1.training = training;

@@ -48,7 +48,7 @@ class Block {
   BlockKind kind;
   Conv2d conv1, conv2, conv3;
   BatchNorm2d bn1, bn2, bn3;
-  std::optional<Conv2d> downsample_conv;  // "downsample.0"
+  std::optional<Conv2d> downsample_conv;     // "downsample.0"
   std::optional<BatchNorm2d> downsample_bn;  // "downsample.1"
 };
 

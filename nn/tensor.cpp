@@ -39,7 +39,9 @@ bool Shape::operator==(const Shape& other) const {
   return rank_ == other.rank_ && std::equal(dims_.begin(), dims_.begin() + rank_, other.dims_.begin());
 }
 
-std::string Shape::str() const { return fmt::format("[{}]", fmt::join(dims(), ", ")); }
+std::string Shape::str() const {
+  return fmt::format("[{}]", fmt::join(dims(), ", "));
+}
 
 // ---------------------------------------------------------------------------------------------
 // Buffer pool: free lists keyed by the rounded byte size.
@@ -120,8 +122,12 @@ std::shared_ptr<float> pooled_buffer(int64_t numel) {
 
 }  // namespace
 
-PoolStats pool_stats() { return pool().stats(); }
-void pool_release_cached() { pool().release_cached(); }
+PoolStats pool_stats() {
+  return pool().stats();
+}
+void pool_release_cached() {
+  pool().release_cached();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Tensor
@@ -133,7 +139,9 @@ Tensor Tensor::empty(const Shape& shape) {
   return t;
 }
 
-Tensor Tensor::zeros(const Shape& shape) { return full(shape, 0.0f); }
+Tensor Tensor::zeros(const Shape& shape) {
+  return full(shape, 0.0f);
+}
 
 Tensor Tensor::full(const Shape& shape, float value) {
   Tensor t = empty(shape);
@@ -163,10 +171,13 @@ Tensor Tensor::clone() const {
   return t;
 }
 
-void Tensor::fill(float value) { std::fill_n(data(), numel(), value); }
+void Tensor::fill(float value) {
+  std::fill_n(data(), numel(), value);
+}
 
 void Tensor::copy_from(const Tensor& other) {
-  if (!(other.shape() == shape_)) fail("cannot copy a tensor of shape {} into one of shape {}", other.shape().str(), shape_.str());
+  if (!(other.shape() == shape_))
+    fail("cannot copy a tensor of shape {} into one of shape {}", other.shape().str(), shape_.str());
   std::memcpy(data(), other.data(), static_cast<size_t>(numel()) * sizeof(float));
 }
 

@@ -58,14 +58,19 @@ double round_half_even(double v) {
 double fixed_rounded(double x, const Format& f) {
   const double v = x / fixed_lsb(f);
   switch (f.rounding) {
-    case Rounding::trn: return std::floor(v);
-    case Rounding::rnd: return std::floor(v + 0.5);
-    case Rounding::rnd_conv: return round_half_even(v);
+    case Rounding::trn:
+      return std::floor(v);
+    case Rounding::rnd:
+      return std::floor(v + 0.5);
+    case Rounding::rnd_conv:
+      return round_half_even(v);
   }
   return v;
 }
 
-const char* rounding_name(Rounding r) { return r == Rounding::trn ? "TRN" : (r == Rounding::rnd ? "RND" : "RND_CONV"); }
+const char* rounding_name(Rounding r) {
+  return r == Rounding::trn ? "TRN" : (r == Rounding::rnd ? "RND" : "RND_CONV");
+}
 
 }  // namespace
 
@@ -84,9 +89,10 @@ Format Format::parse(const std::string& spec_in) {
   }
   const size_t open = spec.find('<');
   if (open == std::string::npos || spec.back() != '>')
-    fail("unknown number format '{}' (use fixed<W,I[,TRN|RND|RND_CONV[,WRAP|SAT]]>, bfp<E,M,B>, int8, or a preset: "
-         "ms-fp8, ms-fp9, msfp12, msfp16, mxint8)",
-         spec_in);
+    fail(
+        "unknown number format '{}' (use fixed<W,I[,TRN|RND|RND_CONV[,WRAP|SAT]]>, bfp<E,M,B>, int8, or a preset: "
+        "ms-fp8, ms-fp9, msfp12, msfp16, mxint8)",
+        spec_in);
   const std::string name = spec.substr(0, open);
   const std::vector<std::string> args = split_arguments(spec_in, spec.substr(open + 1, spec.size() - open - 2));
   if (name == "fixed" || name == "ap_fixed") {
@@ -97,15 +103,22 @@ Format Format::parse(const std::string& spec_in) {
     if (f.width < 2 || f.width > 32) fail("format '{}': W must be in [2, 32]", spec_in);
     if (f.integer < 1 || f.integer > 32) fail("format '{}': I must be in [1, 32]", spec_in);
     if (args.size() >= 3) {
-      if (args[2] == "trn") f.rounding = Rounding::trn;
-      else if (args[2] == "rnd") f.rounding = Rounding::rnd;
-      else if (args[2] == "rnd_conv") f.rounding = Rounding::rnd_conv;
-      else fail("format '{}': rounding must be TRN, RND or RND_CONV", spec_in);
+      if (args[2] == "trn")
+        f.rounding = Rounding::trn;
+      else if (args[2] == "rnd")
+        f.rounding = Rounding::rnd;
+      else if (args[2] == "rnd_conv")
+        f.rounding = Rounding::rnd_conv;
+      else
+        fail("format '{}': rounding must be TRN, RND or RND_CONV", spec_in);
     }
     if (args.size() == 4) {
-      if (args[3] == "wrap") f.overflow = Overflow::wrap;
-      else if (args[3] == "sat") f.overflow = Overflow::sat;
-      else fail("format '{}': overflow must be WRAP or SAT", spec_in);
+      if (args[3] == "wrap")
+        f.overflow = Overflow::wrap;
+      else if (args[3] == "sat")
+        f.overflow = Overflow::sat;
+      else
+        fail("format '{}': overflow must be WRAP or SAT", spec_in);
     }
     return f;
   }
@@ -132,16 +145,23 @@ std::string Format::str() const {
       for (const auto& [name, p] : bfp_presets())
         if (p == std::make_tuple(exponent_bits, mantissa_bits, block)) return name;
       return fmt::format("bfp<{},{},{}>", exponent_bits, mantissa_bits, block);
-    case FormatKind::int8: return "int8";
+    case FormatKind::int8:
+      return "int8";
   }
   return "?";
 }
 
 // ---- fixed point ------------------------------------------------------------------------------
 
-double fixed_lsb(const Format& f) { return std::ldexp(1.0, f.integer - f.width); }
-double fixed_min(const Format& f) { return -std::ldexp(1.0, f.integer - 1); }
-double fixed_max(const Format& f) { return std::ldexp(1.0, f.integer - 1) - fixed_lsb(f); }
+double fixed_lsb(const Format& f) {
+  return std::ldexp(1.0, f.integer - f.width);
+}
+double fixed_min(const Format& f) {
+  return -std::ldexp(1.0, f.integer - 1);
+}
+double fixed_max(const Format& f) {
+  return std::ldexp(1.0, f.integer - 1) - fixed_lsb(f);
+}
 
 int64_t fixed_integer_ref(double x, const Format& f) {
   const double lo = -std::ldexp(1.0, f.width - 1), hi = std::ldexp(1.0, f.width - 1) - 1;
@@ -157,12 +177,18 @@ int64_t fixed_integer_ref(double x, const Format& f) {
   return static_cast<int64_t>(n);
 }
 
-double fixed_ref(double x, const Format& f) { return static_cast<double>(fixed_integer_ref(x, f)) * fixed_lsb(f); }
+double fixed_ref(double x, const Format& f) {
+  return static_cast<double>(fixed_integer_ref(x, f)) * fixed_lsb(f);
+}
 
 // ---- block floating point -----------------------------------------------------------------------
 
-int bfp_exponent_max(const Format& f) { return (1 << (f.exponent_bits - 1)) - 1; }
-int bfp_exponent_min(const Format& f) { return -bfp_exponent_max(f); }
+int bfp_exponent_max(const Format& f) {
+  return (1 << (f.exponent_bits - 1)) - 1;
+}
+int bfp_exponent_min(const Format& f) {
+  return -bfp_exponent_max(f);
+}
 double bfp_max_magnitude(const Format& f) {
   return (std::ldexp(1.0, f.mantissa_bits) - 1) * std::ldexp(1.0, bfp_exponent_max(f) + 1 - f.mantissa_bits);
 }
@@ -295,7 +321,9 @@ void quantize_tensor(const Format& f, bool is_weight, const Tensor& x, Tensor& y
                      const AffineRange* range) {
   float* ok = in_range ? in_range->data() : nullptr;
   switch (f.kind) {
-    case FormatKind::fixed: quantize_fixed(f, x.data(), y.data(), ok, x.numel()); return;
+    case FormatKind::fixed:
+      quantize_fixed(f, x.data(), y.data(), ok, x.numel());
+      return;
     case FormatKind::bfp:
       quantize_bfp(f, is_weight ? weight_layout(x.shape()) : activation_layout(x.shape()), x.data(), y.data(), ok,
                    nullptr, nullptr);
@@ -335,7 +363,8 @@ EncodedTensor encode_weight(const Format& f, const Tensor& w) {
 Tensor decode_weight(const Format& f, const EncodedTensor& e, const Shape& shape) {
   Tensor w = Tensor::empty(shape);
   const AxisLayout l = weight_layout(shape);
-  if (static_cast<int64_t>(e.integers.size()) != w.numel()) fail("decode: {} integers for shape {}", e.integers.size(), shape.str());
+  if (static_cast<int64_t>(e.integers.size()) != w.numel())
+    fail("decode: {} integers for shape {}", e.integers.size(), shape.str());
   switch (f.kind) {
     case FormatKind::fixed:
       for (int64_t i = 0; i < w.numel(); ++i) w.data()[i] = static_cast<float>(e.integers[i] * fixed_lsb(f));

@@ -33,9 +33,9 @@ enum class FormatKind { fixed, bfp, int8 };
 
 struct Format {
   FormatKind kind = FormatKind::fixed;
-  int width = 16, integer = 6;                  // fixed
-  Rounding rounding = Rounding::trn;            // fixed
-  Overflow overflow = Overflow::wrap;           // fixed
+  int width = 16, integer = 6;                            // fixed
+  Rounding rounding = Rounding::trn;                      // fixed
+  Overflow overflow = Overflow::wrap;                     // fixed
   int exponent_bits = 5, mantissa_bits = 2, block = 128;  // bfp
 
   // "fixed<16,6>", "fixed<8,3,RND_CONV,SAT>", "bfp<5,2,128>", a preset name, or "int8".

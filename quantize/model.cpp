@@ -38,7 +38,10 @@ std::shared_ptr<LayerHooks> quantizing_hooks(const std::string& name, std::share
         range = &it->second;
       }
       return fake_quantize(
-          x, [config, range](const Tensor& in, Tensor& y, Tensor& ok) { quantize_tensor(*config->activations, false, in, y, &ok, range); },
+          x,
+          [config, range](const Tensor& in, Tensor& y, Tensor& ok) {
+            quantize_tensor(*config->activations, false, in, y, &ok, range);
+          },
           config->ste);
     };
   }
@@ -81,9 +84,10 @@ int64_t calibrate(ResNet& model, QuantizationConfig& config, const std::function
   for_each_layer(model, [&](const std::string& name, std::shared_ptr<LayerHooks>& hooks, Var&) {
     hooks = quantizing_hooks(name, observed);
     hooks->input = [&config, name](const Var& x) {
-      AffineRange& r = config.ranges.try_emplace(name, AffineRange{std::numeric_limits<float>::max(),
-                                                                   std::numeric_limits<float>::lowest()})
-                           .first->second;
+      AffineRange& r =
+          config.ranges
+              .try_emplace(name, AffineRange{std::numeric_limits<float>::max(), std::numeric_limits<float>::lowest()})
+              .first->second;
       for (float v : x.value().span()) r.min = std::min(r.min, v), r.max = std::max(r.max, v);
       return x;
     };
@@ -116,8 +120,10 @@ void write_quantization(hid_t file, ResNet& model, const QuantizationConfig& con
     std::vector<int64_t> dims(weight.shape().dims().begin(), weight.shape().dims().end());
     std::vector<int64_t> ints(e.integers.begin(), e.integers.end());
     h5_write_int64(g.get(), "integers", ints);  // flat; the weight's shape is the root tensor's
-    if (!e.exponents.empty()) h5_write_int64(g.get(), "exponents", std::vector<int64_t>(e.exponents.begin(), e.exponents.end()));
-    if (!e.scales.empty()) h5_write_tensor(g.get(), "scales", Tensor::from({static_cast<int64_t>(e.scales.size())}, e.scales));
+    if (!e.exponents.empty())
+      h5_write_int64(g.get(), "exponents", std::vector<int64_t>(e.exponents.begin(), e.exponents.end()));
+    if (!e.scales.empty())
+      h5_write_tensor(g.get(), "scales", Tensor::from({static_cast<int64_t>(e.scales.size())}, e.scales));
   });
 }
 
@@ -139,7 +145,8 @@ std::optional<QuantizationConfig> read_quantization(hid_t file, const std::strin
         H5Id child = h5_group(g, m, false);
         const std::string name = prefix.empty() ? m : prefix + "/" + m;
         if (auto lo = h5_attr_double(child.get(), "min")) {
-          c.ranges[name] = AffineRange{static_cast<float>(*lo), static_cast<float>(h5_attr_double(child.get(), "max").value_or(0))};
+          c.ranges[name] =
+              AffineRange{static_cast<float>(*lo), static_cast<float>(h5_attr_double(child.get(), "max").value_or(0))};
         } else {
           walk(child.get(), name);
         }

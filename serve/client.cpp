@@ -39,11 +39,13 @@ void split_host_port(const std::string& url, const std::string& scheme, std::str
 
 class GrpcClient final : public InferenceClient {
  public:
-  GrpcClient(const std::string& target, std::string model, int64_t timeout_ms) : model_(std::move(model)), timeout_ms_(timeout_ms) {
+  GrpcClient(const std::string& target, std::string model, int64_t timeout_ms)
+      : model_(std::move(model)), timeout_ms_(timeout_ms) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(256 << 20);
     args.SetMaxSendMessageSize(256 << 20);
-    stub_ = inference::GRPCInferenceService::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+    stub_ = inference::GRPCInferenceService::NewStub(
+        grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
   }
 
   bool ready() override {
@@ -64,7 +66,8 @@ class GrpcClient final : public InferenceClient {
     check(stub_->ModelMetadata(&ctx, q, &r), "ModelMetadata");
     RemoteModel m{r.name(), r.platform(), {}, {}};
     for (const auto& t : r.inputs()) m.inputs.push_back({t.name(), t.datatype(), {t.shape().begin(), t.shape().end()}});
-    for (const auto& t : r.outputs()) m.outputs.push_back({t.name(), t.datatype(), {t.shape().begin(), t.shape().end()}});
+    for (const auto& t : r.outputs())
+      m.outputs.push_back({t.name(), t.datatype(), {t.shape().begin(), t.shape().end()}});
     return m;
   }
 
@@ -103,7 +106,8 @@ class GrpcClient final : public InferenceClient {
     const bool retryable = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
                            s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
                            s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
-    throw ClientError(fmt::format("{} failed ({}): {}", call, static_cast<int>(s.error_code()), s.error_message()), retryable);
+    throw ClientError(fmt::format("{} failed ({}): {}", call, static_cast<int>(s.error_code()), s.error_message()),
+                      retryable);
   }
 
   std::string model_;
@@ -142,7 +146,9 @@ class HttpClient final : public InferenceClient {
     json outputs = json::array({{{"name", "probabilities"}, {"parameters", {{"binary_data", true}}}}});
     if (want_features) outputs.push_back({{"name", "features"}, {"parameters", {{"binary_data", true}}}});
     const json header = {{"inputs",
-                          {{{"name", input}, {"datatype", "FP32"}, {"shape", shape},
+                          {{{"name", input},
+                            {"datatype", "FP32"},
+                            {"shape", shape},
                             {"parameters", {{"binary_data_size", values.size() * 4}}}}}},
                          {"outputs", outputs}};
     const std::string head = header.dump();
@@ -151,9 +157,11 @@ class HttpClient final : public InferenceClient {
     httplib::Headers headers = {{"Inference-Header-Content-Length", std::to_string(head.size())}};
     auto res = client_.Post(("/v2/models/" + model_ + "/infer").c_str(), headers, body, "application/octet-stream");
     if (!res) throw ClientError(fmt::format("HTTP infer failed: {}", httplib::to_string(res.error())), true);
-    if (res->status != 200) throw ClientError(fmt::format("HTTP infer failed ({}): {}", res->status, res->body), res->status == 503);
+    if (res->status != 200)
+      throw ClientError(fmt::format("HTTP infer failed ({}): {}", res->status, res->body), res->status == 503);
     size_t json_size = res->body.size();
-    if (res->has_header("Inference-Header-Content-Length")) json_size = std::stoul(res->get_header_value("Inference-Header-Content-Length"));
+    if (res->has_header("Inference-Header-Content-Length"))
+      json_size = std::stoul(res->get_header_value("Inference-Header-Content-Length"));
     const json reply_json = json::parse(res->body.substr(0, json_size));
     InferReply reply;
     size_t offset = json_size;
@@ -175,7 +183,8 @@ class HttpClient final : public InferenceClient {
   json get_json(const std::string& path) {
     auto res = client_.Get(path.c_str());
     if (!res) throw ClientError(fmt::format("GET {} failed: {}", path, httplib::to_string(res.error())), true);
-    if (res->status != 200) throw ClientError(fmt::format("GET {} failed ({}): {}", path, res->status, res->body), false);
+    if (res->status != 200)
+      throw ClientError(fmt::format("GET {} failed ({}): {}", path, res->status, res->body), false);
     return json::parse(res->body);
   }
 
@@ -185,7 +194,8 @@ class HttpClient final : public InferenceClient {
 
 }  // namespace
 
-std::unique_ptr<InferenceClient> InferenceClient::connect(const std::string& url, const std::string& model, int64_t timeout_ms) {
+std::unique_ptr<InferenceClient> InferenceClient::connect(const std::string& url, const std::string& model,
+                                                          int64_t timeout_ms) {
   std::string host;
   int port = 0;
   if (url.rfind("grpc://", 0) == 0) {

@@ -58,9 +58,9 @@ class InferenceClient {
 struct RemotePredictOptions {
   std::string url, model = "toptag";
   int concurrency = 16;
-  int retries = 3;          // per request, with exponential back-off
+  int retries = 3;  // per request, with exponential back-off
   int64_t max_jets = 0;
-  bool features = false;    // collect the featurizer outputs too
+  bool features = false;  // collect the featurizer outputs too
   bool show_progress = true;
 };
 

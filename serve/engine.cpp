@@ -13,7 +13,9 @@ namespace toptag {
 using Clock = std::chrono::steady_clock;
 
 namespace {
-int64_t micros(Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
+int64_t micros(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+}
 }  // namespace
 
 BatchingEngine::BatchingEngine(Tagger tagger, const ImageOptions& images, const EngineOptions& options)
@@ -32,7 +34,9 @@ BatchingEngine::BatchingEngine(Tagger tagger, const ImageOptions& images, const 
   for (int i = 0; i < options_.instances; ++i) workers_.emplace_back([this] { work(); });
 }
 
-BatchingEngine::~BatchingEngine() { stop(); }
+BatchingEngine::~BatchingEngine() {
+  stop();
+}
 
 std::string BatchingEngine::describe() const {
   const ResNetConfig& c = tagger_.model->config();
@@ -46,7 +50,8 @@ bool BatchingEngine::running() const {
   return !stopping_;
 }
 
-Tensor BatchingEngine::images_from_constituents(std::span<const float> constituents, int64_t n, int n_constituents) const {
+Tensor BatchingEngine::images_from_constituents(std::span<const float> constituents, int64_t n,
+                                                int n_constituents) const {
   return jet_images(constituents, n, n_constituents, images_);
 }
 
@@ -119,7 +124,8 @@ void BatchingEngine::run_batch(std::vector<Pending>& batch) {
   for (const Pending& p : batch) n += p.images.dim(0);
   try {
     const int64_t per = images_.pixels();
-    Tensor images = batch.size() == 1 ? batch[0].images : Tensor::empty({n, images_.channels, images_.size, images_.size});
+    Tensor images =
+        batch.size() == 1 ? batch[0].images : Tensor::empty({n, images_.channels, images_.size, images_.size});
     if (batch.size() > 1) {
       int64_t row = 0;
       for (const Pending& p : batch) {

@@ -1,10 +1,11 @@
 // The gRPC front end: KServe v2 GRPCInferenceService on top of InferenceService.
+#include "serve/grpc_frontend.h"
+
 #include <grpcpp/grpcpp.h>
 
 #include <cstring>
 
 #include "inference.grpc.pb.h"
-#include "serve/grpc_frontend.h"
 
 namespace toptag {
 
@@ -12,9 +13,12 @@ namespace {
 
 grpc::Status to_status(const RequestError& e) {
   switch (e.kind()) {
-    case RequestError::Kind::not_found: return {grpc::StatusCode::NOT_FOUND, e.what()};
-    case RequestError::Kind::unavailable: return {grpc::StatusCode::UNAVAILABLE, e.what()};
-    case RequestError::Kind::invalid: break;
+    case RequestError::Kind::not_found:
+      return {grpc::StatusCode::NOT_FOUND, e.what()};
+    case RequestError::Kind::unavailable:
+      return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    case RequestError::Kind::invalid:
+      break;
   }
   return {grpc::StatusCode::INVALID_ARGUMENT, e.what()};
 }
@@ -74,8 +78,9 @@ class Service final : public inference::GRPCInferenceService::Service {
                           inference::ModelInferResponse* r) override {
     try {
       if (q->inputs_size() != 1)
-        throw RequestError(RequestError::Kind::invalid,
-                           fmt::format("expected exactly one input (images or constituents), got {}", q->inputs_size()));
+        throw RequestError(
+            RequestError::Kind::invalid,
+            fmt::format("expected exactly one input (images or constituents), got {}", q->inputs_size()));
       const auto& in = q->inputs(0);
       InputTensor t{in.name(), in.datatype(), {in.shape().begin(), in.shape().end()}, {}};
       std::vector<float> aligned;
@@ -85,7 +90,8 @@ class Service final : public inference::GRPCInferenceService::Service {
         const std::string& raw = q->raw_input_contents(0);
         if (raw.size() % 4 != 0)
           throw RequestError(RequestError::Kind::invalid,
-                             fmt::format("raw contents of '{}' are {} bytes, not a whole number of FP32 values", in.name(), raw.size()));
+                             fmt::format("raw contents of '{}' are {} bytes, not a whole number of FP32 values",
+                                         in.name(), raw.size()));
         aligned.resize(raw.size() / 4);
         std::memcpy(aligned.data(), raw.data(), raw.size());  // little-endian FP32, as on every supported host
         t.values = aligned;
@@ -143,7 +149,9 @@ GrpcFrontEnd::GrpcFrontEnd(InferenceService& service, const std::string& host, i
   if (!impl_->server || port_ == 0) fail("cannot listen for gRPC on {}:{} (port in use?)", host, port);
 }
 
-GrpcFrontEnd::~GrpcFrontEnd() { shutdown(); }
+GrpcFrontEnd::~GrpcFrontEnd() {
+  shutdown();
+}
 
 void GrpcFrontEnd::shutdown() {
   if (impl_->server) {

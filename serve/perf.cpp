@@ -147,7 +147,8 @@ std::vector<PerfPoint> measure_local(Tagger& tagger, int image_size, const Local
         model.forward(Var(images));
         ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - s).count());
       }
-      PerfPoint p{"local", 1, num_threads(), batch, summarize(ms, batch, std::chrono::duration<double>(Clock::now() - t0).count(), 0)};
+      PerfPoint p{"local", 1, num_threads(), batch,
+                  summarize(ms, batch, std::chrono::duration<double>(Clock::now() - t0).count(), 0)};
       if (show_progress)
         fmt::print(stderr, "local {} thread(s), batch {:>3}: {:8.1f} images/s, p50 {:.2f} ms\n", p.threads, batch,
                    p.stats.throughput, p.stats.p50_ms);
@@ -159,23 +160,23 @@ std::vector<PerfPoint> measure_local(Tagger& tagger, int image_size, const Local
 }
 
 std::string perf_table(const std::vector<PerfPoint>& points) {
-  std::string out = fmt::format("{:<7} {:>11} {:>7} {:>6} {:>14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}\n", "mode",
-                                "concurrency", "threads", "batch", "inferences/s", "mean ms", "p50 ms", "p90 ms", "p95 ms",
-                                "p99 ms", "errors");
+  std::string out =
+      fmt::format("{:<7} {:>11} {:>7} {:>6} {:>14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}\n", "mode", "concurrency",
+                  "threads", "batch", "inferences/s", "mean ms", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "errors");
   for (const PerfPoint& p : points)
-    out += fmt::format("{:<7} {:>11} {:>7} {:>6} {:>14.1f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>7}\n", p.mode,
-                       p.concurrency, p.threads == 0 ? std::string("-") : std::to_string(p.threads), p.batch,
-                       p.stats.throughput, p.stats.mean_ms, p.stats.p50_ms, p.stats.p90_ms, p.stats.p95_ms, p.stats.p99_ms,
-                       p.stats.errors);
+    out += fmt::format("{:<7} {:>11} {:>7} {:>6} {:>14.1f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>7}\n",
+                       p.mode, p.concurrency, p.threads == 0 ? std::string("-") : std::to_string(p.threads), p.batch,
+                       p.stats.throughput, p.stats.mean_ms, p.stats.p50_ms, p.stats.p90_ms, p.stats.p95_ms,
+                       p.stats.p99_ms, p.stats.errors);
   return out;
 }
 
 void write_perf_csv(const std::string& path, const std::vector<PerfPoint>& points) {
   std::string text = "mode,concurrency,threads,batch,throughput,mean_ms,p50_ms,p90_ms,p95_ms,p99_ms,requests,errors\n";
   for (const PerfPoint& p : points)
-    text += fmt::format("{},{},{},{},{:.3f},{:.4f},{:.4f},{:.4f},{:.4f},{:.4f},{},{}\n", p.mode, p.concurrency, p.threads,
-                        p.batch, p.stats.throughput, p.stats.mean_ms, p.stats.p50_ms, p.stats.p90_ms, p.stats.p95_ms,
-                        p.stats.p99_ms, p.stats.requests, p.stats.errors);
+    text += fmt::format("{},{},{},{},{:.3f},{:.4f},{:.4f},{:.4f},{:.4f},{:.4f},{},{}\n", p.mode, p.concurrency,
+                        p.threads, p.batch, p.stats.throughput, p.stats.mean_ms, p.stats.p50_ms, p.stats.p90_ms,
+                        p.stats.p95_ms, p.stats.p99_ms, p.stats.requests, p.stats.errors);
   write_text_atomically(path, text);
 }
 
@@ -210,8 +211,10 @@ void plot_throughput(const std::string& path, const std::vector<PerfPoint>& poin
   XY served;
   double best_local = 0;
   for (const PerfPoint& p : points) {
-    if (p.mode == "server") served.emplace_back(p.concurrency, p.stats.throughput);
-    else best_local = std::max(best_local, p.stats.throughput);
+    if (p.mode == "server")
+      served.emplace_back(p.concurrency, p.stats.throughput);
+    else
+      best_local = std::max(best_local, p.stats.throughput);
   }
   if (served.empty()) fail("{}: no server measurements to plot", path);
   std::string script =
@@ -219,7 +222,8 @@ void plot_throughput(const std::string& path, const std::vector<PerfPoint>& poin
       "set xlabel 'concurrent clients (one jet per request)'\nset ylabel 'throughput (inferences/s)'\n";
   if (!title.empty()) script += "set title '" + title + "'\n";
   script += "plot '-' with linespoints linewidth 2 pointtype 7 title 'toptag serve'";
-  if (best_local > 0) script += fmt::format(", {} with lines dashtype 2 linewidth 2 title 'best local batched'", best_local);
+  if (best_local > 0)
+    script += fmt::format(", {} with lines dashtype 2 linewidth 2 title 'best local batched'", best_local);
   render_plot(path, 900, 600, script + "\n" + gnuplot_data(served));
 }
 

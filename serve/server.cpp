@@ -18,9 +18,12 @@ constexpr const char* kBinaryHeader = "Inference-Header-Content-Length";  // Tri
 
 int http_status(const RequestError& e) {
   switch (e.kind()) {
-    case RequestError::Kind::not_found: return 404;
-    case RequestError::Kind::unavailable: return 503;
-    case RequestError::Kind::invalid: break;
+    case RequestError::Kind::not_found:
+      return 404;
+    case RequestError::Kind::unavailable:
+      return 503;
+    case RequestError::Kind::invalid:
+      break;
   }
   return 400;
 }
@@ -34,7 +37,9 @@ void send_error(httplib::Response& res, int status, const std::string& message) 
   send_json(res, status, json{{"error", message}});
 }
 
-json metadata_json(const TensorMetadata& t) { return {{"name", t.name}, {"datatype", t.datatype}, {"shape", t.shape}}; }
+json metadata_json(const TensorMetadata& t) {
+  return {{"name", t.name}, {"datatype", t.datatype}, {"shape", t.shape}};
+}
 
 void flatten_numbers(const json& j, std::vector<float>& out) {
   if (j.is_array()) {
@@ -58,7 +63,8 @@ void handle_infer(InferenceService& service, const httplib::Request& req, httpli
       } catch (const std::exception&) {
         throw RequestError(RequestError::Kind::invalid, std::string("bad ") + kBinaryHeader + " header");
       }
-      if (json_size > req.body.size()) throw RequestError(RequestError::Kind::invalid, "JSON header longer than the body");
+      if (json_size > req.body.size())
+        throw RequestError(RequestError::Kind::invalid, "JSON header longer than the body");
     }
     json body;
     try {
@@ -78,7 +84,8 @@ void handle_infer(InferenceService& service, const httplib::Request& req, httpli
       if (in.contains("parameters") && in["parameters"].contains("binary_data_size")) {
         const size_t bytes = in["parameters"]["binary_data_size"].get<size_t>();
         if (json_size + bytes > req.body.size() || bytes % 4 != 0)
-          throw RequestError(RequestError::Kind::invalid, "binary_data_size does not match the binary part of the body");
+          throw RequestError(RequestError::Kind::invalid,
+                             "binary_data_size does not match the binary part of the body");
         values.resize(bytes / 4);
         std::memcpy(values.data(), req.body.data() + json_size, bytes);
       } else {
@@ -96,12 +103,15 @@ void handle_infer(InferenceService& service, const httplib::Request& req, httpli
         if (!o.is_object() || !o.contains("name") || !o["name"].is_string())
           throw RequestError(RequestError::Kind::invalid, "each requested output needs a \"name\"");
         outputs.push_back(o["name"].get<std::string>());
-        binary.push_back(o.contains("parameters") ? o["parameters"].value("binary_data", binary_default) : binary_default);
+        binary.push_back(o.contains("parameters") ? o["parameters"].value("binary_data", binary_default)
+                                                  : binary_default);
       }
     }
     if (outputs.empty()) outputs.push_back("probabilities"), binary.push_back(binary_default);
     const EngineResult r = service.infer(model, version, t, outputs);
-    json response = {{"model_name", service.model_name()}, {"model_version", InferenceService::kVersion}, {"outputs", json::array()}};
+    json response = {{"model_name", service.model_name()},
+                     {"model_version", InferenceService::kVersion},
+                     {"outputs", json::array()}};
     if (body.contains("id")) response["id"] = body["id"];
     std::string blob;
     for (size_t i = 0; i < outputs.size(); ++i) {
@@ -130,7 +140,9 @@ void handle_infer(InferenceService& service, const httplib::Request& req, httpli
 }
 
 void add_routes(httplib::Server& http, InferenceService& s) {
-  http.Get("/v2/health/live", [](const httplib::Request&, httplib::Response& res) { send_json(res, 200, {{"live", true}}); });
+  http.Get("/v2/health/live", [](const httplib::Request&, httplib::Response& res) {
+    send_json(res, 200, {{"live", true}});
+  });
   http.Get("/v2/health/ready", [&s](const httplib::Request&, httplib::Response& res) {
     send_json(res, s.ready() ? 200 : 503, {{"ready", s.ready()}});
   });
@@ -143,8 +155,12 @@ void add_routes(httplib::Server& http, InferenceService& s) {
       json inputs = json::array(), outputs = json::array();
       for (const auto& t : s.inputs()) inputs.push_back(metadata_json(t));
       for (const auto& t : s.outputs()) outputs.push_back(metadata_json(t));
-      send_json(res, 200, {{"name", s.model_name()}, {"versions", {InferenceService::kVersion}}, {"platform", s.platform()},
-                           {"inputs", inputs}, {"outputs", outputs}});
+      send_json(res, 200,
+                {{"name", s.model_name()},
+                 {"versions", {InferenceService::kVersion}},
+                 {"platform", s.platform()},
+                 {"inputs", inputs},
+                 {"outputs", outputs}});
     } catch (const RequestError& e) {
       send_error(res, http_status(e), e.what());
     }
@@ -165,7 +181,8 @@ void add_routes(httplib::Server& http, InferenceService& s) {
   http.Post(R"(/v2/models/([^/]+)/infer)", infer);
   http.Post(R"(/v2/models/([^/]+)/versions/([^/]+)/infer)", infer);
   http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (res.body.empty()) send_error(res, res.status, fmt::format("{} {}: HTTP status {}", req.method, req.path, res.status));
+    if (res.body.empty())
+      send_error(res, res.status, fmt::format("{} {}: HTTP status {}", req.method, req.path, res.status));
   });
 }
 
@@ -222,7 +239,9 @@ InferenceServer::InferenceServer(Tagger tagger, const ImageOptions& images, cons
     if (server) listeners_.emplace_back([server] { server->listen_after_bind(); });
 }
 
-InferenceServer::~InferenceServer() { shutdown(); }
+InferenceServer::~InferenceServer() {
+  shutdown();
+}
 
 void InferenceServer::shutdown() {
   if (stopped_) return;

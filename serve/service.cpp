@@ -31,9 +31,12 @@ InferenceService::InferenceService(BatchingEngine& engine, std::string model_nam
     : engine_(engine), model_name_(std::move(model_name)), limits_(limits) {}
 
 void InferenceService::check_model(const std::string& name, const std::string& version) const {
-  if (name != model_name_) throw RequestError(RequestError::Kind::not_found, fmt::format("unknown model '{}' (this server has '{}')", name, model_name_));
+  if (name != model_name_)
+    throw RequestError(RequestError::Kind::not_found,
+                       fmt::format("unknown model '{}' (this server has '{}')", name, model_name_));
   if (!version.empty() && version != kVersion)
-    throw RequestError(RequestError::Kind::not_found, fmt::format("model '{}' has no version '{}' (only '{}')", name, version, kVersion));
+    throw RequestError(RequestError::Kind::not_found,
+                       fmt::format("model '{}' has no version '{}' (only '{}')", name, version, kVersion));
 }
 
 std::vector<TensorMetadata> InferenceService::inputs() const {
@@ -53,18 +56,24 @@ EngineResult InferenceService::infer(const std::string& model, const std::string
   auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
   bool want_features = false;
   for (const std::string& o : outputs) {
-    if (o == "features") want_features = true;
-    else if (o != "probabilities") throw invalid(fmt::format("unknown output '{}' (probabilities, features)", o));
+    if (o == "features")
+      want_features = true;
+    else if (o != "probabilities")
+      throw invalid(fmt::format("unknown output '{}' (probabilities, features)", o));
   }
-  if (in.datatype != "FP32") throw invalid(fmt::format("input '{}' has datatype '{}'; expected FP32", in.name, in.datatype));
+  if (in.datatype != "FP32")
+    throw invalid(fmt::format("input '{}' has datatype '{}'; expected FP32", in.name, in.datatype));
   for (int64_t d : in.shape)
-    if (d < 0) throw invalid(fmt::format("input '{}' has a negative dimension in shape [{}]", in.name, fmt::join(in.shape, ",")));
+    if (d < 0)
+      throw invalid(
+          fmt::format("input '{}' has a negative dimension in shape [{}]", in.name, fmt::join(in.shape, ",")));
   const std::string shape = fmt::format("[{}]", fmt::join(in.shape, ","));
   Tensor images;
   const ImageOptions& o = engine_.image_options();
   if (in.name == "images") {
     if (in.shape.size() != 4 || in.shape[1] != o.channels || in.shape[2] != o.size || in.shape[3] != o.size)
-      throw invalid(fmt::format("input 'images' must have shape [-1,{},{},{}], got {}", o.channels, o.size, o.size, shape));
+      throw invalid(
+          fmt::format("input 'images' must have shape [-1,{},{},{}], got {}", o.channels, o.size, o.size, shape));
   } else if (in.name == "constituents") {
     if (in.shape.size() != 3 || in.shape[1] != kMaxConstituents || in.shape[2] != 4)
       throw invalid(fmt::format("input 'constituents' must have shape [-1,{},4], got {}", kMaxConstituents, shape));
@@ -99,8 +108,8 @@ EngineResult InferenceService::infer(const std::string& model, const std::string
   metrics_.inference_count += static_cast<uint64_t>(n);
   metrics_.queue_duration_us += static_cast<uint64_t>(r.queue_us);
   metrics_.compute_infer_duration_us += static_cast<uint64_t>(r.compute_us * n / std::max<int64_t>(1, r.batch_images));
-  metrics_.request_duration_us +=
-      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
+  metrics_.request_duration_us += static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
   return r;
 }
 

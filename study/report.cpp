@@ -50,8 +50,9 @@ void plot_training(const fs::path& path, const json& float_run, const json& fine
     ft_loss.emplace_back(last_epoch + r["epoch"].get<double>(), r["val_loss"]);
     ft_auc.emplace_back(last_epoch + r["epoch"].get<double>(), r["val_auc"]);
   }
-  std::string script = "set multiplot layout 1,2\nset grid\nset xlabel 'epoch'\nset key top right\n"
-                       "set offsets graph 0.05, graph 0.05, 0, 0\n";
+  std::string script =
+      "set multiplot layout 1,2\nset grid\nset xlabel 'epoch'\nset key top right\n"
+      "set offsets graph 0.05, graph 0.05, 0, 0\n";
   script += "set title 'loss'\nset ylabel 'cross-entropy'\n";
   script += "plot '-' with linespoints lw 2 pt 7 title 'training', '-' with linespoints lw 2 pt 5 title 'validation'";
   if (!ft_loss.empty()) script += ", '-' with linespoints lw 2 pt 9 title 'validation, quantized fine-tuning'";
@@ -66,10 +67,18 @@ void plot_training(const fs::path& path, const json& float_run, const json& fine
 json perf_rows(const std::vector<PerfPoint>& points) {
   json rows = json::array();
   for (const PerfPoint& p : points)
-    rows.push_back({{"mode", p.mode}, {"concurrency", p.concurrency}, {"threads", p.threads}, {"batch", p.batch},
-                    {"throughput", p.stats.throughput}, {"mean_ms", p.stats.mean_ms}, {"p50_ms", p.stats.p50_ms},
-                    {"p90_ms", p.stats.p90_ms}, {"p95_ms", p.stats.p95_ms}, {"p99_ms", p.stats.p99_ms},
-                    {"requests", p.stats.requests}, {"errors", p.stats.errors}});
+    rows.push_back({{"mode", p.mode},
+                    {"concurrency", p.concurrency},
+                    {"threads", p.threads},
+                    {"batch", p.batch},
+                    {"throughput", p.stats.throughput},
+                    {"mean_ms", p.stats.mean_ms},
+                    {"p50_ms", p.stats.p50_ms},
+                    {"p90_ms", p.stats.p90_ms},
+                    {"p95_ms", p.stats.p95_ms},
+                    {"p99_ms", p.stats.p99_ms},
+                    {"requests", p.stats.requests},
+                    {"errors", p.stats.errors}});
   return rows;
 }
 
@@ -79,8 +88,9 @@ const PerfPoint* find_local(const std::vector<PerfPoint>& points, int threads, i
   return nullptr;
 }
 
-std::string fixed(double v, int digits) { return fmt::format("{:.{}f}", v, digits); }
-
+std::string fixed(double v, int digits) {
+  return fmt::format("{:.{}f}", v, digits);
+}
 
 // The headline speed figures, picked from the perf measurements.
 struct Speed {
@@ -168,10 +178,11 @@ std::string physics_section(const StudyOptions& o, const json& eval, const Compa
 // The paper's Table 1 layout with this machine's figures, then the throughput sweep.
 std::string speed_section(const StudyOptions& o, const Speed& s) {
   std::string md = "## Latency and throughput (the paper's Table 1, on this machine)\n\n";
-  md += fmt::format("The served model (`{}`, {}x{} images, {} fake-quantized) on this machine's CPU, {} hardware "
-                    "threads. Latency is the median time of one call; throughput counts inferences (jets) per "
-                    "second.\n\n",
-                    o.arch, o.image_size, o.image_size, o.format, s.max_threads);
+  md += fmt::format(
+      "The served model (`{}`, {}x{} images, {} fake-quantized) on this machine's CPU, {} hardware "
+      "threads. Latency is the median time of one call; throughput counts inferences (jets) per "
+      "second.\n\n",
+      o.arch, o.image_size, o.image_size, o.format, s.max_threads);
   md += "| platform | batch | latency p50 (ms) | throughput (inferences/s) | paper (Duarte et al. 2019) |\n";
   md += "|---|---|---|---|---|\n";
   std::vector<int> thread_counts{1};
@@ -185,23 +196,27 @@ std::string speed_section(const StudyOptions& o, const Speed& s) {
                         fixed(p->stats.p50_ms, 2), fixed(p->stats.throughput, 1), paper);
     }
   md += "| GPU | - | not measured | not measured | (toptag computes on the CPU) |\n";
-  md += fmt::format("| toptag serve, {} client{} | 1 | {} | {} | Brainwave service: 60 ms (cloud), 10 ms (on premises) |\n",
-                    s.one_client->concurrency, s.one_client->concurrency > 1 ? "s" : "", fixed(s.one_client->stats.p50_ms, 2),
-                    fixed(s.one_client->stats.throughput, 1));
+  md += fmt::format(
+      "| toptag serve, {} client{} | 1 | {} | {} | Brainwave service: 60 ms (cloud), 10 ms (on premises) |\n",
+      s.one_client->concurrency, s.one_client->concurrency > 1 ? "s" : "", fixed(s.one_client->stats.p50_ms, 2),
+      fixed(s.one_client->stats.throughput, 1));
   md += fmt::format("| toptag serve, {} clients (best) | 1 | {} | {} | Brainwave service: 600-700 inferences/s |\n",
                     s.best_server->concurrency, fixed(s.best_server->stats.p50_ms, 2),
                     fixed(s.best_server->stats.throughput, 1));
-  md += "\nThe paper's figures are for its hardware (Xeon CPUs, Brainwave FPGAs in Azure); the CPU figure follows "
-        "from its quoted speed-ups (about 30x for the cloud service at 60 ms, 175x on premises at 10 ms).\n\n";
+  md +=
+      "\nThe paper's figures are for its hardware (Xeon CPUs, Brainwave FPGAs in Azure); the CPU figure follows "
+      "from its quoted speed-ups (about 30x for the cloud service at 60 ms, 175x on premises at 10 ms).\n\n";
   if (s.sixteen)
-    md += fmt::format("With 16 concurrent one-jet clients the service reaches {:.1f} inferences/s, {:.0f}% of the best "
-                      "local batched throughput ({:.1f}/s at batch {}, {} threads). ",
-                      s.sixteen->stats.throughput, 100 * s.sixteen->stats.throughput / s.best_local->stats.throughput,
-                      s.best_local->stats.throughput, s.best_local->batch, s.best_local->threads);
-  md += fmt::format("With {} client{} the served latency is {:.2f} ms against {:.2f} ms for local batch-1 inference "
-                    "(the clients run on the same machine as the server).\n\n",
-                    s.one_client->concurrency, s.one_client->concurrency > 1 ? "s" : "", s.one_client->stats.p50_ms,
-                    s.best_batch1_ms);
+    md += fmt::format(
+        "With 16 concurrent one-jet clients the service reaches {:.1f} inferences/s, {:.0f}% of the best "
+        "local batched throughput ({:.1f}/s at batch {}, {} threads). ",
+        s.sixteen->stats.throughput, 100 * s.sixteen->stats.throughput / s.best_local->stats.throughput,
+        s.best_local->stats.throughput, s.best_local->batch, s.best_local->threads);
+  md += fmt::format(
+      "With {} client{} the served latency is {:.2f} ms against {:.2f} ms for local batch-1 inference "
+      "(the clients run on the same machine as the server).\n\n",
+      s.one_client->concurrency, s.one_client->concurrency > 1 ? "s" : "", s.one_client->stats.p50_ms,
+      s.best_batch1_ms);
   md += "| concurrent clients | throughput (inferences/s) | p50 (ms) | p90 (ms) | p99 (ms) | errors |\n";
   md += "|---|---|---|---|---|---|\n";
   for (const PerfPoint& p : s.server)
@@ -214,18 +229,20 @@ std::string training_section(const json& float_run, const json& finetune_run, co
                              const std::vector<std::pair<std::string, double>>& stage_seconds) {
   std::string md = "## Training\n\n| run | epoch | training loss | validation loss | validation AUC | seconds |\n";
   md += "|---|---|---|---|---|---|\n";
-  for (const auto& [run, rows] : {std::pair{"float", float_run}, std::pair{"fine-tuning", finetune_run},
-                                  std::pair{"head re-tuning", retune_run}})
+  for (const auto& [run, rows] :
+       {std::pair{"float", float_run}, std::pair{"fine-tuning", finetune_run}, std::pair{"head re-tuning", retune_run}})
     for (const json& r : rows)
       md += fmt::format("| {} | {} | {} | {} | {} | {} |\n", run, r.at("epoch").get<double>(),
                         fixed(r.at("train_loss"), 4), fixed(r.at("val_loss"), 4), fixed(r.at("val_auc"), 4),
                         fixed(r.at("seconds"), 1));
   md += "\n![training curves](training.png)\n\n## Stages\n\n| stage | seconds |\n|---|---|\n";
   double total = 0;
-  for (const auto& [name, seconds] : stage_seconds) md += fmt::format("| {} | {:.1f} |\n", name, seconds), total += seconds;
-  md += fmt::format("| total | {:.1f} |\n\nEvery number above is in `metrics.json`; the commands that made them are "
-                    "printed in the study's log, and each can be rerun by hand from the study directory.\n",
-                    total);
+  for (const auto& [name, seconds] : stage_seconds)
+    md += fmt::format("| {} | {:.1f} |\n", name, seconds), total += seconds;
+  md += fmt::format(
+      "| total | {:.1f} |\n\nEvery number above is in `metrics.json`; the commands that made them are "
+      "printed in the study's log, and each can be rerun by hand from the study directory.\n",
+      total);
   return md;
 }
 
@@ -242,7 +259,8 @@ void write_report(const ReportInputs& in) {
   const Predictions served = read_predictions((dir / "predictions/served.h5").string());
   const Comparison diff = compare(served, local, "served");
 
-  const Speed speed(read_perf_csv((dir / "perf/local.csv").string()), read_perf_csv((dir / "perf/server.csv").string()));
+  const Speed speed(read_perf_csv((dir / "perf/local.csv").string()),
+                    read_perf_csv((dir / "perf/server.csv").string()));
   std::vector<PerfPoint> all = speed.local;
   all.insert(all.end(), speed.server.begin(), speed.server.end());
   plot_throughput((report / "throughput_vs_clients.png").string(), all, "toptag serve, one jet per request, " + o.arch);
@@ -254,21 +272,27 @@ void write_report(const ReportInputs& in) {
 
   json stages = json::object();
   for (const auto& [name, seconds] : in.stage_seconds) stages[name] = seconds;
-  const json metrics = {
-      {"models", eval.at("models")},
-      {"served_vs_local",
-       {{"reference", "fine-tuned (local)"},
-        {"max_abs_diff", diff.max_abs_diff},
-        {"mean_abs_diff", diff.mean_abs_diff},
-        {"flip_fraction", diff.flip_fraction},
-        {"auc_diff", diff.auc_diff}}},
-      {"performance", speed.to_json()},
-      {"training", {{"float", float_run}, {"finetune", finetune_run}, {"retune", retune_run}}},
-      {"stage_seconds", stages},
-      {"config",
-       {{"arch", o.arch}, {"format", o.format}, {"image_size", o.image_size}, {"epochs", o.epochs},
-        {"finetune_epochs", o.finetune_epochs}, {"head_epochs", o.head_epochs}, {"train_jets", o.train_jets},
-        {"val_jets", o.val_jets}, {"test_jets", o.test_jets}, {"data", o.data_dir.empty() ? "generated" : o.data_dir}}}};
+  const json metrics = {{"models", eval.at("models")},
+                        {"served_vs_local",
+                         {{"reference", "fine-tuned (local)"},
+                          {"max_abs_diff", diff.max_abs_diff},
+                          {"mean_abs_diff", diff.mean_abs_diff},
+                          {"flip_fraction", diff.flip_fraction},
+                          {"auc_diff", diff.auc_diff}}},
+                        {"performance", speed.to_json()},
+                        {"training", {{"float", float_run}, {"finetune", finetune_run}, {"retune", retune_run}}},
+                        {"stage_seconds", stages},
+                        {"config",
+                         {{"arch", o.arch},
+                          {"format", o.format},
+                          {"image_size", o.image_size},
+                          {"epochs", o.epochs},
+                          {"finetune_epochs", o.finetune_epochs},
+                          {"head_epochs", o.head_epochs},
+                          {"train_jets", o.train_jets},
+                          {"val_jets", o.val_jets},
+                          {"test_jets", o.test_jets},
+                          {"data", o.data_dir.empty() ? "generated" : o.data_dir}}}};
   write_text_atomically((report / "metrics.json").string(), metrics.dump(2) + "\n");
 
   write_text_atomically((report / "REPORT.md").string(),

@@ -8,8 +8,8 @@
 
 #include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -182,8 +182,8 @@ void run_study(const StudyOptions& o) {
   const std::string size = std::to_string(o.image_size);
   const std::string threads = std::to_string(hardware_threads());
   auto concurrency = [&] { return fmt::format("{}", fmt::join(o.concurrency, ",")); };
-  const std::vector<std::string> model_args{"--arch",   o.arch, "--width", std::to_string(o.width), "--hidden",
-                                            std::to_string(o.hidden), "--image-size", size};
+  const std::vector<std::string> model_args{
+      "--arch", o.arch, "--width", std::to_string(o.width), "--hidden", std::to_string(o.hidden), "--image-size", size};
   auto with = [](std::vector<std::string> a, const std::vector<std::string>& b) {
     a.insert(a.end(), b.begin(), b.end());
     return a;
@@ -198,7 +198,8 @@ void run_study(const StudyOptions& o) {
     std::ifstream csv(fs::path(out) / "metrics.csv");
     int rows = -1;  // the header
     for (std::string line; std::getline(csv, line);) ++rows;
-    if (rows < epochs) fail("training in {} stopped after {} of {} epochs; rerun to resume", out, std::max(rows, 0), epochs);
+    if (rows < epochs)
+      fail("training in {} stopped after {} of {} epochs; rerun to resume", out, std::max(rows, 0), epochs);
   };
 
   struct Stage {
@@ -206,32 +207,39 @@ void run_study(const StudyOptions& o) {
     std::function<void()> run;
   };
   const std::vector<Stage> stages = {
-      {"data", real ? "check the reference files in " + o.data_dir
-                    : fmt::format("generate {} training, {} validation and {} test jets", o.train_jets, o.val_jets,
-                                  o.test_jets),
+      {"data",
+       real
+           ? "check the reference files in " + o.data_dir
+           : fmt::format("generate {} training, {} validation and {} test jets", o.train_jets, o.val_jets, o.test_jets),
        [&] {
          if (real) {
            for (const std::string& f : {train, val, test}) toptag.run({"info", f});
            return;
          }
-         toptag.run({"generate", "-o", "train.h5", "--jets", std::to_string(o.train_jets), "--seed", "1", "--ttv", "0"});
+         toptag.run(
+             {"generate", "-o", "train.h5", "--jets", std::to_string(o.train_jets), "--seed", "1", "--ttv", "0"});
          toptag.run({"generate", "-o", "val.h5", "--jets", std::to_string(o.val_jets), "--seed", "2", "--ttv", "2"});
          toptag.run({"generate", "-o", "test.h5", "--jets", std::to_string(o.test_jets), "--seed", "3", "--ttv", "1"});
        }},
       {"train", fmt::format("train {} with the paper's recipe (Adam 1e-3, batch 64), {} epochs", o.arch, o.epochs),
-       [&] { train_run("float", with(with({"--train", train, "--val", val}, model_args), train_limit), o.epochs); }},
+       [&] {
+         train_run("float", with(with({"--train", train, "--val", val}, model_args), train_limit), o.epochs);
+       }},
       {"float", "predict the test set with the float model",
        [&] {
          fs::create_directories("predictions");
-         toptag.run(with({"predict", "-c", "float/best.h5", "-i", test, "-o", "predictions/float.h5"}, max_jets(o.test_jets)));
+         toptag.run(
+             with({"predict", "-c", "float/best.h5", "-i", test, "-o", "predictions/float.h5"}, max_jets(o.test_jets)));
        }},
       {"quantize", "quantize to " + o.format + " (batch norms folded) and predict, before fine-tuning",
        [&] {
          toptag.run({"quantize", "-c", "float/best.h5", "--format", o.format, "-o", "quantized.h5"});
-         toptag.run(with({"predict", "-c", "quantized.h5", "-i", test, "-o", "predictions/quantized.h5"}, max_jets(o.test_jets)));
+         toptag.run(with({"predict", "-c", "quantized.h5", "-i", test, "-o", "predictions/quantized.h5"},
+                         max_jets(o.test_jets)));
        }},
-      {"finetune", fmt::format("fine-tune the quantized model (lr {:g}, {} epoch(s)) and predict", o.finetune_lr,
-                               o.finetune_epochs),
+      {"finetune",
+       fmt::format("fine-tune the quantized model (lr {:g}, {} epoch(s)) and predict", o.finetune_lr,
+                   o.finetune_epochs),
        [&] {
          train_run("finetuned",
                    with({"--train", train, "--val", val, "--init", "quantized.h5", "--quantize", o.format, "--lr",
@@ -252,8 +260,8 @@ void run_study(const StudyOptions& o) {
          const std::string url = fmt::format("grpc://127.0.0.1:{}", server.grpc_port());
          toptag.run(with({"predict", "--server", url, "-i", test, "-o", "predictions/served.h5", "--concurrency", "16"},
                          max_jets(o.test_jets)));
-         for (const auto& [set, file, n] : {std::tuple{"train", train, o.train_jets}, std::tuple{"val", val, o.val_jets},
-                                            std::tuple{"test", test, o.test_jets}})
+         for (const auto& [set, file, n] : {std::tuple{"train", train, o.train_jets},
+                                            std::tuple{"val", val, o.val_jets}, std::tuple{"test", test, o.test_jets}})
            toptag.run(with({"features", "--server", url, "-i", file, "-o", fmt::format("features/{}.h5", set),
                             "--concurrency", "16"},
                            max_jets(n)));
@@ -267,13 +275,13 @@ void run_study(const StudyOptions& o) {
                    {"--features", "features/train.h5", "--val", "features/val.h5", "--init", "finetuned/best.h5",
                     "--lr", fmt::format("{:g}", o.head_lr)},
                    o.head_epochs);
-         toptag.run({"predict", "-c", "retuned/best.h5", "-i", "features/test.h5", "-o",
-                     "predictions/served_retuned.h5"});
+         toptag.run(
+             {"predict", "-c", "retuned/best.h5", "-i", "features/test.h5", "-o", "predictions/served_retuned.h5"});
        }},
       {"local-perf", "in-process latency and throughput: 1 and " + threads + " threads, batch 1 and 32",
        [&] {
-         toptag.run({"perf", "--local", "-c", "finetuned/best.h5", "--batch", "1,32", "--threads", fmt::format("1,{}", threads),
-                     "--duration", o.perf_duration, "--csv", "perf/local.csv"});
+         toptag.run({"perf", "--local", "-c", "finetuned/best.h5", "--batch", "1,32", "--threads",
+                     fmt::format("1,{}", threads), "--duration", o.perf_duration, "--csv", "perf/local.csv"});
        }},
       {"evaluate", "evaluate all five prediction sets (served compared with the local fine-tuned model)",
        [&] {
@@ -281,8 +289,8 @@ void run_study(const StudyOptions& o) {
          toptag.run({"eval", "-p", "predictions/float.h5", "predictions/quantized.h5", "predictions/finetuned.h5",
                      "predictions/served.h5", "predictions/served_retuned.h5", "--names",
                      "float,quantized,fine-tuned,served,served+retuned", "--json", "report/eval.json", "--plot",
-                     "report/roc.png", "--title", o.arch + " top tagger: float, " + o.format + ", served",
-                     "--roc-csv", "report/roc", "--reference", "predictions/finetuned.h5"});
+                     "report/roc.png", "--title", o.arch + " top tagger: float, " + o.format + ", served", "--roc-csv",
+                     "report/roc", "--reference", "predictions/finetuned.h5"});
        }},
   };
 

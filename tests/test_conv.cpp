@@ -24,22 +24,21 @@ TEST_P(ConvVsReference, ForwardMatches) {
   testing::expect_close(y.value(), conv2d_forward_ref(x, w, nullptr, {c.stride, c.pad}), "conv forward", 1e-4, 1e-5);
   Var b_var(b);
   Var yb = conv2d(Var(x), Var(w), &b_var, {c.stride, c.pad});
-  testing::expect_close(yb.value(), conv2d_forward_ref(x, w, &b, {c.stride, c.pad}), "conv forward + bias", 1e-4,
-                        1e-5);
+  testing::expect_close(yb.value(), conv2d_forward_ref(x, w, &b, {c.stride, c.pad}), "conv forward + bias", 1e-4, 1e-5);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    ResNetGeometries, ConvVsReference,
-    ::testing::Values(ConvCase{3, 1, 40, 8, 7, 2, 3},    // stem at 40x40
-                      ConvCase{4, 8, 10, 8, 3, 1, 1},    // 3x3 batched path
-                      ConvCase{4, 8, 10, 16, 1, 1, 0},   // 1x1 batched (channel-major copy)
-                      ConvCase{2, 8, 20, 16, 1, 1, 0},   // 1x1 per-image GEMM (400 pixels)
-                      ConvCase{2, 8, 20, 8, 3, 1, 1},    // 3x3 per-image (400 pixels)
-                      ConvCase{5, 8, 5, 16, 1, 2, 0},    // strided 1x1 downsample
-                      ConvCase{5, 8, 5, 8, 3, 2, 1},     // strided 3x3
-                      ConvCase{1, 3, 2, 4, 3, 1, 1},     // tiny image, padding everywhere
-                      ConvCase{2, 1, 2, 4, 7, 2, 3},     // stem on a 2x2 image: most taps fall in padding
-                      ConvCase{2, 2, 3, 4, 7, 2, 3}));
+INSTANTIATE_TEST_SUITE_P(ResNetGeometries, ConvVsReference,
+                         ::testing::Values(ConvCase{3, 1, 40, 8, 7, 2, 3},   // stem at 40x40
+                                           ConvCase{4, 8, 10, 8, 3, 1, 1},   // 3x3 batched path
+                                           ConvCase{4, 8, 10, 16, 1, 1, 0},  // 1x1 batched (channel-major copy)
+                                           ConvCase{2, 8, 20, 16, 1, 1, 0},  // 1x1 per-image GEMM (400 pixels)
+                                           ConvCase{2, 8, 20, 8, 3, 1, 1},   // 3x3 per-image (400 pixels)
+                                           ConvCase{5, 8, 5, 16, 1, 2, 0},   // strided 1x1 downsample
+                                           ConvCase{5, 8, 5, 8, 3, 2, 1},    // strided 3x3
+                                           ConvCase{1, 3, 2, 4, 3, 1, 1},    // tiny image, padding everywhere
+                                           ConvCase{2, 1, 2, 4, 7, 2,
+                                                    3},  // stem on a 2x2 image: most taps fall in padding
+                                           ConvCase{2, 2, 3, 4, 7, 2, 3}));
 
 TEST(Conv, ResultsDoNotDependOnThreadCount) {
   Rng rng(12);

@@ -16,7 +16,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string fixture() { return testing::data_path("reference_format_sample.h5"); }
+std::string fixture() {
+  return testing::data_path("reference_format_sample.h5");
+}
 
 fs::path temp_file(const std::string& name) {
   return fs::temp_directory_path() / ("toptag_data_" + std::to_string(::getpid()) + "_" + name);
@@ -194,8 +196,8 @@ std::vector<float> image_of(const std::vector<float>& jet, const ImageOptions& o
   return img;
 }
 
-const std::vector<std::array<double, 3>> kThreeProngs = {
-    {300, 0.0, 0.0}, {150, 0.25, 0.1}, {90, -0.1, 0.3}, {20, 0.05, -0.2}, {8, -0.3, -0.1}, {4, 0.4, 0.35}};
+const std::vector<std::array<double, 3>> kThreeProngs = {{300, 0.0, 0.0},  {150, 0.25, 0.1}, {90, -0.1, 0.3},
+                                                         {20, 0.05, -0.2}, {8, -0.3, -0.1},  {4, 0.4, 0.35}};
 
 TEST(JetImage, IntensitySumsToOneAndPaddingIsIgnored) {
   ImageOptions o;
@@ -216,7 +218,8 @@ TEST(JetImage, RotationInEtaPhiGivesTheSameImage) {
   for (double angle : {0.4, 1.3, 2.9, -2.0}) {
     std::vector<std::array<double, 3>> rotated;
     for (const auto& h : kThreeProngs)
-      rotated.push_back({h[0], h[1] * std::cos(angle) - h[2] * std::sin(angle), h[1] * std::sin(angle) + h[2] * std::cos(angle)});
+      rotated.push_back(
+          {h[0], h[1] * std::cos(angle) - h[2] * std::sin(angle), h[1] * std::sin(angle) + h[2] * std::cos(angle)});
     const std::vector<float> img = image_of(make_jet(rotated, 0.0, 0.0), o);
     double diff = 0;
     for (size_t i = 0; i < img.size(); ++i) diff += std::abs(img[i] - reference[i]);

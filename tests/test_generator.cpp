@@ -68,7 +68,7 @@ TEST(Generator, PhysicsSanity) {
   EXPECT_NEAR(median(top_mass), 173, 15);
   EXPECT_LT(median(qcd_mass), 120);
   int64_t qcd_low = 0, qcd_high = 0;
-  for (double m : qcd_mass) qcd_low += m < 100, qcd_high += m > 200;
+  for (double m : qcd_mass) qcd_low += m<100, qcd_high += m> 200;
   EXPECT_GT(qcd_low, 4 * qcd_high);
   // Constituent counts are in the tens.
   EXPECT_GT(median(multiplicity), 20);

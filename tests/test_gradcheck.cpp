@@ -1,12 +1,12 @@
 // Finite-difference gradient checks of every op through the one harness in testing.h.
+#include <gtest/gtest-spi.h>
+
 #include "nn/ops/batchnorm2d.h"
 #include "nn/ops/conv2d.h"
 #include "nn/ops/elementwise.h"
 #include "nn/ops/linear.h"
 #include "nn/ops/pool.h"
 #include "nn/ops/softmax.h"
-#include <gtest/gtest-spi.h>
-
 #include "testing.h"
 
 namespace toptag {
@@ -17,13 +17,18 @@ using testing::random_tensor;
 
 TEST(GradCheck, Conv2dAllGeometries) {
   Rng rng(1);
-  struct Case { int k, stride, pad; int64_t h; };
+  struct Case {
+    int k, stride, pad;
+    int64_t h;
+  };
   for (Case c : {Case{3, 1, 1, 5}, Case{3, 2, 1, 6}, Case{1, 1, 0, 4}, Case{1, 2, 0, 5}, Case{7, 2, 3, 8}}) {
     Tensor x = random_tensor({2, 3, c.h, c.h}, rng), w = random_tensor({4, 3, c.k, c.k}, rng, 0.5),
            b = random_tensor({4}, rng);
     expect_gradients_match(
-        [&](std::vector<Var>& v) { return conv2d(v[0], v[1], &v[2], {c.stride, c.pad}); }, {x, w, b},
-        "conv2d k" + std::to_string(c.k) + " s" + std::to_string(c.stride));
+        [&](std::vector<Var>& v) {
+          return conv2d(v[0], v[1], &v[2], {c.stride, c.pad});
+        },
+        {x, w, b}, "conv2d k" + std::to_string(c.k) + " s" + std::to_string(c.stride));
   }
 }
 
@@ -80,7 +85,8 @@ TEST(GradCheck, HarnessCatchesAWrongGradient) {
     Tensor y = v[0].value().clone();
     return record_op(std::move(y), {&v[0]}, [s = v[0].slot()](const Tensor& gy) {
       GradSink sink = grad_sink(*s, gy.shape());
-      for (int64_t i = 0; i < gy.numel(); ++i) sink.data[i] = (sink.accumulate ? sink.data[i] : 0.0f) + 2 * gy.data()[i];
+      for (int64_t i = 0; i < gy.numel(); ++i)
+        sink.data[i] = (sink.accumulate ? sink.data[i] : 0.0f) + 2 * gy.data()[i];
     });
   };
   Rng rng(7);

@@ -20,7 +20,9 @@ TEST(Metrics, AccuracyCountsScoresAboveOneHalfAsTop) {
   EXPECT_DOUBLE_EQ(accuracy(s, l), 0.5);
 }
 
-double auc_of(std::vector<float> scores, std::vector<int64_t> labels) { return auc(scores, labels); }
+double auc_of(std::vector<float> scores, std::vector<int64_t> labels) {
+  return auc(scores, labels);
+}
 
 TEST(Metrics, AucOnHandComputedCases) {
   // Perfect, inverted and random-looking classifiers.
@@ -58,7 +60,7 @@ TEST(Metrics, RocCurveAndInterpolatedRejection) {
   EXPECT_DOUBLE_EQ(roc[0].eps_s, 0.0);
   EXPECT_DOUBLE_EQ(roc[1].eps_s, 0.25);  // threshold 0.9
   EXPECT_DOUBLE_EQ(roc[1].eps_b, 0.0);
-  EXPECT_DOUBLE_EQ(roc[2].eps_b, 0.2);   // threshold 0.8
+  EXPECT_DOUBLE_EQ(roc[2].eps_b, 0.2);  // threshold 0.8
   EXPECT_DOUBLE_EQ(roc.back().eps_s, 1.0);
   EXPECT_DOUBLE_EQ(roc.back().eps_b, 1.0);
   // eps_S = 0.3 lies between (0.25, eps_B 0.2) at threshold 0.8 and (0.5, eps_B 0.2) at 0.7:

@@ -112,7 +112,8 @@ TEST_F(GoldenTest, StridedBottleneckWithDownsample) {
   expect_close(y.value(), golden.get(g, "y"), "bottleneck y");
   backward(y, golden.get(g, "gy"));
   expect_close(x.grad(), golden.get(g, "gx"), "bottleneck gx", 2e-4);
-  for (auto& p : state.parameters) expect_close(p.var->grad(), golden.get(g, "grads/" + p.name), "grad " + p.name, 2e-4);
+  for (auto& p : state.parameters)
+    expect_close(p.var->grad(), golden.get(g, "grads/" + p.name), "grad " + p.name, 2e-4);
   for (auto& b : state.buffers) expect_close(*b.tensor, golden.get(g, "buffers_after/" + b.name), b.name);
 }
 

@@ -5,12 +5,12 @@
 #include <cmath>
 #include <filesystem>
 
+#include "datasets/generator.h"
+#include "eval/metrics.h"
 #include "nn/checkpoint.h"
 #include "nn/ops/softmax.h"
 #include "quantize/model.h"
 #include "testing.h"
-#include "datasets/generator.h"
-#include "eval/metrics.h"
 #include "training/adam.h"
 #include "training/inference.h"
 #include "training/trainer.h"
@@ -23,7 +23,9 @@ constexpr double kExact = 0.0;
 constexpr double kFoldTolerance = 1e-5;
 constexpr const char* kAggressive = "bfp<3,1,64>";  // one magnitude bit, 3-bit shared exponents
 
-double fixed(double x, const char* spec) { return fixed_ref(x, Format::parse(spec)); }
+double fixed(double x, const char* spec) {
+  return fixed_ref(x, Format::parse(spec));
+}
 
 TEST(FixedPoint, HandComputedValuesFromTheApFixedSemantics) {
   // The examples.
@@ -34,9 +36,9 @@ TEST(FixedPoint, HandComputedValuesFromTheApFixedSemantics) {
   // TRN floors (also for negatives); RND_CONV rounds half to even.
   EXPECT_EQ(fixed(1.4, "fixed<3,2>"), 1.0);
   EXPECT_EQ(fixed(-0.1, "fixed<3,2>"), -0.5);
-  EXPECT_EQ(fixed(1.25, "fixed<3,2,RND_CONV>"), 1.0);   // 2.5 LSB -> 2
-  EXPECT_EQ(fixed(0.75, "fixed<3,2,RND_CONV>"), 1.0);   // 1.5 LSB -> 2
-  EXPECT_EQ(fixed(-0.75, "fixed<3,2,RND_CONV>"), -1.0); // -1.5 LSB -> -2
+  EXPECT_EQ(fixed(1.25, "fixed<3,2,RND_CONV>"), 1.0);    // 2.5 LSB -> 2
+  EXPECT_EQ(fixed(0.75, "fixed<3,2,RND_CONV>"), 1.0);    // 1.5 LSB -> 2
+  EXPECT_EQ(fixed(-0.75, "fixed<3,2,RND_CONV>"), -1.0);  // -1.5 LSB -> -2
   // WRAP keeps the low W bits in two's complement: 9 -> 9 - 16 = -7, 19 -> 3, -9 -> 7.
   EXPECT_EQ(fixed(9, "fixed<4,4>"), -7);
   EXPECT_EQ(fixed(19, "fixed<4,4>"), 3);
@@ -106,8 +108,9 @@ TEST(BlockFloatingPoint, PresetsAreTheDocumentedFormats) {
 }
 
 // Every format, through the tensor quantizer used in the forward pass.
-const char* const kAllFormats[] = {"fixed<8,3,RND,SAT>", "fixed<6,2>", "fixed<16,6,RND_CONV,WRAP>", "ms-fp8",
-                                   "ms-fp9", "msfp12", "msfp16", "mxint8", "bfp<3,1,5>", "int8"};
+const char* const kAllFormats[] = {
+    "fixed<8,3,RND,SAT>", "fixed<6,2>", "fixed<16,6,RND_CONV,WRAP>", "ms-fp8", "ms-fp9", "msfp12", "msfp16", "mxint8",
+    "bfp<3,1,5>",         "int8"};
 
 TEST(Quantizers, TensorPathMatchesTheScalarReferences) {
   Rng rng(2);
@@ -127,9 +130,12 @@ TEST(Quantizers, TensorPathMatchesTheScalarReferences) {
           const int e = f.kind == FormatKind::bfp ? bfp_block_ref(block, f, m) : 0;
           for (size_t k = 0; k < block.size(); ++k) {
             double want;
-            if (f.kind == FormatKind::fixed) want = fixed_ref(block[k], f);
-            else if (f.kind == FormatKind::bfp) want = std::ldexp(static_cast<double>(m[k]), e + 1 - f.mantissa_bits);
-            else continue;  // int8 scales are per output channel: checked below
+            if (f.kind == FormatKind::fixed)
+              want = fixed_ref(block[k], f);
+            else if (f.kind == FormatKind::bfp)
+              want = std::ldexp(static_cast<double>(m[k]), e + 1 - f.mantissa_bits);
+            else
+              continue;  // int8 scales are per output channel: checked below
             ASSERT_EQ(y.data()[(o * l.axis + a0 + static_cast<int64_t>(k)) * l.inner + i], static_cast<float>(want))
                 << spec;
           }
@@ -187,7 +193,8 @@ TEST(StraightThrough, MaskedZeroesOutOfRangeIdentityPassesAll) {
     EXPECT_EQ(y.value().data()[0], -2.0f);
     EXPECT_EQ(y.value().data()[1], 0.25f);
     backward(y, Tensor::full({2, 2}, 1.0f));
-    const std::vector<float> want = mode == SteMode::masked ? std::vector<float>{0, 1, 1, 0} : std::vector<float>{1, 1, 1, 1};
+    const std::vector<float> want =
+        mode == SteMode::masked ? std::vector<float>{0, 1, 1, 0} : std::vector<float>{1, 1, 1, 1};
     for (int i = 0; i < 4; ++i) EXPECT_EQ(x.grad().data()[i], want[i]) << i;
   }
   // The identity STE through the generic gradient checker: d/dx of sum(q(x) * r) taken as r.
@@ -203,7 +210,9 @@ TEST(Folding, FoldedModelMatchesTheUnfoldedOneInEvalMode) {
   ResNet model(ResNetConfig{"resnet18", 1, 8, 16, 2}, 5);
   Rng rng(6);
   for (auto& b : model.state().buffers)  // non-trivial running statistics
-    for (float& v : b.tensor->span()) v = b.name.find("var") != std::string::npos ? 0.5f + static_cast<float>(rng.uniform()) : static_cast<float>(0.2 * rng.normal());
+    for (float& v : b.tensor->span())
+      v = b.name.find("var") != std::string::npos ? 0.5f + static_cast<float>(rng.uniform())
+                                                  : static_cast<float>(0.2 * rng.normal());
   for (auto& p : model.state().parameters)
     if (p.name.find("bn") != std::string::npos || p.name.find("downsample.1") != std::string::npos)
       for (float& v : p.var->value().span()) v += static_cast<float>(0.3 * rng.normal());

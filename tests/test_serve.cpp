@@ -6,8 +6,8 @@
 #include <httplib.h>
 
 #include <atomic>
-#include <mutex>
 #include <cstring>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
@@ -245,14 +245,16 @@ TEST_F(ServeTest, GrpcBadRequestsAreRefusedAndTheServerKeepsServing) {
   }
   cases.push_back({"wrong shape", raw_request(one, {1, 1, kSize, kSize + 1}), grpc::StatusCode::INVALID_ARGUMENT,
                    "must have shape [-1,1,16,16]"});
-  cases.push_back({"short raw contents", raw_request(std::vector<float>(one.begin(), one.end() - 1), {1, 1, kSize, kSize}),
+  cases.push_back({"short raw contents",
+                   raw_request(std::vector<float>(one.begin(), one.end() - 1), {1, 1, kSize, kSize}),
                    grpc::StatusCode::INVALID_ARGUMENT, "needs 256 values"});
   {
     auto q = raw_request(one, {1, 1, kSize, kSize});
     q.mutable_raw_input_contents(0)->push_back('x');
     cases.push_back({"ragged raw contents", q, grpc::StatusCode::INVALID_ARGUMENT, "not a whole number of FP32"});
   }
-  cases.push_back({"empty batch", raw_request({}, {0, 1, kSize, kSize}), grpc::StatusCode::INVALID_ARGUMENT, "empty batch"});
+  cases.push_back(
+      {"empty batch", raw_request({}, {0, 1, kSize, kSize}), grpc::StatusCode::INVALID_ARGUMENT, "empty batch"});
   cases.push_back({"too many jets", raw_request({}, {5000, 1, kSize, kSize}), grpc::StatusCode::INVALID_ARGUMENT,
                    "exceed the server's limit of 4096"});
   cases.push_back({"absurd shape", raw_request({}, {int64_t(1) << 62, 1, kSize, kSize}),
@@ -319,9 +321,10 @@ TEST_F(ServeTest, HttpEndpoints) {
 TEST_F(ServeTest, HttpInferJsonAndBinary) {
   const std::vector<float> images = random_images(2, 3);
   const std::vector<float> expected = local_probabilities(images, 2);
-  json body = {{"id", "a7"},
-               {"inputs", {{{"name", "images"}, {"shape", {2, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", images}}}},
-               {"outputs", {{{"name", "probabilities"}}, {{"name", "features"}}}}};
+  json body = {
+      {"id", "a7"},
+      {"inputs", {{{"name", "images"}, {"shape", {2, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", images}}}},
+      {"outputs", {{{"name", "probabilities"}}, {{"name", "features"}}}}};
   auto res = http->Post("/v2/models/toptag/infer", body.dump(), "application/json");
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200) << res->body;
@@ -338,7 +341,8 @@ TEST_F(ServeTest, HttpInferJsonAndBinary) {
   for (int n = 0; n < 2; ++n) {
     json rows = json::array();
     for (int y = 0; y < kSize; ++y)
-      rows.push_back(std::vector<float>(images.begin() + (n * kSize + y) * kSize, images.begin() + (n * kSize + y + 1) * kSize));
+      rows.push_back(
+          std::vector<float>(images.begin() + (n * kSize + y) * kSize, images.begin() + (n * kSize + y + 1) * kSize));
     nested.push_back(json::array({rows}));
   }
   body["inputs"][0]["data"] = nested;
@@ -347,8 +351,11 @@ TEST_F(ServeTest, HttpInferJsonAndBinary) {
   EXPECT_EQ(json::parse(res->body)["outputs"][0]["data"].get<std::vector<float>>(), got);
 
   // Triton's binary tensor extension: JSON header, then raw little-endian tensors.
-  json head = {{"inputs", {{{"name", "images"}, {"shape", {2, 1, kSize, kSize}}, {"datatype", "FP32"},
-                            {"parameters", {{"binary_data_size", images.size() * 4}}}}}},
+  json head = {{"inputs",
+                {{{"name", "images"},
+                  {"shape", {2, 1, kSize, kSize}},
+                  {"datatype", "FP32"},
+                  {"parameters", {{"binary_data_size", images.size() * 4}}}}}},
                {"outputs", {{{"name", "probabilities"}, {"parameters", {{"binary_data", true}}}}}}};
   const std::string header = head.dump();
   std::string payload = header;
@@ -512,9 +519,12 @@ TEST(Serve, PortInUseIsAClearError) {
     ServerOptions o;
     o.host = "127.0.0.1";
     o.grpc_port = o.http_port = o.metrics_port = 0;
-    int& port = std::string(which) == "grpc" ? o.grpc_port : std::string(which) == "http" ? o.http_port : o.metrics_port;
-    port = std::string(which) == "grpc" ? first->grpc_port() : std::string(which) == "http" ? first->http_port()
-                                                                                                : first->metrics_port();
+    int& port = std::string(which) == "grpc"   ? o.grpc_port
+                : std::string(which) == "http" ? o.http_port
+                                               : o.metrics_port;
+    port = std::string(which) == "grpc"   ? first->grpc_port()
+           : std::string(which) == "http" ? first->http_port()
+                                          : first->metrics_port();
     try {
       InferenceServer second(tiny_tagger(), tiny_images(), o);
       ADD_FAILURE() << which << ": a second server bound port " << port;

@@ -2,9 +2,9 @@
 // the same command: every report file exists, every metric is a number in range, a rerun resumes
 // instead of redoing, and a failing stage stops the study with its name.
 #include <gtest/gtest.h>
-#include <unistd.h>
-#include <sys/wait.h>
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -59,8 +59,8 @@ CommandResult* StudyTest::first_ = nullptr;
 
 TEST_F(StudyTest, WritesEveryReportFile) {
   ASSERT_EQ(first_->code, 0) << first_->output;
-  for (const char* f : {"REPORT.md", "metrics.json", "eval.json", "roc.png", "throughput_vs_clients.png",
-                        "training.png"}) {
+  for (const char* f :
+       {"REPORT.md", "metrics.json", "eval.json", "roc.png", "throughput_vs_clients.png", "training.png"}) {
     const fs::path p = *dir_ / "report" / f;
     ASSERT_TRUE(fs::exists(p)) << p;
     EXPECT_GT(fs::file_size(p), 100u) << p;
@@ -108,7 +108,8 @@ TEST_F(StudyTest, EveryMetricIsANumberInRange) {
   ASSERT_EQ(m.at("training").at("float").size(), 1u);
   const double auc = m["training"]["float"][0].at("val_auc").get<double>();
   EXPECT_TRUE(auc >= 0 && auc <= 1);
-  for (const char* stage : {"data", "train", "float", "quantize", "finetune", "serve", "retune", "local-perf", "evaluate"})
+  for (const char* stage :
+       {"data", "train", "float", "quantize", "finetune", "serve", "retune", "local-perf", "evaluate"})
     EXPECT_GE(m.at("stage_seconds").at(stage).get<double>(), 0) << stage;
   // The report's table holds the same numbers as eval.json.
   std::ifstream md_in(*dir_ / "report" / "REPORT.md");

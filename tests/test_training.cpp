@@ -105,7 +105,8 @@ TEST_F(TrainingTest, FrozenBackboneChangesOnlyTheHead) {
   head.init_path = (fs::path(base.output_dir) / "last.h5").string();
   head.freeze_backbone = true;
   train(head, nullptr);
-  std::unique_ptr<ResNet> before = load_model(head.init_path), after = load_model((fs::path(head.output_dir) / "last.h5").string());
+  std::unique_ptr<ResNet> before = load_model(head.init_path),
+                          after = load_model((fs::path(head.output_dir) / "last.h5").string());
   StateList sb = before->state(), sa = after->state();
   for (size_t i = 0; i < sb.parameters.size(); ++i) {
     const bool is_head = sb.parameters[i].name.rfind("fc", 0) == 0;

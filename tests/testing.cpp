@@ -6,7 +6,9 @@
 
 namespace toptag::testing {
 
-std::string data_path(const std::string& file) { return std::string(TOPTAG_TEST_DATA) + "/" + file; }
+std::string data_path(const std::string& file) {
+  return std::string(TOPTAG_TEST_DATA) + "/" + file;
+}
 
 Golden::Golden() : path_(data_path("torch_ops_golden.h5")), file_(h5_open(path_)) {}
 

@@ -43,7 +43,7 @@ struct GradCheckOptions {
   std::vector<double> steps = {1e-2, 3e-3, 1e-3};
   double rtol = 2e-2;
   double atol = 2e-3;
-  int max_coordinates = 48;  // per input, chosen at random when an input is larger
+  int max_coordinates = 48;               // per input, chosen at random when an input is larger
   int min_checked_fraction_percent = 50;  // fail if kinks hide more than half the coordinates
 };
 using VarFunction = std::function<Var(std::vector<Var>&)>;

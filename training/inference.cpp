@@ -2,9 +2,9 @@
 
 #include <cmath>
 
-#include "nn/ops/softmax.h"
 #include "nn/check.h"
 #include "nn/h5.h"
+#include "nn/ops/softmax.h"
 #include "nn/progress.h"
 
 namespace toptag {
@@ -83,12 +83,14 @@ bool is_features_file(const std::string& path) {
 
 FeatureSet read_features(const std::string& path, int64_t max_rows) {
   H5Id f = h5_open(path);
-  if (!h5_exists(f.get(), "features")) fail("{}: not a features file (no /features; make one with toptag features)", path);
+  if (!h5_exists(f.get(), "features"))
+    fail("{}: not a features file (no /features; make one with toptag features)", path);
   FeatureSet set;
   set.features = h5_read_tensor(f.get(), "features", path);
   set.labels = h5_read_int64(f.get(), "labels", path);
   if (set.features.rank() != 2 || set.features.dim(0) != static_cast<int64_t>(set.labels.size()))
-    fail("{}: /features must be [N, F] with N = {} labels, found {}", path, set.labels.size(), set.features.shape().str());
+    fail("{}: /features must be [N, F] with N = {} labels, found {}", path, set.labels.size(),
+         set.features.shape().str());
   if (max_rows > 0 && max_rows < set.features.dim(0)) {
     const int64_t F = set.features.dim(1);
     Tensor head = Tensor::empty({max_rows, F});
@@ -109,8 +111,7 @@ void write_features(const std::string& path, const FeatureSet& set, const std::s
 
 InferenceResult run_head(ResNet& model, const FeatureSet& set, const InferenceOptions& options) {
   const int64_t F = set.features.dim(1);
-  if (F != model.feature_dim())
-    fail("features have {} columns but the model's head takes {}", F, model.feature_dim());
+  if (F != model.feature_dim()) fail("features have {} columns but the model's head takes {}", F, model.feature_dim());
   NoGradGuard no_grad;
   model.set_training(false);
   const int64_t n = options.max_jets > 0 ? std::min(options.max_jets, set.features.dim(0)) : set.features.dim(0);

@@ -17,8 +17,8 @@ struct InferenceOptions {
 };
 
 struct InferenceResult {
-  Predictions predictions;   // score = softmax probability of top
-  double mean_loss = 0;      // cross-entropy, when labelled
+  Predictions predictions;  // score = softmax probability of top
+  double mean_loss = 0;     // cross-entropy, when labelled
   NonFiniteReport dropped;
 };
 

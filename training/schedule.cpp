@@ -15,7 +15,8 @@ void validate(const ScheduleOptions& o) {
     fail("step schedule needs step epochs > 0 and gamma > 0 (got {}, {})", o.step_epochs, o.gamma);
 }
 
-double learning_rate(double base, const ScheduleOptions& o, int64_t step, int64_t steps_per_epoch, int64_t total_steps) {
+double learning_rate(double base, const ScheduleOptions& o, int64_t step, int64_t steps_per_epoch,
+                     int64_t total_steps) {
   double lr = base;
   if (o.kind == "step") {
     const double epoch = static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, steps_per_epoch));
@@ -24,7 +25,8 @@ double learning_rate(double base, const ScheduleOptions& o, int64_t step, int64_
     const double t = std::min(1.0, static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, total_steps)));
     lr *= 0.5 * (1 + std::cos(std::numbers::pi * t));
   }
-  if (o.warmup_steps > 0 && step < o.warmup_steps) lr *= static_cast<double>(step + 1) / static_cast<double>(o.warmup_steps);
+  if (o.warmup_steps > 0 && step < o.warmup_steps)
+    lr *= static_cast<double>(step + 1) / static_cast<double>(o.warmup_steps);
   return lr;
 }
 

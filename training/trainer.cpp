@@ -10,10 +10,10 @@
 #include <numeric>
 
 #include "data/loader.h"
-#include "nn/files.h"
 #include "eval/metrics.h"
 #include "nn/check.h"
 #include "nn/checkpoint.h"
+#include "nn/files.h"
 #include "nn/ops/softmax.h"
 #include "nn/progress.h"
 #include "quantize/model.h"
@@ -28,17 +28,38 @@ using json = nlohmann::json;
 // Configuration as JSON
 
 std::string TrainConfig::to_json() const {
-  json j = {{"train", train_path}, {"val", val_path}, {"output_dir", output_dir}, {"features", features_path},
-            {"init", init_path}, {"arch", arch}, {"width", width}, {"hidden", hidden},
-            {"image_size", images.size}, {"channels", images.channels}, {"extent", images.extent},
-            {"center", images.center}, {"rotate", images.rotate}, {"flip", images.flip},
-            {"normalize", images.normalize}, {"epochs", epochs}, {"batch_size", batch_size},
-            {"eval_batch_size", eval_batch_size}, {"lr", lr}, {"weight_decay", weight_decay},
-            {"schedule", schedule.kind}, {"warmup_steps", schedule.warmup_steps},
-            {"step_epochs", schedule.step_epochs}, {"gamma", schedule.gamma}, {"seed", seed},
-            {"max_train_jets", max_train_jets}, {"max_val_jets", max_val_jets},
-            {"freeze_backbone", freeze_backbone}, {"threads", threads}, {"quantize", quantize},
-            {"quantize_activations", quantize_activations}, {"ste", ste},
+  json j = {{"train", train_path},
+            {"val", val_path},
+            {"output_dir", output_dir},
+            {"features", features_path},
+            {"init", init_path},
+            {"arch", arch},
+            {"width", width},
+            {"hidden", hidden},
+            {"image_size", images.size},
+            {"channels", images.channels},
+            {"extent", images.extent},
+            {"center", images.center},
+            {"rotate", images.rotate},
+            {"flip", images.flip},
+            {"normalize", images.normalize},
+            {"epochs", epochs},
+            {"batch_size", batch_size},
+            {"eval_batch_size", eval_batch_size},
+            {"lr", lr},
+            {"weight_decay", weight_decay},
+            {"schedule", schedule.kind},
+            {"warmup_steps", schedule.warmup_steps},
+            {"step_epochs", schedule.step_epochs},
+            {"gamma", schedule.gamma},
+            {"seed", seed},
+            {"max_train_jets", max_train_jets},
+            {"max_val_jets", max_val_jets},
+            {"freeze_backbone", freeze_backbone},
+            {"threads", threads},
+            {"quantize", quantize},
+            {"quantize_activations", quantize_activations},
+            {"ste", ste},
             {"calibration_batches", calibration_batches}};
   return j.dump(2);
 }
@@ -137,7 +158,6 @@ TrainState read_state(hid_t file, const std::string& path) {
 
 using Example = std::pair<Tensor, std::vector<int64_t>>;
 
-
 class FeatureBatches {
  public:
   FeatureBatches(const FeatureSet& set, int64_t batch, uint64_t seed) : set_(set), batch_(batch), seed_(seed) {}
@@ -202,9 +222,15 @@ void append_metrics(const std::string& dir, const EpochMetrics& m) {
       pos = end + 1;
     }
     if (v.size() != 9) continue;
-    rows.push_back({{"epoch", static_cast<int64_t>(v[0])}, {"step", static_cast<int64_t>(v[1])}, {"lr", v[2]},
-                    {"train_loss", v[3]}, {"val_loss", v[4]}, {"val_accuracy", v[5]}, {"val_auc", v[6]},
-                    {"val_rejection_30", v[7]}, {"seconds", v[8]}});
+    rows.push_back({{"epoch", static_cast<int64_t>(v[0])},
+                    {"step", static_cast<int64_t>(v[1])},
+                    {"lr", v[2]},
+                    {"train_loss", v[3]},
+                    {"val_loss", v[4]},
+                    {"val_accuracy", v[5]},
+                    {"val_auc", v[6]},
+                    {"val_rejection_30", v[7]},
+                    {"seconds", v[8]}});
   }
   write_text_atomically((fs::path(dir) / "metrics.json").string(), json{{"epochs", rows}}.dump(2) + "\n");
 }
@@ -359,8 +385,10 @@ TrainResult train(const TrainConfig& config_in, const std::atomic<bool>* stop, c
 
   for (; state.epoch < config.epochs; ++state.epoch, state.step_in_epoch = 0) {
     const auto epoch_start = std::chrono::steady_clock::now();
-    if (loader) loader->start_epoch(state.epoch, state.step_in_epoch);
-    else feature_batches->start(state.epoch, state.step_in_epoch);
+    if (loader)
+      loader->start_epoch(state.epoch, state.step_in_epoch);
+    else
+      feature_batches->start(state.epoch, state.step_in_epoch);
     model->set_training(!head_only);
     const int64_t jets_per_epoch =
         loader ? steps_per_epoch * config.batch_size : static_cast<int64_t>(train_features->labels.size());
@@ -404,13 +432,20 @@ TrainResult train(const TrainConfig& config_in, const std::atomic<bool>* stop, c
     double val_loss = 0;
     const Predictions val = validate_epoch(val_loss);
     const std::vector<RocPoint> roc = roc_curve(val.score, val.label);
-    EpochMetrics m{state.epoch + 1, state.global_step, lr,
-                   loss_sum / static_cast<double>(std::max<int64_t>(1, loss_count)), val_loss,
-                   accuracy(val.score, val.label), auc(val.score, val.label), rejection_at(roc, 0.3),
+    EpochMetrics m{state.epoch + 1,
+                   state.global_step,
+                   lr,
+                   loss_sum / static_cast<double>(std::max<int64_t>(1, loss_count)),
+                   val_loss,
+                   accuracy(val.score, val.label),
+                   auc(val.score, val.label),
+                   rejection_at(roc, 0.3),
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count()};
-    fmt::print(stderr, "epoch {}/{}: train loss {:.4f}  val loss {:.4f}  accuracy {:.4f}  AUC {:.4f}  1/eps_B(0.3) {:.1f}  ({})\n",
-               m.epoch, config.epochs, m.train_loss, m.val_loss, m.val_accuracy, m.val_auc, m.val_rejection_30,
-               format_duration(m.seconds));
+    fmt::print(
+        stderr,
+        "epoch {}/{}: train loss {:.4f}  val loss {:.4f}  accuracy {:.4f}  AUC {:.4f}  1/eps_B(0.3) {:.1f}  ({})\n",
+        m.epoch, config.epochs, m.train_loss, m.val_loss, m.val_accuracy, m.val_auc, m.val_rejection_30,
+        format_duration(m.seconds));
     append_metrics(config.output_dir, m);
     result.val_auc = m.val_auc, result.val_accuracy = m.val_accuracy, result.val_rejection_30 = m.val_rejection_30;
 

@@ -36,7 +36,9 @@ int64_t images_per_chunk(const ConvGeometry& g) {
   return std::clamp<int64_t>(fit, 1, g.N);
 }
 
-int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+int64_t floor_div(int64_t a, int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
 
 // col[(c,r,s), b*PQ + p*Q + q] = x[b, c, p*stride - pad + r, q*stride - pad + s] (0 outside).
 void im2col(const float* x, const ConvGeometry& g, int64_t B, float* col) {
@@ -233,9 +235,7 @@ Var conv2d(const Var& x, const Var& w, const Var* bias, Conv2dParams params) {
   Tensor saved_w = x.requires_grad() ? w.value() : Tensor();
   return record_op(std::move(y), {&x, &w, bias},
                    [xv = std::move(saved_x), wv = std::move(saved_w), xs = x.slot(), ws = w.slot(), b_slot,
-                    g](const Tensor& gy) {
-                     backward(gy, xv, wv, g, xs.get(), ws.get(), b_slot.get());
-                   });
+                    g](const Tensor& gy) { backward(gy, xv, wv, g, xs.get(), ws.get(), b_slot.get()); });
 }
 
 Tensor conv2d_forward_ref(const Tensor& x, const Tensor& w, const Tensor* bias, Conv2dParams params) {

@@ -16,7 +16,9 @@ struct Conv2dParams {
 
 // x: (N,C,H,W), w: (K,C,R,S), bias: (K) or none -> y: (N,K,P,Q)
 Var conv2d(const Var& x, const Var& w, const Var* bias, Conv2dParams params);
-inline Var conv2d(const Var& x, const Var& w, Conv2dParams params) { return conv2d(x, w, nullptr, params); }
+inline Var conv2d(const Var& x, const Var& w, Conv2dParams params) {
+  return conv2d(x, w, nullptr, params);
+}
 
 // Output shape, or a toptag::Error naming the mismatch.
 Shape conv2d_output_shape(const Shape& x, const Shape& w, Conv2dParams params);

@@ -9,7 +9,8 @@ Var linear(const Var& x, const Var& w, const Var* bias) {
   if (x.shape().rank() != 2) fail("linear: input must be (N, features), found shape {}", x.shape().str());
   if (w.shape().rank() != 2) fail("linear: weight must be (out, in), found shape {}", w.shape().str());
   const int64_t N = x.shape()[0], I = x.shape()[1], O = w.shape()[0];
-  if (w.shape()[1] != I) fail("linear: input has {} features but the weight {} expects {}", I, w.shape().str(), w.shape()[1]);
+  if (w.shape()[1] != I)
+    fail("linear: input has {} features but the weight {} expects {}", I, w.shape().str(), w.shape()[1]);
   if (bias) expect_shape(bias->value(), Shape{O}, "linear bias");
 
   Tensor y = Tensor::empty({N, O});
@@ -21,28 +22,26 @@ Var linear(const Var& x, const Var& w, const Var* bias) {
   Tensor saved_x = w.requires_grad() ? x.value() : Tensor();
   Tensor saved_w = x.requires_grad() ? w.value() : Tensor();
   std::shared_ptr<GradSlot> bs = bias ? bias->slot() : nullptr;
-  return record_op(std::move(y), {&x, &w, bias},
-                   [xv = std::move(saved_x), wv = std::move(saved_w), xs = x.slot(), ws = w.slot(), bs, N, I,
-                    O](const Tensor& gy) {
-                     if (xs) {
-                       GradSink sink = grad_sink(*xs, Shape{N, I});
-                       gemm(false, false, N, I, O, 1.0f, gy.data(), O, wv.data(), I, sink.accumulate ? 1.0f : 0.0f,
-                            sink.data, I);
-                     }
-                     if (ws) {
-                       GradSink sink = grad_sink(*ws, Shape{O, I});
-                       gemm(true, false, O, I, N, 1.0f, gy.data(), O, xv.data(), I, sink.accumulate ? 1.0f : 0.0f,
-                            sink.data, I);
-                     }
-                     if (bs) {
-                       GradSink sink = grad_sink(*bs, Shape{O});
-                       for (int64_t o = 0; o < O; ++o) {
-                         double sum = 0.0;
-                         for (int64_t n = 0; n < N; ++n) sum += gy.data()[n * O + o];
-                         sink.data[o] = static_cast<float>(sum) + (sink.accumulate ? sink.data[o] : 0.0f);
-                       }
-                     }
-                   });
+  return record_op(
+      std::move(y), {&x, &w, bias},
+      [xv = std::move(saved_x), wv = std::move(saved_w), xs = x.slot(), ws = w.slot(), bs, N, I, O](const Tensor& gy) {
+        if (xs) {
+          GradSink sink = grad_sink(*xs, Shape{N, I});
+          gemm(false, false, N, I, O, 1.0f, gy.data(), O, wv.data(), I, sink.accumulate ? 1.0f : 0.0f, sink.data, I);
+        }
+        if (ws) {
+          GradSink sink = grad_sink(*ws, Shape{O, I});
+          gemm(true, false, O, I, N, 1.0f, gy.data(), O, xv.data(), I, sink.accumulate ? 1.0f : 0.0f, sink.data, I);
+        }
+        if (bs) {
+          GradSink sink = grad_sink(*bs, Shape{O});
+          for (int64_t o = 0; o < O; ++o) {
+            double sum = 0.0;
+            for (int64_t n = 0; n < N; ++n) sum += gy.data()[n * O + o];
+            sink.data[o] = static_cast<float>(sum) + (sink.accumulate ? sink.data[o] : 0.0f);
+          }
+        }
+      });
 }
 
 }  // namespace toptag

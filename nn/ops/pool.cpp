@@ -42,7 +42,8 @@ Var maxpool2d(const Var& x, MaxPool2dParams params) {
     fail("maxpool2d: invalid kernel {} stride {} padding {}", params.kernel, params.stride, params.padding);
   const int64_t P = (s[2] + 2 * params.padding - params.kernel) / params.stride + 1;
   const int64_t Q = (s[3] + 2 * params.padding - params.kernel) / params.stride + 1;
-  if (P < 1 || Q < 1) fail("maxpool2d: input {} is smaller than the {}x{} window", s.str(), params.kernel, params.kernel);
+  if (P < 1 || Q < 1)
+    fail("maxpool2d: input {} is smaller than the {}x{} window", s.str(), params.kernel, params.kernel);
   const PoolGeometry g{s[0], s[1], s[2], s[3], P, Q, params};
 
   Tensor y = Tensor::empty({g.N, g.C, P, Q});
@@ -99,7 +100,8 @@ Var flatten(const Var& x) {
   Tensor y = x.value().reshape({N, rest});
   return record_op(std::move(y), {&x}, [shape = s, xs = x.slot()](const Tensor& gy) {
     GradSink sink = grad_sink(*xs, shape);
-    for (int64_t i = 0; i < gy.numel(); ++i) sink.data[i] = sink.accumulate ? sink.data[i] + gy.data()[i] : gy.data()[i];
+    for (int64_t i = 0; i < gy.numel(); ++i)
+      sink.data[i] = sink.accumulate ? sink.data[i] + gy.data()[i] : gy.data()[i];
   });
 }
 

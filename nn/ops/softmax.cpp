@@ -57,7 +57,8 @@ Var softmax_cross_entropy(const Var& logits, std::span<const int64_t> labels) {
     fail("softmax_cross_entropy: {} labels for a batch of {}", labels.size(), N);
   if (N == 0) fail("softmax_cross_entropy: empty batch");
   for (size_t i = 0; i < labels.size(); ++i)
-    if (labels[i] < 0 || labels[i] >= K) fail("softmax_cross_entropy: label {} of row {} is not in [0, {})", labels[i], i, K);
+    if (labels[i] < 0 || labels[i] >= K)
+      fail("softmax_cross_entropy: label {} of row {} is not in [0, {})", labels[i], i, K);
 
   Tensor p = Tensor::empty({N, K});
   softmax_rows(logits.value().data(), N, K, p.data());
