@@ -8,8 +8,8 @@
 #include "apps/image_options.h"
 #include "data/dataset.h"
 #include "datasets/generator.h"
+#include "io/progress.h"
 #include "nn/check.h"
-#include "nn/progress.h"
 
 namespace toptag::apps {
 

@@ -6,8 +6,8 @@
 
 #include "apps/commands.h"
 #include "eval/report.h"
+#include "io/files.h"
 #include "nn/check.h"
-#include "nn/files.h"
 
 namespace toptag::apps {
 

@@ -4,7 +4,7 @@
 #include <memory>
 
 #include "apps/commands.h"
-#include "nn/checkpoint.h"
+#include "io/checkpoint.h"
 
 namespace toptag::apps {
 

@@ -4,10 +4,9 @@
 #include "apps/commands.h"
 #include "apps/image_options.h"
 #include "nn/check.h"
-#include "quantize/model.h"
 #include "serve/client.h"
-#include "training/inference.h"
-#include "training/trainer.h"
+#include "tagger/inference.h"
+#include "tagger/tagger.h"
 
 namespace toptag::apps {
 
@@ -64,7 +63,7 @@ void run_predict(const PredictArgs& a) {
     return;
   }
   JetFile file(a.input);
-  InferenceResult r = run_inference(*model, file, a.image.resolve(file, model_image_options(a.checkpoint, *model)), io);
+  InferenceResult r = run_inference(*model, file, a.image.resolve(file, tagger.images), io);
   warn_skipped(a.input, r.dropped);
   write_predictions(a.output, r.predictions);
   fmt::print("wrote {} predictions to {}\n", r.predictions.size(), a.output);
@@ -93,12 +92,11 @@ void run_features(const PredictArgs& a) {
   io.label = "features";
   std::vector<float> features;
   std::vector<int64_t> labels;
-  NonFiniteReport dropped =
-      run_featurizer(*model, file, a.image.resolve(file, model_image_options(a.checkpoint, *model)), io,
-                     [&](const Tensor& f, const std::vector<int64_t>& l) {
-                       features.insert(features.end(), f.data(), f.data() + f.numel());
-                       labels.insert(labels.end(), l.begin(), l.end());
-                     });
+  NonFiniteReport dropped = run_featurizer(*model, file, a.image.resolve(file, tagger.images), io,
+                                           [&](const Tensor& f, const std::vector<int64_t>& l) {
+                                             features.insert(features.end(), f.data(), f.data() + f.numel());
+                                             labels.insert(labels.end(), l.begin(), l.end());
+                                           });
   warn_skipped(a.input, dropped);
   const int64_t n = static_cast<int64_t>(labels.size());
   write_features(a.output, {Tensor::from({n, model->feature_dim()}, features), labels}, a.checkpoint);

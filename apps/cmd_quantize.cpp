@@ -7,8 +7,7 @@
 #include "apps/image_options.h"
 #include "data/loader.h"
 #include "nn/check.h"
-#include "quantize/model.h"
-#include "training/trainer.h"
+#include "tagger/tagger.h"
 
 namespace toptag::apps {
 
@@ -26,35 +25,30 @@ void run_quantize(const QuantizeArgs& a) {
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
   if (tagger.quantized())
-    fail("{}: already quantized ({}); quantize the float checkpoint instead", a.checkpoint,
-         tagger.quantization->describe());
-  auto config = std::make_shared<QuantizationConfig>();
-  config->weights = Format::parse(a.format);
-  if (!a.activation_format.empty())
-    config->activations = Format::parse(a.activation_format);
-  else if (a.activations)
-    config->activations = config->weights;
-  config->ste = parse_ste(a.ste);
-  ResNet& model = *tagger.model;
-  model.fold_batchnorm();
-
-  if (config->activations && config->activations->kind == FormatKind::int8) {
-    if (a.calibration.empty()) fail("int8 activations need --calibration FILE (jets to observe the input ranges on)");
-    JetFile file(a.calibration);
+    fail("{}: already quantized ({}); quantize the float checkpoint instead", a.checkpoint, tagger.describe());
+  const std::string activations = !a.activation_format.empty() ? a.activation_format : a.activations ? a.format : "";
+  auto config = std::make_shared<QuantizationConfig>(make_quantization(a.format, activations, a.ste));
+  const bool needs_calibration = config->activations && config->activations->kind == FormatKind::int8;
+  if (needs_calibration && a.calibration.empty())
+    fail("int8 activations need --calibration FILE (jets to observe the input ranges on)");
+  std::optional<JetFile> file;
+  std::optional<Loader> loader;
+  if (needs_calibration) {
+    file.emplace(a.calibration);
     LoaderOptions lo;
     lo.batch_size = a.batch_size;
     lo.shuffle = false;
     lo.max_jets = a.calibration_jets;
-    Loader loader(file, a.image.resolve(file, model_image_options(a.checkpoint, model)), lo);
-    loader.start_epoch(0);
-    const int64_t seen = calibrate(model, *config, [&]() -> std::optional<Tensor> {
-      std::optional<Batch> b = loader.next();
-      return b ? std::optional<Tensor>(b->images) : std::nullopt;
-    });
-    fmt::print("calibrated {} layer input ranges on {} jets of {}\n", config->ranges.size(), seen, a.calibration);
+    loader.emplace(*file, a.image.resolve(*file, tagger.images), lo);
+    loader->start_epoch(0);
   }
-  attach_quantization(model, config);
-  tagger.quantization = config;
+  const int64_t seen = quantize_tagger(tagger, config, [&]() -> std::optional<Tensor> {
+    std::optional<Batch> b = loader ? loader->next() : std::nullopt;
+    return b ? std::optional<Tensor>(b->images) : std::nullopt;
+  });
+  if (seen > 0)
+    fmt::print("calibrated {} layer input ranges on {} jets of {}\n", config->ranges.size(), seen, a.calibration);
+  ResNet& model = *tagger.model;
 
   // How far the quantized weights are from the float ones.
   double err2 = 0, ref2 = 0;
@@ -68,7 +62,7 @@ void run_quantize(const QuantizeArgs& a) {
     }
     ++layers;
   }
-  save_tagger(a.output, tagger, checkpoint_training_config(a.checkpoint).value_or(""));
+  save_tagger(a.output, tagger);
   fmt::print("quantized {} conv and {} linear layers of {} ({}), batch norms folded\n", layers, model.linears().size(),
              a.checkpoint, config->describe());
   fmt::print("relative RMS error of the conv weights: {:.4f}\n", std::sqrt(err2 / std::max(ref2, 1e-30)));

@@ -9,8 +9,8 @@
 
 #include "apps/commands.h"
 #include "apps/image_options.h"
+#include "io/files.h"
 #include "nn/check.h"
-#include "nn/files.h"
 #include "nn/parallel.h"
 #include "serve/perf.h"
 #include "serve/server.h"
@@ -44,13 +44,12 @@ void run_serve(ServeArgs& a) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   Tagger tagger = load_tagger(a.checkpoint);
-  const ImageOptions images = a.image.merged(model_image_options(a.checkpoint, *tagger.model));
-  validate(images);
-  if (images.channels != tagger.model->config().in_channels)
-    fail("{}: the model takes {}-channel images but --channels is {}", a.checkpoint, tagger.model->config().in_channels,
-         images.channels);
-  const std::string what = tagger.quantized() ? tagger.quantization->describe() : "float32";
-  InferenceServer server(std::move(tagger), images, a.server);
+  tagger.images = a.image.merged(tagger.images);
+  validate(tagger.images);
+  check_channels(*tagger.model, tagger.images, a.checkpoint);
+  const ImageOptions images = tagger.images;
+  const std::string what = tagger.describe();
+  InferenceServer server(std::move(tagger), a.server);
   fmt::print("toptag serve: model '{}' from {} ({}), images {}x{}x{}\n", a.server.model_name, a.checkpoint, what,
              images.channels, images.size, images.size);
   fmt::print("  gRPC     {}:{}\n  HTTP     http://{}:{}/v2\n  metrics  http://{}:{}/metrics\n", a.server.host,
@@ -88,7 +87,7 @@ void run_perf(const PerfArgs& a) {
     if (a.checkpoint.empty()) fail("--local needs --checkpoint");
     Tagger tagger = load_tagger(a.checkpoint);
     freeze_for_inference(tagger);
-    const ImageOptions images = a.image.merged(model_image_options(a.checkpoint, *tagger.model));
+    tagger.images = a.image.merged(tagger.images);
     LocalPerfOptions o;
     if (!a.batches.empty()) o.batches = a.batches;
     if (!a.threads.empty())
@@ -96,9 +95,9 @@ void run_perf(const PerfArgs& a) {
     else
       o.threads = {1, hardware_threads()};
     o.duration_s = parse_duration(a.duration), o.warmup_s = parse_duration(a.warmup);
-    fmt::print(stderr, "measuring {} in process, {}x{} images, {:g} s per point\n", a.checkpoint, images.size,
-               images.size, o.duration_s);
-    points = measure_local(tagger, images.size, o);
+    fmt::print(stderr, "measuring {} in process, {}x{} images, {:g} s per point\n", a.checkpoint, tagger.images.size,
+               tagger.images.size, o.duration_s);
+    points = measure_local(tagger, o);
   } else {
     ServerPerfOptions o;
     o.url = a.server_url, o.model = a.model, o.concurrency = a.concurrency, o.input = a.input;

@@ -1,6 +1,8 @@
 // toptag study: the paper's whole study in one resumable command (see study/study.h).
 #include <fmt/format.h>
 
+#include <csignal>
+
 #include "apps/commands.h"
 #include "nn/check.h"
 #include "study/study.h"
@@ -21,6 +23,17 @@ void run_study_command(StudyArgs& a) {
     o.train_jets = a.jets[0], o.val_jets = a.jets[1], o.test_jets = a.jets[2];
     o.limit_data = true;  // with --data: only the first jets of each file
   }
+  struct Handlers {
+    Handlers() {
+      std::signal(SIGINT, forward);
+      std::signal(SIGTERM, forward);
+    }
+    ~Handlers() {
+      std::signal(SIGINT, SIG_DFL);
+      std::signal(SIGTERM, SIG_DFL);
+    }
+    static void forward(int signal) { interrupt_study(signal); }
+  } handlers;
   run_study(o);
 }
 

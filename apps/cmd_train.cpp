@@ -3,10 +3,10 @@
 
 #include <atomic>
 #include <csignal>
+#include <filesystem>
 
 #include "apps/commands.h"
 #include "apps/image_options.h"
-#include "nn/checkpoint.h"
 #include "training/trainer.h"
 
 namespace toptag::apps {
@@ -26,30 +26,39 @@ struct TrainArgs {
   CLI::Option* epochs_option = nullptr;
 };
 
+// A resumed run writes into the directory the user named: DIR itself, or the folder holding CKPT.
+std::string resume_output_dir(const std::string& dir_or_file) {
+  const std::filesystem::path p(dir_or_file);
+  if (std::filesystem::is_directory(p)) return p.string();
+  return p.has_parent_path() ? p.parent_path().string() : std::string(".");
+}
+
 void run_train(TrainArgs& a) {
-  TrainConfig config = a.config;
-  std::string resume_from;
-  if (!a.resume.empty()) {
-    resume_from = resume_checkpoint_path(a.resume);
-    config = read_train_config(resume_from);
-    if (a.epochs_option->count() > 0) config.epochs = a.config.epochs;  // the only setting a resume may change
-    fmt::print(stderr, "resuming {} from {}\n", config.output_dir, resume_from);
-  } else {
-    config.images = a.image.options;
-    config.images.center = !a.image.no_center, config.images.rotate = !a.image.no_rotate;
-    config.images.flip = !a.image.no_flip, config.images.normalize = !a.image.no_normalize;
-  }
-  apply_threads(config.threads);
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
-  const TrainResult r = train(config, &stop_requested, resume_from);
+  TrainResult r;
+  std::string output_dir = a.config.output_dir;
+  if (!a.resume.empty()) {
+    const std::string checkpoint = resume_checkpoint_path(a.resume);
+    output_dir = resume_output_dir(a.resume);
+    const TrainConfig stored = read_train_config(checkpoint);
+    apply_threads(stored.threads);
+    fmt::print(stderr, "resuming {} from {}\n", output_dir, checkpoint);
+    // The number of epochs is the only setting a resume may change.
+    r = resume(checkpoint, output_dir, a.epochs_option->count() > 0 ? a.config.epochs : 0, &stop_requested);
+  } else {
+    TrainConfig config = a.config;
+    config.images = a.image.merged();
+    apply_threads(config.threads);
+    r = train(config, &stop_requested);
+  }
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   if (r.interrupted) {
     fmt::print(
         stderr,
         "interrupted in epoch {} after {} steps; checkpoint written to {}\nresume with: toptag train --resume {}\n",
-        r.state.epoch + 1, r.state.step_in_epoch, r.last_checkpoint, config.output_dir);
+        r.state.epoch + 1, r.state.step_in_epoch, r.last_checkpoint, output_dir);
     return;
   }
   fmt::print("trained {} epochs; best validation AUC {:.4f} (epoch {})\nlast checkpoint: {}\nbest checkpoint: {}\n",

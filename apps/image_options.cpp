@@ -1,7 +1,5 @@
 #include "apps/image_options.h"
 
-#include "training/trainer.h"
-
 namespace toptag::apps {
 
 void ImageArgs::add_to(CLI::App& cmd) {
@@ -36,13 +34,6 @@ ImageOptions ImageArgs::merged(const std::optional<ImageOptions>& model) const {
 ImageOptions ImageArgs::resolve(const JetFile& file, const std::optional<ImageOptions>& model) const {
   auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
   return file.image_options(merged(model), given(size_option), given(channels_option));
-}
-
-ImageOptions model_image_options(const std::string& checkpoint, const ResNet& model) {
-  if (std::optional<ImageOptions> stored = checkpoint_image_options(checkpoint)) return *stored;
-  ImageOptions o;
-  o.channels = static_cast<int>(model.config().in_channels);
-  return o;
 }
 
 }  // namespace toptag::apps

@@ -5,7 +5,6 @@
 #include <optional>
 
 #include "data/dataset.h"
-#include "nn/resnet.h"
 
 namespace toptag::apps {
 
@@ -19,14 +18,10 @@ struct ImageArgs {
 
   void add_to(CLI::App& command);
   // The options given on the command line; any option not given comes from `model` (the image
-  // options a checkpoint was trained with), if known, so a model is fed images as it was trained.
+  // options a checkpoint was trained with: Tagger::images), so a model is fed images as it was trained.
   ImageOptions merged(const std::optional<ImageOptions>& model = std::nullopt) const;
   // The same for `file` (cached image files impose their own size and channels).
   ImageOptions resolve(const JetFile& file, const std::optional<ImageOptions>& model = std::nullopt) const;
 };
-
-// The image options `checkpoint` was trained with (stored in it), or else the defaults with the
-// model's number of input channels.
-ImageOptions model_image_options(const std::string& checkpoint, const ResNet& model);
 
 }  // namespace toptag::apps

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "data/jet_image.h"
-#include "nn/h5.h"
+#include "io/h5.h"
 
 namespace toptag {
 

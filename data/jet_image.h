@@ -9,6 +9,7 @@
 // Image column index follows x (eta after the steps), row index follows y (phi); channels are copies.
 #pragma once
 
+#include <concepts>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -29,6 +30,20 @@ struct ImageOptions {
   int64_t pixels() const { return static_cast<int64_t>(channels) * size * size; }
   std::string describe() const;  // "40x40x1, window +-0.8, centre rotate flip normalise"
 };
+
+// The options' keys in a stored configuration (a checkpoint's training configuration, JSON), one
+// table read and written by io/config_json.h: f(key, member) for each. O is ImageOptions, const or not.
+template <class O, class F>
+requires std::same_as<std::remove_const_t<O>, ImageOptions>
+void for_each_field(O& o, F&& f) {
+  f("image_size", o.size);
+  f("channels", o.channels);
+  f("extent", o.extent);
+  f("center", o.center);
+  f("rotate", o.rotate);
+  f("flip", o.flip);
+  f("normalize", o.normalize);
+}
 
 // Throws toptag::Error for a size or channel count toptag cannot use.
 void validate(const ImageOptions& options);

@@ -10,11 +10,6 @@ namespace toptag {
 
 namespace {
 
-template <class T>
-void shuffle(std::vector<T>& v, Rng& rng) {
-  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng.below(i)]);
-}
-
 int64_t bytes_per_row(const JetFile& file, const ImageOptions& images) {
   if (file.has_constituents()) return static_cast<int64_t>(file.reference()->n_constituents()) * 16 + 64;
   return images.pixels() * 4 + 16;
@@ -46,8 +41,8 @@ NonFiniteReport Loader::dropped() const {
 std::vector<std::vector<int64_t>> Loader::epoch_windows(int64_t epoch) const {
   std::vector<int64_t> blocks;
   for (int64_t start = 0; start < rows_; start += kBlockRows) blocks.push_back(start);
-  Rng rng(options_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(epoch) + 1);
-  if (options_.shuffle) shuffle(blocks, rng);
+  Rng rng = epoch_rng(options_.seed, RngStream::block_order, epoch);
+  if (options_.shuffle) shuffle(std::span(blocks), rng);
   const int64_t blocks_per_window =
       std::max<int64_t>(1, options_.window_bytes / (kBlockRows * bytes_per_row(file_, images_)));
   std::vector<std::vector<int64_t>> windows;
@@ -98,7 +93,7 @@ bool Loader::push(std::optional<Batch> batch) {
 }
 
 void Loader::produce(int64_t epoch, int64_t skip_batches) {
-  Rng rng(options_.seed * 0xD1B54A32D192ED03ull + static_cast<uint64_t>(epoch) * 7919 + 17);
+  Rng rng = epoch_rng(options_.seed, RngStream::row_order, epoch);
   const int64_t B = options_.batch_size;
   int64_t emitted = 0;
   // Examples not yet batched, carried from one window to the next.
@@ -137,7 +132,7 @@ void Loader::produce(int64_t epoch, int64_t skip_batches) {
       ex.rows.insert(ex.rows.end(), part.rows.begin(), part.rows.end());
       std::vector<int64_t> fresh(static_cast<size_t>(part.size()));
       std::iota(fresh.begin(), fresh.end(), base);
-      if (options_.shuffle) shuffle(fresh, rng);
+      if (options_.shuffle) shuffle(std::span(fresh), rng);
       order.insert(order.end(), fresh.begin(), fresh.end());
     }
     if (dropped.count > 0) {
@@ -145,7 +140,7 @@ void Loader::produce(int64_t epoch, int64_t skip_batches) {
       if (dropped_.count == 0) dropped_.first_row = dropped.first_row;
       dropped_.count += dropped.count;
     }
-    if (options_.shuffle) shuffle(order, rng);
+    if (options_.shuffle) shuffle(std::span(order), rng);
     size_t pos = 0;
     for (; pos + static_cast<size_t>(B) <= order.size(); pos += static_cast<size_t>(B))
       if (!emit(ex, std::span<const int64_t>(order).subspan(pos, static_cast<size_t>(B)))) return;

@@ -12,7 +12,7 @@ namespace toptag {
 namespace {
 
 constexpr H5Z_filter_t kBloscFilter = 32001;
-constexpr hsize_t kWriteChunkRows = 256;
+constexpr int64_t kWriteChunkRows = 256;
 
 // The compound member `name` of `type` must be an array of `cls` with one dimension; returns its length.
 int array_member_width(hid_t type, const char* name, H5T_class_t cls, const std::string& path) {
@@ -170,7 +170,7 @@ ReferenceFile::ReferenceFile(const std::string& path) : path_(path), file_(h5_op
         "{}: not a pandas table file (no dataset /table/table); expected the Top Quark Tagging Reference "
         "Dataset layout",
         path);
-  dataset_ = H5Id(H5Dopen2(file_.get(), "/table/table", H5P_DEFAULT));
+  dataset_ = h5_open_dataset(file_.get(), "/table/table", path);
   H5Id type(H5Dget_type(dataset_.get()));
   if (H5Tget_class(type.get()) != H5T_COMPOUND) fail("{}: /table/table does not hold compound rows", path);
   block0_width_ = array_member_width(type.get(), "values_block_0", H5T_FLOAT, path);
@@ -198,11 +198,9 @@ ReferenceFile::ReferenceFile(const std::string& path) : path_(path), file_(h5_op
     fail("{}: values_block_1 has {} columns and no names; expected ttv, is_signal_new", path, block1_width_);
   }
   check_filters(dataset_.get(), path);
-  H5Id space(H5Dget_space(dataset_.get()));
-  if (H5Sget_simple_extent_ndims(space.get()) != 1) fail("{}: /table/table is not one-dimensional", path);
-  hsize_t rows = 0;
-  H5Sget_simple_extent_dims(space.get(), &rows, nullptr);
-  rows_ = static_cast<int64_t>(rows);
+  const std::vector<int64_t> shape = h5_shape(dataset_.get());
+  if (shape.size() != 1) fail("{}: /table/table is not one-dimensional", path);
+  rows_ = shape[0];
   memory_type_ = memory_row_type(block0_width_, block1_width_);
 }
 
@@ -211,15 +209,7 @@ void ReferenceFile::read(int64_t start, int64_t count, JetBatch& out, NonFiniteR
     fail("{}: rows [{}, {}) are outside the file's {} rows", path_, start, start + count, rows_);
   const size_t row_bytes = H5Tget_size(memory_type_.get());
   std::vector<unsigned char> buffer(static_cast<size_t>(count) * row_bytes);
-  if (count > 0) {
-    H5Id file_space(H5Dget_space(dataset_.get()));
-    const hsize_t offset = static_cast<hsize_t>(start), n = static_cast<hsize_t>(count);
-    H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &offset, nullptr, &n, nullptr);
-    H5Id mem_space(H5Screate_simple(1, &n, nullptr));
-    if (H5Dread(dataset_.get(), memory_type_.get(), mem_space.get(), file_space.get(), H5P_DEFAULT, buffer.data()) < 0)
-      fail("{}: cannot read rows [{}, {}) of /table/table (corrupt file, or a missing compression filter)", path_,
-           start, start + count);
-  }
+  h5_read_rows(dataset_.get(), memory_type_.get(), start, count, buffer.data(), path_ + ": /table/table");
   const int n = n_constituents_;
   out.resize(0, n);
   out.constituents.reserve(static_cast<size_t>(count) * n * 4);
@@ -255,14 +245,7 @@ ReferenceWriter::ReferenceWriter(const std::string& path, int n_constituents)
   H5Tinsert(type_.get(), "values_block_1", 8 + static_cast<size_t>(width0) * 4, i.get());
 
   H5Id group = h5_group(file_.id(), "table", true);
-  const hsize_t zero = 0, unlimited = H5S_UNLIMITED, chunk = kWriteChunkRows;
-  H5Id space(H5Screate_simple(1, &zero, &unlimited));
-  H5Id plist(H5Pcreate(H5P_DATASET_CREATE));
-  H5Pset_chunk(plist.get(), 1, &chunk);
-  H5Pset_shuffle(plist.get());
-  H5Pset_deflate(plist.get(), 1);
-  dataset_ = H5Id(H5Dcreate2(group.get(), "table", type_.get(), space.get(), H5P_DEFAULT, plist.get(), H5P_DEFAULT));
-  if (!dataset_.valid()) fail("{}: cannot create /table/table", path);
+  dataset_ = h5_create_rows(group.get(), "table", type_.get(), {}, kWriteChunkRows, true, path);
   h5_set_attr_bytes(dataset_.get(), "values_block_0_kind", make_pandas_kind(block0_names(n_constituents)));
   h5_set_attr_bytes(dataset_.get(), "values_block_1_kind", make_pandas_kind({"ttv", "is_signal_new"}));
 }
@@ -283,14 +266,7 @@ void ReferenceWriter::append(const JetBatch& jets) {
     std::memcpy(row + 8 + n_constituents_ * 16, jets.truth.data() + j * 4, 16);
     std::memcpy(row + 8 + width0 * 4, block1, 16);
   }
-  const hsize_t new_size = static_cast<hsize_t>(rows_ + count), offset = static_cast<hsize_t>(rows_),
-                n = static_cast<hsize_t>(count);
-  H5Dset_extent(dataset_.get(), &new_size);
-  H5Id file_space(H5Dget_space(dataset_.get()));
-  H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &offset, nullptr, &n, nullptr);
-  H5Id mem_space(H5Screate_simple(1, &n, nullptr));
-  if (H5Dwrite(dataset_.get(), type_.get(), mem_space.get(), file_space.get(), H5P_DEFAULT, buffer.data()) < 0)
-    fail("{}: cannot append {} jets", file_.path(), count);
+  h5_append_rows(dataset_.get(), type_.get(), count, buffer.data(), file_.path() + ": /table/table");
   rows_ += count;
 }
 

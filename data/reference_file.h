@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "data/jets.h"
-#include "nn/h5.h"
+#include "io/h5.h"
 
 namespace toptag {
 

@@ -11,8 +11,8 @@
 
 #include "data/reference_file.h"
 #include "datasets/shower.h"
+#include "io/progress.h"
 #include "nn/check.h"
-#include "nn/progress.h"
 
 namespace toptag {
 

@@ -5,9 +5,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "io/files.h"
+#include "io/h5.h"
 #include "nn/check.h"
-#include "nn/files.h"
-#include "nn/h5.h"
 
 namespace toptag {
 

@@ -8,8 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/plot.h"
+#include "io/files.h"
 #include "nn/check.h"
-#include "nn/files.h"
 #include "nn/random.h"
 
 namespace toptag {

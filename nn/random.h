@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <random>
+#include <span>
+#include <utility>
 
 namespace toptag {
 
@@ -28,5 +30,18 @@ class Rng {
   double spare_ = 0.0;
   bool has_spare_ = false;
 };
+
+// The one shuffle (Fisher-Yates): every permutation equally likely, the same for the same Rng state.
+template <class T>
+void shuffle(std::span<T> items, Rng& rng) {
+  for (size_t i = items.size(); i > 1; --i) std::swap(items[i - 1], items[rng.below(i)]);
+}
+
+// Independent streams drawn from one seed, one per use, so adding a use never shifts another's numbers.
+enum class RngStream : uint64_t { block_order = 1, row_order = 2, feature_order = 3 };
+// The generator of `stream` in `epoch`: Rng(seed).fork(stream).fork(epoch).
+inline Rng epoch_rng(uint64_t seed, RngStream stream, int64_t epoch) {
+  return Rng(seed).fork(static_cast<uint64_t>(stream)).fork(static_cast<uint64_t>(epoch));
+}
 
 }  // namespace toptag

@@ -2,25 +2,53 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <limits>
 
 #include "nn/check.h"
-#include "nn/checkpoint.h"
 
 namespace toptag {
 
-std::string QuantizationConfig::describe() const {
-  return fmt::format("weights {}, activations {}, {} STE", weights.str(), activations ? activations->str() : "float32",
-                     ste == SteMode::masked ? "masked" : "identity");
-}
+namespace {
+
+constexpr std::pair<SteMode, const char*> kSteNames[] = {{SteMode::masked, "masked"}, {SteMode::identity, "identity"}};
+
+}  // namespace
 
 SteMode parse_ste(const std::string& name) {
-  if (name == "masked") return SteMode::masked;
-  if (name == "identity") return SteMode::identity;
+  for (const auto& [mode, text] : kSteNames)
+    if (name == text) return mode;
   fail("unknown straight-through estimator '{}' (masked, identity)", name);
 }
 
+const char* ste_name(SteMode mode) {
+  for (const auto& [m, text] : kSteNames)
+    if (m == mode) return text;
+  return "unknown";
+}
+
+std::string QuantizationConfig::describe() const {
+  return fmt::format("weights {}, activations {}, {} STE", weights.str(), activations ? activations->str() : "float32",
+                     ste_name(ste));
+}
+
+QuantizationConfig make_quantization(const std::string& weights, const std::string& activations,
+                                     const std::string& ste) {
+  QuantizationConfig c;
+  c.weights = Format::parse(weights);
+  if (!activations.empty()) c.activations = Format::parse(activations);
+  c.ste = parse_ste(ste);
+  return c;
+}
+
 namespace {
+
+// /quantization/ranges is two levels deep ("layer1/0.conv1" is impossible, but a file may nest);
+// deeper nesting is not toptag's and is not followed.
+constexpr int kMaxRangeDepth = 4;
+// Encodings are decoded in float32: allow the last bit of rounding between the decoded value and
+// the quantizer's own float result.
+constexpr float kEncodingTolerance = 1e-6f;
 
 std::shared_ptr<LayerHooks> quantizing_hooks(const std::string& name, std::shared_ptr<QuantizationConfig> config) {
   auto hooks = std::make_shared<LayerHooks>();
@@ -63,10 +91,9 @@ void attach_quantization(ResNet& model, std::shared_ptr<QuantizationConfig> conf
   });
 }
 
-void freeze_for_inference(Tagger& tagger) {
-  if (!tagger.quantization) return;
-  const Format weights = tagger.quantization->weights;
-  for_each_layer(*tagger.model, [&](const std::string&, std::shared_ptr<LayerHooks>& hooks, Var& weight) {
+void freeze_for_inference(ResNet& model, const QuantizationConfig& config) {
+  const Format weights = config.weights;
+  for_each_layer(model, [&](const std::string&, std::shared_ptr<LayerHooks>& hooks, Var& weight) {
     Tensor q = Tensor::empty(weight.shape());
     quantize_tensor(weights, true, weight.value(), q, nullptr);  // what the weight hook computes each time
     auto frozen = std::make_shared<LayerHooks>(*hooks);
@@ -75,7 +102,7 @@ void freeze_for_inference(Tagger& tagger) {
   });
 }
 
-int64_t calibrate(ResNet& model, QuantizationConfig& config, const std::function<std::optional<Tensor>()>& next_batch) {
+int64_t calibrate(ResNet& model, QuantizationConfig& config, const BatchSourceFn& next_batch) {
   if (!model.folded()) model.fold_batchnorm();
   config.ranges.clear();
   // Observers see the input each layer receives from the (weight-quantized) layers before it.
@@ -107,7 +134,7 @@ void write_quantization(hid_t file, ResNet& model, const QuantizationConfig& con
   H5Id q = h5_group(file, "quantization", true);
   h5_set_attr(q.get(), "weights", config.weights.str());
   h5_set_attr(q.get(), "activations", config.activations ? config.activations->str() : std::string());
-  h5_set_attr(q.get(), "ste", std::string(config.ste == SteMode::masked ? "masked" : "identity"));
+  h5_set_attr(q.get(), "ste", std::string(ste_name(config.ste)));
   for (const auto& [name, r] : config.ranges) {
     H5Id g = h5_group(q.get(), "ranges/" + name, true);
     h5_set_attr(g.get(), "min", static_cast<double>(r.min));
@@ -117,63 +144,90 @@ void write_quantization(hid_t file, ResNet& model, const QuantizationConfig& con
     const EncodedTensor e = encode_weight(config.weights, weight.value());
     H5Id g = h5_group(file, "quantized/" + name, true);
     h5_set_attr(g.get(), "format", config.weights.str());
-    std::vector<int64_t> dims(weight.shape().dims().begin(), weight.shape().dims().end());
-    std::vector<int64_t> ints(e.integers.begin(), e.integers.end());
-    h5_write_int64(g.get(), "integers", ints);  // flat; the weight's shape is the root tensor's
-    if (!e.exponents.empty())
-      h5_write_int64(g.get(), "exponents", std::vector<int64_t>(e.exponents.begin(), e.exponents.end()));
+    h5_write_array<int32_t>(g.get(), "integers", e.integers, weight.shape().dims());
+    if (!e.exponents.empty()) {
+      const AxisLayout l = weight_layout(weight.shape());
+      const int64_t blocks = (l.axis + config.weights.block - 1) / config.weights.block;
+      const int64_t dims[3] = {l.outer, blocks, l.inner};
+      h5_write_array<int8_t>(g.get(), "exponents", e.exponents, dims);
+    }
     if (!e.scales.empty())
       h5_write_tensor(g.get(), "scales", Tensor::from({static_cast<int64_t>(e.scales.size())}, e.scales));
   });
 }
 
-std::optional<QuantizationConfig> read_quantization(hid_t file, const std::string& path) {
+namespace {
+
+// Int8 activation ranges, one group per layer under /quantization/ranges. Layer names hold dots
+// ("layer1.0.conv1") and HDF5 splits only at slashes, so the walk is a plain depth-first search.
+std::map<std::string, AffineRange> read_ranges(hid_t quantization) {
+  std::map<std::string, AffineRange> ranges;
+  if (!h5_exists(quantization, "ranges")) return ranges;
+  std::function<void(hid_t, const std::string&, int)> walk = [&](hid_t g, const std::string& prefix, int depth) {
+    if (depth > kMaxRangeDepth) return;
+    for (const std::string& m : h5_members(g)) {
+      H5Id child = h5_group(g, m, false);
+      const std::string name = prefix.empty() ? m : prefix + "/" + m;
+      if (auto lo = h5_attr_double(child.get(), "min"))
+        ranges[name] =
+            AffineRange{static_cast<float>(*lo), static_cast<float>(h5_attr_double(child.get(), "max").value_or(0))};
+      else
+        walk(child.get(), name, depth + 1);
+    }
+  };
+  H5Id g = h5_group(quantization, "ranges", false);
+  walk(g.get(), "", 0);
+  return ranges;
+}
+
+// The stored encoding of one layer's weight, decoded; the integers may be in the weight's shape or
+// flat (toptag 0.1 wrote them flat, as int64).
+Tensor read_encoded_weight(hid_t file, const std::string& path, const std::string& layer, const Format& format,
+                           const Shape& shape) {
+  const std::string g = "quantized/" + layer;
+  if (!h5_exists(file, g)) fail("{}: quantized checkpoint lacks the encoding of layer '{}' (/{})", path, layer, g);
+  std::vector<int64_t> dims;
+  EncodedTensor e;
+  e.integers = h5_read_array<int32_t>(file, g + "/integers", path, &dims);
+  if (static_cast<int64_t>(e.integers.size()) != shape.numel())
+    fail("{}: /{}/integers holds {} values, but the weight has shape {}", path, g, e.integers.size(), shape.str());
+  if (format.kind == FormatKind::bfp) {
+    const AxisLayout l = weight_layout(shape);
+    e.exponents = h5_read_array<int8_t>(file, g + "/exponents", path);
+    if (static_cast<int64_t>(e.exponents.size()) != l.outer * ((l.axis + format.block - 1) / format.block) * l.inner)
+      fail("{}: /{}/exponents has {} values, which does not fit a weight of shape {}", path, g, e.exponents.size(),
+           shape.str());
+  }
+  if (format.kind == FormatKind::int8) {
+    const Tensor scales = h5_read_tensor(file, g + "/scales", path);
+    if (scales.numel() != shape[0]) fail("{}: /{}/scales must hold {} values", path, g, shape[0]);
+    e.scales.assign(scales.data(), scales.data() + scales.numel());
+  }
+  return decode_weight(format, e, shape);
+}
+
+}  // namespace
+
+std::optional<QuantizationConfig> read_quantization(hid_t file, const std::string& path, ResNet& model) {
   if (!h5_exists(file, "quantization")) return std::nullopt;
   H5Id q = h5_group(file, "quantization", false);
-  QuantizationConfig c;
   const std::optional<std::string> weights = h5_attr_string(q.get(), "weights");
   if (!weights) fail("{}: /quantization has no 'weights' format", path);
-  c.weights = Format::parse(*weights);
-  const std::string activations = h5_attr_string(q.get(), "activations").value_or("");
-  if (!activations.empty()) c.activations = Format::parse(activations);
-  c.ste = parse_ste(h5_attr_string(q.get(), "ste").value_or("masked"));
-  if (h5_exists(q.get(), "ranges")) {
-    H5Id ranges = h5_group(q.get(), "ranges", false);
-    // Layer names contain dots but no slashes except the block path: walk two levels deep.
-    std::function<void(hid_t, const std::string&)> walk = [&](hid_t g, const std::string& prefix) {
-      for (const std::string& m : h5_members(g)) {
-        H5Id child = h5_group(g, m, false);
-        const std::string name = prefix.empty() ? m : prefix + "/" + m;
-        if (auto lo = h5_attr_double(child.get(), "min")) {
-          c.ranges[name] =
-              AffineRange{static_cast<float>(*lo), static_cast<float>(h5_attr_double(child.get(), "max").value_or(0))};
-        } else {
-          walk(child.get(), name);
-        }
-      }
-    };
-    walk(ranges.get(), "");
-  }
+  QuantizationConfig c = make_quantization(*weights, h5_attr_string(q.get(), "activations").value_or(""),
+                                           h5_attr_string(q.get(), "ste").value_or("masked"));
+  c.ranges = read_ranges(q.get());
+  for_each_layer(model, [&](const std::string& name, std::shared_ptr<LayerHooks>&, Var& weight) {
+    const Tensor stored = read_encoded_weight(file, path, name, c.weights, weight.shape());
+    Tensor expected = Tensor::empty(weight.shape());
+    quantize_tensor(c.weights, true, weight.value(), expected, nullptr);
+    for (int64_t i = 0; i < expected.numel(); ++i) {
+      const float a = stored.data()[i], b = expected.data()[i];
+      if (!(std::abs(a - b) <= kEncodingTolerance * std::max(std::abs(b), 1.0f)))
+        fail("{}: layer '{}': the stored {} encoding gives {} at element {} where the master weight quantizes to {}",
+             path, name, c.weights.str(), a, i, b);
+    }
+  });
   return c;
-}
-
-Tagger load_tagger(const std::string& path) {
-  Tagger t;
-  t.model = load_model(path);
-  H5Id f = h5_open(path);
-  if (std::optional<QuantizationConfig> q = read_quantization(f.get(), path)) {
-    t.quantization = std::make_shared<QuantizationConfig>(*q);
-    attach_quantization(*t.model, t.quantization);
-  }
-  return t;
-}
-
-void save_tagger(const std::string& path, Tagger& tagger, const std::string& training_config) {
-  AtomicH5File out(path);
-  if (!training_config.empty()) h5_set_attr(out.id(), "training_config", training_config);
-  write_model_state(out.id(), *tagger.model);
-  if (tagger.quantization) write_quantization(out.id(), *tagger.model, *tagger.quantization);
-  out.commit();
 }
 
 }  // namespace toptag

@@ -11,7 +11,7 @@
 
 #include "data/jets.h"
 #include "inference.grpc.pb.h"
-#include "nn/progress.h"
+#include "io/progress.h"
 
 namespace toptag {
 

@@ -18,14 +18,12 @@ int64_t micros(Clock::duration d) {
 }
 }  // namespace
 
-BatchingEngine::BatchingEngine(Tagger tagger, const ImageOptions& images, const EngineOptions& options)
-    : tagger_(std::move(tagger)), images_(images), options_(options), feature_dim_(tagger_.model->feature_dim()) {
+BatchingEngine::BatchingEngine(Tagger tagger, const EngineOptions& options)
+    : tagger_(std::move(tagger)), options_(options), feature_dim_(tagger_.model->feature_dim()) {
   if (options.max_batch < 1) fail("--max-batch must be at least 1, got {}", options.max_batch);
   if (options.max_queue_delay_us < 0) fail("--max-queue-delay-us must be >= 0, got {}", options.max_queue_delay_us);
-  if (images.channels != tagger_.model->config().in_channels)
-    fail("the model takes {}-channel images but the server was set up for {}", tagger_.model->config().in_channels,
-         images.channels);
-  validate(images);
+  validate(tagger_.images);
+  check_channels(*tagger_.model, tagger_.images, "toptag serve");
   const int cores = hardware_threads();
   if (options_.instances <= 0) options_.instances = std::min(2, cores);
   if (options_.threads <= 0) options_.threads = std::max(1, cores / options_.instances);
@@ -42,7 +40,7 @@ std::string BatchingEngine::describe() const {
   const ResNetConfig& c = tagger_.model->config();
   return fmt::format("{} (width {}, {} features){}; images {}; {} instance(s) x {} thread(s)", c.arch, c.width,
                      feature_dim_, tagger_.quantized() ? ", quantized: " + tagger_.quantization->describe() : "",
-                     images_.describe(), options_.instances, options_.threads);
+                     tagger_.images.describe(), options_.instances, options_.threads);
 }
 
 bool BatchingEngine::running() const {
@@ -52,14 +50,15 @@ bool BatchingEngine::running() const {
 
 Tensor BatchingEngine::images_from_constituents(std::span<const float> constituents, int64_t n,
                                                 int n_constituents) const {
-  return jet_images(constituents, n, n_constituents, images_);
+  return jet_images(constituents, n, n_constituents, tagger_.images);
 }
 
 std::future<EngineResult> BatchingEngine::submit(Tensor images, bool want_features) {
-  const Shape want{images.rank() == 4 ? images.dim(0) : 0, images_.channels, images_.size, images_.size};
+  const Shape want{images.rank() == 4 ? images.dim(0) : 0, tagger_.images.channels, tagger_.images.size,
+                   tagger_.images.size};
   if (images.rank() != 4 || !(images.shape() == want))
-    fail("images must have shape [N, {}, {}, {}], got {}", images_.channels, images_.size, images_.size,
-         images.shape().str());
+    fail("images must have shape [N, {}, {}, {}], got {}", tagger_.images.channels, tagger_.images.size,
+         tagger_.images.size, images.shape().str());
   if (images.dim(0) < 1) fail("empty batch: a request needs at least one image");
   Pending p{std::move(images), want_features, {}, Clock::now()};
   std::future<EngineResult> result = p.promise.get_future();
@@ -123,9 +122,10 @@ void BatchingEngine::run_batch(std::vector<Pending>& batch) {
   int64_t n = 0;
   for (const Pending& p : batch) n += p.images.dim(0);
   try {
-    const int64_t per = images_.pixels();
-    Tensor images =
-        batch.size() == 1 ? batch[0].images : Tensor::empty({n, images_.channels, images_.size, images_.size});
+    const int64_t per = tagger_.images.pixels();
+    Tensor images = batch.size() == 1
+                        ? batch[0].images
+                        : Tensor::empty({n, tagger_.images.channels, tagger_.images.size, tagger_.images.size});
     if (batch.size() > 1) {
       int64_t row = 0;
       for (const Pending& p : batch) {

@@ -15,8 +15,7 @@
 #include <mutex>
 #include <thread>
 
-#include "data/jet_image.h"
-#include "quantize/model.h"
+#include "tagger/tagger.h"
 
 namespace toptag {
 
@@ -37,8 +36,9 @@ struct EngineResult {
 
 class BatchingEngine {
  public:
-  // images: the preprocessing applied to "constituents" inputs, and the image size every request must have.
-  BatchingEngine(Tagger tagger, const ImageOptions& images, const EngineOptions& options);
+  // tagger.images: the preprocessing applied to "constituents" inputs, and the image shape every
+  // request must have.
+  BatchingEngine(Tagger tagger, const EngineOptions& options);
   ~BatchingEngine();
   BatchingEngine(const BatchingEngine&) = delete;
   BatchingEngine& operator=(const BatchingEngine&) = delete;
@@ -53,7 +53,7 @@ class BatchingEngine {
   bool running() const;
 
   uint64_t executions() const { return executions_.load(); }  // batches run so far
-  const ImageOptions& image_options() const { return images_; }
+  const ImageOptions& image_options() const { return tagger_.images; }
   int64_t feature_dim() const { return feature_dim_; }
   std::string describe() const;  // model summary for metadata and logs
   int instances() const { return options_.instances; }
@@ -70,7 +70,6 @@ class BatchingEngine {
   void run_batch(std::vector<Pending>& batch);
 
   Tagger tagger_;
-  ImageOptions images_;
   EngineOptions options_;
   int64_t feature_dim_;
   mutable std::mutex mutex_;

@@ -98,20 +98,17 @@ class Service final : public inference::GRPCInferenceService::Service {
       } else {
         t.values = {in.contents().fp32_contents().data(), static_cast<size_t>(in.contents().fp32_contents_size())};
       }
-      std::vector<std::string> outputs;
-      for (const auto& o : q->outputs()) outputs.push_back(o.name());
-      if (outputs.empty()) outputs.push_back("probabilities");
-      EngineResult result = s_.infer(q->model_name(), q->model_version(), t, outputs);
+      std::vector<std::string> requested;
+      for (const auto& o : q->outputs()) requested.push_back(o.name());
+      const std::vector<OutputTensor> outputs = s_.infer(q->model_name(), q->model_version(), t, requested);
       r->set_model_name(s_.model_name());
       r->set_model_version(InferenceService::kVersion);
       r->set_id(q->id());
-      const int64_t n = t.shape[0];
-      for (const std::string& name : outputs) {
-        const Tensor& v = name == "features" ? result.features : result.probabilities;
+      for (const auto& [name, v] : outputs) {
         auto* o = r->add_outputs();
         o->set_name(name);
         o->set_datatype("FP32");
-        o->add_shape(n);
+        o->add_shape(v.dim(0));
         o->add_shape(v.dim(1));
         r->add_raw_output_contents(reinterpret_cast<const char*>(v.data()), static_cast<size_t>(v.numel()) * 4);
       }

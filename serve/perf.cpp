@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "eval/plot.h"
+#include "io/files.h"
 #include "nn/check.h"
-#include "nn/files.h"
 #include "nn/parallel.h"
 #include "nn/random.h"
 #include "serve/client.h"
@@ -125,7 +125,8 @@ std::vector<PerfPoint> measure_server(const ServerPerfOptions& o, bool show_prog
   return points;
 }
 
-std::vector<PerfPoint> measure_local(Tagger& tagger, int image_size, const LocalPerfOptions& o, bool show_progress) {
+std::vector<PerfPoint> measure_local(Tagger& tagger, const LocalPerfOptions& o, bool show_progress) {
+  const int image_size = tagger.images.size;
   ResNet& model = *tagger.model;
   model.set_training(false);
   std::vector<PerfPoint> points;

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "quantize/model.h"
+#include "tagger/tagger.h"
 
 namespace toptag {
 
@@ -39,8 +39,8 @@ struct LocalPerfOptions {
   std::vector<int> threads = {1, 2};
   double duration_s = 10, warmup_s = 1;
 };
-std::vector<PerfPoint> measure_local(Tagger& tagger, int image_size, const LocalPerfOptions& options,
-                                     bool show_progress = true);
+// Random images of tagger.images' shape.
+std::vector<PerfPoint> measure_local(Tagger& tagger, const LocalPerfOptions& options, bool show_progress = true);
 
 std::string perf_table(const std::vector<PerfPoint>& points);
 void write_perf_csv(const std::string& path, const std::vector<PerfPoint>& points);

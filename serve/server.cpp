@@ -95,29 +95,28 @@ void handle_infer(InferenceService& service, const httplib::Request& req, httpli
       throw RequestError(RequestError::Kind::invalid, std::string("bad input tensor: ") + e.what());
     }
     t.values = values;
-    std::vector<std::string> outputs;
+    std::vector<std::string> requested;
     std::vector<bool> binary;
     const bool binary_default = body.contains("parameters") && body["parameters"].value("binary_data_output", false);
     if (body.contains("outputs") && body["outputs"].is_array()) {
       for (const json& o : body["outputs"]) {
         if (!o.is_object() || !o.contains("name") || !o["name"].is_string())
           throw RequestError(RequestError::Kind::invalid, "each requested output needs a \"name\"");
-        outputs.push_back(o["name"].get<std::string>());
+        requested.push_back(o["name"].get<std::string>());
         binary.push_back(o.contains("parameters") ? o["parameters"].value("binary_data", binary_default)
                                                   : binary_default);
       }
     }
-    if (outputs.empty()) outputs.push_back("probabilities"), binary.push_back(binary_default);
-    const EngineResult r = service.infer(model, version, t, outputs);
+    const std::vector<OutputTensor> outputs = service.infer(model, version, t, requested);
     json response = {{"model_name", service.model_name()},
                      {"model_version", InferenceService::kVersion},
                      {"outputs", json::array()}};
     if (body.contains("id")) response["id"] = body["id"];
     std::string blob;
     for (size_t i = 0; i < outputs.size(); ++i) {
-      const Tensor& v = outputs[i] == "features" ? r.features : r.probabilities;
-      json o = {{"name", outputs[i]}, {"datatype", "FP32"}, {"shape", {v.dim(0), v.dim(1)}}};
-      if (binary[i]) {
+      const Tensor& v = outputs[i].value;
+      json o = {{"name", outputs[i].name}, {"datatype", "FP32"}, {"shape", {v.dim(0), v.dim(1)}}};
+      if (i < binary.size() ? binary[i] : binary_default) {
         o["parameters"] = {{"binary_data_size", v.numel() * 4}};
         blob.append(reinterpret_cast<const char*>(v.data()), static_cast<size_t>(v.numel()) * 4);
       } else {
@@ -207,9 +206,8 @@ int bind_listener(httplib::Server& server, const std::string& host, int port, co
 
 }  // namespace
 
-InferenceServer::InferenceServer(Tagger tagger, const ImageOptions& images, const ServerOptions& options)
-    : options_(options) {
-  engine_ = std::make_unique<BatchingEngine>(std::move(tagger), images, options.engine);
+InferenceServer::InferenceServer(Tagger tagger, const ServerOptions& options) : options_(options) {
+  engine_ = std::make_unique<BatchingEngine>(std::move(tagger), options.engine);
   service_ = std::make_unique<InferenceService>(*engine_, options.model_name, options.limits);
   if (options.grpc_port >= 0) {
     grpc_ = std::make_unique<GrpcFrontEnd>(*service_, options.host, options.grpc_port, options.max_message_bytes);

@@ -30,7 +30,7 @@ struct ServerOptions {
 
 class InferenceServer {
  public:
-  InferenceServer(Tagger tagger, const ImageOptions& images, const ServerOptions& options);
+  InferenceServer(Tagger tagger, const ServerOptions& options);
   ~InferenceServer();
 
   // The ports actually bound (useful with port 0).

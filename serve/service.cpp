@@ -48,12 +48,13 @@ std::vector<TensorMetadata> InferenceService::outputs() const {
   return {{"probabilities", "FP32", {-1, 2}}, {"features", "FP32", {-1, engine_.feature_dim()}}};
 }
 
-EngineResult InferenceService::infer(const std::string& model, const std::string& version, const InputTensor& in,
-                                     const std::vector<std::string>& outputs) {
+std::vector<OutputTensor> InferenceService::infer(const std::string& model, const std::string& version,
+                                                  const InputTensor& in, const std::vector<std::string>& requested) {
   const auto start = std::chrono::steady_clock::now();
   check_model(model, version);
   if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
   auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
+  const std::vector<std::string> outputs = requested.empty() ? std::vector<std::string>{"probabilities"} : requested;
   bool want_features = false;
   for (const std::string& o : outputs) {
     if (o == "features")
@@ -110,7 +111,9 @@ EngineResult InferenceService::infer(const std::string& model, const std::string
   metrics_.compute_infer_duration_us += static_cast<uint64_t>(r.compute_us * n / std::max<int64_t>(1, r.batch_images));
   metrics_.request_duration_us += static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
-  return r;
+  std::vector<OutputTensor> out;
+  for (const std::string& name : outputs) out.push_back({name, name == "features" ? r.features : r.probabilities});
+  return out;
 }
 
 }  // namespace toptag

@@ -35,6 +35,12 @@ struct InputTensor {
   std::span<const float> values;
 };
 
+// One tensor of a response: "probabilities" (n, 2) or "features" (n, F).
+struct OutputTensor {
+  std::string name;
+  Tensor value;
+};
+
 struct ServiceLimits {
   int64_t max_request_jets = 4096;  // images or jets per request
 };
@@ -62,10 +68,11 @@ class InferenceService {
   std::string platform() const { return "toptag_resnet"; }
 
   // Validates the input ("images" [n, C, H, W] or "constituents" [n, 200, 4], FP32) and the requested
-  // outputs ("probabilities", "features"), runs it, and records the success metrics. Throws
-  // RequestError; the front ends count failures (theirs and these) in metrics().request_failure.
-  EngineResult infer(const std::string& model, const std::string& version, const InputTensor& input,
-                     const std::vector<std::string>& outputs);
+  // outputs ("probabilities", "features"; none asked for: probabilities), runs it, records the
+  // success metrics and returns the outputs in the order asked. Throws RequestError; the front ends
+  // count failures (theirs and these) in metrics().request_failure.
+  std::vector<OutputTensor> infer(const std::string& model, const std::string& version, const InputTensor& input,
+                                  const std::vector<std::string>& outputs);
 
   ServiceMetrics& metrics() { return metrics_; }
   std::string metrics_text() const { return metrics_.prometheus(model_name_, engine_.executions()); }

@@ -10,8 +10,8 @@
 #include "eval/plot.h"
 #include "eval/predictions.h"
 #include "eval/report.h"
+#include "io/files.h"
 #include "nn/check.h"
-#include "nn/files.h"
 #include "serve/perf.h"
 
 namespace toptag {

@@ -40,7 +40,13 @@ struct StudyOptions {
   std::string toptag;  // the toptag executable (default: this process's)
 };
 
-// Runs (or resumes) every stage; throws toptag::Error naming the stage that failed.
+// Runs (or resumes) every stage; throws toptag::Error naming the stage that failed. Each command
+// runs in options.dir; the caller's working directory and signal dispositions are left alone.
 void run_study(const StudyOptions& options);
+
+// For the caller's SIGINT/SIGTERM handler (async-signal-safe): passes `signal` on to the command
+// running in the foreground (a training run writes its checkpoint) and makes run_study stop after
+// it with "interrupted; rerun the same command to resume".
+void interrupt_study(int signal);
 
 }  // namespace toptag

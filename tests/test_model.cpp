@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "nn/checkpoint.h"
+#include "io/checkpoint.h"
 #include "nn/ops/softmax.h"
 #include "testing.h"
 #include "training/adam.h"

@@ -7,12 +7,12 @@
 
 #include "datasets/generator.h"
 #include "eval/metrics.h"
-#include "nn/checkpoint.h"
+#include "io/checkpoint.h"
 #include "nn/ops/softmax.h"
 #include "quantize/model.h"
+#include "tagger/inference.h"
 #include "testing.h"
 #include "training/adam.h"
-#include "training/inference.h"
 #include "training/trainer.h"
 
 namespace toptag {

@@ -26,17 +26,18 @@ namespace {
 using json = nlohmann::json;
 constexpr int kSize = 16;  // image pixels per side
 
-Tagger tiny_tagger() {
-  Tagger t;
-  t.model = std::make_unique<ResNet>(ResNetConfig{"resnet10", 1, 4, 16, 2}, 11);
-  t.model->set_training(false);
-  return t;
-}
-
 ImageOptions tiny_images() {
   ImageOptions o;
   o.size = kSize;
   return o;
+}
+
+Tagger tiny_tagger() {
+  Tagger t;
+  t.model = std::make_unique<ResNet>(ResNetConfig{"resnet10", 1, 4, 16, 2}, 11);
+  t.model->set_training(false);
+  t.images = tiny_images();
+  return t;
 }
 
 // n random sparse-ish images, as the server expects them.
@@ -63,7 +64,7 @@ std::vector<float> local_probabilities(const std::vector<float>& images, int64_t
 std::unique_ptr<InferenceServer> start_server(ServerOptions o = {}) {
   o.host = "127.0.0.1";
   o.grpc_port = o.http_port = o.metrics_port = 0;
-  return std::make_unique<InferenceServer>(tiny_tagger(), tiny_images(), o);
+  return std::make_unique<InferenceServer>(tiny_tagger(), o);
 }
 
 std::unique_ptr<inference::GRPCInferenceService::Stub> grpc_stub(int port) {
@@ -526,7 +527,7 @@ TEST(Serve, PortInUseIsAClearError) {
            : std::string(which) == "http" ? first->http_port()
                                           : first->metrics_port();
     try {
-      InferenceServer second(tiny_tagger(), tiny_images(), o);
+      InferenceServer second(tiny_tagger(), o);
       ADD_FAILURE() << which << ": a second server bound port " << port;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("cannot listen"), std::string::npos) << e.what();
@@ -537,11 +538,11 @@ TEST(Serve, PortInUseIsAClearError) {
 }
 
 TEST(Serve, StoppedEngineAnswersUnavailable) {
-  BatchingEngine engine(tiny_tagger(), tiny_images(), EngineOptions{});
+  BatchingEngine engine(tiny_tagger(), EngineOptions{});
   InferenceService service(engine, "toptag");
   const std::vector<float> one = random_images(1, 8);
   const InputTensor in{"images", "FP32", {1, 1, kSize, kSize}, one};
-  EXPECT_EQ(service.infer("toptag", "", in, {"probabilities"}).probabilities.dim(0), 1);
+  EXPECT_EQ(service.infer("toptag", "", in, {"probabilities"}).at(0).value.dim(0), 1);
   engine.stop();
   EXPECT_FALSE(service.ready());
   try {

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "datasets/generator.h"
-#include "nn/checkpoint.h"
+#include "io/checkpoint.h"
 #include "testing.h"
 #include "training/trainer.h"
 
@@ -63,10 +63,8 @@ TEST_F(TrainingTest, ResumedAfterOneEpochEndsWithTheSameWeights) {
   TrainConfig first = tiny("split");
   first.epochs = 1;
   train(first, nullptr);
-  TrainConfig rest = read_train_config(resume_checkpoint_path(first.output_dir));
-  EXPECT_EQ(rest.epochs, 1);
-  rest.epochs = 2;
-  TrainResult resumed = train(rest, nullptr, resume_checkpoint_path(first.output_dir));
+  EXPECT_EQ(read_train_config(resume_checkpoint_path(first.output_dir)).epochs, 1);
+  TrainResult resumed = resume(resume_checkpoint_path(first.output_dir), first.output_dir, 2, nullptr);
   EXPECT_EQ(resumed.state.epoch, 2);
   expect_same_weights(full.last_checkpoint, resumed.last_checkpoint);
   // metrics.csv has a header and one row per epoch, across the resume.
@@ -91,7 +89,7 @@ TEST_F(TrainingTest, InterruptWritesACheckpointAndResumingMidEpochMatches) {
   EXPECT_EQ(cut.state.epoch, 0);
   EXPECT_EQ(cut.state.step_in_epoch, 1);
   ASSERT_TRUE(fs::exists(cut.last_checkpoint));
-  TrainResult resumed = train(read_train_config(cut.last_checkpoint), nullptr, cut.last_checkpoint);
+  TrainResult resumed = resume(cut.last_checkpoint, tiny("cut").output_dir, 0, nullptr);
   EXPECT_FALSE(resumed.interrupted);
   expect_same_weights(full.last_checkpoint, resumed.last_checkpoint);
 }

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "io/h5.h"
 #include "nn/autograd.h"
 #include "nn/check.h"
-#include "nn/h5.h"
 #include "nn/random.h"
 
 namespace toptag::testing {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "nn/h5.h"
+#include "io/h5.h"
 #include "nn/layers.h"
 
 namespace toptag {

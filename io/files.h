@@ -1,5 +1,5 @@
 // Text files written whole and atomically: under a temporary name, then renamed into place, so an
-// interrupted write never leaves a truncated file (HDF5 files have AtomicH5File in nn/h5.h).
+// interrupted write never leaves a truncated file (HDF5 files have AtomicH5File in io/h5.h).
 #pragma once
 
 #include <string>

@@ -14,7 +14,7 @@
 #include <memory>
 #include <string>
 
-#include "nn/h5.h"
+#include "io/h5.h"
 #include "nn/resnet.h"
 
 namespace toptag {
@@ -31,7 +31,8 @@ ResNetConfig read_model_config(hid_t file, const std::string& path);
 // Copies every tensor of `model` from the file. A missing tensor or a wrong shape is an error
 // naming the tensor and both shapes; the model is left unchanged on error.
 void read_model_state(hid_t file, const std::string& path, ResNet& model);
-// Builds the model a checkpoint describes and loads its weights.
+// Builds the model a checkpoint describes and loads its weights (batch norms folded if the file says so).
+std::unique_ptr<ResNet> load_model(hid_t file, const std::string& path);
 std::unique_ptr<ResNet> load_model(const std::string& path);
 
 }  // namespace toptag

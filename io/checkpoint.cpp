@@ -1,4 +1,4 @@
-#include "nn/checkpoint.h"
+#include "io/checkpoint.h"
 
 #include <vector>
 
@@ -60,12 +60,16 @@ void read_model_state(hid_t file, const std::string& path, ResNet& model) {
   for (auto& [target, value] : loaded) target->copy_from(value);
 }
 
+std::unique_ptr<ResNet> load_model(hid_t file, const std::string& path) {
+  auto model = std::make_unique<ResNet>(read_model_config(file, path), 0);
+  if (h5_attr_int(file, "folded_batchnorm").value_or(0) != 0) model->fold_batchnorm();
+  read_model_state(file, path, *model);
+  return model;
+}
+
 std::unique_ptr<ResNet> load_model(const std::string& path) {
   H5Id file = h5_open(path);
-  auto model = std::make_unique<ResNet>(read_model_config(file.get(), path), 0);
-  if (h5_attr_int(file.get(), "folded_batchnorm").value_or(0) != 0) model->fold_batchnorm();
-  read_model_state(file.get(), path, *model);
-  return model;
+  return load_model(file.get(), path);
 }
 
 }  // namespace toptag

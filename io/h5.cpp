@@ -1,10 +1,11 @@
-#include "nn/h5.h"
+#include "io/h5.h"
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
+#include <type_traits>
 
 #include "nn/check.h"
 
@@ -111,6 +112,93 @@ std::vector<std::string> h5_members(hid_t group) {
   return names;
 }
 
+H5Id h5_open_dataset(hid_t loc, const std::string& name, const std::string& file) {
+  h5_quiet();
+  if (!h5_exists(loc, name)) fail("{}: dataset '{}' is missing", file, name);
+  if (H5Oexists_by_name(loc, name.c_str(), H5P_DEFAULT) <= 0) fail("{}: '{}' is a dangling link", file, name);
+  H5O_info_t info;
+  if (H5Oget_info_by_name2(loc, name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0 || info.type != H5O_TYPE_DATASET)
+    fail("{}: '{}' is not a dataset", file, name);
+  H5Id ds(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
+  if (!ds.valid()) fail("{}: cannot open dataset '{}'", file, name);
+  return ds;
+}
+
+std::vector<int64_t> h5_shape(hid_t dataset) {
+  H5Id space(H5Dget_space(dataset));
+  const int rank = space.valid() ? H5Sget_simple_extent_ndims(space.get()) : -1;
+  if (rank < 0) fail("cannot read the dataspace of an HDF5 dataset");
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  if (rank > 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  return {dims.begin(), dims.end()};
+}
+
+namespace {
+
+// The dataset's dimensions with the first replaced: a row-range selection's extent.
+std::vector<hsize_t> row_block(hid_t dataset, int64_t rows, const std::string& what) {
+  const std::vector<int64_t> shape = h5_shape(dataset);
+  if (shape.empty()) fail("{}: a scalar dataset has no rows", what);
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  dims[0] = static_cast<hsize_t>(rows);
+  return dims;
+}
+
+}  // namespace
+
+void h5_read_rows(hid_t dataset, hid_t mem_type, int64_t start, int64_t count, void* buffer, const std::string& what) {
+  const std::vector<int64_t> shape = h5_shape(dataset);
+  if (shape.empty() || start < 0 || count < 0 || start + count > shape[0])
+    fail("{}: rows [{}, {}) are outside the dataset's {} rows", what, start, start + count,
+         shape.empty() ? 0 : shape[0]);
+  if (count == 0) return;
+  const std::vector<hsize_t> n = row_block(dataset, count, what);
+  std::vector<hsize_t> offset(n.size(), 0);
+  offset[0] = static_cast<hsize_t>(start);
+  H5Id file_space(H5Dget_space(dataset));
+  H5Id mem_space(H5Screate_simple(static_cast<int>(n.size()), n.data(), nullptr));
+  if (!file_space.valid() || !mem_space.valid() ||
+      H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, offset.data(), nullptr, n.data(), nullptr) < 0 ||
+      H5Dread(dataset, mem_type, mem_space.get(), file_space.get(), H5P_DEFAULT, buffer) < 0)
+    fail("{}: cannot read rows [{}, {}) (corrupt file, or a missing compression filter)", what, start, start + count);
+}
+
+H5Id h5_create_rows(hid_t loc, const std::string& name, hid_t file_type, std::span<const int64_t> row_dims,
+                    int64_t chunk_rows, bool compress, const std::string& what) {
+  std::vector<hsize_t> dims{0}, max_dims{H5S_UNLIMITED}, chunk{static_cast<hsize_t>(chunk_rows)};
+  for (int64_t d : row_dims) {
+    dims.push_back(static_cast<hsize_t>(d));
+    max_dims.push_back(static_cast<hsize_t>(d));
+    chunk.push_back(static_cast<hsize_t>(d));
+  }
+  const int rank = static_cast<int>(dims.size());
+  H5Id space(H5Screate_simple(rank, dims.data(), max_dims.data()));
+  H5Id plist(H5Pcreate(H5P_DATASET_CREATE));
+  bool ok = space.valid() && plist.valid() && H5Pset_chunk(plist.get(), rank, chunk.data()) >= 0;
+  if (ok && compress) ok = H5Pset_shuffle(plist.get()) >= 0 && H5Pset_deflate(plist.get(), 1) >= 0;
+  H5Id ds;
+  if (ok) ds = H5Id(H5Dcreate2(loc, name.c_str(), file_type, space.get(), H5P_DEFAULT, plist.get(), H5P_DEFAULT));
+  if (!ds.valid()) fail("{}: cannot create dataset '{}'", what, name);
+  return ds;
+}
+
+void h5_append_rows(hid_t dataset, hid_t mem_type, int64_t count, const void* buffer, const std::string& what) {
+  if (count == 0) return;
+  std::vector<hsize_t> extent = row_block(dataset, 0, what);
+  const hsize_t start = static_cast<hsize_t>(h5_shape(dataset)[0]);
+  extent[0] = start + static_cast<hsize_t>(count);
+  std::vector<hsize_t> offset(extent.size(), 0), n = extent;
+  offset[0] = start;
+  n[0] = static_cast<hsize_t>(count);
+  if (H5Dset_extent(dataset, extent.data()) < 0) fail("{}: cannot grow the dataset to {} rows", what, extent[0]);
+  H5Id file_space(H5Dget_space(dataset));
+  H5Id mem_space(H5Screate_simple(static_cast<int>(n.size()), n.data(), nullptr));
+  if (!file_space.valid() || !mem_space.valid() ||
+      H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, offset.data(), nullptr, n.data(), nullptr) < 0 ||
+      H5Dwrite(dataset, mem_type, mem_space.get(), file_space.get(), H5P_DEFAULT, buffer) < 0)
+    fail("{}: cannot write rows [{}, {})", what, start, extent[0]);
+}
+
 namespace {
 
 template <class T>
@@ -127,20 +215,9 @@ void write_dataset(hid_t loc, const std::string& name, hid_t mem_type, hid_t fil
     fail("cannot write HDF5 dataset '{}'", name);
 }
 
-H5Id open_dataset(hid_t loc, const std::string& name, const std::string& file) {
-  h5_quiet();
-  if (!h5_exists(loc, name)) fail("{}: dataset '{}' is missing", file, name);
-  H5Id ds(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  if (!ds.valid()) fail("{}: '{}' is not a dataset", file, name);
-  return ds;
-}
-
 std::vector<hsize_t> dataspace_dims(hid_t ds) {
-  H5Id space(H5Dget_space(ds));
-  const int rank = H5Sget_simple_extent_ndims(space.get());
-  std::vector<hsize_t> dims(static_cast<size_t>(std::max(rank, 0)));
-  if (rank > 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
-  return dims;
+  const std::vector<int64_t> shape = h5_shape(ds);
+  return {shape.begin(), shape.end()};
 }
 
 void expect_numeric(hid_t ds, const std::string& name, const std::string& file) {
@@ -157,13 +234,13 @@ void h5_write_tensor(hid_t loc, const std::string& name, const Tensor& tensor) {
 }
 
 std::vector<int64_t> h5_dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
-  H5Id ds = open_dataset(loc, name, file);
+  H5Id ds = h5_open_dataset(loc, name, file);
   std::vector<hsize_t> dims = dataspace_dims(ds.get());
   return {dims.begin(), dims.end()};
 }
 
 Tensor h5_read_tensor(hid_t loc, const std::string& name, const std::string& file) {
-  H5Id ds = open_dataset(loc, name, file);
+  H5Id ds = h5_open_dataset(loc, name, file);
   expect_numeric(ds.get(), name, file);
   std::vector<hsize_t> dims = dataspace_dims(ds.get());
   std::vector<int64_t> shape(dims.begin(), dims.end());
@@ -180,7 +257,7 @@ void h5_write_int64(hid_t loc, const std::string& name, const std::vector<int64_
 }
 
 std::vector<int64_t> h5_read_int64(hid_t loc, const std::string& name, const std::string& file) {
-  H5Id ds = open_dataset(loc, name, file);
+  H5Id ds = h5_open_dataset(loc, name, file);
   expect_numeric(ds.get(), name, file);
   std::vector<hsize_t> dims = dataspace_dims(ds.get());
   hsize_t n = 1;
@@ -190,6 +267,51 @@ std::vector<int64_t> h5_read_int64(hid_t loc, const std::string& name, const std
     fail("{}: cannot read dataset '{}' as int64", file, name);
   return values;
 }
+
+namespace {
+
+// The HDF5 memory and file types of an integer element type.
+template <class T>
+std::pair<hid_t, hid_t> integer_types() {
+  if constexpr (std::is_same_v<T, int8_t>) return {H5T_NATIVE_INT8, H5T_STD_I8LE};
+  if constexpr (std::is_same_v<T, int32_t>) return {H5T_NATIVE_INT32, H5T_STD_I32LE};
+  if constexpr (std::is_same_v<T, int64_t>) return {H5T_NATIVE_INT64, H5T_STD_I64LE};
+}
+
+}  // namespace
+
+template <class T>
+void h5_write_array(hid_t loc, const std::string& name, std::span<const T> values, std::span<const int64_t> shape) {
+  hsize_t count = 1;
+  for (int64_t d : shape) count *= static_cast<hsize_t>(d);
+  if (count != values.size())
+    fail("HDF5 dataset '{}': {} values for a shape of {} elements", name, values.size(), count);
+  const std::vector<hsize_t> dims(shape.begin(), shape.end());
+  const auto [mem, file] = integer_types<T>();
+  write_dataset(loc, name, mem, file, dims, values.data());
+}
+
+template <class T>
+std::vector<T> h5_read_array(hid_t loc, const std::string& name, const std::string& file, std::vector<int64_t>* shape) {
+  H5Id ds = h5_open_dataset(loc, name, file);
+  H5Id type(H5Dget_type(ds.get()));
+  if (H5Tget_class(type.get()) != H5T_INTEGER) fail("{}: dataset '{}' does not hold integers", file, name);
+  const std::vector<int64_t> dims = h5_shape(ds.get());
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  std::vector<T> values(static_cast<size_t>(n));
+  if (n > 0 && H5Dread(ds.get(), integer_types<T>().first, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) < 0)
+    fail("{}: cannot read dataset '{}'", file, name);
+  if (shape) *shape = dims;
+  return values;
+}
+
+template void h5_write_array<int8_t>(hid_t, const std::string&, std::span<const int8_t>, std::span<const int64_t>);
+template void h5_write_array<int32_t>(hid_t, const std::string&, std::span<const int32_t>, std::span<const int64_t>);
+template std::vector<int8_t> h5_read_array<int8_t>(hid_t, const std::string&, const std::string&,
+                                                   std::vector<int64_t>*);
+template std::vector<int32_t> h5_read_array<int32_t>(hid_t, const std::string&, const std::string&,
+                                                     std::vector<int64_t>*);
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "nn/files.h"
+#include "io/files.h"
 
 #include <cstdio>
 #include <filesystem>

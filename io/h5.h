@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,32 @@ Tensor h5_read_tensor(hid_t loc, const std::string& name, const std::string& fil
 std::vector<int64_t> h5_dataset_shape(hid_t loc, const std::string& name, const std::string& file_for_errors);
 void h5_write_int64(hid_t loc, const std::string& name, const std::vector<int64_t>& values);
 std::vector<int64_t> h5_read_int64(hid_t loc, const std::string& name, const std::string& file_for_errors);
+
+// Integer arrays of any shape, stored as the little-endian type of T (int8_t, int32_t, int64_t).
+// Reading converts any integer dataset to T (HDF5 saturates out-of-range values); `shape`, if given,
+// receives the dataset's dimensions.
+template <class T>
+void h5_write_array(hid_t loc, const std::string& name, std::span<const T> values, std::span<const int64_t> shape);
+template <class T>
+std::vector<T> h5_read_array(hid_t loc, const std::string& name, const std::string& file_for_errors,
+                             std::vector<int64_t>* shape = nullptr);
+
+// Opens an existing dataset; throws naming the file if it is missing or not a dataset.
+H5Id h5_open_dataset(hid_t loc, const std::string& name, const std::string& file_for_errors);
+// The dimensions of an open dataset.
+std::vector<int64_t> h5_shape(hid_t dataset);
+
+// Row ranges of a dataset whose first dimension counts rows (jets, images): what the streaming
+// readers and writers use. `what` names the file and dataset in errors.
+// Reads rows [start, start + count) into `buffer`, converted to `mem_type`; the buffer holds count
+// rows of (product of the other dimensions) elements of that type.
+void h5_read_rows(hid_t dataset, hid_t mem_type, int64_t start, int64_t count, void* buffer, const std::string& what);
+// Creates an empty, chunked dataset whose first dimension grows without limit; every row has shape
+// `row_dims`. `compress`: byte shuffle + deflate level 1 (readable without plugins).
+H5Id h5_create_rows(hid_t loc, const std::string& name, hid_t file_type, std::span<const int64_t> row_dims,
+                    int64_t chunk_rows, bool compress, const std::string& what);
+// Appends `count` rows from `buffer` (in `mem_type`) to such a dataset.
+void h5_append_rows(hid_t dataset, hid_t mem_type, int64_t count, const void* buffer, const std::string& what);
 
 // Attributes on any object.
 void h5_set_attr(hid_t obj, const std::string& name, const std::string& value);

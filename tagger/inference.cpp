@@ -1,11 +1,11 @@
-#include "training/inference.h"
+#include "tagger/inference.h"
 
 #include <cmath>
 
+#include "io/h5.h"
+#include "io/progress.h"
 #include "nn/check.h"
-#include "nn/h5.h"
 #include "nn/ops/softmax.h"
-#include "nn/progress.h"
 
 namespace toptag {
 

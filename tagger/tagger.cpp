@@ -1,0 +1,72 @@
+#include "tagger/tagger.h"
+
+#include "io/checkpoint.h"
+#include "io/config_json.h"
+#include "nn/check.h"
+
+namespace toptag {
+
+std::string Tagger::describe() const {
+  return quantization ? quantization->describe() : "float32";
+}
+
+std::optional<std::string> stored_training_config(hid_t file) {
+  if (h5_exists(file, "training")) {
+    H5Id g = h5_group(file, "training", false);
+    if (std::optional<std::string> config = h5_attr_string(g.get(), "config")) return config;
+  }
+  return h5_attr_string(file, "training_config");
+}
+
+Tagger load_tagger(const std::string& path) {
+  H5Id file = h5_open(path);
+  Tagger t;
+  t.model = load_model(file.get(), path);
+  t.images.channels = static_cast<int>(t.model->config().in_channels);
+  if (std::optional<std::string> config = stored_training_config(file.get())) {
+    t.training_config = *config;
+    fields_from_json(parse_json(*config, path), t.images, path);
+  }
+  validate(t.images);
+  check_channels(*t.model, t.images, path);
+  if (std::optional<QuantizationConfig> q = read_quantization(file.get(), path, *t.model)) {
+    t.quantization = std::make_shared<QuantizationConfig>(std::move(*q));
+    attach_quantization(*t.model, t.quantization);
+  }
+  return t;
+}
+
+void write_tagger(hid_t file, const Tagger& tagger) {
+  write_model_state(file, *tagger.model);
+  if (tagger.quantization) write_quantization(file, *tagger.model, *tagger.quantization);
+  if (!tagger.training_config.empty()) h5_set_attr(file, "training_config", tagger.training_config);
+}
+
+void save_tagger(const std::string& path, const Tagger& tagger) {
+  AtomicH5File out(path);
+  write_tagger(out.id(), tagger);
+  out.commit();
+}
+
+void check_channels(const ResNet& model, const ImageOptions& images, const std::string& source) {
+  if (images.channels != model.config().in_channels)
+    fail("{}: the model takes {}-channel images but the images have {} (--channels)", source,
+         model.config().in_channels, images.channels);
+}
+
+int64_t quantize_tagger(Tagger& tagger, std::shared_ptr<QuantizationConfig> config, const BatchSourceFn& calibration) {
+  ResNet& model = *tagger.model;
+  if (!model.folded()) model.fold_batchnorm();
+  int64_t seen = 0;
+  if (config->activations && config->activations->kind == FormatKind::int8 && config->ranges.empty())
+    seen = calibrate(model, *config, calibration);
+  attach_quantization(model, config);
+  tagger.quantization = std::move(config);
+  return seen;
+}
+
+void freeze_for_inference(Tagger& tagger) {
+  if (tagger.quantization) freeze_for_inference(*tagger.model, *tagger.quantization);
+}
+
+}  // namespace toptag

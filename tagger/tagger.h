@@ -1,0 +1,56 @@
+// A tagger: the network, the images it is fed, and, for a quantized model, how it is quantized.
+// This is the one place a model is loaded for inference (predict, features, serve, perf) and for
+// training (--init, --resume), from any checkpoint toptag writes:
+//   - a float checkpoint (io/checkpoint.h), optionally with batch norms folded;
+//   - a quantized one (quantize/model.h: /quantization and /quantized);
+//   - a training checkpoint (training/checkpoint.h adds /optimizer and /training).
+// The image options come from the configuration of the run that trained the weights: /training's
+// attribute "config", or the root attribute "training_config" that quantized checkpoints carry.
+// A checkpoint without either (weights exported from PyTorch) is fed the default images with as
+// many channels as its first convolution takes.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "data/jet_image.h"
+#include "io/h5.h"
+#include "nn/resnet.h"
+#include "quantize/model.h"
+
+namespace toptag {
+
+struct Tagger {
+  std::unique_ptr<ResNet> model;
+  ImageOptions images;                               // what the model expects to be fed
+  std::shared_ptr<QuantizationConfig> quantization;  // null for a float model
+  std::string training_config;                       // JSON of the run that trained the weights ("" if unknown)
+
+  bool quantized() const { return quantization != nullptr; }
+  std::string describe() const;  // "float32" or the quantization
+};
+
+// Loads any toptag checkpoint (float, folded, quantized, training). Errors name the file.
+Tagger load_tagger(const std::string& path);
+
+// Writes the model, its quantization and its training configuration into an open file.
+void write_tagger(hid_t file, const Tagger& tagger);
+// Atomically writes a checkpoint holding the tagger alone.
+void save_tagger(const std::string& path, const Tagger& tagger);
+
+// The configuration (JSON) `file` records for the run that trained its weights, if any.
+std::optional<std::string> stored_training_config(hid_t file);
+
+// The one channel check: throws, naming `source`, unless the model takes images of `images.channels`.
+void check_channels(const ResNet& model, const ImageOptions& images, const std::string& source);
+
+// The quantization set-up shared by toptag quantize and train --quantize: folds the batch norms,
+// calibrates int8 activation ranges on `calibration` when the format needs them and `config` has
+// none, and attaches the quantizers. Returns the number of images calibrated on (0 if none).
+int64_t quantize_tagger(Tagger& tagger, std::shared_ptr<QuantizationConfig> config, const BatchSourceFn& calibration);
+
+// Inference only: every weight quantized once (quantize/model.h). A float tagger is left as it is.
+void freeze_for_inference(Tagger& tagger);
+
+}  // namespace toptag
