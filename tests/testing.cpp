@@ -10,7 +10,7 @@ std::string data_path(const std::string& file) {
   return std::string(TOPTAG_TEST_DATA) + "/" + file;
 }
 
-Golden::Golden() : path_(data_path("torch_ops_golden.h5")), file_(h5_open(path_)) {}
+Golden::Golden(const std::string& file) : path_(data_path(file)), file_(h5_open(path_)) {}
 
 Tensor Golden::get(const std::string& group, const std::string& name) const {
   return h5_read_tensor(file_.get(), group + "/" + name, path_);
@@ -20,6 +20,13 @@ std::vector<int64_t> Golden::get_int64(const std::string& group, const std::stri
   return h5_read_int64(file_.get(), group + "/" + name, path_);
 }
 
+std::map<std::string, Tensor> Golden::get_all(const std::string& group) const {
+  H5Id g = h5_group(file_.get(), group, false);
+  std::map<std::string, Tensor> tensors;
+  for (const std::string& name : h5_members(g.get())) tensors.emplace(name, get(group, name));
+  return tensors;
+}
+
 int64_t Golden::attr(const std::string& group, const std::string& name) const {
   H5Id g = h5_group(file_.get(), group, false);
   std::optional<int64_t> v = h5_attr_int(g.get(), name);
@@ -27,12 +34,25 @@ int64_t Golden::attr(const std::string& group, const std::string& name) const {
   return *v;
 }
 
-void expect_close(const Tensor& actual, const Tensor& expected, const std::string& what, double rtol, double atol) {
+std::string Golden::attr_string(const std::string& group, const std::string& name) const {
+  H5Id g = h5_group(file_.get(), group, false);
+  std::optional<std::string> v = h5_attr_string(g.get(), name);
+  if (!v) throw std::runtime_error(group + " has no string attribute " + name);
+  return *v;
+}
+
+namespace {
+
+double max_abs(const Tensor& t) {
+  double scale = 0.0;
+  for (float v : t.span()) scale = std::max(scale, static_cast<double>(std::abs(v)));
+  return scale;
+}
+
+// Element-wise |actual - expected| <= abs_tol + rtol * |expected|; reports the worst element.
+void check_close(const Tensor& actual, const Tensor& expected, const std::string& what, double rtol, double abs_tol) {
   ASSERT_TRUE(actual.defined()) << what << ": no tensor computed";
   ASSERT_EQ(actual.shape().str(), expected.shape().str()) << what << ": shape mismatch";
-  double scale = 0.0;
-  for (float e : expected.span()) scale = std::max(scale, static_cast<double>(std::abs(e)));
-  const double abs_tol = atol * std::max(1.0, scale);
   int64_t worst = -1, bad = 0;
   double worst_excess = 0.0;
   for (int64_t i = 0; i < expected.numel(); ++i) {
@@ -45,7 +65,18 @@ void expect_close(const Tensor& actual, const Tensor& expected, const std::strin
   }
   EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << expected.numel() << " elements differ; worst at flat index "
                     << worst << ": got " << (worst >= 0 ? actual.data()[worst] : 0.0f) << ", expected "
-                    << (worst >= 0 ? expected.data()[worst] : 0.0f);
+                    << (worst >= 0 ? expected.data()[worst] : 0.0f) << " (tolerance " << abs_tol << " + " << rtol
+                    << " * |expected|)";
+}
+
+}  // namespace
+
+void expect_close(const Tensor& actual, const Tensor& expected, const std::string& what, double rtol, double atol) {
+  check_close(actual, expected, what, rtol, atol * std::max(1.0, max_abs(expected)));
+}
+
+void expect_close_to_max(const Tensor& actual, const Tensor& expected, const std::string& what, double tol) {
+  check_close(actual, expected, what, 0.0, tol * max_abs(expected));
 }
 
 Tensor random_tensor(const Shape& shape, Rng& rng, double scale) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -16,13 +17,16 @@ namespace toptag::testing {
 
 std::string data_path(const std::string& file);  // tests/data/<file>
 
-// The PyTorch reference file tests/data/torch_ops_golden.h5, one group per case.
+// A PyTorch reference file in tests/data (by default torch_ops_golden.h5, one group per case).
 class Golden {
  public:
-  Golden();
+  explicit Golden(const std::string& file = "torch_ops_golden.h5");
   Tensor get(const std::string& group, const std::string& name) const;  // float64 -> float32
   std::vector<int64_t> get_int64(const std::string& group, const std::string& name) const;
+  // Every dataset directly in `group`, by name.
+  std::map<std::string, Tensor> get_all(const std::string& group) const;
   int64_t attr(const std::string& group, const std::string& name) const;
+  std::string attr_string(const std::string& group, const std::string& name) const;
 
  private:
   std::string path_;
@@ -33,6 +37,10 @@ class Golden {
 // |expected| so that both large and small tensors are judged fairly. Reports the worst element.
 void expect_close(const Tensor& actual, const Tensor& expected, const std::string& what, double rtol = 1e-4,
                   double atol = 1e-5);
+
+// Element-wise |actual - expected| <= tol * max|expected|: the error judged against the tensor's largest
+// entry, for tensors (gradients) whose small entries are sums that cancel down to rounding noise.
+void expect_close_to_max(const Tensor& actual, const Tensor& expected, const std::string& what, double tol);
 
 Tensor random_tensor(const Shape& shape, Rng& rng, double scale = 1.0);
 
