@@ -14,6 +14,8 @@ struct TapeEntry {
 };
 
 thread_local std::vector<TapeEntry> tape;
+// Gradients smaller than this are summed on one thread: waking the team costs more.
+constexpr int64_t kParallelAddThreshold = 1 << 14;
 thread_local bool grad_mode = true;
 
 }  // namespace
@@ -25,52 +27,44 @@ Var::Var(Tensor value, bool requires_grad) : value_(std::move(value)) {
 Var Var::parameter(Tensor value) {
   Var v(std::move(value), true);
   v.slot_->is_parameter = true;
-  v.slot_->grad = Tensor::zeros(v.value_.shape());
   return v;
 }
 
 namespace {
-// Makes a lazily zeroed parameter gradient real before anyone reads it.
-void materialize(GradSlot& slot) {
-  if (slot.stale) {
-    slot.grad.fill(0.0f);
-    slot.stale = false;
-  }
+// A parameter's gradient after zero_grad() (or before any backward) reads as zeros.
+void materialize(GradSlot& slot, const Shape& shape) {
+  if (slot.is_parameter && !slot.grad.defined()) slot.grad = Tensor::zeros(shape);
 }
 }  // namespace
 
 const Tensor& Var::grad() const {
   static const Tensor none;
   if (!slot_) return none;
-  materialize(*slot_);
+  materialize(*slot_, value_.shape());
   return slot_->grad;
 }
 
 Tensor& Var::mutable_grad() {
   if (!slot_) fail("mutable_grad() on a tensor that does not require a gradient");
-  materialize(*slot_);
+  materialize(*slot_, value_.shape());
   return slot_->grad;
 }
 
 void Var::zero_grad() {
-  if (!slot_) return;
-  if (slot_->is_parameter)
-    slot_->stale = true;
-  else
-    slot_->grad = Tensor();
+  if (slot_) slot_->grad = Tensor();
 }
 
-GradSink grad_sink(GradSlot& slot, const Shape& shape) {
-  if (slot.stale) {
-    slot.stale = false;
-    return {slot.grad.data(), false};
+void add_grad(GradSlot& slot, Tensor grad) {
+  if (!slot.grad.defined()) {
+    slot.grad = grad.sole_owner() ? std::move(grad) : grad.clone();
+    return;
   }
-  if (slot.grad.defined()) {
-    TT_ASSERT(slot.grad.shape() == shape);
-    return {slot.grad.data(), true};
-  }
-  slot.grad = Tensor::empty(shape);
-  return {slot.grad.data(), false};
+  TT_ASSERT(slot.grad.shape() == grad.shape());
+  float* out = slot.grad.data();
+  const float* in = grad.data();
+  const int64_t n = grad.numel();
+#pragma omp parallel for simd schedule(static) if (n > kParallelAddThreshold)
+  for (int64_t i = 0; i < n; ++i) out[i] += in[i];
 }
 
 Var record_op(Tensor output, std::initializer_list<const Var*> inputs, std::function<void(const Tensor&)> backward) {

@@ -4,10 +4,12 @@
 // a thread-local tape in execution order (which is a topological order). backward() walks the tape
 // in reverse, handing each closure the gradient of its output.
 //
-// The gradient rule, written down once:
-//  - parameter gradients ACCUMULATE (+=) across backward passes until zero_grad();
-//  - activation gradients are WRITTEN by their first consumer and accumulated by later ones (an
-//    activation read by two ops, as in a residual connection, gets the sum).
+// The gradient rule, written down once, and enforced by the one function every backward closure
+// uses to deliver a gradient, add_grad(slot, g): the slot's gradient becomes grad + g.
+//  - parameter gradients accumulate across backward passes until zero_grad();
+//  - an activation read by two ops (a residual connection) gets the sum of both.
+// The first delivery to an empty slot (an activation's first consumer, or a parameter after
+// zero_grad()) takes g's buffer as it is: no zero fill and no addition.
 // Backward closures capture only the tensors they need, so activations nobody needs are freed as
 // soon as the forward pass drops them; in inference mode (NoGradGuard) nothing is recorded at all.
 #pragma once
@@ -22,11 +24,10 @@ namespace toptag {
 
 // Gradient storage of one Var. Closures hold slots, not values, so a value can die early.
 struct GradSlot {
-  Tensor grad;                // undefined until a consumer writes it
+  // Undefined until the first add_grad(). zero_grad() drops a parameter's buffer (back to the pool,
+  // where the next backward pass finds it) instead of filling it with zeros; reading it then gives zeros.
+  Tensor grad;
   bool is_parameter = false;  // parameter gradients persist and accumulate
-  // zero_grad() on a parameter only sets this flag: the next backward overwrites the buffer instead
-  // of adding to it, which saves a memset of every gradient and lets GEMMs run with beta = 0.
-  bool stale = false;
 };
 
 class Var {
@@ -53,14 +54,11 @@ class Var {
   std::shared_ptr<GradSlot> slot_;
 };
 
-// Where a backward closure puts the gradient of one input: `accumulate` false means the buffer is
-// fresh and must be overwritten (first writer), true means add into it.
-struct GradSink {
-  float* data = nullptr;
-  bool accumulate = false;
-};
-// requires: `slot` belongs to an input of the op whose closure is running; `shape` is that input's.
-GradSink grad_sink(GradSlot& slot, const Shape& shape);
+// Delivers the gradient `grad` of one input of the op whose closure is running.
+// requires: `slot` is that input's slot and grad has the input's shape.
+// ensures: slot.grad == (previous gradient, or zeros) + grad. A `grad` whose buffer nobody else
+// holds (a fresh Tensor moved in) is adopted without a copy; a shared one is copied.
+void add_grad(GradSlot& slot, Tensor grad);
 
 // Returns a Var holding `output`. If grad mode is on and any input requires a gradient, the output
 // gets a slot and `backward(grad_output)` is recorded on the tape. Null inputs are skipped.

@@ -61,6 +61,8 @@ class Tensor {
   void fill(float value);
   void copy_from(const Tensor& other);  // shapes must match
   bool shares_storage_with(const Tensor& other) const { return storage_ == other.storage_; }
+  // No other Tensor holds this buffer (a fresh result that may be handed over without a copy).
+  bool sole_owner() const { return storage_ != nullptr && storage_.use_count() == 1; }
 
  private:
   Shape shape_;

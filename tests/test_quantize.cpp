@@ -319,7 +319,11 @@ TEST(QuantizedModel, AccuracyDropsUnderAnAggressiveFormatAndRecoversWithFineTuni
   qat.epochs = 2;
   const TrainResult qat_run = train(qat, nullptr);
   const double qat_accuracy = accuracy_of(qat_run.best_checkpoint);
-  EXPECT_GT(qat_accuracy, ptq_accuracy + 0.05);
+  // Fine-tuning wins back most of what quantization lost (a fixed margin over post-training accuracy
+  // would demand more than the whole drop when the drop is small; float summation order moves the
+  // result by about a percent on this 1000-jet set).
+  constexpr double kRecoveredFraction = 0.6;
+  EXPECT_GT(qat_accuracy - ptq_accuracy, kRecoveredFraction * (float_accuracy - ptq_accuracy));
   std::fprintf(stderr, "accuracy: float %.4f, %s post-training %.4f, fine-tuned %.4f\n", float_accuracy, kAggressive,
                ptq_accuracy, qat_accuracy);
   std::filesystem::remove_all(dir);

@@ -58,9 +58,7 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tenso
               bool training, GradSlot* x_slot, GradSlot* gamma_slot, GradSlot* beta_slot) {
   const int64_t N = x.dim(0), C = x.dim(1), L = x.dim(2) * x.dim(3);
   const double M = static_cast<double>(N * L);
-  GradSink xs = x_slot ? grad_sink(*x_slot, x.shape()) : GradSink{};
-  GradSink gs = gamma_slot ? grad_sink(*gamma_slot, Shape{C}) : GradSink{};
-  GradSink bs = beta_slot ? grad_sink(*beta_slot, Shape{C}) : GradSink{};
+  Tensor dx = x_slot ? Tensor::empty(x.shape()) : Tensor(), dgamma = Tensor::empty({C}), dbeta = Tensor::empty({C});
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < C; ++c) {
     const float mu = mean.data()[c], is = invstd.data()[c];
@@ -77,23 +75,25 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tenso
       sum_dy_xhat += sx;
     }
     sum_dy_xhat *= is;
-    if (gs.data) gs.data[c] = static_cast<float>(sum_dy_xhat) + (gs.accumulate ? gs.data[c] : 0.0f);
-    if (bs.data) bs.data[c] = static_cast<float>(sum_dy) + (bs.accumulate ? bs.data[c] : 0.0f);
-    if (!xs.data) continue;
+    dgamma.data()[c] = static_cast<float>(sum_dy_xhat);
+    dbeta.data()[c] = static_cast<float>(sum_dy);
+    if (!x_slot) continue;
     const float k = gamma.data()[c] * is;
     const float mean_dy = training ? static_cast<float>(sum_dy / M) : 0.0f;
     const float mean_dy_xhat = training ? static_cast<float>(sum_dy_xhat / M) : 0.0f;
     for (int64_t n = 0; n < N; ++n) {
       const float* g = gy.data() + (n * C + c) * L;
       const float* in = x.data() + (n * C + c) * L;
-      float* out = xs.data + (n * C + c) * L;
+      float* out = dx.data() + (n * C + c) * L;
       for (int64_t i = 0; i < L; ++i) {
         const float xhat = (in[i] - mu) * is;
-        const float dx = k * (g[i] - mean_dy - xhat * mean_dy_xhat);
-        out[i] = xs.accumulate ? out[i] + dx : dx;
+        out[i] = k * (g[i] - mean_dy - xhat * mean_dy_xhat);
       }
     }
   }
+  if (x_slot) add_grad(*x_slot, std::move(dx));
+  if (gamma_slot) add_grad(*gamma_slot, std::move(dgamma));
+  if (beta_slot) add_grad(*beta_slot, std::move(dbeta));
 }
 
 }  // namespace

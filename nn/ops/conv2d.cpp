@@ -105,20 +105,11 @@ void to_channel_major(const float* src, int64_t B, int64_t K, int64_t L, float* 
     for (int64_t b = 0; b < B; ++b) std::memcpy(dst + (k * B + b) * L, src + (b * K + k) * L, L * sizeof(float));
 }
 
-// (K, B*L) -> (B, K, L), overwriting or adding.
-void from_channel_major(const float* src, int64_t B, int64_t K, int64_t L, float* dst, bool accumulate) {
+// (K, B*L) -> (B, K, L).
+void from_channel_major(const float* src, int64_t B, int64_t K, int64_t L, float* dst) {
 #pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t k = 0; k < K; ++k) {
-      const float* s = src + (k * B + b) * L;
-      float* d = dst + (b * K + k) * L;
-      if (accumulate) {
-        for (int64_t i = 0; i < L; ++i) d[i] += s[i];
-      } else {
-        std::memcpy(d, s, L * sizeof(float));
-      }
-    }
-  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t k = 0; k < K; ++k) std::memcpy(dst + (b * K + k) * L, src + (k * B + b) * L, L * sizeof(float));
 }
 
 // Fills `col` (CRS, B*PQ) for images [n0, n0+B), or returns x itself when no copy is needed.
@@ -144,7 +135,7 @@ Tensor forward(const Tensor& x, const Tensor& w, const Tensor* bias, const ConvG
     float* yb = y.data() + n0 * g.K * g.pq();
     float* dst = B == 1 ? yb : out.data();
     gemm(false, false, g.K, L, g.crs(), 1.0f, w.data(), g.crs(), cols, L, 0.0f, dst, L);
-    if (B > 1) from_channel_major(dst, B, g.K, g.pq(), yb, false);
+    if (B > 1) from_channel_major(dst, B, g.K, g.pq(), yb);
   }
   if (bias != nullptr) {
     const float* b = bias->data();
@@ -169,9 +160,11 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& w, const ConvGeom
   Tensor col = need_cols ? Tensor::empty({g.crs() * chunk * g.pq()}) : Tensor();
   Tensor gy_cm = chunk > 1 ? Tensor::empty({g.K * chunk * g.pq()}) : Tensor();
   Tensor dcol = x_slot ? Tensor::empty({g.crs() * chunk * g.pq()}) : Tensor();
-  GradSink wsink = w_slot ? grad_sink(*w_slot, Shape{g.K, g.C, g.R, g.S}) : GradSink{};
-  GradSink xsink = x_slot ? grad_sink(*x_slot, Shape{g.N, g.C, g.H, g.W}) : GradSink{};
-  if (x_slot && !xsink.accumulate && !g.is_pointwise()) std::fill_n(xsink.data, g.N * g.C * g.H * g.W, 0.0f);
+  Tensor dw = w_slot ? Tensor::empty({g.K, g.C, g.R, g.S}) : Tensor();
+  // col2im adds overlapping windows into dx, so a 3x3 or 7x7 dx starts from zeros.
+  Tensor dx = !x_slot            ? Tensor()
+              : g.is_pointwise() ? Tensor::empty({g.N, g.C, g.H, g.W})
+                                 : Tensor::zeros({g.N, g.C, g.H, g.W});
 
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
     const int64_t B = std::min(chunk, g.N - n0), L = B * g.pq();
@@ -182,32 +175,34 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& w, const ConvGeom
     }
     if (w_slot) {
       const float* cols = columns(x.data(), g, n0, B, col.data());
-      gemm(false, true, g.K, g.crs(), L, 1.0f, gyb, L, cols, L, wsink.accumulate || n0 > 0 ? 1.0f : 0.0f, wsink.data,
-           g.crs());
+      gemm(false, true, g.K, g.crs(), L, 1.0f, gyb, L, cols, L, n0 > 0 ? 1.0f : 0.0f, dw.data(), g.crs());
     }
     if (x_slot) {
-      float* dxb = xsink.data + n0 * g.C * g.H * g.W;
+      float* dxb = dx.data() + n0 * g.C * g.H * g.W;
       if (g.is_pointwise() && B == 1) {
-        gemm(true, false, g.C, L, g.K, 1.0f, w.data(), g.crs(), gyb, L, xsink.accumulate ? 1.0f : 0.0f, dxb, L);
+        gemm(true, false, g.C, L, g.K, 1.0f, w.data(), g.crs(), gyb, L, 0.0f, dxb, L);
         continue;
       }
       gemm(true, false, g.crs(), L, g.K, 1.0f, w.data(), g.crs(), gyb, L, 0.0f, dcol.data(), L);
       if (g.is_pointwise())
-        from_channel_major(dcol.data(), B, g.C, g.pq(), dxb, xsink.accumulate);
+        from_channel_major(dcol.data(), B, g.C, g.pq(), dxb);
       else
         col2im_add(dcol.data(), g, B, dxb);
     }
   }
+  if (w_slot) add_grad(*w_slot, std::move(dw));
+  if (x_slot) add_grad(*x_slot, std::move(dx));
   if (b_slot) {
-    GradSink bsink = grad_sink(*b_slot, Shape{g.K});
+    Tensor db = Tensor::empty({g.K});
     for (int64_t k = 0; k < g.K; ++k) {
       double sum = 0.0;
       for (int64_t n = 0; n < g.N; ++n) {
         const float* plane = gy.data() + (n * g.K + k) * g.pq();
         for (int64_t i = 0; i < g.pq(); ++i) sum += plane[i];
       }
-      bsink.data[k] = static_cast<float>(sum) + (bsink.accumulate ? bsink.data[k] : 0.0f);
+      db.data()[k] = static_cast<float>(sum);
     }
+    add_grad(*b_slot, std::move(db));
   }
 }
 

@@ -4,24 +4,6 @@
 
 namespace toptag {
 
-namespace {
-
-// out = g (write) or out += g (accumulate).
-void pass_gradient(const Tensor& g, GradSlot& slot) {
-  GradSink sink = grad_sink(slot, g.shape());
-  const float* src = g.data();
-  const int64_t n = g.numel();
-  if (sink.accumulate) {
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; ++i) sink.data[i] += src[i];
-  } else {
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; ++i) sink.data[i] = src[i];
-  }
-}
-
-}  // namespace
-
 Var relu(const Var& x) {
   Tensor y = Tensor::empty(x.shape());
   const float* in = x.value().data();
@@ -32,17 +14,15 @@ Var relu(const Var& x) {
   // Backward needs only the output's sign pattern, so the input can be freed right away.
   Tensor saved_y = x.requires_grad() ? y : Tensor();
   return record_op(std::move(y), {&x}, [yv = std::move(saved_y), xs = x.slot()](const Tensor& gy) {
-    GradSink sink = grad_sink(*xs, yv.shape());
+    // dx = dy where y > 0
+    Tensor dx = Tensor::empty(yv.shape());
     const float* g = gy.data();
     const float* yp = yv.data();
+    float* d = dx.data();
     const int64_t count = yv.numel();
-    if (sink.accumulate) {
 #pragma omp parallel for simd schedule(static)
-      for (int64_t i = 0; i < count; ++i) sink.data[i] += yp[i] > 0.0f ? g[i] : 0.0f;
-    } else {
-#pragma omp parallel for simd schedule(static)
-      for (int64_t i = 0; i < count; ++i) sink.data[i] = yp[i] > 0.0f ? g[i] : 0.0f;
-    }
+    for (int64_t i = 0; i < count; ++i) d[i] = yp[i] > 0.0f ? g[i] : 0.0f;
+    add_grad(*xs, std::move(dx));
   });
 }
 
@@ -56,8 +36,9 @@ Var add(const Var& a, const Var& b) {
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) out[i] = pa[i] + pb[i];
   return record_op(std::move(y), {&a, &b}, [as = a.slot(), bs = b.slot()](const Tensor& gy) {
-    if (as) pass_gradient(gy, *as);
-    if (bs) pass_gradient(gy, *bs);
+    // da = db = dy (add_grad copies the shared buffer)
+    if (as) add_grad(*as, gy);
+    if (bs) add_grad(*bs, gy);
   });
 }
 

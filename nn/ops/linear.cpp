@@ -25,21 +25,24 @@ Var linear(const Var& x, const Var& w, const Var* bias) {
   return record_op(
       std::move(y), {&x, &w, bias},
       [xv = std::move(saved_x), wv = std::move(saved_w), xs = x.slot(), ws = w.slot(), bs, N, I, O](const Tensor& gy) {
-        if (xs) {
-          GradSink sink = grad_sink(*xs, Shape{N, I});
-          gemm(false, false, N, I, O, 1.0f, gy.data(), O, wv.data(), I, sink.accumulate ? 1.0f : 0.0f, sink.data, I);
+        if (xs) {  // dx (N, I) = dy (N, O) * W (O, I)
+          Tensor dx = Tensor::empty({N, I});
+          gemm(false, false, N, I, O, 1.0f, gy.data(), O, wv.data(), I, 0.0f, dx.data(), I);
+          add_grad(*xs, std::move(dx));
         }
-        if (ws) {
-          GradSink sink = grad_sink(*ws, Shape{O, I});
-          gemm(true, false, O, I, N, 1.0f, gy.data(), O, xv.data(), I, sink.accumulate ? 1.0f : 0.0f, sink.data, I);
+        if (ws) {  // dW (O, I) = dy^T (O, N) * x (N, I)
+          Tensor dw = Tensor::empty({O, I});
+          gemm(true, false, O, I, N, 1.0f, gy.data(), O, xv.data(), I, 0.0f, dw.data(), I);
+          add_grad(*ws, std::move(dw));
         }
-        if (bs) {
-          GradSink sink = grad_sink(*bs, Shape{O});
+        if (bs) {  // db[o] = sum over n of dy[n, o]
+          Tensor db = Tensor::empty({O});
           for (int64_t o = 0; o < O; ++o) {
             double sum = 0.0;
             for (int64_t n = 0; n < N; ++n) sum += gy.data()[n * O + o];
-            sink.data[o] = static_cast<float>(sum) + (sink.accumulate ? sink.data[o] : 0.0f);
+            db.data()[o] = static_cast<float>(sum);
           }
+          add_grad(*bs, std::move(db));
         }
       });
 }

@@ -55,16 +55,17 @@ Var maxpool2d(const Var& x, MaxPool2dParams params) {
       for (int64_t ow = 0; ow < Q; ++ow) out[oh * Q + ow] = plane[window_argmax(plane, g, oh, ow)];
   }
   return record_op(std::move(y), {&x}, [xv = x.value(), xs = x.slot(), g](const Tensor& gy) {
-    GradSink sink = grad_sink(*xs, xv.shape());
-    if (!sink.accumulate) std::fill_n(sink.data, xv.numel(), 0.0f);
+    // dx[argmax of each window] += dy (windows overlap: a pixel can win several)
+    Tensor dxt = Tensor::zeros(xv.shape());
 #pragma omp parallel for schedule(static)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
       const float* plane = xv.data() + nc * g.H * g.W;
       const float* grad = gy.data() + nc * g.P * g.Q;
-      float* dx = sink.data + nc * g.H * g.W;
+      float* dx = dxt.data() + nc * g.H * g.W;
       for (int64_t oh = 0; oh < g.P; ++oh)
         for (int64_t ow = 0; ow < g.Q; ++ow) dx[window_argmax(plane, g, oh, ow)] += grad[oh * g.Q + ow];
     }
+    add_grad(*xs, std::move(dxt));
   });
 }
 
@@ -82,14 +83,12 @@ Var global_avgpool(const Var& x) {
   }
   return record_op(std::move(y), {&x}, [shape = s, xs = x.slot()](const Tensor& gy) {
     const int64_t nc = shape[0] * shape[1], l = shape[2] * shape[3];
-    GradSink sink = grad_sink(*xs, shape);
+    // dx[n, c, :, :] = dy[n, c] / (H W)
+    Tensor dxt = Tensor::empty(shape);
     const float inv = 1.0f / static_cast<float>(l);
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < nc; ++i) {
-      const float g = gy.data()[i] * inv;
-      float* dx = sink.data + i * l;
-      for (int64_t j = 0; j < l; ++j) dx[j] = sink.accumulate ? dx[j] + g : g;
-    }
+    for (int64_t i = 0; i < nc; ++i) std::fill_n(dxt.data() + i * l, l, gy.data()[i] * inv);
+    add_grad(*xs, std::move(dxt));
   });
 }
 
@@ -99,9 +98,7 @@ Var flatten(const Var& x) {
   const int64_t N = s[0], rest = s.numel() / std::max<int64_t>(N, 1);
   Tensor y = x.value().reshape({N, rest});
   return record_op(std::move(y), {&x}, [shape = s, xs = x.slot()](const Tensor& gy) {
-    GradSink sink = grad_sink(*xs, shape);
-    for (int64_t i = 0; i < gy.numel(); ++i)
-      sink.data[i] = sink.accumulate ? sink.data[i] + gy.data()[i] : gy.data()[i];
+    add_grad(*xs, gy.reshape(shape));  // the same values in the input's shape
   });
 }
 

@@ -36,17 +36,16 @@ Var softmax(const Var& logits) {
   softmax_rows(logits.value().data(), N, K, p.data());
   Tensor saved_p = logits.requires_grad() ? p : Tensor();
   return record_op(std::move(p), {&logits}, [pv = std::move(saved_p), zs = logits.slot(), N, K](const Tensor& gy) {
-    GradSink sink = grad_sink(*zs, Shape{N, K});
+    // dz = p * (dy - sum(dy * p)) per row
+    Tensor dz = Tensor::empty({N, K});
     for (int64_t n = 0; n < N; ++n) {
       const float* pr = pv.data() + n * K;
       const float* g = gy.data() + n * K;
       double dot = 0.0;
       for (int64_t k = 0; k < K; ++k) dot += static_cast<double>(g[k]) * pr[k];
-      for (int64_t k = 0; k < K; ++k) {
-        const float dz = pr[k] * (g[k] - static_cast<float>(dot));
-        sink.data[n * K + k] = sink.accumulate ? sink.data[n * K + k] + dz : dz;
-      }
+      for (int64_t k = 0; k < K; ++k) dz.data()[n * K + k] = pr[k] * (g[k] - static_cast<float>(dot));
     }
+    add_grad(*zs, std::move(dz));
   });
 }
 
@@ -76,13 +75,13 @@ Var softmax_cross_entropy(const Var& logits, std::span<const int64_t> labels) {
   std::vector<int64_t> label_copy(labels.begin(), labels.end());
   return record_op(std::move(out), {&logits},
                    [p, label_copy = std::move(label_copy), zs = logits.slot(), N, K](const Tensor& gy) {
-                     GradSink sink = grad_sink(*zs, Shape{N, K});
+                     // dz = (p - onehot(label)) * dloss / N
+                     Tensor dz = Tensor::empty({N, K});
                      const float scale = gy.data()[0] / static_cast<float>(N);
                      for (int64_t n = 0; n < N; ++n)
-                       for (int64_t k = 0; k < K; ++k) {
-                         const float dz = (p.data()[n * K + k] - (k == label_copy[n] ? 1.0f : 0.0f)) * scale;
-                         sink.data[n * K + k] = sink.accumulate ? sink.data[n * K + k] + dz : dz;
-                       }
+                       for (int64_t k = 0; k < K; ++k)
+                         dz.data()[n * K + k] = (p.data()[n * K + k] - (k == label_copy[n] ? 1.0f : 0.0f)) * scale;
+                     add_grad(*zs, std::move(dz));
                    });
 }
 
