@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "nn/check.h"
@@ -66,6 +67,13 @@ double fixed_rounded(double x, const Format& f) {
       return round_half_even(v);
   }
   return v;
+}
+
+// An int8 scale: an empty or non-finite range gets 1, and one below the normal floats (a range of
+// ~1e-36 or less) the smallest normal float, so that x / scale is never inf or 0 / 0.
+float int8_scale(float wanted) {
+  if (!(wanted > 0) || !std::isfinite(wanted)) return 1.0f;
+  return std::max(wanted, std::numeric_limits<float>::min());
 }
 
 const char* rounding_name(Rounding r) {
@@ -226,7 +234,7 @@ AxisLayout activation_layout(const Shape& x) {
 
 float AffineRange::scale() const {
   const double lo = std::min<double>(min, 0), hi = std::max<double>(max, 0);
-  return hi > lo ? static_cast<float>((hi - lo) / 255.0) : 1.0f;
+  return hi > lo ? int8_scale(static_cast<float>((hi - lo) / 255.0)) : 1.0f;
 }
 
 int AffineRange::zero_point() const {
@@ -259,7 +267,7 @@ void for_each_block(const AxisLayout& l, int block, Fn fn) {
 
 void quantize_bfp(const Format& f, const AxisLayout& l, const float* x, float* y, float* ok, int8_t* exponents,
                   int32_t* mantissas) {
-  const float top = static_cast<float>(std::ldexp(1.0, f.mantissa_bits) - 1);
+  const double top = std::ldexp(1.0, f.mantissa_bits) - 1;
   const double limit = bfp_max_magnitude(f);
   const int64_t blocks = (l.axis + f.block - 1) / f.block;
   for_each_block(l, f.block, [&](int64_t o, int64_t b, int64_t a0, int64_t a1, int64_t i) {
@@ -274,12 +282,16 @@ void quantize_bfp(const Format& f, const AxisLayout& l, const float* x, float* y
     } else if (!std::isfinite(max)) {
       e = bfp_exponent_max(f);
     }
-    const float scale = std::ldexp(1.0f, e + 1 - f.mantissa_bits), inv = 1.0f / scale;  // powers of two: exact
+    // In double, as the reference: the step 2^(e+1-M) goes down to 2^-149 (E = 8, M = 23), whose
+    // float reciprocal is inf (0 * inf = NaN on an all-zero block). As doubles the step and its
+    // reciprocal are exact powers of two, and every result m * step (|m| < 2^M <= 2^23, step >= 2^-149)
+    // is exactly a float.
+    const double step = std::ldexp(1.0, e + 1 - f.mantissa_bits), inv = std::ldexp(1.0, f.mantissa_bits - 1 - e);
     if (exponents) exponents[(o * blocks + b) * l.inner + i] = static_cast<int8_t>(e);
     for (int64_t a = a0; a < a1; ++a) {
       const float v = x[at(a)];
-      const float mag = std::isnan(v) ? 0.0f : std::min(static_cast<float>(round_half_even(std::fabs(v) * inv)), top);
-      y[at(a)] = std::copysign(mag * scale, v);
+      const double mag = std::isnan(v) ? 0.0 : std::min(round_half_even(std::fabs(v) * inv), top);
+      y[at(a)] = static_cast<float>(std::copysign(mag * step, v));
       if (mantissas) mantissas[at(a)] = static_cast<int32_t>(v < 0 ? -mag : mag);
       if (ok) ok[at(a)] = std::fabs(v) <= limit ? 1.0f : 0.0f;
     }
@@ -291,11 +303,14 @@ void quantize_int8_weight(const AxisLayout& l, const float* x, float* y, float* 
 #pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < l.outer; ++o) {
     float amax = 0;
-    for (int64_t k = 0; k < per; ++k) amax = std::max(amax, std::fabs(x[o * per + k]));
-    const float scale = amax > 0 ? amax / 127.0f : 1.0f;
+    for (int64_t k = 0; k < per; ++k)
+      if (std::isfinite(x[o * per + k])) amax = std::max(amax, std::fabs(x[o * per + k]));  // inf saturates
+    const float scale = int8_scale(amax / 127.0f);
     if (scales) scales[o] = scale;
     for (int64_t k = 0; k < per; ++k) {
-      const float v = std::clamp(static_cast<float>(round_half_even(x[o * per + k] / scale)), -127.0f, 127.0f);
+      const float w = x[o * per + k];
+      const float v =
+          std::isnan(w) ? 0.0f : std::clamp(static_cast<float>(round_half_even(w / scale)), -127.0f, 127.0f);
       y[o * per + k] = v * scale;
       if (q) q[o * per + k] = static_cast<int32_t>(v);
       if (ok) ok[o * per + k] = 1.0f;

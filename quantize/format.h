@@ -11,8 +11,9 @@
 //     saturating at 2^M - 1. Presets: ms-fp8 = bfp<5,2,128> (Brainwave), ms-fp9 = bfp<5,3,128>,
 //     msfp12 = bfp<8,3,16>, msfp16 = bfp<8,7,16>, mxint8 = bfp<8,7,32> (OCP MX: an 8-bit shared scale
 //     and int8 elements, here symmetric in [-127, 127]).
-// int8  weights: symmetric per output channel, scale = max |w| / 127, q in [-127, 127] (PyTorch's
-//     per-channel symmetric scheme on the restricted range, which makes it idempotent);
+// int8  weights: symmetric per output channel, scale = max |w| / 127 (at least the smallest normal
+//     float, so that w / scale stays finite), q in [-127, 127] (PyTorch's per-channel symmetric
+//     scheme on the restricted range, which makes it idempotent);
 //     activations: per tensor, affine uint8 over the observed [min, max] (min clamped to <= 0), as
 //     PyTorch's default MinMax observer, fixed after calibration.
 // Products are accumulated in float32 (the emulation quantizes the operands, not the sums).

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "datasets/generator.h"
 #include "eval/metrics.h"
@@ -164,6 +165,103 @@ TEST(Quantizers, IdempotentAndEncodingsDecodeExactly) {
     testing::expect_close(twice, once, std::string("q(q(x)) for ") + spec, kExact, kExact);
     testing::expect_close(decode_weight(f, encode_weight(f, w), w.shape()), once, std::string("decode for ") + spec,
                           kExact, kExact);
+  }
+}
+
+// Jet images are mostly exact zeros: whole blocks are zero, and a few values are tiny. A block whose
+// max is 0 or subnormal gets the smallest exponent, where a float step 2^(e+1-M) has no finite
+// reciprocal for 8-bit exponents (issue: msfp12/msfp16/mxint8 turned sparse inputs into NaN).
+const char* const kBfpFormats[] = {"ms-fp8", "ms-fp9", "msfp12", "msfp16", "mxint8", "bfp<8,20,16>", "bfp<8,23,4>"};
+
+// Shape (2, 300, 4, 4): read as activations (N,C,H,W) or weights (K,C,R,S) the layout is [2, 300, 16],
+// so B = 128 has two full blocks and a partial one. About 2% of the values are nonzero, of every size
+// from 10 down to the smallest subnormal float; the first blocks of channel column 0..4 hold only one
+// tiny value each, so their max is tiny.
+Tensor sparse_tensor(Rng& rng) {
+  Tensor x = Tensor::zeros({2, 300, 4, 4});
+  const float tiny[] = {std::numeric_limits<float>::denorm_min(), 3e-41f, std::numeric_limits<float>::min(), 1e-30f,
+                        std::ldexp(1.0f, -130)};
+  for (int64_t k = 0; k < x.numel(); ++k) {
+    if (rng.uniform() > 0.02) continue;
+    const double size = rng.uniform() < 0.3 ? tiny[rng.below(5)] : std::exp(rng.uniform(-12.0, 2.3));
+    x.data()[k] = static_cast<float>(rng.uniform() < 0.5 ? -size : size);
+  }
+  for (int64_t i = 0; i < 5; ++i) {  // [n = 0, channels 0..127, pixel i]: zero but one tiny value
+    for (int64_t c = 0; c < 128; ++c) x.data()[c * 16 + i] = 0;
+    x.data()[(7 + i) * 16 + i] = (i % 2 ? -1.0f : 1.0f) * tiny[i];
+  }
+  return x;
+}
+
+// y must equal bfp_block_ref block by block (exactly: every m * 2^(e+1-M) is a float), and the
+// exponents, if given, the reference's.
+void expect_bfp_matches_reference(const Format& f, const Tensor& x, const Tensor& y, const int8_t* exponents,
+                                  const std::string& what) {
+  const AxisLayout l = weight_layout(x.shape());
+  const int64_t blocks = (l.axis + f.block - 1) / f.block;
+  for (int64_t o = 0; o < l.outer; ++o)
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t i = 0; i < l.inner; ++i) {
+        const int64_t a0 = b * f.block, a1 = std::min<int64_t>(l.axis, a0 + f.block);
+        auto at = [&](int64_t a) { return (o * l.axis + a) * l.inner + i; };
+        std::vector<double> block;
+        for (int64_t a = a0; a < a1; ++a) block.push_back(x.data()[at(a)]);
+        std::vector<int64_t> m(block.size());
+        const int e = bfp_block_ref(block, f, m);
+        if (exponents) {
+          ASSERT_EQ(exponents[(o * blocks + b) * l.inner + i], e) << what;
+        }
+        for (int64_t a = a0; a < a1; ++a) {
+          const double want = std::ldexp(static_cast<double>(m[a - a0]), e + 1 - f.mantissa_bits);
+          ASSERT_EQ(y.data()[at(a)], static_cast<float>(want))
+              << what << ": x = " << x.data()[at(a)] << " at [" << o << ", " << a << ", " << i << "]";
+        }
+      }
+}
+
+TEST(Quantizers, SparseInputsMatchTheScalarReferenceInEveryBfpFormat) {
+  Rng rng(9);
+  const Tensor x = sparse_tensor(rng);
+  for (const char* spec : kBfpFormats) {
+    const Format f = Format::parse(spec);
+    for (bool is_weight : {false, true}) {
+      Tensor y = Tensor::empty(x.shape()), ok = Tensor::empty(x.shape());
+      quantize_tensor(f, is_weight, x, y, &ok);
+      expect_bfp_matches_reference(f, x, y, nullptr, std::string(spec) + (is_weight ? " weights" : " activations"));
+      for (float v : ok.span()) ASSERT_EQ(v, 1.0f) << spec;  // everything here is in range
+    }
+    const EncodedTensor e = encode_weight(f, x);
+    expect_bfp_matches_reference(f, x, decode_weight(f, e, x.shape()), e.exponents.data(),
+                                 std::string("decode(encode) for ") + spec);
+    const int32_t top = (1 << f.mantissa_bits) - 1;
+    for (int32_t m : e.integers) ASSERT_LE(std::abs(m), top) << spec;
+  }
+}
+
+TEST(Quantizers, SparseAndTinyInputsStayFiniteInFixedAndInt8) {
+  Rng rng(10);
+  Tensor x = sparse_tensor(rng);
+  // Output channel 1 holds only subnormal values: its int8 scale max |w| / 127 is below the float range.
+  for (int64_t k = 300 * 16; k < x.numel(); ++k) x.data()[k] = x.data()[k] != 0 ? 1e-44f : 0.0f;
+  for (const char* spec : {"fixed<8,3,RND,SAT>", "fixed<16,6>", "int8"}) {
+    const Format f = Format::parse(spec);
+    Tensor y = Tensor::empty(x.shape());
+    quantize_tensor(f, true, x, y, nullptr);
+    for (float v : y.span()) ASSERT_TRUE(std::isfinite(v)) << spec;
+    const EncodedTensor e = encode_weight(f, x);
+    testing::expect_close(decode_weight(f, e, x.shape()), y, std::string("decode(encode) for ") + spec, kExact, kExact);
+    if (f.kind == FormatKind::int8) {
+      for (int32_t q : e.integers) ASSERT_LE(std::abs(q), 127);
+    }
+  }
+  // An int8 activation range narrower than the smallest float step still quantizes to finite values.
+  for (const AffineRange r : {AffineRange{0.0f, 1e-44f}, AffineRange{-1e-44f, 0.0f}, AffineRange{0.0f, 0.0f}}) {
+    EXPECT_GT(r.scale(), 0.0f);
+    EXPECT_TRUE(std::isfinite(1.0f / r.scale()));
+    Tensor y = Tensor::empty(x.shape());
+    quantize_tensor(Format::parse("int8"), false, x, y, nullptr, &r);
+    for (float v : y.span())
+      ASSERT_TRUE(std::isfinite(v)) << "int8 activations over [" << r.min << ", " << r.max << "]";
   }
 }
 
