@@ -6,8 +6,8 @@
 #include <chrono>
 #include <cmath>
 #include <fastjet/ClusterSequence.hh>
+#include <map>
 #include <numbers>
-#include <unordered_map>
 
 #include "data/reference_file.h"
 #include "datasets/shower.h"
@@ -107,9 +107,9 @@ Event qcd_event(Rng& rng) {
 // Detector: charged hadrons (2/3) are tracks with 1% pT resolution above 0.5 GeV; neutrals go into
 // calorimeter towers of 0.05 x 0.05 in (eta, phi), smeared by 100%/sqrt(E) (+) 5%, kept above 1 GeV.
 std::vector<fastjet::PseudoJet> detector_response(const std::vector<FourVector>& particles, Rng& rng) {
-  constexpr double kCell = 0.05, kTrackPtMin = 0.5, kTowerEMin = 1.0;
+  constexpr double kTrackPtMin = 0.5, kTowerEMin = 1.0;
   std::vector<fastjet::PseudoJet> out;
-  std::unordered_map<int64_t, FourVector> towers;
+  std::map<TowerCell, FourVector> towers;
   for (const FourVector& p : particles) {
     if (p.e <= 0) continue;
     if (rng.uniform() < 2.0 / 3.0) {
@@ -117,9 +117,7 @@ std::vector<fastjet::PseudoJet> detector_response(const std::vector<FourVector>&
       const double s = 1 + 0.01 * rng.normal();
       out.emplace_back(p.px * s, p.py * s, p.pz * s, p.e * s);
     } else {
-      const int64_t ie = static_cast<int64_t>(std::floor(p.eta() / kCell)),
-                    ip = static_cast<int64_t>(std::floor((p.phi() + kPi) / kCell));
-      FourVector& t = towers[ie * 100000 + ip];
+      FourVector& t = towers[tower_cell(p.eta(), p.phi())];
       t = t + p;
     }
   }
@@ -127,16 +125,29 @@ std::vector<fastjet::PseudoJet> detector_response(const std::vector<FourVector>&
     const double sigma = std::sqrt(1.0 / t.e + 0.05 * 0.05);
     const double e = t.e * std::max(0.0, 1 + sigma * rng.normal());
     if (e < kTowerEMin) continue;
-    const double ie = static_cast<double>(cell / 100000), ip = static_cast<double>(cell % 100000);
     // The tower's direction is its cell centre, as a calorimeter measures it.
-    const FourVector v = FourVector::from_pt_eta_phi_m(e / std::cosh((ie + 0.5) * kCell), (ie + 0.5) * kCell,
-                                                       (ip + 0.5) * kCell - kPi, 0.0);
+    const double eta = tower_centre_eta(cell);
+    const FourVector v = FourVector::from_pt_eta_phi_m(e / std::cosh(eta), eta, tower_centre_phi(cell), 0.0);
     out.emplace_back(v.px, v.py, v.pz, v.e);
   }
   return out;
 }
 
 }  // namespace
+
+TowerCell tower_cell(double eta, double phi) {
+  double from_minus_pi = std::fmod(phi + kPi, 2 * kPi);  // exact; phi = +pi lands on -pi
+  if (from_minus_pi < 0) from_minus_pi += 2 * kPi;
+  return {static_cast<int>(std::floor(eta / kTowerCell)), static_cast<int>(std::floor(from_minus_pi / kTowerCell))};
+}
+
+double tower_centre_eta(const TowerCell& cell) {
+  return (cell.eta + 0.5) * kTowerCell;
+}
+
+double tower_centre_phi(const TowerCell& cell) {
+  return (cell.phi + 0.5) * kTowerCell - kPi;
+}
 
 GeneratedJet generate_jet(const GeneratorOptions& options, int64_t index) {
   Rng rng = Rng(options.seed).fork(static_cast<uint64_t>(index));

@@ -48,4 +48,17 @@ struct GenerateReport {
 // Writes `count` jets to `path` (reference layout), in parallel, with progress on stderr.
 GenerateReport generate_file(const std::string& path, int64_t count, const GeneratorOptions& options);
 
+// The detector's calorimeter: neutral hadrons are summed in towers of kTowerCell x kTowerCell in
+// (eta, phi). Cell (eta, phi) covers eta in [eta, eta + 1) * kTowerCell and, with phi taken into
+// [-pi, pi), phi + pi in [phi, phi + 1) * kTowerCell; the last phi cell is narrower. A tower is
+// measured at its cell's centre.
+constexpr double kTowerCell = 0.05;
+struct TowerCell {
+  int eta = 0, phi = 0;
+  auto operator<=>(const TowerCell&) const = default;
+};
+TowerCell tower_cell(double eta, double phi);
+double tower_centre_eta(const TowerCell& cell);
+double tower_centre_phi(const TowerCell& cell);  // in [-pi, pi)
+
 }  // namespace toptag
