@@ -34,6 +34,11 @@ void write_port_file(const std::string& path, const InferenceServer& server) {
                                   "\n");
 }
 
+// "http://HOST:PORT/path" (scheme and path optional) for the banner, or "off" for a listener switched off (port -1).
+std::string listener_address(const std::string& scheme, const std::string& host, int port, const std::string& path) {
+  return port < 0 ? std::string("off") : fmt::format("{}{}:{}{}", scheme, host, port, path);
+}
+
 void run_serve(ServeArgs& a) {
   // SIGINT and SIGTERM are taken by sigwait below: block them before any thread starts, so every
   // thread inherits the mask and the signal reaches this one.
@@ -52,8 +57,10 @@ void run_serve(ServeArgs& a) {
   InferenceServer server(std::move(tagger), a.server);
   fmt::print("toptag serve: model '{}' from {} ({}), images {}x{}x{}\n", a.server.model_name, a.checkpoint, what,
              images.channels, images.size, images.size);
-  fmt::print("  gRPC     {}:{}\n  HTTP     http://{}:{}/v2\n  metrics  http://{}:{}/metrics\n", a.server.host,
-             server.grpc_port(), a.server.host, server.http_port(), a.server.host, server.metrics_port());
+  fmt::print("  gRPC     {}\n  HTTP     {}\n  metrics  {}\n",
+             listener_address("", a.server.host, server.grpc_port(), ""),
+             listener_address("http://", a.server.host, server.http_port(), "/v2"),
+             listener_address("http://", a.server.host, server.metrics_port(), "/metrics"));
   fmt::print("  dynamic batching: up to {} images, queue delay up to {} us, {} instance(s) x {} thread(s)\n",
              a.server.engine.max_batch, a.server.engine.max_queue_delay_us, server.service().engine().instances(),
              server.service().engine().threads_per_instance());
