@@ -22,7 +22,9 @@ constexpr double kPi = std::numbers::pi;
 constexpr double kTopMass = 173.0, kTopWidth = 1.4, kWMass = 80.4, kWWidth = 2.1, kBMass = 4.8;
 constexpr int kMaxAttempts = 10000;
 
-// Relativistic Breit-Wigner mass, truncated to +-`window` widths.
+// Non-relativistic Breit-Wigner (Cauchy) mass, m = mass + width/2 tan(pi (u - 1/2)), truncated to
+// +-`window` widths. For the narrow top and W (width/mass of 0.8% and 2.6%) the relativistic form,
+// Cauchy in m^2, would differ little.
 double breit_wigner(Rng& rng, double mass, double width, double window = 10) {
   for (;;) {
     const double m = mass + 0.5 * width * std::tan(kPi * (rng.uniform() - 0.5));

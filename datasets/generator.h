@@ -1,9 +1,9 @@
 // Physics-like top and QCD jets in the reference dataset's layout, for demos and tests where the
 // real files (Pythia8 + Delphes, 14 TeV) cannot be downloaded.
 //
-// Signal: t -> b W, W -> q q' with Breit-Wigner masses and exact two-body decays in the rest
-// frames, boosted to the lab. Background: a light quark or a gluon. Every parton showers
-// (shower.h), hadronises, and gets soft underlying-event particles; a simple detector smears
+// Signal: t -> b W, W -> q q' with non-relativistic Breit-Wigner (Cauchy) masses and exact two-body
+// decays in the rest frames, boosted to the lab. Background: a light quark or a gluon. Every parton
+// showers (shower.h), hadronises, and gets soft underlying-event particles; a simple detector smears
 // charged tracks and bins neutral hadrons into calorimeter towers. FastJet anti-kT R = 0.8 clusters
 // everything; the leading jet is kept if pT in [550, 650] GeV and |eta| < 2 (and, for tops, if the
 // three decay quarks lie within Delta R < 0.8 of it), else the event is drawn again.

@@ -14,8 +14,10 @@
 // int8  weights: symmetric per output channel, scale = max |w| / 127 (at least the smallest normal
 //     float, so that w / scale stays finite), q in [-127, 127] (PyTorch's per-channel symmetric
 //     scheme on the restricted range, which makes it idempotent);
-//     activations: per tensor, affine uint8 over the observed [min, max] (min clamped to <= 0), as
-//     PyTorch's default MinMax observer, fixed after calibration.
+//     activations: per tensor, affine uint8 on all of 0..255: scale = (max - min) / 255 and zero point
+//     round(-min / scale) over the [min, max] observed in calibration, widened to include 0, then
+//     fixed. (A min/max observer like PyTorch's MinMaxObserver, whose default activation setting
+//     keeps only 0..127, reduce_range.)
 // Products are accumulated in float32 (the emulation quantizes the operands, not the sums).
 #pragma once
 
