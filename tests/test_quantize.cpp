@@ -407,7 +407,9 @@ TEST(QuantizedModel, AccuracyDropsUnderAnAggressiveFormatAndRecoversWithFineTuni
   q.quantization = config;
   save_tagger((dir / "ptq.h5").string(), q);
   const double ptq_accuracy = accuracy_of((dir / "ptq.h5").string());
-  EXPECT_LT(ptq_accuracy, float_accuracy - 0.05);
+  // A clear drop on the same 1000 jets (paired, so far beyond their ~0.01 sampling noise).
+  constexpr double kMinimumDrop = 0.02;
+  EXPECT_LT(ptq_accuracy, float_accuracy - kMinimumDrop);
 
   TrainConfig qat = c;
   qat.output_dir = (dir / "qat").string();
