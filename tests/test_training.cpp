@@ -8,6 +8,7 @@
 #include "datasets/generator.h"
 #include "io/checkpoint.h"
 #include "testing.h"
+#include "training/metrics_log.h"
 #include "training/trainer.h"
 
 namespace toptag {
@@ -127,6 +128,53 @@ TEST_F(TrainingTest, ConfigurationErrors) {
   c = tiny("bad");
   c.features_path = c.train_path;  // --features without --init
   EXPECT_THROW(train(c, nullptr), Error);
+}
+
+// Every stored key comes back: a field missing from the key table would keep its default here.
+TEST(TrainConfigJson, EveryFieldSurvivesTheRoundTrip) {
+  TrainConfig c;
+  int changed = 0;
+  // Give each field a value other than its default, through the same table the JSON uses.
+  for_each_field(c, [&](const char*, auto& member) {
+    using T = std::remove_reference_t<decltype(member)>;
+    if constexpr (std::is_same_v<T, std::string>)
+      member += "x";
+    else if constexpr (std::is_same_v<T, bool>)
+      member = !member;
+    else
+      member = static_cast<T>(member + 3);
+    ++changed;
+  });
+  EXPECT_GE(changed, 30);
+  // And set a few directly, as a flag would: a key left out of the table loses these.
+  c.eval_batch_size = 77, c.calibration_batches = 5, c.images.size = 64, c.ste = "identity";
+  const TrainConfig back = TrainConfig::from_json(c.to_json(), "test");
+  EXPECT_EQ(back.to_json(), c.to_json());
+  EXPECT_EQ(back.images.size, c.images.size);
+  EXPECT_EQ(back.eval_batch_size, c.eval_batch_size);
+  EXPECT_EQ(back.calibration_batches, c.calibration_batches);
+  EXPECT_EQ(back.ste, c.ste);
+  EXPECT_THROW(TrainConfig::from_json(R"({"lr": "fast"})", "test"), Error);
+}
+
+TEST(MetricsLogTest, ResumeKeepsOnlyFinishedEpochsAndWritesBothFilesFromMemory) {
+  const fs::path dir = fs::temp_directory_path() / fmt::format("toptag_metrics_{}", ::getpid());
+  fs::create_directories(dir);
+  MetricsLog log(dir.string());
+  for (int64_t e = 1; e <= 3; ++e) log.record(EpochMetrics{e, e * 10, 1e-3, 0.5, 0.4, 0.8, 0.9, 20.0, 1.0});
+  MetricsLog resumed(dir.string());
+  resumed.load(2);  // the checkpoint had finished two epochs: the third row is dropped
+  ASSERT_EQ(resumed.rows().size(), 2u);
+  resumed.record(EpochMetrics{3, 31, 1e-3, 0.3, 0.3, 0.85, 0.95, 30.0, 1.0});
+  std::ifstream csv(dir / "metrics.csv");
+  int lines = 0;
+  for (std::string line; std::getline(csv, line);) ++lines;
+  EXPECT_EQ(lines, 4);  // header + 3 epochs, no duplicate
+  std::ifstream js(dir / "metrics.json");
+  const nlohmann::json j = nlohmann::json::parse(js);
+  ASSERT_EQ(j.at("epochs").size(), 3u);
+  EXPECT_EQ(j["epochs"][2]["step"], 31);
+  fs::remove_all(dir);
 }
 
 TEST(Schedule, ShapesOfTheSchedules) {
