@@ -54,6 +54,7 @@ void run_predict(const PredictArgs& a) {
   InferenceOptions io;
   io.batch_size = a.batch_size;
   io.max_jets = a.max_jets;
+  io.model = "model " + a.checkpoint;
   if (is_features_file(a.input)) {
     // Featurizer outputs (e.g. from a server): only the checkpoint's classifier head runs.
     InferenceResult r = run_head(*model, read_features(a.input), io);
@@ -76,7 +77,7 @@ void run_features(const PredictArgs& a) {
     if (static_cast<int64_t>(r.predictions.label.size()) != r.predictions.size())
       fail("{}: features need labelled jets", a.input);
     const int64_t n = r.predictions.size();
-    write_features(a.output, {Tensor::from({n, r.feature_dim}, r.features), r.predictions.label},
+    write_features(a.output, {Tensor::from({n, r.feature_dim}, r.features), r.predictions.label, a.server},
                    a.server + " model " + a.model);
     fmt::print("wrote {} x {} features to {}\n", n, r.feature_dim, a.output);
     return;
@@ -90,6 +91,7 @@ void run_features(const PredictArgs& a) {
   io.batch_size = a.batch_size;
   io.max_jets = a.max_jets;
   io.label = "features";
+  io.model = "model " + a.checkpoint;
   std::vector<float> features;
   std::vector<int64_t> labels;
   NonFiniteReport dropped = run_featurizer(*model, file, a.image.resolve(file, tagger.images), io,
@@ -99,7 +101,7 @@ void run_features(const PredictArgs& a) {
                                            });
   warn_skipped(a.input, dropped);
   const int64_t n = static_cast<int64_t>(labels.size());
-  write_features(a.output, {Tensor::from({n, model->feature_dim()}, features), labels}, a.checkpoint);
+  write_features(a.output, {Tensor::from({n, model->feature_dim()}, features), labels, a.output}, a.checkpoint);
   fmt::print("wrote {} x {} features to {}\n", n, model->feature_dim(), a.output);
 }
 

@@ -3,8 +3,10 @@
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -254,6 +256,11 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
           try {
             InferReply r = client.infer(send_images ? "images" : "constituents", shape, values, o.features);
             if (r.probabilities.size() != 2) throw ClientError("reply holds no probabilities", false);
+            for (const std::vector<float>* v : {&r.probabilities, &r.features})
+              if (!std::all_of(v->begin(), v->end(), [](float x) { return std::isfinite(x); }))
+                throw ClientError(
+                    fmt::format("the server's reply for jet {} of {} holds NaN or inf", ex.rows[i], file.path()),
+                    false);
             scores[i] = r.probabilities[1];
             if (o.features) features[i] = std::move(r.features);
             break;

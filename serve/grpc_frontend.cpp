@@ -17,6 +17,8 @@ grpc::Status to_status(const RequestError& e) {
       return {grpc::StatusCode::NOT_FOUND, e.what()};
     case RequestError::Kind::unavailable:
       return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    case RequestError::Kind::internal:
+      return {grpc::StatusCode::INTERNAL, e.what()};
     case RequestError::Kind::invalid:
       break;
   }

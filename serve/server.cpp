@@ -22,6 +22,8 @@ int http_status(const RequestError& e) {
       return 404;
     case RequestError::Kind::unavailable:
       return 503;
+    case RequestError::Kind::internal:
+      return 500;
     case RequestError::Kind::invalid:
       break;
   }

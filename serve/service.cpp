@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "data/jets.h"
+#include "tagger/inference.h"
 
 namespace toptag {
 
@@ -104,6 +105,14 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
     throw;
   } catch (const Error& e) {
     throw RequestError(RequestError::Kind::unavailable, e.what());
+  }
+  for (const Tensor* t : {&r.probabilities, want_features ? &r.features : nullptr}) {
+    const int64_t bad = t ? first_non_finite_row(*t) : -1;
+    if (bad >= 0)
+      throw RequestError(RequestError::Kind::internal,
+                         fmt::format("model '{}' gives NaN or inf {} for jet {} of the request (its weights or "
+                                     "number format overflow on this input)",
+                                     model_name_, t == &r.features ? "features" : "probabilities", bad));
   }
   metrics_.request_success++;
   metrics_.inference_count += static_cast<uint64_t>(n);

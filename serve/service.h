@@ -12,10 +12,11 @@
 
 namespace toptag {
 
-// A request the server refuses: the front ends map the kind to a gRPC status or an HTTP code.
+// A request the server refuses or cannot answer: the front ends map the kind to a gRPC status or an
+// HTTP code (internal: the model itself failed, HTTP 500 / gRPC INTERNAL).
 class RequestError : public Error {
  public:
-  enum class Kind { invalid, not_found, unavailable };
+  enum class Kind { invalid, not_found, unavailable, internal };
   RequestError(Kind kind, const std::string& message) : Error(message), kind_(kind) {}
   Kind kind() const { return kind_; }
 

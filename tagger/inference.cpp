@@ -1,6 +1,7 @@
 #include "tagger/inference.h"
 
 #include <cmath>
+#include <numeric>
 
 #include "io/h5.h"
 #include "io/progress.h"
@@ -19,7 +20,28 @@ LoaderOptions in_file_order(const InferenceOptions& o) {
   return l;
 }
 
+// Stops before a non-finite output is handed out; `rows` are the jets' rows in `source`.
+void check_finite(const Tensor& out, const char* what, const std::vector<int64_t>& rows, const std::string& source,
+                  const InferenceOptions& options) {
+  if (options.keep_non_finite) return;
+  const int64_t bad = first_non_finite_row(out);
+  if (bad < 0) return;
+  fail(
+      "{} gives NaN or inf {} for jet {} of {}: its weights or number format overflow on this input (nothing "
+      "was written)",
+      options.model, what, rows[static_cast<size_t>(bad)], source);
+}
+
 }  // namespace
+
+int64_t first_non_finite_row(const Tensor& out) {
+  const int64_t n = out.dim(0), per = n > 0 ? out.numel() / n : 0;
+  const float* v = out.data();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < per; ++j)
+      if (!std::isfinite(v[i * per + j])) return i;
+  return -1;
+}
 
 void scores_from_logits(const Tensor& logits, const std::vector<int64_t>* labels, std::vector<float>& scores,
                         double& loss_sum) {
@@ -50,6 +72,7 @@ InferenceResult run_inference(ResNet& model, const JetFile& file, const ImageOpt
   if (options.show_progress) progress.emplace(options.label, loader.rows(), "jets");
   while (std::optional<Batch> batch = loader.next()) {
     Var logits = model.forward(Var(batch->images));
+    check_finite(logits.value(), "logits", batch->rows, file.path(), options);
     scores_from_logits(logits.value(), &batch->labels, result.predictions.score, loss_sum);
     result.predictions.label.insert(result.predictions.label.end(), batch->labels.begin(), batch->labels.end());
     if (progress) progress->advance(static_cast<int64_t>(batch->labels.size()));
@@ -70,6 +93,7 @@ NonFiniteReport run_featurizer(ResNet& model, const JetFile& file, const ImageOp
   if (options.show_progress) progress.emplace(options.label, loader.rows(), "jets");
   while (std::optional<Batch> batch = loader.next()) {
     Var features = model.features(Var(batch->images));
+    check_finite(features.value(), "features", batch->rows, file.path(), options);
     sink(features.value(), batch->labels);
     if (progress) progress->advance(static_cast<int64_t>(batch->labels.size()));
   }
@@ -86,6 +110,7 @@ FeatureSet read_features(const std::string& path, int64_t max_rows) {
   if (!h5_exists(f.get(), "features"))
     fail("{}: not a features file (no /features; make one with toptag features)", path);
   FeatureSet set;
+  set.path = path;
   set.features = h5_read_tensor(f.get(), "features", path);
   set.labels = h5_read_int64(f.get(), "labels", path);
   if (set.features.rank() != 2 || set.features.dim(0) != static_cast<int64_t>(set.labels.size()))
@@ -122,7 +147,11 @@ InferenceResult run_head(ResNet& model, const FeatureSet& set, const InferenceOp
     Tensor x = Tensor::empty({m, F});
     std::copy_n(set.features.data() + start * F, m * F, x.data());
     const std::vector<int64_t> labels(set.labels.begin() + start, set.labels.begin() + start + m);
-    scores_from_logits(model.head(Var(x)).value(), &labels, result.predictions.score, loss_sum);
+    const Tensor logits = model.head(Var(x)).value();
+    std::vector<int64_t> rows(static_cast<size_t>(m));
+    std::iota(rows.begin(), rows.end(), start);
+    check_finite(logits, "logits", rows, set.path.empty() ? "the features" : set.path, options);
+    scores_from_logits(logits, &labels, result.predictions.score, loss_sum);
     result.predictions.label.insert(result.predictions.label.end(), labels.begin(), labels.end());
   }
   result.mean_loss = loss_sum / static_cast<double>(std::max<int64_t>(1, n));

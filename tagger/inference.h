@@ -14,7 +14,14 @@ struct InferenceOptions {
   int64_t max_jets = 0;
   bool show_progress = true;
   std::string label = "predict";
+  // A NaN or inf output is an error naming `model` and the jet's row, so that no such score reaches a
+  // file. Training's validation keeps them instead: a diverged run still gets its metrics and report.
+  std::string model = "the model";
+  bool keep_non_finite = false;
 };
+
+// The first row of `out` (N, ...) holding a NaN or inf, or -1 when every value is finite.
+int64_t first_non_finite_row(const Tensor& out);
 
 struct InferenceResult {
   Predictions predictions;  // score = softmax probability of top
@@ -39,6 +46,7 @@ NonFiniteReport run_featurizer(ResNet& model, const JetFile& file, const ImageOp
 struct FeatureSet {
   Tensor features;  // (N, F)
   std::vector<int64_t> labels;
+  std::string path;  // where it was read from, for messages
 };
 bool is_features_file(const std::string& path);
 FeatureSet read_features(const std::string& path, int64_t max_rows = 0);

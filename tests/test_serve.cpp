@@ -553,6 +553,35 @@ TEST(Serve, StoppedEngineAnswersUnavailable) {
   }
 }
 
+TEST(Serve, NonFiniteOutputsAreAServerErrorAndTheServerStaysUp) {
+  Tagger t = tiny_tagger();
+  for (auto& [name, linear] : t.model->linears()) {  // every logit overflows to inf, every softmax NaN
+    if (name == "fc1") linear->bias.value().fill(10.0f);
+    if (name == "fc2") linear->weight.value().fill(3e38f);
+  }
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.grpc_port = o.http_port = o.metrics_port = 0;
+  InferenceServer server(std::move(t), o);
+  const std::vector<float> one = random_images(1, 9);
+  json body = {
+      {"inputs", {{{"name", "images"}, {"shape", {1, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", one}}}}};
+  httplib::Client http("127.0.0.1", server.http_port());
+  auto res = http.Post("/v2/models/toptag/infer", body.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 500);
+  EXPECT_NE(res->body.find("NaN or inf probabilities for jet 0"), std::string::npos) << res->body;
+  inference::ModelInferResponse r;
+  grpc::ClientContext ctx;
+  const grpc::Status status =
+      grpc_stub(server.grpc_port())->ModelInfer(&ctx, raw_request(one, {1, 1, kSize, kSize}), &r);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_NE(status.error_message().find("model 'toptag'"), std::string::npos) << status.error_message();
+  auto live = http.Get("/v2/health/live");
+  ASSERT_TRUE(live);
+  EXPECT_EQ(live->status, 200);
+}
+
 TEST(Serve, ClientReadsMetadataAndRefusesBadUrls) {
   auto server = start_server();
   for (const std::string& url : {fmt::format("grpc://127.0.0.1:{}", server->grpc_port()),

@@ -7,6 +7,7 @@
 
 #include "datasets/generator.h"
 #include "io/checkpoint.h"
+#include "tagger/inference.h"
 #include "testing.h"
 #include "training/metrics_log.h"
 #include "training/trainer.h"
@@ -128,6 +129,45 @@ TEST_F(TrainingTest, ConfigurationErrors) {
   c = tiny("bad");
   c.features_path = c.train_path;  // --features without --init
   EXPECT_THROW(train(c, nullptr), Error);
+}
+
+// A model whose classifier overflows float32 (every logit inf, every softmax NaN) on any input.
+void make_overflow(ResNet& model) {
+  for (auto& [name, linear] : model.linears()) {
+    if (name == "fc1") linear->bias.value().fill(10.0f);  // every hidden unit at least ~10 after ReLU
+    if (name == "fc2") linear->weight.value().fill(3e38f);
+  }
+}
+
+TEST_F(TrainingTest, NonFiniteOutputsAreAnErrorNamingTheModelAndTheJet) {
+  ResNet model(ResNetConfig{"resnet10", 1, 4, 16, 2}, 5);
+  make_overflow(model);
+  const JetFile val((dir_ / "val.h5").string());
+  ImageOptions images;
+  images.size = 16;
+  InferenceOptions io;
+  io.show_progress = false;
+  io.model = "model overflow.h5";
+  try {
+    run_inference(model, val, images, io);
+    ADD_FAILURE() << "NaN scores were handed out";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("model overflow.h5"), std::string::npos) << m;
+    EXPECT_NE(m.find("NaN or inf logits for jet 0 of " + val.path()), std::string::npos) << m;
+  }
+  FeatureSet set{Tensor::empty({3, model.feature_dim()}), {0, 1, 0}, "features.h5"};
+  set.features.fill(0.5f);
+  try {
+    run_head(model, set, io);
+    ADD_FAILURE() << "NaN scores were handed out by the head";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("jet 0 of features.h5"), std::string::npos) << e.what();
+  }
+  io.keep_non_finite = true;  // training's validation: a diverged run still gets (NaN) metrics
+  const InferenceResult r = run_inference(model, val, images, io);
+  ASSERT_GT(r.predictions.size(), 0);
+  EXPECT_TRUE(std::isnan(r.predictions.score[0]));
 }
 
 // Every stored key comes back: a field missing from the key table would keep its default here.

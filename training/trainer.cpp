@@ -142,6 +142,7 @@ EpochMetrics evaluate(Run& run, const EpochResult& epoch, double seconds) {
   io.batch_size = run.config.eval_batch_size;
   io.max_jets = run.config.max_val_jets;
   io.label = "validate";
+  io.keep_non_finite = true;  // a diverged run still gets its metrics (NaN) and its report
   const InferenceResult v = run.data->validate(*run.tagger.model, io);
   const Predictions& p = v.predictions;
   return EpochMetrics{run.state.epoch + 1,
