@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include "apps/commands.h"
+#include "nn/blas.h"
 #include "nn/check.h"
 
 int main(int argc, char** argv) {
@@ -14,6 +15,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("toptag ") + TOPTAG_VERSION);
   toptag::apps::register_commands(app);
   try {
+    toptag::blas_info();  // loads OpenBLAS with its kernel chosen, before any other thread starts
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);

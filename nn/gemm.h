@@ -10,6 +10,10 @@ namespace toptag {
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// Floating-point operations (2 M N K per call) done by gemm() in this process so far: take the
+// difference around a forward or a training step to count a model's FLOPs exactly.
+int64_t gemm_flops();
+
 // Plain triple-loop reference of gemm(), for tests.
 void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
               const float* B, int64_t ldb, float beta, float* C, int64_t ldc);

@@ -1,9 +1,10 @@
 #include "nn/parallel.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <thread>
+
+#include "nn/blas.h"
 
 namespace toptag {
 
@@ -20,7 +21,7 @@ void set_num_threads(int n) {
   if (n <= 0) n = hardware_threads();
   configured_threads = n;
   omp_set_num_threads(n);
-  openblas_set_num_threads(n);
+  set_blas_threads(n);
 }
 
 int num_threads() {

@@ -16,6 +16,18 @@ $TOPTAG info train.h5 | grep -q "jets           600" || fail "info does not coun
 $TOPTAG images -i val.h5 -o val_images.h5 --image-size 16 >/dev/null 2>&1
 $TOPTAG info val_images.h5 | grep -q "16x16x1" || fail "image file is not 16x16x1"
 
+# The BLAS kernel: a user's OPENBLAS_CORETYPE wins; unset, toptag chooses AVX-512 only where the CPU has it.
+OPENBLAS_CORETYPE=Prescott $TOPTAG model --arch resnet10 | grep -q "kernel Prescott (OPENBLAS_CORETYPE=Prescott set by the user)" ||
+  fail "the user's OPENBLAS_CORETYPE was not honoured: $(OPENBLAS_CORETYPE=Prescott $TOPTAG model --arch resnet10 | grep BLAS)"
+blas=$(env -u OPENBLAS_CORETYPE -u TOPTAG_SELECTED_CORETYPE $TOPTAG model --arch resnet10 | grep BLAS)
+avx512=1
+for flag in avx512f avx512cd avx512bw avx512dq avx512vl; do grep -qw $flag /proc/cpuinfo || avx512=0; done
+if [ $avx512 = 1 ]; then
+  [[ $blas == *"kernel SkylakeX (selected by toptag"* ]] || fail "AVX-512 CPU without the AVX-512 kernel: $blas"
+else
+  [[ $blas == *"OpenBLAS's own choice"* ]] || fail "a kernel was forced on a CPU without AVX-512: $blas"
+fi
+
 TINY="--arch resnet10 --width 4 --hidden 16 --image-size 16 --batch-size 32"
 $TOPTAG train --train train.h5 --val val_images.h5 -o run $TINY --epochs 1 >/dev/null 2>&1
 [ -s run/last.h5 ] && [ -s run/best.h5 ] && [ -s run/metrics.csv ] || fail "train left no checkpoints/metrics"

@@ -1,4 +1,5 @@
 // Tensors, the buffer pool and the autodiff tape.
+#include "nn/blas.h"
 #include "nn/gemm.h"
 #include "nn/ops/elementwise.h"
 #include "nn/ops/linear.h"
@@ -76,6 +77,48 @@ TEST(Gemm, OpenBlasMatchesReferenceInAllTranspositions) {
       gemm_ref(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c_ref.data(), N);
       testing::expect_close(c, c_ref, "gemm", 1e-5, 1e-5);
     }
+}
+
+}  // namespace
+}  // namespace toptag
+
+namespace toptag {
+namespace {
+
+// The kernel decision on the feature sets of real CPUs, not only on this machine's.
+TEST(Blas, AskForTheAvx512KernelOnlyWhereTheCpuAndTheOsHaveIt) {
+  CpuFeatures zen4;  // AMD EPYC Zen 4: AVX-512 F/CD/BW/DQ/VL, which OpenBLAS 0.3.21 runs as Haswell
+  zen4.avx2 = zen4.fma = zen4.os_saves_avx = zen4.os_saves_avx512 = true;
+  zen4.avx512f = zen4.avx512cd = zen4.avx512bw = zen4.avx512dq = zen4.avx512vl = true;
+  EXPECT_EQ(choose_coretype(zen4, ""), "SkylakeX");
+  EXPECT_EQ(choose_coretype(zen4, "Haswell"), "") << "a user's OPENBLAS_CORETYPE always wins";
+
+  CpuFeatures no_os = zen4;  // the kernel does not save the ZMM registers (XCR0): AVX-512 unusable
+  no_os.os_saves_avx512 = false;
+  EXPECT_EQ(choose_coretype(no_os, ""), "");
+
+  CpuFeatures knights = zen4;  // AVX-512 F/CD without BW/DQ/VL (Xeon Phi): not SkylakeX's set
+  knights.avx512bw = knights.avx512dq = knights.avx512vl = false;
+  EXPECT_EQ(choose_coretype(knights, ""), "");
+
+  CpuFeatures zen3 = zen4;  // AVX2 only (Zen 1-3, Haswell to Comet Lake, Alder Lake): OpenBLAS's own choice
+  zen3.avx512f = zen3.avx512cd = zen3.avx512bw = zen3.avx512dq = zen3.avx512vl = zen3.os_saves_avx512 = false;
+  EXPECT_EQ(choose_coretype(zen3, ""), "");
+
+  EXPECT_EQ(choose_coretype(CpuFeatures{}, ""), "");  // nothing detected (another architecture)
+}
+
+TEST(Blas, ReportsTheKernelItLoaded) {
+  const BlasInfo& info = blas_info();
+  EXPECT_FALSE(info.core.empty());
+  EXPECT_NE(info.config.find("OpenBLAS"), std::string::npos) << info.config;
+  EXPECT_NE(info.summary().find(info.core), std::string::npos) << info.summary();
+  // Whatever the machine: the kernel is AVX-512 only where this CPU and its OS support AVX-512.
+  const CpuFeatures cpu = detect_cpu();
+  if (info.core == "SkylakeX" || info.core == "Cooperlake" || info.core == "SapphireRapids")
+    EXPECT_TRUE(cpu.avx512f && cpu.os_saves_avx512) << info.summary();
+  const char* user = std::getenv("OPENBLAS_CORETYPE");
+  if (!user && choose_coretype(cpu, "") == "SkylakeX") EXPECT_EQ(info.core, "SkylakeX") << info.summary();
 }
 
 }  // namespace
