@@ -10,6 +10,7 @@
 #include "apps/commands.h"
 #include "apps/image_options.h"
 #include "io/files.h"
+#include "nn/blas.h"
 #include "nn/check.h"
 #include "nn/parallel.h"
 #include "serve/perf.h"
@@ -80,7 +81,8 @@ void run_serve(ServeArgs& a) {
 }
 
 struct PerfArgs {
-  std::string server_url, model = "toptag", checkpoint, csv, plot, duration = "10s", warmup = "1s", input = "images";
+  std::string server_url, model = "toptag", checkpoint, arch, csv, plot, duration = "10s", warmup = "1s",
+                          input = "images";
   bool local = false;
   std::vector<int> concurrency = {1, 2, 4, 8, 16, 32}, threads;
   std::vector<int64_t> batches;
@@ -91,10 +93,17 @@ void run_perf(const PerfArgs& a) {
   if (a.local == !a.server_url.empty()) fail("give either --server URL or --local --checkpoint C");
   std::vector<PerfPoint> points;
   if (a.local) {
-    if (a.checkpoint.empty()) fail("--local needs --checkpoint");
-    Tagger tagger = load_tagger(a.checkpoint);
+    if (a.checkpoint.empty() == a.arch.empty()) fail("--local needs --checkpoint, or --arch for an untrained model");
+    Tagger tagger;
+    if (!a.checkpoint.empty()) {
+      tagger = load_tagger(a.checkpoint);
+      tagger.images = a.image.merged(tagger.images);
+    } else {  // timing only: the architecture at the given image size and channels, random weights
+      tagger.images = a.image.merged(std::nullopt);
+      tagger.model = std::make_unique<ResNet>(ResNetConfig{a.arch, tagger.images.channels, 64, 1024, 2}, 1);
+    }
     freeze_for_inference(tagger);
-    tagger.images = a.image.merged(tagger.images);
+    fmt::print(stderr, "{}\n", blas_info().summary());
     LocalPerfOptions o;
     if (!a.batches.empty()) o.batches = a.batches;
     if (!a.threads.empty())
@@ -102,14 +111,16 @@ void run_perf(const PerfArgs& a) {
     else
       o.threads = {1, hardware_threads()};
     o.duration_s = parse_duration(a.duration), o.warmup_s = parse_duration(a.warmup);
-    fmt::print(stderr, "measuring {} in process, {}x{} images, {:g} s per point\n", a.checkpoint, tagger.images.size,
-               tagger.images.size, o.duration_s);
+    fmt::print(stderr, "measuring {} in process, {}x{}x{} images, {:g} s per point\n",
+               a.checkpoint.empty() ? a.arch + " (untrained)" : a.checkpoint, tagger.images.size, tagger.images.size,
+               tagger.images.channels, o.duration_s);
     points = measure_local(tagger, o);
   } else {
     ServerPerfOptions o;
     o.url = a.server_url, o.model = a.model, o.concurrency = a.concurrency, o.input = a.input;
     o.duration_s = parse_duration(a.duration), o.warmup_s = parse_duration(a.warmup);
-    fmt::print(stderr, "measuring {} model '{}', {:g} s per point\n", a.server_url, a.model, o.duration_s);
+    fmt::print(stderr, "measuring {} model '{}', {:g} s per point (client: {})\n", a.server_url, a.model, o.duration_s,
+               blas_info().summary());
     for (int64_t batch : a.batches.empty() ? std::vector<int64_t>{1} : a.batches) {
       o.batch = batch;
       std::vector<PerfPoint> p = measure_server(o);
@@ -169,6 +180,8 @@ void add_serve_commands(CLI::App& app) {
   perf->add_option("--input", p->input, "server input to send: images or constituents")->default_val("images");
   perf->add_flag("--local", p->local, "measure in-process inference instead");
   perf->add_option("--checkpoint,-c", p->checkpoint, "model for --local")->check(CLI::ExistingFile);
+  perf->add_option("--arch", p->arch,
+                   "--local without a checkpoint: time this architecture untrained (with --image-size, --channels)");
   perf->add_option("--batch", p->batches,
                    "images per request (server: default 1) or per forward pass (local: default 1,8,32,64)")
       ->delimiter(',');

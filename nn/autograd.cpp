@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "nn/check.h"
+#include "nn/profile.h"
 
 namespace toptag {
 
@@ -55,6 +56,7 @@ void Var::zero_grad() {
 }
 
 void add_grad(GradSlot& slot, Tensor grad) {
+  ProfileScope profile("add_grad");
   if (!slot.grad.defined()) {
     slot.grad = grad.sole_owner() ? std::move(grad) : grad.clone();
     return;

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "nn/ops/elementwise.h"
 #include "nn/ops/linear.h"
 
 namespace toptag {
@@ -20,10 +21,12 @@ Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int kernel, Conv2dPara
   weight = Var::parameter(std::move(w));
 }
 
-Var Conv2d::forward(const Var& x) const {
+Var Conv2d::forward(const Var& x, bool relu) const {
   const Var w = hooks && hooks->weight ? hooks->weight(weight) : weight;
   const Var in = hooks && hooks->input ? hooks->input(x) : x;
-  return conv2d(in, w, bias.value().defined() ? &bias : nullptr, params);
+  Conv2dParams p = params;
+  p.relu = relu;
+  return conv2d(in, w, bias.value().defined() ? &bias : nullptr, p);
 }
 
 void Conv2d::collect(const std::string& prefix, StateList& out) {
@@ -37,12 +40,18 @@ BatchNorm2d::BatchNorm2d(int64_t channels)
       running_mean(Tensor::zeros({channels})),
       running_var(Tensor::full({channels}, 1.0f)) {}
 
-Var BatchNorm2d::forward(const Var& x) {
-  if (folded) return x;
+Var BatchNorm2d::forward(const Var& x, bool relu) {
+  if (folded) return relu ? toptag::relu(x) : x;
   BatchNormParams p;
   p.training = training;
   p.eps = eps;
+  p.relu = relu;
   return batchnorm2d(x, weight, bias, running_mean, running_var, p);
+}
+
+Var conv_bn(const Conv2d& conv, BatchNorm2d& bn, const Var& x, bool relu) {
+  if (bn.folded) return conv.forward(x, relu);
+  return bn.forward(conv.forward(x), relu);
 }
 
 void BatchNorm2d::fold_into(Conv2d& conv) {

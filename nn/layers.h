@@ -39,7 +39,8 @@ class Conv2d {
   Conv2d() = default;
   // Kaiming-normal init, fan_out mode for ReLU: std = sqrt(2 / (out_channels * k * k)), as torchvision's ResNet.
   Conv2d(int64_t in_channels, int64_t out_channels, int kernel, Conv2dParams params, Rng& rng);
-  Var forward(const Var& x) const;
+  // relu: max(0, .) applied to the output in the same pass
+  Var forward(const Var& x, bool relu = false) const;
   void collect(const std::string& prefix, StateList& out);
 
   Var weight;  // (K, C, R, S)
@@ -52,7 +53,7 @@ class BatchNorm2d {
  public:
   BatchNorm2d() = default;
   explicit BatchNorm2d(int64_t channels);  // weight 1, bias 0, running mean 0, running var 1
-  Var forward(const Var& x);
+  Var forward(const Var& x, bool relu = false);
   void collect(const std::string& prefix, StateList& out);
   // Folds this normalisation (eval mode) into the preceding conv:
   //   w' = w * gamma / sqrt(var + eps),  b' = beta + (b - mean) * gamma / sqrt(var + eps)
@@ -65,6 +66,10 @@ class BatchNorm2d {
   bool folded = false;
   float eps = 1e-5f;
 };
+
+// conv -> batch norm (-> ReLU), with the ReLU fused into whichever op runs last: the batch norm, or
+// the convolution's bias epilogue once the batch norm is folded into it.
+Var conv_bn(const Conv2d& conv, BatchNorm2d& bn, const Var& x, bool relu);
 
 class Linear {
  public:

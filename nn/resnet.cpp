@@ -62,11 +62,12 @@ int64_t Block::out_channels() const {
 }
 
 Var Block::forward(const Var& x) {
-  Var out = relu(bn1.forward(conv1.forward(x)));
-  out = bn2.forward(conv2.forward(out));
-  if (kind == BlockKind::bottleneck) out = bn3.forward(conv3.forward(relu(out)));
-  Var identity = downsample_conv ? downsample_bn->forward(downsample_conv->forward(x)) : x;
-  return relu(add(out, identity));
+  const bool bottleneck = kind == BlockKind::bottleneck;
+  Var out = conv_bn(conv1, bn1, x, true);
+  out = conv_bn(conv2, bn2, out, bottleneck);
+  if (bottleneck) out = conv_bn(conv3, bn3, out, false);
+  Var identity = downsample_conv ? conv_bn(*downsample_conv, *downsample_bn, x, false) : x;
+  return add_relu(out, identity);
 }
 
 void Block::collect(const std::string& prefix, StateList& out) {
@@ -124,7 +125,7 @@ ResNet::ResNet(const ResNetConfig& config, uint64_t seed) : config_(config) {
 Var ResNet::features(const Var& images) {
   if (images.shape().rank() != 4 || images.shape()[1] != config_.in_channels)
     fail("model expects images of shape (N, {}, H, W), got {}", config_.in_channels, images.shape().str());
-  Var x = maxpool2d(relu(bn1.forward(conv1.forward(images))), {3, 2, 1});
+  Var x = maxpool2d(conv_bn(conv1, bn1, images, true), {3, 2, 1});
   for (auto& stage : layers)
     for (auto& block : stage) x = block.forward(x);
   return global_avgpool(x);

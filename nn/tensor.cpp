@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "nn/check.h"
+#include "nn/profile.h"
 
 namespace toptag {
 
@@ -172,6 +173,7 @@ Tensor Tensor::clone() const {
 }
 
 void Tensor::fill(float value) {
+  ProfileScope profile("fill");
   std::fill_n(data(), numel(), value);
 }
 

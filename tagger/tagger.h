@@ -50,7 +50,9 @@ void check_channels(const ResNet& model, const ImageOptions& images, const std::
 // none, and attaches the quantizers. Returns the number of images calibrated on (0 if none).
 int64_t quantize_tagger(Tagger& tagger, std::shared_ptr<QuantizationConfig> config, const BatchSourceFn& calibration);
 
-// Inference only: every weight quantized once (quantize/model.h). A float tagger is left as it is.
+// Inference only: eval mode with every batch norm folded into its conv (the same function, one pass
+// less per layer, and the ReLU fused into the conv), and a quantized tagger's weights quantized once
+// (quantize/model.h).
 void freeze_for_inference(Tagger& tagger);
 
 }  // namespace toptag

@@ -1,6 +1,8 @@
 // Finite-difference gradient checks of every op through the one harness in testing.h.
 #include <gtest/gtest-spi.h>
 
+#include <functional>
+
 #include "nn/ops/batchnorm2d.h"
 #include "nn/ops/conv2d.h"
 #include "nn/ops/elementwise.h"
@@ -59,6 +61,50 @@ TEST(GradCheck, ReluAndAdd) {
   expect_gradients_match([](std::vector<Var>& v) { return add(v[0], v[1]); }, {a, b}, "add");
   // An input used twice must receive the sum of both gradients.
   expect_gradients_match([](std::vector<Var>& v) { return add(relu(v[0]), v[0]); }, {a}, "relu(x) + x");
+}
+
+// The fused ReLUs (conv epilogue, batch norm, residual add) against the unfused ops, value and gradient.
+TEST(GradCheck, FusedReluEqualsTheSeparateOps) {
+  Rng rng(7);
+  Tensor x = random_tensor({3, 2, 5, 5}, rng), w = random_tensor({4, 2, 3, 3}, rng, 0.5), b = random_tensor({4}, rng);
+  expect_gradients_match(
+      [](std::vector<Var>& v) {
+        return conv2d(v[0], v[1], &v[2], {1, 1, true});
+      },
+      {x, w, b}, "conv2d + relu");
+  Tensor rm = Tensor::zeros({2}), rv = Tensor::full({2}, 1.0f);
+  BatchNormParams fused;
+  fused.relu = true;
+  Tensor gamma = random_tensor({2}, rng), beta = random_tensor({2}, rng);
+  expect_gradients_match([&](std::vector<Var>& v) { return batchnorm2d(v[0], v[1], v[2], rm, rv, fused); },
+                         {x, gamma, beta}, "batchnorm2d + relu");
+  Tensor y = random_tensor({3, 2, 5, 5}, rng);
+  expect_gradients_match([](std::vector<Var>& v) { return add_relu(v[0], v[1]); }, {x, y}, "add_relu");
+  expect_gradients_match([](std::vector<Var>& v) { return add_relu(v[0], v[0]); }, {x}, "add_relu(x, x)");
+
+  // Fused and separate give the same values and the same gradients, bit for bit.
+  auto both = [&](const std::function<Var(const Var&)>& f_fused, const std::function<Var(const Var&)>& f_plain,
+                  const std::string& what) {
+    Var a(x.clone(), true), c(x.clone(), true);
+    Var ya = f_fused(a);
+    backward(ya, Tensor::full(ya.shape(), 0.5f));  // (backward clears the tape: one graph at a time)
+    Var yc = f_plain(c);
+    backward(yc, Tensor::full(yc.shape(), 0.5f));
+    testing::expect_close(ya.value(), yc.value(), what + " value", 0, 0);
+    ASSERT_TRUE(a.grad().defined() && c.grad().defined()) << what;
+    testing::expect_close(a.grad(), c.grad(), what + " gradient", 0, 0);
+  };
+  Var wv(w), bv(b);
+  both(
+      [&](const Var& v) {
+        return conv2d(v, wv, &bv, {1, 1, true});
+      },
+      [&](const Var& v) {
+        return relu(conv2d(v, wv, &bv, {1, 1}));
+      },
+      "conv2d + relu");
+  both([&](const Var& v) { return add_relu(v, Var(y)); }, [&](const Var& v) { return relu(add(v, Var(y))); },
+       "add_relu");
 }
 
 TEST(GradCheck, Pools) {

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "nn/check.h"
+#include "nn/profile.h"
 
 namespace toptag {
 
@@ -15,6 +16,7 @@ Adam::Adam(std::vector<NamedParameter> parameters, AdamOptions options)
 }
 
 void Adam::step() {
+  ProfileScope profile("adam");
   ++step_;
   const double t = static_cast<double>(step_);
   const float b1 = static_cast<float>(options_.beta1), b2 = static_cast<float>(options_.beta2);

@@ -1,8 +1,10 @@
 #include "nn/ops/batchnorm2d.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "nn/check.h"
+#include "nn/profile.h"
 
 namespace toptag {
 
@@ -34,8 +36,9 @@ void batch_statistics(const Tensor& x, Tensor& mean, Tensor& var) {
   }
 }
 
-// y = (x - mean) * invstd * gamma + beta, per channel.
-Tensor normalize(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma, const Tensor& beta) {
+// y = (x - mean) * invstd * gamma + beta, per channel (and max(0, y) with relu).
+Tensor normalize(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma, const Tensor& beta,
+                 bool relu) {
   const int64_t N = x.dim(0), C = x.dim(1), L = x.dim(2) * x.dim(3);
   Tensor y = Tensor::empty(x.shape());
 #pragma omp parallel for collapse(2) schedule(static)
@@ -45,7 +48,10 @@ Tensor normalize(const Tensor& x, const Tensor& mean, const Tensor& invstd, cons
       const float shift = beta.data()[c] - mean.data()[c] * scale;
       const float* in = x.data() + (n * C + c) * L;
       float* out = y.data() + (n * C + c) * L;
-      for (int64_t i = 0; i < L; ++i) out[i] = in[i] * scale + shift;
+      if (relu)
+        for (int64_t i = 0; i < L; ++i) out[i] = std::max(in[i] * scale + shift, 0.0f);
+      else
+        for (int64_t i = 0; i < L; ++i) out[i] = in[i] * scale + shift;
     }
   return y;
 }
@@ -54,10 +60,13 @@ Tensor normalize(const Tensor& x, const Tensor& mean, const Tensor& invstd, cons
 //   dgamma += sum(dy * xhat),  dbeta += sum(dy)
 //   training: dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
 //   eval:     dx = gamma * invstd * dy            (mean and invstd are constants)
-void backward(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
-              bool training, GradSlot* x_slot, GradSlot* gamma_slot, GradSlot* beta_slot) {
+// With a fused ReLU (y defined), dy is first masked: dy * (y > 0).
+void backward(const Tensor& gy, const Tensor& x, const Tensor& y, const Tensor& mean, const Tensor& invstd,
+              const Tensor& gamma, bool training, GradSlot* x_slot, GradSlot* gamma_slot, GradSlot* beta_slot) {
+  ProfileScope profile("batchnorm backward");
   const int64_t N = x.dim(0), C = x.dim(1), L = x.dim(2) * x.dim(3);
   const double M = static_cast<double>(N * L);
+  const bool relu = y.defined();
   Tensor dx = x_slot ? Tensor::empty(x.shape()) : Tensor(), dgamma = Tensor::empty({C}), dbeta = Tensor::empty({C});
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < C; ++c) {
@@ -66,10 +75,12 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tenso
     for (int64_t n = 0; n < N; ++n) {
       const float* g = gy.data() + (n * C + c) * L;
       const float* in = x.data() + (n * C + c) * L;
+      const float* out = relu ? y.data() + (n * C + c) * L : nullptr;
       float s = 0.0f, sx = 0.0f;
       for (int64_t i = 0; i < L; ++i) {
-        s += g[i];
-        sx += g[i] * (in[i] - mu);
+        const float gi = relu && !(out[i] > 0.0f) ? 0.0f : g[i];
+        s += gi;
+        sx += gi * (in[i] - mu);
       }
       sum_dy += s;
       sum_dy_xhat += sx;
@@ -84,10 +95,12 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tenso
     for (int64_t n = 0; n < N; ++n) {
       const float* g = gy.data() + (n * C + c) * L;
       const float* in = x.data() + (n * C + c) * L;
+      const float* yo = relu ? y.data() + (n * C + c) * L : nullptr;
       float* out = dx.data() + (n * C + c) * L;
       for (int64_t i = 0; i < L; ++i) {
         const float xhat = (in[i] - mu) * is;
-        out[i] = k * (g[i] - mean_dy - xhat * mean_dy_xhat);
+        const float gi = relu && !(yo[i] > 0.0f) ? 0.0f : g[i];
+        out[i] = k * (gi - mean_dy - xhat * mean_dy_xhat);
       }
     }
   }
@@ -100,6 +113,7 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tenso
 
 Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
                 BatchNormParams params) {
+  ProfileScope profile("batchnorm forward");
   if (x.shape().rank() != 4) fail("batchnorm2d: input must be (N,C,H,W), found shape {}", x.shape().str());
   const int64_t C = x.shape()[1];
   expect_shape(gamma.value(), Shape{C}, "batchnorm2d weight");
@@ -124,11 +138,12 @@ Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running
     mean.copy_from(running_mean);
     for (int64_t c = 0; c < C; ++c) invstd.data()[c] = 1.0f / std::sqrt(running_var.data()[c] + params.eps);
   }
-  Tensor y = normalize(x.value(), mean, invstd, gamma.value(), beta.value());
+  Tensor y = normalize(x.value(), mean, invstd, gamma.value(), beta.value(), params.relu);
+  Tensor saved_y = params.relu ? y : Tensor();  // the ReLU mask
   return record_op(std::move(y), {&x, &gamma, &beta},
-                   [xv = x.value(), mean, invstd, gv = gamma.value(), training = params.training, xs = x.slot(),
-                    gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
-                     backward(gy, xv, mean, invstd, gv, training, xs.get(), gs.get(), bs.get());
+                   [xv = x.value(), yv = std::move(saved_y), mean, invstd, gv = gamma.value(),
+                    training = params.training, xs = x.slot(), gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
+                     backward(gy, xv, yv, mean, invstd, gv, training, xs.get(), gs.get(), bs.get());
                    });
 }
 

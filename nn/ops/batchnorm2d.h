@@ -12,6 +12,7 @@ struct BatchNormParams {
   float eps = 1e-5f;
   float momentum = 0.1f;
   bool training = true;
+  bool relu = false;  // y = max(0, batchnorm(x)) in the same pass (backward masks dy by y > 0)
 };
 
 // x: (N,C,H,W), gamma, beta: (C), running_mean, running_var: (C), updated in place when training

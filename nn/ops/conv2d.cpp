@@ -5,6 +5,7 @@
 
 #include "nn/check.h"
 #include "nn/gemm.h"
+#include "nn/profile.h"
 
 namespace toptag {
 
@@ -14,6 +15,7 @@ namespace {
 struct ConvGeometry {
   int64_t N, C, H, W, K, R, S, P, Q;
   int stride, pad;
+  bool relu;
   int64_t crs() const { return C * R * S; }
   int64_t pq() const { return P * Q; }
   bool is_pointwise() const { return R == 1 && S == 1 && stride == 1 && pad == 0; }
@@ -21,7 +23,7 @@ struct ConvGeometry {
 
 ConvGeometry geometry(const Shape& x, const Shape& w, Conv2dParams p) {
   Shape y = conv2d_output_shape(x, w, p);
-  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride, p.padding};
+  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride, p.padding, p.relu};
 }
 
 // A 1x1 stride-1 conv with a large image is one GEMM per image straight on the NCHW data. Smaller
@@ -42,6 +44,7 @@ int64_t floor_div(int64_t a, int64_t b) {
 
 // col[(c,r,s), b*PQ + p*Q + q] = x[b, c, p*stride - pad + r, q*stride - pad + s] (0 outside).
 void im2col(const float* x, const ConvGeometry& g, int64_t B, float* col) {
+  ProfileScope profile("conv im2col");
   const int64_t rows = g.crs(), ld = B * g.pq(), image = g.C * g.H * g.W;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
@@ -74,6 +77,7 @@ void im2col(const float* x, const ConvGeometry& g, int64_t B, float* col) {
 
 // The adjoint of im2col: dx[b, c, h, w] += every column entry that was read from it.
 void col2im_add(const float* col, const ConvGeometry& g, int64_t B, float* dx) {
+  ProfileScope profile("conv col2im");
   const int64_t ld = B * g.pq(), image = g.C * g.H * g.W;
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < g.C; ++c) {  // each thread owns whole input channels: no write races
@@ -100,6 +104,7 @@ void col2im_add(const float* col, const ConvGeometry& g, int64_t B, float* dx) {
 
 // (B, K, L) -> (K, B*L): image-major to channel-major.
 void to_channel_major(const float* src, int64_t B, int64_t K, int64_t L, float* dst) {
+  ProfileScope profile("conv layout");
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t k = 0; k < K; ++k)
     for (int64_t b = 0; b < B; ++b) std::memcpy(dst + (k * B + b) * L, src + (b * K + k) * L, L * sizeof(float));
@@ -107,6 +112,7 @@ void to_channel_major(const float* src, int64_t B, int64_t K, int64_t L, float* 
 
 // (K, B*L) -> (B, K, L).
 void from_channel_major(const float* src, int64_t B, int64_t K, int64_t L, float* dst) {
+  ProfileScope profile("conv layout");
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t k = 0; k < K; ++k) std::memcpy(dst + (b * K + k) * L, src + (k * B + b) * L, L * sizeof(float));
@@ -125,6 +131,7 @@ const float* columns(const float* x, const ConvGeometry& g, int64_t n0, int64_t 
 }
 
 Tensor forward(const Tensor& x, const Tensor& w, const Tensor* bias, const ConvGeometry& g) {
+  ProfileScope profile("conv other");
   Tensor y = Tensor::empty({g.N, g.K, g.P, g.Q});
   const int64_t chunk = images_per_chunk(g);
   Tensor col = Tensor::empty({g.crs() * chunk * g.pq()});
@@ -137,24 +144,42 @@ Tensor forward(const Tensor& x, const Tensor& w, const Tensor* bias, const ConvG
     gemm(false, false, g.K, L, g.crs(), 1.0f, w.data(), g.crs(), cols, L, 0.0f, dst, L);
     if (B > 1) from_channel_major(dst, B, g.K, g.pq(), yb);
   }
-  if (bias != nullptr) {
-    const float* b = bias->data();
+  if (bias != nullptr || g.relu) {  // the epilogue: bias and ReLU in one pass
+    const float* b = bias ? bias->data() : nullptr;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < g.N; ++n)
       for (int64_t k = 0; k < g.K; ++k) {
         float* plane = y.data() + (n * g.K + k) * g.pq();
-        for (int64_t i = 0; i < g.pq(); ++i) plane[i] += b[k];
+        const float bk = b ? b[k] : 0.0f;
+        if (g.relu)
+          for (int64_t i = 0; i < g.pq(); ++i) plane[i] = std::max(plane[i] + bk, 0.0f);
+        else
+          for (int64_t i = 0; i < g.pq(); ++i) plane[i] += bk;
       }
   }
   return y;
+}
+
+// dy * (y > 0): the gradient through a fused ReLU.
+Tensor relu_mask(const Tensor& gy, const Tensor& y) {
+  Tensor out = Tensor::empty(gy.shape());
+  const float* g = gy.data();
+  const float* yp = y.data();
+  float* o = out.data();
+  const int64_t n = gy.numel();
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) o[i] = yp[i] > 0.0f ? g[i] : 0.0f;
+  return out;
 }
 
 // Backward of y = conv(x, w) + bias. x is defined when w_slot is set, w when x_slot is set.
 //   dW (K, CRS)  += dY (K, N*PQ) * col^T        (col recomputed from x, chunk by chunk)
 //   dcol (CRS, N*PQ) = W^T * dY,  dx = col2im(dcol)
 //   dbias[k]     += sum over n, p, q of dY
-void backward(const Tensor& gy, const Tensor& x, const Tensor& w, const ConvGeometry& g, GradSlot* x_slot,
-              GradSlot* w_slot, GradSlot* b_slot) {
+void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tensor& w, const ConvGeometry& g,
+              GradSlot* x_slot, GradSlot* w_slot, GradSlot* b_slot) {
+  ProfileScope profile("conv other");
+  const Tensor gy = g.relu ? relu_mask(gy_in, y) : gy_in;
   const int64_t chunk = images_per_chunk(g);
   const bool need_cols = w_slot != nullptr;
   Tensor col = need_cols ? Tensor::empty({g.crs() * chunk * g.pq()}) : Tensor();
@@ -228,9 +253,11 @@ Var conv2d(const Var& x, const Var& w, const Var* bias, Conv2dParams params) {
   // Save only what backward reads: x for the weight gradient, w for the input gradient.
   Tensor saved_x = w.requires_grad() ? x.value() : Tensor();
   Tensor saved_w = x.requires_grad() ? w.value() : Tensor();
-  return record_op(std::move(y), {&x, &w, bias},
-                   [xv = std::move(saved_x), wv = std::move(saved_w), xs = x.slot(), ws = w.slot(), b_slot,
-                    g](const Tensor& gy) { backward(gy, xv, wv, g, xs.get(), ws.get(), b_slot.get()); });
+  Tensor saved_y = g.relu ? y : Tensor();  // the ReLU mask
+  return record_op(
+      std::move(y), {&x, &w, bias},
+      [xv = std::move(saved_x), wv = std::move(saved_w), yv = std::move(saved_y), xs = x.slot(), ws = w.slot(), b_slot,
+       g](const Tensor& gy) { backward(gy, yv, xv, wv, g, xs.get(), ws.get(), b_slot.get()); });
 }
 
 Tensor conv2d_forward_ref(const Tensor& x, const Tensor& w, const Tensor* bias, Conv2dParams params) {
@@ -249,7 +276,7 @@ Tensor conv2d_forward_ref(const Tensor& x, const Tensor& w, const Tensor* bias, 
                 sum += static_cast<double>(x.data()[((n * g.C + c) * g.H + h) * g.W + wi]) *
                        w.data()[((k * g.C + c) * g.R + r) * g.S + s];
               }
-          y.data()[((n * g.K + k) * g.P + p) * g.Q + q] = static_cast<float>(sum);
+          y.data()[((n * g.K + k) * g.P + p) * g.Q + q] = static_cast<float>(g.relu ? std::max(sum, 0.0) : sum);
         }
   return y;
 }

@@ -12,6 +12,7 @@ namespace toptag {
 struct Conv2dParams {
   int stride = 1;
   int padding = 0;
+  bool relu = false;  // y = max(0, conv(x) + bias) in the same pass (backward masks dy by y > 0)
 };
 
 // x: (N,C,H,W), w: (K,C,R,S), bias: (K) or none -> y: (N,K,P,Q)

@@ -10,5 +10,7 @@ Var relu(const Var& x);
 
 // a, b: same shape -> y = a + b. Backward: da = dy, db = dy.
 Var add(const Var& a, const Var& b);
+// relu(add(a, b)) in one pass: a residual block's output. Backward: da = db = dy * (y > 0).
+Var add_relu(const Var& a, const Var& b);
 
 }  // namespace toptag

@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <vector>
 
 #include "nn/check.h"
+#include "nn/profile.h"
 
 namespace toptag {
 
@@ -45,25 +48,34 @@ Var maxpool2d(const Var& x, MaxPool2dParams params) {
   if (P < 1 || Q < 1)
     fail("maxpool2d: input {} is smaller than the {}x{} window", s.str(), params.kernel, params.kernel);
   const PoolGeometry g{s[0], s[1], s[2], s[3], P, Q, params};
+  ProfileScope profile("pool");
 
+  // The forward pass keeps each window's argmax (when a gradient is needed) so that backward only
+  // scatters: dx[argmax] += dy (windows overlap: a pixel can win several).
+  const bool keep = x.requires_grad() && grad_enabled();
+  auto argmax = keep ? std::make_shared<std::vector<int32_t>>(static_cast<size_t>(g.N * g.C * P * Q)) : nullptr;
   Tensor y = Tensor::empty({g.N, g.C, P, Q});
 #pragma omp parallel for schedule(static)
   for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
     const float* plane = x.value().data() + nc * g.H * g.W;
     float* out = y.data() + nc * P * Q;
+    int32_t* index = keep ? argmax->data() + nc * P * Q : nullptr;
     for (int64_t oh = 0; oh < P; ++oh)
-      for (int64_t ow = 0; ow < Q; ++ow) out[oh * Q + ow] = plane[window_argmax(plane, g, oh, ow)];
+      for (int64_t ow = 0; ow < Q; ++ow) {
+        const int64_t best = window_argmax(plane, g, oh, ow);
+        out[oh * Q + ow] = plane[best];
+        if (index) index[oh * Q + ow] = static_cast<int32_t>(best);
+      }
   }
-  return record_op(std::move(y), {&x}, [xv = x.value(), xs = x.slot(), g](const Tensor& gy) {
-    // dx[argmax of each window] += dy (windows overlap: a pixel can win several)
-    Tensor dxt = Tensor::zeros(xv.shape());
+  return record_op(std::move(y), {&x}, [argmax, xs = x.slot(), g](const Tensor& gy) {
+    ProfileScope profile("pool");
+    Tensor dxt = Tensor::zeros({g.N, g.C, g.H, g.W});
 #pragma omp parallel for schedule(static)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
-      const float* plane = xv.data() + nc * g.H * g.W;
+      const int32_t* index = argmax->data() + nc * g.P * g.Q;
       const float* grad = gy.data() + nc * g.P * g.Q;
       float* dx = dxt.data() + nc * g.H * g.W;
-      for (int64_t oh = 0; oh < g.P; ++oh)
-        for (int64_t ow = 0; ow < g.Q; ++ow) dx[window_argmax(plane, g, oh, ow)] += grad[oh * g.Q + ow];
+      for (int64_t i = 0; i < g.P * g.Q; ++i) dx[index[i]] += grad[i];
     }
     add_grad(*xs, std::move(dxt));
   });
@@ -73,6 +85,7 @@ Var global_avgpool(const Var& x) {
   const Shape& s = x.shape();
   if (s.rank() != 4) fail("global_avgpool: input must be (N,C,H,W), found shape {}", s.str());
   const int64_t NC = s[0] * s[1], L = s[2] * s[3];
+  ProfileScope profile("pool");
   Tensor y = Tensor::empty({s[0], s[1]});
   const float* in = x.value().data();
 #pragma omp parallel for schedule(static)
@@ -84,6 +97,7 @@ Var global_avgpool(const Var& x) {
   return record_op(std::move(y), {&x}, [shape = s, xs = x.slot()](const Tensor& gy) {
     const int64_t nc = shape[0] * shape[1], l = shape[2] * shape[3];
     // dx[n, c, :, :] = dy[n, c] / (H W)
+    ProfileScope profile("pool");
     Tensor dxt = Tensor::empty(shape);
     const float inv = 1.0f / static_cast<float>(l);
 #pragma omp parallel for schedule(static)
