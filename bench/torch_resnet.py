@@ -34,8 +34,8 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    print(f"torch      {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends.cpu, 'get_cpu_capability') else ''}")
+    print(f"torch      {torch.__version__}, {torch.get_num_threads()} threads, oneDNN "
+          f"{'on' if torch.backends.mkldnn.is_available() else 'off'}")
 
     model = model_for(1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

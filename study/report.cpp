@@ -11,6 +11,7 @@
 #include "eval/predictions.h"
 #include "eval/report.h"
 #include "io/files.h"
+#include "nn/blas.h"
 #include "nn/check.h"
 #include "serve/perf.h"
 
@@ -95,6 +96,7 @@ std::string fixed(double v, int digits) {
 // The headline speed figures, picked from the perf measurements.
 struct Speed {
   std::vector<PerfPoint> local, server;
+  std::vector<PerfPoint> paper_input;  // local, 224x224x3 (empty for a study made before it was measured)
   const PerfPoint* best_local = nullptr;
   const PerfPoint* best_server = nullptr;
   const PerfPoint* one_client = nullptr;  // the lowest concurrency measured
@@ -128,7 +130,9 @@ struct Speed {
             {"server_16_clients_over_best_local",
              sixteen ? json(sixteen->stats.throughput / best_local->stats.throughput) : json(nullptr)},
             {"server_1_client_p50_ms", one_client->stats.p50_ms},
-            {"local_batch1_best_p50_ms", best_batch1_ms}};
+            {"local_batch1_best_p50_ms", best_batch1_ms},
+            {"local_224x224x3", perf_rows(paper_input)},
+            {"blas", blas_info().summary()}};
   }
 };
 
@@ -180,21 +184,24 @@ std::string speed_section(const StudyOptions& o, const Speed& s) {
   std::string md = "## Latency and throughput (the paper's Table 1, on this machine)\n\n";
   md += fmt::format(
       "The served model (`{}`, {}x{} images, {} fake-quantized) on this machine's CPU, {} hardware "
-      "threads. Latency is the median time of one call; throughput counts inferences (jets) per "
-      "second.\n\n",
-      o.arch, o.image_size, o.image_size, o.format, s.max_threads);
+      "threads, and the same architecture at the paper's 224x224x3 input (untrained: timing only). Latency is "
+      "the median time of one call; throughput counts inferences (jets) per second. Linear algebra: {}.\n\n",
+      o.arch, o.image_size, o.image_size, o.format, s.max_threads, blas_info().summary());
   md += "| platform | batch | latency p50 (ms) | throughput (inferences/s) | paper (Duarte et al. 2019) |\n";
   md += "|---|---|---|---|---|\n";
   std::vector<int> thread_counts{1};
   if (s.max_threads > 1) thread_counts.push_back(s.max_threads);
-  for (int threads : thread_counts)
-    for (int64_t batch : {int64_t(1), int64_t(32)}) {
-      const PerfPoint* p = find_local(s.local, threads, batch);
-      if (!p) continue;
-      const std::string paper = threads == 1 && batch == 1 ? "CPU, 1 core: about 1.75 s per jet (CMSSW)" : "";
-      md += fmt::format("| CPU, {} thread{} | {} | {} | {} | {} |\n", threads, threads > 1 ? "s" : "", batch,
-                        fixed(p->stats.p50_ms, 2), fixed(p->stats.throughput, 1), paper);
-    }
+  const std::string size = fmt::format("{}x{}", o.image_size, o.image_size);
+  for (const auto& [points, input] : {std::pair{&s.local, size}, std::pair{&s.paper_input, std::string("224x224x3")}})
+    for (int threads : thread_counts)
+      for (int64_t batch : {int64_t(1), int64_t(32)}) {
+        const PerfPoint* p = find_local(*points, threads, batch);
+        if (!p) continue;
+        const bool paper_row = threads == 1 && batch == 1 && input == "224x224x3";
+        md += fmt::format("| CPU, {} thread{}, {} | {} | {} | {} | {} |\n", threads, threads > 1 ? "s" : "", input,
+                          batch, fixed(p->stats.p50_ms, 2), fixed(p->stats.throughput, 1),
+                          paper_row ? "CPU, 1 core: about 1.75 s per jet (CMSSW)" : "");
+      }
   md += "| GPU | - | not measured | not measured | (toptag computes on the CPU) |\n";
   md += fmt::format(
       "| toptag serve, {} client{} | 1 | {} | {} | Brainwave service: 60 ms (cloud), 10 ms (on premises) |\n",
@@ -259,8 +266,9 @@ void write_report(const ReportInputs& in) {
   const Predictions served = read_predictions((dir / "predictions/served.h5").string());
   const Comparison diff = compare(served, local, "served");
 
-  const Speed speed(read_perf_csv((dir / "perf/local.csv").string()),
-                    read_perf_csv((dir / "perf/server.csv").string()));
+  Speed speed(read_perf_csv((dir / "perf/local.csv").string()), read_perf_csv((dir / "perf/server.csv").string()));
+  if (fs::exists(dir / "perf/local_224x224x3.csv"))
+    speed.paper_input = read_perf_csv((dir / "perf/local_224x224x3.csv").string());
   std::vector<PerfPoint> all = speed.local;
   all.insert(all.end(), speed.server.begin(), speed.server.end());
   plot_throughput((report / "throughput_vs_clients.png").string(), all, "toptag serve, one jet per request, " + o.arch);
