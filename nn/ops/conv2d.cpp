@@ -5,6 +5,7 @@
 
 #include "nn/check.h"
 #include "nn/gemm.h"
+#include "nn/ops/elementwise.h"
 #include "nn/profile.h"
 
 namespace toptag {
@@ -160,18 +161,6 @@ Tensor forward(const Tensor& x, const Tensor& w, const Tensor* bias, const ConvG
   return y;
 }
 
-// dy * (y > 0): the gradient through a fused ReLU.
-Tensor relu_mask(const Tensor& gy, const Tensor& y) {
-  Tensor out = Tensor::empty(gy.shape());
-  const float* g = gy.data();
-  const float* yp = y.data();
-  float* o = out.data();
-  const int64_t n = gy.numel();
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) o[i] = yp[i] > 0.0f ? g[i] : 0.0f;
-  return out;
-}
-
 // Backward of y = conv(x, w) + bias. x is defined when w_slot is set, w when x_slot is set.
 //   dW (K, CRS)  += dY (K, N*PQ) * col^T        (col recomputed from x, chunk by chunk)
 //   dcol (CRS, N*PQ) = W^T * dY,  dx = col2im(dcol)
@@ -179,7 +168,7 @@ Tensor relu_mask(const Tensor& gy, const Tensor& y) {
 void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tensor& w, const ConvGeometry& g,
               GradSlot* x_slot, GradSlot* w_slot, GradSlot* b_slot) {
   ProfileScope profile("conv other");
-  const Tensor gy = g.relu ? relu_mask(gy_in, y) : gy_in;
+  const Tensor gy = g.relu ? relu_backward(gy_in, y) : gy_in;
   const int64_t chunk = images_per_chunk(g);
   const bool need_cols = w_slot != nullptr;
   Tensor col = need_cols ? Tensor::empty({g.crs() * chunk * g.pq()}) : Tensor();
