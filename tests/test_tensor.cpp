@@ -115,10 +115,13 @@ TEST(Blas, ReportsTheKernelItLoaded) {
   EXPECT_NE(info.summary().find(info.core), std::string::npos) << info.summary();
   // Whatever the machine: the kernel is AVX-512 only where this CPU and its OS support AVX-512.
   const CpuFeatures cpu = detect_cpu();
-  if (info.core == "SkylakeX" || info.core == "Cooperlake" || info.core == "SapphireRapids")
+  if (info.core == "SkylakeX" || info.core == "Cooperlake" || info.core == "SapphireRapids") {
     EXPECT_TRUE(cpu.avx512f && cpu.os_saves_avx512) << info.summary();
+  }
   const char* user = std::getenv("OPENBLAS_CORETYPE");
-  if (!user && choose_coretype(cpu, "") == "SkylakeX") EXPECT_EQ(info.core, "SkylakeX") << info.summary();
+  if (!user && choose_coretype(cpu, "") == "SkylakeX") {
+    EXPECT_EQ(info.core, "SkylakeX") << info.summary();
+  }
 }
 
 }  // namespace
