@@ -66,8 +66,11 @@ Blas load_blas() {
   b.info.config = symbol<decltype(&openblas_get_config)>(library, "openblas_get_config")();
   if (already_loaded)
     b.info.reason = "OpenBLAS's own choice: the library was loaded before toptag could choose";
-  else if (!user.empty())
+  else if (!user.empty() && same_name(user, b.info.core))
     b.info.reason = fmt::format("OPENBLAS_CORETYPE={} set by the user", user);
+  else if (!user.empty())
+    b.info.reason =
+        fmt::format("OpenBLAS's own choice: it has no kernel for OPENBLAS_CORETYPE={} set by the user", user);
   else if (!choice.empty() && same_name(choice, b.info.core))
     b.info.reason = "selected by toptag: the CPU has AVX-512";
   else if (!choice.empty())
