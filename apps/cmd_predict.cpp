@@ -39,6 +39,15 @@ RemotePredictResult predict_from_server(const PredictArgs& a, bool features) {
   return r;
 }
 
+InferenceOptions inference_options(const PredictArgs& a, const char* label) {
+  InferenceOptions io;
+  io.batch_size = a.batch_size;
+  io.max_jets = a.max_jets;
+  io.label = label;
+  io.model = "model " + a.checkpoint;
+  return io;
+}
+
 void run_predict(const PredictArgs& a) {
   check_source(a);
   if (!a.server.empty()) {
@@ -51,10 +60,7 @@ void run_predict(const PredictArgs& a) {
   Tagger tagger = load_tagger(a.checkpoint);
   freeze_for_inference(tagger);
   ResNet* model = tagger.model.get();
-  InferenceOptions io;
-  io.batch_size = a.batch_size;
-  io.max_jets = a.max_jets;
-  io.model = "model " + a.checkpoint;
+  const InferenceOptions io = inference_options(a, "predict");
   if (is_features_file(a.input)) {
     // Featurizer outputs (e.g. from a server): only the checkpoint's classifier head runs.
     InferenceResult r = run_head(*model, read_features(a.input), io);
@@ -87,11 +93,7 @@ void run_features(const PredictArgs& a) {
   freeze_for_inference(tagger);
   ResNet* model = tagger.model.get();
   JetFile file(a.input);
-  InferenceOptions io;
-  io.batch_size = a.batch_size;
-  io.max_jets = a.max_jets;
-  io.label = "features";
-  io.model = "model " + a.checkpoint;
+  const InferenceOptions io = inference_options(a, "features");
   std::vector<float> features;
   std::vector<int64_t> labels;
   NonFiniteReport dropped = run_featurizer(*model, file, a.image.resolve(file, tagger.images), io,

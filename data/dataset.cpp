@@ -1,6 +1,5 @@
 #include "data/dataset.h"
 
-#include <cmath>
 #include <cstring>
 
 #include "nn/check.h"
@@ -49,10 +48,7 @@ Examples JetFile::read(int64_t start, int64_t count, NonFiniteReport& dropped) c
   const int64_t per = ex.images.numel() / std::max<int64_t>(count, 1);
   std::vector<int64_t> keep;
   for (int64_t i = 0; i < count; ++i) {
-    const float* p = ex.images.data() + i * per;
-    bool finite = true;
-    for (int64_t k = 0; k < per && finite; ++k) finite = std::isfinite(p[k]);
-    if (finite) {
+    if (all_finite({ex.images.data() + i * per, static_cast<size_t>(per)})) {
       keep.push_back(i);
     } else if (dropped.count++ == 0) {
       dropped.first_row = start + i;

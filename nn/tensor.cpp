@@ -1,6 +1,7 @@
 #include "nn/tensor.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -181,6 +182,10 @@ void Tensor::copy_from(const Tensor& other) {
   if (!(other.shape() == shape_))
     fail("cannot copy a tensor of shape {} into one of shape {}", other.shape().str(), shape_.str());
   std::memcpy(data(), other.data(), static_cast<size_t>(numel()) * sizeof(float));
+}
+
+bool all_finite(std::span<const float> values) {
+  return std::all_of(values.begin(), values.end(), [](float v) { return std::isfinite(v); });
 }
 
 void expect_shape(const Tensor& t, const Shape& expected, const std::string& what) {

@@ -72,6 +72,9 @@ class Tensor {
 // Throws toptag::Error naming `what` unless `t` has exactly `expected` shape.
 void expect_shape(const Tensor& t, const Shape& expected, const std::string& what);
 
+// True when no value is NaN or inf.
+bool all_finite(std::span<const float> values);
+
 // The buffer pool behind Tensor::empty. Thread-safe. Freed buffers are kept for reuse until the
 // cached total exceeds a cap, past which they go back to the system.
 struct PoolStats {

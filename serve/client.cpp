@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -257,7 +256,7 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
             InferReply r = client.infer(send_images ? "images" : "constituents", shape, values, o.features);
             if (r.probabilities.size() != 2) throw ClientError("reply holds no probabilities", false);
             for (const std::vector<float>* v : {&r.probabilities, &r.features})
-              if (!std::all_of(v->begin(), v->end(), [](float x) { return std::isfinite(x); }))
+              if (!all_finite(*v))
                 throw ClientError(
                     fmt::format("the server's reply for jet {} of {} holds NaN or inf", ex.rows[i], file.path()),
                     false);

@@ -91,8 +91,7 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   if (static_cast<int64_t>(in.values.size()) != count)
     throw invalid(fmt::format("input '{}' of shape {} needs {} values ({} bytes), got {}", in.name, shape, count,
                               count * 4, in.values.size()));
-  for (float v : in.values)
-    if (!std::isfinite(v)) throw invalid(fmt::format("input '{}' holds NaN or inf", in.name));
+  if (!all_finite(in.values)) throw invalid(fmt::format("input '{}' holds NaN or inf", in.name));
   if (in.name == "images") {
     images = Tensor::from(Shape{n, o.channels, o.size, o.size}, in.values);
   } else {

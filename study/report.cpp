@@ -197,7 +197,7 @@ std::string speed_section(const StudyOptions& o, const Speed& s) {
       for (int64_t batch : {int64_t(1), int64_t(32)}) {
         const PerfPoint* p = find_local(*points, threads, batch);
         if (!p) continue;
-        const bool paper_row = threads == 1 && batch == 1 && input == "224x224x3";
+        const bool paper_row = threads == 1 && batch == 1 && points == &s.paper_input;
         md += fmt::format("| CPU, {} thread{}, {} | {} | {} | {} | {} |\n", threads, threads > 1 ? "s" : "", input,
                           batch, fixed(p->stats.p50_ms, 2), fixed(p->stats.throughput, 1),
                           paper_row ? "CPU, 1 core: about 1.75 s per jet (CMSSW)" : "");

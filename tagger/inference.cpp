@@ -36,10 +36,8 @@ void check_finite(const Tensor& out, const char* what, const std::vector<int64_t
 
 int64_t first_non_finite_row(const Tensor& out) {
   const int64_t n = out.dim(0), per = n > 0 ? out.numel() / n : 0;
-  const float* v = out.data();
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < per; ++j)
-      if (!std::isfinite(v[i * per + j])) return i;
+    if (!all_finite(out.span().subspan(static_cast<size_t>(i * per), static_cast<size_t>(per)))) return i;
   return -1;
 }
 
