@@ -6,6 +6,7 @@
 #include <csignal>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "apps/commands.h"
 #include "apps/image_options.h"
@@ -71,11 +72,22 @@ void run_serve(ServeArgs& a) {
 
   int received = 0;
   sigwait(&signals, &received);
-  fmt::print("toptag serve: {} received; finishing in-flight requests\n", received == SIGINT ? "SIGINT" : "SIGTERM");
+  fmt::print("toptag serve: {} received; finishing in-flight requests (send it again to stop at once)\n",
+             received == SIGINT ? "SIGINT" : "SIGTERM");
+  std::fflush(stdout);
+  std::thread([signals, port_file = a.port_file] {  // a second signal: exit now, whatever is in flight
+    int again = 0;
+    sigwait(&signals, &again);
+    if (!port_file.empty()) std::remove(port_file.c_str());
+    std::fputs("toptag serve: second signal: exiting without waiting\n", stdout);
+    std::fflush(stdout);
+    std::_Exit(128 + again);
+  })
+      .detach();
   server.shutdown();
   const ServiceMetrics& m = server.service().metrics();
   fmt::print("toptag serve: stopped after {} requests ({} failed), {} inferences in {} batches\n",
-             m.request_success.load() + m.request_failure.load(), m.request_failure.load(), m.inference_count.load(),
+             m.request_success.load() + m.request_failure(), m.request_failure(), m.inference_count.load(),
              server.service().engine().executions());
   if (!a.port_file.empty()) std::remove(a.port_file.c_str());
 }
@@ -155,6 +167,11 @@ void add_serve_commands(CLI::App& app) {
                   "dynamic batching: longest wait for a batch to fill while another instance computes, in microseconds")
       ->default_val(2000)
       ->check(CLI::Range(0, 10000000));
+  cmd->add_option("--max-queue", s.engine.max_queue,
+                  "batches of up to --max-batch images waiting for an instance; beyond it requests are refused at "
+                  "once (gRPC RESOURCE_EXHAUSTED, HTTP 503)")
+      ->default_val(256)
+      ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--max-request-jets", s.limits.max_request_jets, "largest batch one request may send")
       ->default_val(4096)
       ->check(CLI::Range(1, 1 << 20));

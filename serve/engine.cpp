@@ -21,6 +21,7 @@ int64_t micros(Clock::duration d) {
 BatchingEngine::BatchingEngine(Tagger tagger, const EngineOptions& options)
     : tagger_(std::move(tagger)), options_(options), feature_dim_(tagger_.model->feature_dim()) {
   if (options.max_batch < 1) fail("--max-batch must be at least 1, got {}", options.max_batch);
+  if (options.max_queue < 1) fail("--max-queue must be at least 1, got {}", options.max_queue);
   if (options.max_queue_delay_us < 0) fail("--max-queue-delay-us must be >= 0, got {}", options.max_queue_delay_us);
   validate(tagger_.images);
   check_channels(*tagger_.model, tagger_.images, "toptag serve");
@@ -53,23 +54,38 @@ Tensor BatchingEngine::images_from_constituents(std::span<const float> constitue
   return jet_images(constituents, n, n_constituents, tagger_.images);
 }
 
-std::future<EngineResult> BatchingEngine::submit(Tensor images, bool want_features) {
-  const Shape want{images.rank() == 4 ? images.dim(0) : 0, tagger_.images.channels, tagger_.images.size,
-                   tagger_.images.size};
-  if (images.rank() != 4 || !(images.shape() == want))
-    fail("images must have shape [N, {}, {}, {}], got {}", tagger_.images.channels, tagger_.images.size,
-         tagger_.images.size, images.shape().str());
-  if (images.dim(0) < 1) fail("empty batch: a request needs at least one image");
-  Pending p{std::move(images), want_features, {}, Clock::now()};
-  std::future<EngineResult> result = p.promise.get_future();
+size_t BatchingEngine::queued() const {
+  std::lock_guard lock(mutex_);
+  return queue_.size();
+}
+
+std::vector<std::future<EngineResult>> BatchingEngine::submit(std::vector<Tensor> parts, bool want_features,
+                                                              CancelFlag cancelled) {
+  const ImageOptions& o = tagger_.images;
+  for (const Tensor& images : parts) {
+    const Shape want{images.rank() == 4 ? images.dim(0) : 0, o.channels, o.size, o.size};
+    if (images.rank() != 4 || !(images.shape() == want))
+      fail("images must have shape [N, {}, {}, {}], got {}", o.channels, o.size, o.size, images.shape().str());
+    if (images.dim(0) < 1) fail("empty batch: a request needs at least one image");
+    if (images.dim(0) > options_.max_batch)
+      fail("{} images in one batch exceed --max-batch {}", images.dim(0), options_.max_batch);
+  }
+  std::vector<std::future<EngineResult>> results;
   {
     std::lock_guard lock(mutex_);
     if (stopping_) fail("the server is shutting down");
-    queued_images_ += p.images.dim(0);
-    queue_.push_back(std::move(p));
+    if (queue_.size() + parts.size() > static_cast<size_t>(options_.max_queue))
+      throw QueueFull(fmt::format("the server's queue is full ({} batches waiting, --max-queue {}); retry later",
+                                  queue_.size(), options_.max_queue));
+    for (Tensor& images : parts) {
+      Pending p{std::move(images), want_features, cancelled, {}, Clock::now()};
+      results.push_back(p.promise.get_future());
+      queued_images_ += p.images.dim(0);
+      queue_.push_back(std::move(p));
+    }
   }
   changed_.notify_all();
-  return result;
+  return results;
 }
 
 void BatchingEngine::stop() {
@@ -101,12 +117,18 @@ void BatchingEngine::work() {
         if (queue_.empty()) continue;  // another instance took them
       }
       int64_t images = 0;
-      while (!queue_.empty() && (batch.empty() || images + queue_.front().images.dim(0) <= options_.max_batch)) {
-        images += queue_.front().images.dim(0);
-        queued_images_ -= queue_.front().images.dim(0);
-        batch.push_back(std::move(queue_.front()));
+      while (!queue_.empty() && images + queue_.front().images.dim(0) <= options_.max_batch) {
+        Pending p = std::move(queue_.front());
         queue_.pop_front();
+        queued_images_ -= p.images.dim(0);
+        if (p.cancelled && p.cancelled->load()) {  // its client is gone: do not compute it
+          p.promise.set_exception(std::make_exception_ptr(Cancelled("the client cancelled the request")));
+          continue;
+        }
+        images += p.images.dim(0);
+        batch.push_back(std::move(p));
       }
+      if (batch.empty()) continue;
       ++computing_;
     }
     changed_.notify_all();  // the queue changed: an instance waiting on it re-reads it

@@ -4,7 +4,9 @@
 // another instance is computing, it first waits up to --max-queue-delay-us after the oldest request
 // arrived for more to come; with every instance idle it starts at once, so a lone client pays no
 // delay. Every row is computed independently of the others in its batch, so a response is what the
-// request would get alone (up to rounding in the matrix products).
+// request would get alone (up to rounding in the matrix products). The queue is bounded
+// (--max-queue batches): beyond it, work is refused at once rather than left to pile up, and a part
+// whose client has gone is dropped before it is computed.
 #pragma once
 
 #include <atomic>
@@ -12,21 +14,39 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <thread>
 
+#include "nn/check.h"
 #include "tagger/tagger.h"
 
 namespace toptag {
 
 struct EngineOptions {
-  int64_t max_batch = 64;
+  int64_t max_batch = 64;   // images per execution; submit() takes at most this many at once
+  int64_t max_queue = 256;  // batches waiting for an instance; beyond it submit() refuses (QueueFull)
   int64_t max_queue_delay_us = 2000;
   // Model instances: worker threads that each run one batch at a time, sharing the read-only
   // weights; with two, one batch fills while the other computes. 0: two (one on a single core).
   int instances = 0;
   int threads = 0;  // OpenMP/OpenBLAS threads of each instance (0: the cores divided among instances)
 };
+
+// submit() refused work because max_queue batches are already waiting.
+class QueueFull : public Error {
+ public:
+  using Error::Error;
+};
+
+// A request whose client gave up (cancel flag set) before an instance took it: dropped uncomputed.
+class Cancelled : public Error {
+ public:
+  using Error::Error;
+};
+
+// Set by the front end when its client disconnects or its deadline passes.
+using CancelFlag = std::shared_ptr<std::atomic<bool>>;
 
 struct EngineResult {
   Tensor probabilities;  // (n, 2): P(QCD), P(top)
@@ -43,8 +63,12 @@ class BatchingEngine {
   BatchingEngine(const BatchingEngine&) = delete;
   BatchingEngine& operator=(const BatchingEngine&) = delete;
 
-  // images: (n, C, H, W) with C, H, W as the engine expects (toptag::Error otherwise). Thread-safe.
-  std::future<EngineResult> submit(Tensor images, bool want_features);
+  // Queues every part of one request at once, or none (QueueFull when fewer than parts.size() places
+  // are left). Each part: (n, C, H, W) with 1 <= n <= max_batch and C, H, W as the engine expects
+  // (toptag::Error otherwise). The parts are independent batches, so idle instances share them.
+  // A part whose `cancelled` flag is set before an instance takes it fails with Cancelled. Thread-safe.
+  std::vector<std::future<EngineResult>> submit(std::vector<Tensor> parts, bool want_features,
+                                                CancelFlag cancelled = nullptr);
   // Jets (n x n_constituents x 4: E, px, py, pz) -> images, with the model's preprocessing.
   Tensor images_from_constituents(std::span<const float> constituents, int64_t n, int n_constituents) const;
 
@@ -53,6 +77,8 @@ class BatchingEngine {
   bool running() const;
 
   uint64_t executions() const { return executions_.load(); }  // batches run so far
+  size_t queued() const;                                      // batches waiting now
+  int64_t max_batch() const { return options_.max_batch; }
   const ImageOptions& image_options() const { return tagger_.images; }
   int64_t feature_dim() const { return feature_dim_; }
   std::string describe() const;  // model summary for metadata and logs
@@ -63,6 +89,7 @@ class BatchingEngine {
   struct Pending {
     Tensor images;
     bool want_features;
+    CancelFlag cancelled;
     std::promise<EngineResult> promise;
     std::chrono::steady_clock::time_point arrival;
   };

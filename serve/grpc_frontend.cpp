@@ -17,6 +17,10 @@ grpc::Status to_status(const RequestError& e) {
       return {grpc::StatusCode::NOT_FOUND, e.what()};
     case RequestError::Kind::unavailable:
       return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    case RequestError::Kind::exhausted:
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED, e.what()};
+    case RequestError::Kind::cancelled:
+      return {grpc::StatusCode::CANCELLED, e.what()};
     case RequestError::Kind::internal:
       return {grpc::StatusCode::INTERNAL, e.what()};
     case RequestError::Kind::invalid:
@@ -30,6 +34,48 @@ void fill_metadata(const TensorMetadata& t, inference::ModelMetadataResponse::Te
   out->set_datatype(t.datatype);
   for (int64_t d : t.shape) out->add_shape(d);
 }
+
+}  // namespace
+
+void answer_grpc_infer(InferenceService& s, const inference::ModelInferRequest& q, inference::ModelInferResponse& r,
+                       const std::function<bool()>& cancelled) {
+  auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
+  if (q.inputs_size() != 1)
+    throw invalid(fmt::format("expected exactly one input (images or constituents), got {}", q.inputs_size()));
+  const auto& in = q.inputs(0);
+  InputTensor t{in.name(), in.datatype(), {in.shape().begin(), in.shape().end()}, {}};
+  std::vector<float> aligned;
+  if (q.raw_input_contents_size() > 1)
+    throw invalid(fmt::format("{} raw_input_contents for one input", q.raw_input_contents_size()));
+  if (q.raw_input_contents_size() == 1) {
+    if (in.has_contents()) throw invalid("input has both raw_input_contents and typed contents");
+    const std::string& raw = q.raw_input_contents(0);
+    if (raw.size() % 4 != 0)
+      throw invalid(
+          fmt::format("raw contents of '{}' are {} bytes, not a whole number of FP32 values", in.name(), raw.size()));
+    aligned.resize(raw.size() / 4);
+    std::memcpy(aligned.data(), raw.data(), raw.size());  // little-endian FP32, as on every supported host
+    t.values = aligned;
+  } else {
+    t.values = {in.contents().fp32_contents().data(), static_cast<size_t>(in.contents().fp32_contents_size())};
+  }
+  std::vector<std::string> requested;
+  for (const auto& o : q.outputs()) requested.push_back(o.name());
+  const std::vector<OutputTensor> outputs = s.infer(q.model_name(), q.model_version(), t, requested, cancelled);
+  r.set_model_name(s.model_name());
+  r.set_model_version(InferenceService::kVersion);
+  r.set_id(q.id());
+  for (const auto& [name, v] : outputs) {
+    auto* o = r.add_outputs();
+    o->set_name(name);
+    o->set_datatype("FP32");
+    o->add_shape(v.dim(0));
+    o->add_shape(v.dim(1));
+    r.add_raw_output_contents(reinterpret_cast<const char*>(v.data()), static_cast<size_t>(v.numel()) * 4);
+  }
+}
+
+namespace {
 
 class Service final : public inference::GRPCInferenceService::Service {
  public:
@@ -76,49 +122,15 @@ class Service final : public inference::GRPCInferenceService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ModelInfer(grpc::ServerContext*, const inference::ModelInferRequest* q,
+  grpc::Status ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* q,
                           inference::ModelInferResponse* r) override {
     try {
-      if (q->inputs_size() != 1)
-        throw RequestError(
-            RequestError::Kind::invalid,
-            fmt::format("expected exactly one input (images or constituents), got {}", q->inputs_size()));
-      const auto& in = q->inputs(0);
-      InputTensor t{in.name(), in.datatype(), {in.shape().begin(), in.shape().end()}, {}};
-      std::vector<float> aligned;
-      if (q->raw_input_contents_size() > 0) {
-        if (in.has_contents())
-          throw RequestError(RequestError::Kind::invalid, "input has both raw_input_contents and typed contents");
-        const std::string& raw = q->raw_input_contents(0);
-        if (raw.size() % 4 != 0)
-          throw RequestError(RequestError::Kind::invalid,
-                             fmt::format("raw contents of '{}' are {} bytes, not a whole number of FP32 values",
-                                         in.name(), raw.size()));
-        aligned.resize(raw.size() / 4);
-        std::memcpy(aligned.data(), raw.data(), raw.size());  // little-endian FP32, as on every supported host
-        t.values = aligned;
-      } else {
-        t.values = {in.contents().fp32_contents().data(), static_cast<size_t>(in.contents().fp32_contents_size())};
-      }
-      std::vector<std::string> requested;
-      for (const auto& o : q->outputs()) requested.push_back(o.name());
-      const std::vector<OutputTensor> outputs = s_.infer(q->model_name(), q->model_version(), t, requested);
-      r->set_model_name(s_.model_name());
-      r->set_model_version(InferenceService::kVersion);
-      r->set_id(q->id());
-      for (const auto& [name, v] : outputs) {
-        auto* o = r->add_outputs();
-        o->set_name(name);
-        o->set_datatype("FP32");
-        o->add_shape(v.dim(0));
-        o->add_shape(v.dim(1));
-        r->add_raw_output_contents(reinterpret_cast<const char*>(v.data()), static_cast<size_t>(v.numel()) * 4);
-      }
+      answer_grpc_infer(s_, *q, *r, [context] { return context->IsCancelled(); });
     } catch (const RequestError& e) {
-      s_.metrics().request_failure++;
+      s_.metrics().count_failure(e.kind());
       return to_status(e);
     } catch (const std::exception& e) {
-      s_.metrics().request_failure++;
+      s_.metrics().count_failure(RequestError::Kind::internal);
       return {grpc::StatusCode::INTERNAL, e.what()};
     }
     return grpc::Status::OK;
@@ -135,7 +147,8 @@ struct GrpcFrontEnd::Impl {
   std::unique_ptr<grpc::Server> server;
 };
 
-GrpcFrontEnd::GrpcFrontEnd(InferenceService& service, const std::string& host, int port, int64_t max_message_bytes)
+GrpcFrontEnd::GrpcFrontEnd(InferenceService& service, const std::string& host, int port, int64_t max_message_bytes,
+                           int max_threads)
     : impl_(std::make_unique<Impl>()) {
   impl_->service = std::make_unique<Service>(service);
   grpc::ServerBuilder builder;
@@ -143,6 +156,9 @@ GrpcFrontEnd::GrpcFrontEnd(InferenceService& service, const std::string& host, i
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a port in use is an error, not shared
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
+  grpc::ResourceQuota quota("toptag-serve");
+  quota.SetMaxThreads(max_threads);  // the sync server's threads: calls beyond get RESOURCE_EXHAUSTED
+  builder.SetResourceQuota(quota);
   builder.RegisterService(impl_->service.get());
   impl_->server = builder.BuildAndStart();
   if (!impl_->server || port_ == 0) fail("cannot listen for gRPC on {}:{} (port in use?)", host, port);

@@ -1,16 +1,29 @@
 // The gRPC listener (kept apart so that only one file sees the generated protobuf code).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "serve/service.h"
 
+namespace inference {
+class ModelInferRequest;
+class ModelInferResponse;
+}  // namespace inference
+
 namespace toptag {
+
+// ModelInfer without the transport (so that the fuzzer drives exactly what the server runs): checks
+// the request, runs it, fills the response. Throws RequestError for any request it refuses.
+void answer_grpc_infer(InferenceService& service, const inference::ModelInferRequest& request,
+                       inference::ModelInferResponse& response, const std::function<bool()>& cancelled = {});
 
 class GrpcFrontEnd {
  public:
-  GrpcFrontEnd(InferenceService& service, const std::string& host, int port, int64_t max_message_bytes);
+  // At most max_threads calls are handled at once; more get RESOURCE_EXHAUSTED from gRPC itself.
+  GrpcFrontEnd(InferenceService& service, const std::string& host, int port, int64_t max_message_bytes,
+               int max_threads);
   ~GrpcFrontEnd();
   int port() const { return port_; }
   void shutdown();  // stop accepting, finish in-flight calls

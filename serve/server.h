@@ -10,13 +10,6 @@
 
 #include "serve/service.h"
 
-namespace grpc {
-class Server;
-}
-namespace httplib {
-class Server;
-}
-
 namespace toptag {
 
 struct ServerOptions {
@@ -25,7 +18,9 @@ struct ServerOptions {
   std::string model_name = "toptag";
   EngineOptions engine;
   ServiceLimits limits;
-  int64_t max_message_bytes = 64 << 20;  // larger requests are refused with a clear message
+  int64_t max_message_bytes = 64 << 20;     // larger requests are refused with a clear message
+  int64_t max_bytes_in_flight = 512 << 20;  // HTTP bodies held at once, over all connections
+  int max_grpc_threads = 64;                // gRPC calls handled at once (more: RESOURCE_EXHAUSTED)
 };
 
 class InferenceServer {
@@ -47,8 +42,7 @@ class InferenceServer {
   std::unique_ptr<BatchingEngine> engine_;
   std::unique_ptr<InferenceService> service_;
   std::unique_ptr<class GrpcFrontEnd> grpc_;
-  std::unique_ptr<httplib::Server> http_, metrics_;
-  std::vector<std::thread> listeners_;
+  std::unique_ptr<class HttpListener> http_, metrics_;
   int grpc_port_ = -1, http_port_ = -1, metrics_port_ = -1;
   bool stopped_ = false;
 };

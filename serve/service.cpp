@@ -9,14 +9,44 @@
 
 namespace toptag {
 
-std::string ServiceMetrics::prometheus(const std::string& model, uint64_t executions) const {
+void ServiceMetrics::count_failure(RequestError::Kind kind) {
+  switch (kind) {
+    case RequestError::Kind::exhausted:
+      ++failed_rejected;
+      return;
+    case RequestError::Kind::cancelled:
+      ++failed_cancelled;
+      return;
+    case RequestError::Kind::internal:
+      ++failed_backend;
+      return;
+    default:
+      ++failed_other;
+  }
+}
+
+uint64_t ServiceMetrics::request_failure() const {
+  return failed_rejected.load() + failed_cancelled.load() + failed_backend.load() + failed_other.load();
+}
+
+std::string ServiceMetrics::prometheus(const std::string& model, uint64_t executions, uint64_t pending) const {
   const std::string labels = fmt::format("{{model=\"{}\",version=\"{}\"}}", model, InferenceService::kVersion);
   std::string out;
-  auto counter = [&](const char* name, const char* help, uint64_t value) {
-    out += fmt::format("# HELP {} {}\n# TYPE {} counter\n{}{} {}\n", name, help, name, name, labels, value);
+  auto metric = [&](const char* type, const char* name, const char* help, uint64_t value) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name, labels, value);
   };
+  auto counter = [&](const char* name, const char* help, uint64_t value) { metric("counter", name, help, value); };
   counter("nv_inference_request_success", "Number of successful inference requests", request_success.load());
-  counter("nv_inference_request_failure", "Number of failed inference requests", request_failure.load());
+  out +=
+      "# HELP nv_inference_request_failure Number of failed inference requests, by reason\n"
+      "# TYPE nv_inference_request_failure counter\n";
+  for (auto [reason, value] : {std::pair{"REJECTED", failed_rejected.load()},
+                               {"CANCELED", failed_cancelled.load()},
+                               {"BACKEND", failed_backend.load()},
+                               {"OTHER", failed_other.load()}})
+    out += fmt::format("nv_inference_request_failure{{model=\"{}\",reason=\"{}\",version=\"{}\"}} {}\n", model, reason,
+                       InferenceService::kVersion, value);
+  metric("gauge", "nv_inference_pending_request_count", "Batches waiting in the queue for a model instance", pending);
   counter("nv_inference_count", "Number of inferences performed (one per image or jet)", inference_count.load());
   counter("nv_inference_exec_count", "Number of model executions (batches)", executions);
   counter("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
@@ -49,8 +79,79 @@ std::vector<TensorMetadata> InferenceService::outputs() const {
   return {{"probabilities", "FP32", {-1, 2}}, {"features", "FP32", {-1, engine_.feature_dim()}}};
 }
 
+namespace {
+
+// Rows [begin, begin + count) of a (n, ...) tensor, as a tensor of its own.
+Tensor rows(const Tensor& t, int64_t begin, int64_t count) {
+  Shape shape = t.shape();
+  shape[0] = count;
+  const int64_t per = t.numel() / t.dim(0);
+  return Tensor::from(shape, std::span<const float>(t.data() + begin * per, static_cast<size_t>(count * per)));
+}
+
+// The parts' rows, stacked in order.
+Tensor stack_rows(const std::vector<Tensor>& parts, int64_t n) {
+  if (parts.size() == 1) return parts[0];
+  Shape shape = parts[0].shape();
+  shape[0] = n;
+  Tensor out = Tensor::empty(shape);
+  float* dst = out.data();
+  for (const Tensor& p : parts) dst = std::copy(p.data(), p.data() + p.numel(), dst);
+  return out;
+}
+
+}  // namespace
+
+EngineResult InferenceService::run(Tensor images, bool want_features, const std::function<bool()>& cancelled) {
+  const int64_t n = images.dim(0), max_batch = engine_.max_batch();
+  std::vector<Tensor> parts;
+  if (n <= max_batch) {
+    parts.push_back(std::move(images));
+  } else {
+    for (int64_t begin = 0; begin < n; begin += max_batch)
+      parts.push_back(rows(images, begin, std::min(max_batch, n - begin)));
+  }
+  CancelFlag flag = cancelled ? std::make_shared<std::atomic<bool>>(false) : nullptr;
+  std::vector<std::future<EngineResult>> futures;
+  try {
+    futures = engine_.submit(std::move(parts), want_features, flag);
+  } catch (const QueueFull& e) {
+    throw RequestError(RequestError::Kind::exhausted, e.what());
+  } catch (const Error& e) {
+    throw RequestError(RequestError::Kind::unavailable, e.what());
+  }
+  EngineResult r;
+  std::vector<Tensor> probabilities, features;
+  try {
+    for (std::future<EngineResult>& f : futures) {
+      while (flag && f.wait_for(std::chrono::milliseconds(10)) != std::future_status::ready) {
+        if (cancelled()) {
+          flag->store(true);  // queued parts are dropped; a part being computed finishes unread
+          throw RequestError(RequestError::Kind::cancelled, "the client cancelled the request or its deadline passed");
+        }
+      }
+      EngineResult part = f.get();
+      r.queue_us = std::max(r.queue_us, part.queue_us);
+      r.compute_us += part.compute_us * part.probabilities.dim(0) / std::max<int64_t>(1, part.batch_images);
+      probabilities.push_back(std::move(part.probabilities));
+      if (want_features) features.push_back(std::move(part.features));
+    }
+  } catch (const Cancelled& e) {
+    throw RequestError(RequestError::Kind::cancelled, e.what());
+  } catch (const RequestError&) {
+    throw;
+  } catch (const Error& e) {
+    throw RequestError(RequestError::Kind::unavailable, e.what());
+  }
+  r.probabilities = stack_rows(probabilities, n);
+  if (want_features) r.features = stack_rows(features, n);
+  r.batch_images = n;
+  return r;
+}
+
 std::vector<OutputTensor> InferenceService::infer(const std::string& model, const std::string& version,
-                                                  const InputTensor& in, const std::vector<std::string>& requested) {
+                                                  const InputTensor& in, const std::vector<std::string>& requested,
+                                                  const std::function<bool()>& cancelled) {
   const auto start = std::chrono::steady_clock::now();
   check_model(model, version);
   if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
@@ -86,6 +187,10 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   if (n == 0) throw invalid("empty batch: the first dimension of the input is 0");
   if (n > limits_.max_request_jets)
     throw invalid(fmt::format("{} jets in one request exceed the server's limit of {}", n, limits_.max_request_jets));
+  if (n * o.pixels() * 4 > limits_.max_request_image_bytes)  // bounded: n, C, H, W are all limited
+    throw invalid(fmt::format("{} jets of {}x{}x{} images make {} MB, over the server's limit of {} MB per request", n,
+                              o.channels, o.size, o.size, n * o.pixels() * 4 >> 20,
+                              limits_.max_request_image_bytes >> 20));
   int64_t count = 1;  // bounded now: every dimension but the first is fixed, the first is limited
   for (int64_t d : in.shape) count *= d;
   if (static_cast<int64_t>(in.values.size()) != count)
@@ -97,14 +202,7 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   } else {
     images = engine_.images_from_constituents(in.values, n, kMaxConstituents);
   }
-  EngineResult r;
-  try {
-    r = engine_.submit(std::move(images), want_features).get();
-  } catch (const RequestError&) {
-    throw;
-  } catch (const Error& e) {
-    throw RequestError(RequestError::Kind::unavailable, e.what());
-  }
+  const EngineResult r = run(std::move(images), want_features, cancelled);
   for (const Tensor* t : {&r.probabilities, want_features ? &r.features : nullptr}) {
     const int64_t bad = t ? first_non_finite_row(*t) : -1;
     if (bad >= 0)
@@ -116,7 +214,7 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   metrics_.request_success++;
   metrics_.inference_count += static_cast<uint64_t>(n);
   metrics_.queue_duration_us += static_cast<uint64_t>(r.queue_us);
-  metrics_.compute_infer_duration_us += static_cast<uint64_t>(r.compute_us * n / std::max<int64_t>(1, r.batch_images));
+  metrics_.compute_infer_duration_us += static_cast<uint64_t>(r.compute_us);
   metrics_.request_duration_us += static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
   std::vector<OutputTensor> out;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -12,11 +13,17 @@
 
 namespace toptag {
 
-// A request the server refuses or cannot answer: the front ends map the kind to a gRPC status or an
-// HTTP code (internal: the model itself failed, HTTP 500 / gRPC INTERNAL).
+// A request the server refuses or cannot answer: the front ends map the kind to a gRPC status and an
+// HTTP code:
+//   invalid      400 INVALID_ARGUMENT     the request itself is wrong
+//   not_found    404 NOT_FOUND            unknown model or version
+//   unavailable  503 UNAVAILABLE          shutting down
+//   exhausted    503 RESOURCE_EXHAUSTED   the queue is full (--max-queue): retry later
+//   cancelled    499 CANCELLED            the client left, or its deadline passed, before the answer
+//   internal     500 INTERNAL             the model itself failed (NaN/inf outputs)
 class RequestError : public Error {
  public:
-  enum class Kind { invalid, not_found, unavailable, internal };
+  enum class Kind { invalid, not_found, unavailable, exhausted, cancelled, internal };
   RequestError(Kind kind, const std::string& message) : Error(message), kind_(kind) {}
   Kind kind() const { return kind_; }
 
@@ -43,15 +50,22 @@ struct OutputTensor {
 };
 
 struct ServiceLimits {
-  int64_t max_request_jets = 4096;  // images or jets per request
+  int64_t max_request_jets = 4096;             // images or jets per request
+  int64_t max_request_image_bytes = 64 << 20;  // the FP32 images a request becomes (constituents are imaged)
 };
 
-// Cumulative counters with Triton's metric names.
+// Cumulative counters with Triton's metric names. Failures are counted by reason, as Triton's
+// nv_inference_request_failure{reason=...}: REJECTED (queue full), CANCELED, BACKEND (the model
+// failed), OTHER (a refused request).
 struct ServiceMetrics {
-  std::atomic<uint64_t> request_success{0}, request_failure{0}, inference_count{0};
+  std::atomic<uint64_t> request_success{0}, inference_count{0};
+  std::atomic<uint64_t> failed_rejected{0}, failed_cancelled{0}, failed_backend{0}, failed_other{0};
   std::atomic<uint64_t> request_duration_us{0}, queue_duration_us{0}, compute_infer_duration_us{0};
-  // Prometheus text format; `executions` (nv_inference_exec_count) comes from the engine.
-  std::string prometheus(const std::string& model, uint64_t executions) const;
+  void count_failure(RequestError::Kind kind);
+  uint64_t request_failure() const;  // all reasons
+  // Prometheus text format; `executions` (nv_inference_exec_count) and `pending`
+  // (nv_inference_pending_request_count) come from the engine.
+  std::string prometheus(const std::string& model, uint64_t executions, uint64_t pending) const;
 };
 
 class InferenceService {
@@ -69,17 +83,22 @@ class InferenceService {
   std::string platform() const { return "toptag_resnet"; }
 
   // Validates the input ("images" [n, C, H, W] or "constituents" [n, 200, 4], FP32) and the requested
-  // outputs ("probabilities", "features"; none asked for: probabilities), runs it, records the
-  // success metrics and returns the outputs in the order asked. Throws RequestError; the front ends
-  // count failures (theirs and these) in metrics().request_failure.
+  // outputs ("probabilities", "features"; none asked for: probabilities), runs it in batches of at
+  // most --max-batch images, records the success metrics and returns the outputs in the order asked.
+  // `cancelled` is polled while the request waits (client gone, deadline passed): queued batches are
+  // then dropped uncomputed. Throws RequestError; the front ends count failures (theirs and these)
+  // with metrics().count_failure.
   std::vector<OutputTensor> infer(const std::string& model, const std::string& version, const InputTensor& input,
-                                  const std::vector<std::string>& outputs);
+                                  const std::vector<std::string>& outputs, const std::function<bool()>& cancelled = {});
 
   ServiceMetrics& metrics() { return metrics_; }
-  std::string metrics_text() const { return metrics_.prometheus(model_name_, engine_.executions()); }
+  std::string metrics_text() const { return metrics_.prometheus(model_name_, engine_.executions(), engine_.queued()); }
   const BatchingEngine& engine() const { return engine_; }
 
  private:
+  // The images in parts of at most --max-batch, through the engine, joined again.
+  EngineResult run(Tensor images, bool want_features, const std::function<bool()>& cancelled);
+
   BatchingEngine& engine_;
   std::string model_name_;
   ServiceLimits limits_;

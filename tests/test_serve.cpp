@@ -1,9 +1,13 @@
 // toptag serve: every KServe v2 endpoint over gRPC (raw generated stubs, as tritonclient uses) and
 // HTTP (plain httplib, as curl would), the bad-input cases, the metrics, dynamic batching, graceful
 // shutdown, and toptag's own client. Servers listen on ephemeral loopback ports.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -91,10 +95,14 @@ std::vector<float> raw_floats(const std::string& bytes) {
   return v;
 }
 
-double metric(const std::string& text, const std::string& name) {
-  std::smatch m;
-  if (!std::regex_search(text, m, std::regex(name + R"(\{[^}]*\} ([0-9.e+]+))"))) return -1;
-  return std::stod(m[1]);
+// The value of a metric summed over its label sets (nv_inference_request_failure has one per
+// reason); -1 when absent. `labels`: only the lines whose labels contain it.
+double metric(const std::string& text, const std::string& name, const std::string& labels = "") {
+  const std::regex line("^" + name + R"(\{([^}]*)\} ([0-9.e+]+)$)", std::regex::multiline);
+  double sum = -1;
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), line); it != std::sregex_iterator(); ++it)
+    if ((*it)[1].str().find(labels) != std::string::npos) sum = std::max(sum, 0.0) + std::stod((*it)[2]);
+  return sum;
 }
 
 class ServeTest : public ::testing::Test {
@@ -400,7 +408,7 @@ TEST_F(ServeTest, HttpBadRequests) {
       {"strings for numbers", infer, input("images", "FP32", shape, {"a", "b"}), 400, "must hold numbers"},
       {"empty batch", infer, input("images", "FP32", {0, 1, kSize, kSize}, json::array()), 400, "empty batch"},
       {"too many jets", infer, input("images", "FP32", {10000, 1, kSize, kSize}, json::array()), 400, "limit of 4096"},
-      {"shape not numbers", infer, input("images", "FP32", {"one"}, one), 400, "bad input tensor"},
+      {"shape not numbers", infer, input("images", "FP32", {"one"}, one), 400, "shape dimension"},
   };
   for (const Case& c : cases) {
     auto [status, body] = post(c.path, c.body);
@@ -551,6 +559,207 @@ TEST(Serve, StoppedEngineAnswersUnavailable) {
   } catch (const RequestError& e) {
     EXPECT_EQ(e.kind(), RequestError::Kind::unavailable);  // HTTP 503, gRPC UNAVAILABLE
   }
+}
+
+// Sends raw bytes to the HTTP port and returns the status code of the reply (0: the server closed
+// the connection without one) and its body. The socket gives up after `timeout_s`.
+std::pair<int, std::string> raw_http(int port, const std::string& bytes, int timeout_s = 5) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{timeout_s, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return {-1, "connect failed"};
+  }
+  for (size_t sent = 0; sent < bytes.size();) {  // the server may refuse and close before all is sent
+    const ssize_t n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  std::string reply;
+  char buffer[4096];
+  for (ssize_t n; (n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;) {
+    reply.append(buffer, static_cast<size_t>(n));
+    const size_t head_end = reply.find("\r\n\r\n");
+    if (head_end == std::string::npos) continue;
+    std::smatch m;
+    const std::string head = reply.substr(0, head_end);
+    if (std::regex_search(head, m, std::regex(R"(Content-Length: (\d+))", std::regex::icase)) &&
+        reply.size() >= head_end + 4 + std::stoul(m[1]))
+      break;
+  }
+  ::close(fd);
+  if (reply.rfind("HTTP/1.1 ", 0) != 0) return {0, reply};
+  const size_t body = reply.find("\r\n\r\n");
+  return {std::stoi(reply.substr(9, 3)), body == std::string::npos ? "" : reply.substr(body + 4)};
+}
+
+std::string post_request(const std::string& path, const std::string& body, const std::string& extra_headers = "") {
+  return fmt::format("POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}", path,
+                     body.size(), extra_headers, body);
+}
+
+// What a hostile client sends: each gets a 4xx (or the connection closed for bytes that are not
+// HTTP), never a crash, and the server keeps answering. Today's main died on the first one.
+TEST(Serve, HostileHttpRequestsGetAnErrorAndTheServerStaysUp) {
+  ServerOptions o;
+  o.max_message_bytes = 1 << 20;
+  auto server = start_server(o);
+  const int port = server->http_port();
+  const std::string infer = "/v2/models/toptag/infer";
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  auto body_with = [](const std::string& input, const std::string& extra = "") {
+    return "{\"inputs\":[" + input + "]" + extra + "}";
+  };
+  const std::string good_input = R"({"name":"images","datatype":"FP32","shape":[1,1,1,1],"data":[0]})";
+  std::string chunked = "POST " + infer + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (int i = 0; i < 40; ++i) chunked += "10000\r\n" + std::string(0x10000, ' ') + "\r\n";  // 2.5 MB > 1 MB
+  chunked += "0\r\n\r\n";
+  struct Case {
+    const char* what;
+    std::string bytes;
+    int status;  // 0: the connection is closed without a reply
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"invalid UTF-8 in the path", "GET /v2/models/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404,
+       "unknown model"},
+      {"invalid UTF-8 in an unknown path", "GET /\xc3\x28 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404,
+       "no such endpoint"},
+      {"deeply nested data",
+       post_request(infer, body_with(R"({"name":"images","datatype":"FP32","shape":[1],"data":)" + deep + "}")), 400,
+       "nested deeper"},
+      {"deeply nested id", post_request(infer, body_with(good_input, ",\"id\":" + deep)), 400, "nested deeper"},
+      {"id not a string", post_request(infer, body_with(good_input, ",\"id\":[1]")), 400, "\"id\" must be a string"},
+      {"parameters not an object", post_request(infer, body_with(good_input, ",\"parameters\":7")), 400,
+       "\"parameters\" must be a JSON object"},
+      {"binary flag not a bool",
+       post_request(infer,
+                    body_with(good_input, R"(,"outputs":[{"name":"features","parameters":{"binary_data":"yes"}}])")),
+       400, "must be true or false"},
+      {"negative binary size",
+       post_request(
+           infer,
+           body_with(
+               R"({"name":"images","datatype":"FP32","shape":[1,1,16,16],"parameters":{"binary_data_size":-4}})")),
+       400, "binary_data_size must be a non-negative integer"},
+      {"binary size beyond the body",
+       post_request(
+           infer,
+           body_with(
+               R"({"name":"images","datatype":"FP32","shape":[1,1,16,16],"parameters":{"binary_data_size":18446744073709551612}})")),
+       400, "binary_data_size"},
+      {"value outside FP32",
+       post_request(infer, body_with(R"({"name":"images","datatype":"FP32","shape":[1,1,16,16],"data":[1e300]})")), 400,
+       "outside the FP32 range"},
+      {"fractional dimension",
+       post_request(infer, body_with(R"({"name":"images","datatype":"FP32","shape":[1e30,1,16,16],"data":[0]})")), 400,
+       "shape dimension"},
+      {"negative dimension",
+       post_request(infer, body_with(R"({"name":"images","datatype":"FP32","shape":[-1,1,16,16],"data":[0]})")), 400,
+       "shape dimension"},
+      {"binary header not a number", post_request(infer, "{}", "Inference-Header-Content-Length: 12abc\r\n"), 400,
+       "Inference-Header-Content-Length"},
+      {"chunked body over the limit", chunked, 413, "exceeds the server's limit"},
+      {"declared body over the limit",
+       "POST " + infer + " HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n{", 413, "exceeds"},
+      {"headers over the limit", "GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + std::string(100000, 'a') + "\r\n\r\n", 431,
+       "headers exceed"},
+      {"endless request line", "GET /" + std::string(4 << 20, 'a'), 431, "headers exceed"},
+      {"not HTTP", std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 14), 400, "malformed HTTP"},
+  };
+  for (const Case& c : cases) {
+    const auto [status, body] = raw_http(port, c.bytes);
+    EXPECT_EQ(status, c.status) << c.what << ": " << body.substr(0, 300);
+    if (c.status != 0) {
+      const json j = json::parse(body, nullptr, false);
+      ASSERT_TRUE(j.is_object() && j.contains("error")) << c.what << ": " << body.substr(0, 300);
+      EXPECT_NE(j["error"].get<std::string>().find(c.message), std::string::npos) << c.what << ": " << body;
+    }
+    const auto [live, live_body] =
+        raw_http(port, "GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    ASSERT_EQ(live, 200) << "the server stopped answering after: " << c.what;
+  }
+}
+
+// A request larger than --max-batch runs as several executions of at most --max-batch images, and
+// its answer is the one each image gets alone.
+TEST(Serve, RequestsLargerThanMaxBatchAreSplit) {
+  ServerOptions o;
+  o.engine.max_batch = 4;
+  auto server = start_server(o);
+  auto stub = grpc_stub(server->grpc_port());
+  const std::vector<float> images = random_images(10, 31);
+  const std::vector<float> expected = local_probabilities(images, 10);
+  grpc::ClientContext ctx;
+  inference::ModelInferResponse r;
+  ASSERT_TRUE(stub->ModelInfer(&ctx, raw_request(images, {10, 1, kSize, kSize}), &r).ok());
+  const std::vector<float> got = raw_floats(r.raw_output_contents(0));
+  ASSERT_EQ(got.size(), 20u);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expected[i], 1e-6) << i;
+  EXPECT_EQ(server->service().engine().executions(), 3u);  // 4 + 4 + 2
+}
+
+// A request that would overfill the queue is refused at once, with the Triton-named metric counting
+// it; the server keeps serving.
+TEST(Serve, AFullQueueRefusesAtOnce) {
+  ServerOptions o;
+  o.engine.max_batch = 2;
+  o.engine.max_queue = 2;
+  auto server = start_server(o);
+  auto stub = grpc_stub(server->grpc_port());
+  const std::vector<float> images = random_images(6, 32);  // three batches of two: more than the queue holds
+  grpc::ClientContext ctx;
+  inference::ModelInferResponse r;
+  const grpc::Status s = stub->ModelInfer(&ctx, raw_request(images, {6, 1, kSize, kSize}), &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("queue is full"), std::string::npos) << s.error_message();
+  httplib::Client http("127.0.0.1", server->http_port());
+  const json body = {
+      {"inputs", {{{"name", "images"}, {"datatype", "FP32"}, {"shape", {6, 1, kSize, kSize}}, {"data", images}}}}};
+  auto res = http.Post("/v2/models/toptag/infer", body.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 503) << res->body;
+  httplib::Client m("127.0.0.1", server->metrics_port());
+  const std::string text = m.Get("/metrics")->body;
+  EXPECT_EQ(metric(text, "nv_inference_request_failure", "reason=\"REJECTED\""), 2) << text;
+  EXPECT_EQ(metric(text, "nv_inference_exec_count"), 0);
+  grpc::ClientContext ctx2;
+  EXPECT_TRUE(stub->ModelInfer(&ctx2, raw_request(random_images(2, 33), {2, 1, kSize, kSize}), &r).ok());
+}
+
+// A request whose client is gone before an instance takes it is dropped uncomputed.
+TEST(Serve, CancelledRequestsAreNotComputed) {
+  BatchingEngine engine(tiny_tagger(), EngineOptions{});
+  auto flag = std::make_shared<std::atomic<bool>>(true);
+  std::vector<Tensor> parts;
+  parts.push_back(Tensor::from({1, 1, kSize, kSize}, random_images(1, 34)));
+  auto futures = engine.submit(std::move(parts), false, flag);
+  EXPECT_THROW(futures.at(0).get(), Cancelled);
+  EXPECT_EQ(engine.executions(), 0u);
+  InferenceService service(engine, "toptag");
+  const std::vector<float> one = random_images(1, 35);
+  try {
+    service.infer("toptag", "", {"images", "FP32", {1, 1, kSize, kSize}, one}, {}, [] { return true; });
+  } catch (const RequestError& e) {
+    EXPECT_EQ(e.kind(), RequestError::Kind::cancelled);
+  }
+  // A gRPC deadline that passes while the request waits: DEADLINE_EXCEEDED for the client.
+  ServerOptions o;
+  o.engine.instances = 1;
+  o.engine.max_queue_delay_us = 2000000;
+  auto server = start_server(o);
+  auto stub = grpc_stub(server->grpc_port());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1));
+  inference::ModelInferResponse r;
+  const grpc::Status s = stub->ModelInfer(&ctx, raw_request(random_images(1, 36), {1, 1, kSize, kSize}), &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 
 TEST(Serve, NonFiniteOutputsAreAServerErrorAndTheServerStaysUp) {

@@ -1,0 +1,265 @@
+#include "serve/http_api.h"
+
+#include <fmt/format.h>
+
+#include <cctype>
+#include <cfloat>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+namespace toptag {
+
+using json = nlohmann::json;
+
+namespace {
+
+RequestError invalid(const std::string& message) {
+  return RequestError(RequestError::Kind::invalid, message);
+}
+
+HttpReply json_reply(int status, const json& body) {
+  HttpReply r;
+  r.status = status;
+  // Names and messages may echo a client's bytes: replace invalid UTF-8 rather than throw.
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  return r;
+}
+
+// "/v2/models/a%20b/infer?x=1" -> {"v2", "models", "a b", "infer"}. Empty segments are kept, so
+// "/v2//models" does not match a route.
+std::vector<std::string> path_segments(const std::string& target) {
+  const std::string path = target.substr(0, target.find('?'));
+  std::vector<std::string> out;
+  if (path.empty() || path[0] != '/') return out;
+  std::string segment;
+  for (size_t i = 1; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      out.push_back(std::move(segment));
+      segment.clear();
+    } else if (path[i] == '%' && i + 2 < path.size() && std::isxdigit(static_cast<unsigned char>(path[i + 1])) &&
+               std::isxdigit(static_cast<unsigned char>(path[i + 2]))) {
+      segment.push_back(static_cast<char>(std::stoi(path.substr(i + 1, 2), nullptr, 16)));
+      i += 2;
+    } else {
+      segment.push_back(path[i]);
+    }
+  }
+  return out;
+}
+
+// The JSON text, refusing nesting deeper than kMaxJsonDepth before building it.
+json parse_json(std::string_view text) {
+  const json::parser_callback_t limit_depth = [](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxJsonDepth) throw invalid(fmt::format("JSON nested deeper than {} levels", kMaxJsonDepth));
+    return true;
+  };
+  try {
+    return json::parse(text.begin(), text.end(), limit_depth);
+  } catch (const json::exception& e) {
+    throw invalid(std::string("malformed JSON: ") + e.what());
+  }
+}
+
+// A JSON integer in [0, max], or a RequestError naming `what`.
+uint64_t count_value(const json& j, const std::string& what, uint64_t max) {
+  if (!j.is_number_integer() || (j.is_number_integer() && !j.is_number_unsigned() && j.get<int64_t>() < 0))
+    throw invalid(fmt::format("{} must be a non-negative integer, got {}", what,
+                              j.dump(-1, ' ', false, json::error_handler_t::replace)));
+  const uint64_t v = j.get<uint64_t>();
+  if (v > max) throw invalid(fmt::format("{} = {} is too large", what, v));
+  return v;
+}
+
+bool flag_value(const json& parameters, const char* key, bool fallback) {
+  if (!parameters.is_object()) throw invalid("\"parameters\" must be a JSON object");
+  if (!parameters.contains(key)) return fallback;
+  if (!parameters[key].is_boolean()) throw invalid(fmt::format("parameter '{}' must be true or false", key));
+  return parameters[key].get<bool>();
+}
+
+// Nested arrays of numbers, flattened (depth is bounded by the parser). Every value must fit FP32.
+void flatten_numbers(const json& j, std::vector<float>& out) {
+  if (j.is_array()) {
+    for (const json& v : j) flatten_numbers(v, out);
+    return;
+  }
+  if (!j.is_number()) throw invalid("tensor 'data' must hold numbers (or nested arrays of numbers)");
+  const double v = j.get<double>();
+  if (!(std::abs(v) <= FLT_MAX)) throw invalid(fmt::format("tensor 'data' holds {}, outside the FP32 range", v));
+  out.push_back(static_cast<float>(v));
+}
+
+// The input tensor of a request body: its name, datatype, shape and values (JSON "data", or raw
+// bytes after the JSON part with the binary extension).
+InputTensor read_input(const json& in, const std::string& body, size_t json_size, std::vector<float>& values) {
+  if (!in.is_object()) throw invalid("each input must be a JSON object");
+  for (const char* key : {"name", "datatype"})
+    if (!in.contains(key) || !in[key].is_string()) throw invalid(fmt::format("the input needs a string \"{}\"", key));
+  if (!in.contains("shape") || !in["shape"].is_array() || in["shape"].size() > 8)
+    throw invalid("the input needs a \"shape\": an array of at most 8 dimensions");
+  InputTensor t;
+  t.name = in["name"].get<std::string>();
+  t.datatype = in["datatype"].get<std::string>();
+  for (const json& d : in["shape"])
+    t.shape.push_back(static_cast<int64_t>(count_value(d, "a shape dimension", 1 << 30)));
+  if (in.contains("parameters") && !in["parameters"].is_object()) throw invalid("\"parameters\" must be a JSON object");
+  if (in.contains("parameters") && in["parameters"].contains("binary_data_size")) {
+    const uint64_t bytes = count_value(in["parameters"]["binary_data_size"], "binary_data_size", body.size());
+    if (bytes > body.size() - json_size || bytes % 4 != 0)
+      throw invalid(fmt::format("binary_data_size {} does not match the {} bytes after the JSON header", bytes,
+                                body.size() - json_size));
+    values.resize(bytes / 4);
+    std::memcpy(values.data(), body.data() + json_size, bytes);
+  } else {
+    if (!in.contains("data")) throw invalid("the input needs \"data\" (or binary_data_size with the binary extension)");
+    flatten_numbers(in["data"], values);
+  }
+  t.values = values;
+  return t;
+}
+
+HttpReply infer(InferenceService& service, const std::string& model, const std::string& version,
+                const HttpRequest& req) {
+  size_t json_size = req.body.size();
+  if (!req.binary_header.empty()) {
+    const char* end = req.binary_header.data() + req.binary_header.size();
+    const auto [ptr, ec] = std::from_chars(req.binary_header.data(), end, json_size);
+    if (ec != std::errc() || ptr != end) throw invalid(fmt::format("bad {} header: not a byte count", kBinaryHeader));
+    if (json_size > req.body.size())
+      throw invalid(fmt::format("{} = {} is longer than the {}-byte body", kBinaryHeader, json_size, req.body.size()));
+  }
+  const json body = parse_json(std::string_view(req.body).substr(0, json_size));
+  if (!body.is_object() || !body.contains("inputs") || !body["inputs"].is_array() || body["inputs"].size() != 1)
+    throw invalid("the body needs \"inputs\": one tensor (images or constituents)");
+  if (body.contains("id") && !body["id"].is_string()) throw invalid("\"id\" must be a string");
+  std::vector<float> values;
+  const InputTensor input = read_input(body["inputs"][0], req.body, json_size, values);
+
+  const bool binary_default =
+      body.contains("parameters") && flag_value(body["parameters"], "binary_data_output", false);
+  std::vector<std::string> requested;
+  std::vector<bool> binary;
+  if (body.contains("outputs")) {
+    if (!body["outputs"].is_array()) throw invalid("\"outputs\" must be an array");
+    for (const json& o : body["outputs"]) {
+      if (!o.is_object() || !o.contains("name") || !o["name"].is_string())
+        throw invalid("each requested output needs a \"name\"");
+      requested.push_back(o["name"].get<std::string>());
+      binary.push_back(o.contains("parameters") ? flag_value(o["parameters"], "binary_data", binary_default)
+                                                : binary_default);
+    }
+  }
+  const std::vector<OutputTensor> outputs = service.infer(model, version, input, requested, req.cancelled);
+
+  json response = {
+      {"model_name", service.model_name()}, {"model_version", InferenceService::kVersion}, {"outputs", json::array()}};
+  if (body.contains("id")) response["id"] = body["id"];
+  std::string blob;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const Tensor& v = outputs[i].value;
+    json o = {{"name", outputs[i].name}, {"datatype", "FP32"}, {"shape", {v.dim(0), v.dim(1)}}};
+    if (i < binary.size() ? binary[i] : binary_default) {
+      o["parameters"] = {{"binary_data_size", v.numel() * 4}};
+      blob.append(reinterpret_cast<const char*>(v.data()), static_cast<size_t>(v.numel()) * 4);
+    } else {
+      o["data"] = std::vector<float>(v.data(), v.data() + v.numel());
+    }
+    response["outputs"].push_back(o);
+  }
+  HttpReply reply = json_reply(200, response);
+  if (blob.empty()) return reply;
+  reply.headers.emplace_back(kBinaryHeader, std::to_string(reply.body.size()));
+  reply.content_type = "application/octet-stream";
+  reply.body += blob;
+  return reply;
+}
+
+json metadata_json(const TensorMetadata& t) {
+  return {{"name", t.name}, {"datatype", t.datatype}, {"shape", t.shape}};
+}
+
+HttpReply model_metadata(InferenceService& s) {
+  json inputs = json::array(), outputs = json::array();
+  for (const auto& t : s.inputs()) inputs.push_back(metadata_json(t));
+  for (const auto& t : s.outputs()) outputs.push_back(metadata_json(t));
+  return json_reply(200, {{"name", s.model_name()},
+                          {"versions", {InferenceService::kVersion}},
+                          {"platform", s.platform()},
+                          {"inputs", inputs},
+                          {"outputs", outputs}});
+}
+
+// Routes /v2/models/NAME[/versions/V][/ACTION]; `rest` starts after "models".
+HttpReply model_route(InferenceService& s, const HttpRequest& req, const std::vector<std::string>& rest) {
+  if (rest.empty()) return http_error(404, "no model named in the path");
+  const std::string& name = rest[0];
+  std::string version;
+  size_t next = 1;
+  if (rest.size() >= 3 && rest[1] == "versions") version = rest[2], next = 3;
+  const std::string action = next < rest.size() ? rest[next] : "";
+  if (next + 1 < rest.size() || (action != "" && action != "ready" && action != "infer"))
+    return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
+  const std::string method = action == "infer" ? "POST" : "GET";
+  if (req.method != method) return http_error(405, fmt::format("{} {}: use {}", req.method, req.target, method));
+  if (action == "infer") {
+    try {
+      return infer(s, name, version, req);
+    } catch (const RequestError& e) {
+      s.metrics().count_failure(e.kind());
+      throw;
+    } catch (const std::exception& e) {
+      s.metrics().count_failure(RequestError::Kind::internal);
+      throw RequestError(RequestError::Kind::internal, e.what());
+    }
+  }
+  s.check_model(name, version);
+  if (action == "ready") return json_reply(s.ready() ? 200 : 503, {{"name", s.model_name()}, {"ready", s.ready()}});
+  return model_metadata(s);
+}
+
+}  // namespace
+
+int http_status(RequestError::Kind kind) {
+  switch (kind) {
+    case RequestError::Kind::not_found:
+      return 404;
+    case RequestError::Kind::unavailable:
+    case RequestError::Kind::exhausted:
+      return 503;
+    case RequestError::Kind::cancelled:
+      return 499;  // the client closed the request (nginx's code; nobody reads it)
+    case RequestError::Kind::internal:
+      return 500;
+    case RequestError::Kind::invalid:
+      break;
+  }
+  return 400;
+}
+
+HttpReply http_error(int status, const std::string& message) {
+  return json_reply(status, json{{"error", message}});
+}
+
+HttpReply answer_http(InferenceService& s, const HttpRequest& req) {
+  try {
+    const std::vector<std::string> path = path_segments(req.target);
+    if (path.size() >= 2 && path[0] == "v2" && path[1] == "models")
+      return model_route(s, req, std::vector<std::string>(path.begin() + 2, path.end()));
+    if (req.method != "GET")
+      return http_error(req.method == "POST" ? 404 : 405, req.method + " " + req.target + ": no such endpoint");
+    if (path == std::vector<std::string>{"v2", "health", "live"}) return json_reply(200, {{"live", true}});
+    if (path == std::vector<std::string>{"v2", "health", "ready"})
+      return json_reply(s.ready() ? 200 : 503, {{"ready", s.ready()}});
+    if (path == std::vector<std::string>{"v2"})
+      return json_reply(200, {{"name", "toptag"}, {"version", TOPTAG_VERSION}, {"extensions", {"binary_tensor_data"}}});
+    return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
+  } catch (const RequestError& e) {
+    return http_error(http_status(e.kind()), e.what());
+  } catch (const std::exception& e) {
+    return http_error(500, e.what());
+  }
+}
+
+}  // namespace toptag

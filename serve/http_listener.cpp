@@ -1,0 +1,248 @@
+#include "serve/http_listener.h"
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <cerrno>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "nn/check.h"
+
+namespace toptag {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+// Member order matters: the io context is destroyed before the counters, and its destructor
+// destroys the sessions still waiting on it, which update the counters.
+struct HttpListener::Impl {
+  Impl(const HttpLimits& l, Handler h)
+      : limits(l), handler(std::move(h)), io(l.threads), acceptor(asio::make_strand(io)) {}
+
+  HttpLimits limits;
+  Handler handler;
+  std::atomic<int> connections{0}, busy{0};  // open connections; requests being handled or answered
+  std::atomic<int64_t> body_bytes{0};        // reserved by bodies being read or handled
+  std::atomic<bool> stopping{false};
+  bool started = false, stopped = false;
+  asio::io_context io;
+  tcp::acceptor acceptor;  // on a strand: accepting and closing never run at once
+  std::vector<std::thread> threads;
+
+  void accept();
+};
+
+namespace {
+
+// A malformed request (Beast's HTTP parser refused it), as opposed to a socket error or a timeout.
+bool is_parse_error(beast::error_code ec) {
+  return ec && ec != http::error::end_of_stream &&
+         ec.category() == http::make_error_code(http::error::bad_target).category();
+}
+
+// One connection: read a request (bounded), hand it to the handler, write the reply, repeat while
+// the client keeps the connection alive.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, HttpListener::Impl* owner) : stream_(std::move(socket)), owner_(owner) {
+    ++owner_->connections;
+  }
+  ~Session() {
+    release_body();
+    --owner_->connections;
+  }
+
+  void start() { read_header(); }
+
+ private:
+  void read_header() {
+    if (owner_->stopping) return close();
+    parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(owner_->limits.max_header_bytes));
+    parser_->body_limit(static_cast<uint64_t>(owner_->limits.max_body_bytes));
+    stream_.expires_after(owner_->limits.idle_timeout);
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
+  }
+
+  void on_header(beast::error_code ec) {
+    if (ec == http::error::body_limit)  // a declared Content-Length over the limit
+      return reply_and_close(http_error(
+          413, fmt::format("the body exceeds the server's limit of {} bytes", owner_->limits.max_body_bytes)));
+    if (ec == http::error::header_limit || ec == http::error::buffer_overflow)
+      return reply_and_close(
+          http_error(431, fmt::format("request headers exceed {} bytes", owner_->limits.max_header_bytes)));
+    if (is_parse_error(ec)) return reply_and_close(http_error(400, "malformed HTTP request: " + ec.message()));
+    if (ec) return close();  // the client left, went quiet, or the connection failed
+    const auto& header = parser_->get();
+    const boost::optional<uint64_t> length = parser_->content_length();
+    const int64_t max_body = owner_->limits.max_body_bytes;
+    if (length && *length > static_cast<uint64_t>(max_body))
+      return reply_and_close(http_error(
+          413, fmt::format("the body of {} bytes exceeds the server's limit of {} bytes", *length, max_body)));
+    // Reserve the body's bytes (the limit, for a chunked body) against the budget of all connections.
+    reserved_ = length ? static_cast<int64_t>(*length) : parser_->chunked() ? max_body : 0;
+    if (owner_->body_bytes.fetch_add(reserved_) + reserved_ > owner_->limits.max_body_bytes_in_flight) {
+      release_body();
+      return reply_and_close(http_error(503, "the server holds too many large requests now; retry later"));
+    }
+    stream_.expires_after(owner_->limits.read_timeout);
+    if (beast::iequals(header[http::field::expect], "100-continue")) {
+      auto go_on = std::make_shared<http::response<http::empty_body>>(http::status::continue_, header.version());
+      return http::async_write(stream_, *go_on, [self = shared_from_this(), go_on](beast::error_code e, size_t) {
+        if (e) return self->close();
+        self->read_body();
+      });
+    }
+    read_body();
+  }
+
+  void read_body() {
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->on_body(ec); });
+  }
+
+  void on_body(beast::error_code ec) {
+    if (ec == http::error::body_limit)
+      return reply_and_close(http_error(
+          413, fmt::format("the body exceeds the server's limit of {} bytes", owner_->limits.max_body_bytes)));
+    if (is_parse_error(ec)) return reply_and_close(http_error(400, "malformed HTTP request: " + ec.message()));
+    if (ec) return close();
+    http::request<http::string_body> req = parser_->release();
+    HttpRequest r;
+    r.method = std::string(req.method_string());
+    r.target = std::string(req.target());
+    r.binary_header = std::string(req[kBinaryHeader]);
+    r.body = std::move(req.body());
+    const int fd = stream_.socket().native_handle();
+    r.cancelled = [fd] {  // the peer closed its end: recv sees end of stream without consuming anything
+      char c;
+      const ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    };
+    ++owner_->busy;
+    stream_.expires_never();  // the handler may take long (inference): the write gets its own timeout
+    HttpReply reply;
+    try {
+      reply = owner_->handler(r);
+    } catch (const std::exception& e) {
+      reply = http_error(500, e.what());
+    }
+    release_body();
+    write(std::move(reply), req.keep_alive() && !owner_->stopping, true);
+  }
+
+  void write(HttpReply reply, bool keep_alive, bool counted) {
+    auto res = std::make_shared<http::response<http::string_body>>();
+    res->result(static_cast<unsigned>(reply.status));
+    res->version(11);
+    res->set(http::field::server, "toptag");
+    res->set(http::field::content_type, reply.content_type);
+    for (const auto& [name, value] : reply.headers) res->set(name, value);
+    res->body() = std::move(reply.body);
+    res->keep_alive(keep_alive);
+    res->prepare_payload();
+    stream_.expires_after(owner_->limits.read_timeout);
+    http::async_write(stream_, *res,
+                      [self = shared_from_this(), res, keep_alive, counted](beast::error_code ec, size_t) {
+                        if (counted) --self->owner_->busy;
+                        if (ec || !keep_alive) return self->close();
+                        self->read_header();
+                      });
+  }
+
+  void reply_and_close(HttpReply reply) {
+    ++owner_->busy;
+    write(std::move(reply), false, true);
+  }
+
+  void release_body() {
+    owner_->body_bytes -= reserved_;
+    reserved_ = 0;
+  }
+
+  void close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.close();
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;  // the parser's header_limit and body_limit bound what it holds
+  std::optional<http::request_parser<http::string_body>> parser_;
+  HttpListener::Impl* owner_;
+  int64_t reserved_ = 0;
+};
+
+}  // namespace
+
+void HttpListener::Impl::accept() {
+  acceptor.async_accept(asio::make_strand(io), [this](beast::error_code ec, tcp::socket socket) {
+    if (!acceptor.is_open()) return;  // stopped
+    if (!ec) {
+      if (connections.load() >= limits.max_connections) {
+        socket.close(ec);  // over the limit: refuse rather than queue without bound
+      } else {
+        std::make_shared<Session>(std::move(socket), this)->start();
+      }
+    }
+    accept();
+  });
+}
+
+HttpListener::HttpListener(const std::string& host, int port, Handler handler, const HttpLimits& limits,
+                           const char* what)
+    : impl_(std::make_unique<Impl>(limits, std::move(handler))) {
+  beast::error_code ec;
+  const asio::ip::address address = asio::ip::make_address(host == "localhost" ? "127.0.0.1" : host, ec);
+  if (ec) fail("cannot listen for {} on {}:{}: not an IP address", what, host, port);
+  const tcp::endpoint endpoint(address, static_cast<unsigned short>(port));
+  Impl& s = *impl_;
+  s.acceptor.open(endpoint.protocol(), ec);
+  if (!ec) s.acceptor.set_option(asio::socket_base::reuse_address(true), ec);  // not SO_REUSEPORT: no sharing
+  if (!ec) s.acceptor.bind(endpoint, ec);
+  if (!ec) s.acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) fail("cannot listen for {} on {}:{} (port in use?): {}", what, host, port, ec.message());
+}
+
+HttpListener::~HttpListener() {
+  stop();
+}
+
+int HttpListener::port() const {
+  return impl_->acceptor.local_endpoint().port();
+}
+
+void HttpListener::start() {
+  Impl& s = *impl_;
+  if (s.started) return;
+  s.started = true;
+  s.accept();
+  for (int i = 0; i < s.limits.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
+}
+
+void HttpListener::stop() {
+  Impl& s = *impl_;
+  if (s.stopped) return;
+  s.stopped = true;
+  s.stopping = true;
+  asio::post(s.acceptor.get_executor(), [&s] {
+    beast::error_code ignored;
+    s.acceptor.close(ignored);
+  });
+  // Requests being handled finish and their replies go out; idle connections are dropped with the loop.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (s.busy.load() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  s.io.stop();
+  for (std::thread& t : s.threads) t.join();
+}
+
+}  // namespace toptag

@@ -1,0 +1,51 @@
+// A bounded HTTP/1.1 listener on Boost.Beast, for the inference and metrics endpoints. Every
+// resource a client can make it hold has a limit:
+//   - header bytes (431 beyond), body bytes, chunked or not (413 beyond);
+//   - body bytes held by all connections together (503 beyond: retry later);
+//   - time: a request must arrive within read timeouts, an idle keep-alive connection is closed;
+//   - threads: a fixed pool runs the handlers; connections beyond max_connections are closed at once.
+// The handler gets a parsed request and returns the reply; it may block (inference), holding one
+// thread of the pool.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "serve/http_api.h"
+
+namespace toptag {
+
+struct HttpLimits {
+  int64_t max_body_bytes = 64 << 20;
+  int64_t max_header_bytes = 16 << 10;
+  int64_t max_body_bytes_in_flight = 512 << 20;  // all connections together
+  int max_connections = 1024;
+  int threads = 64;                       // handlers running at once
+  std::chrono::seconds idle_timeout{5};   // a keep-alive connection waiting for its next request
+  std::chrono::seconds read_timeout{60};  // one whole request, once its first byte came
+};
+
+class HttpListener {
+ public:
+  using Handler = std::function<HttpReply(const HttpRequest&)>;
+  // Binds host:port (0: any free port); `what` names the listener in errors. Serving starts with start().
+  HttpListener(const std::string& host, int port, Handler handler, const HttpLimits& limits, const char* what);
+  ~HttpListener();
+  HttpListener(const HttpListener&) = delete;
+  HttpListener& operator=(const HttpListener&) = delete;
+
+  int port() const;
+  void start();
+  // Stops accepting, lets requests being handled finish and their replies go out (up to 30 s),
+  // then closes every connection. Idempotent.
+  void stop();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace toptag
