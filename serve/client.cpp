@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -17,6 +18,8 @@
 namespace toptag {
 
 using json = nlohmann::json;
+
+constexpr const char* kReplyBinaryHeader = "Inference-Header-Content-Length";  // Triton's binary extension
 
 const RemoteTensor* RemoteModel::input(const std::string& n) const {
   for (const RemoteTensor& t : inputs)
@@ -91,6 +94,10 @@ class GrpcClient final : public InferenceClient {
     for (int i = 0; i < r.outputs_size(); ++i) {
       if (i >= r.raw_output_contents_size()) throw ClientError("ModelInfer: response lacks raw output contents", false);
       const std::string& raw = r.raw_output_contents(i);
+      if (raw.size() % 4 != 0)
+        throw ClientError(
+            fmt::format("ModelInfer: output '{}' has {} bytes, not FP32 values", r.outputs(i).name(), raw.size()),
+            false);
       std::vector<float>& dst = r.outputs(i).name() == "features" ? reply.features : reply.probabilities;
       dst.resize(raw.size() / 4);
       std::memcpy(dst.data(), raw.data(), dst.size() * 4);
@@ -134,7 +141,16 @@ class HttpClient final : public InferenceClient {
   }
 
   RemoteModel metadata() override {
-    const json j = get_json("/v2/models/" + model_);
+    try {
+      return parse_metadata(get_json("/v2/models/" + model_));
+    } catch (const ClientError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw ClientError(fmt::format("GET /v2/models/{}: malformed metadata: {}", model_, e.what()), false);
+    }
+  }
+
+  static RemoteModel parse_metadata(const json& j) {
     RemoteModel m{j.value("name", ""), j.value("platform", ""), {}, {}};
     for (const json& t : j.at("inputs")) m.inputs.push_back({t.at("name"), t.at("datatype"), t.at("shape")});
     for (const json& t : j.at("outputs")) m.outputs.push_back({t.at("name"), t.at("datatype"), t.at("shape")});
@@ -155,23 +171,44 @@ class HttpClient final : public InferenceClient {
     const std::string head = header.dump();
     std::string body = head;
     body.append(reinterpret_cast<const char*>(values.data()), values.size() * 4);
-    httplib::Headers headers = {{"Inference-Header-Content-Length", std::to_string(head.size())}};
+    httplib::Headers headers = {{kReplyBinaryHeader, std::to_string(head.size())}};
     auto res = client_.Post(("/v2/models/" + model_ + "/infer").c_str(), headers, body, "application/octet-stream");
     if (!res) throw ClientError(fmt::format("HTTP infer failed: {}", httplib::to_string(res.error())), true);
     if (res->status != 200)
       throw ClientError(fmt::format("HTTP infer failed ({}): {}", res->status, res->body), res->status == 503);
-    size_t json_size = res->body.size();
-    if (res->has_header("Inference-Header-Content-Length"))
-      json_size = std::stoul(res->get_header_value("Inference-Header-Content-Length"));
-    const json reply_json = json::parse(res->body.substr(0, json_size));
+    try {
+      return parse_reply(res->body, res->get_header_value(kReplyBinaryHeader));
+    } catch (const ClientError&) {
+      throw;
+    } catch (const std::exception& e) {  // JSON type errors: the reply is not what KServe defines
+      throw ClientError(fmt::format("HTTP infer: malformed reply: {}", e.what()), false);
+    }
+  }
+
+  // The reply body: JSON outputs, their raw bytes after it when the binary extension is used.
+  static InferReply parse_reply(const std::string& body, const std::string& binary_header) {
+    size_t json_size = body.size();
+    if (!binary_header.empty()) {
+      const auto [end, ec] =
+          std::from_chars(binary_header.data(), binary_header.data() + binary_header.size(), json_size);
+      if (ec != std::errc() || end != binary_header.data() + binary_header.size() || json_size > body.size())
+        throw ClientError(fmt::format("HTTP infer: bad {} header '{}' for a {}-byte reply", kReplyBinaryHeader,
+                                      binary_header.substr(0, 40), body.size()),
+                          false);
+    }
+    const json reply_json = json::parse(body.begin(), body.begin() + static_cast<std::ptrdiff_t>(json_size));
     InferReply reply;
     size_t offset = json_size;
     for (const json& o : reply_json.at("outputs")) {
       std::vector<float>& dst = o.at("name") == "features" ? reply.features : reply.probabilities;
       if (o.contains("parameters") && o["parameters"].contains("binary_data_size")) {
-        const size_t bytes = o["parameters"]["binary_data_size"];
+        const size_t bytes = o["parameters"]["binary_data_size"].get<size_t>();
+        if (bytes > body.size() - offset || bytes % 4 != 0)
+          throw ClientError(fmt::format("HTTP infer: an output claims {} binary bytes, the reply has {} left", bytes,
+                                        body.size() - offset),
+                            false);
         dst.resize(bytes / 4);
-        std::memcpy(dst.data(), res->body.data() + offset, bytes);
+        std::memcpy(dst.data(), body.data() + offset, bytes);
         offset += bytes;
       } else {
         dst = o.at("data").get<std::vector<float>>();
@@ -254,7 +291,14 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
         for (int attempt = 0;; ++attempt) {
           try {
             InferReply r = client.infer(send_images ? "images" : "constituents", shape, values, o.features);
-            if (r.probabilities.size() != 2) throw ClientError("reply holds no probabilities", false);
+            if (r.probabilities.size() != 2)
+              throw ClientError(fmt::format("the server's reply for jet {} of {} holds {} probabilities, not 2",
+                                            ex.rows[i], file.path(), r.probabilities.size()),
+                                false);
+            if (o.features && r.features.empty())
+              throw ClientError(fmt::format("the server's reply for jet {} of {} holds {} features", ex.rows[i],
+                                            file.path(), r.features.size()),
+                                false);
             for (const std::vector<float>* v : {&r.probabilities, &r.features})
               if (!all_finite(*v))
                 throw ClientError(
@@ -263,8 +307,9 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
             scores[i] = r.probabilities[1];
             if (o.features) features[i] = std::move(r.features);
             break;
-          } catch (const ClientError& e) {
-            if (!e.retryable() || attempt >= o.retries) {
+          } catch (const std::exception& any) {  // a reply we cannot read is an error, never an abort
+            const ClientError* e = dynamic_cast<const ClientError*>(&any);
+            if (!e || !e->retryable() || attempt >= o.retries) {
               std::lock_guard lock(error_mutex);
               if (!error) error = std::current_exception();
               next = m;  // stop the others
@@ -292,6 +337,9 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
     result.predictions.score.insert(result.predictions.score.end(), scores.begin(), scores.end());
     result.predictions.label.insert(result.predictions.label.end(), ex.labels.begin(), ex.labels.end());
     for (auto& f : features) {
+      if (result.feature_dim > 0 && static_cast<int64_t>(f.size()) != result.feature_dim)
+        fail("{}: the server's replies hold {} and {} features for different jets of {}", o.url, result.feature_dim,
+             f.size(), file.path());
       result.feature_dim = static_cast<int64_t>(f.size());
       result.features.insert(result.features.end(), f.begin(), f.end());
     }

@@ -762,6 +762,40 @@ TEST(Serve, CancelledRequestsAreNotComputed) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 
+// The client reads a server's replies as untrusted input: each malformed reply is a ClientError
+// naming the problem, never an abort or a read past the body.
+TEST(Serve, ClientRefusesMalformedReplies) {
+  httplib::Server fake;
+  std::string body, header;
+  std::mutex mutex;
+  fake.Post(R"(/v2/models/toptag/infer)", [&](const httplib::Request&, httplib::Response& res) {
+    std::lock_guard lock(mutex);
+    if (!header.empty()) res.set_header("Inference-Header-Content-Length", header);
+    res.set_content(body, "application/octet-stream");
+  });
+  const int port = fake.bind_to_any_port("127.0.0.1");
+  std::thread serving([&] { fake.listen_after_bind(); });
+  auto client = InferenceClient::connect(fmt::format("http://127.0.0.1:{}", port), "toptag");
+  const std::vector<float> one = random_images(1, 40);
+  const std::vector<std::pair<std::string, std::string>> replies = {
+      {"not json at all", ""},
+      {R"({"outputs":[{"name":"probabilities","parameters":{"binary_data_size":4096}}]})", ""},
+      {R"({"outputs":[{"name":"probabilities","parameters":{"binary_data_size":8}}]})", "99999"},
+      {R"({"outputs":[{"name":"probabilities","parameters":{"binary_data_size":8}}]})", "12abc"},
+      {R"({"outputs":[{"name":"probabilities","data":"x"}]})", ""},
+      {R"({"outputs":7})", ""},
+  };
+  for (const auto& [b, h] : replies) {
+    {
+      std::lock_guard lock(mutex);
+      body = b, header = h;
+    }
+    EXPECT_THROW(client->infer("images", {1, 1, kSize, kSize}, one, false), ClientError) << b << " / " << h;
+  }
+  fake.stop();
+  serving.join();
+}
+
 TEST(Serve, NonFiniteOutputsAreAServerErrorAndTheServerStaysUp) {
   Tagger t = tiny_tagger();
   for (auto& [name, linear] : t.model->linears()) {  // every logit overflows to inf, every softmax NaN
