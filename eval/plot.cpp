@@ -15,6 +15,19 @@ std::string gnuplot_data(const XY& points) {
   return out + "e\n";
 }
 
+std::string gnuplot_string(std::string_view text) {
+  std::string out = "'";
+  for (char c : text) {
+    if (c == '\'')
+      out += "''";
+    else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+      out += ' ';
+    else
+      out += c;
+  }
+  return out + "'";
+}
+
 void render_plot(const std::string& path, int width, int height, const std::string& script) {
   const std::string ext = std::filesystem::path(path).extension().string();
   std::string terminal;
@@ -29,10 +42,10 @@ void render_plot(const std::string& path, int width, int height, const std::stri
   const std::string temp = path + ".tmp" + ext;
   {
     Gnuplot gp("gnuplot");
-    gp << "set terminal " << terminal << "\nset output '" << temp << "'\n" << script << "\n";
+    gp << "set terminal " << terminal << "\nset output " << gnuplot_string(temp) << "\n" << script << "\n";
   }  // closing the pipe waits for gnuplot to finish
   if (!std::filesystem::exists(temp) || std::filesystem::file_size(temp) == 0)
-    fail("{}: gnuplot produced no plot (is gnuplot installed? Debian: gnuplot-nox)", path);
+    fail("{}: gnuplot produced no plot (is gnuplot installed, Debian: gnuplot-nox? is the directory writable?)", path);
   std::filesystem::rename(temp, path);
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -12,6 +13,11 @@ using XY = std::vector<std::pair<double, double>>;
 
 // An inline data block for a `'-'` plot source: one "x y" line per point, then "e".
 std::string gnuplot_data(const XY& points);
+
+// `text` as a gnuplot single-quoted string: quotes doubled, control characters (a newline would end
+// the command and start another, e.g. system(...)) replaced by spaces. Every title, name and path
+// that reaches a script goes through it.
+std::string gnuplot_string(std::string_view text);
 
 // Runs `script` through gnuplot into `path` (.png, .svg or .pdf, `width` x `height` pixels), under a
 // temporary name renamed into place. Throws naming the file if gnuplot is missing or draws nothing.

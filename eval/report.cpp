@@ -152,11 +152,11 @@ void plot_roc(const std::string& path, const std::vector<ModelEval>& models, con
   std::string script =
       "set logscale y\nset grid\nset key top right\nset xrange [0:1]\n"
       "set xlabel 'signal efficiency {/Symbol e}_S (top)'\nset ylabel 'background rejection 1/{/Symbol e}_B (QCD)'\n";
-  if (!title.empty()) script += "set title '" + title + "'\n";
+  if (!title.empty()) script += "set title " + gnuplot_string(title) + "\n";
   script += "plot ";
   for (size_t i = 0; i < models.size(); ++i)
-    script += fmt::format("{}'-' with lines linewidth 2 title '{} (AUC {:.4f})'", i ? ", " : "", models[i].name,
-                          models[i].auc);
+    script += fmt::format("{}'-' with lines linewidth 2 title {}", i ? ", " : "",
+                          gnuplot_string(fmt::format("{} (AUC {:.4f})", models[i].name, models[i].auc)));
   script += "\n";
   for (const ModelEval& m : models) {
     // At most ~2000 points per curve: enough for a smooth line, small files.

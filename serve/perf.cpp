@@ -221,7 +221,7 @@ void plot_throughput(const std::string& path, const std::vector<PerfPoint>& poin
   std::string script =
       "set logscale x 2\nset grid\nset key top left\nset yrange [0:*]\n"
       "set xlabel 'concurrent clients (one jet per request)'\nset ylabel 'throughput (inferences/s)'\n";
-  if (!title.empty()) script += "set title '" + title + "'\n";
+  if (!title.empty()) script += "set title " + gnuplot_string(title) + "\n";
   script += "plot '-' with linespoints linewidth 2 pointtype 7 title 'toptag serve'";
   if (best_local > 0)
     script += fmt::format(", {} with lines dashtype 2 linewidth 2 title 'best local batched'", best_local);

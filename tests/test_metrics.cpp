@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "eval/plot.h"
 #include "eval/report.h"
 #include "testing.h"
 
@@ -133,6 +134,32 @@ TEST(Report, JsonHasExactlyThePapersFieldsAndAPlotIsDrawn) {
   EXPECT_GT(fs::file_size(png), 1000u);
   fs::remove(png);
   EXPECT_THROW(plot_roc("roc.gif", {m}), Error);
+}
+
+// Titles, model names and paths reach gnuplot as quoted strings: a quote or a newline in them cannot
+// end the string and run a command (gnuplot's system()). Today's main ran every one of these.
+TEST(Report, PlotTextCannotRunCommands) {
+  Predictions p;
+  for (int i = 0; i < 100; ++i)
+    p.label.push_back(i % 2), p.score.push_back(static_cast<float>(i % 2) * 0.5f + 0.01f * i);
+  const fs::path dir = fs::temp_directory_path() / ("toptag_plot_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path marker = dir / "pwned";
+  const std::string command = "system('touch " + marker.string() + "')";
+  const std::vector<std::string> hostile = {"a'; " + command + "; x='", "a\n" + command + "\nx", "a''" + command};
+  for (const std::string& text : hostile) {
+    ModelEval m = evaluate(text, p, {0.3});
+    plot_roc((dir / "roc.png").string(), {m}, text);
+    EXPECT_TRUE(fs::exists(dir / "roc.png")) << text;
+    EXPECT_FALSE(fs::exists(marker)) << "gnuplot ran a command from: " << text;
+    try {
+      plot_roc((dir / ("r'; " + command + "; x='.png")).string(), {m});
+    } catch (const Error&) {  // the odd path may be refused; it must not run anything
+    }
+    EXPECT_FALSE(fs::exists(marker)) << "gnuplot ran a command from a path";
+  }
+  EXPECT_EQ(gnuplot_string("it's\na"), "'it''s a'");
+  fs::remove_all(dir);
 }
 
 TEST(Report, ComparisonWithAReference) {
