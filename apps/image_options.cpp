@@ -1,5 +1,9 @@
 #include "apps/image_options.h"
 
+#include <fmt/format.h>
+
+#include "nn/check.h"
+
 namespace toptag::apps {
 
 void ImageArgs::add_to(CLI::App& cmd) {
@@ -21,19 +25,30 @@ ImageOptions ImageArgs::merged(const std::optional<ImageOptions>& model) const {
   ImageOptions o = options;
   o.center = !no_center, o.rotate = !no_rotate, o.flip = !no_flip, o.normalize = !no_normalize;
   if (!model) return o;
-  if (!given(size_option)) o.size = model->size;
-  if (!given(channels_option)) o.channels = model->channels;
-  if (!given(extent_option)) o.extent = model->extent;
-  if (!given(step_options[0])) o.center = model->center;
-  if (!given(step_options[1])) o.rotate = model->rotate;
-  if (!given(step_options[2])) o.flip = model->flip;
-  if (!given(step_options[3])) o.normalize = model->normalize;
-  return o;
+  // A model scores only images made as it was trained on: a flag may repeat the checkpoint's
+  // value, never change it.
+  auto refuse = [](const CLI::Option* flag, const std::string& asked, const std::string& stored) {
+    fail("{} {} differs from the checkpoint's {}: a model scores only images made as in its training", flag->get_name(),
+         asked, stored);
+  };
+  if (given(size_option) && o.size != model->size)
+    refuse(size_option, std::to_string(o.size), std::to_string(model->size));
+  if (given(channels_option) && o.channels != model->channels)
+    refuse(channels_option, std::to_string(o.channels), std::to_string(model->channels));
+  if (given(extent_option) && o.extent != model->extent)
+    refuse(extent_option, fmt::format("{:g}", o.extent), fmt::format("{:g}", model->extent));
+  const bool steps[4] = {model->center, model->rotate, model->flip, model->normalize};
+  for (int i = 0; i < 4; ++i)
+    if (given(step_options[i]) && steps[i]) refuse(step_options[i], "", "preprocessing, which has that step");
+  return *model;
 }
 
 ImageOptions ImageArgs::resolve(const JetFile& file, const std::optional<ImageOptions>& model) const {
   auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
-  return file.image_options(merged(model), given(size_option), given(channels_option));
+  if (!model) return file.image_options(merged(model), given(size_option), given(channels_option));
+  const ImageOptions o = merged(model);
+  file.check_images_match(o, "the checkpoint");
+  return o;
 }
 
 }  // namespace toptag::apps

@@ -35,6 +35,16 @@ ImageOptions JetFile::image_options(const ImageOptions& requested, bool size_exp
   return o;
 }
 
+void JetFile::check_images_match(const ImageOptions& expected, const std::string& whose) const {
+  if (reference_) return;
+  const ImageFile& f = *images_;
+  if (f.image_size() != expected.size || f.channels() != expected.channels)
+    fail("{}: holds {}x{}x{} images, but {} takes {}x{}x{}", path_, f.image_size(), f.image_size(), f.channels(), whose,
+         expected.size, expected.size, expected.channels);
+  if (f.preprocessing() != "unknown" && f.preprocessing() != expected.describe())
+    fail("{}: images were made with '{}', but {} takes '{}'", path_, f.preprocessing(), whose, expected.describe());
+}
+
 Examples JetFile::read(int64_t start, int64_t count, NonFiniteReport& dropped) const {
   Examples ex;
   if (reference_) {

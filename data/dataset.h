@@ -32,6 +32,10 @@ class JetFile {
   // The image options to use for this file: `requested` for jets; for cached images, the file's own
   // size and channels (an explicit request for different ones is an error).
   ImageOptions image_options(const ImageOptions& requested, bool size_explicit, bool channels_explicit) const;
+  // An image file's images must be what `expected` (the options of `whose`: a checkpoint, the
+  // training file) makes: same size and channels, and the same preprocessing where the file records
+  // it. An error naming both otherwise. Jet files are imaged with `expected`: nothing to check.
+  void check_images_match(const ImageOptions& expected, const std::string& whose) const;
 
   // Rows [start, start + count). Jets with NaN/inf are dropped and counted in `dropped`.
   Examples read(int64_t start, int64_t count, NonFiniteReport& dropped) const;

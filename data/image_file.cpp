@@ -25,6 +25,10 @@ ImageFile::ImageFile(const std::string& path) : path_(path), file_(h5_open(path)
   if (shape[2] != shape[3]) fail("{}: /images must hold square images, found {}x{}", path, shape[2], shape[3]);
   if (label_shape.size() != 1 || label_shape[0] != shape[0])
     fail("{}: /labels must be [N] with N = {} (the number of images)", path, shape[0]);
+  // Bounded before any narrowing or allocation: a forged shape is an error, not a wrapped int.
+  if (shape[1] < 1 || shape[1] > 4 || shape[2] < 4 || shape[2] > 1024)
+    fail("{}: /images has {} channels of {}x{} pixels; toptag's images have 1-4 channels of 4x4 to 1024x1024", path,
+         shape[1], shape[2], shape[3]);
   rows_ = shape[0];
   channels_ = static_cast<int>(shape[1]);
   size_ = static_cast<int>(shape[2]);

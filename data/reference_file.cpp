@@ -9,6 +9,9 @@
 
 namespace toptag {
 
+// values_block_1 holds the integer columns (ttv, is_signal_new): a few, never more than this.
+constexpr int kMaxIntegerColumns = 8;
+
 namespace {
 
 constexpr H5Z_filter_t kBloscFilter = 32001;
@@ -181,6 +184,9 @@ ReferenceFile::ReferenceFile(const std::string& path) : path_(path), file_(h5_op
         "constituents)",
         path, block0_width_);
   n_constituents_ = (block0_width_ - 4) / 4;
+  if (block1_width_ < 1 || block1_width_ > kMaxIntegerColumns)
+    fail("{}: values_block_1 has {} integer columns; expected 1 to {} (ttv, is_signal_new)", path, block1_width_,
+         kMaxIntegerColumns);
 
   if (auto kind = h5_attr_string(dataset_.get(), "values_block_0_kind")) {
     const std::vector<std::string> names = parse_pandas_kind(*kind);
@@ -216,8 +222,8 @@ void ReferenceFile::read(int64_t start, int64_t count, JetBatch& out, NonFiniteR
   for (int64_t r = 0; r < count; ++r) {
     const unsigned char* row = buffer.data() + r * row_bytes;
     const float* values = reinterpret_cast<const float*>(row);
-    int64_t block1[8] = {};
-    std::memcpy(block1, row + block0_width_ * 4, sizeof(int64_t) * std::min(block1_width_, 8));
+    int64_t block1[kMaxIntegerColumns] = {};  // the width is checked against this bound on opening
+    std::memcpy(block1, row + block0_width_ * 4, sizeof(int64_t) * block1_width_);
     const int64_t label = block1[label_column_];
     if (label != 0 && label != 1)
       fail("{}: row {} has label is_signal_new = {}; labels must be 0 (QCD) or 1 (top)", path_, start + r, label);

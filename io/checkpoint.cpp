@@ -1,5 +1,7 @@
 #include "io/checkpoint.h"
 
+#include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "nn/check.h"
@@ -40,6 +42,12 @@ ResNetConfig read_model_config(hid_t file, const std::string& path) {
   config.in_channels = stem[1];
   config.hidden = shape_of("fc1.weight", 2)[0];
   config.classes = shape_of("fc2.weight", 2)[0];
+  // Bounded before the model is built from them: a forged shape must not allocate terabytes.
+  for (const auto& [what, value, max] : {std::tuple{"width (conv1.weight rows)", config.width, int64_t{1024}},
+                                         {"input channels (conv1.weight columns)", config.in_channels, int64_t{4}},
+                                         {"hidden units (fc1.weight rows)", config.hidden, int64_t{1} << 16},
+                                         {"classes (fc2.weight rows)", config.classes, int64_t{2}}})
+    if (value < 1 || value > max) fail("{}: the model's {} is {}, outside [1, {}]", path, what, value, max);
   return config;
 }
 
@@ -53,6 +61,10 @@ void read_model_state(hid_t file, const std::string& path, ResNet& model) {
     Tensor t = h5_read_tensor(file, name, path);
     if (!(t.shape() == target->shape()))
       fail("{}: tensor '{}' has shape {}, expected {}", path, name, t.shape().str(), target->shape().str());
+    if (!all_finite(std::span<const float>(t.data(), static_cast<size_t>(t.numel()))))
+      fail("{}: tensor '{}' holds NaN or inf (a diverged run?)", path, name);
+    if (name.ends_with("running_var") && std::any_of(t.data(), t.data() + t.numel(), [](float v) { return v < 0; }))
+      fail("{}: tensor '{}' holds a negative variance", path, name);
     loaded.emplace_back(target, std::move(t));
   };
   for (const auto& p : state.parameters) load(p.name, &p.var->value());

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <type_traits>
@@ -115,7 +116,11 @@ std::vector<std::string> h5_members(hid_t group) {
 H5Id h5_open_dataset(hid_t loc, const std::string& name, const std::string& file) {
   h5_quiet();
   if (!h5_exists(loc, name)) fail("{}: dataset '{}' is missing", file, name);
-  if (H5Oexists_by_name(loc, name.c_str(), H5P_DEFAULT) <= 0) fail("{}: '{}' is a dangling link", file, name);
+  H5L_info_t link;
+  if (H5Lget_info(loc, name.c_str(), &link, H5P_DEFAULT) >= 0 && link.type == H5L_TYPE_EXTERNAL)
+    fail("{}: '{}' is an external link into another file; toptag does not follow those", file, name);
+  if (H5Oexists_by_name(loc, name.c_str(), H5P_DEFAULT) <= 0)
+    fail("{}: '{}' is a dangling or circular link", file, name);
   H5O_info_t info;
   if (H5Oget_info_by_name2(loc, name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0 || info.type != H5O_TYPE_DATASET)
     fail("{}: '{}' is not a dataset", file, name);
@@ -215,8 +220,18 @@ void write_dataset(hid_t loc, const std::string& name, hid_t mem_type, hid_t fil
     fail("cannot write HDF5 dataset '{}'", name);
 }
 
-std::vector<hsize_t> dataspace_dims(hid_t ds) {
+// Whole-dataset reads allocate the dataset's size first: bound it (and its product) before that.
+constexpr hsize_t kMaxReadElements = hsize_t{1} << 31;
+
+std::vector<hsize_t> dataspace_dims(hid_t ds, const std::string& name, const std::string& file) {
   const std::vector<int64_t> shape = h5_shape(ds);
+  hsize_t n = 1;
+  for (int64_t d : shape) {
+    if (d > 0 && n > kMaxReadElements / static_cast<hsize_t>(d))
+      fail("{}: dataset '{}' of shape [{}] is larger than toptag reads at once ({} elements)", file, name,
+           fmt::join(shape, ","), kMaxReadElements);
+    n *= static_cast<hsize_t>(d);
+  }
   return {shape.begin(), shape.end()};
 }
 
@@ -235,14 +250,13 @@ void h5_write_tensor(hid_t loc, const std::string& name, const Tensor& tensor) {
 
 std::vector<int64_t> h5_dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
   H5Id ds = h5_open_dataset(loc, name, file);
-  std::vector<hsize_t> dims = dataspace_dims(ds.get());
-  return {dims.begin(), dims.end()};
+  return h5_shape(ds.get());
 }
 
 Tensor h5_read_tensor(hid_t loc, const std::string& name, const std::string& file) {
   H5Id ds = h5_open_dataset(loc, name, file);
   expect_numeric(ds.get(), name, file);
-  std::vector<hsize_t> dims = dataspace_dims(ds.get());
+  std::vector<hsize_t> dims = dataspace_dims(ds.get(), name, file);
   std::vector<int64_t> shape(dims.begin(), dims.end());
   if (shape.size() > static_cast<size_t>(Shape::kMaxRank)) fail("{}: dataset '{}' has too many dimensions", file, name);
   Tensor t = Tensor::empty(Shape(std::span<const int64_t>(shape)));
@@ -259,7 +273,7 @@ void h5_write_int64(hid_t loc, const std::string& name, const std::vector<int64_
 std::vector<int64_t> h5_read_int64(hid_t loc, const std::string& name, const std::string& file) {
   H5Id ds = h5_open_dataset(loc, name, file);
   expect_numeric(ds.get(), name, file);
-  std::vector<hsize_t> dims = dataspace_dims(ds.get());
+  std::vector<hsize_t> dims = dataspace_dims(ds.get(), name, file);
   hsize_t n = 1;
   for (hsize_t d : dims) n *= d;
   std::vector<int64_t> values(n);
@@ -296,7 +310,8 @@ std::vector<T> h5_read_array(hid_t loc, const std::string& name, const std::stri
   H5Id ds = h5_open_dataset(loc, name, file);
   H5Id type(H5Dget_type(ds.get()));
   if (H5Tget_class(type.get()) != H5T_INTEGER) fail("{}: dataset '{}' does not hold integers", file, name);
-  const std::vector<int64_t> dims = h5_shape(ds.get());
+  const std::vector<hsize_t> space = dataspace_dims(ds.get(), name, file);
+  const std::vector<int64_t> dims(space.begin(), space.end());
   int64_t n = 1;
   for (int64_t d : dims) n *= d;
   std::vector<T> values(static_cast<size_t>(n));
@@ -329,17 +344,42 @@ void set_scalar_attr(hid_t obj, const std::string& name, hid_t mem_type, hid_t f
   H5Awrite(a.get(), mem_type, &value);
 }
 
-template <class T>
-std::optional<T> scalar_attr(hid_t obj, const std::string& name, hid_t mem_type, H5T_class_t want) {
+// The file an object lives in, for messages.
+std::string file_of(hid_t obj) {
+  const ssize_t n = H5Fget_name(obj, nullptr, 0);
+  if (n <= 0) return "HDF5 file";
+  std::string name(static_cast<size_t>(n) + 1, '\0');
+  H5Fget_name(obj, name.data(), name.size());
+  name.resize(static_cast<size_t>(n));
+  return name;
+}
+
+// Opens attribute `name` of `obj` if present, and checks it holds one value (a scalar or a
+// one-element array) of class `want`: anything else is an error naming the file and attribute,
+// never a read past a one-value buffer or a silently ignored value.
+std::optional<H5Id> open_single_attr(hid_t obj, const std::string& name, std::initializer_list<H5T_class_t> want,
+                                     const char* what) {
   h5_quiet();
   if (H5Aexists(obj, name.c_str()) <= 0) return std::nullopt;
   H5Id a(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
   H5Id type(H5Aget_type(a.get()));
+  H5Id space(H5Aget_space(a.get()));
+  if (!a.valid() || !type.valid() || !space.valid()) fail("{}: cannot read attribute '{}'", file_of(obj), name);
   const H5T_class_t cls = H5Tget_class(type.get());
-  if (cls != want && !(cls == H5T_INTEGER && want == H5T_FLOAT) && !(cls == H5T_FLOAT && want == H5T_INTEGER))
-    return std::nullopt;
+  if (std::find(want.begin(), want.end(), cls) == want.end())
+    fail("{}: attribute '{}' must be a {}", file_of(obj), name, what);
+  if (H5Sget_simple_extent_npoints(space.get()) != 1)
+    fail("{}: attribute '{}' must hold a single {}, found {} values", file_of(obj), name, what,
+         H5Sget_simple_extent_npoints(space.get()));
+  return a;
+}
+
+template <class T>
+std::optional<T> scalar_attr(hid_t obj, const std::string& name, hid_t mem_type) {
+  std::optional<H5Id> a = open_single_attr(obj, name, {H5T_INTEGER, H5T_FLOAT}, "number");
+  if (!a) return std::nullopt;
   T value{};
-  if (H5Aread(a.get(), mem_type, &value) < 0) return std::nullopt;
+  if (H5Aread(a->get(), mem_type, &value) < 0) fail("{}: cannot read attribute '{}'", file_of(obj), name);
   return value;
 }
 
@@ -374,19 +414,18 @@ void h5_set_attr(hid_t obj, const std::string& name, double value) {
 }
 
 std::optional<int64_t> h5_attr_int(hid_t obj, const std::string& name) {
-  return scalar_attr<int64_t>(obj, name, H5T_NATIVE_INT64, H5T_INTEGER);
+  return scalar_attr<int64_t>(obj, name, H5T_NATIVE_INT64);
 }
 
 std::optional<double> h5_attr_double(hid_t obj, const std::string& name) {
-  return scalar_attr<double>(obj, name, H5T_NATIVE_DOUBLE, H5T_FLOAT);
+  return scalar_attr<double>(obj, name, H5T_NATIVE_DOUBLE);
 }
 
 std::optional<std::string> h5_attr_string(hid_t obj, const std::string& name) {
-  h5_quiet();
-  if (H5Aexists(obj, name.c_str()) <= 0) return std::nullopt;
-  H5Id a(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
+  std::optional<H5Id> attr = open_single_attr(obj, name, {H5T_STRING}, "string");
+  if (!attr) return std::nullopt;
+  const H5Id& a = *attr;
   H5Id type(H5Aget_type(a.get()));
-  if (H5Tget_class(type.get()) != H5T_STRING) return std::nullopt;
   // Read with a copy of the stored type: HDF5 will not convert between ASCII and UTF-8 strings.
   H5Id mem(H5Tcopy(type.get()));
   if (H5Tis_variable_str(type.get()) > 0) {

@@ -87,6 +87,8 @@ void h5_set_attr(hid_t obj, const std::string& name, const std::string& value);
 void h5_set_attr_bytes(hid_t obj, const std::string& name, const std::string& value);
 void h5_set_attr(hid_t obj, const std::string& name, int64_t value);
 void h5_set_attr(hid_t obj, const std::string& name, double value);
+// Attribute readers: nullopt when absent; an error naming the file and attribute when it is present
+// but not one value of the expected kind (a string; an integer or float number).
 std::optional<std::string> h5_attr_string(hid_t obj, const std::string& name);
 std::optional<int64_t> h5_attr_int(hid_t obj, const std::string& name);
 std::optional<double> h5_attr_double(hid_t obj, const std::string& name);

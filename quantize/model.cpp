@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <map>
+#include <set>
 
 #include "nn/check.h"
 
@@ -163,16 +166,28 @@ namespace {
 std::map<std::string, AffineRange> read_ranges(hid_t quantization) {
   std::map<std::string, AffineRange> ranges;
   if (!h5_exists(quantization, "ranges")) return ranges;
+  // Links may make the tree a graph (a group linked into itself): the walk visits each group once
+  // and stops at a bound on the groups a real model has.
+  std::set<haddr_t> visited;  // HDF5 object addresses
+  constexpr size_t kMaxGroups = 4096;
   std::function<void(hid_t, const std::string&, int)> walk = [&](hid_t g, const std::string& prefix, int depth) {
     if (depth > kMaxRangeDepth) return;
     for (const std::string& m : h5_members(g)) {
       H5Id child = h5_group(g, m, false);
       const std::string name = prefix.empty() ? m : prefix + "/" + m;
-      if (auto lo = h5_attr_double(child.get(), "min"))
-        ranges[name] =
-            AffineRange{static_cast<float>(*lo), static_cast<float>(h5_attr_double(child.get(), "max").value_or(0))};
-      else
+      H5O_info_t info;
+      if (!child.valid() || H5Oget_info2(child.get(), &info, H5O_INFO_BASIC) < 0 || info.type != H5O_TYPE_GROUP)
+        fail("quantization range '{}' is not a group", name);
+      if (!visited.insert(info.addr).second) fail("quantization range '{}' links back to a group already read", name);
+      if (visited.size() > kMaxGroups) fail("more than {} quantization range groups", kMaxGroups);
+      if (auto lo = h5_attr_double(child.get(), "min")) {
+        const std::optional<double> hi = h5_attr_double(child.get(), "max");
+        if (!hi || !std::isfinite(*lo) || !std::isfinite(*hi) || *lo > *hi)
+          fail("quantization range '{}' must have finite min <= max", name);
+        ranges[name] = AffineRange{static_cast<float>(*lo), static_cast<float>(*hi)};
+      } else {
         walk(child.get(), name, depth + 1);
+      }
     }
   };
   H5Id g = h5_group(quantization, "ranges", false);

@@ -114,6 +114,11 @@ FeatureSet read_features(const std::string& path, int64_t max_rows) {
   if (set.features.rank() != 2 || set.features.dim(0) != static_cast<int64_t>(set.labels.size()))
     fail("{}: /features must be [N, F] with N = {} labels, found {}", path, set.labels.size(),
          set.features.shape().str());
+  for (size_t i = 0; i < set.labels.size(); ++i)
+    if (set.labels[i] != 0 && set.labels[i] != 1)
+      fail("{}: /labels[{}] = {}; labels must be 0 (QCD) or 1 (top)", path, i, set.labels[i]);
+  if (const int64_t bad = first_non_finite_row(set.features); bad >= 0)
+    fail("{}: /features row {} holds NaN or inf", path, bad);
   if (max_rows > 0 && max_rows < set.features.dim(0)) {
     const int64_t F = set.features.dim(1);
     Tensor head = Tensor::empty({max_rows, F});

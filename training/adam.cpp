@@ -65,6 +65,10 @@ void Adam::load(hid_t group, const std::string& file) {
       if (!(t.shape() == parameters_[i].var->shape()))
         fail("{}: optimizer tensor '{}' has shape {}, expected {}", file, name, t.shape().str(),
              parameters_[i].var->shape().str());
+      const bool second_moment = kind[0] == 'v';
+      for (int64_t j = 0; j < t.numel(); ++j)
+        if (!std::isfinite(t.data()[j]) || (second_moment && t.data()[j] < 0))
+          fail("{}: optimizer tensor '{}' holds {} at element {}", file, name, t.data()[j], j);
       (kind[0] == 'm' ? m : v).push_back(std::move(t));
     }
   }

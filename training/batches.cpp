@@ -1,5 +1,7 @@
 #include "training/batches.h"
 
+#include <fmt/format.h>
+
 #include <numeric>
 
 #include "nn/check.h"
@@ -18,7 +20,11 @@ class JetData : public TrainingData {
         train_(c.train_path),
         val_(c.val_path),
         images_(train_.image_options(c.images, false, false)),
-        loader_(train_, images_, loader_options(c)) {}
+        loader_(train_, images_, loader_options(c)) {
+    val_.check_images_match(images_, fmt::format("the training file {}", c.train_path));
+  }
+
+  std::optional<ImageOptions> image_options() const override { return images_; }
 
   int64_t batches_per_epoch() const override { return loader_.batches_per_epoch(); }
   int64_t jets_per_epoch() const override { return loader_.batches_per_epoch() * batch_size_; }

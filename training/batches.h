@@ -34,6 +34,8 @@ class TrainingData {
   virtual std::optional<Tensor> next_images() = 0;
   // After an epoch: warns about jets skipped for NaN/inf.
   virtual void report_skipped() const {}
+  // The images the model trains on (an image file's own size and channels); nullopt for features.
+  virtual std::optional<ImageOptions> image_options() const { return std::nullopt; }
 };
 
 // Opens the data `config` names for a model with `model_features` features. For jets, the images

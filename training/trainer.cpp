@@ -77,9 +77,10 @@ void prepare(Run& run, bool fresh) {
   TrainConfig& c = run.config;
   ResNet& model = *run.tagger.model;
   c.arch = model.config().arch, c.width = model.config().width, c.hidden = model.config().hidden;
-  if (c.features_path.empty()) check_channels(model, c.images, c.train_path);
   fs::create_directories(c.output_dir);
   run.data = open_training_data(c, model.feature_dim());
+  if (std::optional<ImageOptions> used = run.data->image_options()) c.images = *used;  // what the files hold
+  if (c.features_path.empty()) check_channels(model, c.images, c.train_path);
   if (run.data->batches_per_epoch() < 1) fail("{}: fewer jets than one batch of {}", c.train_path, c.batch_size);
   if (fresh) set_up_quantization(run);
   run.tagger.images = c.images;
