@@ -96,6 +96,34 @@ TEST_F(TrainingTest, InterruptWritesACheckpointAndResumingMidEpochMatches) {
   expect_same_weights(full.last_checkpoint, resumed.last_checkpoint);
 }
 
+// The checkpoint is the record of a run: a metrics log that cannot be written or is damaged, or a
+// run that diverges, never costs an epoch's checkpoint or stops the run.
+TEST_F(TrainingTest, ADivergedRunOrABrokenLogStillSavesEveryEpoch) {
+  TrainConfig diverged = tiny("diverged");
+  diverged.epochs = 1;
+  diverged.lr = 1e38;  // weights overflow to inf within the epoch
+  const TrainResult d = train(diverged, nullptr);
+  EXPECT_EQ(d.state.epoch, 1);
+  EXPECT_TRUE(fs::exists(d.last_checkpoint));
+  std::ifstream js(fs::path(diverged.output_dir) / "metrics.json");
+  const nlohmann::json j = nlohmann::json::parse(js);
+  ASSERT_EQ(j.at("epochs").size(), 1u);
+  EXPECT_TRUE(j["epochs"][0]["val_auc"].is_null()) << j.dump();
+
+  TrainConfig blocked = tiny("blocked");
+  blocked.epochs = 1;
+  fs::create_directories(fs::path(blocked.output_dir) / "metrics.json");  // the log cannot be replaced
+  const TrainResult b = train(blocked, nullptr);
+  EXPECT_EQ(read_train_state(b.last_checkpoint).epoch, 1);
+
+  TrainConfig damaged = tiny("damaged");
+  damaged.epochs = 1;
+  train(damaged, nullptr);
+  std::ofstream(fs::path(damaged.output_dir) / "metrics.json") << R"({"epochs": [{"epoch": "one"}]})";
+  const TrainResult r = resume(resume_checkpoint_path(damaged.output_dir), damaged.output_dir, 2, nullptr);
+  EXPECT_EQ(r.state.epoch, 2);
+}
+
 TEST_F(TrainingTest, FrozenBackboneChangesOnlyTheHead) {
   TrainConfig base = tiny("base");
   base.epochs = 1;

@@ -40,8 +40,12 @@ void MetricsLog::load(int64_t finished_epochs) {
   if (!fs::exists(path)) return;
   std::ifstream in(path);
   const json j = json::parse(in, nullptr, false);
-  if (!j.is_object() || !j.contains("epochs") || !j["epochs"].is_array())
-    fail("{}: not a toptag metrics file (needs {{\"epochs\": [...]}})", path.string());
+  // The checkpoint, not this log, is the record of the run: a damaged log costs its rows, never the run.
+  if (!j.is_object() || !j.contains("epochs") || !j["epochs"].is_array()) {
+    fmt::print(stderr, "warning: {} is damaged; its earlier rows are lost, later epochs are logged afresh\n",
+               path.string());
+    return;
+  }
   for (const json& row : j["epochs"]) {
     EpochMetrics m;
     try {
@@ -52,7 +56,8 @@ void MetricsLog::load(int64_t finished_epochs) {
                              : v.get<std::remove_reference_t<decltype(member)>>();
       });
     } catch (const json::exception& e) {
-      fail("{}: a row is damaged ({}); remove the file to start the metrics afresh", path.string(), e.what());
+      fmt::print(stderr, "warning: {}: skipping a damaged row ({})\n", path.string(), e.what());
+      continue;
     }
     if (m.epoch >= 1 && m.epoch <= finished_epochs) {
       std::erase_if(rows_, [&](const EpochMetrics& r) { return r.epoch == m.epoch; });

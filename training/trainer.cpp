@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <memory>
 
@@ -146,15 +147,22 @@ EpochMetrics evaluate(Run& run, const EpochResult& epoch, double seconds) {
   io.keep_non_finite = true;  // a diverged run still gets its metrics (NaN) and its report
   const InferenceResult v = run.data->validate(*run.tagger.model, io);
   const Predictions& p = v.predictions;
-  return EpochMetrics{run.state.epoch + 1,
-                      run.state.global_step,
-                      epoch.lr,
-                      epoch.mean_loss,
-                      v.mean_loss,
-                      accuracy(p.score, p.label),
-                      auc(p.score, p.label),
-                      rejection_at(roc_curve(p.score, p.label), 0.3),
-                      seconds};
+  EpochMetrics m{
+      run.state.epoch + 1, run.state.global_step, epoch.lr, epoch.mean_loss, v.mean_loss, NAN, NAN, NAN, seconds};
+  bool weights_finite = true;
+  for (const auto& param : run.tagger.model->state().parameters) {
+    const Tensor& w = param.var->value();
+    weights_finite = weights_finite && all_finite(std::span<const float>(w.data(), static_cast<size_t>(w.numel())));
+  }
+  if (!weights_finite || !all_finite(p.score)) {  // diverged: NaN metrics, and the run goes on to its report
+    fmt::print(stderr, "warning: epoch {} of {}: NaN or inf weights or scores (diverged; try a smaller --lr)\n",
+               m.epoch, run.config.output_dir);
+    return m;
+  }
+  m.val_accuracy = accuracy(p.score, p.label);
+  m.val_auc = auc(p.score, p.label);
+  m.val_rejection_30 = rejection_at(roc_curve(p.score, p.label), 0.3);
+  return m;
 }
 
 // Logs an epoch's metrics and writes last.h5 (and best.h5 if its AUC is the best so far).
@@ -164,7 +172,6 @@ void finish_epoch(Run& run, const EpochMetrics& m) {
       "epoch {}/{}: train loss {:.4f}  val loss {:.4f}  accuracy {:.4f}  AUC {:.4f}  1/eps_B(0.3) {:.1f}  ({})\n",
       m.epoch, run.config.epochs, m.train_loss, m.val_loss, m.val_accuracy, m.val_auc, m.val_rejection_30,
       format_duration(m.seconds));
-  run.metrics.record(m);
   TrainState& s = run.state;
   TrainState saved = s;
   saved.epoch = s.epoch + 1;
@@ -175,6 +182,11 @@ void finish_epoch(Run& run, const EpochMetrics& m) {
     write_training_checkpoint(run.best, run.tagger, *run.adam, saved, run.config);
   }
   write_training_checkpoint(run.last, run.tagger, *run.adam, saved, run.config);
+  try {  // after the checkpoints: a log that cannot be written never costs the epoch
+    run.metrics.record(m);
+  } catch (const Error& e) {
+    fmt::print(stderr, "warning: epoch {} is saved but its metrics are not logged: {}\n", m.epoch, e.what());
+  }
 }
 
 TrainResult train_loop(Run& run, const std::atomic<bool>* stop) {
