@@ -8,6 +8,7 @@
 #include "apps/image_options.h"
 #include "data/dataset.h"
 #include "datasets/generator.h"
+#include "io/files.h"
 #include "io/progress.h"
 #include "nn/check.h"
 
@@ -38,6 +39,7 @@ struct ImagesArgs {
 };
 
 void run_images(const ImagesArgs& a) {
+  refuse_overwriting_input("--output", a.output, {a.input});
   apply_threads(a.threads);
   JetFile file(a.input);
   if (!file.has_constituents()) fail("{}: already an image file", a.input);
@@ -121,11 +123,15 @@ void add_data_commands(CLI::App& app) {
     CLI::App* cmd =
         app.add_subcommand("generate", "Generate physics-like top and QCD jets in the reference dataset's layout");
     cmd->add_option("--output,-o", a->output, "output HDF5 file")->required();
-    cmd->add_option("--jets,-n", a->jets, "number of jets")->default_val(10000);
+    cmd->add_option("--jets,-n", a->jets, "number of jets")->default_val(10000)->check(in_range(1, 1e9));
     cmd->add_option("--seed", a->options.seed, "random seed (same seed, same jets, whatever the thread count)")
         ->default_val(1);
-    cmd->add_option("--signal-fraction", a->options.signal_fraction, "fraction of top jets")->default_val(0.5);
-    cmd->add_option("--ttv", a->options.ttv, "value of the ttv column: 0 train, 1 test, 2 validation")->default_val(0);
+    cmd->add_option("--signal-fraction", a->options.signal_fraction, "fraction of top jets")
+        ->default_val(0.5)
+        ->check(in_range(0, 1));
+    cmd->add_option("--ttv", a->options.ttv, "value of the ttv column: 0 train, 1 test, 2 validation")
+        ->default_val(0)
+        ->check(in_range(0, 2));
     add_threads_option(*cmd, a->threads);
     cmd->callback([a] { run_generate(*a); });
   }
@@ -134,7 +140,9 @@ void add_data_commands(CLI::App& app) {
     CLI::App* cmd = app.add_subcommand("images", "Turn reference-format jets into a cached image file");
     cmd->add_option("--input,-i", a->input, "reference-format jet file")->required()->check(CLI::ExistingFile);
     cmd->add_option("--output,-o", a->output, "output image file (/images, /labels)")->required();
-    cmd->add_option("--max-jets", a->max_jets, "convert only the first N jets (0: all)")->default_val(0);
+    cmd->add_option("--max-jets", a->max_jets, "convert only the first N jets (0: all)")
+        ->default_val(0)
+        ->check(in_range(0, 1e12));
     a->image.add_to(*cmd);
     add_threads_option(*cmd, a->threads);
     cmd->callback([a] { run_images(*a); });

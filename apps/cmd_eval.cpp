@@ -26,6 +26,10 @@ std::string default_name(const std::string& path) {
 }
 
 void run_eval(const EvalArgs& a) {
+  std::vector<std::string> inputs = a.predictions;
+  if (!a.reference.empty()) inputs.push_back(a.reference);
+  refuse_overwriting_input("--json", a.json, inputs);
+  refuse_overwriting_input("--plot", a.plot, inputs);
   if (!a.names.empty() && a.names.size() != a.predictions.size())
     fail("--names has {} names for {} prediction files", a.names.size(), a.predictions.size());
   for (double eps : a.at)
@@ -75,13 +79,17 @@ void add_eval_command(CLI::App& app) {
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--names", a->names, "a name per file (default: the file names)")->delimiter(',');
-  cmd->add_option("--at", a->at, "signal efficiencies for 1/eps_B (default 0.3,0.5)")->delimiter(',');
+  cmd->add_option("--at", a->at, "signal efficiencies for 1/eps_B (default 0.3,0.5)")
+      ->delimiter(',')
+      ->check(in_range(1e-6, 1));
   cmd->add_option("--json", a->json, "write the summary as JSON");
   cmd->add_option("--plot", a->plot, "draw the ROC curves (.png, .svg or .pdf)");
   cmd->add_option("--title", a->title, "plot title");
   cmd->add_option("--roc-csv", a->roc_csv, "directory for each set's ROC points as CSV");
   cmd->add_option("--reference", a->reference, "compare every set with this one (same jets)")->check(CLI::ExistingFile);
-  cmd->add_option("--bootstrap", a->bootstrap, "bootstrap resamples for uncertainties (0: none)")->default_val(0);
+  cmd->add_option("--bootstrap", a->bootstrap, "bootstrap resamples for uncertainties (0: none)")
+      ->default_val(0)
+      ->check(in_range(0, 1e6));
   cmd->add_option("--seed", a->seed, "bootstrap seed")->default_val(1);
   cmd->callback([a] { run_eval(*a); });
 }

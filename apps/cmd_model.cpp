@@ -62,13 +62,18 @@ void add_model_command(CLI::App& app) {
       app.add_subcommand("model", "Describe an architecture or a checkpoint: layers, sizes, parameter count");
   cmd->add_option("--arch", args->arch, "architecture: resnet10, resnet18, resnet34, resnet50, resnet101, resnet152")
       ->default_val("resnet50");
-  cmd->add_option("--in-channels", args->in_channels, "input image channels (1, or 3 as the paper)")->default_val(1);
-  cmd->add_option("--width", args->width, "stem width (torchvision: 64)")->default_val(64);
-  cmd->add_option("--hidden", args->hidden, "width of the fc1 layer of the head")->default_val(1024);
+  cmd->add_option("--in-channels", args->in_channels, "input image channels (1, or 3 as the paper)")
+      ->default_val(1)
+      ->check(in_range(1, 4));
+  cmd->add_option("--width", args->width, "stem width (torchvision: 64)")->default_val(64)->check(in_range(1, 1024));
+  cmd->add_option("--hidden", args->hidden, "width of the fc1 layer of the head")
+      ->default_val(1024)
+      ->check(in_range(1, 65536));
   cmd->add_option("--checkpoint", args->checkpoint, "describe this checkpoint instead")->check(CLI::ExistingFile);
   cmd->add_option("--image-size", args->image_size, "image side for the FLOP count")
       ->default_val(40)
-      ->check(CLI::Range(8, 1024));
+
+      ->check(in_range(4, 1024));
   cmd->add_flag("--tensors", args->list_tensors, "list every tensor with its shape");
   cmd->callback([args] { run_model(*args); });
 }

@@ -3,6 +3,7 @@
 
 #include "apps/commands.h"
 #include "apps/image_options.h"
+#include "io/files.h"
 #include "nn/check.h"
 #include "serve/client.h"
 #include "tagger/inference.h"
@@ -49,6 +50,7 @@ InferenceOptions inference_options(const PredictArgs& a, const char* label) {
 }
 
 void run_predict(const PredictArgs& a) {
+  refuse_overwriting_input("--output", a.output, {a.input, a.checkpoint});
   check_source(a);
   if (!a.server.empty()) {
     RemotePredictResult r = predict_from_server(a, false);
@@ -77,6 +79,7 @@ void run_predict(const PredictArgs& a) {
 }
 
 void run_features(const PredictArgs& a) {
+  refuse_overwriting_input("--output", a.output, {a.input, a.checkpoint});
   check_source(a);
   if (!a.server.empty()) {
     RemotePredictResult r = predict_from_server(a, true);
@@ -115,16 +118,20 @@ CLI::App* add_inference_options(CLI::App& app, const char* name, const char* hel
   cmd->add_option("--model", a->model, "--server: the model's name")->default_val("toptag");
   cmd->add_option("--concurrency", a->concurrency, "--server: one-jet requests in flight")
       ->default_val(16)
-      ->check(CLI::Range(1, 1024));
+
+      ->check(in_range(1, 1024));
   cmd->add_option("--retries", a->retries, "--server: retries of a failed request")
       ->default_val(3)
-      ->check(CLI::Range(0, 100));
+
+      ->check(in_range(0, 100));
   cmd->add_option("--input,-i", a->input, "jets: reference-format or cached image file")
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--output,-o", a->output, output_help)->required();
-  cmd->add_option("--batch-size", a->batch_size, "inference batch size")->default_val(256);
-  cmd->add_option("--max-jets", a->max_jets, "only the first N jets (0: all)")->default_val(0);
+  cmd->add_option("--batch-size", a->batch_size, "inference batch size")->default_val(256)->check(in_range(1, 65536));
+  cmd->add_option("--max-jets", a->max_jets, "only the first N jets (0: all)")
+      ->default_val(0)
+      ->check(in_range(0, 1e12));
   a->image.add_to(*cmd);
   add_threads_option(*cmd, a->threads);
   return cmd;

@@ -6,6 +6,7 @@
 #include "apps/commands.h"
 #include "apps/image_options.h"
 #include "data/loader.h"
+#include "io/files.h"
 #include "nn/check.h"
 #include "tagger/tagger.h"
 
@@ -22,6 +23,7 @@ struct QuantizeArgs {
 };
 
 void run_quantize(const QuantizeArgs& a) {
+  refuse_overwriting_input("--output", a.output, {a.checkpoint, a.calibration});
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
   if (tagger.quantized())
@@ -85,7 +87,9 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--ste", a->ste, "straight-through estimator for later fine-tuning: masked or identity")
       ->default_val("masked");
   cmd->add_option("--calibration", a->calibration, "jets for int8 activation ranges")->check(CLI::ExistingFile);
-  cmd->add_option("--calibration-jets", a->calibration_jets, "jets used for calibration")->default_val(2048);
+  cmd->add_option("--calibration-jets", a->calibration_jets, "jets used for calibration")
+      ->default_val(2048)
+      ->check(in_range(1, 1e9));
   cmd->add_option("--output,-o", a->output, "quantized checkpoint")->required();
   a->image.add_to(*cmd);
   add_threads_option(*cmd, a->threads);

@@ -50,6 +50,8 @@ void run_serve(ServeArgs& a) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  if (a.server.grpc_port < 0 && a.server.http_port < 0)
+    fail("--grpc-port and --http-port are both -1: the server would have no way to be asked");
   Tagger tagger = load_tagger(a.checkpoint);
   tagger.images = a.image.merged(tagger.images);
   validate(tagger.images);
@@ -123,6 +125,7 @@ void run_perf(const PerfArgs& a) {
     else
       o.threads = {1, hardware_threads()};
     o.duration_s = parse_duration(a.duration), o.warmup_s = parse_duration(a.warmup);
+    if (o.duration_s <= 0) fail("--duration must be longer than zero");
     fmt::print(stderr, "measuring {} in process, {}x{}x{} images, {:g} s per point\n",
                a.checkpoint.empty() ? a.arch + " (untrained)" : a.checkpoint, tagger.images.size, tagger.images.size,
                tagger.images.channels, o.duration_s);
@@ -131,6 +134,7 @@ void run_perf(const PerfArgs& a) {
     ServerPerfOptions o;
     o.url = a.server_url, o.model = a.model, o.concurrency = a.concurrency, o.input = a.input;
     o.duration_s = parse_duration(a.duration), o.warmup_s = parse_duration(a.warmup);
+    if (o.duration_s <= 0) fail("--duration must be longer than zero");
     fmt::print(stderr, "measuring {} model '{}', {:g} s per point (client: {})\n", a.server_url, a.model, o.duration_s,
                blas_info().summary());
     for (int64_t batch : a.batches.empty() ? std::vector<int64_t>{1} : a.batches) {
@@ -156,10 +160,15 @@ void add_serve_commands(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--model-name", s.model_name, "the model's name in requests")->default_val("toptag");
   cmd->add_option("--host", s.host, "address to listen on (127.0.0.1: this machine only)")->default_val("0.0.0.0");
-  cmd->add_option("--grpc-port", s.grpc_port, "gRPC port (0: any free port, -1: no gRPC)")->default_val(8001);
-  cmd->add_option("--http-port", s.http_port, "HTTP/REST port (0: any free port, -1: no HTTP)")->default_val(8000);
+  cmd->add_option("--grpc-port", s.grpc_port, "gRPC port (0: any free port, -1: no gRPC)")
+      ->default_val(8001)
+      ->check(in_range(-1, 65535));
+  cmd->add_option("--http-port", s.http_port, "HTTP/REST port (0: any free port, -1: no HTTP)")
+      ->default_val(8000)
+      ->check(in_range(-1, 65535));
   cmd->add_option("--metrics-port", s.metrics_port, "Prometheus metrics port (0: any free, -1: none)")
-      ->default_val(8002);
+      ->default_val(8002)
+      ->check(in_range(-1, 65535));
   cmd->add_option("--max-batch", s.engine.max_batch, "dynamic batching: most images per model execution")
       ->default_val(64)
       ->check(CLI::Range(1, 4096));
@@ -182,7 +191,8 @@ void add_serve_commands(CLI::App& app) {
       ->check(CLI::Range(0, 256));
   cmd->add_option("--threads", s.engine.threads, "threads per instance (0: the cores shared among the instances)")
       ->default_val(0)
-      ->check(CLI::Range(0, 1024));
+
+      ->check(in_range(0, 1024));
   a->image.add_to(*cmd);
   cmd->callback([a] { run_serve(*a); });
 
@@ -193,7 +203,8 @@ void add_serve_commands(CLI::App& app) {
   perf->add_option("--model", p->model, "model name on the server")->default_val("toptag");
   perf->add_option("--concurrency", p->concurrency, "concurrent clients, each with one request in flight")
       ->delimiter(',')
-      ->default_str("1,2,4,8,16,32");
+      ->default_str("1,2,4,8,16,32")
+      ->check(in_range(1, 4096));
   perf->add_option("--input", p->input, "server input to send: images or constituents")->default_val("images");
   perf->add_flag("--local", p->local, "measure in-process inference instead");
   perf->add_option("--checkpoint,-c", p->checkpoint, "model for --local")->check(CLI::ExistingFile);
@@ -201,9 +212,11 @@ void add_serve_commands(CLI::App& app) {
                    "--local without a checkpoint: time this architecture untrained (with --image-size, --channels)");
   perf->add_option("--batch", p->batches,
                    "images per request (server: default 1) or per forward pass (local: default 1,8,32,64)")
-      ->delimiter(',');
+      ->delimiter(',')
+      ->check(in_range(1, 4096));
   perf->add_option("--threads", p->threads, "local: thread counts to measure (default: 1 and all cores)")
-      ->delimiter(',');
+      ->delimiter(',')
+      ->check(in_range(0, 1024));
   perf->add_option("--duration", p->duration, "measuring time per point: 10s, 500ms, 2m")->default_val("10s");
   perf->add_option("--warmup", p->warmup, "unmeasured time before each point")->default_val("1s");
   perf->add_option("--csv", p->csv, "also write the table as CSV");

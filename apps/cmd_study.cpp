@@ -48,28 +48,35 @@ void add_study_command(CLI::App& app) {
       ->default_val("runs/study")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // scripts/study.sh -o DIR overrides its own
   cmd->add_option("--jets", a->jets, "jets: TRAIN,VAL,TEST (with --data: the first ones of each file; default all)")
+      ->check(in_range(1, 1e9))
       ->delimiter(',')
       ->default_str("10000,2000,4000");
   cmd->add_option("--data", o.data_dir, "use the reference files DIR/train.h5, val.h5, test.h5 instead")
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--epochs", o.epochs, "float training epochs (the paper: 10)")
       ->default_val(3)
-      ->check(CLI::Range(1, 1000));
+
+      ->check(in_range(1, 1000));
   cmd->add_option("--finetune-epochs", o.finetune_epochs, "quantization-aware fine-tuning epochs")
       ->default_val(1)
-      ->check(CLI::Range(1, 1000));
+
+      ->check(in_range(1, 1000));
   cmd->add_option("--head-epochs", o.head_epochs, "head re-tuning epochs on served features")
       ->default_val(2)
-      ->check(CLI::Range(1, 1000));
-  cmd->add_option("--image-size", o.image_size, "image pixels per side (the paper: 224)")->default_val(40);
+
+      ->check(in_range(1, 1000));
+  cmd->add_option("--image-size", o.image_size, "image pixels per side (the paper: 224)")
+      ->default_val(40)
+      ->check(in_range(4, 1024));
   cmd->add_option("--arch", o.arch, "featurizer: resnet50 (the paper), or a smaller resnet for quick runs")
       ->default_val("resnet50");
-  cmd->add_option("--width", o.width, "stem width (torchvision: 64)")->default_val(64);
-  cmd->add_option("--hidden", o.hidden, "fc1 width of the head")->default_val(1024);
+  cmd->add_option("--width", o.width, "stem width (torchvision: 64)")->default_val(64)->check(in_range(1, 1024));
+  cmd->add_option("--hidden", o.hidden, "fc1 width of the head")->default_val(1024)->check(in_range(1, 65536));
   cmd->add_option("--format", o.format, "quantization format (see toptag quantize)")->default_val("ms-fp8");
   cmd->add_option("--concurrency", o.concurrency, "client counts for the served throughput sweep")
       ->delimiter(',')
-      ->default_str("1,2,4,8,16,32");
+      ->default_str("1,2,4,8,16,32")
+      ->check(in_range(1, 4096));
   cmd->add_option("--perf-duration", o.perf_duration, "measuring time per performance point")->default_val("5s");
   cmd->callback([a] { run_study_command(*a); });
 }

@@ -79,20 +79,34 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--resume", a->resume, "continue the run in this directory (or from this checkpoint)");
   cmd->add_option("--arch", c.arch, "resnet10, resnet18, resnet34, resnet50, resnet101, resnet152")
       ->default_val("resnet50");
-  cmd->add_option("--width", c.width, "stem width (torchvision: 64)")->default_val(64);
-  cmd->add_option("--hidden", c.hidden, "fc1 width of the head")->default_val(1024);
-  a->epochs_option = cmd->add_option("--epochs", c.epochs, "epochs")->default_val(10);
-  cmd->add_option("--batch-size", c.batch_size, "minibatch size")->default_val(64);
-  cmd->add_option("--eval-batch-size", c.eval_batch_size, "batch size for validation")->default_val(256);
-  cmd->add_option("--lr", c.lr, "Adam learning rate")->default_val(1e-3);
+  cmd->add_option("--width", c.width, "stem width (torchvision: 64)")->default_val(64)->check(in_range(1, 1024));
+  cmd->add_option("--hidden", c.hidden, "fc1 width of the head")->default_val(1024)->check(in_range(1, 65536));
+  a->epochs_option = cmd->add_option("--epochs", c.epochs, "epochs")->default_val(10)->check(in_range(1, 1e6));
+  cmd->add_option("--batch-size", c.batch_size, "minibatch size")->default_val(64)->check(in_range(2, 65536));
+  cmd->add_option("--eval-batch-size", c.eval_batch_size, "batch size for validation")
+      ->default_val(256)
+      ->check(in_range(1, 65536));
+  cmd->add_option("--lr", c.lr, "Adam learning rate")->default_val(1e-3)->check(in_range(1e-12, 10));
   cmd->add_option("--lr-schedule", c.schedule.kind, "constant, step or cosine")->default_val("constant");
-  cmd->add_option("--warmup-steps", c.schedule.warmup_steps, "linear warm-up steps")->default_val(0);
-  cmd->add_option("--step-epochs", c.schedule.step_epochs, "step schedule: epochs between decays")->default_val(3);
-  cmd->add_option("--gamma", c.schedule.gamma, "step schedule: decay factor")->default_val(0.1);
-  cmd->add_option("--weight-decay", c.weight_decay, "decoupled weight decay (AdamW)")->default_val(0.0);
+  cmd->add_option("--warmup-steps", c.schedule.warmup_steps, "linear warm-up steps")
+      ->default_val(0)
+      ->check(in_range(0, 1e9));
+  cmd->add_option("--step-epochs", c.schedule.step_epochs, "step schedule: epochs between decays")
+      ->default_val(3)
+      ->check(in_range(1, 1e6));
+  cmd->add_option("--gamma", c.schedule.gamma, "step schedule: decay factor")
+      ->default_val(0.1)
+      ->check(in_range(1e-9, 1));
+  cmd->add_option("--weight-decay", c.weight_decay, "decoupled weight decay (AdamW)")
+      ->default_val(0.0)
+      ->check(in_range(0, 1));
   cmd->add_option("--seed", c.seed, "seed for initial weights and data order")->default_val(1);
-  cmd->add_option("--max-train-jets", c.max_train_jets, "use only the first N training jets (0: all)")->default_val(0);
-  cmd->add_option("--max-val-jets", c.max_val_jets, "use only the first N validation jets (0: all)")->default_val(0);
+  cmd->add_option("--max-train-jets", c.max_train_jets, "use only the first N training jets (0: all)")
+      ->default_val(0)
+      ->check(in_range(0, 1e12));
+  cmd->add_option("--max-val-jets", c.max_val_jets, "use only the first N validation jets (0: all)")
+      ->default_val(0)
+      ->check(in_range(0, 1e12));
   cmd->add_flag("--freeze-backbone", c.freeze_backbone, "train only fc1 and fc2 (the featurizer stays fixed)");
   cmd->add_option("--quantize", c.quantize,
                   "quantization-aware training with weights in this format (see toptag quantize)");
@@ -100,7 +114,8 @@ void add_train_command(CLI::App& app) {
                   "... and the inputs of every conv/linear in this one");
   cmd->add_option("--ste", c.ste, "straight-through estimator: masked or identity")->default_val("masked");
   cmd->add_option("--calibration-batches", c.calibration_batches, "int8 activations: calibration batches")
-      ->default_val(8);
+      ->default_val(8)
+      ->check(in_range(1, 1e6));
   a->image.add_to(*cmd);
   add_threads_option(*cmd, c.threads);
   cmd->callback([a] { run_train(*a); });

@@ -1,5 +1,9 @@
 #include "apps/commands.h"
 
+#include <fmt/format.h>
+
+#include <cmath>
+
 #include "nn/parallel.h"
 
 namespace toptag::apps {
@@ -15,9 +19,21 @@ void register_commands(CLI::App& app) {
   add_study_command(app);
 }
 
+CLI::Validator in_range(double min, double max) {
+  return CLI::Validator(
+      [min, max](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v) || !std::isfinite(v) || v < min || v > max)
+          return fmt::format("{} is not a number in [{:g}, {:g}]", text, min, max);
+        return "";
+      },
+      fmt::format("in [{:g}, {:g}]", min, max));
+}
+
 void add_threads_option(CLI::App& command, int& threads) {
   command.add_option("--threads", threads, "worker threads for OpenBLAS and toptag's own loops (0: all cores)")
-      ->default_val(0);
+      ->default_val(0)
+      ->check(in_range(0, 1024));
 }
 
 void apply_threads(int threads) {

@@ -17,6 +17,10 @@ void add_quantize_command(CLI::App& app);
 void add_serve_commands(CLI::App& app);  // serve, perf
 void add_study_command(CLI::App& app);
 
+// Numeric flags take finite values in [min, max] only: CLI::Range lets NaN through, and a flag
+// without a check let zero, negative or absurd values reach the libraries.
+CLI::Validator in_range(double min, double max);
+
 // --threads N, shared by every command that computes; applied by apply_threads().
 void add_threads_option(CLI::App& command, int& threads);
 void apply_threads(int threads);

@@ -2,17 +2,21 @@
 
 #include <fmt/format.h>
 
+#include "apps/commands.h"
 #include "nn/check.h"
 
 namespace toptag::apps {
 
 void ImageArgs::add_to(CLI::App& cmd) {
-  size_option =
-      cmd.add_option("--image-size", options.size, "image pixels per side (224: the paper's input)")->default_val(40);
-  channels_option =
-      cmd.add_option("--channels", options.channels, "image channels: 1, or 3 copies as the paper")->default_val(1);
-  extent_option =
-      cmd.add_option("--extent", options.extent, "half-width of the image window in eta and phi")->default_val(0.8);
+  size_option = cmd.add_option("--image-size", options.size, "image pixels per side (224: the paper's input)")
+                    ->default_val(40)
+                    ->check(in_range(4, 1024));
+  channels_option = cmd.add_option("--channels", options.channels, "image channels: 1, or 3 copies as the paper")
+                        ->default_val(1)
+                        ->check(in_range(1, 4));
+  extent_option = cmd.add_option("--extent", options.extent, "half-width of the image window in eta and phi")
+                      ->default_val(0.8)
+                      ->check(in_range(1e-6, 3.2));
   step_options[0] = cmd.add_flag("--no-center", no_center, "do not centre on the pT-weighted centroid");
   step_options[1] = cmd.add_flag("--no-rotate", no_rotate, "do not rotate the principal axis to vertical");
   step_options[2] = cmd.add_flag("--no-flip", no_flip, "do not flip the brightest half into a fixed quadrant");

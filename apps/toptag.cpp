@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <filesystem>
 
 #include "apps/commands.h"
 #include "nn/blas.h"
@@ -21,6 +22,9 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const toptag::Error& e) {
     fmt::print(stderr, "toptag: error: {}\n", e.what());
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {  // an unwritable or missing directory, a full disk
+    fmt::print(stderr, "toptag: error: {}: {}\n", e.path1().string(), e.code().message());
     return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "toptag: internal error: {}\n", e.what());

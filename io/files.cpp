@@ -25,4 +25,12 @@ void write_text_atomically(const std::string& path, const std::string& text) {
   if (e) fail("{}: cannot move the finished file into place: {}", path, e.message());
 }
 
+void refuse_overwriting_input(const std::string& flag, const std::string& output,
+                              const std::vector<std::string>& inputs) {
+  std::error_code ec;
+  for (const std::string& input : inputs)
+    if (!input.empty() && !output.empty() && std::filesystem::equivalent(output, input, ec))
+      fail("{} {} is the input {}: writing it would destroy the input", flag, output, input);
+}
+
 }  // namespace toptag

@@ -28,12 +28,14 @@ double parse_duration(const std::string& text) {
     size_t used = 0;
     const double v = std::stod(text, &used);
     const std::string unit = text.substr(used);
-    if (unit.empty() || unit == "s") return v;
-    if (unit == "ms") return v / 1000;
-    if (unit == "m" || unit == "min") return v * 60;
+    const double seconds = unit.empty() || unit == "s"    ? v
+                           : unit == "ms"                 ? v / 1000
+                           : unit == "m" || unit == "min" ? v * 60
+                                                          : NAN;
+    if (seconds >= 0 && seconds <= 86400) return seconds;  // NaN, inf, negative and a day or more: refused
   } catch (const std::exception&) {
   }
-  fail("duration '{}' must look like 10s, 500ms or 2m", text);
+  fail("duration '{}' must look like 10s, 500ms or 2m (at most a day)", text);
 }
 
 LatencyStats summarize(std::vector<double> ms, int64_t images, double seconds, int64_t errors) {

@@ -27,6 +27,10 @@ void validate(const TrainConfig& c) {
   if (!(c.lr > 0) || !std::isfinite(c.lr)) fail("--lr must be a positive number, got {}", c.lr);
   if (!(c.weight_decay >= 0) || !std::isfinite(c.weight_decay))
     fail("--weight-decay must be a number >= 0, got {}", c.weight_decay);
+  if (c.lr * c.weight_decay >= 1)  // AdamW multiplies the weights by 1 - lr * wd every step
+    fail("--lr {} times --weight-decay {} is {:g}: the decay would flip or zero the weights every step (keep it << 1)",
+         c.lr, c.weight_decay, c.lr * c.weight_decay);
+  if (c.width > 1024 || c.hidden > 65536) fail("--width is at most 1024 and --hidden at most 65536");
   if (c.max_train_jets < 0 || c.max_val_jets < 0) fail("--max-train-jets and --max-val-jets must be >= 0");
   if (c.calibration_batches < 1) fail("--calibration-batches must be at least 1, got {}", c.calibration_batches);
   if (!find_arch(c.arch)) fail("unknown --arch '{}' (known: {})", c.arch, fmt::join(known_archs(), ", "));

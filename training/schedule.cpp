@@ -11,6 +11,7 @@ void validate(const ScheduleOptions& o) {
   if (o.kind != "constant" && o.kind != "step" && o.kind != "cosine")
     fail("unknown learning-rate schedule '{}' (constant, step, cosine)", o.kind);
   if (o.warmup_steps < 0) fail("warm-up steps must be >= 0, got {}", o.warmup_steps);
+  if (!(o.gamma > 0 && o.gamma <= 1)) fail("--gamma must be in (0, 1], got {}", o.gamma);
   if (o.kind == "step" && (o.step_epochs <= 0 || o.gamma <= 0))
     fail("step schedule needs step epochs > 0 and gamma > 0 (got {}, {})", o.step_epochs, o.gamma);
 }
