@@ -220,18 +220,23 @@ void write_dataset(hid_t loc, const std::string& name, hid_t mem_type, hid_t fil
     fail("cannot write HDF5 dataset '{}'", name);
 }
 
-// Whole-dataset reads allocate the dataset's size first: bound it (and its product) before that.
-constexpr hsize_t kMaxReadElements = hsize_t{1} << 31;
+// Whole-dataset reads allocate the dataset's size first, so its dimensions are checked against what
+// the file really stores: a chunked dataset may declare any extent and store nothing (reads give the
+// fill value). Compressed data may expand, by a factor 1000 at most; small datasets always pass.
+constexpr hsize_t kMaxReadElements = hsize_t{1} << 34;
+constexpr hsize_t kMaxExpansion = 1000, kAlwaysAllowedBytes = hsize_t{64} << 20;
 
 std::vector<hsize_t> dataspace_dims(hid_t ds, const std::string& name, const std::string& file) {
   const std::vector<int64_t> shape = h5_shape(ds);
   hsize_t n = 1;
   for (int64_t d : shape) {
     if (d > 0 && n > kMaxReadElements / static_cast<hsize_t>(d))
-      fail("{}: dataset '{}' of shape [{}] is larger than toptag reads at once ({} elements)", file, name,
-           fmt::join(shape, ","), kMaxReadElements);
+      fail("{}: dataset '{}' of shape [{}] is larger than toptag reads at once", file, name, fmt::join(shape, ","));
     n *= static_cast<hsize_t>(d);
   }
+  const hsize_t bytes = n * 8, stored = H5Dget_storage_size(ds);
+  if (bytes > kAlwaysAllowedBytes && bytes / kMaxExpansion > stored)
+    fail("{}: dataset '{}' declares shape [{}] but stores only {} bytes", file, name, fmt::join(shape, ","), stored);
   return {shape.begin(), shape.end()};
 }
 

@@ -100,7 +100,7 @@ class GrpcClient final : public InferenceClient {
             false);
       std::vector<float>& dst = r.outputs(i).name() == "features" ? reply.features : reply.probabilities;
       dst.resize(raw.size() / 4);
-      std::memcpy(dst.data(), raw.data(), dst.size() * 4);
+      if (!dst.empty()) std::memcpy(dst.data(), raw.data(), dst.size() * 4);
     }
     return reply;
   }
@@ -208,7 +208,7 @@ class HttpClient final : public InferenceClient {
                                         body.size() - offset),
                             false);
         dst.resize(bytes / 4);
-        std::memcpy(dst.data(), body.data() + offset, bytes);
+        if (bytes > 0) std::memcpy(dst.data(), body.data() + offset, bytes);
         offset += bytes;
       } else {
         dst = o.at("data").get<std::vector<float>>();

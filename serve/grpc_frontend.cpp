@@ -54,7 +54,8 @@ void answer_grpc_infer(InferenceService& s, const inference::ModelInferRequest& 
       throw invalid(
           fmt::format("raw contents of '{}' are {} bytes, not a whole number of FP32 values", in.name(), raw.size()));
     aligned.resize(raw.size() / 4);
-    std::memcpy(aligned.data(), raw.data(), raw.size());  // little-endian FP32, as on every supported host
+    if (!raw.empty())  // little-endian FP32, as on every supported host
+      std::memcpy(aligned.data(), raw.data(), raw.size());
     t.values = aligned;
   } else {
     t.values = {in.contents().fp32_contents().data(), static_cast<size_t>(in.contents().fp32_contents_size())};

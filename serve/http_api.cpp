@@ -111,7 +111,7 @@ InputTensor read_input(const json& in, const std::string& body, size_t json_size
       throw invalid(fmt::format("binary_data_size {} does not match the {} bytes after the JSON header", bytes,
                                 body.size() - json_size));
     values.resize(bytes / 4);
-    std::memcpy(values.data(), body.data() + json_size, bytes);
+    if (bytes > 0) std::memcpy(values.data(), body.data() + json_size, bytes);
   } else {
     if (!in.contains("data")) throw invalid("the input needs \"data\" (or binary_data_size with the binary extension)");
     flatten_numbers(in["data"], values);

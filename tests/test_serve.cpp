@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -794,6 +796,107 @@ TEST(Serve, ClientRefusesMalformedReplies) {
   }
   fake.stop();
   serving.join();
+}
+
+long resident_kb() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+// Soak: 64 clients at once for TOPTAG_SOAK_SECONDS (default 40), each mixing valid requests over
+// gRPC and HTTP with hostile ones (malformed HTTP, bad JSON, bad shapes, oversized and truncated
+// bodies). The server never fails a valid request, every answer is the image's own, and the
+// process's memory stays flat once warmed up.
+TEST(Serve, SoakManyClientsMixingValidAndHostileRequests) {
+  const char* env = std::getenv("TOPTAG_SOAK_SECONDS");
+  const double seconds = env ? std::atof(env) : 40.0;
+  ServerOptions o;
+  o.max_message_bytes = 1 << 20;
+  o.engine.max_batch = 16;
+  auto server = start_server(o);
+  const int http_port = server->http_port(), grpc_port = server->grpc_port();
+  constexpr int kImages = 8, kClients = 64;
+  const std::vector<float> images = random_images(kImages, 77);
+  const std::vector<float> expected = local_probabilities(images, kImages);
+  const std::string deep = std::string(5000, '[') + std::string(5000, ']');
+  const std::vector<std::string> hostile = {
+      "GET /v2/models/\xff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+      post_request("/v2/models/toptag/infer", "{\"inputs\": ["),
+      post_request("/v2/models/toptag/infer",
+                   "{\"inputs\":[{\"name\":\"images\",\"datatype\":\"FP32\",\"shape\":" + deep + "}]}"),
+      post_request(
+          "/v2/models/toptag/infer",
+          R"({"inputs":[{"name":"images","datatype":"FP32","shape":[1,1,16,16],"parameters":{"binary_data_size":-4}}]})"),
+      "POST /v2/models/toptag/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n{",
+      "POST /v2/models/toptag/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"inp",
+      "\x16\x03\x01garbage\r\n\r\n",
+  };
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> valid_ok{0}, valid_failed{0}, wrong{0}, hostile_sent{0}, hostile_5xx{0};
+  std::mutex error_mutex;
+  std::string first_error;
+  auto note = [&](const std::string& e) {
+    std::lock_guard lock(error_mutex);
+    if (first_error.empty()) first_error = e;
+  };
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c)
+    clients.emplace_back([&, c] {
+      Rng rng(1000 + c);
+      auto stub = grpc_stub(grpc_port);
+      auto http_client = InferenceClient::connect(fmt::format("http://127.0.0.1:{}", http_port), "toptag");
+      while (!done) {
+        const int k = static_cast<int>(rng.uniform() * kImages) % kImages;
+        const std::vector<float> one(images.begin() + k * kSize * kSize, images.begin() + (k + 1) * kSize * kSize);
+        const double pick = rng.uniform();
+        std::vector<float> got;
+        try {
+          if (pick < 0.35) {
+            grpc::ClientContext ctx;
+            ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+            inference::ModelInferResponse r;
+            const grpc::Status s = stub->ModelInfer(&ctx, raw_request(one, {1, 1, kSize, kSize}), &r);
+            if (!s.ok()) throw Error(fmt::format("gRPC {}: {}", static_cast<int>(s.error_code()), s.error_message()));
+            got = raw_floats(r.raw_output_contents(0));
+          } else if (pick < 0.7) {
+            got = http_client->infer("images", {1, 1, kSize, kSize}, one, false).probabilities;
+          } else {
+            ++hostile_sent;
+            const auto [status, body] =
+                raw_http(http_port, hostile[static_cast<size_t>(rng.uniform() * hostile.size()) % hostile.size()]);
+            if (status >= 500) ++hostile_5xx, note("a hostile request got " + std::to_string(status) + ": " + body);
+            continue;
+          }
+        } catch (const std::exception& e) {
+          ++valid_failed;
+          note(e.what());
+          continue;
+        }
+        if (got.size() != 2 || std::abs(got[0] - expected[2 * k]) > 1e-5 ||
+            std::abs(got[1] - expected[2 * k + 1]) > 1e-5)
+          ++wrong;
+        else
+          ++valid_ok;
+      }
+    });
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds * 0.25));
+  const long warm_kb = resident_kb();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds * 0.75));
+  const long end_kb = resident_kb();
+  done = true;
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(valid_failed.load(), 0) << first_error;
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(hostile_5xx.load(), 0) << first_error;
+  EXPECT_GT(valid_ok.load(), 100);
+  EXPECT_GT(hostile_sent.load(), 50);
+  EXPECT_LT(end_kb - warm_kb, 64 * 1024) << "resident memory grew from " << warm_kb << " kB to " << end_kb << " kB";
+  fmt::print("soak: {:.0f} s, {} valid answers, {} hostile requests, RSS {} -> {} MB\n", seconds, valid_ok.load(),
+             hostile_sent.load(), warm_kb / 1024, end_kb / 1024);
+  const auto [live, body] = raw_http(http_port, "GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(live, 200);
 }
 
 TEST(Serve, NonFiniteOutputsAreAServerErrorAndTheServerStaysUp) {
