@@ -40,6 +40,9 @@ void run_eval(const EvalArgs& a) {
   for (size_t i = 0; i < a.predictions.size(); ++i) {
     sets.push_back(read_predictions(a.predictions[i]));
     const std::string name = a.names.empty() ? default_name(a.predictions[i]) : a.names[i];
+    if (!a.roc_csv.empty() &&
+        (name.empty() || name.find_first_of("/\\") != std::string::npos || name == "." || name == ".."))
+      fail("--names '{}' cannot name a file in --roc-csv {} (no slashes, not empty)", name, a.roc_csv);
     try {
       models.push_back(evaluate(name, sets.back(), a.at, a.bootstrap, a.seed));
     } catch (const Error& e) {

@@ -49,6 +49,9 @@ void run_train(TrainArgs& a) {
   } else {
     TrainConfig config = a.config;
     config.images = a.image.merged();
+    // Stored absolute, so that `--resume` works from any directory.
+    for (std::string* path : {&config.train_path, &config.val_path, &config.features_path, &config.init_path})
+      if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
     apply_threads(config.threads);
     r = train(config, &stop_requested);
   }
