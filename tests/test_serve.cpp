@@ -689,6 +689,49 @@ TEST(Serve, HostileHttpRequestsGetAnErrorAndTheServerStaysUp) {
   }
 }
 
+// Slow and idle clients cannot hold the server's threads: a connection that sends nothing, or
+// trickles a request slower than the read timeout allows, is closed; others are served meanwhile.
+TEST(Serve, IdleAndSlowClientsAreDisconnected) {
+  ServerOptions o;
+  o.http_idle_timeout_s = 1;
+  o.http_read_timeout_s = 2;
+  auto server = start_server(o);
+  const int port = server->http_port();
+  auto connect = [port] {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    return fd;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  const int idle = connect();
+  const int slow = connect();
+  std::thread trickle([&] {  // one header byte every 300 ms: never a whole request within 2 s
+    const std::string request = "GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + std::string(40, 'a');
+    for (char c : request) {
+      if (::send(slow, &c, 1, MSG_NOSIGNAL) <= 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
+  });
+  const auto [live, body] = raw_http(port, "GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(live, 200) << "slow clients blocked the others";
+  char c;
+  EXPECT_EQ(::recv(idle, &c, 1, 0), 0) << "the idle connection was not closed";
+  const double idle_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(idle_s, 4.0);
+  EXPECT_LE(::recv(slow, &c, 1, 0), 0) << "the trickling connection was not closed";
+  const double slow_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(slow_s, 6.0);
+  ::shutdown(slow, SHUT_RDWR);
+  trickle.join();
+  ::close(idle), ::close(slow);
+}
+
 // A request larger than --max-batch runs as several executions of at most --max-batch images, and
 // its answer is the one each image gets alone.
 TEST(Serve, RequestsLargerThanMaxBatchAreSplit) {
