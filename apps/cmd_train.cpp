@@ -7,6 +7,8 @@
 
 #include "apps/commands.h"
 #include "apps/image_options.h"
+#include "nn/parallel.h"
+#include "training/distributed.h"
 #include "training/trainer.h"
 
 namespace toptag::apps {
@@ -33,6 +35,14 @@ std::string resume_output_dir(const std::string& dir_or_file) {
   return p.has_parent_path() ? p.parent_path().string() : std::string(".");
 }
 
+// --threads 0 means the cores available to this process: with several ranks on one machine, the
+// cores divided among them.
+void apply_train_threads(int threads) {
+  const World& world = World::get();
+  if (threads == 0 && world.distributed()) threads = std::max(1, hardware_threads() / world.local_size());
+  apply_threads(threads);
+}
+
 void run_train(TrainArgs& a) {
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
@@ -42,7 +52,7 @@ void run_train(TrainArgs& a) {
     const std::string checkpoint = resume_checkpoint_path(a.resume);
     output_dir = resume_output_dir(a.resume);
     const TrainConfig stored = read_train_config(checkpoint);
-    apply_threads(stored.threads);
+    apply_train_threads(stored.threads);
     fmt::print(stderr, "resuming {} from {}\n", output_dir, checkpoint);
     // The number of epochs is the only setting a resume may change.
     r = resume(checkpoint, output_dir, a.epochs_option->count() > 0 ? a.config.epochs : 0, &stop_requested);
@@ -52,11 +62,12 @@ void run_train(TrainArgs& a) {
     // Stored absolute, so that `--resume` works from any directory.
     for (std::string* path : {&config.train_path, &config.val_path, &config.features_path, &config.init_path})
       if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
-    apply_threads(config.threads);
+    apply_train_threads(config.threads);
     r = train(config, &stop_requested);
   }
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
+  if (!World::get().root()) return;  // rank 0 reports for the job
   if (r.interrupted) {
     fmt::print(
         stderr,

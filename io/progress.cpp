@@ -25,7 +25,11 @@ bool Progress::interactive(std::FILE* out) {
 }
 
 Progress::Progress(std::string label, int64_t total, std::string unit, std::FILE* out)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(total), out_(out), interactive_(interactive(out)) {
+    : label_(std::move(label)),
+      unit_(std::move(unit)),
+      total_(total),
+      out_(out),
+      interactive_(out != nullptr && interactive(out)) {
   start_ = last_draw_ = std::chrono::steady_clock::now();
 }
 
@@ -60,6 +64,7 @@ void Progress::finish(const std::string& status) {
 }
 
 void Progress::draw(bool final_line) {
+  if (out_ == nullptr) return;  // a silent progress (the other ranks of a distributed run)
   const double elapsed = elapsed_seconds();
   const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
   std::string counts = total_ > 0 ? fmt::format("{}/{} {}", done_, total_, unit_) : fmt::format("{} {}", done_, unit_);

@@ -11,7 +11,7 @@ namespace toptag {
 
 class Progress {
  public:
-  // `total` units of work (0 if unknown), `unit` names them ("jets", "images", "steps").
+  // `total` units of work (0 if unknown), `unit` names them ("jets", "images", "steps"); out nullptr: silent.
   Progress(std::string label, int64_t total, std::string unit, std::FILE* out = stderr);
   ~Progress();
   Progress(const Progress&) = delete;

@@ -11,6 +11,7 @@ packages=(
   libgnuplot-iostream-dev libboost-iostreams-dev libboost-system-dev libboost-filesystem-dev gnuplot-nox
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libfastjet-dev
+  libopenmpi-dev openmpi-bin  # data-parallel training (mpirun -np N toptag train ...)
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libcpp-httplib-dev libboost-dev
   clang libclang-rt-14-dev libomp-dev  # the sanitizer and libFuzzer build (scripts/sanitize.sh, scripts/fuzz.sh)
   python3-h5py python3-pandas python3-tables  # tests only: toptag's files read from Python, as the real ones are

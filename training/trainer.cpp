@@ -12,6 +12,7 @@
 #include "nn/check.h"
 #include "nn/ops/softmax.h"
 #include "training/batches.h"
+#include "training/distributed.h"
 #include "training/metrics_log.h"
 
 namespace toptag {
@@ -29,6 +30,7 @@ struct Run {
   Tagger tagger;
   std::unique_ptr<TrainingData> data;
   std::unique_ptr<Adam> adam;
+  StateList trainable;  // what Adam updates: the gradients averaged over the ranks
   MetricsLog metrics;
   std::string last, best;  // checkpoint paths
 
@@ -79,6 +81,9 @@ void prepare(Run& run, bool fresh) {
   ResNet& model = *run.tagger.model;
   c.arch = model.config().arch, c.width = model.config().width, c.hidden = model.config().hidden;
   fs::create_directories(c.output_dir);
+  const World& world = World::get();
+  if (world.distributed() && c.batch_size % world.size() != 0)
+    fail("--batch-size {} is the global batch: it must divide evenly over the {} ranks", c.batch_size, world.size());
   run.data = open_training_data(c, model.feature_dim());
   if (std::optional<ImageOptions> used = run.data->image_options()) c.images = *used;  // what the files hold
   if (c.features_path.empty()) check_channels(model, c.images, c.train_path);
@@ -86,8 +91,8 @@ void prepare(Run& run, bool fresh) {
   if (fresh) set_up_quantization(run);
   run.tagger.images = c.images;
   run.tagger.training_config = c.to_json();
-  const StateList trainable = c.head_only() ? model.head_state() : model.state();
-  run.adam = std::make_unique<Adam>(trainable.parameters, AdamOptions{c.lr, 0.9, 0.999, 1e-8, c.weight_decay});
+  run.trainable = c.head_only() ? model.head_state() : model.state();
+  run.adam = std::make_unique<Adam>(run.trainable.parameters, AdamOptions{c.lr, 0.9, 0.999, 1e-8, c.weight_decay});
 }
 
 // The forward pass being trained: the whole model, the head on frozen features, or the head alone
@@ -103,31 +108,91 @@ Var training_forward(ResNet& model, const TrainConfig& c, const Tensor& inputs) 
   return model.head(Var(features.value()));
 }
 
+// This rank's rows of a global batch of n: [n*rank/N, n*(rank+1)/N).
+Example local_slice(Example global, const World& world) {
+  if (!world.distributed()) return global;
+  const int64_t n = static_cast<int64_t>(global.labels.size());
+  const int64_t begin = n * world.rank() / world.size(), end = n * (world.rank() + 1) / world.size();
+  Shape shape = global.inputs.shape();
+  shape[0] = end - begin;
+  const int64_t per = global.inputs.numel() / std::max<int64_t>(n, 1);
+  Example local{Tensor::from(shape, std::span<const float>(global.inputs.data() + begin * per,
+                                                           static_cast<size_t>((end - begin) * per))),
+                std::vector<int64_t>(global.labels.begin() + begin, global.labels.begin() + end)};
+  return local;
+}
+
+// The gradient of the global batch's mean loss on every rank: each rank's mean-loss gradient times
+// its row count, summed over the ranks (one allreduce over all the gradients), divided by the
+// global batch size. Every rank then takes the same Adam step.
+void average_gradients(const StateList& trainable, int64_t local_rows, int64_t global_rows, const World& world) {
+  std::vector<float> flat;
+  for (const auto& p : trainable.parameters) {
+    const Tensor& g = p.var->grad();
+    flat.insert(flat.end(), g.data(), g.data() + g.numel());
+  }
+  const float scale_in = static_cast<float>(local_rows);
+  for (float& v : flat) v *= scale_in;
+  world.sum(flat);
+  const float scale_out = 1.0f / static_cast<float>(global_rows);
+  size_t offset = 0;
+  for (const auto& p : trainable.parameters) {
+    Tensor& g = p.var->mutable_grad();
+    for (int64_t i = 0; i < g.numel(); ++i) g.data()[i] = flat[offset++] * scale_out;
+  }
+}
+
+// Every rank must hold the same weights: their sum, in double, compared across the ranks.
+void check_weights_agree(const StateList& state, const World& world, int64_t epoch) {
+  if (!world.distributed()) return;
+  double checksum = 0;
+  for (const auto& p : state.parameters) {
+    const Tensor& w = p.var->value();
+    for (int64_t i = 0; i < w.numel(); ++i) checksum += w.data()[i] * (1.0 + 1e-3 * static_cast<double>(i % 7));
+  }
+  if (world.max(checksum) != world.min(checksum))
+    fail("after epoch {} the ranks' weights differ (checksums {} to {}): the data-parallel run is broken", epoch,
+         world.min(checksum), world.max(checksum));
+}
+
 EpochResult run_epoch(Run& run, const std::atomic<bool>* stop) {
   const TrainConfig& c = run.config;
   TrainState& s = run.state;
   const int64_t steps_per_epoch = run.data->batches_per_epoch();
   run.data->start_epoch(s.epoch, s.step_in_epoch);
   run.tagger.model->set_training(!c.head_only());
-  Progress progress(fmt::format("epoch {}/{}", s.epoch + 1, c.epochs), run.data->jets_per_epoch(), "jets");
+  const World& world = World::get();
+  Progress progress(fmt::format("epoch {}/{}", s.epoch + 1, c.epochs), run.data->jets_per_epoch(), "jets",
+                    world.root() ? stderr : nullptr);
   progress.advance(s.step_in_epoch * c.batch_size);
   double loss_sum = 0;
   int64_t steps = 0;
   EpochResult r;
   r.lr = c.lr;
-  while (std::optional<Example> batch = run.data->next()) {
+  while (std::optional<Example> global = run.data->next()) {
+    const int64_t global_rows = static_cast<int64_t>(global->labels.size());
+    if (global_rows < world.size()) continue;  // a last partial batch too small to give every rank a row
+    const Example batch = local_slice(std::move(*global), world);
+    const int64_t local_rows = static_cast<int64_t>(batch.labels.size());
     r.lr = learning_rate(c.lr, c.schedule, s.global_step, steps_per_epoch, steps_per_epoch * c.epochs);
     run.adam->set_lr(r.lr);
-    Var loss = softmax_cross_entropy(training_forward(*run.tagger.model, c, batch->inputs), batch->labels);
+    Var loss = softmax_cross_entropy(training_forward(*run.tagger.model, c, batch.inputs), batch.labels);
     run.adam->zero_grad();
     backward(loss);
+    // The loss for the log and the stop request travel with the gradients' allreduce: every rank
+    // stops at the same step.
+    double shared[2] = {loss.value().data()[0] * static_cast<double>(local_rows), stop && stop->load() ? 1.0 : 0.0};
+    if (world.distributed()) {
+      average_gradients(run.trainable, local_rows, global_rows, world);
+      world.sum(shared);
+    }
     run.adam->step();
     ++s.step_in_epoch, ++s.global_step, ++steps;
-    loss_sum += loss.value().data()[0];
+    loss_sum += shared[0] / static_cast<double>(world.distributed() ? global_rows : local_rows);
+    const bool stop_now = shared[1] > 0;
     r.mean_loss = loss_sum / static_cast<double>(steps);
-    progress.advance(static_cast<int64_t>(batch->labels.size()),
-                     fmt::format("loss {:.4f} lr {:.2g}", r.mean_loss, r.lr));
-    if (stop && stop->load()) {
+    progress.advance(global_rows, fmt::format("loss {:.4f} lr {:.2g}", r.mean_loss, r.lr));
+    if (stop_now) {
       progress.finish("interrupted");
       r.interrupted = true;
       return r;
@@ -144,7 +209,8 @@ EpochMetrics evaluate(Run& run, const EpochResult& epoch, double seconds) {
   io.batch_size = run.config.eval_batch_size;
   io.max_jets = run.config.max_val_jets;
   io.label = "validate";
-  io.keep_non_finite = true;  // a diverged run still gets its metrics (NaN) and its report
+  io.show_progress = World::get().root();  // every rank validates the whole set: identical metrics
+  io.keep_non_finite = true;               // a diverged run still gets its metrics (NaN) and its report
   const InferenceResult v = run.data->validate(*run.tagger.model, io);
   const Predictions& p = v.predictions;
   EpochMetrics m{
@@ -167,6 +233,12 @@ EpochMetrics evaluate(Run& run, const EpochResult& epoch, double seconds) {
 
 // Logs an epoch's metrics and writes last.h5 (and best.h5 if its AUC is the best so far).
 void finish_epoch(Run& run, const EpochMetrics& m) {
+  check_weights_agree(run.trainable, World::get(), m.epoch);
+  if (!World::get().root()) {  // rank 0 alone logs and writes; the others only keep the state in step
+    TrainState& s = run.state;
+    if (m.val_auc > s.best_auc) s.best_auc = m.val_auc, s.best_epoch = m.epoch;
+    return;
+  }
   fmt::print(
       stderr,
       "epoch {}/{}: train loss {:.4f}  val loss {:.4f}  accuracy {:.4f}  AUC {:.4f}  1/eps_B(0.3) {:.1f}  ({})\n",
@@ -196,7 +268,7 @@ TrainResult train_loop(Run& run, const std::atomic<bool>* stop) {
     const auto start = Clock::now();
     const EpochResult epoch = run_epoch(run, stop);
     if (epoch.interrupted) {
-      write_training_checkpoint(run.last, run.tagger, *run.adam, s, run.config);
+      if (World::get().root()) write_training_checkpoint(run.last, run.tagger, *run.adam, s, run.config);
       result.interrupted = true;
       break;
     }
