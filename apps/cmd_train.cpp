@@ -122,6 +122,8 @@ void add_train_command(CLI::App& app) {
       ->default_val(0)
       ->check(in_range(0, 1e12));
   cmd->add_flag("--freeze-backbone", c.freeze_backbone, "train only fc1 and fc2 (the featurizer stays fixed)");
+  cmd->add_flag("--sync-batchnorm", c.sync_batchnorm,
+                "under mpirun: batch-norm statistics over every rank's batch (N ranks then match one process)");
   cmd->add_option("--quantize", c.quantize,
                   "quantization-aware training with weights in this format (see toptag quantize)");
   cmd->add_option("--quantize-activations", c.quantize_activations,

@@ -31,6 +31,22 @@ print(f"1 vs 2 ranks, max |weight difference| after 64 steps: {worst:.2e}")
 assert worst < 1e-5, worst
 PY
 
+# With --sync-batchnorm the whole model on 2 ranks x 4 rows matches 1 process x 8 rows: batch-norm
+# statistics and their backward sums cover the global batch (10 steps; float summation order only).
+for ranks in 1 2; do
+  launcher=""; [ "$ranks" = 2 ] && launcher=$MPIRUN
+  $launcher $TOPTAG train --train train.h5 --val val.h5 -o sync$ranks --init base/last.h5 --sync-batchnorm \
+    $TINY --batch-size 8 --epochs 1 --max-train-jets 80 >sync$ranks.log 2>&1 || fail "sync-BN training on $ranks rank(s): $(tail -3 sync$ranks.log)"
+done
+/usr/bin/python3 - <<'PY' || fail "synchronised batch norm: 1 and 2 ranks ended with different weights"
+import h5py, numpy as np
+a, b = h5py.File("sync1/last.h5"), h5py.File("sync2/last.h5")
+names = [k for k in a.keys() if isinstance(a[k], h5py.Dataset) and a[k].dtype.kind == "f"]
+worst = max(float(np.max(np.abs(a[k][()] - b[k][()])) / (1e-3 + float(np.max(np.abs(a[k][()]))))) for k in names)
+print(f"sync batch norm, 1 vs 2 ranks, worst relative weight difference over {len(names)} tensors: {worst:.2e}")
+assert worst < 1e-3, worst
+PY
+
 # Whole-model training on 2 ranks (local batch-norm statistics) learns, and only rank 0 logs.
 $MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o full $TINY --batch-size 16 --epochs 3 >full.log 2>&1 \
   || fail "2-rank training: $(tail -3 full.log)"

@@ -10,6 +10,7 @@
 #include "eval/metrics.h"
 #include "io/progress.h"
 #include "nn/check.h"
+#include "nn/ops/batchnorm2d.h"
 #include "nn/ops/softmax.h"
 #include "training/batches.h"
 #include "training/distributed.h"
@@ -46,6 +47,7 @@ struct EpochResult {
   double mean_loss = 0;
   double lr = 0;  // at the last step
   bool interrupted = false;
+  double allreduce_seconds = 0;  // spent averaging gradients over the ranks
 };
 
 // The starting weights of a fresh run: --init's checkpoint, or a new model drawn from the seed.
@@ -183,8 +185,10 @@ EpochResult run_epoch(Run& run, const std::atomic<bool>* stop) {
     // stops at the same step.
     double shared[2] = {loss.value().data()[0] * static_cast<double>(local_rows), stop && stop->load() ? 1.0 : 0.0};
     if (world.distributed()) {
+      const auto reduce_start = Clock::now();
       average_gradients(run.trainable, local_rows, global_rows, world);
       world.sum(shared);
+      r.allreduce_seconds += std::chrono::duration<double>(Clock::now() - reduce_start).count();
     }
     run.adam->step();
     ++s.step_in_epoch, ++s.global_step, ++steps;
@@ -198,7 +202,10 @@ EpochResult run_epoch(Run& run, const std::atomic<bool>* stop) {
       return r;
     }
   }
-  progress.finish(fmt::format("loss {:.4f}", r.mean_loss));
+  progress.finish(world.distributed()
+                      ? fmt::format("loss {:.4f}, allreduce {:.1f} ms/step", r.mean_loss,
+                                    1e3 * r.allreduce_seconds / static_cast<double>(std::max<int64_t>(steps, 1)))
+                      : fmt::format("loss {:.4f}", r.mean_loss));
   run.data->report_skipped();
   return r;
 }
@@ -262,6 +269,12 @@ void finish_epoch(Run& run, const EpochMetrics& m) {
 }
 
 TrainResult train_loop(Run& run, const std::atomic<bool>* stop) {
+  const World& world = World::get();
+  if (world.distributed() && run.config.sync_batchnorm)
+    set_batchnorm_cross_batch_sum([&world](std::span<double> sums) { world.sum(sums); });
+  struct Unset {
+    ~Unset() { set_batchnorm_cross_batch_sum(nullptr); }
+  } unset;
   TrainResult result;
   result.last_checkpoint = run.last, result.best_checkpoint = run.best;
   for (TrainState& s = run.state; s.epoch < run.config.epochs; ++s.epoch, s.step_in_epoch = 0) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "nn/check.h"
 #include "nn/profile.h"
@@ -10,30 +11,38 @@ namespace toptag {
 
 namespace {
 
-// Per-channel mean and biased variance over (N, H, W): two passes (sum, then squared deviations)
-// so a large mean cannot cancel away the variance; float partials per plane, double across planes.
-void batch_statistics(const Tensor& x, Tensor& mean, Tensor& var) {
+CrossBatchSum cross_batch_sum;  // set only in a data-parallel run with synchronised batch norm
+
+// Per-channel mean and biased variance over (N, H, W) (and over every process's batch when batch
+// norm is synchronised): two passes (sum, then squared deviations from the mean) so a large mean
+// cannot cancel away the variance; float partials per plane, double across planes. Returns the
+// number of values per channel the statistics cover.
+int64_t batch_statistics(const Tensor& x, Tensor& mean, Tensor& var) {
   const int64_t N = x.dim(0), C = x.dim(1), L = x.dim(2) * x.dim(3);
+  std::vector<double> sums(static_cast<size_t>(C + 1));
+  auto plane_sums = [&](const auto& term) {
 #pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < C; ++c) {
-    double sum = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const float* plane = x.data() + (n * C + c) * L;
-      float s = 0.0f;
-      for (int64_t i = 0; i < L; ++i) s += plane[i];
-      sum += s;
+    for (int64_t c = 0; c < C; ++c) {
+      double sum = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const float* plane = x.data() + (n * C + c) * L;
+        float s = 0.0f;
+        for (int64_t i = 0; i < L; ++i) s += term(plane[i], c);
+        sum += s;
+      }
+      sums[static_cast<size_t>(c)] = sum;
     }
-    const float m = static_cast<float>(sum / static_cast<double>(N * L));
-    double sum_sq = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const float* plane = x.data() + (n * C + c) * L;
-      float ss = 0.0f;
-      for (int64_t i = 0; i < L; ++i) ss += (plane[i] - m) * (plane[i] - m);
-      sum_sq += ss;
-    }
-    mean.data()[c] = m;
-    var.data()[c] = static_cast<float>(sum_sq / static_cast<double>(N * L));
-  }
+  };
+  plane_sums([](float v, int64_t) { return v; });
+  sums[static_cast<size_t>(C)] = static_cast<double>(N * L);
+  if (cross_batch_sum) cross_batch_sum(sums);
+  const double count = sums[static_cast<size_t>(C)];
+  for (int64_t c = 0; c < C; ++c) mean.data()[c] = static_cast<float>(sums[static_cast<size_t>(c)] / count);
+  plane_sums([&](float v, int64_t c) { return (v - mean.data()[c]) * (v - mean.data()[c]); });
+  sums[static_cast<size_t>(C)] = 0;
+  if (cross_batch_sum) cross_batch_sum(sums);
+  for (int64_t c = 0; c < C; ++c) var.data()[c] = static_cast<float>(sums[static_cast<size_t>(c)] / count);
+  return static_cast<int64_t>(count);
 }
 
 // y = (x - mean) * invstd * gamma + beta, per channel (and max(0, y) with relu).
@@ -62,12 +71,14 @@ Tensor normalize(const Tensor& x, const Tensor& mean, const Tensor& invstd, cons
 //   eval:     dx = gamma * invstd * dy            (mean and invstd are constants)
 // With a fused ReLU (y defined), dy is first masked: dy * (y > 0).
 void backward(const Tensor& gy, const Tensor& x, const Tensor& y, const Tensor& mean, const Tensor& invstd,
-              const Tensor& gamma, bool training, GradSlot* x_slot, GradSlot* gamma_slot, GradSlot* beta_slot) {
+              const Tensor& gamma, bool training, int64_t count, GradSlot* x_slot, GradSlot* gamma_slot,
+              GradSlot* beta_slot) {
   ProfileScope profile("batchnorm backward");
   const int64_t N = x.dim(0), C = x.dim(1), L = x.dim(2) * x.dim(3);
-  const double M = static_cast<double>(N * L);
   const bool relu = y.defined();
+  auto masked = [&](const float* g, const float* out, int64_t i) { return relu && !(out[i] > 0.0f) ? 0.0f : g[i]; };
   Tensor dx = x_slot ? Tensor::empty(x.shape()) : Tensor(), dgamma = Tensor::empty({C}), dbeta = Tensor::empty({C});
+  std::vector<double> sums(static_cast<size_t>(2 * C));  // sum(dy), sum(dy * xhat) per channel
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < C; ++c) {
     const float mu = mean.data()[c], is = invstd.data()[c];
@@ -78,29 +89,36 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& y, const Tensor& 
       const float* out = relu ? y.data() + (n * C + c) * L : nullptr;
       float s = 0.0f, sx = 0.0f;
       for (int64_t i = 0; i < L; ++i) {
-        const float gi = relu && !(out[i] > 0.0f) ? 0.0f : g[i];
+        const float gi = masked(g, out, i);
         s += gi;
         sx += gi * (in[i] - mu);
       }
       sum_dy += s;
       sum_dy_xhat += sx;
     }
-    sum_dy_xhat *= is;
-    dgamma.data()[c] = static_cast<float>(sum_dy_xhat);
+    sums[static_cast<size_t>(c)] = sum_dy;
+    sums[static_cast<size_t>(C + c)] = sum_dy_xhat * is;
+    dgamma.data()[c] = static_cast<float>(sum_dy_xhat * is);  // this process's part
     dbeta.data()[c] = static_cast<float>(sum_dy);
-    if (!x_slot) continue;
-    const float k = gamma.data()[c] * is;
-    const float mean_dy = training ? static_cast<float>(sum_dy / M) : 0.0f;
-    const float mean_dy_xhat = training ? static_cast<float>(sum_dy_xhat / M) : 0.0f;
-    for (int64_t n = 0; n < N; ++n) {
-      const float* g = gy.data() + (n * C + c) * L;
-      const float* in = x.data() + (n * C + c) * L;
-      const float* yo = relu ? y.data() + (n * C + c) * L : nullptr;
-      float* out = dx.data() + (n * C + c) * L;
-      for (int64_t i = 0; i < L; ++i) {
-        const float xhat = (in[i] - mu) * is;
-        const float gi = relu && !(yo[i] > 0.0f) ? 0.0f : g[i];
-        out[i] = k * (gi - mean_dy - xhat * mean_dy_xhat);
+  }
+  // Synchronised: dx depends on the sums over every process's batch (x's statistics did too).
+  if (x_slot && training && cross_batch_sum) cross_batch_sum(sums);
+  if (x_slot) {
+    const double M = static_cast<double>(count);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      const float mu = mean.data()[c], is = invstd.data()[c], k = gamma.data()[c] * is;
+      const float mean_dy = training ? static_cast<float>(sums[static_cast<size_t>(c)] / M) : 0.0f;
+      const float mean_dy_xhat = training ? static_cast<float>(sums[static_cast<size_t>(C + c)] / M) : 0.0f;
+      for (int64_t n = 0; n < N; ++n) {
+        const float* g = gy.data() + (n * C + c) * L;
+        const float* in = x.data() + (n * C + c) * L;
+        const float* yo = relu ? y.data() + (n * C + c) * L : nullptr;
+        float* out = dx.data() + (n * C + c) * L;
+        for (int64_t i = 0; i < L; ++i) {
+          const float xhat = (in[i] - mu) * is;
+          out[i] = k * (masked(g, yo, i) - mean_dy - xhat * mean_dy_xhat);
+        }
       }
     }
   }
@@ -110,6 +128,10 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& y, const Tensor& 
 }
 
 }  // namespace
+
+void set_batchnorm_cross_batch_sum(CrossBatchSum sum) {
+  cross_batch_sum = std::move(sum);
+}
 
 Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
                 BatchNormParams params) {
@@ -125,10 +147,11 @@ Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running
     fail("batchnorm2d: training needs more than one value per channel, input shape {}", x.shape().str());
 
   Tensor mean = Tensor::empty({C}), invstd = Tensor::empty({C});
+  int64_t covered = count;  // values per channel the statistics cover (every process's, when synchronised)
   if (params.training) {
     Tensor var = Tensor::empty({C});
-    batch_statistics(x.value(), mean, var);
-    const float m = params.momentum, unbias = static_cast<float>(count) / static_cast<float>(count - 1);
+    covered = batch_statistics(x.value(), mean, var);
+    const float m = params.momentum, unbias = static_cast<float>(covered) / static_cast<float>(covered - 1);
     for (int64_t c = 0; c < C; ++c) {
       invstd.data()[c] = 1.0f / std::sqrt(var.data()[c] + params.eps);
       running_mean.data()[c] = (1 - m) * running_mean.data()[c] + m * mean.data()[c];
@@ -140,11 +163,12 @@ Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running
   }
   Tensor y = normalize(x.value(), mean, invstd, gamma.value(), beta.value(), params.relu);
   Tensor saved_y = params.relu ? y : Tensor();  // the ReLU mask
-  return record_op(std::move(y), {&x, &gamma, &beta},
-                   [xv = x.value(), yv = std::move(saved_y), mean, invstd, gv = gamma.value(),
-                    training = params.training, xs = x.slot(), gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
-                     backward(gy, xv, yv, mean, invstd, gv, training, xs.get(), gs.get(), bs.get());
-                   });
+  return record_op(
+      std::move(y), {&x, &gamma, &beta},
+      [xv = x.value(), yv = std::move(saved_y), mean, invstd, gv = gamma.value(), training = params.training, covered,
+       xs = x.slot(), gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
+        backward(gy, xv, yv, mean, invstd, gv, training, covered, xs.get(), gs.get(), bs.get());
+      });
 }
 
 }  // namespace toptag

@@ -4,6 +4,9 @@
 // Eval: normalise with the running statistics.
 #pragma once
 
+#include <functional>
+#include <span>
+
 #include "nn/autograd.h"
 
 namespace toptag {
@@ -14,6 +17,13 @@ struct BatchNormParams {
   bool training = true;
   bool relu = false;  // y = max(0, batchnorm(x)) in the same pass (backward masks dy by y > 0)
 };
+
+// Synchronised batch norm for data-parallel training: training-mode statistics (and the two sums of
+// the backward pass) are summed over every process's batch through `sum` (an MPI allreduce, set by
+// training). Unset (the default), each process normalises with its own batch. The parameter
+// gradients stay this process's part, for the training loop's gradient averaging to combine.
+using CrossBatchSum = std::function<void(std::span<double>)>;
+void set_batchnorm_cross_batch_sum(CrossBatchSum sum);
 
 // x: (N,C,H,W), gamma, beta: (C), running_mean, running_var: (C), updated in place when training
 // -> y: (N,C,H,W)
