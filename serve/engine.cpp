@@ -143,6 +143,7 @@ void BatchingEngine::run_batch(std::vector<Pending>& batch) {
   const auto start = Clock::now();
   int64_t n = 0;
   for (const Pending& p : batch) n += p.images.dim(0);
+  size_t answered = 0;
   try {
     const int64_t per = tagger_.images.pixels();
     Tensor images = batch.size() == 1
@@ -177,9 +178,10 @@ void BatchingEngine::run_batch(std::vector<Pending>& batch) {
       r.batch_images = n;
       row += m;
       p.promise.set_value(std::move(r));
+      ++answered;
     }
-  } catch (...) {
-    for (Pending& p : batch) p.promise.set_exception(std::current_exception());
+  } catch (...) {  // only the requests not answered yet: a promise is set once
+    for (size_t i = answered; i < batch.size(); ++i) batch[i].promise.set_exception(std::current_exception());
   }
 }
 

@@ -130,6 +130,13 @@ HttpReply infer(InferenceService& service, const std::string& model, const std::
     if (json_size > req.body.size())
       throw invalid(fmt::format("{} = {} is longer than the {}-byte body", kBinaryHeader, json_size, req.body.size()));
   }
+  // A JSON tree takes about ten times its text in memory: tensors beyond a few MB must come in the
+  // binary extension, as tritonclient sends them by default.
+  if (json_size > kMaxJsonBytes)
+    throw invalid(
+        fmt::format("the JSON part is {} bytes, over {} MB: send large tensors with the binary extension "
+                    "(binary_data_size)",
+                    json_size, kMaxJsonBytes >> 20));
   const json body = parse_json(std::string_view(req.body).substr(0, json_size));
   if (!body.is_object() || !body.contains("inputs") || !body["inputs"].is_array() || body["inputs"].size() != 1)
     throw invalid("the body needs \"inputs\": one tensor (images or constituents)");

@@ -32,6 +32,8 @@ struct HttpReply {
 inline constexpr const char* kBinaryHeader = "Inference-Header-Content-Length";
 // Deeper JSON is refused before it is built: no request can make the parser or printer recurse far.
 inline constexpr int kMaxJsonDepth = 16;
+// The JSON part of a request, at most (its tree takes about 10x the text).
+inline constexpr size_t kMaxJsonBytes = size_t{8} << 20;
 
 // GET /v2, /v2/health/{live,ready}, /v2/models/NAME[/versions/V][/ready]; POST .../infer.
 HttpReply answer_http(InferenceService& service, const HttpRequest& request);

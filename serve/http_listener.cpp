@@ -51,7 +51,10 @@ bool is_parse_error(beast::error_code ec) {
 // the client keeps the connection alive.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, HttpListener::Impl* owner) : stream_(std::move(socket)), owner_(owner) {
+  Session(tcp::socket socket, HttpListener::Impl* owner)
+      : stream_(std::move(socket)),
+        buffer_(static_cast<size_t>(owner->limits.max_header_bytes) + 65536),
+        owner_(owner) {
     ++owner_->connections;
   }
   ~Session() {
@@ -175,7 +178,9 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   beast::tcp_stream stream_;
-  beast::flat_buffer buffer_;  // the parser's header_limit and body_limit bound what it holds
+  // Capped: Beast 1.74 bounds neither chunk-size lines (extensions) nor trailers by header_limit;
+  // bodies are moved out of the buffer as they are parsed, so the cap does not limit them.
+  beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   HttpListener::Impl* owner_;
   int64_t reserved_ = 0;
@@ -186,13 +191,17 @@ class Session : public std::enable_shared_from_this<Session> {
 void HttpListener::Impl::accept() {
   acceptor.async_accept(asio::make_strand(io), [this](beast::error_code ec, tcp::socket socket) {
     if (!acceptor.is_open()) return;  // stopped
-    if (!ec) {
-      if (connections.load() >= limits.max_connections) {
-        socket.close(ec);  // over the limit: refuse rather than queue without bound
-      } else {
-        std::make_shared<Session>(std::move(socket), this)->start();
-      }
+    if (ec) {                         // e.g. out of file descriptors: retry shortly rather than spin on the same error
+      auto timer = std::make_shared<asio::steady_timer>(acceptor.get_executor(), std::chrono::milliseconds(50));
+      timer->async_wait([this, timer](beast::error_code) {
+        if (acceptor.is_open()) accept();
+      });
+      return;
     }
+    if (connections.load() >= limits.max_connections)
+      socket.close(ec);  // over the limit: refuse rather than queue without bound
+    else
+      std::make_shared<Session>(std::move(socket), this)->start();
     accept();
   });
 }
@@ -225,7 +234,16 @@ void HttpListener::start() {
   if (s.started) return;
   s.started = true;
   s.accept();
-  for (int i = 0; i < s.limits.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
+  for (int i = 0; i < s.limits.threads; ++i)
+    s.threads.emplace_back([&s] {
+      for (;;) {  // a handler that throws (out of memory) costs its connection, never the thread
+        try {
+          s.io.run();
+          return;
+        } catch (const std::exception&) {
+        }
+      }
+    });
 }
 
 void HttpListener::stop() {

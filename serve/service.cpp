@@ -9,6 +9,21 @@
 
 namespace toptag {
 
+namespace {
+
+// A client's string as echoed in an error message: at most 64 characters.
+std::string clip(const std::string& text) {
+  return text.size() <= 64 ? text : text.substr(0, 64) + "...";
+}
+
+// "[1,1,40,40]", at most 8 dimensions shown.
+std::string shape_text(const std::vector<int64_t>& shape) {
+  if (shape.size() <= 8) return fmt::format("[{}]", fmt::join(shape, ","));
+  return fmt::format("[{},... ({} dimensions)]", fmt::join(shape.begin(), shape.begin() + 8, ","), shape.size());
+}
+
+}  // namespace
+
 void ServiceMetrics::count_failure(RequestError::Kind kind) {
   switch (kind) {
     case RequestError::Kind::exhausted:
@@ -64,10 +79,10 @@ InferenceService::InferenceService(BatchingEngine& engine, std::string model_nam
 void InferenceService::check_model(const std::string& name, const std::string& version) const {
   if (name != model_name_)
     throw RequestError(RequestError::Kind::not_found,
-                       fmt::format("unknown model '{}' (this server has '{}')", name, model_name_));
+                       fmt::format("unknown model '{}' (this server has '{}')", clip(name), model_name_));
   if (!version.empty() && version != kVersion)
     throw RequestError(RequestError::Kind::not_found,
-                       fmt::format("model '{}' has no version '{}' (only '{}')", name, version, kVersion));
+                       fmt::format("model '{}' has no version '{}' (only '{}')", clip(name), clip(version), kVersion));
 }
 
 std::vector<TensorMetadata> InferenceService::inputs() const {
@@ -111,7 +126,13 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
     for (int64_t begin = 0; begin < n; begin += max_batch)
       parts.push_back(rows(images, begin, std::min(max_batch, n - begin)));
   }
-  CancelFlag flag = cancelled ? std::make_shared<std::atomic<bool>>(false) : nullptr;
+  if (parts.size() > engine_.max_queue())
+    throw RequestError(RequestError::Kind::invalid,
+                       fmt::format("{} jets make {} executions of --max-batch {}, more than the server's queue holds "
+                                   "({}): send fewer jets per request",
+                                   n, parts.size(), max_batch, engine_.max_queue()));
+  // Set on every way out but success: the parts still queued are then dropped, not computed.
+  CancelFlag flag = std::make_shared<std::atomic<bool>>(false);
   std::vector<std::future<EngineResult>> futures;
   try {
     futures = engine_.submit(std::move(parts), want_features, flag);
@@ -124,7 +145,7 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
   std::vector<Tensor> probabilities, features;
   try {
     for (std::future<EngineResult>& f : futures) {
-      while (flag && f.wait_for(std::chrono::milliseconds(10)) != std::future_status::ready) {
+      while (cancelled && f.wait_for(std::chrono::milliseconds(10)) != std::future_status::ready) {
         if (cancelled()) {
           flag->store(true);  // queued parts are dropped; a part being computed finishes unread
           throw RequestError(RequestError::Kind::cancelled, "the client cancelled the request or its deadline passed");
@@ -137,11 +158,17 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
       if (want_features) features.push_back(std::move(part.features));
     }
   } catch (const Cancelled& e) {
+    flag->store(true);
     throw RequestError(RequestError::Kind::cancelled, e.what());
   } catch (const RequestError&) {
+    flag->store(true);
     throw;
   } catch (const Error& e) {
+    flag->store(true);
     throw RequestError(RequestError::Kind::unavailable, e.what());
+  } catch (...) {
+    flag->store(true);
+    throw;
   }
   r.probabilities = stack_rows(probabilities, n);
   if (want_features) r.features = stack_rows(features, n);
@@ -157,20 +184,21 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
   auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
   const std::vector<std::string> outputs = requested.empty() ? std::vector<std::string>{"probabilities"} : requested;
-  bool want_features = false;
+  bool want_features = false, want_probabilities = false;
   for (const std::string& o : outputs) {
-    if (o == "features")
-      want_features = true;
-    else if (o != "probabilities")
-      throw invalid(fmt::format("unknown output '{}' (probabilities, features)", o));
+    bool& wanted = o == "features" ? want_features : want_probabilities;
+    if (o != "features" && o != "probabilities")
+      throw invalid(fmt::format("unknown output '{}' (probabilities, features)", clip(o)));
+    if (wanted) throw invalid(fmt::format("output '{}' is requested twice", o));  // each copy would cost memory
+    wanted = true;
   }
   if (in.datatype != "FP32")
-    throw invalid(fmt::format("input '{}' has datatype '{}'; expected FP32", in.name, in.datatype));
+    throw invalid(fmt::format("input '{}' has datatype '{}'; expected FP32", clip(in.name), clip(in.datatype)));
   for (int64_t d : in.shape)
     if (d < 0)
       throw invalid(
-          fmt::format("input '{}' has a negative dimension in shape [{}]", in.name, fmt::join(in.shape, ",")));
-  const std::string shape = fmt::format("[{}]", fmt::join(in.shape, ","));
+          fmt::format("input '{}' has a negative dimension in shape {}", clip(in.name), shape_text(in.shape)));
+  const std::string shape = shape_text(in.shape);
   Tensor images;
   const ImageOptions& o = engine_.image_options();
   if (in.name == "images") {
@@ -181,7 +209,7 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
     if (in.shape.size() != 3 || in.shape[1] != kMaxConstituents || in.shape[2] != 4)
       throw invalid(fmt::format("input 'constituents' must have shape [-1,{},4], got {}", kMaxConstituents, shape));
   } else {
-    throw invalid(fmt::format("unknown input '{}' (images, constituents)", in.name));
+    throw invalid(fmt::format("unknown input '{}' (images, constituents)", clip(in.name)));
   }
   const int64_t n = in.shape[0];
   if (n == 0) throw invalid("empty batch: the first dimension of the input is 0");
@@ -194,9 +222,9 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   int64_t count = 1;  // bounded now: every dimension but the first is fixed, the first is limited
   for (int64_t d : in.shape) count *= d;
   if (static_cast<int64_t>(in.values.size()) != count)
-    throw invalid(fmt::format("input '{}' of shape {} needs {} values ({} bytes), got {}", in.name, shape, count,
+    throw invalid(fmt::format("input '{}' of shape {} needs {} values ({} bytes), got {}", clip(in.name), shape, count,
                               count * 4, in.values.size()));
-  if (!all_finite(in.values)) throw invalid(fmt::format("input '{}' holds NaN or inf", in.name));
+  if (!all_finite(in.values)) throw invalid(fmt::format("input '{}' holds NaN or inf", clip(in.name)));
   if (in.name == "images") {
     images = Tensor::from(Shape{n, o.channels, o.size, o.size}, in.values);
   } else {

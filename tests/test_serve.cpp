@@ -619,6 +619,8 @@ TEST(Serve, HostileHttpRequestsGetAnErrorAndTheServerStaysUp) {
     return "{\"inputs\":[" + input + "]" + extra + "}";
   };
   const std::string good_input = R"({"name":"images","datatype":"FP32","shape":[1,1,1,1],"data":[0]})";
+  const std::string one_image = R"({"name":"images","datatype":"FP32","shape":[1,1,16,16],"data":)" +
+                                json(std::vector<float>(kSize * kSize, 0.0f)).dump() + "}";
   std::string chunked = "POST " + infer + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
   for (int i = 0; i < 40; ++i) chunked += "10000\r\n" + std::string(0x10000, ' ') + "\r\n";  // 2.5 MB > 1 MB
   chunked += "0\r\n\r\n";
@@ -668,6 +670,16 @@ TEST(Serve, HostileHttpRequestsGetAnErrorAndTheServerStaysUp) {
       {"binary header not a number", post_request(infer, "{}", "Inference-Header-Content-Length: 12abc\r\n"), 400,
        "Inference-Header-Content-Length"},
       {"chunked body over the limit", chunked, 413, "exceeds the server's limit"},
+      {"endless chunk extension",
+       "POST " + infer + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;" + std::string(4 << 20, 'a'),
+       400, "malformed HTTP"},
+      {"endless trailer",
+       "POST " + infer +
+           " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: " + std::string(4 << 20, 'a'),
+       400, "malformed HTTP"},
+      {"an output asked for twice",
+       post_request(infer, body_with(one_image, R"(,"outputs":[{"name":"features"},{"name":"features"}])")), 400,
+       "requested twice"},
       {"declared body over the limit",
        "POST " + infer + " HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n{", 413, "exceeds"},
       {"headers over the limit", "GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + std::string(100000, 'a') + "\r\n\r\n", 431,
@@ -754,28 +766,56 @@ TEST(Serve, RequestsLargerThanMaxBatchAreSplit) {
 // it; the server keeps serving.
 TEST(Serve, AFullQueueRefusesAtOnce) {
   ServerOptions o;
-  o.engine.max_batch = 2;
-  o.engine.max_queue = 2;
+  o.engine.max_batch = 8;
+  o.engine.max_queue = 512;
+  o.engine.instances = 1;
   auto server = start_server(o);
   auto stub = grpc_stub(server->grpc_port());
-  const std::vector<float> images = random_images(6, 32);  // three batches of two: more than the queue holds
-  grpc::ClientContext ctx;
-  inference::ModelInferResponse r;
-  const grpc::Status s = stub->ModelInfer(&ctx, raw_request(images, {6, 1, kSize, kSize}), &r);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
-  EXPECT_NE(s.error_message().find("queue is full"), std::string::npos) << s.error_message();
+  InferenceService& service = server->service();
+  // A fills the queue (4096 images: 512 batches of 8); B, sent as soon as A is queued, needs 400 more
+  // places than the few batches computed meanwhile can have freed: refused at once.
+  const std::vector<float> a = random_images(4096, 31);
+  std::thread first([&] { service.infer("toptag", "", {"images", "FP32", {4096, 1, kSize, kSize}, a}, {}); });
+  while (server->service().engine().queued() == 0) std::this_thread::yield();
+  const std::vector<float> b = random_images(3200, 32);
   httplib::Client http("127.0.0.1", server->http_port());
-  const json body = {
-      {"inputs", {{{"name", "images"}, {"datatype", "FP32"}, {"shape", {6, 1, kSize, kSize}}, {"data", images}}}}};
-  auto res = http.Post("/v2/models/toptag/infer", body.dump(), "application/json");
+  std::string header = json{{"inputs",
+                             {{{"name", "images"},
+                               {"datatype", "FP32"},
+                               {"shape", {3200, 1, kSize, kSize}},
+                               {"parameters", {{"binary_data_size", b.size() * 4}}}}}}}
+                           .dump();
+  const std::string body = header + std::string(reinterpret_cast<const char*>(b.data()), b.size() * 4);
+  auto res = http.Post("/v2/models/toptag/infer", {{"Inference-Header-Content-Length", std::to_string(header.size())}},
+                       body, "application/octet-stream");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 503) << res->body;
+  EXPECT_NE(res->body.find("queue is full"), std::string::npos) << res->body;
+  first.join();
   httplib::Client m("127.0.0.1", server->metrics_port());
   const std::string text = m.Get("/metrics")->body;
-  EXPECT_EQ(metric(text, "nv_inference_request_failure", "reason=\"REJECTED\""), 2) << text;
-  EXPECT_EQ(metric(text, "nv_inference_exec_count"), 0);
+  EXPECT_EQ(metric(text, "nv_inference_request_failure", "reason=\"REJECTED\""), 1) << text;
+  // A request that could never fit in the queue is a bad request, not "retry later".
+  ServerOptions small;
+  small.engine.max_batch = 2;
+  small.engine.max_queue = 2;
+  auto tight = start_server(small);
+  auto tight_stub = grpc_stub(tight->grpc_port());
+  grpc::ClientContext ctx;
+  inference::ModelInferResponse r;
+  const grpc::Status s = tight_stub->ModelInfer(&ctx, raw_request(random_images(6, 33), {6, 1, kSize, kSize}), &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("more than the server's queue holds"), std::string::npos) << s.error_message();
   grpc::ClientContext ctx2;
-  EXPECT_TRUE(stub->ModelInfer(&ctx2, raw_request(random_images(2, 33), {2, 1, kSize, kSize}), &r).ok());
+  EXPECT_TRUE(tight_stub->ModelInfer(&ctx2, raw_request(random_images(2, 34), {2, 1, kSize, kSize}), &r).ok());
+  // Engine level: all of a request's parts are admitted or none.
+  EngineOptions eo;
+  eo.max_batch = 1, eo.max_queue = 3, eo.instances = 1;
+  BatchingEngine engine(tiny_tagger(), eo);
+  std::vector<Tensor> four;
+  for (int i = 0; i < 4; ++i) four.push_back(Tensor::zeros({1, 1, kSize, kSize}));
+  EXPECT_THROW(engine.submit(std::move(four), false), QueueFull);
+  EXPECT_EQ(engine.queued(), 0u);
 }
 
 // A request whose client is gone before an instance takes it is dropped uncomputed.
