@@ -64,7 +64,7 @@ json parse_json(std::string_view text) {
 
 // A JSON integer in [0, max], or a RequestError naming `what`.
 uint64_t count_value(const json& j, const std::string& what, uint64_t max) {
-  if (!j.is_number_integer() || (j.is_number_integer() && !j.is_number_unsigned() && j.get<int64_t>() < 0))
+  if (!j.is_number_integer() || (!j.is_number_unsigned() && j.get<int64_t>() < 0))
     throw invalid(fmt::format("{} must be a non-negative integer, got {}", what,
                               j.dump(-1, ' ', false, json::error_handler_t::replace)));
   const uint64_t v = j.get<uint64_t>();

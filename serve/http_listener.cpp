@@ -139,10 +139,10 @@ class Session : public std::enable_shared_from_this<Session> {
       reply = http_error(500, e.what());
     }
     release_body();
-    write(std::move(reply), req.keep_alive() && !owner_->stopping, true);
+    write(std::move(reply), req.keep_alive() && !owner_->stopping);
   }
 
-  void write(HttpReply reply, bool keep_alive, bool counted) {
+  void write(HttpReply reply, bool keep_alive) {  // ends a request counted in busy
     auto res = std::make_shared<http::response<http::string_body>>();
     res->result(static_cast<unsigned>(reply.status));
     res->version(11);
@@ -153,17 +153,16 @@ class Session : public std::enable_shared_from_this<Session> {
     res->keep_alive(keep_alive);
     res->prepare_payload();
     stream_.expires_after(owner_->limits.read_timeout);
-    http::async_write(stream_, *res,
-                      [self = shared_from_this(), res, keep_alive, counted](beast::error_code ec, size_t) {
-                        if (counted) --self->owner_->busy;
-                        if (ec || !keep_alive) return self->close();
-                        self->read_header();
-                      });
+    http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
+      --self->owner_->busy;
+      if (ec || !keep_alive) return self->close();
+      self->read_header();
+    });
   }
 
   void reply_and_close(HttpReply reply) {
     ++owner_->busy;
-    write(std::move(reply), false, true);
+    write(std::move(reply), false);
   }
 
   void release_body() {

@@ -133,6 +133,8 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
                                    n, parts.size(), max_batch, engine_.max_queue()));
   // Set on every way out but success: the parts still queued are then dropped, not computed.
   CancelFlag flag = std::make_shared<std::atomic<bool>>(false);
+  if (cancelled && cancelled())  // the client left while the request was read and checked
+    throw RequestError(RequestError::Kind::cancelled, "the client cancelled the request or its deadline passed");
   std::vector<std::future<EngineResult>> futures;
   try {
     futures = engine_.submit(std::move(parts), want_features, flag);

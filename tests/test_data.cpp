@@ -15,6 +15,7 @@ namespace toptag {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::error_of;
 
 std::string fixture() {
   return testing::data_path("reference_format_sample.h5");
@@ -22,15 +23,6 @@ std::string fixture() {
 
 fs::path temp_file(const std::string& name) {
   return fs::temp_directory_path() / ("toptag_data_" + std::to_string(::getpid()) + "_" + name);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(ReferenceFile, ReadsThePandasFixture) {

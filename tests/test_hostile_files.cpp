@@ -19,6 +19,7 @@ namespace toptag {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::error_of;
 
 class HostileFiles : public ::testing::Test {
  protected:
@@ -56,15 +57,6 @@ class HostileFiles : public ::testing::Test {
 
   fs::path dir;
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 void replace_attr(hid_t obj, const char* name, hid_t type, const std::vector<hsize_t>& dims, const void* data) {
   if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);

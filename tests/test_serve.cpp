@@ -831,9 +831,11 @@ TEST(Serve, CancelledRequestsAreNotComputed) {
   const std::vector<float> one = random_images(1, 35);
   try {
     service.infer("toptag", "", {"images", "FP32", {1, 1, kSize, kSize}, one}, {}, [] { return true; });
+    ADD_FAILURE() << "a request whose client had left was answered";
   } catch (const RequestError& e) {
     EXPECT_EQ(e.kind(), RequestError::Kind::cancelled);
   }
+  EXPECT_EQ(engine.executions(), 0u);
   // A gRPC deadline that passes while the request waits: DEADLINE_EXCEEDED for the client.
   ServerOptions o;
   o.engine.instances = 1;

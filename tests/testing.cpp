@@ -10,6 +10,15 @@ std::string data_path(const std::string& file) {
   return std::string(TOPTAG_TEST_DATA) + "/" + file;
 }
 
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error thrown)";
+}
+
 Golden::Golden(const std::string& file) : path_(data_path(file)), file_(h5_open(path_)) {}
 
 Tensor Golden::get(const std::string& group, const std::string& name) const {

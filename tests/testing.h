@@ -17,6 +17,9 @@ namespace toptag::testing {
 
 std::string data_path(const std::string& file);  // tests/data/<file>
 
+// The message of the toptag::Error that f throws, or "(no error thrown)".
+std::string error_of(const std::function<void()>& f);
+
 // A PyTorch reference file in tests/data (by default torch_ops_golden.h5, one group per case).
 class Golden {
  public:
