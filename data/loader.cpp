@@ -21,8 +21,11 @@ Loader::Loader(const JetFile& file, const ImageOptions& images, const LoaderOpti
     : file_(file), images_(images), options_(options) {
   if (options.batch_size < 1) fail("batch size must be at least 1, got {}", options.batch_size);
   validate(images);
-  rows_ = options.max_jets > 0 ? std::min(options.max_jets, file.size()) : file.size();
-  if (rows_ == 0) fail("{}: no jets to read", file.path());
+  if (options.parts < 1 || options.part < 0 || options.part >= options.parts)
+    fail("loader part {} of {} does not exist", options.part, options.parts);
+  end_ = options.max_jets > 0 ? std::min(options.max_jets, file.size()) : file.size();
+  begin_ = std::clamp<int64_t>(options.first_row, 0, end_);
+  if (end_ == begin_) fail("{}: no jets to read", file.path());
 }
 
 Loader::~Loader() {
@@ -30,7 +33,8 @@ Loader::~Loader() {
 }
 
 int64_t Loader::batches_per_epoch() const {
-  return options_.drop_last ? rows_ / options_.batch_size : (rows_ + options_.batch_size - 1) / options_.batch_size;
+  const int64_t n = rows();
+  return options_.drop_last ? n / options_.batch_size : (n + options_.batch_size - 1) / options_.batch_size;
 }
 
 NonFiniteReport Loader::dropped() const {
@@ -40,7 +44,7 @@ NonFiniteReport Loader::dropped() const {
 
 std::vector<std::vector<int64_t>> Loader::epoch_windows(int64_t epoch) const {
   std::vector<int64_t> blocks;
-  for (int64_t start = 0; start < rows_; start += kBlockRows) blocks.push_back(start);
+  for (int64_t start = begin_; start < end_; start += kBlockRows) blocks.push_back(start);
   Rng rng = epoch_rng(options_.seed, RngStream::block_order, epoch);
   if (options_.shuffle) shuffle(std::span(blocks), rng);
   const int64_t blocks_per_window =
@@ -102,6 +106,12 @@ void Loader::produce(int64_t epoch, int64_t skip_batches) {
   auto emit = [&](const Examples& ex, std::span<const int64_t> order) -> bool {
     const bool skipping = emitted < skip_batches;
     Batch batch;
+    batch.whole_rows = static_cast<int64_t>(order.size());
+    if (options_.parts > 1) {  // this rank's slice of the batch every rank draws
+      const size_t n = order.size(), parts = static_cast<size_t>(options_.parts),
+                   part = static_cast<size_t>(options_.part);
+      order = order.subspan(n * part / parts, n * (part + 1) / parts - n * part / parts);
+    }
     if (!skipping) {
       batch.images = file_.images(ex, order, images_);
       for (int64_t i : order) batch.labels.push_back(ex.labels[i]), batch.rows.push_back(ex.rows[i]);
@@ -116,7 +126,7 @@ void Loader::produce(int64_t epoch, int64_t skip_batches) {
     Examples ex = std::move(carry);
     std::vector<int64_t> order = std::move(carry_order);
     for (int64_t start : window) {
-      Examples part = file_.read(start, std::min(kBlockRows, rows_ - start), dropped);
+      Examples part = file_.read(start, std::min(kBlockRows, end_ - start), dropped);
       const int64_t base = ex.size();
       if (file_.has_constituents()) {
         ex.jets.n_constituents = part.jets.n_constituents;

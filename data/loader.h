@@ -23,15 +23,20 @@ struct LoaderOptions {
   bool shuffle = true;
   uint64_t seed = 0;
   int64_t max_jets = 0;                       // 0: all rows of the file
+  int64_t first_row = 0;                      // start here: rows [first_row, max_jets or the end)
   bool drop_last = false;                     // drop a final partial batch
   int prefetch = 4;                           // batches prepared ahead
   int64_t window_bytes = int64_t{128} << 20;  // raw rows held at once for shuffling
+  // Data-parallel training: every rank draws the same batches and makes only its own slice of each,
+  // rows [B*part/parts, B*(part+1)/parts) of a batch of B (labels and rows too).
+  int part = 0, parts = 1;
 };
 
 struct Batch {
   Tensor images;                // (B, C, H, W)
   std::vector<int64_t> labels;  // B
   std::vector<int64_t> rows;    // B, the file rows
+  int64_t whole_rows = 0;       // the rows of the whole batch this one is a part of (B without parts)
 };
 
 class Loader {
@@ -48,7 +53,7 @@ class Loader {
   // The next batch of the epoch, or nothing at its end. Rethrows a read error from the background thread.
   std::optional<Batch> next();
 
-  int64_t rows() const { return rows_; }
+  int64_t rows() const { return end_ - begin_; }
   // Batches in an epoch if no row is dropped for NaN/inf.
   int64_t batches_per_epoch() const;
   // Rows dropped for NaN/inf so far (cumulative over epochs).
@@ -63,7 +68,7 @@ class Loader {
   const JetFile& file_;
   ImageOptions images_;
   LoaderOptions options_;
-  int64_t rows_ = 0;
+  int64_t begin_ = 0, end_ = 0;  // the rows read
 
   std::thread worker_;
   mutable std::mutex mutex_;

@@ -1,5 +1,6 @@
 #include "nn/autograd.h"
 
+#include <unordered_map>
 #include <vector>
 
 #include "nn/check.h"
@@ -12,6 +13,7 @@ namespace {
 struct TapeEntry {
   std::shared_ptr<GradSlot> output;
   std::function<void(const Tensor&)> backward;
+  std::vector<GradSlot*> parameters;  // the inputs that are parameters (for the ready hook)
 };
 
 thread_local std::vector<TapeEntry> tape;
@@ -76,11 +78,14 @@ Var record_op(Tensor output, std::initializer_list<const Var*> inputs, std::func
   for (const Var* v : inputs) any = any || (v != nullptr && v->requires_grad());
   if (!any) return result;
   result.slot_ = std::make_shared<GradSlot>();
-  tape.push_back({result.slot_, std::move(backward)});
+  std::vector<GradSlot*> parameters;
+  for (const Var* v : inputs)
+    if (v != nullptr && v->requires_grad() && v->slot()->is_parameter) parameters.push_back(v->slot().get());
+  tape.push_back({result.slot_, std::move(backward), std::move(parameters)});
   return result;
 }
 
-void backward(const Var& output, const Tensor& grad_output) {
+void backward(const Var& output, const Tensor& grad_output, const ParameterReadyFn& on_ready) {
   if (!output.requires_grad()) fail("backward(): the output does not depend on anything that requires a gradient");
   expect_shape(grad_output, output.shape(), "backward() seed gradient");
   GradSlot& seed = *output.slot();
@@ -92,16 +97,24 @@ void backward(const Var& output, const Tensor& grad_output) {
   // Move the tape out first: closures must not see (or grow) the tape they are being run from.
   std::vector<TapeEntry> entries;
   entries.swap(tape);
+  // A parameter's gradient is final once the last op (in backward order) that reads it has run.
+  std::unordered_map<GradSlot*, int> readers;
+  if (on_ready)
+    for (const TapeEntry& e : entries)
+      for (GradSlot* p : e.parameters) ++readers[p];
   for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
     if (it->output->grad.defined()) it->backward(it->output->grad);
     if (!it->output->is_parameter && it->output.get() != &seed) it->output->grad = Tensor();  // free early
     it->backward = nullptr;  // release the tensors the closure saved
+    if (on_ready)
+      for (GradSlot* p : it->parameters)
+        if (--readers[p] == 0) on_ready(*p);
   }
 }
 
-void backward(const Var& loss) {
+void backward(const Var& loss, const ParameterReadyFn& on_ready) {
   if (loss.value().numel() != 1) fail("backward(): the loss must have one element, found shape {}", loss.shape().str());
-  backward(loss, Tensor::full(loss.shape(), 1.0f));
+  backward(loss, Tensor::full(loss.shape(), 1.0f), on_ready);
 }
 
 void clear_tape() {

@@ -64,11 +64,15 @@ void add_grad(GradSlot& slot, Tensor grad);
 // gets a slot and `backward(grad_output)` is recorded on the tape. Null inputs are skipped.
 Var record_op(Tensor output, std::initializer_list<const Var*> inputs, std::function<void(const Tensor&)> backward);
 
+// Called during backward() with a parameter's slot as soon as its gradient is final (no op left on
+// the tape reads the parameter): data-parallel training starts reducing it while backward goes on.
+using ParameterReadyFn = std::function<void(GradSlot& parameter)>;
+
 // Runs the tape backwards from `loss` (a one-element Var), seeding its gradient with 1, then clears
 // the tape. Throws if `loss` does not require a gradient.
-void backward(const Var& loss);
+void backward(const Var& loss, const ParameterReadyFn& on_ready = nullptr);
 // Same, with an explicit gradient for `output` (any shape).
-void backward(const Var& output, const Tensor& grad_output);
+void backward(const Var& output, const Tensor& grad_output, const ParameterReadyFn& on_ready = nullptr);
 // Drops everything recorded (for a forward pass whose backward will not run).
 void clear_tape();
 size_t tape_size();

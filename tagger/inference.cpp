@@ -12,11 +12,16 @@ namespace toptag {
 
 namespace {
 
-LoaderOptions in_file_order(const InferenceOptions& o) {
+// This part's rows of `file` in file order; nullopt when the part is empty (more ranks than jets).
+std::optional<LoaderOptions> in_file_order(const JetFile& file, const InferenceOptions& o) {
+  const int64_t n = o.max_jets > 0 ? std::min(o.max_jets, file.size()) : file.size();
+  const auto [begin, end] = part_rows(n, o.part, o.parts, o.batch_size);
+  if (begin == end && o.parts > 1) return std::nullopt;
   LoaderOptions l;
   l.batch_size = o.batch_size;
   l.shuffle = false;
-  l.max_jets = o.max_jets;
+  l.first_row = begin;
+  l.max_jets = end;
   return l;
 }
 
@@ -33,6 +38,11 @@ void check_finite(const Tensor& out, const char* what, const std::vector<int64_t
 }
 
 }  // namespace
+
+std::pair<int64_t, int64_t> part_rows(int64_t n, int part, int parts, int64_t batch) {
+  const int64_t batches = (n + batch - 1) / batch;
+  return {std::min(n, batches * part / parts * batch), std::min(n, batches * (part + 1) / parts * batch)};
+}
 
 int64_t first_non_finite_row(const Tensor& out) {
   const int64_t n = out.dim(0), per = n > 0 ? out.numel() / n : 0;
@@ -62,9 +72,11 @@ InferenceResult run_inference(ResNet& model, const JetFile& file, const ImageOpt
                               const InferenceOptions& options) {
   NoGradGuard no_grad;
   model.set_training(false);
-  Loader loader(file, images, in_file_order(options));
-  loader.start_epoch(0);
   InferenceResult result;
+  const std::optional<LoaderOptions> rows = in_file_order(file, options);
+  if (!rows) return result;
+  Loader loader(file, images, *rows);
+  loader.start_epoch(0);
   double loss_sum = 0;
   std::optional<Progress> progress;
   if (options.show_progress) progress.emplace(options.label, loader.rows(), "jets");
@@ -85,7 +97,9 @@ NonFiniteReport run_featurizer(ResNet& model, const JetFile& file, const ImageOp
                                const InferenceOptions& options, const FeatureSink& sink) {
   NoGradGuard no_grad;
   model.set_training(false);
-  Loader loader(file, images, in_file_order(options));
+  const std::optional<LoaderOptions> rows = in_file_order(file, options);
+  if (!rows) return {};
+  Loader loader(file, images, *rows);
   loader.start_epoch(0);
   std::optional<Progress> progress;
   if (options.show_progress) progress.emplace(options.label, loader.rows(), "jets");
@@ -142,10 +156,11 @@ InferenceResult run_head(ResNet& model, const FeatureSet& set, const InferenceOp
   if (F != model.feature_dim()) fail("features have {} columns but the model's head takes {}", F, model.feature_dim());
   NoGradGuard no_grad;
   model.set_training(false);
-  const int64_t n = options.max_jets > 0 ? std::min(options.max_jets, set.features.dim(0)) : set.features.dim(0);
+  const int64_t all = options.max_jets > 0 ? std::min(options.max_jets, set.features.dim(0)) : set.features.dim(0);
+  const auto [first, n] = part_rows(all, options.part, options.parts, options.batch_size);
   InferenceResult result;
   double loss_sum = 0;
-  for (int64_t start = 0; start < n; start += options.batch_size) {
+  for (int64_t start = first; start < n; start += options.batch_size) {
     const int64_t m = std::min(options.batch_size, n - start);
     Tensor x = Tensor::empty({m, F});
     std::copy_n(set.features.data() + start * F, m * F, x.data());
@@ -157,7 +172,7 @@ InferenceResult run_head(ResNet& model, const FeatureSet& set, const InferenceOp
     scores_from_logits(logits, &labels, result.predictions.score, loss_sum);
     result.predictions.label.insert(result.predictions.label.end(), labels.begin(), labels.end());
   }
-  result.mean_loss = loss_sum / static_cast<double>(std::max<int64_t>(1, n));
+  result.mean_loss = loss_sum / static_cast<double>(std::max<int64_t>(1, n - first));
   return result;
 }
 

@@ -317,6 +317,48 @@ TEST(Loader, SubsetPartialBatchesAndNoShuffle) {
   EXPECT_EQ(drop.batches_per_epoch(), 2);
 }
 
+// Data-parallel loading: every part draws the same batches and makes its slice of each; the parts
+// side by side are the whole batch, images included. A first row starts the file further in.
+TEST(Loader, PartsAreSlicesOfTheSameBatchesAndFirstRowSkips) {
+  JetFile file(fixture());
+  LoaderOptions opt;
+  opt.batch_size = 12;
+  opt.seed = 3;
+  Loader whole(file, ImageOptions{}, opt);
+  whole.start_epoch(1);
+  std::vector<std::unique_ptr<Loader>> parts;
+  for (int part = 0; part < 3; ++part) {
+    opt.part = part, opt.parts = 3;
+    parts.push_back(std::make_unique<Loader>(file, ImageOptions{}, opt));
+    parts.back()->start_epoch(1);
+  }
+  int64_t batches = 0;
+  while (std::optional<Batch> w = whole.next()) {
+    std::vector<int64_t> rows;
+    std::vector<float> pixels;
+    for (auto& p : parts) {
+      std::optional<Batch> b = p->next();
+      ASSERT_TRUE(b);
+      EXPECT_EQ(b->whole_rows, static_cast<int64_t>(w->rows.size()));
+      rows.insert(rows.end(), b->rows.begin(), b->rows.end());
+      pixels.insert(pixels.end(), b->images.data(), b->images.data() + b->images.numel());
+    }
+    EXPECT_EQ(rows, w->rows);
+    EXPECT_EQ(pixels, std::vector<float>(w->images.data(), w->images.data() + w->images.numel()));
+    ++batches;
+  }
+  EXPECT_EQ(batches, 22);  // 256 jets: 21 batches of 12 and one of 4 (4 parts of 1 or 2 rows)
+  for (auto& p : parts) EXPECT_FALSE(p->next());
+
+  LoaderOptions tail;
+  tail.shuffle = false;
+  tail.first_row = 250;
+  Loader last(file, ImageOptions{}, tail);
+  EXPECT_EQ(epoch_rows(last, 0), (std::vector<int64_t>{250, 251, 252, 253, 254, 255}));
+  tail.part = 3, tail.parts = 3;
+  EXPECT_THROW(Loader(file, ImageOptions{}, tail), Error);
+}
+
 TEST(Loader, ImagesMatchDirectConversionAndCachedFilesLoadToo) {
   JetFile file(fixture());
   ImageOptions o;

@@ -38,6 +38,26 @@ TEST(Autograd, ParameterGradientsAccumulateAcrossBackwardPasses) {
   EXPECT_FLOAT_EQ(w.grad().data()[0], 0.0f);
 }
 
+// The hook data-parallel training reduces gradients from: each parameter exactly once, when no op
+// left on the tape reads it, so its gradient is already the final one; w2 (read last) comes first.
+TEST(Autograd, ParameterReadyHookFiresOnceWithTheFinalGradient) {
+  Var w1 = Var::parameter(Tensor::from({2, 2}, std::vector<float>{1, 2, 3, 4}));
+  Var w2 = Var::parameter(Tensor::from({1, 2}, std::vector<float>{1, -1}));
+  Var x(Tensor::from({1, 2}, std::vector<float>{1, 1}));
+  // w1 is read twice (h and the skip through it again), w2 once, after both.
+  Var h = relu(linear(x, w1, nullptr));
+  Var y = linear(add(h, linear(h, w1, nullptr)), w2, nullptr);
+  std::vector<std::pair<GradSlot*, std::vector<float>>> seen;
+  backward(y, [&](GradSlot& p) { seen.push_back({&p, {p.grad.data(), p.grad.data() + p.grad.numel()}}); });
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].first, w2.slot().get());
+  EXPECT_EQ(seen[1].first, w1.slot().get());
+  for (const auto& [slot, grad] : seen)
+    EXPECT_EQ(grad, std::vector<float>(slot->grad.data(), slot->grad.data() + slot->grad.numel()));
+  // By hand: h = relu([3, 7]) = [3, 7], u = h w1^T = [17, 37], y = (h + u) w2^T; dy/dw2 = h + u.
+  EXPECT_EQ(seen[0].second, (std::vector<float>{20, 44}));
+}
+
 TEST(Autograd, ActivationReadTwiceGetsTheSum) {
   Var x(Tensor::from({3}, std::vector<float>{-1, 2, 3}), true);
   Var y = add(relu(x), x);  // dy/dx = [0, 1, 1] + 1
