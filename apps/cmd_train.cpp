@@ -35,14 +35,6 @@ std::string resume_output_dir(const std::string& dir_or_file) {
   return p.has_parent_path() ? p.parent_path().string() : std::string(".");
 }
 
-// --threads 0 means the cores available to this process: with several ranks on one machine, the
-// cores divided among them.
-void apply_train_threads(int threads) {
-  const World& world = World::get();
-  if (threads == 0 && world.distributed()) threads = std::max(1, hardware_threads() / world.local_size());
-  apply_threads(threads);
-}
-
 void run_train(TrainArgs& a) {
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
@@ -52,7 +44,7 @@ void run_train(TrainArgs& a) {
     const std::string checkpoint = resume_checkpoint_path(a.resume);
     output_dir = resume_output_dir(a.resume);
     const TrainConfig stored = read_train_config(checkpoint);
-    apply_train_threads(stored.threads);
+    apply_threads(stored.threads);
     fmt::print(stderr, "resuming {} from {}\n", output_dir, checkpoint);
     // The number of epochs is the only setting a resume may change.
     r = resume(checkpoint, output_dir, a.epochs_option->count() > 0 ? a.config.epochs : 0, &stop_requested);
@@ -62,7 +54,7 @@ void run_train(TrainArgs& a) {
     // Stored absolute, so that `--resume` works from any directory.
     for (std::string* path : {&config.train_path, &config.val_path, &config.features_path, &config.init_path})
       if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
-    apply_train_threads(config.threads);
+    apply_threads(config.threads);
     r = train(config, &stop_requested);
   }
   std::signal(SIGINT, SIG_DFL);
@@ -124,6 +116,11 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--freeze-backbone", c.freeze_backbone, "train only fc1 and fc2 (the featurizer stays fixed)");
   cmd->add_flag("--sync-batchnorm", c.sync_batchnorm,
                 "under mpirun: batch-norm statistics over every rank's batch (N ranks then match one process)");
+  cmd->add_option("--bucket-mb", c.bucket_mb,
+                  "under mpirun: gradients are averaged in buckets of this many MB, each as soon as backward "
+                  "has produced it")
+      ->default_val(25)
+      ->check(in_range(0.001, 4096));
   cmd->add_option("--quantize", c.quantize,
                   "quantization-aware training with weights in this format (see toptag quantize)");
   cmd->add_option("--quantize-activations", c.quantize_activations,

@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "nn/parallel.h"
+#include "training/distributed.h"
 
 namespace toptag::apps {
 
@@ -37,6 +39,10 @@ void add_threads_option(CLI::App& command, int& threads) {
 }
 
 void apply_threads(int threads) {
+  // 0: the cores available to this process; with several MPI ranks on one machine, the cores
+  // divided among them (never oversubscribing).
+  const World& world = World::get();
+  if (threads == 0 && world.distributed()) threads = std::max(1, hardware_threads() / world.local_size());
   set_num_threads(threads);
 }
 

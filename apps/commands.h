@@ -21,7 +21,8 @@ void add_study_command(CLI::App& app);
 // without a check let zero, negative or absurd values reach the libraries.
 CLI::Validator in_range(double min, double max);
 
-// --threads N, shared by every command that computes; applied by apply_threads().
+// --threads N, shared by every command that computes; applied by apply_threads() (0: the cores
+// this process may use: all of them, or under MPI a share of the machine's).
 void add_threads_option(CLI::App& command, int& threads);
 void apply_threads(int threads);
 

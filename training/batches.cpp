@@ -14,13 +14,13 @@ namespace {
 // Jets from a reference-format or image file, through the streaming loader.
 class JetData : public TrainingData {
  public:
-  explicit JetData(const TrainConfig& c)
+  JetData(const TrainConfig& c, int part, int parts)
       : train_path_(c.train_path),
         batch_size_(c.batch_size),
         train_(c.train_path),
         val_(c.val_path),
         images_(train_.image_options(c.images, false, false)),
-        loader_(train_, images_, loader_options(c)) {
+        loader_(train_, images_, loader_options(c, part, parts)) {
     val_.check_images_match(images_, fmt::format("the training file {}", c.train_path));
   }
 
@@ -32,7 +32,7 @@ class JetData : public TrainingData {
   std::optional<Example> next() override {
     std::optional<Batch> b = loader_.next();
     if (!b) return std::nullopt;
-    return Example{std::move(b->images), std::move(b->labels)};
+    return Example{std::move(b->images), std::move(b->labels), b->whole_rows};
   }
   std::optional<Tensor> next_images() override {
     std::optional<Batch> b = loader_.next();
@@ -44,8 +44,9 @@ class JetData : public TrainingData {
   void report_skipped() const override { warn_skipped(train_path_, loader_.dropped()); }
 
  private:
-  static LoaderOptions loader_options(const TrainConfig& c) {
+  static LoaderOptions loader_options(const TrainConfig& c, int part, int parts) {
     LoaderOptions lo;
+    lo.part = part, lo.parts = parts;
     lo.batch_size = c.batch_size;
     lo.seed = c.seed;
     lo.max_jets = c.max_train_jets;
@@ -63,11 +64,13 @@ class JetData : public TrainingData {
 // Featurizer outputs (toptag features) held in memory; only the head trains on them.
 class FeatureData : public TrainingData {
  public:
-  FeatureData(const TrainConfig& c, int64_t model_features)
+  FeatureData(const TrainConfig& c, int64_t model_features, int part, int parts)
       : train_(read_features(c.features_path, c.max_train_jets)),
         val_(read_features(c.val_path, c.max_val_jets)),
         batch_(c.batch_size),
-        seed_(c.seed) {
+        seed_(c.seed),
+        part_(part),
+        parts_(parts) {
     for (const auto& [set, path] : {std::pair{&train_, c.features_path}, std::pair{&val_, c.val_path}})
       if (set->features.dim(1) != model_features)
         fail("{}: features are {} wide but the model's featurizer gives {}", path, set->features.dim(1),
@@ -85,15 +88,17 @@ class FeatureData : public TrainingData {
   }
   std::optional<Example> next() override {
     if (pos_ >= order_.size()) return std::nullopt;
-    const int64_t n = std::min<int64_t>(batch_, static_cast<int64_t>(order_.size() - pos_));
+    const int64_t whole = std::min<int64_t>(batch_, static_cast<int64_t>(order_.size() - pos_));
+    const auto [first, end] = part_rows(whole, part_, parts_);  // this rank's slice
+    const int64_t n = end - first;
     const int64_t F = train_.features.dim(1);
-    Example e{Tensor::empty({n, F}), std::vector<int64_t>(static_cast<size_t>(n))};
+    Example e{Tensor::empty({n, F}), std::vector<int64_t>(static_cast<size_t>(n)), whole};
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t row = order_[pos_ + static_cast<size_t>(i)];
+      const int64_t row = order_[pos_ + static_cast<size_t>(first + i)];
       std::copy_n(train_.features.data() + row * F, F, e.inputs.data() + i * F);
       e.labels[i] = train_.labels[row];
     }
-    pos_ += static_cast<size_t>(n);
+    pos_ += static_cast<size_t>(whole);
     return e;
   }
   std::optional<Tensor> next_images() override { return std::nullopt; }
@@ -107,15 +112,17 @@ class FeatureData : public TrainingData {
   FeatureSet train_, val_;
   int64_t batch_;
   uint64_t seed_;
+  int part_, parts_;
   std::vector<int64_t> order_;
   size_t pos_ = 0;
 };
 
 }  // namespace
 
-std::unique_ptr<TrainingData> open_training_data(const TrainConfig& config, int64_t model_features) {
-  if (!config.features_path.empty()) return std::make_unique<FeatureData>(config, model_features);
-  return std::make_unique<JetData>(config);
+std::unique_ptr<TrainingData> open_training_data(const TrainConfig& config, int64_t model_features, int part,
+                                                 int parts) {
+  if (!config.features_path.empty()) return std::make_unique<FeatureData>(config, model_features, part, parts);
+  return std::make_unique<JetData>(config, part, parts);
 }
 
 }  // namespace toptag

@@ -14,9 +14,11 @@
 namespace toptag {
 
 // A labelled batch: images (N, C, H, W), or features (N, F) for a head-only run on a features file.
+// Under MPI, this rank's slice of the global batch every rank draws.
 struct Example {
   Tensor inputs;
   std::vector<int64_t> labels;
+  int64_t global_rows = 0;  // the rows of the global batch (over every rank)
 };
 
 class TrainingData {
@@ -28,7 +30,8 @@ class TrainingData {
   // Starts `epoch` (its own shuffled order, drawn from the seed), skipping its first `skip` batches.
   virtual void start_epoch(int64_t epoch, int64_t skip) = 0;
   virtual std::optional<Example> next() = 0;
-  // The model's validation predictions and mean loss (eval mode, no tape).
+  // The model's validation predictions and mean loss (eval mode, no tape), identical on every rank:
+  // each scores its share of the validation set and the predictions are gathered.
   virtual InferenceResult validate(ResNet& model, const InferenceOptions& options) const = 0;
   // Training batches of images, for int8 calibration (nullopt for features).
   virtual std::optional<Tensor> next_images() = 0;
@@ -40,6 +43,8 @@ class TrainingData {
 
 // Opens the data `config` names for a model with `model_features` features. For jets, the images
 // are made with config.images adjusted to a cached image file's own size and channels.
-std::unique_ptr<TrainingData> open_training_data(const TrainConfig& config, int64_t model_features);
+// Data-parallel: this is rank `part` of `parts`; batches are its slices of the global batches.
+std::unique_ptr<TrainingData> open_training_data(const TrainConfig& config, int64_t model_features, int part = 0,
+                                                 int parts = 1);
 
 }  // namespace toptag

@@ -27,6 +27,7 @@ struct TrainConfig {
   int64_t max_train_jets = 0, max_val_jets = 0;
   bool freeze_backbone = false;
   bool sync_batchnorm = false;  // data-parallel runs: batch-norm statistics over every rank's batch
+  double bucket_mb = 25;        // data-parallel runs: gradients reduced in buckets of this size
   int threads = 0;
   // Quantization-aware training: weights (and optionally layer inputs) fake-quantized in the forward
   // pass, batch norms folded; "" = float. A quantized --init checkpoint brings its own formats.
@@ -66,6 +67,7 @@ void for_each_field(C& c, F&& f) {
   f("max_val_jets", c.max_val_jets);
   f("freeze_backbone", c.freeze_backbone);
   f("sync_batchnorm", c.sync_batchnorm);
+  f("bucket_mb", c.bucket_mb);
   f("threads", c.threads);
   f("quantize", c.quantize);
   f("quantize_activations", c.quantize_activations);

@@ -5,7 +5,10 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <limits>
 
 #include "nn/check.h"
 
@@ -26,12 +29,18 @@ void check_mpi(int code, const char* what) {
 
 }  // namespace
 
+struct World::Requests {
+  std::vector<MPI_Request> requests;
+};
+
+World::~World() = default;
+
 World& World::get() {
   static World world;
   return world;
 }
 
-World::World() {
+World::World() : pending_(std::make_unique<Requests>()) {
   if (!launched_by_mpi()) return;
   int initialized = 0;
   MPI_Initialized(&initialized);
@@ -76,6 +85,168 @@ double World::max(double value) const {
 double World::min(double value) const {
   if (size_ > 1) check_mpi(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD), "allreduce");
   return value;
+}
+
+namespace {
+
+template <typename T>
+std::vector<T> gather_rows(std::span<const T> mine, MPI_Datatype type, int ranks) {
+  if (ranks == 1) return {mine.begin(), mine.end()};
+  const int count = static_cast<int>(mine.size());
+  std::vector<int> counts(static_cast<size_t>(ranks)), offsets(static_cast<size_t>(ranks));
+  check_mpi(MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "allgather");
+  int64_t total = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    offsets[r] = static_cast<int>(total);
+    total += counts[r];
+  }
+  if (total > std::numeric_limits<int>::max()) fail("MPI gather of {} values: more than one call can carry", total);
+  std::vector<T> all(static_cast<size_t>(total));
+  check_mpi(MPI_Allgatherv(mine.data(), count, type, all.data(), counts.data(), offsets.data(), type, MPI_COMM_WORLD),
+            "allgatherv");
+  return all;
+}
+
+}  // namespace
+
+std::vector<float> World::gather(std::span<const float> mine) const {
+  return gather_rows(mine, MPI_FLOAT, size_);
+}
+
+std::vector<int64_t> World::gather(std::span<const int64_t> mine) const {
+  return gather_rows(mine, MPI_INT64_T, size_);
+}
+
+std::vector<float> World::gather_to_root(std::span<const float> mine, int64_t width) const {
+  if (size_ == 1) return {mine.begin(), mine.end()};
+  if (width < 1 || static_cast<int64_t>(mine.size()) % width != 0)
+    fail("MPI gather: {} values are not rows of {}", mine.size(), width);
+  const int rows = static_cast<int>(static_cast<int64_t>(mine.size()) / width);
+  MPI_Datatype row;  // counts in rows, so that more than 2^31 floats in all still fit
+  check_mpi(MPI_Type_contiguous(static_cast<int>(width), MPI_FLOAT, &row), "type_contiguous");
+  MPI_Type_commit(&row);
+  std::vector<int> counts(static_cast<size_t>(size_)), offsets(static_cast<size_t>(size_));
+  check_mpi(MPI_Gather(&rows, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, MPI_COMM_WORLD), "gather");
+  int64_t total = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    offsets[r] = static_cast<int>(total);
+    total += counts[r];
+  }
+  std::vector<float> all(root() ? static_cast<size_t>(total * width) : 0);
+  const int code =
+      MPI_Gatherv(mine.data(), rows, row, all.data(), counts.data(), offsets.data(), row, 0, MPI_COMM_WORLD);
+  MPI_Type_free(&row);
+  check_mpi(code, "gatherv");
+  return all;
+}
+
+void World::start_sum(std::span<float> values) {
+  if (size_ == 1) return;
+  MPI_Request request;
+  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_FLOAT, MPI_SUM,
+                           MPI_COMM_WORLD, &request),
+            "iallreduce");
+  pending_->requests.push_back(request);
+}
+
+void World::progress() {
+  if (pending_->requests.empty()) return;
+  int done = 0;
+  check_mpi(
+      MPI_Testall(static_cast<int>(pending_->requests.size()), pending_->requests.data(), &done, MPI_STATUSES_IGNORE),
+      "testall");
+  if (done) pending_->requests.clear();
+}
+
+void World::wait_sums() {
+  if (pending_->requests.empty()) return;
+  check_mpi(MPI_Waitall(static_cast<int>(pending_->requests.size()), pending_->requests.data(), MPI_STATUSES_IGNORE),
+            "waitall");
+  pending_->requests.clear();
+}
+
+InferenceResult gather(const InferenceResult& mine, const World& world) {
+  if (!world.distributed()) return mine;
+  InferenceResult all;
+  all.predictions.score = world.gather(std::span<const float>(mine.predictions.score));
+  all.predictions.label = world.gather(std::span<const int64_t>(mine.predictions.label));
+  double loss[1] = {mine.mean_loss * static_cast<double>(mine.predictions.size())};
+  world.sum(loss);
+  all.mean_loss = loss[0] / static_cast<double>(std::max<int64_t>(1, all.predictions.size()));
+  all.dropped = gather(mine.dropped, world);
+  return all;
+}
+
+NonFiniteReport gather(const NonFiniteReport& mine, const World& world) {
+  if (!world.distributed()) return mine;
+  double count[1] = {static_cast<double>(mine.count)};
+  world.sum(count);
+  const double first = world.min(mine.count > 0 ? static_cast<double>(mine.first_row) : 1e300);
+  return {static_cast<int64_t>(count[0]), count[0] > 0 ? static_cast<int64_t>(first) : -1};
+}
+
+GradientReducer::GradientReducer(const StateList& trainable, World& world, int64_t bucket_bytes)
+    : trainable_(trainable), world_(world) {
+  const int64_t bucket_values = std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(sizeof(float)));
+  for (size_t i = trainable.parameters.size(); i-- > 0;) {
+    const int64_t n = trainable.parameters[i].var->value().numel();
+    if (buckets_.empty() || static_cast<int64_t>(buckets_.back().values.size()) + n > bucket_values)
+      buckets_.emplace_back();
+    Bucket& b = buckets_.back();
+    b.parameters.push_back(i);
+    b.values.resize(b.values.size() + static_cast<size_t>(n));
+    bucket_of_.emplace_back(trainable.parameters[i].var->slot().get(), buckets_.size() - 1);
+  }
+  std::sort(bucket_of_.begin(), bucket_of_.end());
+}
+
+void GradientReducer::start(int64_t local_rows) {
+  local_rows_ = static_cast<float>(local_rows);
+  launched_ = 0;
+  for (Bucket& b : buckets_) b.waiting = b.parameters.size();
+}
+
+void GradientReducer::ready(const GradSlot& slot) {
+  const auto start = std::chrono::steady_clock::now();
+  struct Timer {
+    std::chrono::steady_clock::time_point start;
+    double& total;
+    ~Timer() { total += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
+  } timer{start, hook_seconds_};
+  auto it = std::lower_bound(bucket_of_.begin(), bucket_of_.end(), std::pair{&slot, size_t{0}});
+  if (it == bucket_of_.end() || it->first != &slot) return;  // not trained (a frozen backbone)
+  Bucket& b = buckets_[it->second];
+  if (b.waiting > 0) --b.waiting;
+  launch_ready_buckets();
+  world_.progress();
+}
+
+void GradientReducer::launch_ready_buckets() {
+  while (launched_ < buckets_.size() && buckets_[launched_].waiting == 0) {
+    Bucket& b = buckets_[launched_++];
+    float* out = b.values.data();
+    for (size_t i : b.parameters) {
+      const Tensor& g = trainable_.parameters[i].var->grad();
+      for (int64_t k = 0; k < g.numel(); ++k) *out++ = g.data()[k] * local_rows_;
+    }
+    world_.start_sum(b.values);
+  }
+}
+
+double GradientReducer::finish(int64_t global_rows) {
+  const auto start = std::chrono::steady_clock::now();
+  for (Bucket& b : buckets_) b.waiting = 0;
+  launch_ready_buckets();
+  world_.wait_sums();
+  const float scale = 1.0f / static_cast<float>(global_rows);
+  for (const Bucket& b : buckets_) {
+    const float* in = b.values.data();
+    for (size_t i : b.parameters) {
+      Tensor& g = trainable_.parameters[i].var->mutable_grad();
+      for (int64_t k = 0; k < g.numel(); ++k) g.data()[k] = *in++ * scale;
+    }
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace toptag

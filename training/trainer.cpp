@@ -12,6 +12,7 @@
 #include "nn/check.h"
 #include "nn/ops/batchnorm2d.h"
 #include "nn/ops/softmax.h"
+#include "nn/parallel.h"
 #include "training/batches.h"
 #include "training/distributed.h"
 #include "training/metrics_log.h"
@@ -31,7 +32,8 @@ struct Run {
   Tagger tagger;
   std::unique_ptr<TrainingData> data;
   std::unique_ptr<Adam> adam;
-  StateList trainable;  // what Adam updates: the gradients averaged over the ranks
+  StateList trainable;                       // what Adam updates: the gradients averaged over the ranks
+  std::unique_ptr<GradientReducer> reducer;  // under MPI
   MetricsLog metrics;
   std::string last, best;  // checkpoint paths
 
@@ -47,7 +49,7 @@ struct EpochResult {
   double mean_loss = 0;
   double lr = 0;  // at the last step
   bool interrupted = false;
-  double allreduce_seconds = 0;  // spent averaging gradients over the ranks
+  double allreduce_seconds = 0;  // spent waiting for the gradients' average after backward
 };
 
 // The starting weights of a fresh run: --init's checkpoint, or a new model drawn from the seed.
@@ -69,10 +71,17 @@ void set_up_quantization(Run& run) {
     q->ranges = run.tagger.quantization->ranges;
   run.data->start_epoch(0, 0);
   int64_t batches = 0;
-  const int64_t seen = quantize_tagger(run.tagger, q, [&]() -> std::optional<Tensor> {
+  const World& world = World::get();
+  int64_t seen = quantize_tagger(run.tagger, q, [&]() -> std::optional<Tensor> {
     if (batches++ >= c.calibration_batches) return std::nullopt;
     return run.data->next_images();
   });
+  // Each rank calibrated on its slices of the batches: the ranges of the whole batches are the
+  // extremes over the ranks (the same keys, in the same order, on every rank).
+  for (auto& [name, range] : q->ranges)
+    range.min = float(world.min(range.min)), range.max = float(world.max(range.max));
+  seen = static_cast<int64_t>(world.max(static_cast<double>(seen)) * world.size());
+  if (!world.root()) return;
   if (seen > 0) fmt::print(stderr, "calibrated int8 activation ranges on {} jets\n", seen);
   fmt::print(stderr, "quantization-aware training: {}\n", q->describe());
 }
@@ -83,10 +92,10 @@ void prepare(Run& run, bool fresh) {
   ResNet& model = *run.tagger.model;
   c.arch = model.config().arch, c.width = model.config().width, c.hidden = model.config().hidden;
   fs::create_directories(c.output_dir);
-  const World& world = World::get();
+  World& world = World::get();
   if (world.distributed() && c.batch_size % world.size() != 0)
     fail("--batch-size {} is the global batch: it must divide evenly over the {} ranks", c.batch_size, world.size());
-  run.data = open_training_data(c, model.feature_dim());
+  run.data = open_training_data(c, model.feature_dim(), world.rank(), world.size());
   if (std::optional<ImageOptions> used = run.data->image_options()) c.images = *used;  // what the files hold
   if (c.features_path.empty()) check_channels(model, c.images, c.train_path);
   if (run.data->batches_per_epoch() < 1) fail("{}: fewer jets than one batch of {}", c.train_path, c.batch_size);
@@ -95,6 +104,15 @@ void prepare(Run& run, bool fresh) {
   run.tagger.training_config = c.to_json();
   run.trainable = c.head_only() ? model.head_state() : model.state();
   run.adam = std::make_unique<Adam>(run.trainable.parameters, AdamOptions{c.lr, 0.9, 0.999, 1e-8, c.weight_decay});
+  if (!world.distributed()) return;
+  run.reducer = std::make_unique<GradientReducer>(run.trainable, world, static_cast<int64_t>(c.bucket_mb * (1 << 20)));
+  if (world.root())
+    fmt::print(stderr,
+               "data-parallel over {} ranks: global batch {} = {} x {}, {} threads per rank, {} gradients in {} "
+               "bucket(s) of up to {:g} MB{}\n",
+               world.size(), c.batch_size, world.size(), c.batch_size / world.size(), num_threads(),
+               run.trainable.parameters.size(), run.reducer->buckets(), c.bucket_mb,
+               c.sync_batchnorm ? ", batch norm synchronised" : "");
 }
 
 // The forward pass being trained: the whole model, the head on frozen features, or the head alone
@@ -110,40 +128,6 @@ Var training_forward(ResNet& model, const TrainConfig& c, const Tensor& inputs) 
   return model.head(Var(features.value()));
 }
 
-// This rank's rows of a global batch of n: [n*rank/N, n*(rank+1)/N).
-Example local_slice(Example global, const World& world) {
-  if (!world.distributed()) return global;
-  const int64_t n = static_cast<int64_t>(global.labels.size());
-  const int64_t begin = n * world.rank() / world.size(), end = n * (world.rank() + 1) / world.size();
-  Shape shape = global.inputs.shape();
-  shape[0] = end - begin;
-  const int64_t per = global.inputs.numel() / std::max<int64_t>(n, 1);
-  Example local{Tensor::from(shape, std::span<const float>(global.inputs.data() + begin * per,
-                                                           static_cast<size_t>((end - begin) * per))),
-                std::vector<int64_t>(global.labels.begin() + begin, global.labels.begin() + end)};
-  return local;
-}
-
-// The gradient of the global batch's mean loss on every rank: each rank's mean-loss gradient times
-// its row count, summed over the ranks (one allreduce over all the gradients), divided by the
-// global batch size. Every rank then takes the same Adam step.
-void average_gradients(const StateList& trainable, int64_t local_rows, int64_t global_rows, const World& world) {
-  std::vector<float> flat;
-  for (const auto& p : trainable.parameters) {
-    const Tensor& g = p.var->grad();
-    flat.insert(flat.end(), g.data(), g.data() + g.numel());
-  }
-  const float scale_in = static_cast<float>(local_rows);
-  for (float& v : flat) v *= scale_in;
-  world.sum(flat);
-  const float scale_out = 1.0f / static_cast<float>(global_rows);
-  size_t offset = 0;
-  for (const auto& p : trainable.parameters) {
-    Tensor& g = p.var->mutable_grad();
-    for (int64_t i = 0; i < g.numel(); ++i) g.data()[i] = flat[offset++] * scale_out;
-  }
-}
-
 // Every rank must hold the same weights: their sum, in double, compared across the ranks.
 void check_weights_agree(const StateList& state, const World& world, int64_t epoch) {
   if (!world.distributed()) return;
@@ -155,6 +139,22 @@ void check_weights_agree(const StateList& state, const World& world, int64_t epo
   if (world.max(checksum) != world.min(checksum))
     fail("after epoch {} the ranks' weights differ (checksums {} to {}): the data-parallel run is broken", epoch,
          world.min(checksum), world.max(checksum));
+}
+
+// Without --sync-batchnorm each rank's batch norms track the statistics of its own slices: before
+// validating or saving, every rank takes their mean over the ranks (the running statistics a single
+// process would have, to first order), so that all ranks hold one model.
+void average_running_statistics(Run& run) {
+  const World& world = World::get();
+  if (!world.distributed() || run.config.sync_batchnorm || run.config.head_only()) return;
+  std::vector<double> all;
+  const StateList state = run.tagger.model->state();
+  for (const NamedBuffer& b : state.buffers)
+    all.insert(all.end(), b.tensor->data(), b.tensor->data() + b.tensor->numel());
+  world.sum(all);
+  size_t i = 0;
+  for (const NamedBuffer& b : state.buffers)
+    for (float& v : b.tensor->span()) v = static_cast<float>(all[i++] / world.size());
 }
 
 EpochResult run_epoch(Run& run, const std::atomic<bool>* stop) {
@@ -169,26 +169,29 @@ EpochResult run_epoch(Run& run, const std::atomic<bool>* stop) {
   progress.advance(s.step_in_epoch * c.batch_size);
   double loss_sum = 0;
   int64_t steps = 0;
+  const double hook_before = run.reducer ? run.reducer->hook_seconds() : 0;
   EpochResult r;
   r.lr = c.lr;
-  while (std::optional<Example> global = run.data->next()) {
-    const int64_t global_rows = static_cast<int64_t>(global->labels.size());
+  while (std::optional<Example> batch = run.data->next()) {
+    const int64_t global_rows = batch->global_rows;
     if (global_rows < world.size()) continue;  // a last partial batch too small to give every rank a row
-    const Example batch = local_slice(std::move(*global), world);
-    const int64_t local_rows = static_cast<int64_t>(batch.labels.size());
+    const int64_t local_rows = static_cast<int64_t>(batch->labels.size());
     r.lr = learning_rate(c.lr, c.schedule, s.global_step, steps_per_epoch, steps_per_epoch * c.epochs);
     run.adam->set_lr(r.lr);
-    Var loss = softmax_cross_entropy(training_forward(*run.tagger.model, c, batch.inputs), batch.labels);
+    Var loss = softmax_cross_entropy(training_forward(*run.tagger.model, c, batch->inputs), batch->labels);
     run.adam->zero_grad();
-    backward(loss);
-    // The loss for the log and the stop request travel with the gradients' allreduce: every rank
+    if (run.reducer) {  // the gradients are averaged over the ranks in buckets while backward runs
+      run.reducer->start(local_rows);
+      backward(loss, [&run](GradSlot& p) { run.reducer->ready(p); });
+    } else {
+      backward(loss);
+    }
+    // The loss for the log and the stop request travel in one more small allreduce: every rank
     // stops at the same step.
     double shared[2] = {loss.value().data()[0] * static_cast<double>(local_rows), stop && stop->load() ? 1.0 : 0.0};
-    if (world.distributed()) {
-      const auto reduce_start = Clock::now();
-      average_gradients(run.trainable, local_rows, global_rows, world);
+    if (run.reducer) {
+      r.allreduce_seconds += run.reducer->finish(global_rows);
       world.sum(shared);
-      r.allreduce_seconds += std::chrono::duration<double>(Clock::now() - reduce_start).count();
     }
     run.adam->step();
     ++s.step_in_epoch, ++s.global_step, ++steps;
@@ -202,10 +205,11 @@ EpochResult run_epoch(Run& run, const std::atomic<bool>* stop) {
       return r;
     }
   }
-  progress.finish(world.distributed()
-                      ? fmt::format("loss {:.4f}, allreduce {:.1f} ms/step", r.mean_loss,
-                                    1e3 * r.allreduce_seconds / static_cast<double>(std::max<int64_t>(steps, 1)))
-                      : fmt::format("loss {:.4f}", r.mean_loss));
+  const double per_step = 1e3 / static_cast<double>(std::max<int64_t>(steps, 1));
+  progress.finish(run.reducer ? fmt::format("loss {:.4f}, allreduce: {:.1f} ms/step in backward, {:.1f} waiting",
+                                            r.mean_loss, (run.reducer->hook_seconds() - hook_before) * per_step,
+                                            r.allreduce_seconds * per_step)
+                              : fmt::format("loss {:.4f}", r.mean_loss));
   run.data->report_skipped();
   return r;
 }
@@ -216,9 +220,11 @@ EpochMetrics evaluate(Run& run, const EpochResult& epoch, double seconds) {
   io.batch_size = run.config.eval_batch_size;
   io.max_jets = run.config.max_val_jets;
   io.label = "validate";
-  io.show_progress = World::get().root();  // every rank validates the whole set: identical metrics
-  io.keep_non_finite = true;               // a diverged run still gets its metrics (NaN) and its report
-  const InferenceResult v = run.data->validate(*run.tagger.model, io);
+  const World& world = World::get();
+  io.show_progress = world.root();
+  io.keep_non_finite = true;                        // a diverged run still gets its metrics (NaN) and its report
+  io.part = world.rank(), io.parts = world.size();  // each rank scores its share; all get every score
+  const InferenceResult v = gather(run.data->validate(*run.tagger.model, io), world);
   const Predictions& p = v.predictions;
   EpochMetrics m{
       run.state.epoch + 1, run.state.global_step, epoch.lr, epoch.mean_loss, v.mean_loss, NAN, NAN, NAN, seconds};
@@ -280,6 +286,7 @@ TrainResult train_loop(Run& run, const std::atomic<bool>* stop) {
   for (TrainState& s = run.state; s.epoch < run.config.epochs; ++s.epoch, s.step_in_epoch = 0) {
     const auto start = Clock::now();
     const EpochResult epoch = run_epoch(run, stop);
+    average_running_statistics(run);
     if (epoch.interrupted) {
       if (World::get().root()) write_training_checkpoint(run.last, run.tagger, *run.adam, s, run.config);
       result.interrupted = true;
