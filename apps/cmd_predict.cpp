@@ -8,6 +8,7 @@
 #include "serve/client.h"
 #include "tagger/inference.h"
 #include "tagger/tagger.h"
+#include "training/distributed.h"
 
 namespace toptag::apps {
 
@@ -25,6 +26,8 @@ struct PredictArgs {
 // Where the model lives: exactly one of --checkpoint and --server.
 void check_source(const PredictArgs& a) {
   if (a.checkpoint.empty() == a.server.empty()) fail("give either --checkpoint FILE or --server URL");
+  if (!a.server.empty() && World::get().distributed())
+    fail("--server is one client process with --concurrency requests in flight: run it without mpirun");
 }
 
 RemotePredictResult predict_from_server(const PredictArgs& a, bool features) {
@@ -46,6 +49,10 @@ InferenceOptions inference_options(const PredictArgs& a, const char* label) {
   io.max_jets = a.max_jets;
   io.label = label;
   io.model = "model " + a.checkpoint;
+  // Under mpirun each rank scores its share of the jets (in file order); rank 0 writes them all.
+  const World& world = World::get();
+  io.part = world.rank(), io.parts = world.size();
+  io.show_progress = world.root();
   return io;
 }
 
@@ -63,19 +70,23 @@ void run_predict(const PredictArgs& a) {
   freeze_for_inference(tagger);
   ResNet* model = tagger.model.get();
   const InferenceOptions io = inference_options(a, "predict");
+  const World& world = World::get();
   if (is_features_file(a.input)) {
     // Featurizer outputs (e.g. from a server): only the checkpoint's classifier head runs.
-    InferenceResult r = run_head(*model, read_features(a.input), io);
+    InferenceResult r = gather(run_head(*model, read_features(a.input), io), world);
+    if (!world.root()) return;
     write_predictions(a.output, r.predictions);
     fmt::print("wrote {} predictions (head only, on the features in {}) to {}\n", r.predictions.size(), a.input,
                a.output);
     return;
   }
   JetFile file(a.input);
-  InferenceResult r = run_inference(*model, file, a.image.resolve(file, tagger.images), io);
+  InferenceResult r = gather(run_inference(*model, file, a.image.resolve(file, tagger.images), io), world);
+  if (!world.root()) return;
   warn_skipped(a.input, r.dropped);
   write_predictions(a.output, r.predictions);
-  fmt::print("wrote {} predictions to {}\n", r.predictions.size(), a.output);
+  fmt::print("wrote {} predictions to {}{}\n", r.predictions.size(), a.output,
+             world.distributed() ? fmt::format(" (scored by {} ranks)", world.size()) : "");
 }
 
 void run_features(const PredictArgs& a) {
@@ -104,6 +115,13 @@ void run_features(const PredictArgs& a) {
                                              features.insert(features.end(), f.data(), f.data() + f.numel());
                                              labels.insert(labels.end(), l.begin(), l.end());
                                            });
+  const World& world = World::get();
+  if (world.distributed()) {  // every rank's rows, in file order, on rank 0
+    features = world.gather_to_root(features, model->feature_dim());
+    labels = world.gather(std::span<const int64_t>(labels));
+    dropped = gather(dropped, world);
+    if (!world.root()) return;
+  }
   warn_skipped(a.input, dropped);
   const int64_t n = static_cast<int64_t>(labels.size());
   write_features(a.output, {Tensor::from({n, model->feature_dim()}, features), labels, a.output}, a.checkpoint);

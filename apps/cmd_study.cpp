@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <csignal>
+#include <sstream>
 
 #include "apps/commands.h"
 #include "nn/check.h"
@@ -14,7 +15,16 @@ namespace {
 struct StudyArgs {
   StudyOptions options;
   std::vector<int64_t> jets;
+  int mpi_ranks = 0;
+  std::string launcher;
 };
+
+std::vector<std::string> split_words(const std::string& text) {
+  std::vector<std::string> words;
+  std::istringstream in(text);
+  for (std::string w; in >> w;) words.push_back(w);
+  return words;
+}
 
 void run_study_command(StudyArgs& a) {
   StudyOptions o = a.options;
@@ -23,6 +33,9 @@ void run_study_command(StudyArgs& a) {
     o.train_jets = a.jets[0], o.val_jets = a.jets[1], o.test_jets = a.jets[2];
     o.limit_data = true;  // with --data: only the first jets of each file
   }
+  if (a.mpi_ranks > 0 && !a.launcher.empty()) fail("give --mpi N or --launcher CMD, not both");
+  if (a.mpi_ranks > 0) o.launcher = {"mpirun", "-np", std::to_string(a.mpi_ranks)};
+  if (!a.launcher.empty()) o.launcher = split_words(a.launcher);
   struct Handlers {
     Handlers() {
       std::signal(SIGINT, forward);
@@ -78,6 +91,10 @@ void add_study_command(CLI::App& app) {
       ->default_str("1,2,4,8,16,32")
       ->check(in_range(1, 4096));
   cmd->add_option("--perf-duration", o.perf_duration, "measuring time per performance point")->default_val("5s");
+  cmd->add_option("--mpi", a->mpi_ranks, "train on N MPI ranks: the training stages run under 'mpirun -np N'")
+      ->check(in_range(1, 1e6));
+  cmd->add_option("--launcher", a->launcher,
+                  "the training stages' launcher instead, e.g. \"srun -n 16\" or \"mpirun --oversubscribe -np 2\"");
   cmd->callback([a] { run_study_command(*a); });
 }
 

@@ -55,7 +55,8 @@ std::string quoted(const std::vector<std::string>& args) {
   return out;
 }
 
-// Starts `args` in directory `cwd` (the study's own working directory is never changed).
+// Starts `args` in directory `cwd` (the study's own working directory is never changed); args[0]
+// is looked up on the PATH unless it holds a slash.
 pid_t spawn(const std::vector<std::string>& args, const std::string& cwd) {
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -64,7 +65,7 @@ pid_t spawn(const std::vector<std::string>& args, const std::string& cwd) {
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addchdir_np(&actions, cwd.c_str());
   pid_t pid = 0;
-  const int e = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  const int e = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   if (e != 0) fail("cannot start {}: {}", args[0], std::strerror(e));
   return pid;
@@ -84,15 +85,19 @@ class Runner {
  public:
   Runner(std::string toptag, std::string dir) : toptag_(std::move(toptag)), dir_(std::move(dir)) {}
 
-  void run(const std::vector<std::string>& args) const {
-    fmt::print("$ toptag {}\n", quoted(args));
+  // `launcher` (e.g. mpirun -np 4) goes in front of toptag.
+  void run(const std::vector<std::string>& args, const std::vector<std::string>& launcher = {}) const {
+    const std::string shown = (launcher.empty() ? "" : quoted(launcher) + " ") + "toptag " + quoted(args);
+    fmt::print("$ {}\n", shown);
     std::fflush(stdout);
     check_interrupted();
-    foreground = spawn(command(args), dir_);
+    std::vector<std::string> full = launcher;
+    for (std::string& part : command(args)) full.push_back(std::move(part));
+    foreground = spawn(full, dir_);
     const int code = wait_for(foreground);
     foreground = 0;
     check_interrupted();
-    if (code != 0) fail("'toptag {}' failed with exit code {} (in {})", quoted(args), code, dir_);
+    if (code != 0) fail("'{}' failed with exit code {} (in {})", shown, code, dir_);
   }
   const std::string& dir() const { return dir_; }
   pid_t start(const std::vector<std::string>& args) const {
@@ -205,9 +210,9 @@ struct Study {
   // signal of its own exits 0 too: the stage is done only with every epoch in its metrics.
   void train_run(const std::string& out, const Args& args, int epochs) const {
     if (fs::exists(at(out) / "last.h5"))
-      toptag.run({"train", "--resume", out, "--epochs", std::to_string(epochs)});
+      toptag.run({"train", "--resume", out, "--epochs", std::to_string(epochs)}, o.launcher);
     else
-      toptag.run(Args{"train", "-o", out, "--epochs", std::to_string(epochs)} + args);
+      toptag.run(Args{"train", "-o", out, "--epochs", std::to_string(epochs)} + args, o.launcher);
     const int done = finished_epochs(at(out));
     if (done < epochs) fail("training in {} stopped after {} of {} epochs; rerun to resume", out, done, epochs);
   }

@@ -38,6 +38,9 @@ struct StudyOptions {
   std::string perf_duration = "5s";
   int serve_port = 0;  // 0: a free port
   std::string toptag;  // the toptag executable (default: this process's)
+  // The training stages' launcher, e.g. {"mpirun", "-np", "4"} (study --mpi 4) or {"srun", "-n", "16"}:
+  // they then train data-parallel. Empty: one process.
+  std::vector<std::string> launcher;
 };
 
 // Runs (or resumes) every stage; throws toptag::Error naming the stage that failed. Each command

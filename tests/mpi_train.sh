@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training under mpirun (2 ranks, oversubscribed, as root in CI): equivalence with one
 # process, convergence, resume across rank counts, and a killed rank ending the job.
+# Also: QAT and --features on 2 ranks, distributed predict and features (bit-identical files), SIGINT,
+# and the study with --mpi 2.
 # Usage: mpi_train.sh TOPTAG
 set -euo pipefail
 TOPTAG=$(realpath "$1")
@@ -33,10 +35,11 @@ PY
 
 # With --sync-batchnorm the whole model on 2 ranks x 4 rows matches 1 process x 8 rows: batch-norm
 # statistics and their backward sums cover the global batch (10 steps; float summation order only).
+# Buckets of 10 kB: the gradients are reduced in many buckets while backward runs.
 for ranks in 1 2; do
   launcher=""; [ "$ranks" = 2 ] && launcher=$MPIRUN
   $launcher $TOPTAG train --train train.h5 --val val.h5 -o sync$ranks --init base/last.h5 --sync-batchnorm \
-    $TINY --batch-size 8 --epochs 1 --max-train-jets 80 >sync$ranks.log 2>&1 || fail "sync-BN training on $ranks rank(s): $(tail -3 sync$ranks.log)"
+    $TINY --batch-size 8 --epochs 1 --max-train-jets 80 --bucket-mb 0.01 >sync$ranks.log 2>&1 || fail "sync-BN training on $ranks rank(s): $(tail -3 sync$ranks.log)"
 done
 /usr/bin/python3 - <<'PY' || fail "synchronised batch norm: 1 and 2 ranks ended with different weights"
 import h5py, numpy as np
@@ -45,6 +48,29 @@ names = [k for k in a.keys() if isinstance(a[k], h5py.Dataset) and a[k].dtype.ki
 worst = max(float(np.max(np.abs(a[k][()] - b[k][()])) / (1e-3 + float(np.max(np.abs(a[k][()]))))) for k in names)
 print(f"sync batch norm, 1 vs 2 ranks, worst relative weight difference over {len(names)} tensors: {worst:.2e}")
 assert worst < 1e-3, worst
+PY
+
+# Quantization-aware training (int8 weights and activations: batch norm folded, ranges calibrated on
+# each rank's slices and combined) and head-only training on a features file: 2 ranks end where
+# 1 process ends.
+$TOPTAG features -c base/last.h5 -i train.h5 -o ftrain.h5 --threads 1 >/dev/null 2>&1 || fail "features of train.h5"
+$TOPTAG features -c base/last.h5 -i val.h5 -o fval.h5 --threads 1 >/dev/null 2>&1 || fail "features of val.h5"
+for ranks in 1 2; do
+  launcher=""; [ "$ranks" = 2 ] && launcher=$MPIRUN
+  $launcher $TOPTAG train --train train.h5 --val val.h5 -o qat$ranks --init base/last.h5 --quantize int8 \
+    $TINY --batch-size 8 --epochs 1 --max-train-jets 80 >qat$ranks.log 2>&1 || fail "QAT on $ranks rank(s): $(tail -3 qat$ranks.log)"
+  $launcher $TOPTAG train --features ftrain.h5 --val fval.h5 -o feat$ranks --init base/last.h5 --threads 1 \
+    --batch-size 16 --epochs 2 >feat$ranks.log 2>&1 || fail "--features on $ranks rank(s): $(tail -3 feat$ranks.log)"
+done
+/usr/bin/python3 - <<'PY' || fail "QAT or --features: 1 and 2 ranks ended with different weights"
+import h5py, numpy as np
+for run in ("qat", "feat"):
+    a, b = h5py.File(f"{run}1/last.h5"), h5py.File(f"{run}2/last.h5")
+    names = [k for k in a.keys() if isinstance(a[k], h5py.Dataset) and a[k].dtype.kind == "f"]
+    assert names, run
+    worst = max(float(np.max(np.abs(a[k][()] - b[k][()])) / (1e-3 + float(np.max(np.abs(a[k][()]))))) for k in names)
+    print(f"{run}, 1 vs 2 ranks, worst relative weight difference over {len(names)} tensors: {worst:.2e}")
+    assert worst < 1e-3, (run, worst)
 PY
 
 # Whole-model training on 2 ranks (local batch-norm statistics) learns, and only rank 0 logs.
@@ -66,6 +92,41 @@ grep -q "trained 2 epochs" r21.log || fail "2 -> 1 resume did not finish: $(tail
 $TOPTAG train --train train.h5 --val val.h5 -o r12 $TINY --batch-size 16 --epochs 1 >/dev/null 2>&1
 $MPIRUN $TOPTAG train --resume r12 --epochs 2 >r12.log 2>&1 || fail "1 -> 2 resume: $(tail -3 r12.log)"
 grep -q "trained 2 epochs" r12.log || fail "1 -> 2 resume did not finish: $(tail -3 r12.log)"
+
+# Distributed predict and features: 2 and 3 ranks write the file 1 process writes, bit for bit
+# (the same threads per process: thread count changes GEMM blocking and so the last bits). 130 jets
+# in batches of 7: shares cut at batch boundaries, the last one short.
+$TOPTAG predict -c full/last.h5 -i val.h5 -o p1.h5 --batch-size 7 --threads 1 >/dev/null 2>&1 || fail "predict"
+$TOPTAG features -c full/last.h5 -i val.h5 -o f1.h5 --batch-size 7 --threads 1 >/dev/null 2>&1 || fail "features"
+for ranks in 2 3; do
+  mpirun -np $ranks --oversubscribe $TOPTAG predict -c full/last.h5 -i val.h5 -o p$ranks.h5 --batch-size 7 \
+    --threads 1 >p$ranks.log 2>&1 || fail "predict on $ranks ranks: $(tail -3 p$ranks.log)"
+  h5diff p1.h5 p$ranks.h5 >/dev/null || fail "predict on $ranks ranks differs from 1 process: $(h5diff p1.h5 p$ranks.h5 | tail -3)"
+  mpirun -np $ranks --oversubscribe $TOPTAG features -c full/last.h5 -i val.h5 -o f$ranks.h5 --batch-size 7 \
+    --threads 1 >f$ranks.log 2>&1 || fail "features on $ranks ranks: $(tail -3 f$ranks.log)"
+  h5diff f1.h5 f$ranks.h5 /features >/dev/null || fail "features on $ranks ranks differ from 1 process"
+  h5diff f1.h5 f$ranks.h5 /labels >/dev/null || fail "feature labels on $ranks ranks differ from 1 process"
+done
+[ "$(grep -c '^wrote 128\|^wrote 130' p2.log)" = 1 ] || fail "not exactly one rank wrote: $(cat p2.log)"
+
+# SIGINT to mpirun: every rank stops at the same step, rank 0 writes the checkpoint, and the run resumes.
+$MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o stopped $TINY --batch-size 16 --epochs 500 >stopped.log 2>&1 &
+job=$!
+for _ in $(seq 1 100); do [ -s stopped/metrics.csv ] && break; sleep 0.2; done
+kill -INT $job
+wait $job || true
+grep -q "interrupted in epoch" stopped.log || fail "SIGINT did not stop the ranks with a checkpoint: $(tail -3 stopped.log)"
+epochs_done=$(( $(wc -l <stopped/metrics.csv) - 1 ))
+$MPIRUN $TOPTAG train --resume stopped --epochs $((epochs_done + 1)) >resumed.log 2>&1 \
+  || fail "resume after SIGINT: $(tail -3 resumed.log)"
+grep -q "trained $((epochs_done + 1)) epochs" resumed.log || fail "resume after SIGINT did not finish: $(tail -3 resumed.log)"
+
+# The study with --mpi 2: its three training stages run under mpirun, the rest as before.
+$TOPTAG study -o study --mpi 2 --jets 256,128,128 --epochs 1 --finetune-epochs 1 --head-epochs 1 --arch resnet10 \
+  --width 4 --hidden 16 --image-size 16 --concurrency 1,2 --perf-duration 100ms >study.log 2>&1 \
+  || fail "study --mpi 2: $(tail -5 study.log)"
+[ "$(grep -c '^\$ mpirun -np 2 toptag train' study.log)" = 3 ] || fail "study --mpi 2 did not train on 2 ranks: $(grep '^\$' study.log)"
+[ -s study/report/REPORT.md ] || fail "study --mpi 2 wrote no report"
 
 # A rank killed mid-run ends the whole job, non-zero, within seconds (no hang).
 $MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o killed $TINY --batch-size 16 --epochs 500 >killed.log 2>&1 &
