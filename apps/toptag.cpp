@@ -9,6 +9,17 @@
 #include "apps/commands.h"
 #include "nn/blas.h"
 #include "nn/check.h"
+#include "training/distributed.h"
+
+namespace {
+
+// Under mpirun an error on one rank ends every rank (see abort_job_if_distributed).
+int failed(int code) {
+  toptag::abort_job_if_distributed(code);
+  return code;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"toptag: top-quark jet tagging with ResNet-50, from training to FPGA-style quantization and serving"};
@@ -22,13 +33,13 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const toptag::Error& e) {
     fmt::print(stderr, "toptag: error: {}\n", e.what());
-    return 1;
+    return failed(1);
   } catch (const std::filesystem::filesystem_error& e) {  // an unwritable or missing directory, a full disk
     fmt::print(stderr, "toptag: error: {}: {}\n", e.path1().string(), e.code().message());
-    return 1;
+    return failed(1);
   } catch (const std::exception& e) {
     fmt::print(stderr, "toptag: internal error: {}\n", e.what());
-    return 2;
+    return failed(2);
   }
   return 0;
 }

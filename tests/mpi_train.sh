@@ -128,6 +128,17 @@ $TOPTAG study -o study --mpi 2 --jets 256,128,128 --epochs 1 --finetune-epochs 1
 [ "$(grep -c '^\$ mpirun -np 2 toptag train' study.log)" = 3 ] || fail "study --mpi 2 did not train on 2 ranks: $(grep '^\$' study.log)"
 [ -s study/report/REPORT.md ] || fail "study --mpi 2 wrote no report"
 
+# An error on one rank (rank 0 cannot put its checkpoint in place) ends the whole job with the
+# error, non-zero, at once: the other rank is not left waiting in its next allreduce.
+mkdir -p unwritable/last.h5/in-the-way
+start=$(date +%s)
+if timeout 60 $MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o unwritable $TINY --batch-size 16 --epochs 3 \
+  >unwritable.log 2>&1; then
+  fail "the job exited 0 although rank 0 could not write its checkpoint"
+fi
+[ $(($(date +%s) - start)) -lt 50 ] || fail "the job hung after rank 0 failed: $(tail -3 unwritable.log)"
+grep -q "cannot rename unwritable/last.h5" unwritable.log || fail "no error message: $(tail -3 unwritable.log)"
+
 # A rank killed mid-run ends the whole job, non-zero, within seconds (no hang).
 $MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o killed $TINY --batch-size 16 --epochs 500 >killed.log 2>&1 &
 job=$!

@@ -59,6 +59,11 @@ class World {
   std::unique_ptr<Requests> pending_;
 };
 
+// After an error on this rank, ends the whole job with `code` (MPI_Abort) when it has other ranks:
+// they would otherwise wait for this one forever in their next collective (and MPI_Finalize, run at
+// exit, can wait for them). Does nothing in a process MPI did not start.
+void abort_job_if_distributed(int code);
+
 // Every rank's share of an inference (InferenceOptions part = rank, parts = size), gathered on every
 // rank in rank order, which is file order: predictions, the mean loss over all of them, the skipped jets.
 InferenceResult gather(const InferenceResult& mine, const World& world);
