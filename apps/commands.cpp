@@ -19,6 +19,7 @@ void register_commands(CLI::App& app) {
   add_eval_command(app);
   add_serve_commands(app);
   add_study_command(app);
+  add_export_command(app);
 }
 
 CLI::Validator in_range(double min, double max) {

@@ -16,6 +16,7 @@ void add_eval_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_serve_commands(CLI::App& app);  // serve, perf
 void add_study_command(CLI::App& app);
+void add_export_command(CLI::App& app);  // ONNX and a Triton model repository
 
 // Numeric flags take finite values in [min, max] only: CLI::Range lets NaN through, and a flag
 // without a check let zero, negative or absurd values reach the libraries.

@@ -22,7 +22,10 @@ void write_text_atomically(const std::string& path, const std::string& text) {
   }
   std::error_code e;
   std::filesystem::rename(temp, path, e);
-  if (e) fail("{}: cannot move the finished file into place: {}", path, e.message());
+  if (e) {
+    std::remove(temp.c_str());  // e.g. `path` is a directory: leave nothing behind
+    fail("{}: cannot move the finished file into place: {}", path, e.message());
+  }
 }
 
 void refuse_overwriting_input(const std::string& flag, const std::string& output,

@@ -125,7 +125,7 @@ ResNet::ResNet(const ResNetConfig& config, uint64_t seed) : config_(config) {
 Var ResNet::features(const Var& images) {
   if (images.shape().rank() != 4 || images.shape()[1] != config_.in_channels)
     fail("model expects images of shape (N, {}, H, W), got {}", config_.in_channels, images.shape().str());
-  Var x = maxpool2d(conv_bn(conv1, bn1, images, true), {3, 2, 1});
+  Var x = maxpool2d(conv_bn(conv1, bn1, images, true), kStemMaxPool);
   for (auto& stage : layers)
     for (auto& block : stage) x = block.forward(x);
   return global_avgpool(x);

@@ -18,6 +18,9 @@ namespace toptag {
 
 enum class BlockKind { basic, bottleneck };
 
+// The stem's max pool after conv1: 3x3, stride 2, padding 1 (torchvision).
+constexpr MaxPool2dParams kStemMaxPool{3, 2, 1};
+
 struct ResNetConfig {
   std::string arch = "resnet50";  // resnet10, resnet18, resnet34, resnet50, resnet101, resnet152
   int64_t in_channels = 1;        // 1: a single-colour jet image; 3: the paper's RGB copies
@@ -78,6 +81,12 @@ class ResNet {
   // Every conv and linear layer under its state_dict prefix ("layer1.0.conv2", "fc1"), for attaching hooks.
   std::vector<std::pair<std::string, Conv2d*>> convs();
   std::vector<std::pair<std::string, Linear*>> linears();
+  // The layers in forward order, read-only, for code that walks the network (export/onnx_export.cpp).
+  const Conv2d& stem() const { return conv1; }
+  const std::vector<std::vector<Block>>& stages() const { return layers; }
+  const Linear& hidden_layer() const { return fc1; }
+  const Linear& output_layer() const { return fc2; }
+
   int64_t feature_dim() const { return feature_dim_; }
   const ResNetConfig& config() const { return config_; }
 

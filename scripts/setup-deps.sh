@@ -13,6 +13,8 @@ packages=(
   libfastjet-dev
   libopenmpi-dev openmpi-bin  # data-parallel training (mpirun -np N toptag train ...)
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libcpp-httplib-dev libboost-dev
+  libonnx-dev  # toptag export: ONNX's protobuf classes and checker
+  libopencv-dnn-dev  # tests only: OpenCV's dnn module runs the exported ONNX models
   clang libclang-rt-14-dev libomp-dev  # the sanitizer and libFuzzer build (scripts/sanitize.sh, scripts/fuzz.sh)
   python3-h5py python3-pandas python3-tables  # tests only: toptag's files read from Python, as the real ones are
 )

@@ -254,8 +254,10 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
   if (!probe->ready()) fail("{}: model '{}' is not ready (is the server running?)", o.url, o.model);
   const RemoteModel meta = probe->metadata();
   const bool send_images = !file.has_constituents();
-  if (!meta.input(send_images ? "images" : "constituents"))
-    fail("{}: model '{}' has no '{}' input", o.url, o.model, send_images ? "images" : "constituents");
+  if (send_images && !meta.input("images")) fail("{}: model '{}' has no 'images' input", o.url, o.model);
+  if (!send_images && !meta.input("constituents"))  // e.g. a model of toptag export served by Triton
+    fail("{}: model '{}' has no 'constituents' input: make images of {} first (toptag images) and send those", o.url,
+         o.model, file.path());
 
   const int64_t n = o.max_jets > 0 ? std::min(o.max_jets, file.size()) : file.size();
   RemotePredictResult result;
