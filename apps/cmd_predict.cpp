@@ -53,6 +53,7 @@ InferenceOptions inference_options(const PredictArgs& a, const char* label) {
   const World& world = World::get();
   io.part = world.rank(), io.parts = world.size();
   io.show_progress = world.root();
+  if (world.distributed()) io.label = fmt::format("{} (rank 0's share of {})", label, world.size());
   return io;
 }
 

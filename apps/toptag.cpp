@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <filesystem>
+#include <string_view>
 
 #include "apps/commands.h"
 #include "nn/blas.h"
@@ -19,6 +20,21 @@ int failed(int code) {
   return code;
 }
 
+// Under mpirun only the commands that split their work over the ranks may run: N copies of any
+// other would do the same work N times and race for its output file.
+void check_runs_under_mpi(int argc, char** argv) {
+  const char* command = nullptr;
+  for (int i = 1; i < argc && command == nullptr; ++i)
+    if (argv[i][0] != '-') command = argv[i];
+  if (command == nullptr || !toptag::World::get().distributed()) return;
+  for (const char* splits : {"train", "predict", "features"})
+    if (std::string_view(command) == splits) return;
+  toptag::fail(
+      "toptag {} runs as one process: run it without mpirun (train, predict and features split their work "
+      "over MPI ranks)",
+      command);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -28,6 +44,7 @@ int main(int argc, char** argv) {
   toptag::apps::register_commands(app);
   try {
     toptag::blas_info();  // loads OpenBLAS with its kernel chosen, before any other thread starts
+    check_runs_under_mpi(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);

@@ -105,10 +105,10 @@ void backward(const Var& output, const Tensor& grad_output, const ParameterReady
   for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
     if (it->output->grad.defined()) it->backward(it->output->grad);
     if (!it->output->is_parameter && it->output.get() != &seed) it->output->grad = Tensor();  // free early
-    it->backward = nullptr;  // release the tensors the closure saved
-    if (on_ready)
+    if (on_ready)  // before the closure goes: it may hold the last reference to a parameter's slot
       for (GradSlot* p : it->parameters)
         if (--readers[p] == 0) on_ready(*p);
+    it->backward = nullptr;  // release the tensors the closure saved
   }
 }
 

@@ -20,7 +20,8 @@ struct InferenceOptions {
   bool keep_non_finite = false;
   // Only this share of the jets (after max_jets), in file order: the parts of all ranks concatenated
   // are the whole (distributed predict and validation). Parts are cut at batch boundaries, so every
-  // jet is scored in the same batch as by one process, and the scores are bitwise the same.
+  // jet is scored in the same batch as by one process, and the scores are bitwise the same (unless
+  // jets are skipped for NaN/inf: the cut is in file rows, and a skipped jet shifts later batches).
   int part = 0, parts = 1;
 };
 

@@ -347,7 +347,7 @@ TEST(Loader, PartsAreSlicesOfTheSameBatchesAndFirstRowSkips) {
     EXPECT_EQ(pixels, std::vector<float>(w->images.data(), w->images.data() + w->images.numel()));
     ++batches;
   }
-  EXPECT_EQ(batches, 22);  // 256 jets: 21 batches of 12 and one of 4 (4 parts of 1 or 2 rows)
+  EXPECT_EQ(batches, 22);  // 256 jets: 21 batches of 12 and one of 4 (3 parts of 1 or 2 rows)
   for (auto& p : parts) EXPECT_FALSE(p->next());
 
   LoaderOptions tail;

@@ -222,6 +222,7 @@ EpochMetrics evaluate(Run& run, const EpochResult& epoch, double seconds) {
   io.label = "validate";
   const World& world = World::get();
   io.show_progress = world.root();
+  if (world.distributed()) io.label = fmt::format("validate (rank 0's share of {})", world.size());
   io.keep_non_finite = true;                        // a diverged run still gets its metrics (NaN) and its report
   io.part = world.rank(), io.parts = world.size();  // each rank scores its share; all get every score
   const InferenceResult v = gather(run.data->validate(*run.tagger.model, io), world);
