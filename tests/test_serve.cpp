@@ -772,20 +772,21 @@ TEST(Serve, AFullQueueRefusesAtOnce) {
   auto server = start_server(o);
   auto stub = grpc_stub(server->grpc_port());
   InferenceService& service = server->service();
-  // A fills the queue (4096 images: 512 batches of 8); B, sent as soon as A is queued, needs 400 more
-  // places than the few batches computed meanwhile can have freed: refused at once.
+  // A fills the queue (4096 images: 512 batches of 8); B (4000 images, 500 batches), sent as soon as
+  // A is queued, fits only once 488 of A's batches are computed: refused at once. B's request is
+  // made before A starts, so that only its sending is in the race.
   const std::vector<float> a = random_images(4096, 31);
-  std::thread first([&] { service.infer("toptag", "", {"images", "FP32", {4096, 1, kSize, kSize}, a}, {}); });
-  while (server->service().engine().queued() == 0) std::this_thread::yield();
-  const std::vector<float> b = random_images(3200, 32);
+  const std::vector<float> b = random_images(4000, 32);
   httplib::Client http("127.0.0.1", server->http_port());
   std::string header = json{{"inputs",
                              {{{"name", "images"},
                                {"datatype", "FP32"},
-                               {"shape", {3200, 1, kSize, kSize}},
+                               {"shape", {4000, 1, kSize, kSize}},
                                {"parameters", {{"binary_data_size", b.size() * 4}}}}}}}
                            .dump();
   const std::string body = header + std::string(reinterpret_cast<const char*>(b.data()), b.size() * 4);
+  std::thread first([&] { service.infer("toptag", "", {"images", "FP32", {4096, 1, kSize, kSize}, a}, {}); });
+  while (server->service().engine().queued() == 0) std::this_thread::yield();
   auto res = http.Post("/v2/models/toptag/infer", {{"Inference-Header-Content-Length", std::to_string(header.size())}},
                        body, "application/octet-stream");
   ASSERT_TRUE(res);
