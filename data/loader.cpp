@@ -17,6 +17,11 @@ int64_t bytes_per_row(const JetFile& file, const ImageOptions& images) {
 
 }  // namespace
 
+std::pair<int64_t, int64_t> part_rows(int64_t n, int part, int parts, int64_t batch) {
+  const int64_t batches = (n + batch - 1) / batch;
+  return {std::min(n, batches * part / parts * batch), std::min(n, batches * (part + 1) / parts * batch)};
+}
+
 Loader::Loader(const JetFile& file, const ImageOptions& images, const LoaderOptions& options)
     : file_(file), images_(images), options_(options) {
   if (options.batch_size < 1) fail("batch size must be at least 1, got {}", options.batch_size);
@@ -108,9 +113,8 @@ void Loader::produce(int64_t epoch, int64_t skip_batches) {
     Batch batch;
     batch.whole_rows = static_cast<int64_t>(order.size());
     if (options_.parts > 1) {  // this rank's slice of the batch every rank draws
-      const size_t n = order.size(), parts = static_cast<size_t>(options_.parts),
-                   part = static_cast<size_t>(options_.part);
-      order = order.subspan(n * part / parts, n * (part + 1) / parts - n * part / parts);
+      const auto [first, end] = part_rows(static_cast<int64_t>(order.size()), options_.part, options_.parts);
+      order = order.subspan(static_cast<size_t>(first), static_cast<size_t>(end - first));
     }
     if (!skipping) {
       batch.images = file_.images(ex, order, images_);

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "data/dataset.h"
 
@@ -31,6 +32,11 @@ struct LoaderOptions {
   // rows [B*part/parts, B*(part+1)/parts) of a batch of B (labels and rows too).
   int part = 0, parts = 1;
 };
+
+// The rows [begin, end) of part `part` of `parts` of n rows cut into batches of `batch`: whole
+// batches [nb*part/parts, nb*(part+1)/parts) of the nb = ceil(n/batch). With batch 1, the rows
+// [n*part/parts, n*(part+1)/parts): the parts differ in size by at most one.
+std::pair<int64_t, int64_t> part_rows(int64_t n, int part, int parts, int64_t batch = 1);
 
 struct Batch {
   Tensor images;                // (B, C, H, W)

@@ -39,11 +39,6 @@ void check_finite(const Tensor& out, const char* what, const std::vector<int64_t
 
 }  // namespace
 
-std::pair<int64_t, int64_t> part_rows(int64_t n, int part, int parts, int64_t batch) {
-  const int64_t batches = (n + batch - 1) / batch;
-  return {std::min(n, batches * part / parts * batch), std::min(n, batches * (part + 1) / parts * batch)};
-}
-
 int64_t first_non_finite_row(const Tensor& out) {
   const int64_t n = out.dim(0), per = n > 0 ? out.numel() / n : 0;
   for (int64_t i = 0; i < n; ++i)

@@ -25,10 +25,6 @@ struct InferenceOptions {
   int part = 0, parts = 1;
 };
 
-// The rows [begin, end) of part `part` of `parts` of n rows cut into batches of `batch`: whole
-// batches [nb*part/parts, nb*(part+1)/parts) of the nb = ceil(n/batch).
-std::pair<int64_t, int64_t> part_rows(int64_t n, int part, int parts, int64_t batch = 1);
-
 // The first row of `out` (N, ...) holding a NaN or inf, or -1 when every value is finite.
 int64_t first_non_finite_row(const Tensor& out);
 

@@ -90,17 +90,24 @@ double World::min(double value) const {
 
 namespace {
 
-template <typename T>
-std::vector<T> gather_rows(std::span<const T> mine, MPI_Datatype type, int ranks) {
-  if (ranks == 1) return {mine.begin(), mine.end()};
-  const int count = static_cast<int>(mine.size());
-  std::vector<int> counts(static_cast<size_t>(ranks)), offsets(static_cast<size_t>(ranks));
-  check_mpi(MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "allgather");
+// Where each rank's part starts in the gathered whole (in units of `counts`); returns the total.
+int64_t offsets_of(const std::vector<int>& counts, std::vector<int>& offsets) {
+  offsets.resize(counts.size());
   int64_t total = 0;
   for (size_t r = 0; r < counts.size(); ++r) {
     offsets[r] = static_cast<int>(total);
     total += counts[r];
   }
+  return total;
+}
+
+template <typename T>
+std::vector<T> gather_rows(std::span<const T> mine, MPI_Datatype type, int ranks) {
+  if (ranks == 1) return {mine.begin(), mine.end()};
+  const int count = static_cast<int>(mine.size());
+  std::vector<int> counts(static_cast<size_t>(ranks)), offsets;
+  check_mpi(MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "allgather");
+  const int64_t total = offsets_of(counts, offsets);
   if (total > std::numeric_limits<int>::max()) fail("MPI gather of {} values: more than one call can carry", total);
   std::vector<T> all(static_cast<size_t>(total));
   check_mpi(MPI_Allgatherv(mine.data(), count, type, all.data(), counts.data(), offsets.data(), type, MPI_COMM_WORLD),
@@ -126,13 +133,9 @@ std::vector<float> World::gather_to_root(std::span<const float> mine, int64_t wi
   MPI_Datatype row;  // counts in rows, so that more than 2^31 floats in all still fit
   check_mpi(MPI_Type_contiguous(static_cast<int>(width), MPI_FLOAT, &row), "type_contiguous");
   MPI_Type_commit(&row);
-  std::vector<int> counts(static_cast<size_t>(size_)), offsets(static_cast<size_t>(size_));
+  std::vector<int> counts(static_cast<size_t>(size_)), offsets;
   check_mpi(MPI_Gather(&rows, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, MPI_COMM_WORLD), "gather");
-  int64_t total = 0;
-  for (size_t r = 0; r < counts.size(); ++r) {
-    offsets[r] = static_cast<int>(total);
-    total += counts[r];
-  }
+  const int64_t total = offsets_of(counts, offsets);
   std::vector<float> all(root() ? static_cast<size_t>(total * width) : 0);
   const int code =
       MPI_Gatherv(mine.data(), rows, row, all.data(), counts.data(), offsets.data(), row, 0, MPI_COMM_WORLD);
@@ -220,18 +223,14 @@ void GradientReducer::start(int64_t local_rows) {
 }
 
 void GradientReducer::ready(const GradSlot& slot) {
-  const auto start = std::chrono::steady_clock::now();
-  struct Timer {
-    std::chrono::steady_clock::time_point start;
-    double& total;
-    ~Timer() { total += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
-  } timer{start, hook_seconds_};
   auto it = std::lower_bound(bucket_of_.begin(), bucket_of_.end(), std::pair{&slot, size_t{0}});
   if (it == bucket_of_.end() || it->first != &slot) return;  // not trained (a frozen backbone)
+  const auto start = std::chrono::steady_clock::now();
   Bucket& b = buckets_[it->second];
   if (b.waiting > 0) --b.waiting;
   launch_ready_buckets();
   world_.progress();
+  hook_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 void GradientReducer::launch_ready_buckets() {

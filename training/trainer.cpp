@@ -80,7 +80,9 @@ void set_up_quantization(Run& run) {
   // extremes over the ranks (the same keys, in the same order, on every rank).
   for (auto& [name, range] : q->ranges)
     range.min = float(world.min(range.min)), range.max = float(world.max(range.max));
-  seen = static_cast<int64_t>(world.max(static_cast<double>(seen)) * world.size());
+  double images[1] = {static_cast<double>(seen)};
+  world.sum(images);
+  seen = static_cast<int64_t>(images[0]);
   if (!world.root()) return;
   if (seen > 0) fmt::print(stderr, "calibrated int8 activation ranges on {} jets\n", seen);
   fmt::print(stderr, "quantization-aware training: {}\n", q->describe());
