@@ -338,11 +338,11 @@ void quantize_tensor(const Format& f, bool is_weight, const Tensor& x, Tensor& y
   switch (f.kind) {
     case FormatKind::fixed:
       quantize_fixed(f, x.data(), y.data(), ok, x.numel());
-      return;
+      break;
     case FormatKind::bfp:
       quantize_bfp(f, is_weight ? weight_layout(x.shape()) : activation_layout(x.shape()), x.data(), y.data(), ok,
                    nullptr, nullptr);
-      return;
+      break;
     case FormatKind::int8:
       if (is_weight) {
         quantize_int8_weight(weight_layout(x.shape()), x.data(), y.data(), ok, nullptr, nullptr);
@@ -350,8 +350,17 @@ void quantize_tensor(const Format& f, bool is_weight, const Tensor& x, Tensor& y
         if (!range) fail("int8 activations need calibrated ranges (run toptag quantize with --calibration)");
         quantize_int8_activation(*range, x.data(), y.data(), ok, x.numel());
       }
-      return;
+      break;
   }
+  // A NaN stays NaN, as through every other op: the encodings have no NaN (the stored integers hold 0),
+  // but a quantized value of 0 would hide an overflow upstream from the non-finite checks. inf saturates,
+  // as the formats define.
+  const float* in = x.data();
+  float* out = y.data();
+  const int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    if (std::isnan(in[i])) out[i] = in[i];
 }
 
 EncodedTensor encode_weight(const Format& f, const Tensor& w) {

@@ -167,6 +167,10 @@ void BatchingEngine::run_batch(std::vector<Pending>& batch) {
     for (Pending& p : batch) {
       const int64_t m = p.images.dim(0);
       EngineResult r;
+      const float* rows = features.value().data() + row * feature_dim_;
+      for (int64_t i = 0; i < m && r.first_non_finite_features < 0; ++i)
+        if (!all_finite(std::span<const float>(rows + i * feature_dim_, static_cast<size_t>(feature_dim_))))
+          r.first_non_finite_features = i;
       r.probabilities = Tensor::empty({m, 2});
       std::memcpy(r.probabilities.data(), probabilities.data() + row * 2, m * 2 * sizeof(float));
       if (p.want_features) {

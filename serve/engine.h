@@ -51,6 +51,9 @@ using CancelFlag = std::shared_ptr<std::atomic<bool>>;
 struct EngineResult {
   Tensor probabilities;  // (n, 2): P(QCD), P(top)
   Tensor features;       // (n, feature_dim) when requested
+  // The first row whose features hold NaN or inf, requested or not (-1: none): the head's ReLU can
+  // turn a -inf feature into ordinary-looking probabilities.
+  int64_t first_non_finite_features = -1;
   int64_t queue_us = 0, compute_us = 0, batch_images = 0;
 };
 

@@ -145,6 +145,7 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
   }
   EngineResult r;
   std::vector<Tensor> probabilities, features;
+  int64_t answered = 0;  // rows of the request in the parts read so far
   try {
     for (std::future<EngineResult>& f : futures) {
       while (cancelled && f.wait_for(std::chrono::milliseconds(10)) != std::future_status::ready) {
@@ -156,6 +157,9 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
       EngineResult part = f.get();
       r.queue_us = std::max(r.queue_us, part.queue_us);
       r.compute_us += part.compute_us * part.probabilities.dim(0) / std::max<int64_t>(1, part.batch_images);
+      if (r.first_non_finite_features < 0 && part.first_non_finite_features >= 0)
+        r.first_non_finite_features = answered + part.first_non_finite_features;
+      answered += part.probabilities.dim(0);
       probabilities.push_back(std::move(part.probabilities));
       if (want_features) features.push_back(std::move(part.features));
     }
@@ -233,14 +237,13 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
     images = engine_.images_from_constituents(in.values, n, kMaxConstituents);
   }
   const EngineResult r = run(std::move(images), want_features, cancelled);
-  for (const Tensor* t : {&r.probabilities, want_features ? &r.features : nullptr}) {
-    const int64_t bad = t ? first_non_finite_row(*t) : -1;
-    if (bad >= 0)
-      throw RequestError(RequestError::Kind::internal,
-                         fmt::format("model '{}' gives NaN or inf {} for jet {} of the request (its weights or "
-                                     "number format overflow on this input)",
-                                     model_name_, t == &r.features ? "features" : "probabilities", bad));
-  }
+  const int64_t bad_features = r.first_non_finite_features, bad_scores = first_non_finite_row(r.probabilities);
+  if (bad_features >= 0 || bad_scores >= 0)
+    throw RequestError(RequestError::Kind::internal,
+                       fmt::format("model '{}' gives NaN or inf {} for jet {} of the request (its weights or "
+                                   "number format overflow on this input)",
+                                   model_name_, bad_features >= 0 ? "features" : "probabilities",
+                                   bad_features >= 0 ? bad_features : bad_scores));
   metrics_.request_success++;
   metrics_.inference_count += static_cast<uint64_t>(n);
   metrics_.queue_duration_us += static_cast<uint64_t>(r.queue_us);

@@ -76,7 +76,10 @@ InferenceResult run_inference(ResNet& model, const JetFile& file, const ImageOpt
   std::optional<Progress> progress;
   if (options.show_progress) progress.emplace(options.label, loader.rows(), "jets");
   while (std::optional<Batch> batch = loader.next()) {
-    Var logits = model.forward(Var(batch->images));
+    // Both stages are checked: the head's ReLU turns a -inf feature into an ordinary 0.
+    const Var features = model.features(Var(batch->images));
+    check_finite(features.value(), "features", batch->rows, file.path(), options);
+    const Var logits = model.head(features);
     check_finite(logits.value(), "logits", batch->rows, file.path(), options);
     scores_from_logits(logits.value(), &batch->labels, result.predictions.score, loss_sum);
     result.predictions.label.insert(result.predictions.label.end(), batch->labels.begin(), batch->labels.end());

@@ -21,6 +21,7 @@
 #include "data/jets.h"
 #include "inference.grpc.pb.h"
 #include "nn/ops/softmax.h"
+#include "tagger/inference.h"
 #include "serve/client.h"
 #include "serve/perf.h"
 #include "serve/server.h"
@@ -1032,6 +1033,44 @@ TEST(Serve, NonFiniteOutputsAreAServerErrorAndTheServerStaysUp) {
   auto live = http.Get("/v2/health/live");
   ASSERT_TRUE(live);
   EXPECT_EQ(live->status, 200);
+}
+
+// Finite but huge images overflow inside the network: its features are NaN. The server answers an
+// error naming them, never 200 with softmax(fc2.bias), the score the head's ReLU once made of NaN.
+TEST(Serve, OverflowingImagesAreAServerErrorNotAScore) {
+  auto server = start_server();
+  std::vector<float> huge = random_images(2, 10);
+  // Jet 1: finite, near FLT_MAX (3.4e38), rows of alternating sign: the stem's sums reach +inf and -inf.
+  for (size_t i = kSize * kSize; i < huge.size(); ++i) huge[i] = (i / kSize) % 2 ? 3e38f : -3e38f;
+  {  // the fixture's premise: the served (frozen) featurizer itself gives NaN or inf for jet 1
+    Tagger t = tiny_tagger();
+    freeze_for_inference(t);
+    NoGradGuard no_grad;
+    const Tensor f = t.model->features(Var(Tensor::from({2, 1, kSize, kSize}, huge))).value();
+    ASSERT_EQ(first_non_finite_row(f), 1);
+  }
+  for (bool with_features : {false, true}) {
+    json body = {
+        {"inputs", {{{"name", "images"}, {"shape", {2, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", huge}}}}};
+    if (with_features) body["outputs"] = {{{"name", "probabilities"}}, {{"name", "features"}}};
+    httplib::Client http("127.0.0.1", server->http_port());
+    auto res = http.Post("/v2/models/toptag/infer", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 500) << res->body;
+    EXPECT_NE(res->body.find("NaN or inf features for jet 1"), std::string::npos) << res->body;
+  }
+  inference::ModelInferResponse r;
+  grpc::ClientContext ctx;
+  const grpc::Status status =
+      grpc_stub(server->grpc_port())->ModelInfer(&ctx, raw_request(huge, {2, 1, kSize, kSize}), &r);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << status.error_message();
+  const std::vector<float> ordinary = random_images(1, 11);
+  json ok = {{"inputs",
+              {{{"name", "images"}, {"shape", {1, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", ordinary}}}}};
+  httplib::Client http("127.0.0.1", server->http_port());
+  auto res = http.Post("/v2/models/toptag/infer", ok.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
 }
 
 TEST(Serve, ClientReadsMetadataAndRefusesBadUrls) {

@@ -26,7 +26,8 @@ Var relu(const Var& x) {
   float* out = y.data();
   const int64_t n = y.numel();
 #pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) out[i] = in[i] > 0.0f ? in[i] : 0.0f;
+  // NaN passes through, as in PyTorch and ONNX: `in > 0 ? in : 0` would turn it into a normal 0.
+  for (int64_t i = 0; i < n; ++i) out[i] = in[i] <= 0.0f ? 0.0f : in[i];
   // Backward needs only the output's sign pattern, so the input can be freed right away.
   Tensor saved_y = x.requires_grad() ? y : Tensor();
   return record_op(std::move(y), {&x}, [yv = std::move(saved_y), xs = x.slot()](const Tensor& gy) {
