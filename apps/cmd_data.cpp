@@ -39,7 +39,7 @@ struct ImagesArgs {
 };
 
 void run_images(const ImagesArgs& a) {
-  refuse_overwriting_input("--output", a.output, {a.input});
+  FileUse().reads("--input", a.input).writes("--output", a.output).check();
   apply_threads(a.threads);
   JetFile file(a.input);
   if (!file.has_constituents()) fail("{}: already an image file", a.input);

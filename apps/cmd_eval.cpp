@@ -26,12 +26,17 @@ std::string default_name(const std::string& path) {
 }
 
 void run_eval(const EvalArgs& a) {
-  std::vector<std::string> inputs = a.predictions;
-  if (!a.reference.empty()) inputs.push_back(a.reference);
-  refuse_overwriting_input("--json", a.json, inputs);
-  refuse_overwriting_input("--plot", a.plot, inputs);
   if (!a.names.empty() && a.names.size() != a.predictions.size())
     fail("--names has {} names for {} prediction files", a.names.size(), a.predictions.size());
+  std::vector<std::string> names, roc_files;
+  for (size_t i = 0; i < a.predictions.size(); ++i) {
+    names.push_back(a.names.empty() ? default_name(a.predictions[i]) : a.names[i]);
+    roc_files.push_back(names.back() + ".csv");
+  }
+  FileUse use;
+  for (const std::string& p : a.predictions) use.reads("--predictions", p);
+  use.reads("--reference", a.reference).writes("--json", a.json).writes("--plot", a.plot);
+  use.writes_in("--roc-csv", a.roc_csv, roc_files).check();
   for (double eps : a.at)
     if (!(eps > 0 && eps <= 1)) fail("--at {}: signal efficiencies must be in (0, 1]", eps);
   // Read and evaluate everything before writing anything: bad input overwrites nothing.
@@ -39,7 +44,7 @@ void run_eval(const EvalArgs& a) {
   std::vector<ModelEval> models;
   for (size_t i = 0; i < a.predictions.size(); ++i) {
     sets.push_back(read_predictions(a.predictions[i]));
-    const std::string name = a.names.empty() ? default_name(a.predictions[i]) : a.names[i];
+    const std::string& name = names[i];
     if (!a.roc_csv.empty() &&
         (name.empty() || name.find_first_of("/\\") != std::string::npos || name == "." || name == ".."))
       fail("--names '{}' cannot name a file in --roc-csv {} (no slashes, not empty)", name, a.roc_csv);

@@ -18,6 +18,7 @@ namespace {
 struct ExportArgs {
   std::string checkpoint, output, triton_repo;
   TritonOptions triton;
+  bool force = false;
 };
 
 std::string dims_text(const std::vector<int64_t>& dims) {
@@ -28,7 +29,11 @@ std::string dims_text(const std::vector<int64_t>& dims) {
 
 void run_export(const ExportArgs& a) {
   if (a.output.empty() && a.triton_repo.empty()) fail("give --output FILE.onnx, --triton-repo DIR, or both");
-  refuse_overwriting_input("--output", a.output, {a.checkpoint});
+  FileUse use;
+  use.reads("--checkpoint", a.checkpoint).writes("--output", a.output);
+  if (!a.triton_repo.empty())
+    use.replaces("--triton-repo", (std::filesystem::path(a.triton_repo) / a.triton.model_name).string());
+  use.check();
   if (!a.triton_repo.empty()) check_triton_model_name(a.triton.model_name);
   const auto start = std::chrono::steady_clock::now();
   Tagger tagger = load_tagger(a.checkpoint);
@@ -40,10 +45,13 @@ void run_export(const ExportArgs& a) {
     write_onnx(a.output, exported.model);
     written.push_back(a.output);
   }
+  std::vector<std::string> replaced;
   if (!a.triton_repo.empty()) {
-    const std::string model_dir = write_triton_repository(a.triton_repo, exported.model, a.triton);
-    written.push_back(model_dir + "/config.pbtxt");
-    written.push_back(model_dir + "/" + kTritonVersion + "/model.onnx");
+    const TritonRepositoryWrite w = write_triton_repository(a.triton_repo, exported.model, a.triton, a.force);
+    written.push_back(w.model_dir + "/config.pbtxt");
+    written.push_back(w.model_dir + "/" + kTritonVersion + "/model.onnx");
+    if (!w.replaced.empty())
+      replaced.push_back(fmt::format("{} (it held {})", w.model_dir, fmt::join(w.replaced, ", ")));
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -59,6 +67,7 @@ void run_export(const ExportArgs& a) {
   fmt::print("images         {}: made outside the model (toptag images with these options)\n",
              tagger.images.describe());
   fmt::print("activations    {}\n", onnx_metadata(m, "activation_quantization"));
+  for (const std::string& path : replaced) fmt::print("replaced {}\n", path);
   for (const std::string& path : written) fmt::print("wrote {}\n", path);
   if (!a.triton_repo.empty())
     fmt::print("serve it with: tritonserver --model-repository {}   (clients: --model {})\n", a.triton_repo,
@@ -78,6 +87,8 @@ void add_export_command(CLI::App& app) {
   cmd->add_option("--output,-o", a->output, "ONNX model file to write");
   cmd->add_option("--triton-repo", a->triton_repo,
                   "write a Triton model repository here: DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx");
+  cmd->add_flag("--force", a->force,
+               "--triton-repo: replace an existing DIR/NAME whole (its other versions and files go with it)");
   cmd->add_option("--model-name", a->triton.model_name, "--triton-repo: the model's name (clients: --model NAME)")
       ->default_val("toptag");
   cmd->add_option("--max-batch", a->triton.max_batch, "--triton-repo: max_batch_size, the most images per execution")

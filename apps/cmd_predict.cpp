@@ -57,8 +57,12 @@ InferenceOptions inference_options(const PredictArgs& a, const char* label) {
   return io;
 }
 
+void check_files(const PredictArgs& a) {
+  FileUse().reads("--input", a.input).reads("--checkpoint", a.checkpoint).writes("--output", a.output).check();
+}
+
 void run_predict(const PredictArgs& a) {
-  refuse_overwriting_input("--output", a.output, {a.input, a.checkpoint});
+  check_files(a);
   check_source(a);
   if (!a.server.empty()) {
     RemotePredictResult r = predict_from_server(a, false);
@@ -91,7 +95,7 @@ void run_predict(const PredictArgs& a) {
 }
 
 void run_features(const PredictArgs& a) {
-  refuse_overwriting_input("--output", a.output, {a.input, a.checkpoint});
+  check_files(a);
   check_source(a);
   if (!a.server.empty()) {
     RemotePredictResult r = predict_from_server(a, true);

@@ -23,7 +23,7 @@ struct QuantizeArgs {
 };
 
 void run_quantize(const QuantizeArgs& a) {
-  refuse_overwriting_input("--output", a.output, {a.checkpoint, a.calibration});
+  FileUse().reads("--checkpoint", a.checkpoint).reads("--calibration", a.calibration).writes("--output", a.output).check();
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
   if (tagger.quantized())

@@ -52,6 +52,7 @@ void run_serve(ServeArgs& a) {
 
   if (a.server.grpc_port < 0 && a.server.http_port < 0)
     fail("--grpc-port and --http-port are both -1: the server would have no way to be asked");
+  FileUse().reads("--checkpoint", a.checkpoint).writes("--port-file", a.port_file).check();
   Tagger tagger = load_tagger(a.checkpoint);
   tagger.images = a.image.merged(tagger.images);
   validate(tagger.images);
@@ -105,6 +106,7 @@ struct PerfArgs {
 
 void run_perf(const PerfArgs& a) {
   if (a.local == !a.server_url.empty()) fail("give either --server URL or --local --checkpoint C");
+  FileUse().reads("--checkpoint", a.checkpoint).writes("--csv", a.csv).writes("--plot", a.plot).check();
   std::vector<PerfPoint> points;
   if (a.local) {
     if (a.checkpoint.empty() == a.arch.empty()) fail("--local needs --checkpoint, or --arch for an untrained model");
@@ -144,8 +146,14 @@ void run_perf(const PerfArgs& a) {
     }
   }
   fmt::print("{}", perf_table(points));
-  if (!a.csv.empty()) write_perf_csv(a.csv, points), fmt::print("wrote {}\n", a.csv);
-  if (!a.plot.empty()) plot_throughput(a.plot, points), fmt::print("wrote {}\n", a.plot);
+  if (!a.csv.empty()) {
+    write_perf_csv(a.csv, points);
+    fmt::print("wrote {}\n", a.csv);
+  }
+  if (!a.plot.empty()) {
+    plot_throughput(a.plot, points);
+    fmt::print("wrote {}\n", a.plot);
+  }
 }
 
 }  // namespace

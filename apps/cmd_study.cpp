@@ -2,10 +2,13 @@
 #include <fmt/format.h>
 
 #include <csignal>
+#include <filesystem>
 #include <sstream>
 
 #include "apps/commands.h"
+#include "io/files.h"
 #include "nn/check.h"
+#include "study/report.h"
 #include "study/study.h"
 
 namespace toptag::apps {
@@ -36,6 +39,12 @@ void run_study_command(StudyArgs& a) {
   if (a.mpi_ranks > 0 && !a.launcher.empty()) fail("give --mpi N or --launcher CMD, not both");
   if (a.mpi_ranks > 0) o.launcher = {"mpirun", "-np", std::to_string(a.mpi_ranks)};
   if (!a.launcher.empty()) o.launcher = split_words(a.launcher);
+  // Each stage's toptag command checks its own files; this is the study's own report, over --data.
+  FileUse use;
+  if (!o.data_dir.empty())
+    for (const char* name : {"train.h5", "val.h5", "test.h5"})
+      use.reads("--data", (std::filesystem::path(o.data_dir) / name).string());
+  use.writes_in("--output-dir", (std::filesystem::path(o.dir) / "report").string(), kReportFiles).check();
   struct Handlers {
     Handlers() {
       std::signal(SIGINT, forward);

@@ -7,6 +7,7 @@
 
 #include "apps/commands.h"
 #include "apps/image_options.h"
+#include "io/files.h"
 #include "nn/parallel.h"
 #include "training/distributed.h"
 #include "training/trainer.h"
@@ -35,6 +36,17 @@ std::string resume_output_dir(const std::string& dir_or_file) {
   return p.has_parent_path() ? p.parent_path().string() : std::string(".");
 }
 
+// Nothing the run reads may be one of the files it writes (--init run/best.h5 -o run, say).
+void check_files(const TrainConfig& c, const std::string& output_dir) {
+  FileUse()
+      .reads("--train", c.train_path)
+      .reads("--val", c.val_path)
+      .reads("--features", c.features_path)
+      .reads("--init", c.init_path)
+      .writes_in("--output-dir", output_dir, kRunFiles)
+      .check();
+}
+
 void run_train(TrainArgs& a) {
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
@@ -44,6 +56,7 @@ void run_train(TrainArgs& a) {
     const std::string checkpoint = resume_checkpoint_path(a.resume);
     output_dir = resume_output_dir(a.resume);
     const TrainConfig stored = read_train_config(checkpoint);
+    check_files(stored, output_dir);
     apply_threads(stored.threads);
     fmt::print(stderr, "resuming {} from {}\n", output_dir, checkpoint);
     // The number of epochs is the only setting a resume may change.
@@ -54,6 +67,7 @@ void run_train(TrainArgs& a) {
     // Stored absolute, so that `--resume` works from any directory.
     for (std::string* path : {&config.train_path, &config.val_path, &config.features_path, &config.init_path})
       if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
+    check_files(config, config.output_dir);
     apply_threads(config.threads);
     r = train(config, &stop_requested);
   }

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "apps/commands.h"
+#include "io/h5.h"
 #include "nn/blas.h"
 #include "nn/check.h"
 #include "training/distributed.h"
@@ -35,9 +36,7 @@ void check_runs_under_mpi(int argc, char** argv) {
       command);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"toptag: top-quark jet tagging with ResNet-50, from training to FPGA-style quantization and serving"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("toptag ") + TOPTAG_VERSION);
@@ -59,4 +58,12 @@ int main(int argc, char** argv) {
     return failed(2);
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int status = run(argc, argv);
+  toptag::h5_close_library();  // every HDF5 handle was closed as its owner went out of scope
+  return status;
 }

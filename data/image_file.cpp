@@ -68,8 +68,8 @@ void ImageWriter::append(const Tensor& images, const std::vector<int64_t>& label
 }
 
 void ImageWriter::close() {
-  images_.reset();
-  labels_.reset();
+  // Closing a dataset writes what HDF5 still buffers: a full disk can show here.
+  if (!images_.close() || !labels_.close()) fail("{}: cannot write the images (disk full?)", file_.path());
   file_.commit();
 }
 

@@ -277,9 +277,12 @@ void ReferenceWriter::append(const JetBatch& jets) {
 }
 
 void ReferenceWriter::close() {
-  H5Id group = h5_group(file_.id(), "table", false);
-  write_pandas_metadata(file_.id(), group.get(), dataset_.get(), block0_names(n_constituents_), rows_);
-  dataset_.reset();
+  {
+    H5Id group = h5_group(file_.id(), "table", false);
+    write_pandas_metadata(file_.id(), group.get(), dataset_.get(), block0_names(n_constituents_), rows_);
+  }
+  // Closing the dataset writes what HDF5 still buffers: a full disk can show here.
+  if (!dataset_.close()) fail("{}: cannot write /table/table (disk full?)", file_.path());
   type_.reset();
   file_.commit();
 }

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "io/files.h"
 #include "nn/check.h"
 
 namespace toptag {
@@ -39,14 +40,14 @@ void render_plot(const std::string& path, int width, int height, const std::stri
     terminal = fmt::format("pdfcairo size {:.2f}in,{:.2f}in enhanced", width / 150.0, height / 150.0);
   else
     fail("{}: plot format must be .png, .svg or .pdf", path);
-  const std::string temp = path + ".tmp" + ext;
+  TempFile temp(path, ext);  // gnuplot picks the terminal's format by itself; the extension is for people
   {
     Gnuplot gp("gnuplot");
-    gp << "set terminal " << terminal << "\nset output " << gnuplot_string(temp) << "\n" << script << "\n";
+    gp << "set terminal " << terminal << "\nset output " << gnuplot_string(temp.path()) << "\n" << script << "\n";
   }  // closing the pipe waits for gnuplot to finish
-  if (!std::filesystem::exists(temp) || std::filesystem::file_size(temp) == 0)
-    fail("{}: gnuplot produced no plot (is gnuplot installed, Debian: gnuplot-nox? is the directory writable?)", path);
-  std::filesystem::rename(temp, path);
+  if (std::filesystem::file_size(temp.path()) == 0)
+    fail("{}: gnuplot produced no plot (is gnuplot installed, Debian: gnuplot-nox? is the disk full?)", path);
+  temp.move_to(path);
 }
 
 }  // namespace toptag

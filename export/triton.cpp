@@ -3,6 +3,14 @@
 #include <fmt/format.h>
 #include <google/protobuf/text_format.h>
 
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 
@@ -13,6 +21,8 @@
 #include "nn/check.h"
 
 namespace toptag {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -74,16 +84,75 @@ std::string triton_config(const onnx::ModelProto& model, const TritonOptions& o)
          text;
 }
 
-std::string write_triton_repository(const std::string& dir, const onnx::ModelProto& model, const TritonOptions& o) {
-  const std::string config = triton_config(model, o);  // every check before anything is written
-  const std::filesystem::path model_dir = std::filesystem::path(dir) / o.model_name;
-  const std::filesystem::path version_dir = model_dir / kTritonVersion;
+namespace {
+
+// The entries of a directory, sorted, directories marked with a trailing '/'.
+std::vector<std::string> entries_of(const fs::path& dir) {
+  std::vector<std::string> names;
   std::error_code e;
-  std::filesystem::create_directories(version_dir, e);
-  if (e) fail("{}: cannot create the directory: {}", version_dir.string(), e.message());
-  write_onnx((version_dir / kTritonModelFile).string(), model);
-  write_text_atomically((model_dir / "config.pbtxt").string(), config);
-  return model_dir.string();
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir, e))
+    names.push_back(entry.path().filename().string() + (entry.is_directory() ? "/" : ""));
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// A new directory with a unique name beside `target`, removed with its contents unless released.
+class StagingDir {
+ public:
+  explicit StagingDir(const fs::path& target) {
+    std::string name = target.string() + ".tmp-XXXXXX";
+    if (::mkdtemp(name.data()) == nullptr)
+      fail("{}: cannot create a directory beside it: {}", target.string(), std::strerror(errno));
+    path_ = name;
+  }
+  ~StagingDir() {
+    std::error_code e;
+    if (!path_.empty()) fs::remove_all(path_, e);
+  }
+  StagingDir(const StagingDir&) = delete;
+  StagingDir& operator=(const StagingDir&) = delete;
+  const fs::path& path() const { return path_; }
+  void release() { path_.clear(); }  // it became the target: keep it
+
+ private:
+  fs::path path_;
+};
+
+}  // namespace
+
+TritonRepositoryWrite write_triton_repository(const std::string& dir, const onnx::ModelProto& model,
+                                              const TritonOptions& o, bool replace) {
+  const std::string config = triton_config(model, o);  // every check before anything is written
+  const fs::path model_dir = fs::path(dir) / o.model_name;
+  if (fs::exists(dir) && !fs::is_directory(dir))
+    fail("{}: not a directory, so it cannot hold the model directory {}", dir, model_dir.string());
+  TritonRepositoryWrite result{model_dir.string(), {}};
+  const bool exists = fs::exists(model_dir);
+  if (exists) {
+    if (!fs::is_directory(model_dir)) fail("{}: exists and is not a directory", model_dir.string());
+    result.replaced = entries_of(model_dir);
+    if (!replace)
+      fail("{} exists and holds {}: Triton serves a model's highest version, so an old version directory would "
+           "be served instead of this export; give --force to replace the whole directory, or another "
+           "--triton-repo or --model-name",
+           model_dir.string(), result.replaced.empty() ? "nothing" : fmt::format("{}", fmt::join(result.replaced, ", ")));
+  }
+  std::error_code e;
+  fs::create_directories(dir, e);
+  if (e) fail("{}: cannot create the directory: {}", dir, e.message());
+  StagingDir staging(model_dir);
+  fs::create_directory(staging.path() / kTritonVersion, e);
+  if (e) fail("{}: cannot create the directory: {}", (staging.path() / kTritonVersion).string(), e.message());
+  write_onnx((staging.path() / kTritonVersion / kTritonModelFile).string(), model);
+  write_text_atomically((staging.path() / "config.pbtxt").string(), config);
+  ::chmod(staging.path().c_str(), 0755);  // mkdtemp makes it 0700; a model directory is read by a server
+  // One rename puts the finished directory in place; an old one is swapped out atomically (the staging
+  // name then holds it, and is removed with it), so Triton's polling never sees a half-written model.
+  const int moved = exists ? ::renameat2(AT_FDCWD, staging.path().c_str(), AT_FDCWD, model_dir.c_str(), RENAME_EXCHANGE)
+                           : ::rename(staging.path().c_str(), model_dir.c_str());
+  if (moved != 0) fail("{}: cannot move the finished model directory into place: {}", model_dir.string(), std::strerror(errno));
+  if (!exists) staging.release();
+  return result;
 }
 
 }  // namespace toptag

@@ -4,13 +4,35 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <type_traits>
 
 #include "nn/check.h"
 
 namespace toptag {
+
+namespace {
+
+// HDF5 closes whatever is left open from an atexit handler; toptag closes every handle itself (RAII)
+// and shuts the library down in h5_close_library, where it can skip what would crash. Set before the
+// library initialises: static initialisation runs before main.
+const herr_t kNoAtexit = H5dont_atexit();
+bool a_file_close_failed = false;
+
+// The file an object lives in, for messages: the user's name for it.
+std::string file_of(hid_t obj) {
+  const ssize_t n = H5Fget_name(obj, nullptr, 0);
+  if (n <= 0) return "HDF5 file";
+  std::string name(static_cast<size_t>(n) + 1, '\0');
+  H5Fget_name(obj, name.data(), name.size());
+  name.resize(static_cast<size_t>(n));
+  return temp_file_target(name);  // a file being written is named by its target, not its temporary name
+}
+
+}  // namespace
 
 H5Id& H5Id::operator=(H5Id&& other) noexcept {
   if (this != &other) {
@@ -21,36 +43,45 @@ H5Id& H5Id::operator=(H5Id&& other) noexcept {
   return *this;
 }
 
-void H5Id::reset() {
+bool H5Id::close() {
+  herr_t status = 0;
   if (id_ >= 0) {
     switch (H5Iget_type(id_)) {
       case H5I_FILE:
-        H5Fclose(id_);
+        status = H5Fclose(id_);
+        if (status < 0) a_file_close_failed = true;
         break;
       case H5I_GROUP:
-        H5Gclose(id_);
+        status = H5Gclose(id_);
         break;
       case H5I_DATASET:
-        H5Dclose(id_);
+        status = H5Dclose(id_);
         break;
       case H5I_DATASPACE:
-        H5Sclose(id_);
+        status = H5Sclose(id_);
         break;
       case H5I_DATATYPE:
-        H5Tclose(id_);
+        status = H5Tclose(id_);
         break;
       case H5I_ATTR:
-        H5Aclose(id_);
+        status = H5Aclose(id_);
         break;
       case H5I_GENPROP_LST:
-        H5Pclose(id_);
+        status = H5Pclose(id_);
         break;
       default:
-        H5Idec_ref(id_);
+        status = H5Idec_ref(id_);
         break;
     }
   }
   id_ = H5I_INVALID_HID;
+  return status >= 0;
+}
+
+void h5_close_library() {
+  // HDF5 keeps a file whose close failed (its last flush hit a full disk) half-freed in its table,
+  // and closing it again in H5close crashes (H5F__close_cb). The process is ending: leave it.
+  if (!a_file_close_failed) H5close();
 }
 
 void h5_quiet() {
@@ -72,7 +103,11 @@ H5Id h5_open(const std::string& path, bool writable) {
 
 H5Id h5_create(const std::string& path) {
   h5_quiet();
-  H5Id f(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+  // Closing the file closes what is still open in it, so that the close is the last write and its
+  // failure (a full disk) is reported by H5Fclose, not lost in a later close of a dataset.
+  H5Id access(H5Pcreate(H5P_FILE_ACCESS));
+  H5Pset_fclose_degree(access.get(), H5F_CLOSE_STRONG);
+  H5Id f(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access.get()));
   if (!f.valid()) fail("{}: cannot create file", path);
   return f;
 }
@@ -93,11 +128,11 @@ bool h5_exists(hid_t loc, const std::string& path) {
 H5Id h5_group(hid_t loc, const std::string& name, bool create) {
   h5_quiet();
   if (h5_exists(loc, name)) return H5Id(H5Gopen2(loc, name.c_str(), H5P_DEFAULT));
-  if (!create) fail("HDF5 group '{}' is missing", name);
+  if (!create) fail("{}: HDF5 group '{}' is missing", file_of(loc), name);
   H5Id lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   H5Id g(H5Gcreate2(loc, name.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
-  if (!g.valid()) fail("cannot create HDF5 group '{}'", name);
+  if (!g.valid()) fail("{}: cannot create HDF5 group '{}'", file_of(loc), name);
   return g;
 }
 
@@ -215,9 +250,11 @@ void write_dataset(hid_t loc, const std::string& name, hid_t mem_type, hid_t fil
   H5Id lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   H5Id ds(H5Dcreate2(loc, name.c_str(), file_type, space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
-  if (!ds.valid()) fail("cannot create HDF5 dataset '{}'", name);
-  if (H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
-    fail("cannot write HDF5 dataset '{}'", name);
+  if (!ds.valid()) fail("{}: cannot create HDF5 dataset '{}'", file_of(loc), name);
+  // Small datasets go through HDF5's sieve buffer and reach the disk when the dataset closes: a full
+  // disk shows there, and an unchecked close would leave zeros in a file that looks whole.
+  if (H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0 || !ds.close())
+    fail("{}: cannot write HDF5 dataset '{}' (disk full?)", file_of(loc), name);
 }
 
 // Whole-dataset reads allocate the dataset's size first, so its dimensions are checked against what
@@ -338,7 +375,7 @@ namespace {
 H5Id replace_attr(hid_t obj, const std::string& name, hid_t type, hid_t space) {
   if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
   H5Id a(H5Acreate2(obj, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT));
-  if (!a.valid()) fail("cannot create HDF5 attribute '{}'", name);
+  if (!a.valid()) fail("{}: cannot create HDF5 attribute '{}'", file_of(obj), name);
   return a;
 }
 
@@ -349,15 +386,6 @@ void set_scalar_attr(hid_t obj, const std::string& name, hid_t mem_type, hid_t f
   H5Awrite(a.get(), mem_type, &value);
 }
 
-// The file an object lives in, for messages.
-std::string file_of(hid_t obj) {
-  const ssize_t n = H5Fget_name(obj, nullptr, 0);
-  if (n <= 0) return "HDF5 file";
-  std::string name(static_cast<size_t>(n) + 1, '\0');
-  H5Fget_name(obj, name.data(), name.size());
-  name.resize(static_cast<size_t>(n));
-  return name;
-}
 
 // Opens attribute `name` of `obj` if present, and checks it holds one value (a scalar or a
 // one-element array) of class `want`: anything else is an error naming the file and attribute,
@@ -448,29 +476,27 @@ std::optional<std::string> h5_attr_string(hid_t obj, const std::string& name) {
 }
 
 AtomicH5File::AtomicH5File(std::string path) : path_(std::move(path)) {
-  temp_path_ = fmt::format("{}.tmp-{}", path_, ::getpid());
   const std::filesystem::path parent = std::filesystem::path(path_).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
-  file_ = h5_create(temp_path_);
+  temp_ = std::make_unique<TempFile>(path_);
+  file_ = h5_create(temp_->path());
 }
 
 AtomicH5File::~AtomicH5File() {
-  if (!committed_) {
-    file_.reset();
-    std::remove(temp_path_.c_str());
-  }
+  file_.reset();  // closed before the temporary file is removed
 }
 
 void AtomicH5File::commit() {
-  if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0) fail("{}: cannot flush", temp_path_);
-  file_.reset();
-  const int fd = ::open(temp_path_.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
+  // The last writes happen at the flush and the close (HDF5 buffers raw data): a full disk shows there.
+  if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0 || !file_.close()) fail("{}: cannot write (disk full?)", path_);
+  const int fd = ::open(temp_->path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    const int e = errno;
+    if (fd >= 0) ::close(fd);
+    fail("{}: cannot write: {}", path_, std::strerror(e));
   }
-  if (std::rename(temp_path_.c_str(), path_.c_str()) != 0) fail("{}: cannot rename {} into place", path_, temp_path_);
-  committed_ = true;
+  ::close(fd);
+  temp_->move_to(path_);
 }
 
 }  // namespace toptag

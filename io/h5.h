@@ -5,11 +5,13 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "io/files.h"
 #include "nn/tensor.h"
 
 namespace toptag {
@@ -27,7 +29,9 @@ class H5Id {
 
   hid_t get() const { return id_; }
   bool valid() const { return id_ >= 0; }
-  void reset();
+  void reset() { close(); }
+  // Closes the object now; false if HDF5 failed to (a file whose last writes hit a full disk).
+  bool close();
 
  private:
   hid_t id_ = H5I_INVALID_HID;
@@ -35,6 +39,10 @@ class H5Id {
 
 // Silences HDF5's automatic error printing (we report errors ourselves). Idempotent.
 void h5_quiet();
+
+// Shuts HDF5 down at the end of main, once every handle is closed, unless a file's close failed (a
+// full disk): HDF5 would crash closing it again. HDF5's own atexit handler is off (io/h5.cpp).
+void h5_close_library();
 
 // Open an existing file read-only (or read-write); throws naming the file if it is missing or not HDF5.
 H5Id h5_open(const std::string& path, bool writable = false);
@@ -93,8 +101,9 @@ std::optional<std::string> h5_attr_string(hid_t obj, const std::string& name);
 std::optional<int64_t> h5_attr_int(hid_t obj, const std::string& name);
 std::optional<double> h5_attr_double(hid_t obj, const std::string& name);
 
-// An HDF5 file written under a temporary name and moved into place by commit(). If commit() is
-// never reached (an exception, a crash), the target is untouched and the temporary is removed.
+// An HDF5 file written under a unique temporary name beside the target (io/files.h TempFile) and
+// moved into place by commit(). If commit() is never reached (an exception), the target is untouched
+// and the temporary is removed.
 class AtomicH5File {
  public:
   explicit AtomicH5File(std::string path);
@@ -108,9 +117,9 @@ class AtomicH5File {
   void commit();
 
  private:
-  std::string path_, temp_path_;
+  std::string path_;
+  std::unique_ptr<TempFile> temp_;
   H5Id file_;
-  bool committed_ = false;
 };
 
 }  // namespace toptag

@@ -17,6 +17,10 @@ struct ReportInputs {
   std::vector<std::pair<std::string, double>> stage_seconds;
 };
 
+// The files write_report writes in report/.
+inline const std::vector<std::string> kReportFiles = {"metrics.json", "REPORT.md", "training.png",
+                                                      "throughput_vs_clients.png"};
+
 void write_report(const ReportInputs& inputs);
 
 }  // namespace toptag

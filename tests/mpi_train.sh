@@ -145,7 +145,7 @@ if timeout 60 $MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o unwritable 
   fail "the job exited 0 although rank 0 could not write its checkpoint"
 fi
 [ $(($(date +%s) - start)) -lt 50 ] || fail "the job hung after rank 0 failed: $(tail -3 unwritable.log)"
-grep -q "cannot rename unwritable/last.h5" unwritable.log || fail "no error message: $(tail -3 unwritable.log)"
+grep -q "unwritable/last.h5: cannot move the finished file into place" unwritable.log || fail "no error message: $(tail -3 unwritable.log)"
 
 # A rank killed mid-run ends the whole job, non-zero, within seconds (no hang).
 $MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o killed $TINY --batch-size 16 --epochs 500 >killed.log 2>&1 &

@@ -2,6 +2,7 @@
 // independent runtime, OpenCV's dnn module, runs to the probabilities and features toptag predict
 // computes; a Triton repository whose config.pbtxt, parsed back with Triton's model_config.proto,
 // matches the model; and errors that name what is wrong.
+#include <algorithm>
 #include <fmt/format.h>
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
@@ -457,6 +458,38 @@ struct ErrorText : google::protobuf::io::ErrorCollector {
   }
 };
 
+// An existing model directory is refused, naming what it holds (Triton would serve its version 2/,
+// not the new 1/), and replaced whole with replace = true: no old version or file survives, other
+// models of the repository are untouched, and no staging directory is left behind.
+TEST_F(Export, TritonModelDirectoryIsReplacedWholeOrNotAtAll) {
+  Tagger t = random_tagger({"resnet10", 1, 4, 16, 2}, 51);
+  const OnnxExport e = export_onnx(t, "random");
+  namespace fs = std::filesystem;
+  fs::create_directories(path("repo3/toptag/2"));
+  fs::create_directories(path("repo3/other/1"));
+  std::ofstream(path("repo3/toptag/2/model.onnx")) << "old";
+  std::ofstream(path("repo3/toptag/config.pbtxt")) << "old";
+  std::ofstream(path("repo3/other/config.pbtxt")) << "another model";
+  const std::string refused = testing::error_of([&] { write_triton_repository(path("repo3"), e.model, {}, false); });
+  EXPECT_NE(refused.find(path("repo3/toptag") + " exists and holds 2/, config.pbtxt"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("--force"), std::string::npos) << refused;
+  EXPECT_TRUE(fs::exists(path("repo3/toptag/2/model.onnx")));
+  EXPECT_FALSE(fs::exists(path("repo3/toptag/1")));
+
+  const TritonRepositoryWrite w = write_triton_repository(path("repo3"), e.model, {}, true);
+  EXPECT_EQ(w.replaced, (std::vector<std::string>{"2/", "config.pbtxt"}));
+  EXPECT_FALSE(fs::exists(path("repo3/toptag/2"))) << "an old version would be what Triton serves";
+  EXPECT_EQ(read_onnx(path("repo3/toptag/1/model.onnx")).graph().node_size(), e.model.graph().node_size());
+  std::ifstream config(path("repo3/toptag/config.pbtxt"));
+  EXPECT_NE(std::string(std::istreambuf_iterator<char>(config), {}).find("max_batch_size"), std::string::npos);
+  EXPECT_TRUE(fs::exists(path("repo3/other/config.pbtxt")));
+  std::vector<std::string> left;
+  for (const fs::directory_entry& entry : fs::directory_iterator(path("repo3"))) left.push_back(entry.path().filename());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"other", "toptag"})) << "a staging directory was left behind";
+  EXPECT_EQ(fs::status(path("repo3/toptag")).permissions() & fs::perms::others_read, fs::perms::others_read);
+}
+
 TEST_F(Export, TritonConfigParsesBackAndMatchesTheModel) {
   Tagger t = random_tagger(kSmall, 47);
   const std::string checkpoint = path("triton.h5");
@@ -466,7 +499,7 @@ TEST_F(Export, TritonConfigParsesBackAndMatchesTheModel) {
   TritonOptions o;
   o.model_name = "top_tagger";
   o.max_batch = 32;
-  const std::string model_dir = write_triton_repository(path("repo"), e.model, o);
+  const std::string model_dir = write_triton_repository(path("repo"), e.model, o, false).model_dir;
   EXPECT_EQ(model_dir, path("repo/top_tagger"));
 
   std::ifstream in(model_dir + "/config.pbtxt");
@@ -530,9 +563,9 @@ TEST_F(Export, BadInputsAreErrorsNamingTheReason) {
   EXPECT_FALSE(std::filesystem::exists(path("no")));
   std::filesystem::create_directories(path("blocked"));
   std::ofstream(path("blocked/file")) << "x";
-  contains(testing::error_of([&] { write_triton_repository(path("blocked/file"), e.model, {}); }), "blocked/file");
+  contains(testing::error_of([&] { write_triton_repository(path("blocked/file"), e.model, {}, false); }), "blocked/file");
   contains(testing::error_of([&] {
-             write_triton_repository(path("repo2"), e.model, {"../escape", 8, 0});
+             write_triton_repository(path("repo2"), e.model, {"../escape", 8, 0}, false);
            }),
            "../escape");
   EXPECT_FALSE(std::filesystem::exists(path("repo2")));

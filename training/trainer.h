@@ -8,11 +8,15 @@
 
 #include <atomic>
 #include <string>
+#include <vector>
 
 #include "training/checkpoint.h"
 #include "training/config.h"
 
 namespace toptag {
+
+// The files a run writes into its output directory (checkpoints, then the metrics log).
+inline const std::vector<std::string> kRunFiles = {"last.h5", "best.h5", "metrics.csv", "metrics.json"};
 
 struct TrainResult {
   TrainState state;
