@@ -157,6 +157,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (owner_->stopping) return close();
     parser_.emplace();
     parser_->get().body().charge = &charge_;
+    head_ = false;
     parser_->header_limit(static_cast<uint32_t>(owner_->limits.max_header_bytes));
     parser_->body_limit(static_cast<uint64_t>(owner_->limits.max_body_bytes));
     stream_.expires_after(owner_->limits.idle_timeout);
@@ -174,6 +175,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (is_parse_error(ec)) return reply_and_close(http_error(400, "malformed HTTP request: " + ec.message()));
     if (ec) return close();  // the client left, went quiet, or the connection failed
     const auto& header = parser_->get();
+    head_ = header.method() == http::verb::head;
     const boost::optional<uint64_t> length = parser_->content_length();
     const int64_t max_body = owner_->limits.max_body_bytes;
     if (length && *length > static_cast<uint64_t>(max_body))
@@ -263,6 +265,7 @@ class Session : public std::enable_shared_from_this<Session> {
     res->body() = std::move(reply.body);
     res->keep_alive(keep_alive);
     res->prepare_payload();
+    if (head_) res->body().clear();  // Content-Length stays the GET's (RFC 9110 9.3.2)
     stream_.expires_after(owner_->limits.read_timeout);
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
       --self->owner_->busy;
@@ -290,6 +293,7 @@ class Session : public std::enable_shared_from_this<Session> {
   HttpListener::Impl* owner_;
   BodyCharge charge_;  // the request's body, from its first byte until the handler returns
   std::chrono::steady_clock::time_point body_deadline_;
+  bool head_ = false;  // the request is a HEAD: its reply goes without a body
 };
 
 }  // namespace

@@ -7,7 +7,7 @@
 //     from which no byte arrives for the stall timeout is dropped at once;
 //   - threads: a fixed pool runs the handlers; connections beyond max_connections are closed at once.
 // The handler gets a parsed request and returns the reply; it may block (inference), holding one
-// thread of the pool.
+// thread of the pool. A reply to HEAD is sent without its body.
 #pragma once
 
 #include <chrono>

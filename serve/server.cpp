@@ -30,7 +30,7 @@ InferenceServer::InferenceServer(Tagger tagger, const ServerOptions& options) : 
     metrics_ = std::make_unique<HttpListener>(
         options.host, options.metrics_port,
         [this](const HttpRequest& r) {
-          if (r.method != "GET" || r.target.substr(0, r.target.find('?')) != "/metrics")
+          if ((r.method != "GET" && r.method != "HEAD") || r.target.substr(0, r.target.find('?')) != "/metrics")
             return http_error(404, "the metrics are at GET /metrics");
           HttpReply reply;
           reply.content_type = "text/plain; version=0.0.4";

@@ -880,6 +880,39 @@ TEST(Serve, StalledHttpBodiesAreDroppedAndMovingOnesAreNot) {
              dropped_s[0], dropped_s[1], trickle_s);
 }
 
+// A reply to HEAD is the GET's status and headers without its body (RFC 9110 9.3.2), so a keep-alive
+// client, which reads no body after HEAD, reads the next reply from its start. Today's main sent a
+// 405 with a 50-byte JSON body, which the client took for the start of the next reply.
+TEST(Serve, HttpHeadRepliesHaveNoBodyAndTheConnectionGoesOn) {
+  auto server = start_server();
+  const int fd = connect_loopback(server->http_port(), 10);
+  ASSERT_GE(fd, 0);
+  send_all(fd,
+           "HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+           "HEAD /v2/models/toptag/infer HTTP/1.1\r\nHost: x\r\n\r\n"
+           "GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const std::string bytes = receive_all(fd);
+  ::close(fd);
+  size_t at = 0;
+  auto next_head = [&] {  // the next reply's status line and headers; `at` moves past them
+    const size_t end = bytes.find("\r\n\r\n", at);
+    if (end == std::string::npos) return std::string();
+    std::string head = bytes.substr(at, end + 4 - at);
+    at = end + 4;
+    return head;
+  };
+  const std::string live = next_head(), infer = next_head(), get = next_head();
+  EXPECT_EQ(live.rfind("HTTP/1.1 200 ", 0), 0u) << bytes;
+  EXPECT_NE(live.find("Content-Length: 13\r\n"), std::string::npos) << "the GET's length: " << live;
+  EXPECT_EQ(infer.rfind("HTTP/1.1 405 ", 0), 0u) << bytes;  // infer is POST only
+  EXPECT_EQ(get.rfind("HTTP/1.1 200 ", 0), 0u) << bytes;
+  EXPECT_EQ(bytes.substr(at), R"({"live":true})") << bytes;
+  const auto [status, body] =
+      raw_http(server->metrics_port(), "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(body, "");
+}
+
 // A request larger than --max-batch runs as several executions of at most --max-batch images, and
 // its answer is the one each image gets alone.
 TEST(Serve, RequestsLargerThanMaxBatchAreSplit) {
