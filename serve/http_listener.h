@@ -4,7 +4,7 @@
 //   - body bytes held by all connections together (503 beyond: retry later), counted as they arrive,
 //     not as a header announces them: a client that announces 64 MB and sends nothing holds nothing;
 //   - time: a header must arrive within the idle timeout, a body within the read timeout, and a body
-//     from which no byte arrives for the stall timeout is dropped at once;
+//     from which no byte arrives for the stall timeout is dropped then;
 //   - threads: a fixed pool runs the handlers; connections beyond max_connections are closed at once.
 // The handler gets a parsed request and returns the reply; it may block (inference), holding one
 // thread of the pool. A reply to HEAD is sent without its body.
