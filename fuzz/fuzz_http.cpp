@@ -84,8 +84,9 @@ std::string request_bytes(const uint8_t* data, size_t size) {
   const int framing = data[1] & 3;
   const size_t chunk = data[2] + 1u;
   const bool second = data[1] & 0x08;
-  std::string r = fmt::format("{} {} HTTP/1.1\r\nHost: x\r\n", data[1] & 0x04 ? "HEAD" : data[0] & 0x80 ? "GET" : "POST",
-                              kTargets[data[0] & 7]);
+  const char* method = data[0] & 0x80 ? "GET" : "POST";
+  if (data[1] & 0x04) method = "HEAD";
+  std::string r = fmt::format("{} {} HTTP/1.1\r\nHost: x\r\n", method, kTargets[data[0] & 7]);
   if (data[1] & 0x10) r += "Expect: 100-continue\r\n";
   if (data[1] & 0x20) r += fmt::format("{}: {}\r\n", kBinaryHeader, data[2]);
   if (framing < 2) r += fmt::format("Content-Length: {}\r\n", body.size() + (framing == 1 ? chunk : 0));

@@ -24,10 +24,10 @@ struct HttpLimits {
   int64_t max_header_bytes = 16 << 10;
   int64_t max_body_bytes_in_flight = 512 << 20;  // all connections together
   int max_connections = 1024;
-  int threads = 64;                        // handlers running at once
-  std::chrono::seconds idle_timeout{5};    // a request's whole header, from when the connection awaits it
-  std::chrono::seconds read_timeout{60};   // a request's whole body, from the end of its header
-  std::chrono::seconds stall_timeout{5};   // a body from which no byte arrives
+  int threads = 64;                       // handlers running at once
+  std::chrono::seconds idle_timeout{5};   // a request's whole header, from when the connection awaits it
+  std::chrono::seconds read_timeout{60};  // a request's whole body, from the end of its header
+  std::chrono::seconds stall_timeout{5};  // a body from which no byte arrives
 };
 
 class HttpListener {

@@ -760,10 +760,12 @@ TEST(Serve, IdleAndSlowClientsAreDisconnected) {
 // The milliseconds each of `n` one-image infers takes on one keep-alive HTTP connection, sorted;
 // every reply must be 200.
 std::vector<double> http_infer_latencies_ms(int port, int n) {
-  const std::string body =
-      json{{"inputs",
-            {{{"name", "images"}, {"shape", {1, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", random_images(1, 51)}}}}}
-          .dump();
+  const std::string body = json{{"inputs",
+                                 {{{"name", "images"},
+                                   {"shape", {1, 1, kSize, kSize}},
+                                   {"datatype", "FP32"},
+                                   {"data", random_images(1, 51)}}}}}
+                               .dump();
   httplib::Client client("127.0.0.1", port);
   client.set_keep_alive(true);
   client.set_tcp_nodelay(true);  // as curl: no 40 ms wait for a delayed ACK between header and body
@@ -809,9 +811,10 @@ TEST(Serve, StalledHttpBodiesDoNotStarveOtherClients) {
     EXPECT_EQ(::recv(fd, &c, 1, MSG_DONTWAIT), -1) << "a stalled connection was closed before the requests ended";
     ::close(fd);
   }
-  fmt::print("one-image infer over HTTP: median {:.1f} ms, max {:.1f} ms alone; median {:.1f} ms, max {:.1f} ms "
-             "beside {} stalled connections announcing 64 MB or chunked bodies\n",
-             alone[kRequests / 2], alone.back(), beside[kRequests / 2], beside.back(), kStalled);
+  fmt::print(
+      "one-image infer over HTTP: median {:.1f} ms, max {:.1f} ms alone; median {:.1f} ms, max {:.1f} ms "
+      "beside {} stalled connections announcing 64 MB or chunked bodies\n",
+      alone[kRequests / 2], alone.back(), beside[kRequests / 2], beside.back(), kStalled);
 }
 
 // A body from which no byte arrives for the stall timeout is dropped, whether it has a length or is
@@ -834,8 +837,8 @@ TEST(Serve, StalledHttpBodiesAreDroppedAndMovingOnesAreNot) {
   using clock = std::chrono::steady_clock;
   const std::string post = "POST /upload HTTP/1.1\r\nHost: x\r\n";
   std::vector<int> stalled;
-  for (const std::string& head : {post + "Content-Length: 67108864\r\n\r\n",
-                                  post + "Transfer-Encoding: chunked\r\n\r\n10000\r\n"}) {
+  for (const std::string& head :
+       {post + "Content-Length: 67108864\r\n\r\n", post + "Transfer-Encoding: chunked\r\n\r\n10000\r\n"}) {
     stalled.push_back(connect_loopback(port, 15));
     ASSERT_GE(stalled.back(), 0);
     send_all(stalled.back(), head + std::string(1000, 'x'));  // then nothing
@@ -875,9 +878,10 @@ TEST(Serve, StalledHttpBodiesAreDroppedAndMovingOnesAreNot) {
   for (auto until = clock::now() + std::chrono::seconds(5); listener.body_bytes_held() != 0 && clock::now() < until;)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_EQ(listener.body_bytes_held(), 0) << "bytes still charged after every connection ended";
-  fmt::print("stall timeout 2 s: stalled bodies dropped after {:.2f} s and {:.2f} s; a body moving 5 bytes/s "
-             "read whole in {:.2f} s\n",
-             dropped_s[0], dropped_s[1], trickle_s);
+  fmt::print(
+      "stall timeout 2 s: stalled bodies dropped after {:.2f} s and {:.2f} s; a body moving 5 bytes/s "
+      "read whole in {:.2f} s\n",
+      dropped_s[0], dropped_s[1], trickle_s);
 }
 
 // A reply to HEAD is the GET's status and headers without its body (RFC 9110 9.3.2), so a keep-alive
