@@ -192,6 +192,11 @@ void add_serve_commands(CLI::App& app) {
   cmd->add_option("--max-request-jets", s.limits.max_request_jets, "largest batch one request may send")
       ->default_val(4096)
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--http-stall-timeout", s.http_stall_timeout_s,
+                  "seconds an HTTP request body may bring no byte before its connection is dropped (a body that "
+                  "keeps moving has 60 s in all)")
+      ->default_val(5)
+      ->check(in_range(1, 60));
   cmd->add_option("--port-file", a->port_file, "write the bound ports as JSON here once serving (for scripts)");
   cmd->add_option("--instances", s.engine.instances,
                   "model instances computing batches side by side (0: 2, or 1 on a single core)")

@@ -209,7 +209,8 @@ HttpReply model_route(InferenceService& s, const HttpRequest& req, const std::ve
   if (next + 1 < rest.size() || (action != "" && action != "ready" && action != "infer"))
     return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
   const std::string method = action == "infer" ? "POST" : "GET";
-  if (req.method != method) return http_error(405, fmt::format("{} {}: use {}", req.method, req.target, method));
+  if (req.method != method && !(req.method == "HEAD" && method == "GET"))
+    return http_error(405, fmt::format("{} {}: use {}", req.method, req.target, method));
   if (action == "infer") {
     try {
       return infer(s, name, version, req);
@@ -254,7 +255,7 @@ HttpReply answer_http(InferenceService& s, const HttpRequest& req) {
     const std::vector<std::string> path = path_segments(req.target);
     if (path.size() >= 2 && path[0] == "v2" && path[1] == "models")
       return model_route(s, req, std::vector<std::string>(path.begin() + 2, path.end()));
-    if (req.method != "GET")
+    if (req.method != "GET" && req.method != "HEAD")
       return http_error(req.method == "POST" ? 404 : 405, req.method + " " + req.target + ": no such endpoint");
     if (path == std::vector<std::string>{"v2", "health", "live"}) return json_reply(200, {{"live", true}});
     if (path == std::vector<std::string>{"v2", "health", "ready"})

@@ -29,7 +29,7 @@ struct HttpListener::Impl {
   HttpLimits limits;
   Handler handler;
   std::atomic<int> connections{0}, busy{0};  // open connections; requests being handled or answered
-  std::atomic<int64_t> body_bytes{0};        // reserved by bodies being read or handled
+  std::atomic<int64_t> body_bytes{0};        // held by bodies being read or handled
   std::atomic<bool> stopping{false};
   bool started = false, stopped = false;
   asio::io_context io;
@@ -47,6 +47,96 @@ bool is_parse_error(beast::error_code ec) {
          ec.category() == http::make_error_code(http::error::bad_target).category();
 }
 
+// One connection's share of the bytes that all the listener's connections hold in request bodies.
+class BodyCharge {
+ public:
+  BodyCharge(std::atomic<int64_t>& held, int64_t budget, int64_t max_body)
+      : held_(held), budget_(budget), max_body_(max_body) {}
+  ~BodyCharge() { release(); }
+  BodyCharge(const BodyCharge&) = delete;
+  BodyCharge& operator=(const BodyCharge&) = delete;
+
+  // Adds `bytes` to this connection's share; false, adding nothing, when all connections together
+  // would hold more than the budget.
+  bool add(int64_t bytes) {
+    if (held_.fetch_add(bytes) + bytes > budget_) {
+      held_ -= bytes;
+      return false;
+    }
+    charged_ += bytes;
+    return true;
+  }
+  void remove(int64_t bytes) {
+    held_ -= bytes;
+    charged_ -= bytes;
+  }
+  void release() { remove(charged_); }
+  int64_t max_body() const { return max_body_; }
+
+ private:
+  std::atomic<int64_t>& held_;
+  const int64_t budget_, max_body_;
+  int64_t charged_ = 0;
+};
+
+// Beast's string_body, except that the string's memory is charged to the connection's BodyCharge
+// as the bytes arrive, before it is allocated, and never as the header announces it. The string
+// doubles as it fills (so it holds at most twice the bytes received) up to the announced length,
+// which a complete body then takes exactly.
+struct ChargedBody {
+  struct value_type {
+    std::string bytes;
+    BodyCharge* charge = nullptr;  // set before the body is read
+  };
+
+  class reader {
+   public:
+    template <bool isRequest, class Fields>
+    reader(http::header<isRequest, Fields>&, value_type& body) : body_(body) {}
+
+    void init(const boost::optional<uint64_t>& length, beast::error_code& ec) {
+      // The parser refuses a body over its limit before the bytes reach put().
+      const auto max_body = static_cast<uint64_t>(body_.charge->max_body());
+      max_size_ = static_cast<size_t>(length ? std::min(*length, max_body) : max_body);
+      ec = {};
+    }
+
+    template <class ConstBuffers>
+    size_t put(const ConstBuffers& buffers, beast::error_code& ec) {
+      const size_t extra = beast::buffer_bytes(buffers), size = body_.bytes.size();
+      if (size + extra > body_.bytes.capacity() && !grow(size + extra)) {
+        ec = boost::system::errc::make_error_code(boost::system::errc::not_enough_memory);
+        return 0;
+      }
+      body_.bytes.resize(size + extra);
+      asio::buffer_copy(asio::buffer(body_.bytes.data() + size, extra), buffers);
+      ec = {};
+      return extra;
+    }
+
+    void finish(beast::error_code& ec) { ec = {}; }
+
+   private:
+    // Moves the bytes to a string of twice the capacity (at least `need`, at most max_size_),
+    // charged before it is allocated; false when the budget cannot hold it.
+    bool grow(size_t need) {
+      const size_t capacity = std::max(need, std::min(max_size_, 2 * charged_));
+      if (!body_.charge->add(static_cast<int64_t>(capacity))) return false;
+      std::string larger;
+      larger.reserve(capacity);
+      larger.append(body_.bytes);
+      body_.bytes.swap(larger);
+      body_.charge->remove(static_cast<int64_t>(charged_));  // the old string, freed with `larger`
+      charged_ = capacity;
+      return true;
+    }
+
+    value_type& body_;
+    size_t max_size_ = 0;
+    size_t charged_ = 0;  // the string's allocated capacity (0 while the bytes fit in the string itself)
+  };
+};
+
 // One connection: read a request (bounded), hand it to the handler, write the reply, repeat while
 // the client keeps the connection alive.
 class Session : public std::enable_shared_from_this<Session> {
@@ -54,13 +144,11 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(tcp::socket socket, HttpListener::Impl* owner)
       : stream_(std::move(socket)),
         buffer_(static_cast<size_t>(owner->limits.max_header_bytes) + 65536),
-        owner_(owner) {
+        owner_(owner),
+        charge_(owner->body_bytes, owner->limits.max_body_bytes_in_flight, owner->limits.max_body_bytes) {
     ++owner_->connections;
   }
-  ~Session() {
-    release_body();
-    --owner_->connections;
-  }
+  ~Session() { --owner_->connections; }
 
   void start() { read_header(); }
 
@@ -68,6 +156,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void read_header() {
     if (owner_->stopping) return close();
     parser_.emplace();
+    parser_->get().body().charge = &charge_;
+    head_ = false;
     parser_->header_limit(static_cast<uint32_t>(owner_->limits.max_header_bytes));
     parser_->body_limit(static_cast<uint64_t>(owner_->limits.max_body_bytes));
     stream_.expires_after(owner_->limits.idle_timeout);
@@ -85,45 +175,68 @@ class Session : public std::enable_shared_from_this<Session> {
     if (is_parse_error(ec)) return reply_and_close(http_error(400, "malformed HTTP request: " + ec.message()));
     if (ec) return close();  // the client left, went quiet, or the connection failed
     const auto& header = parser_->get();
+    head_ = header.method() == http::verb::head;
     const boost::optional<uint64_t> length = parser_->content_length();
     const int64_t max_body = owner_->limits.max_body_bytes;
     if (length && *length > static_cast<uint64_t>(max_body))
       return reply_and_close(http_error(
           413, fmt::format("the body of {} bytes exceeds the server's limit of {} bytes", *length, max_body)));
-    // Reserve the body's bytes (the limit, for a chunked body) against the budget of all connections.
-    reserved_ = length ? static_cast<int64_t>(*length) : parser_->chunked() ? max_body : 0;
-    if (owner_->body_bytes.fetch_add(reserved_) + reserved_ > owner_->limits.max_body_bytes_in_flight) {
-      release_body();
-      return reply_and_close(http_error(503, "the server holds too many large requests now; retry later"));
-    }
-    stream_.expires_after(owner_->limits.read_timeout);
-    if (beast::iequals(header[http::field::expect], "100-continue")) {
+    body_deadline_ = std::chrono::steady_clock::now() + owner_->limits.read_timeout;
+    if (!parser_->is_done() && beast::iequals(header[http::field::expect], "100-continue")) {
       auto go_on = std::make_shared<http::response<http::empty_body>>(http::status::continue_, header.version());
+      stream_.expires_after(owner_->limits.read_timeout);
       return http::async_write(stream_, *go_on, [self = shared_from_this(), go_on](beast::error_code e, size_t) {
         if (e) return self->close();
-        self->read_body();
+        self->parse_body();
       });
     }
+    parse_body();
+  }
+
+  // Parses the bytes read so far; reads more while the body is incomplete.
+  void parse_body() {
+    beast::error_code ec;
+    while (buffer_.size() > 0 && !parser_->is_done()) {
+      const size_t used = parser_->put(buffer_.data(), ec);
+      buffer_.consume(used);
+      if (ec == http::error::need_more || (!ec && used == 0)) break;
+      if (ec) return refuse_body(ec);
+    }
+    if (parser_->is_done()) return handle();
     read_body();
   }
 
+  // One read, which must bring a byte within the stall timeout and leave the whole body within the
+  // read timeout: a body that stops moving is dropped long before one that moves slowly.
   void read_body() {
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) { self->on_body(ec); });
+    const std::chrono::steady_clock::duration left = body_deadline_ - std::chrono::steady_clock::now();
+    stream_.expires_after(std::min<std::chrono::steady_clock::duration>(owner_->limits.stall_timeout, left));
+    const size_t room = beast::read_size(buffer_, 65536);
+    if (room == 0) return refuse_body(http::error::buffer_overflow);  // a chunk-size line longer than the buffer
+    stream_.async_read_some(buffer_.prepare(room), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      self->buffer_.commit(n);
+      if (ec) return self->close();  // the client left mid-body, stalled or ran out of time, or the connection failed
+      self->parse_body();
+    });
   }
 
-  void on_body(beast::error_code ec) {
+  void refuse_body(beast::error_code ec) {
     if (ec == http::error::body_limit)
       return reply_and_close(http_error(
           413, fmt::format("the body exceeds the server's limit of {} bytes", owner_->limits.max_body_bytes)));
+    if (ec == boost::system::errc::not_enough_memory)  // ChargedBody: the bytes received fill the budget
+      return reply_and_close(http_error(503, "the server holds too many large requests now; retry later"));
     if (is_parse_error(ec)) return reply_and_close(http_error(400, "malformed HTTP request: " + ec.message()));
-    if (ec) return close();
-    http::request<http::string_body> req = parser_->release();
+    close();
+  }
+
+  void handle() {
+    http::request<ChargedBody> req = parser_->release();
     HttpRequest r;
     r.method = std::string(req.method_string());
     r.target = std::string(req.target());
     r.binary_header = std::string(req[kBinaryHeader]);
-    r.body = std::move(req.body());
+    r.body = std::move(req.body().bytes);
     const int fd = stream_.socket().native_handle();
     r.cancelled = [fd] {  // the peer closed its end: recv sees end of stream without consuming anything
       char c;
@@ -138,7 +251,7 @@ class Session : public std::enable_shared_from_this<Session> {
     } catch (const std::exception& e) {
       reply = http_error(500, e.what());
     }
-    release_body();
+    charge_.release();
     write(std::move(reply), req.keep_alive() && !owner_->stopping);
   }
 
@@ -152,6 +265,7 @@ class Session : public std::enable_shared_from_this<Session> {
     res->body() = std::move(reply.body);
     res->keep_alive(keep_alive);
     res->prepare_payload();
+    if (head_) res->body().clear();  // Content-Length stays the GET's (RFC 9110 9.3.2)
     stream_.expires_after(owner_->limits.read_timeout);
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
       --self->owner_->busy;
@@ -165,11 +279,6 @@ class Session : public std::enable_shared_from_this<Session> {
     write(std::move(reply), false);
   }
 
-  void release_body() {
-    owner_->body_bytes -= reserved_;
-    reserved_ = 0;
-  }
-
   void close() {
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
@@ -180,9 +289,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // Capped: Beast 1.74 bounds neither chunk-size lines (extensions) nor trailers by header_limit;
   // bodies are moved out of the buffer as they are parsed, so the cap does not limit them.
   beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<http::request_parser<ChargedBody>> parser_;
   HttpListener::Impl* owner_;
-  int64_t reserved_ = 0;
+  BodyCharge charge_;  // the request's body, from its first byte until the handler returns
+  std::chrono::steady_clock::time_point body_deadline_;
+  bool head_ = false;  // the request is a HEAD: its reply goes without a body
 };
 
 }  // namespace
@@ -226,6 +337,10 @@ HttpListener::~HttpListener() {
 
 int HttpListener::port() const {
   return impl_->acceptor.local_endpoint().port();
+}
+
+int64_t HttpListener::body_bytes_held() const {
+  return impl_->body_bytes.load();
 }
 
 void HttpListener::start() {

@@ -18,6 +18,7 @@ InferenceServer::InferenceServer(Tagger tagger, const ServerOptions& options) : 
   http_limits.max_body_bytes_in_flight = std::max(options.max_message_bytes, options.max_bytes_in_flight);
   http_limits.idle_timeout = std::chrono::seconds(options.http_idle_timeout_s);
   http_limits.read_timeout = std::chrono::seconds(options.http_read_timeout_s);
+  http_limits.stall_timeout = std::chrono::seconds(options.http_stall_timeout_s);
   if (options.http_port >= 0) {
     http_ = std::make_unique<HttpListener>(
         options.host, options.http_port, [this](const HttpRequest& r) { return answer_http(*service_, r); },
@@ -29,7 +30,7 @@ InferenceServer::InferenceServer(Tagger tagger, const ServerOptions& options) : 
     metrics_ = std::make_unique<HttpListener>(
         options.host, options.metrics_port,
         [this](const HttpRequest& r) {
-          if (r.method != "GET" || r.target.substr(0, r.target.find('?')) != "/metrics")
+          if ((r.method != "GET" && r.method != "HEAD") || r.target.substr(0, r.target.find('?')) != "/metrics")
             return http_error(404, "the metrics are at GET /metrics");
           HttpReply reply;
           reply.content_type = "text/plain; version=0.0.4";

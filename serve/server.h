@@ -22,7 +22,8 @@ struct ServerOptions {
   int64_t max_bytes_in_flight = 512 << 20;  // HTTP bodies held at once, over all connections
   int max_grpc_threads = 64;                // gRPC calls handled at once (more: RESOURCE_EXHAUSTED)
   int http_idle_timeout_s = 5;              // an HTTP connection silent this long is closed
-  int http_read_timeout_s = 60;             // ... and one whole request must arrive within this
+  int http_read_timeout_s = 60;             // ... a request's body must arrive within this
+  int http_stall_timeout_s = 5;             // ... and a body from which no byte arrives this long is dropped
 };
 
 class InferenceServer {
