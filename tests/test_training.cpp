@@ -3,6 +3,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "datasets/generator.h"
@@ -94,6 +96,101 @@ TEST_F(TrainingTest, InterruptWritesACheckpointAndResumingMidEpochMatches) {
   TrainResult resumed = resume(cut.last_checkpoint, tiny("cut").output_dir, 0, nullptr);
   EXPECT_FALSE(resumed.interrupted);
   expect_same_weights(full.last_checkpoint, resumed.last_checkpoint);
+}
+
+// The rows of DIR/metrics.json.
+nlohmann::json logged_rows(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / "metrics.json");
+  return nlohmann::json::parse(in).at("epochs");
+}
+
+// A number among a training checkpoint's /training attributes; nullopt when absent.
+std::optional<double> training_attr(const std::string& checkpoint, const std::string& name) {
+  H5Id file = h5_open(checkpoint);
+  H5Id t = h5_group(file.get(), "training", false);
+  return h5_attr_double(t.get(), name);
+}
+
+// A copy of `checkpoint` at `copy` whose /training group `edit` has changed.
+std::string edited_copy(const std::string& checkpoint, const fs::path& copy, const std::function<void(hid_t)>& edit) {
+  fs::copy_file(checkpoint, copy, fs::copy_options::overwrite_existing);
+  H5Id file = h5_open(copy.string(), true);
+  H5Id t = h5_group(file.get(), "training", false);
+  edit(t.get());
+  return copy.string();
+}
+
+// An epoch interrupted after any of its steps, its last one included, and resumed (as often as it
+// was interrupted) logs the row the uninterrupted run logs: the checkpoint carries the epoch's
+// running loss sum and seconds, and the lr logged is the schedule's at the epoch's last step.
+TEST_F(TrainingTest, ResumedEpochsLogWhatTheUninterruptedRunLogs) {
+  TrainConfig c = tiny("rows_full");
+  c.schedule.kind = "cosine";  // the lr at an epoch's last step is not --lr
+  train(c, nullptr);
+  const nlohmann::json full = logged_rows(c.output_dir);
+  c.output_dir = (dir_ / "rows_cut").string();
+  std::atomic<bool> stop{true};  // every call below trains one step and stops
+  TrainResult r = train(c, &stop);
+  std::map<int64_t, double> stored_seconds;  // per epoch, at its last interrupt
+  int64_t last_step_interrupted = 0;
+  while (r.interrupted) {
+    ASSERT_LT(r.state.epoch, 2);
+    stored_seconds[r.state.epoch] = training_attr(r.last_checkpoint, "epoch_seconds").value_or(-1);
+    if (r.state.epoch == 0) last_step_interrupted = r.state.step_in_epoch;
+    // After every step of epoch 1, then after the first of epoch 2; then to the end.
+    r = resume(r.last_checkpoint, c.output_dir, 0, r.state.epoch == 0 ? &stop : nullptr);
+  }
+  EXPECT_EQ(last_step_interrupted, 256 / 32) << "no interrupt after epoch 1's last step";
+  const nlohmann::json cut = logged_rows(c.output_dir);
+  ASSERT_EQ(cut.size(), 2u);
+  ASSERT_EQ(full.size(), 2u);
+  for (size_t e = 0; e < 2; ++e) {
+    // The weights are bit-identical (the tests above), and so is every number computed from them.
+    for (const auto& [key, value] : full[e].items())
+      if (key != "seconds") {
+        EXPECT_EQ(cut[e][key], value) << "epoch " << e + 1 << ": " << key;
+      }
+    // The epoch's seconds include the parts before its interrupts.
+    EXPECT_GT(stored_seconds[static_cast<int64_t>(e)], 0) << "no epoch_seconds in the checkpoint";
+    EXPECT_GE(cut[e]["seconds"].get<double>(), stored_seconds[static_cast<int64_t>(e)]) << "epoch " << e + 1;
+  }
+}
+
+// A checkpoint from before the running sums still resumes, with a warning that the epoch's train
+// metrics cover only the resumed steps; damaged sums are refused, naming the file and attribute.
+TEST_F(TrainingTest, EpochSumsOfAnOldOrDamagedCheckpoint) {
+  std::atomic<bool> stop{true};
+  const TrainResult cut = train(tiny("sums"), &stop);  // one step into epoch 1
+  ASSERT_EQ(cut.state.step_in_epoch, 1);
+  const std::string old = edited_copy(cut.last_checkpoint, dir_ / "sums_old.h5", [](hid_t t) {
+    for (const char* name : {"epoch_loss_sum", "epoch_loss_steps", "epoch_seconds"})
+      ASSERT_GE(H5Adelete(t, name), 0) << name;
+  });
+  ::testing::internal::CaptureStderr();
+  const TrainResult r = resume(old, (dir_ / "sums_old").string(), 0, nullptr);
+  const std::string warnings = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r.state.epoch, 2);
+  EXPECT_NE(warnings.find("epoch 1's train_loss and seconds cover only the 7 steps after this resume"),
+            std::string::npos)
+      << warnings;
+
+  struct Damage {
+    const char* attribute;
+    double value;
+  };
+  for (const Damage& d : {Damage{"epoch_seconds", NAN}, Damage{"epoch_seconds", -1}, Damage{"epoch_loss_sum", -1},
+                          Damage{"epoch_loss_steps", -1}, Damage{"epoch_loss_steps", 2}}) {
+    const std::string damaged = edited_copy(cut.last_checkpoint, dir_ / "sums_damaged.h5", [&](hid_t t) {
+      if (std::string(d.attribute) == "epoch_loss_steps")
+        h5_set_attr(t, d.attribute, static_cast<int64_t>(d.value));
+      else
+        h5_set_attr(t, d.attribute, d.value);
+    });
+    const std::string message =
+        testing::error_of([&] { resume(damaged, (dir_ / "sums_damaged").string(), 0, nullptr); });
+    EXPECT_NE(message.find(damaged), std::string::npos) << d.attribute << " " << d.value << ": " << message;
+    EXPECT_NE(message.find(d.attribute), std::string::npos) << d.attribute << " " << d.value << ": " << message;
+  }
 }
 
 // The checkpoint is the record of a run: a metrics log that cannot be written or is damaged, or a
