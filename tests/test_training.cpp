@@ -193,8 +193,77 @@ TEST_F(TrainingTest, EpochSumsOfAnOldOrDamagedCheckpoint) {
   }
 }
 
-// The checkpoint is the record of a run: a metrics log that cannot be written or is damaged, or a
-// run that diverges, never costs an epoch's checkpoint or stops the run.
+// A metrics.json that a resume cannot trust (damaged, or another run's) is refused before any
+// training, naming the file and the row or field; the checkpoint stays as it was.
+TEST_F(TrainingTest, ResumeRefusesADamagedOrForeignLog) {
+  TrainConfig c = tiny("log");
+  c.epochs = 1;
+  train(c, nullptr);
+  const std::string checkpoint = resume_checkpoint_path(c.output_dir);
+  std::ifstream in(fs::path(c.output_dir) / "metrics.json");
+  const nlohmann::json good = nlohmann::json::parse(in);
+  struct Case {
+    const char* named;  // what the error must name
+    std::function<void(nlohmann::json&)> damage;
+  };
+  const std::vector<Case> cases = {
+      {"epoch", [](auto& j) { j["epochs"][0]["epoch"] = 1.9; }},
+      {"epoch", [](auto& j) { j["epochs"][0]["epoch"] = 1e30; }},
+      {"epoch", [](auto& j) { j["epochs"][0]["epoch"] = 0; }},
+      {"epoch 2", [](auto& j) { j["epochs"][0]["epoch"] = 2; }},  // the checkpoint has finished 1
+      {"epoch 1", [](auto& j) { j["epochs"].push_back(j["epochs"][0]); }},
+      {"step", [](auto& j) { j["epochs"][0]["step"] = 7.5; }},
+      {"lr", [](auto& j) { j["epochs"][0]["lr"] = nullptr; }},
+      {"seconds", [](auto& j) { j["epochs"][0]["seconds"] = -1; }},
+      {"train_loss", [](auto& j) { j["epochs"][0]["train_loss"] = "low"; }},
+      {"val_auc", [](auto& j) { j["epochs"][0].erase("val_auc"); }},
+      {"epochs", [](auto& j) { j["epochs"] = 3; }},
+  };
+  const fs::path out = dir_ / "log_damaged";
+  fs::create_directories(out);
+  const std::string log = (out / "metrics.json").string();
+  for (const Case& k : cases) {
+    nlohmann::json j = good;
+    k.damage(j);
+    std::ofstream(log) << j.dump();
+    const std::string message = testing::error_of([&] { resume(checkpoint, out.string(), 2, nullptr); });
+    EXPECT_NE(message.find(log), std::string::npos) << j.dump() << ": " << message;
+    EXPECT_NE(message.find(k.named), std::string::npos) << j.dump() << ": " << message;
+  }
+  std::ofstream(log) << "{\"epochs\": [";
+  EXPECT_NE(testing::error_of([&] { resume(checkpoint, out.string(), 2, nullptr); }).find(log), std::string::npos);
+
+  // last.h5 of another architecture, put in the place of the log's own.
+  TrainConfig other = tiny("log_other");
+  other.epochs = 1;
+  other.width = 8;
+  train(other, nullptr);
+  fs::copy_file(resume_checkpoint_path(other.output_dir), checkpoint, fs::copy_options::overwrite_existing);
+  const std::string message = testing::error_of([&] { resume(checkpoint, c.output_dir, 2, nullptr); });
+  EXPECT_NE(message.find((fs::path(c.output_dir) / "metrics.json").string()), std::string::npos) << message;
+  EXPECT_NE(message.find("width"), std::string::npos) << message;
+}
+
+// What a log may hold: a diverged epoch's null metrics; and a log from before the run identity loads.
+TEST_F(TrainingTest, ResumeKeepsALogWithNullMetricsOrNoRunIdentity) {
+  TrainConfig c = tiny("log_ok");
+  c.epochs = 1;
+  train(c, nullptr);
+  std::ifstream in(fs::path(c.output_dir) / "metrics.json");
+  nlohmann::json j = nlohmann::json::parse(in);
+  j.erase("run");
+  j["epochs"][0]["val_auc"] = nullptr;
+  j["epochs"][0]["train_loss"] = nullptr;
+  std::ofstream(fs::path(c.output_dir) / "metrics.json") << j.dump();
+  resume(resume_checkpoint_path(c.output_dir), c.output_dir, 2, nullptr);
+  const nlohmann::json rows = logged_rows(c.output_dir);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_TRUE(rows[0]["val_auc"].is_null());
+  EXPECT_EQ(rows[0]["step"], j["epochs"][0]["step"]);
+}
+
+// The checkpoint is the record of a run: a metrics log that cannot be written, or a run that
+// diverges, never costs an epoch's checkpoint or stops the run.
 TEST_F(TrainingTest, ADivergedRunOrABrokenLogStillSavesEveryEpoch) {
   TrainConfig diverged = tiny("diverged");
   diverged.epochs = 1;
@@ -212,13 +281,6 @@ TEST_F(TrainingTest, ADivergedRunOrABrokenLogStillSavesEveryEpoch) {
   fs::create_directories(fs::path(blocked.output_dir) / "metrics.json");  // the log cannot be replaced
   const TrainResult b = train(blocked, nullptr);
   EXPECT_EQ(read_train_state(b.last_checkpoint).epoch, 1);
-
-  TrainConfig damaged = tiny("damaged");
-  damaged.epochs = 1;
-  train(damaged, nullptr);
-  std::ofstream(fs::path(damaged.output_dir) / "metrics.json") << R"({"epochs": [{"epoch": "one"}]})";
-  const TrainResult r = resume(resume_checkpoint_path(damaged.output_dir), damaged.output_dir, 2, nullptr);
-  EXPECT_EQ(r.state.epoch, 2);
 }
 
 TEST_F(TrainingTest, FrozenBackboneChangesOnlyTheHead) {
@@ -322,13 +384,19 @@ TEST(TrainConfigJson, EveryFieldSurvivesTheRoundTrip) {
   EXPECT_THROW(TrainConfig::from_json(R"({"lr": "fast"})", "test"), Error);
 }
 
-TEST(MetricsLogTest, ResumeKeepsOnlyFinishedEpochsAndWritesBothFilesFromMemory) {
+TEST(MetricsLogTest, ResumeKeepsTheFinishedEpochsAndWritesBothFilesFromMemory) {
   const fs::path dir = fs::temp_directory_path() / fmt::format("toptag_metrics_{}", ::getpid());
   fs::create_directories(dir);
-  MetricsLog log(dir.string());
+  TrainConfig run;
+  run.output_dir = dir.string();
+  MetricsLog log(run);
   for (int64_t e = 1; e <= 3; ++e) log.record(EpochMetrics{e, e * 10, 1e-3, 0.5, 0.4, 0.8, 0.9, 20.0, 1.0});
-  MetricsLog resumed(dir.string());
-  resumed.load(2);  // the checkpoint had finished two epochs: the third row is dropped
+  MetricsLog resumed(run);
+  // The checkpoint had finished two epochs: the log's third is not its own.
+  EXPECT_NE(testing::error_of([&] { resumed.load(2); }).find("row 3: epoch 3 is past the 2 epoch(s)"),
+            std::string::npos);
+  log.record(EpochMetrics{2, 20, 1e-3, 0.5, 0.4, 0.8, 0.9, 20.0, 1.0});  // drops the third row
+  resumed.load(2);
   ASSERT_EQ(resumed.rows().size(), 2u);
   resumed.record(EpochMetrics{3, 31, 1e-3, 0.3, 0.3, 0.85, 0.95, 30.0, 1.0});
   std::ifstream csv(dir / "metrics.csv");

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "eval/metrics.h"
 #include "io/progress.h"
@@ -34,12 +35,11 @@ struct Run {
   std::unique_ptr<Adam> adam;
   StateList trainable;                       // what Adam updates: the gradients averaged over the ranks
   std::unique_ptr<GradientReducer> reducer;  // under MPI
-  MetricsLog metrics;
-  std::string last, best;  // checkpoint paths
+  std::optional<MetricsLog> metrics;         // made by prepare(), from the final configuration
+  std::string last, best;                    // checkpoint paths
 
   explicit Run(const TrainConfig& c)
       : config(c),
-        metrics(c.output_dir),
         last((fs::path(c.output_dir) / "last.h5").string()),
         best((fs::path(c.output_dir) / "best.h5").string()) {}
 };
@@ -102,6 +102,7 @@ void prepare(Run& run, bool fresh) {
   if (fresh) set_up_quantization(run);
   run.tagger.images = c.images;
   run.tagger.training_config = c.to_json();
+  run.metrics.emplace(c);
   run.trainable = c.head_only() ? model.head_state() : model.state();
   run.adam = std::make_unique<Adam>(run.trainable.parameters, AdamOptions{c.lr, 0.9, 0.999, 1e-8, c.weight_decay});
   if (!world.distributed()) return;
@@ -287,7 +288,7 @@ void finish_epoch(Run& run, const EpochMetrics& m) {
   }
   write_training_checkpoint(run.last, run.tagger, *run.adam, saved, run.config);
   try {  // after the checkpoints: a log that cannot be written never costs the epoch
-    run.metrics.record(m);
+    run.metrics->record(m);
   } catch (const Error& e) {
     fmt::print(stderr, "warning: epoch {} is saved but its metrics are not logged: {}\n", m.epoch, e.what());
   }
@@ -341,7 +342,7 @@ TrainResult resume(const std::string& checkpoint, const std::string& output_dir,
   run.tagger = load_tagger(checkpoint);
   prepare(run, false);
   read_optimizer(checkpoint, *run.adam);
-  run.metrics.load(run.state.epoch);
+  run.metrics->load(run.state.epoch);
   const TrainState& s = run.state;
   if (s.epoch_loss_steps < s.step_in_epoch && World::get().root())
     fmt::print(stderr,
