@@ -262,6 +262,19 @@ TEST_F(TrainingTest, ResumeKeepsALogWithNullMetricsOrNoRunIdentity) {
   EXPECT_EQ(rows[0]["step"], j["epochs"][0]["step"]);
 }
 
+// A run whose output directory cannot be written stops before its first step, naming the
+// directory. /proc/self: a directory in which not even root can create a file.
+TEST_F(TrainingTest, AnUnwritableOutputDirectoryStopsTheRunBeforeTraining) {
+  if (!fs::is_directory("/proc/self")) GTEST_SKIP() << "no /proc/self";
+  std::atomic<bool> stop{true};
+  const std::string checkpoint = train(tiny("writable"), &stop).last_checkpoint;
+  TrainConfig c = tiny("unused");
+  c.output_dir = "/proc/self";
+  for (const std::string& message : {testing::error_of([&] { train(c, &stop); }),
+                                     testing::error_of([&] { resume(checkpoint, "/proc/self", 0, &stop); })})
+    EXPECT_NE(message.find("/proc/self is not writable"), std::string::npos) << message;
+}
+
 // The checkpoint is the record of a run: a metrics log that cannot be written, or a run that
 // diverges, never costs an epoch's checkpoint or stops the run.
 TEST_F(TrainingTest, ADivergedRunOrABrokenLogStillSavesEveryEpoch) {

@@ -93,6 +93,7 @@ void prepare(Run& run, bool fresh) {
   c.arch = model.config().arch, c.width = model.config().width, c.hidden = model.config().hidden;
   fs::create_directories(c.output_dir);
   World& world = World::get();
+  if (world.root()) check_writable_directory(c.output_dir);  // rank 0 alone writes
   if (world.distributed() && c.batch_size % world.size() != 0)
     fail("--batch-size {} is the global batch: it must divide evenly over the {} ranks", c.batch_size, world.size());
   run.data = open_training_data(c, model.feature_dim(), world.rank(), world.size());
