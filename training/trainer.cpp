@@ -96,6 +96,14 @@ void prepare(Run& run, bool fresh) {
   if (world.root()) check_writable_directory(c.output_dir);  // rank 0 alone writes
   if (world.distributed() && c.batch_size % world.size() != 0)
     fail("--batch-size {} is the global batch: it must divide evenly over the {} ranks", c.batch_size, world.size());
+  // Unsynchronised batch norms normalise each rank's images alone: one image leaves them its own
+  // statistics (and in the last layers a single value per channel). Frozen or folded ones use none.
+  const bool local_batch_statistics = !c.sync_batchnorm && !c.head_only() && c.quantize.empty() && !model.folded();
+  if (world.distributed() && local_batch_statistics && c.batch_size / world.size() < 2)
+    fail(
+        "--batch-size {} over {} ranks gives each rank 1 image, and batch norm needs 2 or more per rank: use "
+        "--batch-size {} or more, or --sync-batchnorm",
+        c.batch_size, world.size(), 2 * world.size());
   run.data = open_training_data(c, model.feature_dim(), world.rank(), world.size());
   if (std::optional<ImageOptions> used = run.data->image_options()) c.images = *used;  // what the files hold
   if (c.features_path.empty()) check_channels(model, c.images, c.train_path);
