@@ -84,6 +84,16 @@ if $MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o odd $TINY --batch-size
   fail "a global batch of 15 was split over 2 ranks"
 fi
 grep -q "must divide evenly over the 2 ranks" odd.log || fail "unhelpful error: $(cat odd.log)"
+# Unsynchronised batch norm needs 2 or more images per rank: a global batch of 2 on 2 ranks is
+# refused before any step (at 40x40 the last layers still hold 2x2 values per image, so it used to
+# train); with --sync-batchnorm (statistics over both ranks' images) it trains.
+ONE_EACH="--arch resnet10 --width 4 --hidden 16 --image-size 40 --threads 1 --batch-size 2 --epochs 1 --max-train-jets 8"
+if $MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o lonely $ONE_EACH >lonely.log 2>&1; then
+  fail "2 ranks trained batch norm on 1 image each without --sync-batchnorm"
+fi
+grep -q -- "--batch-size 2 over 2 ranks gives each rank 1 image" lonely.log || fail "unhelpful error: $(tail -3 lonely.log)"
+$MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o paired $ONE_EACH --sync-batchnorm >paired.log 2>&1 \
+  || fail "--sync-batchnorm with 1 image per rank: $(tail -3 paired.log)"
 
 # Resume across rank counts: 2 -> 1 and 1 -> 2.
 $MPIRUN $TOPTAG train --train train.h5 --val val.h5 -o r21 $TINY --batch-size 16 --epochs 1 >/dev/null 2>&1

@@ -1,5 +1,13 @@
 #include "training/checkpoint.h"
 
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "io/checkpoint.h"
@@ -8,6 +16,14 @@
 namespace toptag {
 
 namespace fs = std::filesystem;
+
+void TrainState::next_epoch() {
+  ++epoch;
+  step_in_epoch = 0;
+  epoch_loss_sum = 0;
+  epoch_loss_steps = 0;
+  epoch_seconds = 0;
+}
 
 void write_training_checkpoint(const std::string& path, const Tagger& tagger, const Adam& adam, const TrainState& s,
                                const TrainConfig& config) {
@@ -22,6 +38,9 @@ void write_training_checkpoint(const std::string& path, const Tagger& tagger, co
   h5_set_attr(t.get(), "global_step", s.global_step);
   h5_set_attr(t.get(), "best_auc", s.best_auc);
   h5_set_attr(t.get(), "best_epoch", s.best_epoch);
+  h5_set_attr(t.get(), "epoch_loss_sum", s.epoch_loss_sum);
+  h5_set_attr(t.get(), "epoch_loss_steps", s.epoch_loss_steps);
+  h5_set_attr(t.get(), "epoch_seconds", s.epoch_seconds);
   h5_set_attr(t.get(), "config", config.to_json());
   out.commit();
 }
@@ -31,6 +50,27 @@ namespace {
 H5Id training_group(hid_t file, const std::string& path) {
   if (!h5_exists(file, "training")) fail("{}: not a training checkpoint (no /training group)", path);
   return h5_group(file, "training", false);
+}
+
+// The running sums of the epoch in progress: all three, or none (a checkpoint written before them:
+// the sums stay 0, and the resumed epoch's train metrics cover only its resumed steps).
+void read_epoch_sums(hid_t t, const std::string& path, TrainState& s) {
+  const std::optional<double> loss = h5_attr_double(t, "epoch_loss_sum");
+  const std::optional<int64_t> steps = h5_attr_int(t, "epoch_loss_steps");
+  const std::optional<double> seconds = h5_attr_double(t, "epoch_seconds");
+  if (!loss && !steps && !seconds) return;
+  if (!loss || !steps || !seconds)
+    fail("{}: /training holds only some of epoch_loss_sum, epoch_loss_steps and epoch_seconds (damaged)", path);
+  // A diverged epoch's loss sum is NaN or inf; a negative one is no sum of cross-entropies.
+  if (*loss < 0) fail("{}: /training attribute epoch_loss_sum is {}, below 0 (damaged)", path, *loss);
+  if (*steps < 0 || *steps > s.step_in_epoch)
+    fail("{}: /training attribute epoch_loss_steps is {}, outside 0..{} (step_in_epoch; damaged)", path, *steps,
+         s.step_in_epoch);
+  if (!std::isfinite(*seconds) || *seconds < 0)
+    fail("{}: /training attribute epoch_seconds is {}, not a time in seconds (damaged)", path, *seconds);
+  s.epoch_loss_sum = *loss;
+  s.epoch_loss_steps = *steps;
+  s.epoch_seconds = *seconds;
 }
 
 }  // namespace
@@ -49,6 +89,7 @@ TrainState read_train_state(const std::string& path) {
   s.best_auc = h5_attr_double(t.get(), "best_auc").value_or(-1);
   if (s.epoch < 0 || s.step_in_epoch < 0 || s.global_step < 0)
     fail("{}: /training holds a negative epoch or step count", path);
+  read_epoch_sums(t.get(), path, s);
   return s;
 }
 
@@ -65,6 +106,17 @@ void read_optimizer(const std::string& path, Adam& adam) {
   if (!h5_exists(file.get(), "optimizer")) fail("{}: not a training checkpoint (no /optimizer group)", path);
   H5Id g = h5_group(file.get(), "optimizer", false);
   adam.load(g.get(), path);
+}
+
+void check_writable_directory(const std::string& dir) {
+  // A probe of a name no other process or run uses: this process's id and the time.
+  const fs::path probe = fs::path(dir) / fmt::format(".toptag-write-probe-{}-{}", ::getpid(),
+                                                     std::chrono::steady_clock::now().time_since_epoch().count());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) fail("{} is not writable ({}): the run's checkpoints go there", dir, std::strerror(errno));
+  ::close(fd);
+  std::error_code ignored;
+  fs::remove(probe, ignored);
 }
 
 std::string resume_checkpoint_path(const std::string& p) {

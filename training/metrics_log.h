@@ -1,13 +1,15 @@
 // A run's per-epoch metrics, kept in memory and written whole after every epoch to
 //   DIR/metrics.csv   epoch,step,lr,train_loss,val_loss,val_accuracy,val_auc,val_rejection_30,seconds
-//   DIR/metrics.json  {"epochs": [{"epoch": 1, "step": ..., ...}, ...]}  (the same rows)
+//   DIR/metrics.json  {"run": {the run's configuration}, "epochs": [{"epoch": 1, "step": ..., ...}, ...]}
 // both atomically, from the rows, never by reading one file back into the other. A resumed run
-// starts from metrics.json's rows of the epochs its checkpoint has finished.
+// starts from metrics.json's rows, which must be its own: a log it cannot trust is refused.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "training/config.h"
 
 namespace toptag {
 
@@ -19,19 +21,23 @@ struct EpochMetrics {
 
 class MetricsLog {
  public:
-  explicit MetricsLog(std::string dir) : dir_(std::move(dir)) {}
+  // The log of the run `run` (its final configuration, as its checkpoints store it), in run.output_dir.
+  explicit MetricsLog(const TrainConfig& run);
 
-  // Reads DIR/metrics.json, keeping the rows of epochs 1..finished_epochs (later or repeated rows,
-  // from a run stopped between its metrics and its checkpoint, are dropped). Missing file: no rows.
+  // Reads DIR/metrics.json (missing: no rows). Throws, naming the file and the row or field, unless
+  // it is this run's log of some of epochs 1..finished_epochs: not JSON, a field missing, of the
+  // wrong type or out of range, an epoch repeated or not yet finished by the checkpoint, or written
+  // by a run of another configuration (only `epochs` and `output_dir` may differ). A log from
+  // before the configuration was stored is taken as the run's own.
   void load(int64_t finished_epochs);
-  // Adds (or replaces) the row of m.epoch and rewrites both files.
+  // Adds (or replaces) the row of m.epoch, drops any later rows, and rewrites both files.
   void record(const EpochMetrics& m);
   const std::vector<EpochMetrics>& rows() const { return rows_; }
 
  private:
   void write() const;
 
-  std::string dir_;
+  TrainConfig run_;
   std::vector<EpochMetrics> rows_;
 };
 

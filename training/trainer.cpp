@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "eval/metrics.h"
 #include "io/progress.h"
@@ -34,20 +35,17 @@ struct Run {
   std::unique_ptr<Adam> adam;
   StateList trainable;                       // what Adam updates: the gradients averaged over the ranks
   std::unique_ptr<GradientReducer> reducer;  // under MPI
-  MetricsLog metrics;
-  std::string last, best;  // checkpoint paths
+  std::optional<MetricsLog> metrics;         // made by prepare(), from the final configuration
+  std::string last, best;                    // checkpoint paths
 
   explicit Run(const TrainConfig& c)
       : config(c),
-        metrics(c.output_dir),
         last((fs::path(c.output_dir) / "last.h5").string()),
         best((fs::path(c.output_dir) / "best.h5").string()) {}
 };
 
-// What one pass over the training data gave.
+// What one pass over the training data gave (its loss and step counts are in the run's TrainState).
 struct EpochResult {
-  double mean_loss = 0;
-  double lr = 0;  // at the last step
   bool interrupted = false;
   double allreduce_seconds = 0;  // spent waiting for the gradients' average after backward
 };
@@ -95,8 +93,17 @@ void prepare(Run& run, bool fresh) {
   c.arch = model.config().arch, c.width = model.config().width, c.hidden = model.config().hidden;
   fs::create_directories(c.output_dir);
   World& world = World::get();
+  if (world.root()) check_writable_directory(c.output_dir);  // rank 0 alone writes
   if (world.distributed() && c.batch_size % world.size() != 0)
     fail("--batch-size {} is the global batch: it must divide evenly over the {} ranks", c.batch_size, world.size());
+  // Unsynchronised batch norms normalise each rank's images alone: one image leaves them its own
+  // statistics (and in the last layers a single value per channel). Frozen or folded ones use none.
+  const bool local_batch_statistics = !c.sync_batchnorm && !c.head_only() && c.quantize.empty() && !model.folded();
+  if (world.distributed() && local_batch_statistics && c.batch_size / world.size() < 2)
+    fail(
+        "--batch-size {} over {} ranks gives each rank 1 image, and batch norm needs 2 or more per rank: use "
+        "--batch-size {} or more, or --sync-batchnorm",
+        c.batch_size, world.size(), 2 * world.size());
   run.data = open_training_data(c, model.feature_dim(), world.rank(), world.size());
   if (std::optional<ImageOptions> used = run.data->image_options()) c.images = *used;  // what the files hold
   if (c.features_path.empty()) check_channels(model, c.images, c.train_path);
@@ -104,6 +111,7 @@ void prepare(Run& run, bool fresh) {
   if (fresh) set_up_quantization(run);
   run.tagger.images = c.images;
   run.tagger.training_config = c.to_json();
+  run.metrics.emplace(c);
   run.trainable = c.head_only() ? model.head_state() : model.state();
   run.adam = std::make_unique<Adam>(run.trainable.parameters, AdamOptions{c.lr, 0.9, 0.999, 1e-8, c.weight_decay});
   if (!world.distributed()) return;
@@ -128,6 +136,17 @@ Var training_forward(ResNet& model, const TrainConfig& c, const Tensor& inputs) 
     features = model.features(Var(inputs));
   }
   return model.head(Var(features.value()));
+}
+
+// The learning rate of the run's step `step` (0-based).
+double lr_at(const Run& run, int64_t step) {
+  const int64_t per_epoch = run.data->batches_per_epoch();
+  return learning_rate(run.config.lr, run.config.schedule, step, per_epoch, per_epoch * run.config.epochs);
+}
+
+// The mean loss of the epoch in progress over the steps its sums hold (NaN for none).
+double mean_epoch_loss(const TrainState& s) {
+  return s.epoch_loss_steps > 0 ? s.epoch_loss_sum / static_cast<double>(s.epoch_loss_steps) : NAN;
 }
 
 // Every rank must hold the same weights: their sum, in double, compared across the ranks.
@@ -162,24 +181,21 @@ void average_running_statistics(Run& run) {
 EpochResult run_epoch(Run& run, const std::atomic<bool>* stop) {
   const TrainConfig& c = run.config;
   TrainState& s = run.state;
-  const int64_t steps_per_epoch = run.data->batches_per_epoch();
   run.data->start_epoch(s.epoch, s.step_in_epoch);
   run.tagger.model->set_training(!c.head_only());
   const World& world = World::get();
   Progress progress(fmt::format("epoch {}/{}", s.epoch + 1, c.epochs), run.data->jets_per_epoch(), "jets",
                     world.root() ? stderr : nullptr);
   progress.advance(s.step_in_epoch * c.batch_size);
-  double loss_sum = 0;
-  int64_t steps = 0;
+  int64_t steps = 0;  // in this call
   const double hook_before = run.reducer ? run.reducer->hook_seconds() : 0;
   EpochResult r;
-  r.lr = c.lr;
   while (std::optional<Example> batch = run.data->next()) {
     const int64_t global_rows = batch->global_rows;
     if (global_rows < world.size()) continue;  // a last partial batch too small to give every rank a row
     const int64_t local_rows = static_cast<int64_t>(batch->labels.size());
-    r.lr = learning_rate(c.lr, c.schedule, s.global_step, steps_per_epoch, steps_per_epoch * c.epochs);
-    run.adam->set_lr(r.lr);
+    const double lr = lr_at(run, s.global_step);
+    run.adam->set_lr(lr);
     Var loss = softmax_cross_entropy(training_forward(*run.tagger.model, c, batch->inputs), batch->labels);
     run.adam->zero_grad();
     if (run.reducer) {  // the gradients are averaged over the ranks in buckets while backward runs
@@ -196,11 +212,13 @@ EpochResult run_epoch(Run& run, const std::atomic<bool>* stop) {
       world.sum(shared);
     }
     run.adam->step();
-    ++s.step_in_epoch, ++s.global_step, ++steps;
-    loss_sum += shared[0] / static_cast<double>(world.distributed() ? global_rows : local_rows);
+    ++s.step_in_epoch;
+    ++s.global_step;
+    ++steps;
+    s.epoch_loss_sum += shared[0] / static_cast<double>(world.distributed() ? global_rows : local_rows);
+    ++s.epoch_loss_steps;
     const bool stop_now = shared[1] > 0;
-    r.mean_loss = loss_sum / static_cast<double>(steps);
-    progress.advance(global_rows, fmt::format("loss {:.4f} lr {:.2g}", r.mean_loss, r.lr));
+    progress.advance(global_rows, fmt::format("loss {:.4f} lr {:.2g}", mean_epoch_loss(s), lr));
     if (stop_now) {
       progress.finish("interrupted");
       r.interrupted = true;
@@ -209,15 +227,16 @@ EpochResult run_epoch(Run& run, const std::atomic<bool>* stop) {
   }
   const double per_step = 1e3 / static_cast<double>(std::max<int64_t>(steps, 1));
   progress.finish(run.reducer ? fmt::format("loss {:.4f}, allreduce: {:.1f} ms/step in backward, {:.1f} waiting",
-                                            r.mean_loss, (run.reducer->hook_seconds() - hook_before) * per_step,
+                                            mean_epoch_loss(s), (run.reducer->hook_seconds() - hook_before) * per_step,
                                             r.allreduce_seconds * per_step)
-                              : fmt::format("loss {:.4f}", r.mean_loss));
+                              : fmt::format("loss {:.4f}", mean_epoch_loss(s)));
   run.data->report_skipped();
   return r;
 }
 
-// Scores the validation set after an epoch.
-EpochMetrics evaluate(Run& run, const EpochResult& epoch, double seconds) {
+// Scores the validation set after an epoch: its row of the log, with the lr of its last step and
+// its loss and seconds over all its parts (before and after any interrupts).
+EpochMetrics evaluate(Run& run) {
   InferenceOptions io;
   io.batch_size = run.config.eval_batch_size;
   io.max_jets = run.config.max_val_jets;
@@ -229,8 +248,16 @@ EpochMetrics evaluate(Run& run, const EpochResult& epoch, double seconds) {
   io.part = world.rank(), io.parts = world.size();  // each rank scores its share; all get every score
   const InferenceResult v = gather(run.data->validate(*run.tagger.model, io), world);
   const Predictions& p = v.predictions;
-  EpochMetrics m{
-      run.state.epoch + 1, run.state.global_step, epoch.lr, epoch.mean_loss, v.mean_loss, NAN, NAN, NAN, seconds};
+  const TrainState& s = run.state;
+  EpochMetrics m{s.epoch + 1,
+                 s.global_step,
+                 lr_at(run, std::max<int64_t>(s.global_step - 1, 0)),
+                 mean_epoch_loss(s),
+                 v.mean_loss,
+                 NAN,
+                 NAN,
+                 NAN,
+                 s.epoch_seconds};
   bool weights_finite = true;
   for (const auto& param : run.tagger.model->state().parameters) {
     const Tensor& w = param.var->value();
@@ -262,8 +289,7 @@ void finish_epoch(Run& run, const EpochMetrics& m) {
       format_duration(m.seconds));
   TrainState& s = run.state;
   TrainState saved = s;
-  saved.epoch = s.epoch + 1;
-  saved.step_in_epoch = 0;
+  saved.next_epoch();
   if (m.val_auc > s.best_auc) {
     s.best_auc = saved.best_auc = m.val_auc;
     s.best_epoch = saved.best_epoch = m.epoch;
@@ -271,7 +297,7 @@ void finish_epoch(Run& run, const EpochMetrics& m) {
   }
   write_training_checkpoint(run.last, run.tagger, *run.adam, saved, run.config);
   try {  // after the checkpoints: a log that cannot be written never costs the epoch
-    run.metrics.record(m);
+    run.metrics->record(m);
   } catch (const Error& e) {
     fmt::print(stderr, "warning: epoch {} is saved but its metrics are not logged: {}\n", m.epoch, e.what());
   }
@@ -286,16 +312,17 @@ TrainResult train_loop(Run& run, const std::atomic<bool>* stop) {
   } unset;
   TrainResult result;
   result.last_checkpoint = run.last, result.best_checkpoint = run.best;
-  for (TrainState& s = run.state; s.epoch < run.config.epochs; ++s.epoch, s.step_in_epoch = 0) {
+  for (TrainState& s = run.state; s.epoch < run.config.epochs; s.next_epoch()) {
     const auto start = Clock::now();
     const EpochResult epoch = run_epoch(run, stop);
     average_running_statistics(run);
+    s.epoch_seconds += std::chrono::duration<double>(Clock::now() - start).count();
     if (epoch.interrupted) {
       if (World::get().root()) write_training_checkpoint(run.last, run.tagger, *run.adam, s, run.config);
       result.interrupted = true;
       break;
     }
-    const EpochMetrics m = evaluate(run, epoch, std::chrono::duration<double>(Clock::now() - start).count());
+    const EpochMetrics m = evaluate(run);
     finish_epoch(run, m);
     result.val_auc = m.val_auc, result.val_accuracy = m.val_accuracy, result.val_rejection_30 = m.val_rejection_30;
   }
@@ -324,7 +351,13 @@ TrainResult resume(const std::string& checkpoint, const std::string& output_dir,
   run.tagger = load_tagger(checkpoint);
   prepare(run, false);
   read_optimizer(checkpoint, *run.adam);
-  run.metrics.load(run.state.epoch);
+  run.metrics->load(run.state.epoch);
+  const TrainState& s = run.state;
+  if (s.epoch_loss_steps < s.step_in_epoch && World::get().root())
+    fmt::print(stderr,
+               "warning: {} holds no running sums of epoch {} (an older toptag wrote it): epoch {}'s train_loss and "
+               "seconds cover only the {} steps after this resume\n",
+               checkpoint, s.epoch + 1, s.epoch + 1, run.data->batches_per_epoch() - s.step_in_epoch);
   return train_loop(run, stop);
 }
 
