@@ -147,6 +147,15 @@ void TempFile::move_to(const std::string& target) {
   moved_ = true;
 }
 
+void check_writable_directory(const std::string& dir, const std::string& why) {
+  const std::string probe = (fs::path(dir) / ".toptag-write-probe").string();
+  std::string name = probe + std::string(kTempMark) + std::string(kTempUnique, 'X');
+  const int fd = ::mkstemp(name.data());
+  if (fd < 0) fail("{} is not writable ({}): {}", dir, std::strerror(errno), why);
+  ::close(fd);
+  ::unlink(name.c_str());
+}
+
 void write_text_atomically(const std::string& path, const std::string& text) {
   TempFile temp(path);
   const int fd = ::open(temp.path().c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);

@@ -63,6 +63,10 @@ class TempFile {
 // path unchanged. For messages about a file being written: the user knows it by its target's name.
 std::string temp_file_target(const std::string& path);
 
+// Throws toptag::Error naming `dir` and saying `why` it matters unless a file can be created in it
+// (a TempFile, removed at once): for commands that write there only after long work.
+void check_writable_directory(const std::string& dir, const std::string& why);
+
 // Throws toptag::Error naming `path` if it cannot be written.
 void write_text_atomically(const std::string& path, const std::string& text);
 

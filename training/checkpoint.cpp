@@ -1,13 +1,6 @@
 #include "training/checkpoint.h"
 
-#include <fcntl.h>
-#include <fmt/format.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <chrono>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 
 #include "io/checkpoint.h"
@@ -106,17 +99,6 @@ void read_optimizer(const std::string& path, Adam& adam) {
   if (!h5_exists(file.get(), "optimizer")) fail("{}: not a training checkpoint (no /optimizer group)", path);
   H5Id g = h5_group(file.get(), "optimizer", false);
   adam.load(g.get(), path);
-}
-
-void check_writable_directory(const std::string& dir) {
-  // A probe of a name no other process or run uses: this process's id and the time.
-  const fs::path probe = fs::path(dir) / fmt::format(".toptag-write-probe-{}-{}", ::getpid(),
-                                                     std::chrono::steady_clock::now().time_since_epoch().count());
-  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
-  if (fd < 0) fail("{} is not writable ({}): the run's checkpoints go there", dir, std::strerror(errno));
-  ::close(fd);
-  std::error_code ignored;
-  fs::remove(probe, ignored);
 }
 
 std::string resume_checkpoint_path(const std::string& p) {

@@ -42,10 +42,6 @@ TrainConfig read_train_config(const std::string& checkpoint);
 // Adam's moments and step count from a training checkpoint.
 void read_optimizer(const std::string& checkpoint, Adam& adam);
 
-// Throws naming `dir` unless a file can be created in it: checked before a run's first step, so
-// that no training is lost to a directory its checkpoints cannot be written into.
-void check_writable_directory(const std::string& dir);
-
 // The checkpoint to resume from: DIR/last.h5 for a directory, or the file itself.
 std::string resume_checkpoint_path(const std::string& dir_or_file);
 

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "eval/metrics.h"
+#include "io/files.h"
 #include "io/progress.h"
 #include "nn/check.h"
 #include "nn/ops/batchnorm2d.h"
@@ -93,7 +94,7 @@ void prepare(Run& run, bool fresh) {
   c.arch = model.config().arch, c.width = model.config().width, c.hidden = model.config().hidden;
   fs::create_directories(c.output_dir);
   World& world = World::get();
-  if (world.root()) check_writable_directory(c.output_dir);  // rank 0 alone writes
+  if (world.root()) check_writable_directory(c.output_dir, "the run's checkpoints go there");  // rank 0 alone writes
   if (world.distributed() && c.batch_size % world.size() != 0)
     fail("--batch-size {} is the global batch: it must divide evenly over the {} ranks", c.batch_size, world.size());
   // Unsynchronised batch norms normalise each rank's images alone: one image leaves them its own
