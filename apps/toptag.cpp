@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <filesystem>
 #include <string_view>
 
@@ -36,6 +37,15 @@ void check_runs_under_mpi(int argc, char** argv) {
       command);
 }
 
+// CLI11 would call a mistyped command "a subcommand is required".
+void check_command_exists(const CLI::App& app, int argc, char** argv) {
+  if (argc < 2 || argv[1][0] == '-') return;
+  std::vector<std::string> names;
+  for (const CLI::App* command : app.get_subcommands({})) names.push_back(command->get_name());
+  if (std::find(names.begin(), names.end(), argv[1]) == names.end())
+    toptag::fail("unknown command '{}'; the commands are {}", argv[1], fmt::join(names, ", "));
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"toptag: top-quark jet tagging with ResNet-50, from training to FPGA-style quantization and serving"};
   app.require_subcommand(1);
@@ -44,9 +54,21 @@ int run(int argc, char** argv) {
   try {
     toptag::blas_info();  // loads OpenBLAS with its kernel chosen, before any other thread starts
     check_runs_under_mpi(argc, argv);
+    check_command_exists(app, argc, argv);
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);  // --help, --help-all, --version: printed, exit 0
+  } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // A usage error is bad input like any other: the same prefix and status 1, not CLI11's own codes
+    // (105, 106, ...) and "Run with --help".
+    const CLI::App* command = app.get_subcommands().empty() ? &app : app.get_subcommands().front();
+    fmt::print(stderr, "toptag: error: {} (toptag {}--help lists the flags)\n", e.what(),
+               command == &app ? "" : command->get_name() + " ");
+    return failed(1);
   } catch (const toptag::Error& e) {
     fmt::print(stderr, "toptag: error: {}\n", e.what());
     return failed(1);

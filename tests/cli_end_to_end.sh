@@ -109,9 +109,21 @@ grep -q "not a model checkpoint" err.txt || fail "unhelpful error: $(cat err.txt
 expect_error() {  # expect_error "what" "text the message must hold" command...
   local what=$1 want=$2; shift 2
   set +e; "$@" >/dev/null 2>err.txt; local rc=$?; set -e
-  [ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] || fail "$what: exit $rc, expected an error (1, or CLI11's code for a bad flag): $(cat err.txt)"
+  [ "$rc" -eq 1 ] || fail "$what: exit $rc, expected 1: $(cat err.txt)"
   grep -q -- "$want" err.txt || fail "$what: the message lacks '$want': $(cat err.txt)"
+  grep -q "^toptag: error: " err.txt || fail "$what: not the documented 'toptag: error: ...': $(cat err.txt)"
 }
+# One exit-status convention: a usage error (unknown flag, missing or bad value, missing file) is
+# 'toptag: error: ...' and status 1 in every command, as any other bad input; --help is status 0.
+for command in model generate images info train predict features quantize eval serve perf study export; do
+  expect_error "$command with an unknown flag" "toptag $command --help lists the flags" $TOPTAG $command --no-such-flag
+  $TOPTAG $command --help >/dev/null 2>&1 || fail "$command --help exited non-zero"
+done
+expect_error "a mistyped command" "unknown command 'trian'" $TOPTAG trian --epochs 1
+expect_error "a missing input file" "missing.h5" $TOPTAG images -i missing.h5 -o x.h5
+expect_error "a missing checkpoint" "missing.h5" $TOPTAG export -c missing.h5 -o x.onnx
+expect_error "a missing value" "--epochs" $TOPTAG train --epochs
+expect_error "zero eval batch" "--eval-batch-size" $TOPTAG train --train train.h5 --val val.h5 -o z --eval-batch-size 0
 expect_error "NaN learning rate" "--lr" $TOPTAG train --train train.h5 --val val.h5 -o nanrun --lr nan
 expect_error "negative signal fraction" "--signal-fraction" $TOPTAG generate -o x.h5 --signal-fraction -0.5
 expect_error "zero batch size" "--batch-size" $TOPTAG predict -c run/best.h5 -i test.h5 -o p0.h5 --batch-size 0
