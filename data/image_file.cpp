@@ -69,7 +69,7 @@ void ImageWriter::append(const Tensor& images, const std::vector<int64_t>& label
 
 void ImageWriter::close() {
   // Closing a dataset writes what HDF5 still buffers: a full disk can show here.
-  if (!images_.close() || !labels_.close()) fail("{}: cannot write the images (disk full?)", file_.path());
+  if (!images_.close() || !labels_.close()) fail("{}: cannot write the images ({})", file_.path(), h5_write_failure());
   file_.commit();
 }
 

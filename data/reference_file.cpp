@@ -282,7 +282,7 @@ void ReferenceWriter::close() {
     write_pandas_metadata(file_.id(), group.get(), dataset_.get(), block0_names(n_constituents_), rows_);
   }
   // Closing the dataset writes what HDF5 still buffers: a full disk can show here.
-  if (!dataset_.close()) fail("{}: cannot write /table/table (disk full?)", file_.path());
+  if (!dataset_.close()) fail("{}: cannot write /table/table ({})", file_.path(), h5_write_failure());
   type_.reset();
   file_.commit();
 }

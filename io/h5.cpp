@@ -92,12 +92,58 @@ void h5_quiet() {
   (void)done;
 }
 
+std::string h5_error_reason() {
+  std::string innermost;
+  // Walking upward starts at the function where the error was first detected.
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_UPWARD,
+      [](unsigned n, const H5E_error2_t* e, void* out) -> herr_t {
+        if (n == 0 && e->desc) *static_cast<std::string*>(out) = e->desc;
+        return 0;
+      },
+      &innermost);
+  return innermost;
+}
+
+std::string h5_write_failure() {
+  const std::string reason = h5_error_reason();
+  // HDF5's low-level messages end in "..., errno = 28, error message = 'No space left on device', ...".
+  const std::string mark = "error message = '";
+  const size_t at = reason.find(mark);
+  if (at != std::string::npos) {
+    const size_t end = reason.find('\'', at + mark.size());
+    if (end != std::string::npos) return reason.substr(at + mark.size(), end - at - mark.size());
+  }
+  return reason.empty() ? "disk full?" : reason;
+}
+
+namespace {
+
+// Why `path` could not be opened as HDF5, in the user's terms; `reason` is HDF5's innermost message.
+[[noreturn]] void fail_to_open(const std::string& path, bool writable, const std::string& reason) {
+  std::error_code e;
+  if (!std::filesystem::exists(path, e)) fail("{}: no such file", path);
+  if (std::filesystem::is_directory(path, e)) fail("{}: a directory, not an HDF5 file", path);
+  if (::access(path.c_str(), writable ? R_OK | W_OK : R_OK) != 0)
+    fail("{}: cannot be {} ({})", path, writable ? "written" : "read", std::strerror(errno));
+  const std::string why = reason.empty() ? "" : fmt::format(" (HDF5: {})", reason);
+  if (reason.find("unable to lock file") != std::string::npos)
+    fail("{}: locked by another process that has it open for writing{}: close it there (an h5py.File(..., 'a') "
+         "in a notebook, say), or, on a file system without locks, set HDF5_USE_FILE_LOCKING=FALSE",
+         path, why);
+  if (reason.find("truncated file") != std::string::npos)
+    fail("{}: truncated: the file ends before the data it describes{}; it was not written or copied whole", path,
+         why);
+  if (H5Fis_hdf5(path.c_str()) <= 0) fail("{}: not an HDF5 file{}", path, why);
+  fail("{}: cannot open as HDF5{}", path, why);
+}
+
+}  // namespace
+
 H5Id h5_open(const std::string& path, bool writable) {
   h5_quiet();
-  if (!std::filesystem::exists(path)) fail("{}: no such file", path);
-  if (H5Fis_hdf5(path.c_str()) <= 0) fail("{}: not an HDF5 file (or unreadable)", path);
   H5Id f(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT));
-  if (!f.valid()) fail("{}: cannot open as HDF5", path);
+  if (!f.valid()) fail_to_open(path, writable, h5_error_reason());
   return f;
 }
 
@@ -236,7 +282,7 @@ void h5_append_rows(hid_t dataset, hid_t mem_type, int64_t count, const void* bu
   if (!file_space.valid() || !mem_space.valid() ||
       H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, offset.data(), nullptr, n.data(), nullptr) < 0 ||
       H5Dwrite(dataset, mem_type, mem_space.get(), file_space.get(), H5P_DEFAULT, buffer) < 0)
-    fail("{}: cannot write rows [{}, {})", what, start, extent[0]);
+    fail("{}: cannot write rows [{}, {}) ({})", what, start, extent[0], h5_write_failure());
 }
 
 namespace {
@@ -254,7 +300,7 @@ void write_dataset(hid_t loc, const std::string& name, hid_t mem_type, hid_t fil
   // Small datasets go through HDF5's sieve buffer and reach the disk when the dataset closes: a full
   // disk shows there, and an unchecked close would leave zeros in a file that looks whole.
   if (H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0 || !ds.close())
-    fail("{}: cannot write HDF5 dataset '{}' (disk full?)", file_of(loc), name);
+    fail("{}: cannot write HDF5 dataset '{}' ({})", file_of(loc), name, h5_write_failure());
 }
 
 // Whole-dataset reads allocate the dataset's size first, so its dimensions are checked against what
@@ -488,7 +534,7 @@ AtomicH5File::~AtomicH5File() {
 
 void AtomicH5File::commit() {
   // The last writes happen at the flush and the close (HDF5 buffers raw data): a full disk shows there.
-  if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0 || !file_.close()) fail("{}: cannot write (disk full?)", path_);
+  if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0 || !file_.close()) fail("{}: cannot write ({})", path_, h5_write_failure());
   const int fd = ::open(temp_->path().c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0 || ::fsync(fd) != 0) {
     const int e = errno;

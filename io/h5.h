@@ -44,8 +44,15 @@ void h5_quiet();
 // full disk): HDF5 would crash closing it again. HDF5's own atexit handler is off (io/h5.cpp).
 void h5_close_library();
 
-// Open an existing file read-only (or read-write); throws naming the file if it is missing or not HDF5.
+// Open an existing file read-only (or read-write); throws naming the file and saying why it cannot
+// be opened: missing, a directory, unreadable (the system's reason), locked by another process (and
+// how to go on), truncated, not HDF5, or otherwise HDF5's own innermost reason.
 H5Id h5_open(const std::string& path, bool writable = false);
+// The innermost message on HDF5's error stack (where the failure was first detected), or "".
+std::string h5_error_reason();
+// Why a write failed, for messages: the system's reason HDF5 recorded ("No space left on device"),
+// else HDF5's innermost message, else "disk full?".
+std::string h5_write_failure();
 // Create (truncate) a file.
 H5Id h5_create(const std::string& path);
 // Open a group or create it (and its parents) if absent.
