@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "apps/commands.h"
+#include "apps/image_options.h"
 #include "export/onnx_export.h"
 #include "export/onnx_graph.h"
 #include "export/triton.h"
@@ -18,6 +19,7 @@ namespace {
 struct ExportArgs {
   std::string checkpoint, output, triton_repo;
   TritonOptions triton;
+  ImageArgs image;
   bool force = false;
 };
 
@@ -37,6 +39,10 @@ void run_export(const ExportArgs& a) {
   if (!a.triton_repo.empty()) check_triton_model_name(a.triton.model_name);
   const auto start = std::chrono::steady_clock::now();
   Tagger tagger = load_tagger(a.checkpoint);
+  // Weights trained elsewhere: the image flags fix the model's input size, and the export stores them.
+  tagger.images = a.image.merged(tagger);
+  validate(tagger.images);
+  check_channels(*tagger.model, tagger.images, a.checkpoint);
   const OnnxExport exported = export_onnx(tagger, a.checkpoint);
   for (const std::string& w : exported.warnings) fmt::print(stderr, "toptag: warning: {}: {}\n", a.checkpoint, w);
 
@@ -98,6 +104,7 @@ void add_export_command(CLI::App& app) {
                   "--triton-repo: dynamic batching's longest wait for a batch to fill, in microseconds")
       ->default_val(2000)
       ->check(in_range(0, 1e7));
+  a->image.add_to(*cmd);
   cmd->callback([a] { run_export(*a); });
 }
 

@@ -2,9 +2,11 @@
 #include <fmt/format.h>
 
 #include <memory>
+#include <optional>
 
 #include "apps/commands.h"
 #include "io/checkpoint.h"
+#include "tagger/tagger.h"
 #include "nn/blas.h"
 #include "nn/gemm.h"
 
@@ -31,8 +33,10 @@ double forward_gflops(ResNet& model, int64_t image_size) {
 
 void run_model(const ModelArgs& args) {
   std::unique_ptr<ResNet> model;
+  std::optional<Tagger> tagger;
   if (!args.checkpoint.empty()) {
-    model = load_model(args.checkpoint);
+    tagger.emplace(load_tagger(args.checkpoint));
+    model = std::move(tagger->model);
   } else {
     model = std::make_unique<ResNet>(ResNetConfig{args.arch, args.in_channels, args.width, args.hidden, 2}, 0);
   }
@@ -44,6 +48,11 @@ void run_model(const ModelArgs& args) {
   fmt::print("feature width  {}\n", model->feature_dim());
   fmt::print("head           fc1 {} -> {} (ReLU), fc2 {} -> {}\n", model->feature_dim(), c.hidden, c.hidden, c.classes);
   fmt::print("parameters     {}\n", state.parameter_count());
+  if (tagger)
+    fmt::print("images         {} ({})\n", tagger->images.describe(),
+               tagger->images_stored ? "stored in the checkpoint"
+                                     : "not stored: defaults; --image-size, --channels ... give them to each command, "
+                                       "and quantize and export store them");
   fmt::print("buffers        {} tensors (batch-norm running statistics)\n", state.buffers.size());
   fmt::print("GEMM FLOPs     {:.3f} G per {}x{} image (forward), counted\n", forward_gflops(*model, args.image_size),
              args.image_size, args.image_size);

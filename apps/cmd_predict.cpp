@@ -86,7 +86,7 @@ void run_predict(const PredictArgs& a) {
     return;
   }
   JetFile file(a.input);
-  InferenceResult r = gather(run_inference(*model, file, a.image.resolve(file, tagger.images), io), world);
+  InferenceResult r = gather(run_inference(*model, file, a.image.resolve(file, tagger), io), world);
   if (!world.root()) return;
   warn_skipped(a.input, r.dropped);
   write_predictions(a.output, r.predictions);
@@ -115,7 +115,7 @@ void run_features(const PredictArgs& a) {
   const InferenceOptions io = inference_options(a, "features");
   std::vector<float> features;
   std::vector<int64_t> labels;
-  NonFiniteReport dropped = run_featurizer(*model, file, a.image.resolve(file, tagger.images), io,
+  NonFiniteReport dropped = run_featurizer(*model, file, a.image.resolve(file, tagger), io,
                                            [&](const Tensor& f, const std::vector<int64_t>& l) {
                                              features.insert(features.end(), f.data(), f.data() + f.numel());
                                              labels.insert(labels.end(), l.begin(), l.end());

@@ -28,6 +28,10 @@ void run_quantize(const QuantizeArgs& a) {
   Tagger tagger = load_tagger(a.checkpoint);
   if (tagger.quantized())
     fail("{}: already quantized ({}); quantize the float checkpoint instead", a.checkpoint, tagger.describe());
+  // Weights trained elsewhere: the image flags say what they are fed, and the output stores it.
+  tagger.images = a.image.merged(tagger);
+  validate(tagger.images);
+  check_channels(*tagger.model, tagger.images, a.checkpoint);
   const std::string activations = !a.activation_format.empty() ? a.activation_format : a.activations ? a.format : "";
   auto config = std::make_shared<QuantizationConfig>(make_quantization(a.format, activations, a.ste));
   const bool needs_calibration = config->activations && config->activations->kind == FormatKind::int8;
@@ -41,7 +45,7 @@ void run_quantize(const QuantizeArgs& a) {
     lo.batch_size = a.batch_size;
     lo.shuffle = false;
     lo.max_jets = a.calibration_jets;
-    loader.emplace(*file, a.image.resolve(*file, tagger.images), lo);
+    loader.emplace(*file, a.image.resolve(*file, tagger), lo);
     loader->start_epoch(0);
   }
   const int64_t seen = quantize_tagger(tagger, config, [&]() -> std::optional<Tensor> {

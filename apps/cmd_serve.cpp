@@ -54,7 +54,7 @@ void run_serve(ServeArgs& a) {
     fail("--grpc-port and --http-port are both -1: the server would have no way to be asked");
   FileUse().reads("--checkpoint", a.checkpoint).writes("--port-file", a.port_file).check();
   Tagger tagger = load_tagger(a.checkpoint);
-  tagger.images = a.image.merged(tagger.images);
+  tagger.images = a.image.merged(tagger);
   validate(tagger.images);
   check_channels(*tagger.model, tagger.images, a.checkpoint);
   const ImageOptions images = tagger.images;
@@ -113,7 +113,7 @@ void run_perf(const PerfArgs& a) {
     Tagger tagger;
     if (!a.checkpoint.empty()) {
       tagger = load_tagger(a.checkpoint);
-      tagger.images = a.image.merged(tagger.images);
+      tagger.images = a.image.merged(tagger);
     } else {  // timing only: the architecture at the given image size and channels, random weights
       tagger.images = a.image.merged(std::nullopt);
       tagger.model = std::make_unique<ResNet>(ResNetConfig{a.arch, tagger.images.channels, 64, 1024, 2}, 1);

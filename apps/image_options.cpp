@@ -47,6 +47,19 @@ ImageOptions ImageArgs::merged(const std::optional<ImageOptions>& model) const {
   return *model;
 }
 
+ImageOptions ImageArgs::merged(const Tagger& tagger) const {
+  if (tagger.images_stored) return merged(tagger.images);
+  ImageOptions o = merged(std::nullopt);
+  if (!(channels_option && channels_option->count() > 0)) o.channels = tagger.images.channels;
+  return o;
+}
+
+ImageOptions ImageArgs::resolve(const JetFile& file, const Tagger& tagger) const {
+  if (tagger.images_stored) return resolve(file, tagger.images);
+  return file.image_options(merged(tagger), size_option && size_option->count() > 0,
+                            channels_option && channels_option->count() > 0);
+}
+
 ImageOptions ImageArgs::resolve(const JetFile& file, const std::optional<ImageOptions>& model) const {
   auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
   if (!model) return file.image_options(merged(model), given(size_option), given(channels_option));

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "data/dataset.h"
+#include "tagger/tagger.h"
 
 namespace toptag::apps {
 
@@ -22,6 +23,10 @@ struct ImageArgs {
   ImageOptions merged(const std::optional<ImageOptions>& model = std::nullopt) const;
   // The same for `file` (cached image files impose their own size and channels).
   ImageOptions resolve(const JetFile& file, const std::optional<ImageOptions>& model = std::nullopt) const;
+  // For a tagger: its stored options as above; for a checkpoint that stores none (weights trained
+  // elsewhere), the flags as given, with the model's own channel count unless --channels says otherwise.
+  ImageOptions merged(const Tagger& tagger) const;
+  ImageOptions resolve(const JetFile& file, const Tagger& tagger) const;
 };
 
 }  // namespace toptag::apps

@@ -26,6 +26,10 @@ Tagger load_tagger(const std::string& path) {
   if (std::optional<std::string> config = stored_training_config(file.get())) {
     t.training_config = *config;
     fields_from_json(parse_json(*config, path), t.images, path);
+    t.images_stored = true;
+  } else if (std::optional<std::string> images = h5_attr_string(file.get(), kImageOptionsAttribute)) {
+    fields_from_json(parse_json(*images, path), t.images, path);
+    t.images_stored = true;
   }
   validate(t.images);
   check_channels(*t.model, t.images, path);
@@ -40,6 +44,8 @@ void write_tagger(hid_t file, const Tagger& tagger) {
   write_model_state(file, *tagger.model);
   if (tagger.quantization) write_quantization(file, *tagger.model, *tagger.quantization);
   if (!tagger.training_config.empty()) h5_set_attr(file, "training_config", tagger.training_config);
+  // Weights toptag did not train: the images they were fed travel with them from now on.
+  if (tagger.training_config.empty()) h5_set_attr(file, kImageOptionsAttribute, fields_to_json(tagger.images).dump());
 }
 
 void save_tagger(const std::string& path, const Tagger& tagger) {

@@ -5,9 +5,10 @@
 //   - a quantized one (quantize/model.h: /quantization and /quantized);
 //   - a training checkpoint (training/checkpoint.h adds /optimizer and /training).
 // The image options come from the configuration of the run that trained the weights: /training's
-// attribute "config", or the root attribute "training_config" that quantized checkpoints carry.
-// A checkpoint without either (weights exported from PyTorch) is fed the default images with as
-// many channels as its first convolution takes.
+// attribute "config", or the root attribute "training_config" that quantized checkpoints carry, or,
+// for weights toptag did not train, the root attribute "image_options" that quantize and export
+// store. A checkpoint with none of them (weights exported from PyTorch) stores no image options:
+// the command's image flags say what it is fed (images_stored is false).
 #pragma once
 
 #include <memory>
@@ -21,9 +22,13 @@
 
 namespace toptag {
 
+// The root attribute holding a checkpoint's image options (JSON) when it has no training configuration.
+constexpr const char* kImageOptionsAttribute = "image_options";
+
 struct Tagger {
   std::unique_ptr<ResNet> model;
   ImageOptions images;                               // what the model expects to be fed
+  bool images_stored = false;  // `images` come from the checkpoint; else defaults (channels: the model's)
   std::shared_ptr<QuantizationConfig> quantization;  // null for a float model
   std::string training_config;                       // JSON of the run that trained the weights ("" if unknown)
 
