@@ -21,6 +21,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Tensor y = Tensor::empty(w.shape());
   try {
     quantize_tensor(f, true, w, y, nullptr);
+    if (f.kind == FormatKind::fixed)  // every mode keeps the result in the format's range
+      for (float v : y.span())
+        if (!(v >= static_cast<float>(fixed_min(f)) && v <= static_cast<float>(fixed_max(f)))) __builtin_trap();
     decode_weight(f, encode_weight(f, w), w.shape());
   } catch (const Error&) {  // a format may refuse a layout; it must say so, not crash
   }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 
 #include "nn/check.h"
 
@@ -55,18 +56,72 @@ double round_half_even(double v) {
   return std::fmod(f, 2.0) == 0.0 ? f : f + 1;
 }
 
-// The integer of a fixed-point value before overflow handling.
+// The integer of a fixed-point value before overflow handling: v = x / LSB (exact, the LSB is a power
+// of two) rounded by the format's quantization mode. Only the bits below the LSB decide: frac = 0 is
+// exact, below (above) a half goes down (up) in every RND mode, and a tie goes where the mode says.
 double fixed_rounded(double x, const Format& f) {
-  const double v = x / fixed_lsb(f);
+  const double v = x / fixed_lsb(f), down = std::floor(v), frac = v - down;
   switch (f.rounding) {
     case Rounding::trn:
-      return std::floor(v);
-    case Rounding::rnd:
-      return std::floor(v + 0.5);
+      return down;
+    case Rounding::trn_zero:
+      return std::trunc(v);
     case Rounding::rnd_conv:
       return round_half_even(v);
+    default:
+      break;
   }
-  return v;
+  if (frac != 0.5) return frac < 0.5 ? down : down + 1;
+  switch (f.rounding) {
+    case Rounding::rnd:  // half toward +inf
+      return down + 1;
+    case Rounding::rnd_zero:
+      return v < 0 ? down + 1 : down;
+    case Rounding::rnd_min_inf:
+      return down;
+    case Rounding::rnd_inf:  // half away from zero
+      return v < 0 ? down : down + 1;
+    default:
+      return down;
+  }
+}
+
+// The integers (value / LSB) of the W-bit word: two's complement, or unsigned.
+struct IntegerRange {
+  double lo, hi;
+};
+IntegerRange word_range(const Format& f) {
+  if (!f.is_signed) return {0, std::ldexp(1.0, f.width) - 1};
+  return {-std::ldexp(1.0, f.width - 1), std::ldexp(1.0, f.width - 1) - 1};
+}
+// The integers the format keeps as they are: the word, less its minimum under signed SAT_SYM.
+IntegerRange kept_range(const Format& f) {
+  IntegerRange r = word_range(f);
+  if (f.is_signed && f.overflow == Overflow::sat_sym) r.lo = -r.hi;
+  return r;
+}
+
+// A rounded integer (or +-inf) after the overflow mode.
+double fixed_overflow(double n, const Format& f) {
+  const IntegerRange kept = kept_range(f);
+  if (n >= kept.lo && n <= kept.hi) return n;
+  switch (f.overflow) {
+    case Overflow::wrap: {
+      const IntegerRange word = word_range(f);
+      if (std::isinf(n)) return std::clamp(n, word.lo, word.hi);  // no bits to wrap: saturate
+      const double span = std::ldexp(1.0, f.width);
+      double low_bits = std::fmod(n, span);  // exact, unlike n - span * floor(n / span) for large n
+      if (low_bits < word.lo) low_bits += span;
+      if (low_bits > word.hi) low_bits -= span;
+      return low_bits;
+    }
+    case Overflow::sat:
+    case Overflow::sat_sym:
+      return std::clamp(n, kept.lo, kept.hi);
+    case Overflow::sat_zero:
+      return 0;
+  }
+  return 0;
 }
 
 // An int8 scale: an empty or non-finite range gets 1, and one below the normal floats (a range of
@@ -76,8 +131,83 @@ float int8_scale(float wanted) {
   return std::max(wanted, std::numeric_limits<float>::min());
 }
 
-const char* rounding_name(Rounding r) {
-  return r == Rounding::trn ? "TRN" : (r == Rounding::rnd ? "RND" : "RND_CONV");
+// The one table of mode names each: UG902's, without the AP_ prefix (which parsing also accepts).
+constexpr std::pair<Rounding, const char*> kRoundingNames[] = {
+    {Rounding::trn, "TRN"},           {Rounding::trn_zero, "TRN_ZERO"},       {Rounding::rnd, "RND"},
+    {Rounding::rnd_zero, "RND_ZERO"}, {Rounding::rnd_min_inf, "RND_MIN_INF"}, {Rounding::rnd_inf, "RND_INF"},
+    {Rounding::rnd_conv, "RND_CONV"}};
+constexpr std::pair<Overflow, const char*> kOverflowNames[] = {
+    {Overflow::wrap, "WRAP"}, {Overflow::sat, "SAT"}, {Overflow::sat_zero, "SAT_ZERO"}, {Overflow::sat_sym, "SAT_SYM"}};
+
+template <class Mode, size_t K>
+const char* mode_name(const std::pair<Mode, const char*> (&names)[K], Mode mode) {
+  for (const auto& [m, name] : names)
+    if (m == mode) return name;
+  return "?";
+}
+
+// A mode as the tables spell it: upper case, without the AP_ prefix.
+std::string mode_key(const std::string& arg) {
+  std::string key;
+  for (char c : arg) key += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (key.starts_with("AP_")) key.erase(0, 3);
+  return key;
+}
+
+template <class Mode, size_t K>
+std::optional<Mode> find_mode(const std::pair<Mode, const char*> (&names)[K], const std::string& arg) {
+  for (const auto& [m, name] : names)
+    if (mode_key(arg) == name) return m;
+  return std::nullopt;
+}
+
+template <class Mode, size_t K>
+std::string mode_list(const std::pair<Mode, const char*> (&names)[K]) {
+  std::string list;
+  for (const auto& [m, name] : names) list += (list.empty() ? "AP_" : ", AP_") + std::string(name);
+  return list;
+}
+
+// fixed / ufixed / ap_fixed / ap_ufixed <W,I[,Q[,O[,N]]]> and ap_int / ap_uint <W>; `args` as written.
+Format parse_fixed(const std::string& spec, const std::string& name, const std::vector<std::string>& args) {
+  Format f;
+  f.kind = FormatKind::fixed;
+  f.is_signed = name == "fixed" || name == "ap_fixed" || name == "ap_int";
+  const bool integer_type = name == "ap_int" || name == "ap_uint";
+  if (integer_type && args.size() != 1) fail("format '{}': {} takes <W>", spec, name);
+  if (!integer_type && (args.size() < 2 || args.size() > 5))
+    fail("format '{}': {} takes <W,I[,rounding[,overflow[,N]]]>", spec, name);
+  f.width = to_int(spec, args[0]);
+  f.integer = integer_type ? f.width : to_int(spec, args[1]);
+  // The stored integers are int32: a signed word of up to 32 bits, an unsigned one of up to 31.
+  const int min_width = f.is_signed ? 2 : 1, max_width = f.is_signed ? 32 : 31;
+  if (f.width < min_width || f.width > max_width)
+    fail("format '{}': W must be in [{}, {}] for {} formats (W = {})", spec, min_width, max_width,
+         f.is_signed ? "signed" : "unsigned", f.width);
+  // LSB 2^(I-W) >= 2^-96 and max < 2^64: every value is a normal float.
+  if (f.integer < -64 || f.integer > 64) fail("format '{}': I must be in [-64, 64] (I = {})", spec, f.integer);
+  if (args.size() >= 3) {
+    const std::optional<Rounding> r = find_mode(kRoundingNames, args[2]);
+    if (!r)
+      fail("format '{}': unknown rounding mode '{}'{} (use {})", spec, args[2],
+           find_mode(kOverflowNames, args[2]) ? ", an overflow mode: rounding comes first" : "",
+           mode_list(kRoundingNames));
+    f.rounding = *r;
+  }
+  if (args.size() >= 4) {
+    const std::optional<Overflow> o = find_mode(kOverflowNames, args[3]);
+    if (!o && mode_key(args[3]) == "WRAP_SM")
+      fail("format '{}': overflow mode '{}' (sign-magnitude wrap) is not supported (use {})", spec, args[3],
+           mode_list(kOverflowNames));
+    if (!o) fail("format '{}': unknown overflow mode '{}' (use {})", spec, args[3], mode_list(kOverflowNames));
+    f.overflow = *o;
+  }
+  // N, the saturation bits of UG902's wrap modes, changes AP_WRAP only when N > 0 (the top N bits then
+  // saturate) and means nothing to the saturating modes; toptag implements N = 0, the default.
+  if (args.size() == 5 && to_int(spec, args[4]) != 0)
+    fail("format '{}': N = {} saturation bits are not supported (only N = 0, plain AP_WRAP or a saturating mode)", spec,
+         args[4]);
+  return f;
 }
 
 }  // namespace
@@ -98,38 +228,16 @@ Format Format::parse(const std::string& spec_in) {
   const size_t open = spec.find('<');
   if (open == std::string::npos || spec.back() != '>')
     fail(
-        "unknown number format '{}' (use fixed<W,I[,TRN|RND|RND_CONV[,WRAP|SAT]]>, bfp<E,M,B>, int8, or a preset: "
-        "ms-fp8, ms-fp9, msfp12, msfp16, mxint8)",
+        "unknown number format '{}' (use fixed<W,I[,ROUNDING[,OVERFLOW]]>, ufixed<...>, ap_fixed<...>, "
+        "ap_ufixed<...>, ap_int<W>, ap_uint<W>, bfp<E,M,B>, int8, or a preset: ms-fp8, ms-fp9, msfp12, msfp16, "
+        "mxint8)",
         spec_in);
   const std::string name = spec.substr(0, open);
-  const std::vector<std::string> args = split_arguments(spec_in, spec.substr(open + 1, spec.size() - open - 2));
-  if (name == "fixed" || name == "ap_fixed") {
-    if (args.size() < 2 || args.size() > 4) fail("format '{}': fixed takes <W,I[,rounding[,overflow]]>", spec_in);
-    f.kind = FormatKind::fixed;
-    f.width = to_int(spec_in, args[0]);
-    f.integer = to_int(spec_in, args[1]);
-    if (f.width < 2 || f.width > 32) fail("format '{}': W must be in [2, 32]", spec_in);
-    if (f.integer < 1 || f.integer > 32) fail("format '{}': I must be in [1, 32]", spec_in);
-    if (args.size() >= 3) {
-      if (args[2] == "trn")
-        f.rounding = Rounding::trn;
-      else if (args[2] == "rnd")
-        f.rounding = Rounding::rnd;
-      else if (args[2] == "rnd_conv")
-        f.rounding = Rounding::rnd_conv;
-      else
-        fail("format '{}': rounding must be TRN, RND or RND_CONV", spec_in);
-    }
-    if (args.size() == 4) {
-      if (args[3] == "wrap")
-        f.overflow = Overflow::wrap;
-      else if (args[3] == "sat")
-        f.overflow = Overflow::sat;
-      else
-        fail("format '{}': overflow must be WRAP or SAT", spec_in);
-    }
-    return f;
-  }
+  // The arguments as written (mode names appear in messages as the user spelled them).
+  const std::vector<std::string> args = split_arguments(spec_in, spec_in.substr(open + 1, spec.size() - open - 2));
+  if (name == "fixed" || name == "ufixed" || name == "ap_fixed" || name == "ap_ufixed" || name == "ap_int" ||
+      name == "ap_uint")
+    return parse_fixed(spec_in, name, args);
   if (name == "bfp") {
     if (args.size() != 3) fail("format '{}': bfp takes <E,M,B>", spec_in);
     f.kind = FormatKind::bfp;
@@ -147,8 +255,9 @@ Format Format::parse(const std::string& spec_in) {
 std::string Format::str() const {
   switch (kind) {
     case FormatKind::fixed:
-      return fmt::format("fixed<{},{},{},{}>", width, integer, rounding_name(rounding),
-                         overflow == Overflow::wrap ? "WRAP" : "SAT");
+      // Unchanged for the formats toptag had before ufixed and the other modes: checkpoints store it.
+      return fmt::format("{}<{},{},{},{}>", is_signed ? "fixed" : "ufixed", width, integer,
+                         mode_name(kRoundingNames, rounding), mode_name(kOverflowNames, overflow));
     case FormatKind::bfp:
       for (const auto& [name, p] : bfp_presets())
         if (p == std::make_tuple(exponent_bits, mantissa_bits, block)) return name;
@@ -165,24 +274,15 @@ double fixed_lsb(const Format& f) {
   return std::ldexp(1.0, f.integer - f.width);
 }
 double fixed_min(const Format& f) {
-  return -std::ldexp(1.0, f.integer - 1);
+  return kept_range(f).lo * fixed_lsb(f);
 }
 double fixed_max(const Format& f) {
-  return std::ldexp(1.0, f.integer - 1) - fixed_lsb(f);
+  return kept_range(f).hi * fixed_lsb(f);
 }
 
 int64_t fixed_integer_ref(double x, const Format& f) {
-  const double lo = -std::ldexp(1.0, f.width - 1), hi = std::ldexp(1.0, f.width - 1) - 1;
   if (std::isnan(x)) return 0;
-  if (std::isinf(x)) return static_cast<int64_t>(x > 0 ? hi : lo);  // no bits to wrap: saturate
-  double n = fixed_rounded(x, f);
-  if (f.overflow == Overflow::sat) {
-    n = std::clamp(n, lo, hi);
-  } else {  // two's complement: keep the low W bits
-    const double span = std::ldexp(1.0, f.width);
-    n -= span * std::floor((n - lo) / span);
-  }
-  return static_cast<int64_t>(n);
+  return static_cast<int64_t>(fixed_overflow(std::isinf(x) ? x : fixed_rounded(x, f), f));
 }
 
 double fixed_ref(double x, const Format& f) {
@@ -246,12 +346,12 @@ namespace {
 
 void quantize_fixed(const Format& f, const float* x, float* y, float* ok, int64_t n) {
   const double lsb = fixed_lsb(f);
-  const double lo = -std::ldexp(1.0, f.width - 1), hi = std::ldexp(1.0, f.width - 1) - 1;
+  const IntegerRange kept = kept_range(f);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const double raw = std::isfinite(x[i]) ? fixed_rounded(x[i], f) : 0.0;
-    y[i] = static_cast<float>(fixed_integer_ref(x[i], f) * lsb);
-    if (ok) ok[i] = (std::isfinite(x[i]) && raw >= lo && raw <= hi) ? 1.0f : 0.0f;
+    const double raw = std::isnan(x[i]) ? 0.0 : (std::isinf(x[i]) ? x[i] : fixed_rounded(x[i], f));
+    y[i] = static_cast<float>(fixed_overflow(raw, f) * lsb);
+    if (ok) ok[i] = (std::isfinite(x[i]) && raw >= kept.lo && raw <= kept.hi) ? 1.0f : 0.0f;
   }
 }
 

@@ -1,10 +1,18 @@
 // The number formats of FPGA inference, each with a plain scalar reference implementation (the
 // `_ref` functions, the definition tested by hand) and a tensor quantizer used in the forward pass.
 //
-// fixed<W,I[,ROUND[,OVERFLOW]]>  Vivado / hls4ml ap_fixed: W bits, I integer bits including the sign,
-//     LSB = 2^-(W-I), range [-2^(I-1), 2^(I-1) - LSB]. Rounding TRN (floor, default), RND (half towards
-//     +inf), RND_CONV (half to even); overflow WRAP (two's complement, default) or SAT. hls4ml's
-//     default is fixed<16,6>.
+// fixed<W,I[,ROUND[,OVERFLOW]]>, ufixed<W,I[,ROUND[,OVERFLOW]]>  Vivado HLS ap_fixed / ap_ufixed, as
+//     Xilinx UG902 ("Arbitrary Precision Fixed-Point Data Types") defines them and hls4ml writes them:
+//     W bits, I integer bits (including the sign for fixed; I may exceed W or be negative), LSB 2^(I-W);
+//     signed range [-2^(I-1), 2^(I-1) - LSB], unsigned [0, 2^I - LSB]. The stored integer is value / LSB
+//     (the W-bit two's complement or unsigned word read as an integer). Rounding of the bits below the
+//     LSB: TRN (toward -inf, the default), TRN_ZERO (toward 0), RND (half toward +inf), RND_ZERO (half
+//     toward 0), RND_MIN_INF (half toward -inf), RND_INF (half away from 0), RND_CONV (half to even).
+//     Overflow, after rounding: WRAP (keep the low W bits, the default), SAT (clamp), SAT_ZERO (0),
+//     SAT_SYM (signed: clamp to [-max, max], so -2^(I-1) itself becomes -max; unsigned: as SAT).
+//     Also spelled the hls4ml way: ap_fixed<16,6,AP_RND,AP_SAT>, ap_ufixed<8,3>, ap_int<W> (=
+//     fixed<W,W>), ap_uint<W> (= ufixed<W,W>); a fifth argument N (saturation bits) may only be 0.
+//     hls4ml's default is fixed<16,6>.
 // bfp<E,M,B>  block floating point: B consecutive values along the reduction (input-channel) axis
 //     share one E-bit exponent e = floor(log2(max |x|)) of the block, clamped to [-(2^(E-1)-1),
 //     2^(E-1)-1]; each value keeps a sign and an M-bit magnitude m = round_half_even(|x| / 2^(e+1-M)),
@@ -30,27 +38,32 @@
 
 namespace toptag {
 
-enum class Rounding { trn, rnd, rnd_conv };
-enum class Overflow { wrap, sat };
+enum class Rounding { trn, trn_zero, rnd, rnd_zero, rnd_min_inf, rnd_inf, rnd_conv };
+enum class Overflow { wrap, sat, sat_zero, sat_sym };
 enum class FormatKind { fixed, bfp, int8 };
 
 struct Format {
   FormatKind kind = FormatKind::fixed;
   int width = 16, integer = 6;                            // fixed
+  bool is_signed = true;                                  // fixed: false for ufixed
   Rounding rounding = Rounding::trn;                      // fixed
   Overflow overflow = Overflow::wrap;                     // fixed
   int exponent_bits = 5, mantissa_bits = 2, block = 128;  // bfp
 
-  // "fixed<16,6>", "fixed<8,3,RND_CONV,SAT>", "bfp<5,2,128>", a preset name, or "int8".
+  // "fixed<16,6>", "fixed<8,3,RND_CONV,SAT>", "ap_ufixed<8,3,AP_RND,AP_SAT>", "ap_int<8>",
+  // "bfp<5,2,128>", a preset name, or "int8"; case-insensitive.
   static Format parse(const std::string& spec);
   std::string str() const;  // canonical spec
 };
 
 // ---- scalar references ----------------------------------------------------------------------
-// The fixed-point integer (value / LSB) of x, and the value it stands for.
+// The fixed-point integer (value / LSB) of x, and the value it stands for. NaN gives 0 (the tensor
+// quantizer passes NaN through). +-inf overflows: SAT and SAT_SYM clamp it, SAT_ZERO gives 0, and
+// WRAP, with no bits to wrap, saturates as SAT does.
 int64_t fixed_integer_ref(double x, const Format& f);
 double fixed_ref(double x, const Format& f);
 double fixed_lsb(const Format& f);
+// The least and greatest values a format can hold (fixed_min is -max under SAT_SYM, 0 if unsigned).
 double fixed_min(const Format& f);
 double fixed_max(const Format& f);
 

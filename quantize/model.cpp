@@ -39,6 +39,13 @@ QuantizationConfig make_quantization(const std::string& weights, const std::stri
                                      const std::string& ste) {
   QuantizationConfig c;
   c.weights = Format::parse(weights);
+  // Refused rather than clamped: conv and linear weights are about half negative, so an unsigned
+  // weight format would zero them (SAT) or turn them into large positive values (WRAP) in silence.
+  if (c.weights.kind == FormatKind::fixed && !c.weights.is_signed)
+    fail(
+        "weight format '{}' is unsigned, but weights are negative as often as positive: use a signed format "
+        "(fixed, ap_fixed, ap_int) for weights; unsigned ones suit activations after a ReLU",
+        weights);
   if (!activations.empty()) c.activations = Format::parse(activations);
   c.ste = parse_ste(ste);
   return c;

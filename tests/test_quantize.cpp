@@ -72,6 +72,171 @@ TEST(FixedPoint, ErrorAtMostHalfAnLsbInsideTheRangeWhenRounding) {
   }
 }
 
+// ---- hls4ml's names: Vivado HLS ap_fixed / ap_ufixed / ap_int / ap_uint (Xilinx UG902) -----------
+
+// Checks fixed_integer_ref and the tensor quantizer (an activation, so unsigned formats go through too)
+// against integers computed by hand: x = lsbs[i] * LSB must give want[i] * LSB.
+void expect_integers(const std::string& spec, const std::vector<double>& lsbs, const std::vector<int64_t>& want) {
+  ASSERT_EQ(lsbs.size(), want.size()) << spec;
+  const Format f = Format::parse(spec);
+  std::vector<float> xs;
+  for (double k : lsbs) xs.push_back(static_cast<float>(k * fixed_lsb(f)));
+  Tensor x = Tensor::from({1, static_cast<int64_t>(xs.size())}, xs);
+  Tensor y = Tensor::empty(x.shape());
+  quantize_tensor(f, false, x, y, nullptr);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    EXPECT_EQ(fixed_integer_ref(xs[i], f), want[i]) << spec << " at " << lsbs[i] << " LSB";
+    EXPECT_EQ(y.data()[i], static_cast<float>(static_cast<double>(want[i]) * fixed_lsb(f)))
+        << spec << " (tensor) at " << lsbs[i] << " LSB";
+  }
+}
+
+TEST(Hls4mlFormats, EveryRoundingModeAtItsHalves) {
+  // LSB 2^-4; inputs in LSBs: ties at +-0.5, +-1.5, +-2.5, then just below and above a half, and a quarter.
+  constexpr double kHair = 1.0 / 1024;
+  const std::vector<double> x = {0.5,         -0.5,         1.5,          -1.5, 2.5,   -2.5, 0.5 - kHair,
+                                 0.5 + kHair, -0.5 + kHair, -0.5 - kHair, 1.25, -1.25, 3.0,  -3.0};
+  // clang-format off
+  expect_integers("ap_fixed<8,4,AP_TRN>",         x, {0, -1, 1, -2, 2, -3, 0, 0, -1, -1, 1, -2, 3, -3});  // floor
+  expect_integers("ap_fixed<8,4,AP_TRN_ZERO>",    x, {0,  0, 1, -1, 2, -2, 0, 0,  0,  0, 1, -1, 3, -3});  // toward 0
+  expect_integers("ap_fixed<8,4,AP_RND>",         x, {1,  0, 2, -1, 3, -2, 0, 1,  0, -1, 1, -1, 3, -3});  // half up
+  expect_integers("ap_fixed<8,4,AP_RND_ZERO>",    x, {0,  0, 1, -1, 2, -2, 0, 1,  0, -1, 1, -1, 3, -3});  // half to 0
+  expect_integers("ap_fixed<8,4,AP_RND_MIN_INF>", x, {0, -1, 1, -2, 2, -3, 0, 1,  0, -1, 1, -1, 3, -3});  // half down
+  expect_integers("ap_fixed<8,4,AP_RND_INF>",     x, {1, -1, 2, -2, 3, -3, 0, 1,  0, -1, 1, -1, 3, -3});  // half away
+  expect_integers("ap_fixed<8,4,AP_RND_CONV>",    x, {0,  0, 2, -2, 2, -2, 0, 1,  0, -1, 1, -1, 3, -3});  // half even
+  // clang-format on
+  // UG902's examples, ap_fixed<3,2,Q> (LSB 0.5) at 1.25 and -1.25.
+  EXPECT_EQ(fixed(1.25, "ap_fixed<3,2,AP_RND_ZERO>"), 1.0);
+  EXPECT_EQ(fixed(-1.25, "ap_fixed<3,2,AP_RND_ZERO>"), -1.0);
+  EXPECT_EQ(fixed(-1.25, "ap_fixed<3,2,AP_RND_MIN_INF>"), -1.5);
+  EXPECT_EQ(fixed(-1.25, "ap_fixed<3,2,AP_RND_INF>"), -1.5);
+  EXPECT_EQ(fixed(-1.25, "ap_fixed<3,2,AP_TRN_ZERO>"), -1.0);
+  // Unsigned rounds the same way.
+  expect_integers("ap_ufixed<8,4,AP_RND_CONV>", {0.5, 1.5, 2.5, 2.5 + kHair}, {0, 2, 2, 3});
+}
+
+TEST(Hls4mlFormats, EveryOverflowModeAtItsEdges) {
+  // ap_fixed<4,4>: integers, range [-8, 7]. max, max + 1, min, min - 1, large, and +-19 (UG902's example).
+  const std::vector<double> s = {7, 8, -8, -9, 100, -100, 19, -19};
+  expect_integers("ap_fixed<4,4,AP_TRN,AP_WRAP>", s, {7, -8, -8, 7, 4, -4, 3, -3});  // low 4 bits, two's complement
+  expect_integers("ap_fixed<4,4,AP_TRN,AP_SAT>", s, {7, 7, -8, -8, 7, -8, 7, -8});
+  expect_integers("ap_fixed<4,4,AP_TRN,AP_SAT_ZERO>", s, {7, 0, -8, 0, 0, 0, 0, 0});
+  expect_integers("ap_fixed<4,4,AP_TRN,AP_SAT_SYM>", s, {7, 7, -7, -7, 7, -7, 7, -7});  // -8 itself becomes -7
+  // ap_ufixed<4,4>: range [0, 15].
+  const std::vector<double> u = {15, 16, 0, -1, 100, -100, 19, -19};
+  expect_integers("ap_ufixed<4,4,AP_TRN,AP_WRAP>", u, {15, 0, 0, 15, 4, 12, 3, 13});  // low 4 bits, unsigned
+  expect_integers("ap_ufixed<4,4,AP_TRN,AP_SAT>", u, {15, 15, 0, 0, 15, 0, 15, 0});
+  expect_integers("ap_ufixed<4,4,AP_TRN,AP_SAT_ZERO>", u, {15, 0, 0, 0, 0, 0, 0, 0});
+  expect_integers("ap_ufixed<4,4,AP_TRN,AP_SAT_SYM>", u, {15, 15, 0, 0, 15, 0, 15, 0});  // as AP_SAT
+  // Rounding first, then overflow: ap_fixed<6,3> (LSB 1/8, max 31/8): 31.5 LSB rounds up to 32.
+  expect_integers("ap_fixed<6,3,AP_RND,AP_SAT>", {31.5, -32.5}, {31, -32});
+  expect_integers("ap_fixed<6,3,AP_RND,AP_SAT_ZERO>", {31.5, -32.5}, {0, -32});  // -32.5 rounds half up to -32
+  expect_integers("ap_fixed<6,3,AP_RND,AP_WRAP>", {31.5, -32.5}, {-32, -32});
+  expect_integers("ap_fixed<6,3,AP_RND_INF,AP_SAT_SYM>", {31.5, -31.5, -32.5}, {31, -31, -31});
+  // The ranges, as fixed_min / fixed_max report them.
+  EXPECT_EQ(fixed_min(Format::parse("ap_fixed<6,3,AP_RND,AP_SAT_SYM>")), -3.875);
+  EXPECT_EQ(fixed_max(Format::parse("ap_ufixed<8,3>")), 8.0 - 1.0 / 32);
+  EXPECT_EQ(fixed_min(Format::parse("ap_ufixed<8,3>")), 0.0);
+}
+
+TEST(Hls4mlFormats, InfinitiesOverflowAndNanPassesThrough) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const std::pair<const char*, std::pair<double, double>> cases[] = {
+      {"ap_fixed<4,4,AP_TRN,AP_WRAP>", {7, -8}},  // no bits to wrap: saturates
+      {"ap_fixed<4,4,AP_TRN,AP_SAT>", {7, -8}},      {"ap_fixed<4,4,AP_TRN,AP_SAT_ZERO>", {0, 0}},
+      {"ap_fixed<4,4,AP_TRN,AP_SAT_SYM>", {7, -7}},  {"ap_ufixed<4,4,AP_TRN,AP_WRAP>", {15, 0}},
+      {"ap_ufixed<4,4,AP_TRN,AP_SAT_ZERO>", {0, 0}}, {"ap_ufixed<4,4,AP_TRN,AP_SAT_SYM>", {15, 0}}};
+  for (const auto& [spec, want] : cases) {
+    EXPECT_EQ(fixed(kInf, spec), want.first) << spec;
+    EXPECT_EQ(fixed(-kInf, spec), want.second) << spec;
+  }
+  // Activations through the tensor path: NaN stays NaN, and the masked STE passes only what is kept.
+  const Format f = Format::parse("ap_ufixed<8,3,AP_RND,AP_SAT>");  // LSB 1/32, range [0, 255/32]
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  Tensor x = Tensor::from({1, 7}, std::vector<float>{-1.0f, 0.0f, 0.1f, 7.9f, 8.0f, nan, INFINITY});
+  Tensor y = Tensor::empty(x.shape()), ok = Tensor::empty(x.shape());
+  quantize_tensor(f, false, x, y, &ok);
+  const std::vector<float> want = {0.0f, 0.0f, 3.0f / 32, 253.0f / 32, 255.0f / 32};
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(y.data()[i], want[i]) << i;
+  EXPECT_TRUE(std::isnan(y.data()[5]));
+  EXPECT_EQ(y.data()[6], 255.0f / 32);
+  const std::vector<float> kept = {0, 1, 1, 1, 0, 0, 0};
+  for (size_t i = 0; i < kept.size(); ++i) EXPECT_EQ(ok.data()[i], kept[i]) << i;
+}
+
+TEST(Hls4mlFormats, IntegerTypesAndIntegerBitsOutsideTheWord) {
+  // ap_int<W> = ap_fixed<W,W>, ap_uint<W> = ap_ufixed<W,W>: LSB 1, AP_TRN, AP_WRAP.
+  EXPECT_EQ(Format::parse("ap_int<8>").str(), "fixed<8,8,TRN,WRAP>");
+  EXPECT_EQ(Format::parse("AP_UINT<8>").str(), "ufixed<8,8,TRN,WRAP>");
+  expect_integers("ap_int<8>", {127.5, 128, -128, -129, -0.5, 300}, {127, -128, -128, 127, -1, 44});
+  expect_integers("ap_uint<8>", {255.5, 256, -1, 3.7, 300}, {255, 0, 255, 3, 44});
+  // I above W: LSB 2^(6-4) = 4, range [-32, 28]; I below 0: LSB 2^-6, range [-1/8, 1/8 - 1/64].
+  EXPECT_EQ(fixed_lsb(Format::parse("ap_fixed<4,6>")), 4.0);
+  EXPECT_EQ(fixed(5, "ap_fixed<4,6>"), 4.0);
+  EXPECT_EQ(fixed(6, "ap_fixed<4,6,AP_RND>"), 8.0);
+  EXPECT_EQ(fixed(30, "ap_fixed<4,6,AP_TRN,AP_SAT>"), 28.0);
+  EXPECT_EQ(fixed(0.1, "ap_fixed<4,-2>"), 6.0 / 64);   // 6.4 LSB
+  EXPECT_EQ(fixed(0.2, "ap_fixed<4,-2>"), -4.0 / 64);  // 12.8 LSB -> 12 -> wraps to 12 - 16
+  EXPECT_EQ(fixed_max(Format::parse("ap_ufixed<4,-2>")), 15.0 / 64);
+}
+
+TEST(Hls4mlFormats, SpellingsParseToTheSameFormatsAndRoundTrip) {
+  // The formats toptag had keep their canonical text, which checkpoints store.
+  EXPECT_EQ(Format::parse("fixed<16,6>").str(), "fixed<16,6,TRN,WRAP>");
+  EXPECT_EQ(Format::parse("ap_fixed<16,6>").str(), "fixed<16,6,TRN,WRAP>");
+  EXPECT_EQ(Format::parse("fixed<8,3,RND_CONV,SAT>").str(), "fixed<8,3,RND_CONV,SAT>");
+  // hls4ml's spelling, with or without spaces, in any case, with N = 0.
+  EXPECT_EQ(Format::parse("ap_fixed<16,6,AP_RND,AP_SAT>").str(), "fixed<16,6,RND,SAT>");
+  EXPECT_EQ(Format::parse("ap_fixed<16, 6, AP_RND_CONV, AP_SAT_SYM, 0>").str(), "fixed<16,6,RND_CONV,SAT_SYM>");
+  EXPECT_EQ(Format::parse("ap_ufixed<8,3>").str(), "ufixed<8,3,TRN,WRAP>");
+  EXPECT_EQ(Format::parse("ap_ufixed<8,0,ap_rnd_min_inf,ap_sat_zero>").str(), "ufixed<8,0,RND_MIN_INF,SAT_ZERO>");
+  for (const char* sign : {"ap_fixed", "ap_ufixed"})
+    for (const char* q :
+         {"AP_TRN", "AP_TRN_ZERO", "AP_RND", "AP_RND_ZERO", "AP_RND_MIN_INF", "AP_RND_INF", "AP_RND_CONV"})
+      for (const char* o : {"AP_WRAP", "AP_SAT", "AP_SAT_ZERO", "AP_SAT_SYM"}) {
+        const std::string spec = std::string(sign) + "<10,3," + q + "," + o + ">";
+        const Format f = Format::parse(spec);
+        EXPECT_EQ(f.str(), std::string(sign + 3) + "<10,3," + (q + 3) + "," + (o + 3) + ">");
+        const Format again = Format::parse(f.str());
+        EXPECT_EQ(again.str(), f.str());
+        EXPECT_EQ(again.rounding, f.rounding);
+        EXPECT_EQ(again.overflow, f.overflow);
+      }
+}
+
+TEST(Hls4mlFormats, ParseErrorsNameWhatIsWrong) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"ap_fixed<8,3,AP_RNE>", "unknown rounding mode 'AP_RNE'"},
+      {"ap_fixed<8,3,AP_SAT>", "an overflow mode: rounding comes first"},
+      {"ap_fixed<8,3,AP_RND,AP_CLAMP>", "unknown overflow mode 'AP_CLAMP'"},
+      {"ap_fixed<8,3,AP_RND,AP_WRAP_SM>", "'AP_WRAP_SM' (sign-magnitude wrap) is not supported"},
+      {"ap_fixed<8,3,AP_RND,AP_WRAP,2>", "N = 2 saturation bits are not supported"},
+      {"ap_fixed<0,0>", "W must be in [2, 32]"},
+      {"ap_fixed<-4,2>", "W must be in [2, 32]"},
+      {"ap_fixed<33,6>", "W must be in [2, 32]"},
+      {"ap_ufixed<32,6>", "W must be in [1, 31] for unsigned"},
+      {"ap_int<0>", "W must be in [2, 32]"},
+      {"ap_uint<0>", "W must be in [1, 31]"},
+      {"ap_int<64>", "W must be in [2, 32]"},
+      {"ap_int<8,3>", "ap_int takes <W>"},
+      {"ap_fixed<8>", "takes <W,I"},
+      {"ap_fixed<8,65>", "I must be in [-64, 64]"},
+      {"ap_fixed<8,x>", "'x' is not an integer"},
+  };
+  for (const auto& [spec, message] : cases)
+    EXPECT_NE(testing::error_of([&] { Format::parse(spec); }).find(message), std::string::npos)
+        << spec << ": " << testing::error_of([&] { Format::parse(spec); });
+}
+
+TEST(Hls4mlFormats, UnsignedWeightsAreRefusedUnsignedActivationsAccepted) {
+  EXPECT_NE(testing::error_of([] { make_quantization("ap_ufixed<8,3>", "", "masked"); }).find("unsigned"),
+            std::string::npos);
+  EXPECT_THROW(make_quantization("ap_uint<8>", "", "masked"), Error);
+  const QuantizationConfig c = make_quantization("ap_fixed<8,3,AP_RND,AP_SAT>", "ap_ufixed<8,3>", "masked");
+  ASSERT_TRUE(c.activations);
+  EXPECT_EQ(c.activations->str(), "ufixed<8,3,TRN,WRAP>");
+}
+
 TEST(BlockFloatingPoint, HandComputedBlocks) {
   const Format f = Format::parse("bfp<5,2,4>");
   std::vector<int64_t> m(4);
@@ -109,9 +274,21 @@ TEST(BlockFloatingPoint, PresetsAreTheDocumentedFormats) {
 }
 
 // Every format, through the tensor quantizer used in the forward pass.
-const char* const kAllFormats[] = {
-    "fixed<8,3,RND,SAT>", "fixed<6,2>", "fixed<16,6,RND_CONV,WRAP>", "ms-fp8", "ms-fp9", "msfp12", "msfp16", "mxint8",
-    "bfp<3,1,5>",         "int8"};
+const char* const kAllFormats[] = {"fixed<8,3,RND,SAT>",
+                                   "fixed<6,2>",
+                                   "fixed<16,6,RND_CONV,WRAP>",
+                                   "ap_fixed<7,2,AP_RND_INF,AP_SAT_SYM>",
+                                   "ap_fixed<8,3,AP_RND_MIN_INF,AP_SAT_ZERO>",
+                                   "ap_fixed<5,1,AP_TRN_ZERO>",
+                                   "ap_ufixed<6,1,AP_RND_ZERO,AP_SAT_ZERO>",
+                                   "ap_uint<4>",
+                                   "ms-fp8",
+                                   "ms-fp9",
+                                   "msfp12",
+                                   "msfp16",
+                                   "mxint8",
+                                   "bfp<3,1,5>",
+                                   "int8"};
 
 TEST(Quantizers, TensorPathMatchesTheScalarReferences) {
   Rng rng(2);
@@ -365,6 +542,56 @@ TEST(QuantizedModel, CheckpointReproducesTheFakeQuantForwardExactly) {
   quantize_tensor(config->weights, true, w, q, nullptr);
   testing::expect_close(decode_weight(config->weights, e, w.shape()), q, "stored encoding", kExact, kExact);
   std::filesystem::remove(path);
+}
+
+TEST(QuantizedModel, Hls4mlFormatsRoundTripThroughACheckpointAndTraining) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("toptag_hls_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  {  // Post-training: every new mode is stored by name and reloads to the same logits and integers.
+    Tagger t;
+    t.model = std::make_unique<ResNet>(ResNetConfig{"resnet10", 1, 8, 16, 2}, 11);
+    auto config = std::make_shared<QuantizationConfig>(
+        make_quantization("ap_fixed<8,1,AP_RND_INF,AP_SAT_SYM>", "ap_ufixed<8,3,AP_RND_CONV,AP_SAT_ZERO>", "masked"));
+    attach_quantization(*t.model, config);
+    t.quantization = config;
+    Rng rng(12);
+    Tensor images = testing::random_tensor({2, 1, 20, 20}, rng);
+    NoGradGuard no_grad;
+    t.model->set_training(false);
+    Tensor want = t.model->forward(Var(images)).value().clone();
+    const std::string path = (dir / "q.h5").string();
+    save_tagger(path, t);
+    Tagger loaded = load_tagger(path);
+    ASSERT_TRUE(loaded.quantized());
+    EXPECT_EQ(loaded.quantization->describe(),
+              "weights fixed<8,1,RND_INF,SAT_SYM>, activations ufixed<8,3,RND_CONV,SAT_ZERO>, masked STE");
+    loaded.model->set_training(false);
+    testing::expect_close(loaded.model->forward(Var(images)).value(), want, "reloaded logits", kExact, kExact);
+    H5Id f = h5_open(path);
+    const std::vector<int64_t> ints = h5_read_int64(f.get(), "quantized/layer1.0.conv1/integers", path);
+    for (int64_t q : ints) ASSERT_LE(std::abs(q), 127);  // SAT_SYM: never -128
+  }
+  // Quantization-aware training with unsigned activations, as hls4ml configures ReLU outputs.
+  GeneratorOptions g;
+  g.seed = 13;
+  generate_file((dir / "jets.h5").string(), 200, g);
+  TrainConfig c;
+  c.train_path = c.val_path = (dir / "jets.h5").string();
+  c.output_dir = (dir / "qat").string();
+  c.arch = "resnet10";
+  c.width = 4;
+  c.hidden = 8;
+  c.images.size = 16;
+  c.epochs = 1;
+  c.quantize = "ap_fixed<8,3,AP_RND,AP_SAT>";
+  c.quantize_activations = "ap_ufixed<8,3>";
+  const TrainResult run = train(c, nullptr);
+  const Tagger trained = load_tagger(run.best_checkpoint);
+  ASSERT_TRUE(trained.quantized());
+  EXPECT_EQ(trained.quantization->describe(),
+            "weights fixed<8,3,RND,SAT>, activations ufixed<8,3,TRN,WRAP>, masked STE");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(QuantizedModel, AccuracyDropsUnderAnAggressiveFormatAndRecoversWithFineTuning) {
