@@ -54,6 +54,11 @@ void run_eval(const EvalArgs& a) {
       fail("{}: {}", a.predictions[i], e.what());
     }
   }
+  // With --bootstrap, every set against the first: paired when they hold the same jets in the same order.
+  std::vector<BootstrapComparison> differences;
+  if (a.bootstrap > 0)
+    for (size_t i = 1; i < sets.size(); ++i)
+      differences.push_back(compare_bootstrap(models[i], models[0], same_labels(sets[i], sets[0])));
   std::vector<std::pair<std::string, Comparison>> comparisons;
   if (!a.reference.empty()) {
     const Predictions ref = read_predictions(a.reference);
@@ -62,6 +67,9 @@ void run_eval(const EvalArgs& a) {
   }
 
   fmt::print("{}", eval_table(models));
+  if (a.bootstrap > 0) fmt::print("(bootstrap: {} stratified resamples of the jets, seed {})\n", a.bootstrap, a.seed);
+  if (!differences.empty()) fmt::print("\n");
+  for (const BootstrapComparison& c : differences) fmt::print("{}\n", comparison_sentence(c));
   if (!comparisons.empty()) {
     fmt::print("\ncompared with {}:\n", a.reference);
     fmt::print("{:<24}  {:>12}  {:>12}  {:>10}  {:>10}\n", "model", "max |diff|", "mean |diff|", "flipped", "AUC diff");
@@ -69,7 +77,7 @@ void run_eval(const EvalArgs& a) {
       fmt::print("{:<24}  {:>12.3g}  {:>12.3g}  {:>9.4f}%  {:>+10.5f}\n", name, c.max_abs_diff, c.mean_abs_diff,
                  100 * c.flip_fraction, c.auc_diff);
   }
-  if (!a.json.empty()) write_text_atomically(a.json, eval_json(models));
+  if (!a.json.empty()) write_text_atomically(a.json, eval_json(models, differences));
   if (!a.roc_csv.empty()) {
     std::filesystem::create_directories(a.roc_csv);
     for (const ModelEval& m : models)
@@ -95,7 +103,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--title", a->title, "plot title");
   cmd->add_option("--roc-csv", a->roc_csv, "directory for each set's ROC points as CSV");
   cmd->add_option("--reference", a->reference, "compare every set with this one (same jets)")->check(CLI::ExistingFile);
-  cmd->add_option("--bootstrap", a->bootstrap, "bootstrap resamples for uncertainties (0: none)")
+  cmd->add_option("--bootstrap", a->bootstrap,
+                  "bootstrap resamples: std, 68% and 95% intervals, and each set against the first (0: none)")
       ->default_val(0)
       ->check(in_range(0, 1e6));
   cmd->add_option("--seed", a->seed, "bootstrap seed")->default_val(1);

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -10,28 +11,78 @@
 #include "eval/plot.h"
 #include "io/files.h"
 #include "nn/check.h"
-#include "nn/random.h"
 
 namespace toptag {
 
 namespace {
 
-double mean_of(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return s / static_cast<double>(v.size());
-}
-
-double stddev_of(const std::vector<double>& v) {
-  const double m = mean_of(v);
-  double s = 0;
-  for (double x : v) s += (x - m) * (x - m);
-  return std::sqrt(s / static_cast<double>(std::max<size_t>(1, v.size() - 1)));
-}
-
 std::string eps_key(double eps) {
   return fmt::format("{:g}", eps);
 }
+
+using ojson = nlohmann::ordered_json;
+
+// JSON has no infinity: infinite values are written as the strings "inf" and "-inf".
+ojson number(double v) {
+  if (std::isfinite(v)) return v;
+  return v > 0 ? "inf" : "-inf";
+}
+
+ojson interval_json(const Interval& ci) {
+  return ojson::array({number(ci.lo), number(ci.hi)});
+}
+
+ojson uncertainty_json(const Uncertainty& u) {
+  return {{"value", number(u.value)},
+          {"std", number(u.std)},
+          {"ci68", interval_json(u.ci68)},
+          {"ci95", interval_json(u.ci95)}};
+}
+
+ojson difference_json(const Difference& d) {
+  return {{"difference", number(d.value)},
+          {"ci68", interval_json(d.ci68)},
+          {"ci95", interval_json(d.ci95)},
+          {"distinguishable", d.distinguishable()}};
+}
+
+ojson bootstrap_json(const ModelUncertainty& u, const std::vector<std::pair<double, double>>& rejection) {
+  ojson rej = ojson::object();
+  for (size_t k = 0; k < rejection.size(); ++k) rej[eps_key(rejection[k].first)] = uncertainty_json(u.rejection[k]);
+  return {{"resamples", u.resamples},
+          {"seed", u.seed},
+          {"stratified", true},
+          {"accuracy", uncertainty_json(u.accuracy)},
+          {"auc", uncertainty_json(u.auc)},
+          {"rejection", rej}};
+}
+
+ojson comparison_json(const BootstrapComparison& c) {
+  ojson rej = ojson::object();
+  for (const auto& [eps, d] : c.rejection) rej[eps_key(eps)] = difference_json(d);
+  return {{"model", c.model},
+          {"reference", c.reference},
+          {"paired", c.paired},
+          {"accuracy", difference_json(c.accuracy)},
+          {"auc", difference_json(c.auc)},
+          {"rejection", rej},
+          {"distinguishable", c.distinguishable()},
+          {"summary", comparison_sentence(c)}};
+}
+
+// "+57 [95%: -30, +160]", rounded to the interval's precision.
+std::string difference_text(const Difference& d, int fallback_decimals) {
+  const int decimals = decimals_for(d.ci95, fallback_decimals);
+  return fmt::format("{} [95%: {}, {}]", format_value(d.value, decimals, true), format_value(d.ci95.lo, decimals, true),
+                     format_value(d.ci95.hi, decimals, true));
+}
+
+std::string interval_text(const Interval& ci, int decimals) {
+  return fmt::format("[{}, {}]", format_value(ci.lo, decimals), format_value(ci.hi, decimals));
+}
+
+constexpr int kRatioDecimals = 4;      // accuracy, AUC
+constexpr int kRejectionDecimals = 1;  // 1/eps_B
 
 }  // namespace
 
@@ -51,33 +102,15 @@ ModelEval evaluate(const std::string& name, const Predictions& p, const std::vec
   m.roc = roc_curve(p.score, p.label);
   for (double eps : eps_points) m.rejection.emplace_back(eps, rejection_at(m.roc, eps));
   if (bootstrap > 0) {
-    // Resample jets with replacement; a resample that lost a class is drawn again.
-    Rng rng(seed);
-    std::vector<double> accs, aucs;
-    std::vector<std::vector<double>> rejs(eps_points.size());
-    std::vector<float> s(p.score.size());
-    std::vector<int64_t> l(p.label.size());
-    for (int b = 0; b < bootstrap; ++b) {
-      int64_t sig = 0;
-      for (size_t i = 0; i < s.size(); ++i) {
-        const size_t j = rng.below(s.size());
-        s[i] = p.score[j], l[i] = p.label[j], sig += l[i];
-      }
-      if (sig == 0 || sig == static_cast<int64_t>(l.size())) {
-        --b;
-        continue;
-      }
-      accs.push_back(accuracy(s, l));
-      aucs.push_back(auc(s, l));
-      const std::vector<RocPoint> roc = roc_curve(s, l);
-      for (size_t k = 0; k < eps_points.size(); ++k) {
-        const double r = rejection_at(roc, eps_points[k]);
-        if (std::isfinite(r)) rejs[k].push_back(r);
-      }
-    }
-    Spread spread{stddev_of(accs), stddev_of(aucs), {}};
-    for (const auto& r : rejs) spread.rejection.push_back(r.size() > 1 ? stddev_of(r) : NAN);
-    m.spread = spread;
+    ModelUncertainty u;
+    u.resamples = bootstrap;
+    u.seed = seed;
+    u.replicates = bootstrap_metrics(p, eps_points, bootstrap, seed);
+    u.accuracy = summarize(m.accuracy, u.replicates.accuracy);
+    u.auc = summarize(m.auc, u.replicates.auc);
+    for (size_t k = 0; k < eps_points.size(); ++k)
+      u.rejection.push_back(summarize(m.rejection[k].second, u.replicates.rejection[k]));
+    m.uncertainty = std::move(u);
   }
   return m;
 }
@@ -100,42 +133,110 @@ Comparison compare(const Predictions& p, const Predictions& ref, const std::stri
   return c;
 }
 
-std::string eval_json(const std::vector<ModelEval>& models) {
-  nlohmann::ordered_json out;
-  out["models"] = nlohmann::ordered_json::array();
+bool BootstrapComparison::distinguishable() const {
+  bool any = accuracy.distinguishable() || auc.distinguishable();
+  for (const auto& [eps, d] : rejection) any = any || d.distinguishable();
+  return any;
+}
+
+BootstrapComparison compare_bootstrap(const ModelEval& model, const ModelEval& reference, bool paired) {
+  if (!model.uncertainty || !reference.uncertainty)
+    fail("{} against {}: a bootstrap comparison needs both evaluated with --bootstrap", model.name, reference.name);
+  if (model.rejection.size() != reference.rejection.size())
+    fail("{} against {}: 1/eps_B at different signal efficiencies", model.name, reference.name);
+  const ModelUncertainty &m = *model.uncertainty, &r = *reference.uncertainty;
+  BootstrapComparison c;
+  c.model = model.name;
+  c.reference = reference.name;
+  c.paired = paired;
+  c.accuracy = difference(model.accuracy, m.replicates.accuracy, reference.accuracy, r.replicates.accuracy, paired);
+  c.auc = difference(model.auc, m.replicates.auc, reference.auc, r.replicates.auc, paired);
+  for (size_t k = 0; k < model.rejection.size(); ++k)
+    c.rejection.emplace_back(model.rejection[k].first,
+                             difference(model.rejection[k].second, m.replicates.rejection[k],
+                                        reference.rejection[k].second, r.replicates.rejection[k], paired));
+  return c;
+}
+
+std::string comparison_sentence(const BootstrapComparison& c) {
+  std::vector<std::pair<std::string, const Difference*>> metrics;
+  for (const auto& [eps, d] : c.rejection) metrics.emplace_back(fmt::format("1/eps_B({:g}%)", 100 * eps), &d);
+  metrics.emplace_back("AUC", &c.auc);
+  metrics.emplace_back("accuracy", &c.accuracy);
+  std::string which, figures;
+  for (size_t i = 0; i < metrics.size(); ++i) {
+    const auto& [label, d] = metrics[i];
+    if (d->distinguishable()) which += (which.empty() ? "" : ", ") + label;
+    const int decimals = label.starts_with("1/eps_B") ? kRejectionDecimals : kRatioDecimals;
+    figures += fmt::format("{}{}{} {}", i ? ", " : "", label, i ? " by" : " differs by", difference_text(*d, decimals));
+  }
+  const std::string how = c.paired ? "paired bootstrap" : "unpaired bootstrap: the sets hold different jets";
+  if (which.empty())
+    return fmt::format("{} and {} are not distinguishable at this test-set size: {} ({}).", c.model, c.reference,
+                       figures, how);
+  return fmt::format("{} and {} differ in {}: {} ({}).", c.model, c.reference, which, figures, how);
+}
+
+std::string format_value(double v, int decimals, bool sign) {
+  if (std::isinf(v)) return v > 0 ? (sign ? "+inf" : "inf") : "-inf";
+  return sign ? fmt::format("{:+.{}f}", v, decimals) : fmt::format("{:.{}f}", v, decimals);
+}
+
+int decimals_for(const Interval& ci, int fallback) {
+  const double width = ci.hi - ci.lo;
+  if (!(width > 0) || !std::isfinite(width)) return fallback;
+  return std::clamp(1 - static_cast<int>(std::floor(std::log10(width))), 0, 6);
+}
+
+std::string eval_json(const std::vector<ModelEval>& models, const std::vector<BootstrapComparison>& comparisons) {
+  ojson out;
+  out["models"] = ojson::array();
   for (const ModelEval& m : models) {
-    nlohmann::ordered_json rej = nlohmann::ordered_json::object();
-    for (const auto& [eps, r] : m.rejection) rej[eps_key(eps)] = std::isfinite(r) ? nlohmann::ordered_json(r) : nullptr;
-    out["models"].push_back({{"name", m.name},
-                             {"n_signal", m.n_signal},
-                             {"n_background", m.n_background},
-                             {"accuracy", m.accuracy},
-                             {"auc", m.auc},
-                             {"rejection", rej}});
+    ojson rej = ojson::object();
+    for (const auto& [eps, r] : m.rejection) rej[eps_key(eps)] = std::isfinite(r) ? ojson(r) : nullptr;
+    ojson model = {{"name", m.name},         {"n_signal", m.n_signal}, {"n_background", m.n_background},
+                   {"accuracy", m.accuracy}, {"auc", m.auc},           {"rejection", rej}};
+    if (m.uncertainty) model["bootstrap"] = bootstrap_json(*m.uncertainty, m.rejection);
+    out["models"].push_back(model);
+  }
+  if (!comparisons.empty()) {
+    out["comparisons"] = ojson::array();
+    for (const BootstrapComparison& c : comparisons) out["comparisons"].push_back(comparison_json(c));
   }
   return out.dump(2) + "\n";
 }
 
 std::string eval_table(const std::vector<ModelEval>& models) {
+  bool intervals = false;
   size_t width = 5;
-  for (const ModelEval& m : models) width = std::max(width, m.name.size());
-  std::string header =
-      fmt::format("{:<{}}  {:>8}  {:>8}  {:>9}  {:>8}", "model", width, "top", "QCD", "accuracy", "AUC");
+  for (const ModelEval& m : models) {
+    width = std::max(width, m.name.size());
+    intervals = intervals || m.uncertainty.has_value();
+  }
+  // Intervals such as [0.9012, 0.9113] need wider columns than the values alone.
+  const size_t ratio_w = intervals ? 18 : 9, rej_w = intervals ? 18 : 16;
+  std::string out = fmt::format("{:<{}}  {:>8}  {:>8}  {:>{}}  {:>{}}", "model", width, "top", "QCD", "accuracy",
+                                ratio_w, "AUC", ratio_w);
   if (!models.empty())
     for (const auto& [eps, r] : models.front().rejection)
-      header += fmt::format("  {:>16}", fmt::format("1/eps_B@{:g}", eps));
-  std::string out = header + "\n";
+      out += fmt::format("  {:>{}}", fmt::format("1/eps_B@{:g}", eps), rej_w);
+  out += "\n";
   for (const ModelEval& m : models) {
-    std::string line = fmt::format("{:<{}}  {:>8}  {:>8}  {:>9.4f}  {:>8.4f}", m.name, width, m.n_signal,
-                                   m.n_background, m.accuracy, m.auc);
-    for (const auto& [eps, r] : m.rejection) line += fmt::format("  {:>16.1f}", r);
-    out += line + "\n";
-    if (m.spread) {
-      std::string s = fmt::format("{:<{}}  {:>8}  {:>8}  {:>9.4f}  {:>8.4f}", "  +-", width, "", "", m.spread->accuracy,
-                                  m.spread->auc);
-      for (double r : m.spread->rejection) s += fmt::format("  {:>16.1f}", r);
-      out += s + "\n";
-    }
+    out += fmt::format("{:<{}}  {:>8}  {:>8}  {:>{}.4f}  {:>{}.4f}", m.name, width, m.n_signal, m.n_background,
+                       m.accuracy, ratio_w, m.auc, ratio_w);
+    for (const auto& [eps, r] : m.rejection) out += fmt::format("  {:>{}.1f}", r, rej_w);
+    out += "\n";
+    if (!m.uncertainty) continue;
+    const ModelUncertainty& u = *m.uncertainty;
+    auto row = [&](const char* label, auto cell) {
+      std::string line = fmt::format("{:<{}}  {:>8}  {:>8}  {:>{}}  {:>{}}", label, width, "", "",
+                                     cell(u.accuracy, kRatioDecimals), ratio_w, cell(u.auc, kRatioDecimals), ratio_w);
+      for (const Uncertainty& r : u.rejection) line += fmt::format("  {:>{}}", cell(r, kRejectionDecimals), rej_w);
+      out += line + "\n";
+    };
+    row("  +-", [](const Uncertainty& x, int d) { return format_value(x.std, d); });
+    row("  68%", [](const Uncertainty& x, int d) { return interval_text(x.ci68, d); });
+    row("  95%", [](const Uncertainty& x, int d) { return interval_text(x.ci95, d); });
   }
   return out;
 }

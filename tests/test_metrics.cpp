@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "eval/plot.h"
 #include "eval/report.h"
@@ -122,8 +123,8 @@ TEST(Report, JsonHasExactlyThePapersFieldsAndAPlotIsDrawn) {
     p.score.push_back(static_cast<float>(std::clamp(0.5 + 0.3 * (i % 2 ? 1 : -1) + 0.3 * rng.normal(), 0.0, 1.0)));
   }
   ModelEval m = evaluate("float", p, {0.3, 0.5}, 10);
-  ASSERT_TRUE(m.spread);
-  EXPECT_GT(m.spread->auc, 0);
+  ASSERT_TRUE(m.uncertainty);
+  EXPECT_GT(m.uncertainty->auc.std, 0);
   const std::string json = eval_json({m});
   for (const char* key : {"\"models\"", "\"name\": \"float\"", "\"n_signal\": 200", "\"n_background\": 200",
                           "\"accuracy\"", "\"auc\"", "\"0.3\"", "\"0.5\""})
@@ -160,6 +161,176 @@ TEST(Report, PlotTextCannotRunCommands) {
   }
   EXPECT_EQ(gnuplot_string("it's\na"), "'it''s a'");
   fs::remove_all(dir);
+}
+
+// A tagger whose score separates top from QCD by `separation` standard deviations, on n jets (half top).
+Predictions gaussian_tagger(int n, double separation, uint64_t seed) {
+  Rng rng(seed);
+  Predictions p;
+  for (int i = 0; i < n; ++i) {
+    p.label.push_back(i % 2);
+    p.score.push_back(static_cast<float>(1.0 / (1.0 + std::exp(-(separation * (i % 2 ? 0.5 : -0.5) + rng.normal())))));
+  }
+  return p;
+}
+
+double width(const Interval& i) {
+  return i.hi - i.lo;
+}
+
+TEST(Bootstrap, IntervalsHoldTheValueAndWidenAsTheTestSetShrinks) {
+  const Predictions big = gaussian_tagger(4000, 2.0, 7);
+  Predictions small = big;
+  small.score.resize(400);
+  small.label.resize(400);
+  const ModelEval b = evaluate("big", big, {0.3, 0.5}, 200, 1);
+  const ModelEval s = evaluate("small", small, {0.3, 0.5}, 200, 1);
+  ASSERT_TRUE(b.uncertainty && s.uncertainty);
+  for (const ModelEval* m : {&b, &s}) {
+    const ModelUncertainty& u = *m->uncertainty;
+    EXPECT_EQ(u.replicates.auc.size(), 200u);
+    std::vector<const Uncertainty*> all = {&u.accuracy, &u.auc};
+    for (const Uncertainty& r : u.rejection) all.push_back(&r);
+    for (const Uncertainty* x : all) {
+      EXPECT_TRUE(x->ci95.contains(x->value)) << m->name << " " << x->value;
+      EXPECT_TRUE(x->ci68.contains(x->value)) << m->name << " " << x->value;
+      EXPECT_LE(x->ci95.lo, x->ci68.lo);
+      EXPECT_GE(x->ci95.hi, x->ci68.hi);
+      EXPECT_GT(width(x->ci68), 0) << m->name;
+    }
+  }
+  // Ten times fewer jets: intervals about sqrt(10) ~ 3 times wider.
+  EXPECT_GT(width(s.uncertainty->auc.ci95), 2 * width(b.uncertainty->auc.ci95));
+  EXPECT_GT(width(s.uncertainty->accuracy.ci95), 2 * width(b.uncertainty->accuracy.ci95));
+  EXPECT_GT(width(s.uncertainty->rejection[1].ci68), 2 * width(b.uncertainty->rejection[1].ci68));
+  // The standard deviation agrees with the 68% interval's half-width for a near-normal statistic.
+  EXPECT_NEAR(b.uncertainty->auc.std, width(b.uncertainty->auc.ci68) / 2, 0.3 * b.uncertainty->auc.std);
+}
+
+TEST(Bootstrap, KnownAnswersHaveZeroWidth) {
+  // Perfect: every resample has AUC 1, accuracy 1, and no QCD jet above any top jet (1/eps_B infinite).
+  Predictions perfect;
+  for (int i = 0; i < 200; ++i) {
+    perfect.label.push_back(i % 2);
+    perfect.score.push_back(i % 2 ? 0.9f : 0.1f);
+  }
+  const ModelEval p = evaluate("perfect", perfect, {0.3}, 50, 1);
+  EXPECT_EQ(p.uncertainty->auc.ci95.lo, 1.0);
+  EXPECT_EQ(p.uncertainty->auc.ci95.hi, 1.0);
+  EXPECT_EQ(p.uncertainty->auc.std, 0.0);
+  EXPECT_EQ(p.uncertainty->accuracy.ci68.lo, 1.0);
+  EXPECT_TRUE(std::isinf(p.uncertainty->rejection[0].ci95.lo));
+  EXPECT_TRUE(std::isinf(p.uncertainty->rejection[0].std));
+  // All scores equal: AUC 1/2, eps_B = eps_S. Resamples keep the class counts (stratified), so accuracy
+  // (every jet called QCD: 130 of 200) and 1/eps_B(50%) = 2 do not move either.
+  Predictions flat;
+  for (int i = 0; i < 200; ++i) {
+    flat.label.push_back(i < 70);
+    flat.score.push_back(0.5f);
+  }
+  const ModelEval f = evaluate("flat", flat, {0.5}, 50, 1);
+  for (const Uncertainty* u : {&f.uncertainty->auc, &f.uncertainty->accuracy, &f.uncertainty->rejection[0]}) {
+    EXPECT_EQ(u->ci95.lo, u->value);
+    EXPECT_EQ(u->ci95.hi, u->value);
+  }
+  EXPECT_DOUBLE_EQ(f.uncertainty->auc.value, 0.5);
+  EXPECT_DOUBLE_EQ(f.uncertainty->accuracy.value, 0.65);
+  EXPECT_DOUBLE_EQ(f.uncertainty->rejection[0].value, 2.0);
+}
+
+TEST(Bootstrap, PercentilesOfSetsHoldingInfinity) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  const std::vector<double> v = {3, inf, 1, 2};
+  EXPECT_DOUBLE_EQ(percentile(v, 0.0), 1.0);
+  EXPECT_DOUBLE_EQ(percentile(v, 0.5), 2.5);  // between 2 and 3
+  EXPECT_DOUBLE_EQ(percentile(v, 0.6), 2.8);
+  EXPECT_EQ(percentile(v, 1.0), inf);
+  EXPECT_EQ(percentile(v, 0.95), inf);        // between 3 and inf, nearer inf
+  EXPECT_DOUBLE_EQ(percentile(v, 0.7), 3.0);  // between 3 and inf, nearer 3
+  EXPECT_EQ(percentile({-inf, inf}, 0.4), -inf);
+  const Uncertainty u = summarize(5.0, {4, 5, 6, inf});
+  EXPECT_TRUE(std::isinf(u.std));
+  EXPECT_EQ(u.ci95.hi, inf);
+  EXPECT_DOUBLE_EQ(u.ci95.lo, 4.075);
+  // Both infinite in a resample: no difference, not NaN.
+  const Difference d = difference(inf, {inf, inf, 10}, inf, {inf, 20, 10}, true);
+  EXPECT_EQ(d.value, 0.0);
+  EXPECT_EQ(d.ci95.lo, 0.0);
+  EXPECT_EQ(d.ci95.hi, inf);
+  EXPECT_FALSE(d.distinguishable());
+  EXPECT_EQ(format_value(inf, 1), "inf");
+  EXPECT_EQ(format_value(-inf, 1, true), "-inf");
+  EXPECT_EQ(format_value(57.3, 0, true), "+57");
+}
+
+TEST(Bootstrap, SameSeedSameIntervalsAndTheSeedMatters) {
+  const Predictions p = gaussian_tagger(600, 1.5, 3);
+  const ModelEval a = evaluate("a", p, {0.3}, 100, 5), b = evaluate("b", p, {0.3}, 100, 5);
+  const ModelEval c = evaluate("c", p, {0.3}, 100, 6);
+  EXPECT_EQ(a.uncertainty->replicates.auc, b.uncertainty->replicates.auc);
+  EXPECT_EQ(a.uncertainty->rejection[0].ci95.hi, b.uncertainty->rejection[0].ci95.hi);
+  EXPECT_NE(a.uncertainty->replicates.auc, c.uncertainty->replicates.auc);
+  // Resample b depends on b alone: 100 resamples start with the same 50 as 50 resamples.
+  const ModelEval half = evaluate("half", p, {0.3}, 50, 5);
+  EXPECT_TRUE(std::equal(half.uncertainty->replicates.auc.begin(), half.uncertainty->replicates.auc.end(),
+                         a.uncertainty->replicates.auc.begin()));
+}
+
+TEST(Bootstrap, PairedComparisonSeparatesRealDifferencesFromNoise) {
+  const Predictions reference = gaussian_tagger(2000, 1.5, 11);
+  // The same tagger with a few jets scored again (20 of 2000, drawn from the same distribution).
+  Predictions nearly = reference;
+  const Predictions rescored = gaussian_tagger(2000, 1.5, 12);
+  for (int i = 0; i < 20; ++i) nearly.score[i] = rescored.score[i];
+  // A clearly better tagger on the same jets: the same noise, a larger separation.
+  Predictions better = reference;
+  for (size_t i = 0; i < better.score.size(); ++i) {
+    const double logit = std::log(reference.score[i] / (1.0 - reference.score[i]));
+    better.score[i] = static_cast<float>(1.0 / (1.0 + std::exp(-(logit + (better.label[i] ? 0.3 : -0.3)))));
+  }
+  const std::vector<double> eps = {0.3, 0.5};
+  const ModelEval r = evaluate("float", reference, eps, 200, 1);
+  const ModelEval n = evaluate("nearly", nearly, eps, 200, 1);
+  const ModelEval b = evaluate("better", better, eps, 200, 1);
+  ASSERT_TRUE(same_labels(nearly, reference));
+  const BootstrapComparison same = compare_bootstrap(n, r, true);
+  EXPECT_FALSE(same.distinguishable()) << comparison_sentence(same);
+  EXPECT_NE(comparison_sentence(same).find("nearly and float are not distinguishable at this test-set size: "
+                                           "1/eps_B(30%) differs by"),
+            std::string::npos)
+      << comparison_sentence(same);
+  const BootstrapComparison diff = compare_bootstrap(b, r, true);
+  EXPECT_TRUE(diff.auc.distinguishable()) << comparison_sentence(diff);
+  EXPECT_TRUE(diff.rejection[1].second.distinguishable()) << comparison_sentence(diff);
+  EXPECT_NE(comparison_sentence(diff).find("better and float differ in "), std::string::npos)
+      << comparison_sentence(diff);
+  // Pairing cancels the jets' common fluctuations: the paired interval of the AUC difference is much
+  // narrower than the unpaired one (which adds both sets' variances).
+  const BootstrapComparison unpaired = compare_bootstrap(b, r, false);
+  EXPECT_LT(2 * width(diff.auc.ci95), width(unpaired.auc.ci95));
+  EXPECT_NE(comparison_sentence(unpaired).find("unpaired"), std::string::npos);
+  // Different jets cannot be paired.
+  Predictions other = reference;
+  std::swap(other.label[0], other.label[1]);
+  EXPECT_FALSE(same_labels(other, reference));
+}
+
+TEST(Bootstrap, TableAndJsonShowTheIntervals) {
+  Predictions perfect;
+  for (int i = 0; i < 100; ++i) {
+    perfect.label.push_back(i % 2);
+    perfect.score.push_back(i % 2 ? 0.8f : 0.2f);
+  }
+  const Predictions noisy = gaussian_tagger(100, 1.0, 2);
+  const ModelEval a = evaluate("float", noisy, {0.3}, 20), b = evaluate("perfect", perfect, {0.3}, 20);
+  const std::string table = eval_table({a, b});
+  for (const char* row : {"\n  68%", "\n  95%", "\n  +-", "[1.0000, 1.0000]", "[inf, inf]"})
+    EXPECT_NE(table.find(row), std::string::npos) << row << " in\n" << table;
+  const std::string json = eval_json({a, b}, {compare_bootstrap(b, a, false)});
+  for (const char* key :
+       {"\"bootstrap\"", "\"resamples\": 20", "\"stratified\": true", "\"value\"", "\"std\": \"inf\"", "\"ci68\"",
+        "\"ci95\"", "\"comparisons\"", "\"paired\": false", "\"distinguishable\"", "\"summary\": \"perfect and float"})
+    EXPECT_NE(json.find(key), std::string::npos) << key << " in " << json;
 }
 
 TEST(Report, ComparisonWithAReference) {

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -115,10 +116,56 @@ TEST_F(StudyTest, EveryMetricIsANumberInRange) {
   std::ifstream md_in(*dir_ / "report" / "REPORT.md");
   std::stringstream md;
   md << md_in.rdbuf();
+  // Each figure is rounded to two significant digits of its 68% interval's width.
+  const json& served_auc = m["models"][3]["bootstrap"]["auc"];
+  const double ci_width = served_auc["ci68"][1].get<double>() - served_auc["ci68"][0].get<double>();
+  const int decimals = ci_width > 0 ? std::clamp(1 - static_cast<int>(std::floor(std::log10(ci_width))), 0, 6) : 4;
   char auc_text[32];
-  std::snprintf(auc_text, sizeof auc_text, "%.4f", m["models"][3]["auc"].get<double>());
+  std::snprintf(auc_text, sizeof auc_text, "| %.*f [", decimals, m["models"][3]["auc"].get<double>());
   EXPECT_NE(md.str().find(std::string("| served (gRPC, one jet per request) | ")), std::string::npos);
   EXPECT_NE(md.str().find(auc_text), std::string::npos) << "served AUC " << auc_text << " missing from REPORT.md";
+}
+
+// 200 test jets: every figure comes with its bootstrap interval, and the report says in one sentence
+// per model whether it can be told apart from float at this test-set size.
+TEST_F(StudyTest, ReportGivesIntervalsAndSaysWhatIsDistinguishable) {
+  ASSERT_EQ(first_->code, 0) << first_->output;
+  std::ifstream in(*dir_ / "report" / "metrics.json");
+  const json m = json::parse(in);
+  for (const json& model : m.at("models")) {
+    const json& b = model.at("bootstrap");
+    EXPECT_EQ(b.at("resamples").get<int>(), 200);
+    for (const json* u : {&b.at("auc"), &b.at("accuracy"), &b.at("rejection").at("0.3"), &b.at("rejection").at("0.5")})
+      for (const char* k : {"value", "std", "ci68", "ci95"}) EXPECT_TRUE(u->contains(k)) << k << " in " << *u;
+    const double auc = model.at("auc").get<double>();
+    const json& ci = b.at("auc").at("ci95");
+    EXPECT_LE(ci[0].get<double>(), auc);
+    EXPECT_GE(ci[1].get<double>(), auc);
+  }
+  const json& comparisons = m.at("comparisons");
+  ASSERT_EQ(comparisons.size(), 4u);  // each model against float
+  std::ifstream md_in(*dir_ / "report" / "REPORT.md");
+  std::stringstream md;
+  md << md_in.rdbuf();
+  const std::string report = md.str();
+  EXPECT_NE(report.find("68% interval"), std::string::npos) << report;
+  for (const json& c : comparisons) {
+    EXPECT_EQ(c.at("reference"), "float");
+    EXPECT_TRUE(c.at("paired").get<bool>()) << c;  // the same test jets in the same order
+    const std::string sentence = c.at("summary");
+    EXPECT_NE(report.find("- " + sentence), std::string::npos) << sentence << " not in\n" << report;
+    EXPECT_NE(sentence.find(c.at("distinguishable").get<bool>() ? " differ in "
+                                                                : " are not distinguishable at this test-set size"),
+              std::string::npos)
+        << sentence;
+  }
+  // The served model is the fine-tuned one: float against it and against fine-tuned read the same.
+  EXPECT_EQ(comparisons[1].at("distinguishable"), comparisons[2].at("distinguishable"));
+  // The table's cells carry an interval: "| served (gRPC, one jet per request) | 0.81 [0.78, 0.84] | ...".
+  const size_t row = report.find("| served (gRPC, one jet per request) | ");
+  ASSERT_NE(row, std::string::npos);
+  const std::string line = report.substr(row, report.find('\n', row) - row);
+  EXPECT_GE(std::count(line.begin(), line.end(), '['), 4) << line;
 }
 
 TEST_F(StudyTest, RerunResumesFromFinishedStages) {
