@@ -24,4 +24,7 @@ struct ImageArgs {
   ImageOptions resolve(const JetFile& file, const std::optional<ImageOptions>& model = std::nullopt) const;
 };
 
+// --key NAME: the pandas object of a jet file holding several (data/pandas_frame.h).
+void add_key_option(CLI::App& command, std::string& key);
+
 }  // namespace toptag::apps
