@@ -32,7 +32,7 @@ void run_generate(const GenerateArgs& a) {
 }
 
 struct ImagesArgs {
-  std::string input, output;
+  std::string input, output, key;
   ImageArgs image;
   int64_t max_jets = 0;
   int threads = 0;
@@ -41,7 +41,7 @@ struct ImagesArgs {
 void run_images(const ImagesArgs& a) {
   FileUse().reads("--input", a.input).writes("--output", a.output).check();
   apply_threads(a.threads);
-  JetFile file(a.input);
+  JetFile file(a.input, a.key);
   if (!file.has_constituents()) fail("{}: already an image file", a.input);
   const ImageOptions options = a.image.resolve(file);
   validate(options);
@@ -75,10 +75,16 @@ struct Summary {
   }
 };
 
-void run_info(const std::string& path) {
-  JetFile file(path);
+struct InfoArgs {
+  std::string path, key;
+};
+
+void run_info(const InfoArgs& a) {
+  const std::string& path = a.path;
+  JetFile file(path, a.key);
   const int64_t n = file.size();
   fmt::print("file           {}\n", path);
+  if (file.reference()) fmt::print("key            {}\n", file.reference()->key());
   fmt::print("kind           {}\n",
              file.has_constituents() ? "reference-format jets (constituent four-vectors)" : "cached jet images");
   fmt::print("jets           {}\n", n);
@@ -139,6 +145,7 @@ void add_data_commands(CLI::App& app) {
     auto a = std::make_shared<ImagesArgs>();
     CLI::App* cmd = app.add_subcommand("images", "Turn reference-format jets into a cached image file");
     cmd->add_option("--input,-i", a->input, "reference-format jet file")->required()->check(CLI::ExistingFile);
+    add_key_option(*cmd, a->key);
     cmd->add_option("--output,-o", a->output, "output image file (/images, /labels)")->required();
     cmd->add_option("--max-jets", a->max_jets, "convert only the first N jets (0: all)")
         ->default_val(0)
@@ -148,11 +155,12 @@ void add_data_commands(CLI::App& app) {
     cmd->callback([a] { run_images(*a); });
   }
   {
-    auto path = std::make_shared<std::string>();
+    auto a = std::make_shared<InfoArgs>();
     CLI::App* cmd =
         app.add_subcommand("info", "Summarise a jet or image file: size, label balance, pT, mass, multiplicity");
-    cmd->add_option("file", *path, "HDF5 file")->required()->check(CLI::ExistingFile);
-    cmd->callback([path] { run_info(*path); });
+    cmd->add_option("file", a->path, "HDF5 file")->required()->check(CLI::ExistingFile);
+    add_key_option(*cmd, a->key);
+    cmd->callback([a] { run_info(*a); });
   }
 }
 

@@ -15,7 +15,7 @@ namespace toptag::apps {
 namespace {
 
 struct PredictArgs {
-  std::string checkpoint, input, output;
+  std::string checkpoint, input, output, key;
   std::string server, model = "toptag";  // --server: ask a KServe v2 server instead
   int concurrency = 16, retries = 3;
   ImageArgs image;
@@ -34,7 +34,7 @@ RemotePredictResult predict_from_server(const PredictArgs& a, bool features) {
   RemotePredictOptions o;
   o.url = a.server, o.model = a.model, o.concurrency = a.concurrency, o.retries = a.retries;
   o.max_jets = a.max_jets, o.features = features;
-  JetFile file(a.input);
+  JetFile file(a.input, a.key);
   RemotePredictResult r = predict_remote(file, o);
   warn_skipped(a.input, r.dropped);
   const double n = static_cast<double>(r.predictions.size());
@@ -85,7 +85,7 @@ void run_predict(const PredictArgs& a) {
                a.output);
     return;
   }
-  JetFile file(a.input);
+  JetFile file(a.input, a.key);
   InferenceResult r = gather(run_inference(*model, file, a.image.resolve(file, tagger), io), world);
   if (!world.root()) return;
   warn_skipped(a.input, r.dropped);
@@ -111,7 +111,7 @@ void run_features(const PredictArgs& a) {
   Tagger tagger = load_tagger(a.checkpoint);
   freeze_for_inference(tagger);
   ResNet* model = tagger.model.get();
-  JetFile file(a.input);
+  JetFile file(a.input, a.key);
   const InferenceOptions io = inference_options(a, "features");
   std::vector<float> features;
   std::vector<int64_t> labels;
@@ -150,6 +150,7 @@ CLI::App* add_inference_options(CLI::App& app, const char* name, const char* hel
   cmd->add_option("--input,-i", a->input, "jets: reference-format or cached image file")
       ->required()
       ->check(CLI::ExistingFile);
+  add_key_option(*cmd, a->key);
   cmd->add_option("--output,-o", a->output, output_help)->required();
   cmd->add_option("--batch-size", a->batch_size, "inference batch size")->default_val(256)->check(in_range(1, 65536));
   cmd->add_option("--max-jets", a->max_jets, "only the first N jets (0: all)")

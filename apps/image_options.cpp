@@ -24,6 +24,10 @@ void ImageArgs::add_to(CLI::App& cmd) {
       cmd.add_flag("--no-normalize", no_normalize, "keep pixel values in GeV instead of unit total intensity");
 }
 
+void add_key_option(CLI::App& cmd, std::string& key) {
+  cmd.add_option("--key", key, "the pandas key of the jets in a file holding several (default: the only one)");
+}
+
 ImageOptions ImageArgs::merged(const std::optional<ImageOptions>& model) const {
   auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
   ImageOptions o = options;

@@ -29,4 +29,7 @@ struct ImageArgs {
   ImageOptions resolve(const JetFile& file, const Tagger& tagger) const;
 };
 
+// --key NAME: the pandas object of a jet file holding several (data/pandas_frame.h).
+void add_key_option(CLI::App& command, std::string& key);
+
 }  // namespace toptag::apps

@@ -6,14 +6,18 @@
 
 namespace toptag {
 
-JetFile::JetFile(const std::string& path) : path_(path) {
+JetFile::JetFile(const std::string& path, const std::string& key) : path_(path) {
   H5Id file = h5_open(path);
   if (ReferenceFile::looks_like(file.get())) {
-    reference_.emplace(path);
+    reference_.emplace(path, key);
   } else if (ImageFile::looks_like(file.get())) {
+    if (!key.empty()) fail("{}: a toptag image file has no pandas keys (--key {})", path, key);
     images_.emplace(path);
   } else {
-    fail("{}: neither a reference-format jet file (/table/table) nor a toptag image file (/images, /labels)", path);
+    fail(
+        "{}: neither a pandas jet file (a DataFrame written by to_hdf, as the reference /table/table) nor a "
+        "toptag image file (/images, /labels)",
+        path);
   }
 }
 

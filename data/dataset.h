@@ -23,8 +23,9 @@ struct Examples {
 
 class JetFile {
  public:
-  // Opens either kind of file; throws naming the file if it is neither.
-  explicit JetFile(const std::string& path);
+  // Opens either kind of file; throws naming the file if it is neither. `key` picks the pandas
+  // object of a jet file holding several ("": the only one; an image file takes none).
+  explicit JetFile(const std::string& path, const std::string& key = "");
 
   const std::string& path() const { return path_; }
   bool has_constituents() const { return reference_.has_value(); }

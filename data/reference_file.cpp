@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 
@@ -9,100 +11,54 @@
 
 namespace toptag {
 
-// values_block_1 holds the integer columns (ttv, is_signal_new): a few, never more than this.
-constexpr int kMaxIntegerColumns = 8;
-
 namespace {
 
-constexpr H5Z_filter_t kBloscFilter = 32001;
 constexpr int64_t kWriteChunkRows = 256;
-
-// The compound member `name` of `type` must be an array of `cls` with one dimension; returns its length.
-int array_member_width(hid_t type, const char* name, H5T_class_t cls, const std::string& path) {
-  const int index = H5Tget_member_index(type, name);
-  if (index < 0) fail("{}: /table/table has no column block '{}': not the reference dataset layout", path, name);
-  H5Id member(H5Tget_member_type(type, static_cast<unsigned>(index)));
-  if (H5Tget_class(member.get()) != H5T_ARRAY) fail("{}: '{}' in /table/table is not an array column", path, name);
-  H5Id base(H5Tget_super(member.get()));
-  if (H5Tget_class(base.get()) != cls)
-    fail("{}: '{}' in /table/table holds {} values, expected {}", path, name,
-         H5Tget_class(base.get()) == H5T_FLOAT ? "floating" : "non-floating",
-         cls == H5T_FLOAT ? "floating" : "integer");
-  if (H5Tget_array_ndims(member.get()) != 1) fail("{}: '{}' in /table/table is not one-dimensional", path, name);
-  hsize_t dim = 0;
-  H5Tget_array_dims2(member.get(), &dim);
-  return static_cast<int>(dim);
-}
-
-void check_filters(hid_t dataset, const std::string& path) {
-  H5Id plist(H5Dget_create_plist(dataset));
-  const int n = H5Pget_nfilters(plist.get());
-  for (int i = 0; i < n; ++i) {
-    unsigned flags = 0, config = 0;
-    size_t n_values = 0;
-    char name[64] = {};
-    const H5Z_filter_t id =
-        H5Pget_filter2(plist.get(), static_cast<unsigned>(i), &flags, &n_values, nullptr, sizeof(name), name, &config);
-    if (H5Zfilter_avail(id) > 0) continue;
-    if (id == kBloscFilter)
-      fail(
-          "{}: compressed with blosc, but the HDF5 blosc filter plugin is not available; install the Debian "
-          "package hdf5-filter-plugin-blosc-serial (or point HDF5_PLUGIN_PATH at a blosc plugin)",
-          path);
-    fail("{}: needs HDF5 compression filter {} ('{}'), which is not available", path, id, name);
-  }
-}
+constexpr const char* kComponents[] = {"E_", "PX_", "PY_", "PZ_"};
+constexpr const char* kTruth[] = {"truthE", "truthPX", "truthPY", "truthPZ"};
 
 H5Id array_type(hid_t base, int width) {
   const hsize_t dim = static_cast<hsize_t>(width);
   return H5Id(H5Tarray_create2(base, 1, &dim));
 }
 
-// The in-memory row: the two value blocks only, converted by member name to float32 / int64.
-H5Id memory_row_type(int width0, int width1) {
-  H5Id type(H5Tcreate(H5T_COMPOUND, static_cast<size_t>(width0) * 4 + static_cast<size_t>(width1) * 8));
-  H5Id f = array_type(H5T_NATIVE_FLOAT, width0), i = array_type(H5T_NATIVE_INT64, width1);
-  H5Tinsert(type.get(), "values_block_0", 0, f.get());
-  H5Tinsert(type.get(), "values_block_1", static_cast<size_t>(width0) * 4, i.get());
-  return type;
-}
-
-int find_name(const std::vector<std::string>& names, const std::string& name) {
-  for (size_t i = 0; i < names.size(); ++i)
-    if (names[i] == name) return static_cast<int>(i);
-  return -1;
-}
-
 std::vector<std::string> block0_names(int n) {
   std::vector<std::string> names;
   for (int i = 0; i < n; ++i)
-    for (const char* c : {"E_", "PX_", "PY_", "PZ_"}) names.push_back(c + std::to_string(i));
-  for (const char* t : {"truthE", "truthPX", "truthPY", "truthPZ"}) names.push_back(t);
+    for (const char* c : kComponents) names.push_back(c + std::to_string(i));
+  for (const char* t : kTruth) names.push_back(t);
   return names;
+}
+
+// 1 + the largest i of the columns E_i, PX_i, PY_i, PZ_i (so a missing column in between is caught).
+int constituent_count(const std::vector<std::string>& columns) {
+  int n = 0;
+  for (const std::string& c : columns)
+    for (const char* prefix : kComponents) {
+      const size_t p = std::strlen(prefix);
+      if (c.size() <= p || c.compare(0, p, prefix) != 0) continue;
+      int i = -1;
+      const auto [end, error] = std::from_chars(c.data() + p, c.data() + c.size(), i);
+      if (error == std::errc() && end == c.data() + c.size() && std::to_string(i) == c.substr(p))
+        n = std::max(n, i + 1);
+    }
+  return n;
+}
+
+// A value of a float32 or int64 column of the rows read.
+double number_at(const FrameRows& rows, int64_t r, const FrameColumn& c, bool is_float) {
+  const unsigned char* p = rows.at(c.block, r);
+  if (is_float) {
+    float f;
+    std::memcpy(&f, p + c.index * sizeof(float), sizeof(f));
+    return f;
+  }
+  int64_t i;
+  std::memcpy(&i, p + c.index * sizeof(int64_t), sizeof(i));
+  return static_cast<double>(i);
 }
 
 }  // namespace
-
-std::vector<std::string> parse_pandas_kind(const std::string& pickled) {
-  // Protocol 0 list of unicode strings: "(lp0\nVname\np1\naVname2\np2\na." -> lines starting "V" or "aV".
-  std::vector<std::string> names;
-  size_t pos = 0;
-  while (pos < pickled.size()) {
-    size_t end = pickled.find('\n', pos);
-    if (end == std::string::npos) end = pickled.size();
-    std::string line = pickled.substr(pos, end - pos);
-    if (line.rfind("aV", 0) == 0) line = line.substr(1);
-    if (line.rfind("V", 0) == 0) names.push_back(line.substr(1));
-    pos = end + 1;
-  }
-  return names;
-}
-
-std::string make_pandas_kind(const std::vector<std::string>& names) {
-  std::string s = "(lp0\n";
-  for (size_t i = 0; i < names.size(); ++i) s += fmt::format("{}V{}\np{}\n", i == 0 ? "" : "a", names[i], i + 1);
-  return s + "a.";
-}
 
 namespace {
 
@@ -164,79 +120,106 @@ void warn_skipped(const std::string& path, const NonFiniteReport& skipped) {
 }
 
 bool ReferenceFile::looks_like(hid_t file) {
-  return h5_exists(file, "/table/table");
+  return !pandas_keys(file).empty();
 }
 
-ReferenceFile::ReferenceFile(const std::string& path) : path_(path), file_(h5_open(path)) {
-  if (!looks_like(file_.get()))
-    fail(
-        "{}: not a pandas table file (no dataset /table/table); expected the Top Quark Tagging Reference "
-        "Dataset layout",
-        path);
-  dataset_ = h5_open_dataset(file_.get(), "/table/table", path);
-  H5Id type(H5Dget_type(dataset_.get()));
-  if (H5Tget_class(type.get()) != H5T_COMPOUND) fail("{}: /table/table does not hold compound rows", path);
-  block0_width_ = array_member_width(type.get(), "values_block_0", H5T_FLOAT, path);
-  block1_width_ = array_member_width(type.get(), "values_block_1", H5T_INTEGER, path);
-  if (block0_width_ < 8 || (block0_width_ - 4) % 4 != 0)
-    fail(
-        "{}: values_block_0 has {} columns; expected 4 per constituent plus 4 truth columns (804 for 200 "
-        "constituents)",
-        path, block0_width_);
-  n_constituents_ = (block0_width_ - 4) / 4;
-  if (block1_width_ < 1 || block1_width_ > kMaxIntegerColumns)
-    fail("{}: values_block_1 has {} integer columns; expected 1 to {} (ttv, is_signal_new)", path, block1_width_,
-         kMaxIntegerColumns);
+ReferenceFile::ReferenceFile(const std::string& path, const std::string& key)
+    : path_(path), file_(h5_open(path)), frame_(path, file_.get(), key), rows_(frame_.rows()) {
+  map_columns();
+}
 
-  if (auto kind = h5_attr_string(dataset_.get(), "values_block_0_kind")) {
-    const std::vector<std::string> names = parse_pandas_kind(*kind);
-    if (names != block0_names(n_constituents_))
-      fail("{}: values_block_0 columns are not E_0, PX_0, PY_0, PZ_0, ..., truthPZ (found {} names starting '{}')",
-           path, names.size(), names.empty() ? "" : names.front());
+void ReferenceFile::map_columns() {
+  const std::vector<std::string> columns = frame_.columns();
+  n_constituents_ = constituent_count(columns);
+  if (n_constituents_ == 0)
+    fail("{}: key '{}' has no constituent columns E_0, PX_0, PY_0, PZ_0, ... (columns: {}{})", path_, key(),
+         fmt::join(columns.begin(), columns.begin() + std::min<size_t>(columns.size(), 8), ", "),
+         columns.size() > 8 ? ", ..." : "");
+  for (int i = 0; i < n_constituents_; ++i)
+    for (int k = 0; k < 4; ++k) add_column(kComponents[k] + std::to_string(i), i * 4 + k);
+  int truth_found = 0;
+  for (const char* t : kTruth) truth_found += frame_.find(t).has_value();
+  has_truth_ = truth_found == 4;
+  if (truth_found != 0 && !has_truth_)
+    for (const char* t : kTruth)
+      if (!frame_.find(t)) fail("{}: key '{}' has some truth columns but no column '{}'", path_, key(), t);
+  if (has_truth_)
+    for (int k = 0; k < 4; ++k) add_column(kTruth[k], n_constituents_ * 4 + k);
+
+  const std::optional<FrameColumn> label = frame_.find("is_signal_new");
+  if (!label) fail("{}: key '{}' has no label column 'is_signal_new'", path_, key());
+  label_ = scalar("is_signal_new", *label);
+  if (const std::optional<FrameColumn> ttv = frame_.find("ttv")) ttv_ = scalar("ttv", *ttv);
+
+  std::vector<int> blocks;
+  auto use = [&](int b) {
+    if (std::find(blocks.begin(), blocks.end(), b) == blocks.end()) blocks.push_back(b);
+  };
+  for (const Run& r : runs_) use(r.from.block);
+  use(label_.at.block);
+  if (ttv_) use(ttv_->at.block);
+  frame_.select(blocks);
+}
+
+// Appends the column `name` as float `to` of each jet, extending the last run where it continues it.
+void ReferenceFile::add_column(const std::string& name, int to) {
+  const std::optional<FrameColumn> at = frame_.find(name);
+  if (!at)
+    fail("{}: key '{}' has no column '{}' (its {} constituents need E_i, PX_i, PY_i, PZ_i each)", path_, key(), name,
+         n_constituents_);
+  const bool is_float = frame_.is_float(name, *at);
+  if (!runs_.empty()) {
+    Run& last = runs_.back();
+    if (last.from.block == at->block && last.from.index + last.length == at->index && last.to + last.length == to &&
+        last.is_float == is_float) {
+      ++last.length;
+      return;
+    }
   }
-  if (auto kind = h5_attr_string(dataset_.get(), "values_block_1_kind")) {
-    const std::vector<std::string> names = parse_pandas_kind(*kind);
-    label_column_ = find_name(names, "is_signal_new");
-    ttv_column_ = find_name(names, "ttv");
-    if (label_column_ < 0 || label_column_ >= block1_width_)
-      fail("{}: values_block_1 has no 'is_signal_new' label column (columns: {})", path, fmt::join(names, ", "));
-  } else if (block1_width_ != 2) {
-    fail("{}: values_block_1 has {} columns and no names; expected ttv, is_signal_new", path, block1_width_);
-  }
-  check_filters(dataset_.get(), path);
-  const std::vector<int64_t> shape = h5_shape(dataset_.get());
-  if (shape.size() != 1) fail("{}: /table/table is not one-dimensional", path);
-  rows_ = shape[0];
-  memory_type_ = memory_row_type(block0_width_, block1_width_);
+  runs_.push_back(Run{*at, to, 1, is_float});
+}
+
+ReferenceFile::Scalar ReferenceFile::scalar(const std::string& name, const FrameColumn& at) const {
+  return Scalar{at, frame_.is_float(name, at)};
 }
 
 void ReferenceFile::read(int64_t start, int64_t count, JetBatch& out, NonFiniteReport& dropped) const {
   if (start < 0 || count < 0 || start + count > rows_)
     fail("{}: rows [{}, {}) are outside the file's {} rows", path_, start, start + count, rows_);
-  const size_t row_bytes = H5Tget_size(memory_type_.get());
-  std::vector<unsigned char> buffer(static_cast<size_t>(count) * row_bytes);
-  h5_read_rows(dataset_.get(), memory_type_.get(), start, count, buffer.data(), path_ + ": /table/table");
+  FrameRows rows;
+  frame_.read(start, count, rows);
   const int n = n_constituents_;
+  const int width = n * 4 + 4;
+  std::vector<float> jet(static_cast<size_t>(width), 0.0f);  // constituents, then truth (zeros if absent)
   out.resize(0, n);
   out.constituents.reserve(static_cast<size_t>(count) * n * 4);
   for (int64_t r = 0; r < count; ++r) {
-    const unsigned char* row = buffer.data() + r * row_bytes;
-    const float* values = reinterpret_cast<const float*>(row);
-    int64_t block1[kMaxIntegerColumns] = {};  // the width is checked against this bound on opening
-    std::memcpy(block1, row + block0_width_ * 4, sizeof(int64_t) * block1_width_);
-    const int64_t label = block1[label_column_];
+    const double label = number_at(rows, r, label_.at, label_.is_float);
     if (label != 0 && label != 1)
       fail("{}: row {} has label is_signal_new = {}; labels must be 0 (QCD) or 1 (top)", path_, start + r, label);
+    for (const Run& run : runs_) {
+      const unsigned char* from = rows.at(run.from.block, r);
+      if (run.is_float) {
+        std::memcpy(jet.data() + run.to, from + run.from.index * sizeof(float), run.length * sizeof(float));
+      } else {
+        for (int i = 0; i < run.length; ++i) {
+          int64_t v;
+          std::memcpy(&v, from + (run.from.index + i) * sizeof(int64_t), sizeof(v));
+          jet[static_cast<size_t>(run.to + i)] = static_cast<float>(v);
+        }
+      }
+    }
     bool finite = true;
-    for (int i = 0; i < block0_width_ && finite; ++i) finite = std::isfinite(values[i]);
+    for (int i = 0; i < width && finite; ++i) finite = std::isfinite(jet[static_cast<size_t>(i)]);
     if (!finite) {
       if (dropped.count++ == 0) dropped.first_row = start + r;
       continue;
     }
-    out.constituents.insert(out.constituents.end(), values, values + n * 4);
-    out.truth.insert(out.truth.end(), values + n * 4, values + n * 4 + 4);
-    out.labels.push_back(label);
-    out.ttv.push_back(ttv_column_ >= 0 && ttv_column_ < block1_width_ ? block1[ttv_column_] : 0);
+    out.constituents.insert(out.constituents.end(), jet.begin(), jet.begin() + n * 4);
+    out.truth.insert(out.truth.end(), jet.begin() + n * 4, jet.end());
+    out.labels.push_back(static_cast<int64_t>(label));
+    const double ttv = ttv_ ? number_at(rows, r, ttv_->at, ttv_->is_float) : 0.0;
+    out.ttv.push_back(std::abs(ttv) < 1e18 ? static_cast<int64_t>(ttv) : 0);  // NaN: 0
     out.rows.push_back(start + r);
   }
 }

@@ -2,7 +2,9 @@
 # The files toptag writes, read from Python the way physicists read the real dataset (Debian
 # python3-h5py, python3-pandas, python3-tables): generated jets with h5py
 # (f['table/table']['values_block_0']) and pandas.read_hdf(path, 'table'), cached images,
-# checkpoints under their torchvision names, predictions. Usage: python_compat.sh path/to/toptag
+# checkpoints under their torchvision names, predictions. Then the other way round: jets written by
+# pandas in its other layouts (fixed format, other keys, shuffled columns, other dtypes, several keys)
+# read by toptag as the plain file. Usage: python_compat.sh path/to/toptag
 set -euo pipefail
 TOPTAG=$1
 PYTHON=/usr/bin/python3  # Debian's interpreter, where python3-h5py lives
@@ -62,3 +64,62 @@ with h5py.File("jets.h5", "r") as f:
     np.testing.assert_array_equal(df.iloc[:, :804].to_numpy(), f["table/table"]["values_block_0"])
 print("h5py and pandas read toptag's jets; h5py its images, checkpoints and predictions")
 PY
+
+# Jets as a physicist's pandas writes a subset: every layout must give the plain file's images,
+# labels and scores.
+"$PYTHON" - <<'PY'
+import numpy as np
+import pandas as pd
+
+df = pd.read_hdf("jets.h5", "table")
+df.to_hdf("fixed.h5", "table")  # pandas' default: the fixed format
+df.to_hdf("keyed.h5", "jets", format="table")
+columns = list(df.columns)
+np.random.default_rng(3).shuffle(columns)
+df[columns].to_hdf("shuffled.h5", "table", format="table")
+mixed = df.copy()
+constituents = [c for c in df.columns if c.split("_")[0] in ("E", "PX", "PY", "PZ")]
+mixed[constituents] = mixed[constituents].astype("float64")  # beside float32 truth columns
+mixed["is_signal_new"] = mixed["is_signal_new"].astype("int8")
+mixed["ttv"] = mixed["ttv"].astype("int32")
+mixed.to_hdf("mixed.h5", "table", format="table")
+mixed.to_hdf("mixed_fixed.h5", "table")
+df.to_hdf("two.h5", "train", format="table")
+df.iloc[:100].to_hdf("two.h5", "val")
+PY
+fail() { echo "FAIL: $*" >&2; exit 1; }
+layouts=(fixed.h5 keyed.h5 shuffled.h5 mixed.h5 mixed_fixed.h5 "two.h5 --key train" "two.h5 --key /train")
+for spec in "${layouts[@]}"; do
+  read -r file key <<<"$spec"
+  name=${file%.h5}_${key//[^a-z]/}
+  # shellcheck disable=SC2086
+  $TOPTAG info $file $key >"$name.info" 2>&1 || fail "info $spec: $(cat "$name.info")"
+  grep -q "labels         $top top" "$name.info" || fail "info $spec: $(cat "$name.info")"
+  # shellcheck disable=SC2086
+  $TOPTAG images -i $file $key -o "${name}_images.h5" --image-size 16 >/dev/null 2>&1 || fail "images $spec"
+  # shellcheck disable=SC2086
+  $TOPTAG predict -c run/best.h5 -i $file $key -o "${name}_pred.h5" >/dev/null 2>&1 || fail "predict $spec"
+  "$PYTHON" - "$name" <<'PY' || fail "$spec differs from the plain file"
+import sys
+import h5py
+import numpy as np
+
+name = sys.argv[1]
+with h5py.File("images.h5", "r") as a, h5py.File(name + "_images.h5", "r") as b:
+    np.testing.assert_array_equal(a["images"][:], b["images"][:])
+    np.testing.assert_array_equal(a["labels"][:], b["labels"][:])
+with h5py.File("pred.h5", "r") as a, h5py.File(name + "_pred.h5", "r") as b:
+    np.testing.assert_allclose(a["score"][:], b["score"][:], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(a["label"][:], b["label"][:])
+PY
+done
+$TOPTAG features -c run/best.h5 -i mixed_fixed.h5 -o features.h5 >/dev/null 2>&1 || fail "features on a fixed file"
+$TOPTAG train --train fixed.h5 --val mixed.h5 -o run_pandas --arch resnet10 --width 4 --hidden 8 --image-size 16 \
+  --epochs 1 --batch-size 32 >/dev/null 2>&1 || fail "train on pandas' fixed and table layouts"
+# Several keys: --key is needed, and the error lists the keys.
+if $TOPTAG images -i two.h5 -o x.h5 2>err.txt; then fail "two keys read without --key"; fi
+grep -q "holds 2 pandas objects (/train, /val); choose one with --key" err.txt || fail "$(cat err.txt)"
+if $TOPTAG info two.h5 --key test 2>err.txt; then fail "an unknown --key was read"; fi
+grep -q "two.h5: has no pandas key 'test' (keys: /train, /val)" err.txt || fail "$(cat err.txt)"
+$TOPTAG info two.h5 --key val | grep -q "jets           100" || fail "--key val does not read /val"
+echo "toptag reads pandas' fixed and table layouts, any key, columns by name"

@@ -100,7 +100,7 @@ TEST(ReferenceFile, LayoutErrorsNameTheFileAndTheProblem) {
     h5_write_tensor(f.get(), "images", Tensor::zeros({1, 1, 4, 4}));
   }
   std::string e = error_of([&] { ReferenceFile r(images.string()); });
-  EXPECT_NE(e.find("not a pandas table file"), std::string::npos) << e;
+  EXPECT_NE(e.find("holds no pandas DataFrame"), std::string::npos) << e;
   EXPECT_NE(e.find(images.string()), std::string::npos) << e;
 
   // A table whose values_block_0 has the wrong width.
@@ -119,7 +119,9 @@ TEST(ReferenceFile, LayoutErrorsNameTheFileAndTheProblem) {
     h5_set_attr(ds.get(), "values_block_0_kind", make_pandas_kind({"a", "b"}));
   }
   e = error_of([&] { ReferenceFile r(narrow.string()); });
-  EXPECT_NE(e.find("values_block_0 columns are not"), std::string::npos) << e;
+  EXPECT_NE(e.find("values_block_0 in /table/table has 16 columns but its attribute values_block_0_kind names 2"),
+            std::string::npos)
+      << e;
 
   // Labels other than 0/1.
   const fs::path bad_labels = temp_file("labels.h5");
@@ -164,6 +166,69 @@ TEST(ReferenceFile, NonFiniteJetsAreSkippedAndReported) {
   EXPECT_EQ(dropped.first_row, 3);
   for (int64_t r : got.rows) EXPECT_TRUE(r != 3 && r != 7);
   fs::remove(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other pandas layouts (tests/data/make_pandas_layouts.py): the first 16 jets of the fixture,
+// written by pandas in its fixed format, under other keys, with columns in other blocks and dtypes.
+
+constexpr int64_t kLayoutRows = 16;
+
+std::string layouts() {
+  return testing::data_path("pandas_layouts_sample.h5");
+}
+
+JetBatch read_jets(const std::string& path, const std::string& key = "") {
+  ReferenceFile file(path, key);
+  EXPECT_EQ(file.size(), kLayoutRows) << path << " " << key;
+  JetBatch jets;
+  NonFiniteReport dropped;
+  file.read(0, file.size(), jets, dropped);
+  EXPECT_EQ(dropped.count, 0);
+  return jets;
+}
+
+void expect_same_jets(const JetBatch& got, const JetBatch& want, const std::string& what) {
+  EXPECT_EQ(got.n_constituents, want.n_constituents) << what;
+  EXPECT_EQ(got.constituents, want.constituents) << what;
+  EXPECT_EQ(got.truth, want.truth) << what;
+  EXPECT_EQ(got.labels, want.labels) << what;
+  EXPECT_EQ(got.ttv, want.ttv) << what;
+}
+
+TEST(PandasLayouts, EveryLayoutReadsAsThePlainFile) {
+  JetBatch plain;
+  NonFiniteReport dropped;
+  ReferenceFile(fixture()).read(0, kLayoutRows, plain, dropped);
+  ASSERT_EQ(plain.size(), kLayoutRows);
+  // to_hdf(path, "table"): the fixed format, its only key found by itself.
+  expect_same_jets(read_jets(testing::data_path("pandas_fixed_sample.h5")), plain, "fixed");
+  for (const std::string key : {"jets", "/jets", "shuffled", "mixed"})
+    expect_same_jets(read_jets(layouts(), key), plain, key);
+  // Images, through JetFile as every command reads jets.
+  ImageOptions o;
+  o.size = 16;
+  const Tensor want = read_all_images(JetFile(fixture()), o, kLayoutRows).images;
+  const ImageSet got = read_all_images(JetFile(layouts(), "shuffled"), o);
+  testing::expect_close(got.images, want, "shuffled images", 0, 0);
+  EXPECT_EQ(got.labels, plain.labels);
+}
+
+TEST(PandasLayouts, ErrorsNameTheFileKeyAndColumn) {
+  std::string e = error_of([] { ReferenceFile f(layouts()); });
+  EXPECT_NE(e.find(layouts()), std::string::npos) << e;
+  EXPECT_NE(e.find("choose one with --key"), std::string::npos) << e;
+  EXPECT_NE(e.find("/jets, /mixed, /no_e17, /no_label, /shuffled, /text_label"), std::string::npos) << e;
+  e = error_of([] { JetFile f(layouts(), "nope"); });
+  EXPECT_NE(e.find("has no pandas key 'nope' (keys: /jets,"), std::string::npos) << e;
+  e = error_of([] { ReferenceFile f(layouts(), "no_e17"); });
+  EXPECT_NE(e.find("key '/no_e17' has no column 'E_17'"), std::string::npos) << e;
+  e = error_of([] { ReferenceFile f(layouts(), "no_label"); });
+  EXPECT_NE(e.find("key '/no_label' has no label column 'is_signal_new'"), std::string::npos) << e;
+  e = error_of([] { ReferenceFile f(layouts(), "text_label"); });
+  EXPECT_NE(e.find("column 'is_signal_new' under key '/text_label' is not numeric (values_block_"), std::string::npos)
+      << e;
+  EXPECT_NE(e.find("holds strings"), std::string::npos) << e;
 }
 
 // ---------------------------------------------------------------------------------------------
