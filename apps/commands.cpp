@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "nn/parallel.h"
-#include "training/distributed.h"
+#include "cluster/world.h"
 
 namespace toptag::apps {
 
