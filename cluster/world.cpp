@@ -86,10 +86,26 @@ World::World() : pending_(std::make_unique<Requests>()) {
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
 }
 
-int World::local_size() const {
-  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
-    if (const char* text = std::getenv(v); text != nullptr && std::atoi(text) > 0) return std::atoi(text);
-  return size_;
+CpuBudget World::cpu_budget() const {
+  const CpuBudget& mine = usable_cpus();
+  if (size_ == 1) return mine;
+  MPI_Comm node;  // the ranks on this machine
+  check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "comm_split_type");
+  int me = 0, ranks = 1;
+  MPI_Comm_rank(node, &me);
+  MPI_Comm_size(node, &ranks);
+  const int count = static_cast<int>(mine.mask.size());
+  std::vector<int> counts(static_cast<size_t>(ranks)), offsets;
+  check_mpi(MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, node), "allgather");
+  const int64_t total = offsets_of(counts, offsets);
+  std::vector<int> all(static_cast<size_t>(total));
+  check_mpi(MPI_Allgatherv(mine.mask.data(), count, MPI_INT, all.data(), counts.data(), offsets.data(), MPI_INT, node),
+            "allgatherv");
+  MPI_Comm_free(&node);
+  std::vector<std::vector<int>> masks(static_cast<size_t>(ranks));
+  for (size_t r = 0; r < masks.size(); ++r)
+    masks[r].assign(all.begin() + offsets[r], all.begin() + offsets[r] + counts[r]);
+  return share_with_neighbours(mine, masks, static_cast<size_t>(me));
 }
 
 void World::sum(std::span<float> values) const {

@@ -1,6 +1,7 @@
 // The MPI job this process belongs to (Open MPI from Debian). Launched by mpirun or srun, toptag
 // joins the job; run alone, it is one process and nothing here touches MPI.
-// Below training and apps, which both ask it who they are; above nn, which stays free of MPI.
+// Below training, serve and apps, which all ask it who they are; above nn, which stays free of MPI
+// (its thread count is this process's alone; cpu_budget() here divides it among the ranks).
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "nn/parallel.h"
 
 namespace toptag {
 
@@ -21,9 +23,9 @@ class World {
   int size() const { return size_; }
   bool distributed() const { return size_ > 1; }
   bool root() const { return rank_ == 0; }
-  // Ranks on this machine (the launcher says; 1 when alone): threads per rank default to the cores
-  // divided among them, never oversubscribing.
-  int local_size() const;
+  // The CPUs this rank may use: usable_cpus(), shared with the ranks on this machine whose affinity
+  // masks overlap this one's (nn/parallel.h share_with_neighbours). Collective: every rank calls it.
+  CpuBudget cpu_budget() const;
 
   // In place, over every rank: the sum (or the maximum).
   void sum(std::span<float> values) const;
