@@ -1,6 +1,7 @@
 // toptag serve | perf: the KServe v2 inference server, and the load generator that measures it
 // (and in-process inference) as Triton's perf_analyzer does.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <pthread.h>
 
 #include <csignal>
@@ -70,6 +71,11 @@ void run_serve(ServeArgs& a) {
              a.server.engine.max_batch, a.server.engine.max_queue_delay_us, server.service().engine().instances(),
              server.service().engine().threads_per_instance());
   fmt::print("  Ctrl-C or SIGTERM stops\n");
+  const BatchingEngine& engine = server.service().engine();
+  fmt::print(stderr, "threads: {} instance(s) x {} ({})\n", engine.instances(), engine.threads_per_instance(),
+             a.server.engine.threads > 0
+                 ? fmt::format("--threads {}", a.server.engine.threads)
+                 : fmt::format("--threads 0: {}, shared among the instances", usable_cpus().reason));
   std::fflush(stdout);
   if (!a.port_file.empty()) write_port_file(a.port_file, server);
 
@@ -122,10 +128,15 @@ void run_perf(const PerfArgs& a) {
     fmt::print(stderr, "{}\n", blas_info().summary());
     LocalPerfOptions o;
     if (!a.batches.empty()) o.batches = a.batches;
+    const CpuBudget& cpus = usable_cpus();
     if (!a.threads.empty())
       o.threads = a.threads;
+    else if (cpus.count > 1)
+      o.threads = {1, cpus.count};
     else
-      o.threads = {1, hardware_threads()};
+      o.threads = {1};
+    fmt::print(stderr, "threads: measuring {} ({})\n", fmt::join(o.threads, ", "),
+               a.threads.empty() ? fmt::format("1 and the usable CPUs: {}", cpus.reason) : "--threads");
     o.duration_s = parse_duration(a.duration), o.warmup_s = parse_duration(a.warmup);
     if (o.duration_s <= 0) fail("--duration must be longer than zero");
     fmt::print(stderr, "measuring {} in process, {}x{}x{} images, {:g} s per point\n",
@@ -199,10 +210,11 @@ void add_serve_commands(CLI::App& app) {
       ->check(in_range(1, 60));
   cmd->add_option("--port-file", a->port_file, "write the bound ports as JSON here once serving (for scripts)");
   cmd->add_option("--instances", s.engine.instances,
-                  "model instances computing batches side by side (0: 2, or 1 on a single core)")
+                  "model instances computing batches side by side (0: 2, or 1 on a single usable CPU)")
       ->default_val(0)
       ->check(CLI::Range(0, 256));
-  cmd->add_option("--threads", s.engine.threads, "threads per instance (0: the cores shared among the instances)")
+  cmd->add_option("--threads", s.engine.threads,
+                  "threads per instance (0: the CPUs this process may use, shared among the instances)")
       ->default_val(0)
 
       ->check(in_range(0, 1024));
@@ -227,7 +239,8 @@ void add_serve_commands(CLI::App& app) {
                    "images per request (server: default 1) or per forward pass (local: default 1,8,32,64)")
       ->delimiter(',')
       ->check(in_range(1, 4096));
-  perf->add_option("--threads", p->threads, "local: thread counts to measure (default: 1 and all cores)")
+  perf->add_option("--threads", p->threads,
+                   "local: thread counts to measure (default: 1 and the CPUs this process may use)")
       ->delimiter(',')
       ->check(in_range(0, 1024));
   perf->add_option("--duration", p->duration, "measuring time per point: 10s, 500ms, 2m")->default_val("10s");

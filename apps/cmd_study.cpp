@@ -8,6 +8,7 @@
 #include "apps/commands.h"
 #include "io/files.h"
 #include "nn/check.h"
+#include "nn/parallel.h"
 #include "study/report.h"
 #include "study/study.h"
 
@@ -56,6 +57,9 @@ void run_study_command(StudyArgs& a) {
     }
     static void forward(int signal) { interrupt_study(signal); }
   } handlers;
+  // The stages run as toptag commands, each choosing (and saying) its own threads from the same CPUs.
+  fmt::print(stderr, "threads: {} per stage command (its --threads 0: {})\n", usable_cpus().count,
+             usable_cpus().reason);
   run_study(o);
 }
 

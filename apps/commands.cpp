@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cluster/world.h"
 #include "nn/parallel.h"
-#include "training/distributed.h"
 
 namespace toptag::apps {
 
@@ -34,17 +34,26 @@ CLI::Validator in_range(double min, double max) {
 }
 
 void add_threads_option(CLI::App& command, int& threads) {
-  command.add_option("--threads", threads, "worker threads for OpenBLAS and toptag's own loops (0: all cores)")
+  command
+      .add_option("--threads", threads,
+                  "worker threads for OpenBLAS and toptag's own loops (0: the CPUs this process may use)")
       ->default_val(0)
       ->check(in_range(0, 1024));
 }
 
 void apply_threads(int threads) {
-  // 0: the cores available to this process; with several MPI ranks on one machine, the cores
-  // divided among them (never oversubscribing).
+  // 0: the CPUs this process may use (affinity mask, cgroup quota); with several MPI ranks on one
+  // machine, shared with those whose masks overlap this one's (never oversubscribing).
   const World& world = World::get();
-  if (threads == 0 && world.distributed()) threads = std::max(1, hardware_threads() / world.local_size());
+  std::string why = fmt::format("--threads {}", threads);
+  if (threads == 0) {
+    const CpuBudget budget = world.cpu_budget();
+    threads = budget.count;
+    why += ": " + budget.reason;
+  }
   set_num_threads(threads);
+  fmt::print(stderr, "{}threads: {} ({})\n", world.distributed() ? fmt::format("rank {}: ", world.rank()) : "", threads,
+             why);
 }
 
 }  // namespace toptag::apps

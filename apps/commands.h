@@ -22,8 +22,9 @@ void add_export_command(CLI::App& app);  // ONNX and a Triton model repository
 // without a check let zero, negative or absurd values reach the libraries.
 CLI::Validator in_range(double min, double max);
 
-// --threads N, shared by every command that computes; applied by apply_threads() (0: the cores
-// this process may use: all of them, or under MPI a share of the machine's).
+// --threads N, shared by every command that computes; applied by apply_threads() (0: the CPUs this
+// process may use, under MPI shared with the ranks bound to the same ones), which says on stderr how
+// many threads it runs and why.
 void add_threads_option(CLI::App& command, int& threads);
 void apply_threads(int threads);
 

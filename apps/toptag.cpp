@@ -9,10 +9,10 @@
 #include <string_view>
 
 #include "apps/commands.h"
+#include "cluster/world.h"
 #include "io/h5.h"
 #include "nn/blas.h"
 #include "nn/check.h"
-#include "training/distributed.h"
 
 namespace {
 

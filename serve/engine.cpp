@@ -25,7 +25,7 @@ BatchingEngine::BatchingEngine(Tagger tagger, const EngineOptions& options)
   if (options.max_queue_delay_us < 0) fail("--max-queue-delay-us must be >= 0, got {}", options.max_queue_delay_us);
   validate(tagger_.images);
   check_channels(*tagger_.model, tagger_.images, "toptag serve");
-  const int cores = hardware_threads();
+  const int cores = usable_cpus().count;  // the affinity mask and cgroup quota, not the machine
   if (options_.instances <= 0) options_.instances = std::min(2, cores);
   if (options_.threads <= 0) options_.threads = std::max(1, cores / options_.instances);
   tagger_.model->set_training(false);

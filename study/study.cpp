@@ -286,7 +286,8 @@ void stage_retune(const Study& s) {
 }
 
 void stage_local_perf(const Study& s) {
-  const std::string threads = fmt::format("1,{}", hardware_threads());
+  const int cpus = usable_cpus().count;
+  const std::string threads = cpus > 1 ? fmt::format("1,{}", cpus) : "1";
   s.toptag.run({"perf", "--local", "-c", "finetuned/best.h5", "--batch", "1,32", "--threads", threads, "--duration",
                 s.o.perf_duration, "--csv", "perf/local.csv"});
   // The paper's input, 224x224x3, timed on the same architecture untrained: the CPU rows of its Table 1.
@@ -356,7 +357,7 @@ const Stage kStages[] = {
      [](const StudyOptions& o) {
        return fmt::format(
            "in-process latency and throughput: 1 and {} threads, batch 1 and 32, at {}x{} and the paper's 224x224x3",
-           hardware_threads(), o.image_size, o.image_size);
+           usable_cpus().count, o.image_size, o.image_size);
      },
      stage_local_perf},
     {"evaluate",

@@ -1,5 +1,5 @@
-// Data-parallel training over MPI (Open MPI from Debian). Launched by mpirun or srun, toptag joins
-// the job; run alone, it is one process and nothing here touches MPI.
+// Data-parallel training over MPI: the gradient reduction and the gathering of inference results,
+// on the World of cluster/world.h.
 //
 // The semantics (README, "Distributed training"): --batch-size is the global batch, split evenly over
 // the ranks; every rank draws the same shuffled order and computes its own slice of each global
@@ -12,57 +12,11 @@
 #include <span>
 #include <vector>
 
+#include "cluster/world.h"
 #include "nn/layers.h"
 #include "tagger/inference.h"
 
 namespace toptag {
-
-class World {
- public:
-  // The job this process belongs to: MPI is initialised on first use when a launcher started us
-  // (Open MPI's or Slurm's environment variables say so), and finalised at exit.
-  static World& get();
-
-  int rank() const { return rank_; }
-  int size() const { return size_; }
-  bool distributed() const { return size_ > 1; }
-  bool root() const { return rank_ == 0; }
-  // Ranks on this machine (the launcher says; 1 when alone): threads per rank default to the cores
-  // divided among them, never oversubscribing.
-  int local_size() const;
-
-  // In place, over every rank: the sum (or the maximum).
-  void sum(std::span<float> values) const;
-  void sum(std::span<double> values) const;
-  double max(double value) const;
-  double min(double value) const;
-  // Rows gathered from every rank, rank 0's first: each rank passes its own, all get the whole.
-  std::vector<float> gather(std::span<const float> mine) const;
-  std::vector<int64_t> gather(std::span<const int64_t> mine) const;
-  // Rows of `width` floats from every rank, concatenated in rank order on rank 0 alone (the others
-  // get nothing): large outputs such as featurizer outputs, which only rank 0 writes.
-  std::vector<float> gather_to_root(std::span<const float> mine, int64_t width) const;
-
-  // A sum over every rank started now (MPI_Iallreduce) and completed by wait_sums(); `values` must
-  // stay alive and untouched until then. Every rank starts the same sums in the same order.
-  void start_sum(std::span<float> values);
-  // Lets the started sums advance (MPI progresses them only inside its calls).
-  void progress();
-  void wait_sums();
-
-  ~World();
-
- private:
-  World();
-  int rank_ = 0, size_ = 1;
-  struct Requests;
-  std::unique_ptr<Requests> pending_;
-};
-
-// After an error on this rank, ends the whole job with `code` (MPI_Abort) when it has other ranks:
-// they would otherwise wait for this one forever in their next collective (and MPI_Finalize, run at
-// exit, can wait for them). Does nothing in a process MPI did not start.
-void abort_job_if_distributed(int code);
 
 // Every rank's share of an inference (InferenceOptions part = rank, parts = size), gathered on every
 // rank in rank order, which is file order: predictions, the mean loss over all of them, the skipped jets.
