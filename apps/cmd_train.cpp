@@ -93,6 +93,7 @@ void add_train_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("train", "Train a top tagger (defaults: the paper's ResNet-50 recipe)");
   cmd->add_option("--train", c.train_path, "training jets: reference-format or cached image file");
   cmd->add_option("--val", c.val_path, "validation jets (or, with --features, a features file)");
+  cmd->add_option("--key", c.key, "the pandas key in --train and --val, where a file holds several");
   cmd->add_option("--output-dir,-o", c.output_dir, "directory for checkpoints and metrics");
   cmd->add_option("--features", c.features_path, "train only the head on a features file (toptag features)");
   cmd->add_option("--init", c.init_path, "start from this checkpoint's weights");

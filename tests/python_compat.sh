@@ -122,4 +122,8 @@ grep -q "holds 2 pandas objects (/train, /val); choose one with --key" err.txt |
 if $TOPTAG info two.h5 --key test 2>err.txt; then fail "an unknown --key was read"; fi
 grep -q "two.h5: has no pandas key 'test' (keys: /train, /val)" err.txt || fail "$(cat err.txt)"
 $TOPTAG info two.h5 --key val | grep -q "jets           100" || fail "--key val does not read /val"
+$TOPTAG train --train two.h5 --val two.h5 --key train -o keyed_run --arch resnet10 --width 4 --hidden 8 --image-size 16 \
+  --epochs 1 --batch-size 32 >train_key.log 2>&1 || fail "train --key: $(tail -3 train_key.log)"
+if $TOPTAG train --train two.h5 --val two.h5 -o unkeyed_run --epochs 1 2>err.txt; then fail "train read two keys"; fi
+grep -q "choose one with --key" err.txt || fail "$(cat err.txt)"
 echo "toptag reads pandas' fixed and table layouts, any key, columns by name"

@@ -17,8 +17,8 @@ class JetData : public TrainingData {
   JetData(const TrainConfig& c, int part, int parts)
       : train_path_(c.train_path),
         batch_size_(c.batch_size),
-        train_(c.train_path),
-        val_(c.val_path),
+        train_(c.train_path, c.key),
+        val_(c.val_path, c.key),
         images_(train_.image_options(c.images, false, false)),
         loader_(train_, images_, loader_options(c, part, parts)) {
     val_.check_images_match(images_, fmt::format("the training file {}", c.train_path));

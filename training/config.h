@@ -15,6 +15,7 @@ namespace toptag {
 
 struct TrainConfig {
   std::string train_path, val_path, output_dir;
+  std::string key;            // the pandas key in the jet files, where one holds several ("": found)
   std::string features_path;  // train only the head on featurizer outputs (toptag features)
   std::string init_path;      // start from this checkpoint's weights
   std::string arch = "resnet50";
@@ -46,6 +47,7 @@ requires std::same_as<std::remove_const_t<C>, TrainConfig>
 void for_each_field(C& c, F&& f) {
   f("train", c.train_path);
   f("val", c.val_path);
+  f("key", c.key);
   f("output_dir", c.output_dir);
   f("features", c.features_path);
   f("init", c.init_path);
