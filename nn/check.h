@@ -1,4 +1,4 @@
-// Errors, two tiers (STYLE.md rule 6):
+// Errors, two tiers (docs/STYLE.md rule 6):
 //  - toptag::Error is thrown at boundaries (files, CLI, network requests, tensor shapes handed to ops)
 //    and says which file, field, tensor or shape is wrong. Library code never calls exit().
 //  - TT_ASSERT guards internal invariants inside kernels and compiles out in release builds.

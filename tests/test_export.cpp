@@ -27,7 +27,7 @@
 namespace toptag {
 namespace {
 
-// Named error limits (STYLE.md): the bound on the probabilities, and the features judged
+// Named error limits (docs/STYLE.md): the bound on the probabilities, and the features judged
 // against their largest value (float summation order differs between the two runtimes).
 constexpr double kProbabilityTolerance = 1e-4;
 constexpr double kFeatureTolerance = 1e-4;

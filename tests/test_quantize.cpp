@@ -19,7 +19,7 @@
 namespace toptag {
 namespace {
 
-// Named error limits (STYLE.md: explicit constants in quantization tests).
+// Named error limits (docs/STYLE.md: explicit constants in quantization tests).
 constexpr double kExact = 0.0;
 constexpr double kFoldTolerance = 1e-5;
 constexpr const char* kAggressive = "bfp<3,1,64>";  // one magnitude bit, 3-bit shared exponents
