@@ -2,12 +2,12 @@
 # End to end through the CLI: generate -> images -> train (tiny model) -> interrupt and resume ->
 # predict -> eval, plus the error paths a user hits first. Usage: cli_end_to_end.sh path/to/toptag
 set -euo pipefail
+source "$(dirname "$0")/cli_common.sh"
 TOPTAG=$1
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 cd "$WORK"
 export TOPTAG_PLAIN_PROGRESS=1
-fail() { echo "FAIL: $*"; exit 1; }
 
 $TOPTAG generate -o train.h5 --jets 600 --seed 1 >/dev/null 2>&1
 $TOPTAG generate -o val.h5 --jets 200 --seed 2 --ttv 2 >/dev/null 2>&1
@@ -106,13 +106,6 @@ cmp -s eval.json eval_before.json || fail "a failed eval overwrote eval.json"
 if $TOPTAG predict -c val.h5 -i test.h5 -o p.h5 2>err.txt; then fail "predict accepted a jet file as checkpoint"; fi
 grep -q "not a model checkpoint" err.txt || fail "unhelpful error: $(cat err.txt)"
 # Hostile flags and paths: each a clear error naming the flag or file, exit 1, nothing destroyed.
-expect_error() {  # expect_error "what" "text the message must hold" command...
-  local what=$1 want=$2; shift 2
-  set +e; "$@" >/dev/null 2>err.txt; local rc=$?; set -e
-  [ "$rc" -eq 1 ] || fail "$what: exit $rc, expected 1: $(cat err.txt)"
-  grep -q -- "$want" err.txt || fail "$what: the message lacks '$want': $(cat err.txt)"
-  grep -q "^toptag: error: " err.txt || fail "$what: not the documented 'toptag: error: ...': $(cat err.txt)"
-}
 # One exit-status convention: a usage error (unknown flag, missing or bad value, missing file) is
 # 'toptag: error: ...' and status 1 in every command, as any other bad input; --help is status 0.
 for command in model generate images info train predict features quantize eval serve perf study export; do

@@ -4,12 +4,12 @@
 # and the errors a user hits, each a non-zero exit naming the reason. (The numbers themselves are
 # checked in test_export, with OpenCV as the independent runtime.) Usage: export_cli.sh path/to/toptag
 set -euo pipefail
+source "$(dirname "$0")/cli_common.sh"
 TOPTAG=$1
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 export TOPTAG_PLAIN_PROGRESS=1
-fail() { echo "FAIL: $*"; exit 1; }
 
 $TOPTAG generate -o jets.h5 --jets 200 --seed 7 >/dev/null 2>&1
 $TOPTAG train --train jets.h5 --val jets.h5 -o run --arch resnet10 --width 4 --hidden 8 --image-size 16 --epochs 1 \
@@ -43,19 +43,13 @@ grep -q '^name: "tagger"$' repo/tagger/config.pbtxt && grep -q '^backend: "onnxr
 cmp -s msfp8.onnx repo/tagger/1/model.onnx || fail "the repository's model differs from the same export to a file"
 
 # Errors: a non-zero exit whose message names the reason, and nothing written.
-expect_error() {  # expect_error WHAT PATTERN -- command...
-  local what=$1 pattern=$2
-  shift 3
-  if "$@" >err.txt 2>&1; then fail "$what: exit 0"; fi
-  grep -q -- "$pattern" err.txt || fail "$what: '$(cat err.txt)' does not say '$pattern'"
-}
-expect_error "missing checkpoint" "nothere.h5" -- $TOPTAG export -c nothere.h5 -o x.onnx
-expect_error "a jets file" "jets.h5: not a model checkpoint" -- $TOPTAG export -c jets.h5 -o x.onnx
-expect_error "unwritable output" "nodir/x.onnx: cannot write" -- $TOPTAG export -c run/best.h5 -o nodir/x.onnx
-expect_error "no output" "give --output" -- $TOPTAG export -c run/best.h5
-expect_error "output over the input" "would destroy the input" -- $TOPTAG export -c run/best.h5 -o run/best.h5
-expect_error "a model name with a slash" "model name 'a/b'" -- $TOPTAG export -c run/best.h5 --triton-repo r --model-name a/b
+expect_error "missing checkpoint" "nothere.h5" $TOPTAG export -c nothere.h5 -o x.onnx
+expect_error "a jets file" "jets.h5: not a model checkpoint" $TOPTAG export -c jets.h5 -o x.onnx
+expect_error "unwritable output" "nodir/x.onnx: cannot write" $TOPTAG export -c run/best.h5 -o nodir/x.onnx
+expect_error "no output" "give --output" $TOPTAG export -c run/best.h5
+expect_error "output over the input" "would destroy the input" $TOPTAG export -c run/best.h5 -o run/best.h5
+expect_error "a model name with a slash" "model name 'a/b'" $TOPTAG export -c run/best.h5 --triton-repo r --model-name a/b
 touch blocked
-expect_error "a repository where a file is" "blocked/toptag" -- $TOPTAG export -c run/best.h5 --triton-repo blocked
+expect_error "a repository where a file is" "blocked/toptag" $TOPTAG export -c run/best.h5 --triton-repo blocked
 [ ! -e x.onnx ] && [ ! -e nodir ] && [ ! -e r ] || fail "a failed export left files behind"
 echo "export_cli: all checks passed"

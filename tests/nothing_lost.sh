@@ -4,22 +4,12 @@
 # model directory is replaced whole or not at all; an overflowing network never becomes a score; a
 # full disk is an error naming the file (exit 1), never a crash. Usage: nothing_lost.sh path/to/toptag
 set -euo pipefail
+source "$(dirname "$0")/cli_common.sh"
 TOPTAG=$1
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 export TOPTAG_PLAIN_PROGRESS=1
-fail() { echo "FAIL: $*"; exit 1; }
-expect_error() {  # expect_error "what" "text the message must hold" command...
-  local what=$1 want=$2
-  shift 2
-  set +e
-  "$@" >out.txt 2>err.txt
-  local rc=$?
-  set -e
-  [ "$rc" -eq 1 ] || fail "$what: exit $rc, expected 1: $(cat err.txt)"
-  grep -q -- "$want" err.txt || fail "$what: the message lacks '$want': $(cat err.txt)"
-}
 unchanged() {  # unchanged FILE COPY: FILE still holds what COPY holds
   cmp -s "$1" "$2" || fail "$1 was changed or destroyed"
 }

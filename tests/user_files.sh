@@ -4,23 +4,13 @@
 # toptag's stored image options, are used at the size the flags give and keep it once quantized or
 # exported. Usage: user_files.sh path/to/toptag
 set -euo pipefail
+source "$(dirname "$0")/cli_common.sh"
 TOPTAG=$1
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 cd "$WORK"
 export TOPTAG_PLAIN_PROGRESS=1
 PYTHON=/usr/bin/python3  # Debian's interpreter, where python3-h5py lives
-fail() { echo "FAIL: $*"; exit 1; }
-expect_error() {  # expect_error "what" "text the message must hold" command...
-  local what=$1 want=$2
-  shift 2
-  set +e
-  "$@" >out.txt 2>err.txt
-  local rc=$?
-  set -e
-  [ "$rc" -eq 1 ] || fail "$what: exit $rc, expected 1: $(cat err.txt)"
-  grep -q -- "$want" err.txt || fail "$what: the message lacks '$want': $(cat err.txt)"
-}
 
 $TOPTAG generate -o jets.h5 --jets 200 --seed 1 >/dev/null 2>&1
 
