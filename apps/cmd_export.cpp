@@ -56,6 +56,7 @@ void run_export(const ExportArgs& a) {
     const TritonRepositoryWrite w = write_triton_repository(a.triton_repo, exported.model, a.triton, a.force);
     written.push_back(w.model_dir + "/config.pbtxt");
     written.push_back(w.model_dir + "/" + kTritonVersion + "/model.onnx");
+    if (!w.leftover.empty()) fmt::print(stderr, "toptag: warning: {}\n", w.leftover);
     if (!w.replaced.empty())
       replaced.push_back(fmt::format("{} (it held {})", w.model_dir, fmt::join(w.replaced, ", ")));
   }

@@ -15,7 +15,7 @@ namespace toptag::apps {
 namespace {
 
 struct QuantizeArgs {
-  std::string checkpoint, output, format, activation_format, ste = "masked", calibration;
+  std::string checkpoint, output, format, activation_format, ste = "masked", calibration, key;
   bool activations = false;
   int64_t calibration_jets = 2048, batch_size = 128;
   ImageArgs image;
@@ -40,12 +40,16 @@ void run_quantize(const QuantizeArgs& a) {
   std::optional<JetFile> file;
   std::optional<Loader> loader;
   if (needs_calibration) {
-    file.emplace(a.calibration);
+    file.emplace(a.calibration, a.key);
     LoaderOptions lo;
     lo.batch_size = a.batch_size;
     lo.shuffle = false;
     lo.max_jets = a.calibration_jets;
-    loader.emplace(*file, a.image.resolve(*file, tagger), lo);
+    // The ranges are those of the images calibrated on: a checkpoint that stores no image options
+    // stores these (a cached image file imposes its own size).
+    tagger.images = a.image.resolve(*file, tagger);
+    check_channels(*tagger.model, tagger.images, a.calibration);
+    loader.emplace(*file, tagger.images, lo);
     loader->start_epoch(0);
   }
   const int64_t seen = quantize_tagger(tagger, config, [&]() -> std::optional<Tensor> {
@@ -91,6 +95,7 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--ste", a->ste, "straight-through estimator for later fine-tuning: masked or identity")
       ->default_val("masked");
   cmd->add_option("--calibration", a->calibration, "jets for int8 activation ranges")->check(CLI::ExistingFile);
+  add_key_option(*cmd, a->key);
   cmd->add_option("--calibration-jets", a->calibration_jets, "jets used for calibration")
       ->default_val(2048)
       ->check(in_range(1, 1e9));

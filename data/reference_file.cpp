@@ -39,8 +39,11 @@ int constituent_count(const std::vector<std::string>& columns) {
       if (c.size() <= p || c.compare(0, p, prefix) != 0) continue;
       int i = -1;
       const auto [end, error] = std::from_chars(c.data() + p, c.data() + c.size(), i);
+      // An index past the column count cannot have all its columns (E_2147483647 would overflow i + 1):
+      // one past the count keeps the later check of every column bounded, and it names the first missing.
+      const int count = static_cast<int>(columns.size());
       if (error == std::errc() && end == c.data() + c.size() && std::to_string(i) == c.substr(p))
-        n = std::max(n, i + 1);
+        n = std::max(n, i < count ? i + 1 : count + 1);
     }
   return n;
 }

@@ -3,7 +3,14 @@
 #include <fmt/format.h>
 #include <gnuplot-iostream.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "io/files.h"
 #include "nn/check.h"
@@ -29,6 +36,24 @@ std::string gnuplot_string(std::string_view text) {
   return out + "'";
 }
 
+namespace {
+
+// Whether a finished plot file ends as its format's files do: PNG's IEND chunk, SVG's closing tag,
+// PDF's end-of-file marker, within its last kilobyte.
+bool ends_complete(const std::string& path, const std::string& ext) {
+  std::ifstream in(path, std::ios::binary);
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  const std::streamoff from = std::max<std::streamoff>(0, size - 1024);
+  in.seekg(from);
+  std::string tail(static_cast<size_t>(size - from), '\0');
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  const char* mark = ext == ".png" ? "IEND" : ext == ".svg" ? "</svg>" : "%%EOF";
+  return in && tail.find(mark) != std::string::npos;
+}
+
+}  // namespace
+
 void render_plot(const std::string& path, int width, int height, const std::string& script) {
   const std::string ext = std::filesystem::path(path).extension().string();
   std::string terminal;
@@ -47,6 +72,13 @@ void render_plot(const std::string& path, int width, int height, const std::stri
   }  // closing the pipe waits for gnuplot to finish
   if (std::filesystem::file_size(temp.path()) == 0)
     fail("{}: gnuplot produced no plot (is gnuplot installed, Debian: gnuplot-nox? is the disk full?)", path);
+  // gnuplot's own write errors do not reach us through the pipe: a plot cut short (a full disk) is
+  // recognised by its missing end, then synced like every other output.
+  if (!ends_complete(temp.path(), ext)) fail("{}: gnuplot's plot is cut short (disk full?)", path);
+  const int fd = ::open(temp.path().c_str(), O_RDONLY | O_CLOEXEC);
+  const bool synced = fd >= 0 && ::fsync(fd) == 0;
+  if (fd >= 0) ::close(fd);
+  if (!synced) fail("{}: cannot write: {}", path, std::strerror(errno));
   temp.move_to(path);
 }
 

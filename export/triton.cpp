@@ -96,27 +96,39 @@ std::vector<std::string> entries_of(const fs::path& dir) {
   return names;
 }
 
-// A new directory with a unique name beside `target`, removed with its contents unless released.
-class StagingDir {
- public:
-  explicit StagingDir(const fs::path& target) {
-    std::string name = target.string() + ".tmp-XXXXXX";
-    if (::mkdtemp(name.data()) == nullptr)
-      fail("{}: cannot create a directory beside it: {}", target.string(), std::strerror(errno));
-    path_ = name;
-  }
-  ~StagingDir() {
-    std::error_code e;
-    if (!path_.empty()) fs::remove_all(path_, e);
-  }
-  StagingDir(const StagingDir&) = delete;
-  StagingDir& operator=(const StagingDir&) = delete;
-  const fs::path& path() const { return path_; }
-  void release() { path_.clear(); }  // it became the target: keep it
+// Where a new model directory is built: beside the repository, where a polling Triton never sees it,
+// or, when the repository is a file system of its own (a mounted volume) or its parent is not
+// writable, inside it under a hidden name (a rename cannot cross file systems).
+std::string staging_prefix(const fs::path& repository, const std::string& model_name) {
+  fs::path repo = fs::absolute(repository).lexically_normal();
+  if (repo.filename().empty()) repo = repo.parent_path();  // "models/"
+  const fs::path parent = repo.parent_path();
+  struct stat r {}, p {};
+  const bool beside = ::stat(repo.c_str(), &r) == 0 && ::stat(parent.c_str(), &p) == 0 && r.st_dev == p.st_dev &&
+                      ::access(parent.c_str(), W_OK) == 0;
+  if (beside) return (parent / ("." + repo.filename().string() + "-" + model_name)).string();
+  return (repo / ("." + model_name)).string();
+}
 
- private:
-  fs::path path_;
-};
+// Puts the finished directory `built` at `target` with one rename. An existing target is swapped
+// out atomically (RENAME_EXCHANGE), or, on file systems without it (NFS), moved to `old` first.
+void move_into_place(const fs::path& built, const fs::path& target, bool exists, const fs::path& old) {
+  if (!exists) {
+    if (::rename(built.c_str(), target.c_str()) != 0)
+      fail("{}: cannot move the finished model directory into place: {}", target.string(), std::strerror(errno));
+    return;
+  }
+  if (::renameat2(AT_FDCWD, built.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) == 0) return;
+  if (errno != EINVAL && errno != ENOSYS)
+    fail("{}: cannot swap the finished model directory into place: {}", target.string(), std::strerror(errno));
+  if (::rename(target.c_str(), old.c_str()) != 0)
+    fail("{}: cannot move the old model directory aside: {}", target.string(), std::strerror(errno));
+  if (::rename(built.c_str(), target.c_str()) != 0) {
+    const int e = errno;
+    ::rename(old.c_str(), target.c_str());  // put the old one back
+    fail("{}: cannot move the finished model directory into place: {}", target.string(), std::strerror(e));
+  }
+}
 
 }  // namespace
 
@@ -126,7 +138,8 @@ TritonRepositoryWrite write_triton_repository(const std::string& dir, const onnx
   const fs::path model_dir = fs::path(dir) / o.model_name;
   if (fs::exists(dir) && !fs::is_directory(dir))
     fail("{}: not a directory, so it cannot hold the model directory {}", dir, model_dir.string());
-  TritonRepositoryWrite result{model_dir.string(), {}};
+  TritonRepositoryWrite result;
+  result.model_dir = model_dir.string();
   const bool exists = fs::exists(model_dir);
   if (exists) {
     if (!fs::is_directory(model_dir)) fail("{}: exists and is not a directory", model_dir.string());
@@ -140,18 +153,19 @@ TritonRepositoryWrite write_triton_repository(const std::string& dir, const onnx
   std::error_code e;
   fs::create_directories(dir, e);
   if (e) fail("{}: cannot create the directory: {}", dir, e.message());
-  StagingDir staging(model_dir);
-  fs::create_directory(staging.path() / kTritonVersion, e);
-  if (e) fail("{}: cannot create the directory: {}", (staging.path() / kTritonVersion).string(), e.message());
-  write_onnx((staging.path() / kTritonVersion / kTritonModelFile).string(), model);
-  write_text_atomically((staging.path() / "config.pbtxt").string(), config);
-  ::chmod(staging.path().c_str(), 0755);  // mkdtemp makes it 0700; a model directory is read by a server
-  // One rename puts the finished directory in place; an old one is swapped out atomically (the staging
-  // name then holds it, and is removed with it), so Triton's polling never sees a half-written model.
-  const int moved = exists ? ::renameat2(AT_FDCWD, staging.path().c_str(), AT_FDCWD, model_dir.c_str(), RENAME_EXCHANGE)
-                           : ::rename(staging.path().c_str(), model_dir.c_str());
-  if (moved != 0) fail("{}: cannot move the finished model directory into place: {}", model_dir.string(), std::strerror(errno));
-  if (!exists) staging.release();
+  TempDir staging(staging_prefix(dir, o.model_name));
+  const fs::path built = fs::path(staging.path()) / o.model_name;
+  fs::create_directories(built / kTritonVersion, e);
+  if (e) fail("{}: cannot create the directory: {}", (built / kTritonVersion).string(), e.message());
+  write_onnx((built / kTritonVersion / kTritonModelFile).string(), model);
+  write_text_atomically((built / "config.pbtxt").string(), config);
+  refuse_replacing_an_input(model_dir.string());
+  move_into_place(built, model_dir, exists, fs::path(staging.path()) / "old");
+  try {
+    staging.remove();  // the exchanged old directory with it
+  } catch (const Error& error) {
+    result.leftover = error.what();  // the export is in place; only the old copy stayed behind
+  }
   return result;
 }
 

@@ -33,6 +33,16 @@ std::optional<FileId> identity(const std::string& path) {
   return FileId{s.st_dev, s.st_ino};
 }
 
+// Whether `path` (existing or not) lies below the directory `dir`, through any link on the way.
+bool lies_under(const std::string& path, const FileId& dir) {
+  std::error_code e;
+  for (fs::path p = fs::weakly_canonical(path, e).parent_path(); !e && !p.empty(); p = p.parent_path()) {
+    if (identity(p.string()) == dir) return true;
+    if (p == p.root_path()) break;
+  }
+  return false;
+}
+
 // The files this process's commands declared as read: no atomic write may replace one.
 struct ReadFiles {
   std::mutex mutex;
@@ -90,15 +100,14 @@ void FileUse::check() const {
   for (const Named& dir : replaced_) {
     const std::optional<FileId> id = identity(dir.path);
     if (!id) continue;
-    for (const Named& in : reads_) {
-      std::error_code e;
-      for (fs::path p = fs::weakly_canonical(in.path, e).parent_path(); !e && !p.empty(); p = p.parent_path()) {
-        if (identity(p.string()) == id)
-          fail("{} {} would be replaced whole, and it holds the input {} {}: writing it would destroy the input",
-               dir.flag, dir.path, in.flag, in.path);
-        if (p == p.root_path()) break;
-      }
-    }
+    for (const Named& in : reads_)
+      if (lies_under(in.path, *id))
+        fail("{} {} would be replaced whole, and it holds the input {} {}: writing it would destroy the input",
+             dir.flag, dir.path, in.flag, in.path);
+    for (const Named& out : writes_)
+      if (lies_under(out.path, *id))
+        fail("{} {} would be replaced whole, and the output {} {} would go with it", dir.flag, dir.path, out.flag,
+             out.path);
   }
   ReadFiles& r = read_files();
   std::lock_guard lock(r.mutex);
@@ -136,6 +145,25 @@ TempFile::TempFile(const std::string& target, const std::string& suffix) {
   path_ = std::move(name);
 }
 
+TempDir::TempDir(const std::string& prefix) {
+  std::string name = prefix + std::string(kTempMark) + std::string(kTempUnique, 'X');
+  if (::mkdtemp(name.data()) == nullptr) fail("{}: cannot create a directory: {}", name, std::strerror(errno));
+  ::chmod(name.c_str(), new_file_mode() | 0111);  // mkdtemp makes it 0700; 0755 under umask 022
+  path_ = std::move(name);
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  if (!path_.empty()) fs::remove_all(path_, ignored);
+}
+
+void TempDir::remove() {
+  std::error_code e;
+  fs::remove_all(path_, e);
+  if (e) fail("{}: cannot remove: {}", path_, e.message());
+  path_.clear();
+}
+
 TempFile::~TempFile() {
   if (!moved_) ::unlink(path_.c_str());
 }
@@ -148,12 +176,11 @@ void TempFile::move_to(const std::string& target) {
 }
 
 void check_writable_directory(const std::string& dir, const std::string& why) {
-  const std::string probe = (fs::path(dir) / ".toptag-write-probe").string();
-  std::string name = probe + std::string(kTempMark) + std::string(kTempUnique, 'X');
-  const int fd = ::mkstemp(name.data());
-  if (fd < 0) fail("{} is not writable ({}): {}", dir, std::strerror(errno), why);
-  ::close(fd);
-  ::unlink(name.c_str());
+  try {
+    TempFile probe((fs::path(dir) / ".toptag-write-probe").string());
+  } catch (const Error& e) {
+    fail("{} is not writable: {} ({})", dir, why, e.what());
+  }
 }
 
 void write_text_atomically(const std::string& path, const std::string& text) {

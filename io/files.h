@@ -59,6 +59,23 @@ class TempFile {
   bool moved_ = false;
 };
 
+// A new, empty directory named PREFIX.tmp-XXXXXX (mkdtemp), removed with its contents by remove() or
+// the destructor.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  // Removes it now; an error names what could not be removed.
+  void remove();
+
+ private:
+  std::string path_;
+};
+
 // The target a TempFile's path stands for ("run/last.h5" for "run/last.h5.tmp-a8Xk2q"); any other
 // path unchanged. For messages about a file being written: the user knows it by its target's name.
 std::string temp_file_target(const std::string& path);

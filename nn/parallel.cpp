@@ -123,12 +123,15 @@ std::vector<std::string> cgroup_directories(const Hierarchy& h) {
   std::string relative;
   if (h.mount_root == "/")
     relative = h.process_path;
-  else if (h.process_path.rfind(h.mount_root, 0) == 0)
-    relative = h.process_path.substr(h.mount_root.size());
+  else if (h.process_path.rfind(h.mount_root, 0) == 0 &&
+           (h.process_path.size() == h.mount_root.size() || h.process_path[h.mount_root.size()] == '/'))
+    relative = h.process_path.substr(h.mount_root.size());  // "/a" is below "/a", "/ab" is not
   std::vector<std::string> dirs;
   while (!relative.empty() && relative != "/") {
     dirs.push_back(h.mount_point + relative);
-    relative.resize(relative.rfind('/'));
+    const size_t slash = relative.rfind('/');
+    if (slash == std::string::npos) break;
+    relative.resize(slash);
   }
   dirs.push_back(h.mount_point);
   return dirs;

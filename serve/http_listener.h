@@ -2,7 +2,9 @@
 // resource a client can make it hold has a limit:
 //   - header bytes (431 beyond), body bytes, chunked or not (413 beyond, at once for a declared length);
 //   - body bytes held by all connections together (503 beyond: retry later), counted as they arrive,
-//     not as a header announces them: a client that announces 64 MB and sends nothing holds nothing;
+//     not as a header announces them: a client that announces 64 MB and sends nothing holds nothing.
+//     What is charged is the buffer holding them, which doubles as it fills: at most twice the bytes
+//     received (and 1.5 times a body's length while the last doubling copies it);
 //   - time: a header must arrive within the idle timeout, a body within the read timeout, and a body
 //     from which no byte arrives for the stall timeout is dropped then;
 //   - threads: a fixed pool runs the handlers; connections beyond max_connections are closed at once.

@@ -15,7 +15,9 @@ InferenceServer::InferenceServer(Tagger tagger, const ServerOptions& options) : 
   }
   HttpLimits http_limits;
   http_limits.max_body_bytes = options.max_message_bytes;
-  http_limits.max_body_bytes_in_flight = std::max(options.max_message_bytes, options.max_bytes_in_flight);
+  // A body is held in a buffer that doubles as it fills, the old and the new charged while one is
+  // copied into the other: 1.5 times the largest body at its last step, so twice it always fits.
+  http_limits.max_body_bytes_in_flight = std::max(2 * options.max_message_bytes, options.max_bytes_in_flight);
   http_limits.idle_timeout = std::chrono::seconds(options.http_idle_timeout_s);
   http_limits.read_timeout = std::chrono::seconds(options.http_read_timeout_s);
   http_limits.stall_timeout = std::chrono::seconds(options.http_stall_timeout_s);

@@ -17,6 +17,7 @@
 #include <thread>
 #include <tuple>
 
+#include "io/files.h"
 #include "nn/check.h"
 #include "nn/parallel.h"
 #include "study/report.h"
@@ -388,7 +389,8 @@ double run_stage(const Study& s, const Stage& stage, size_t index, size_t total)
          e.what());
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::ofstream(done) << json{{"seconds", seconds}}.dump() << "\n";
+  // Atomically: a half-written marker (a full disk) would make a rerun skip a stage it never finished.
+  write_text_atomically(done.string(), json{{"seconds", seconds}}.dump() + "\n");
   fmt::print("[{}/{}] {}: done in {:.1f} s\n", index, total, stage.name, seconds);
   return seconds;
 }
