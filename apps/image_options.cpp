@@ -7,6 +7,14 @@
 
 namespace toptag::apps {
 
+namespace {
+
+bool given(const CLI::Option* option) {
+  return option && option->count() > 0;
+}
+
+}  // namespace
+
 void ImageArgs::add_to(CLI::App& cmd) {
   size_option = cmd.add_option("--image-size", options.size, "image pixels per side (224: the paper's input)")
                     ->default_val(40)
@@ -29,7 +37,6 @@ void add_key_option(CLI::App& cmd, std::string& key) {
 }
 
 ImageOptions ImageArgs::merged(const std::optional<ImageOptions>& model) const {
-  auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
   ImageOptions o = options;
   o.center = !no_center, o.rotate = !no_rotate, o.flip = !no_flip, o.normalize = !no_normalize;
   if (!model) return o;
@@ -54,18 +61,16 @@ ImageOptions ImageArgs::merged(const std::optional<ImageOptions>& model) const {
 ImageOptions ImageArgs::merged(const Tagger& tagger) const {
   if (tagger.images_stored) return merged(tagger.images);
   ImageOptions o = merged(std::nullopt);
-  if (!(channels_option && channels_option->count() > 0)) o.channels = tagger.images.channels;
+  if (!given(channels_option)) o.channels = tagger.images.channels;
   return o;
 }
 
 ImageOptions ImageArgs::resolve(const JetFile& file, const Tagger& tagger) const {
   if (tagger.images_stored) return resolve(file, tagger.images);
-  return file.image_options(merged(tagger), size_option && size_option->count() > 0,
-                            channels_option && channels_option->count() > 0);
+  return file.image_options(merged(tagger), given(size_option), given(channels_option));
 }
 
 ImageOptions ImageArgs::resolve(const JetFile& file, const std::optional<ImageOptions>& model) const {
-  auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
   if (!model) return file.image_options(merged(model), given(size_option), given(channels_option));
   const ImageOptions o = merged(model);
   file.check_images_match(o, "the checkpoint");

@@ -56,12 +56,8 @@ int run(int argc, char** argv) {
     check_runs_under_mpi(argc, argv);
     check_command_exists(app, argc, argv);
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
+  } catch (const CLI::Success& e) {
     return app.exit(e);  // --help, --help-all, --version: printed, exit 0
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
   } catch (const CLI::ParseError& e) {
     // A usage error is bad input like any other: the same prefix and status 1, not CLI11's own codes
     // (105, 106, ...) and "Run with --help".

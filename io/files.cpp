@@ -118,10 +118,14 @@ void FileUse::check() const {
 void refuse_replacing_an_input(const std::string& path) {
   const std::optional<FileId> id = identity(path);
   if (!id) return;
+  const bool directory = fs::is_directory(path);
   ReadFiles& r = read_files();
   std::lock_guard lock(r.mutex);
-  for (const auto& [input, input_path] : r.files)
+  for (const auto& [input, input_path] : r.files) {
     if (input == *id) fail("{} is the input {}: writing it would destroy the input", path, input_path);
+    if (directory && lies_under(input_path, *id))
+      fail("{} holds the input {}: replacing it would destroy the input", path, input_path);
+  }
 }
 
 constexpr std::string_view kTempMark = ".tmp-";  // TARGET.tmp-XXXXXX[suffix], XXXXXX chosen by mkstemps

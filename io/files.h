@@ -38,7 +38,8 @@ class FileUse {
 };
 
 // Throws toptag::Error naming `path` if it is one of the files a FileUse::check() of this process
-// declared as read: the last guard of every atomic write, just before its rename.
+// declared as read, or a directory holding one: the last guard of every atomic write and directory
+// replacement, just before its rename.
 void refuse_replacing_an_input(const std::string& path);
 
 // A new, empty file with a unique name beside `target` (mkstemp in the target's directory: nothing
