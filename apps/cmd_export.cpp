@@ -95,7 +95,7 @@ void add_export_command(CLI::App& app) {
   cmd->add_option("--triton-repo", a->triton_repo,
                   "write a Triton model repository here: DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx");
   cmd->add_flag("--force", a->force,
-               "--triton-repo: replace an existing DIR/NAME whole (its other versions and files go with it)");
+                "--triton-repo: replace an existing DIR/NAME whole (its other versions and files go with it)");
   cmd->add_option("--model-name", a->triton.model_name, "--triton-repo: the model's name (clients: --model NAME)")
       ->default_val("toptag");
   cmd->add_option("--max-batch", a->triton.max_batch, "--triton-repo: max_batch_size, the most images per execution")

@@ -6,9 +6,9 @@
 
 #include "apps/commands.h"
 #include "io/checkpoint.h"
-#include "tagger/tagger.h"
 #include "nn/blas.h"
 #include "nn/gemm.h"
+#include "tagger/tagger.h"
 
 namespace toptag::apps {
 

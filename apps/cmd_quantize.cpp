@@ -23,7 +23,11 @@ struct QuantizeArgs {
 };
 
 void run_quantize(const QuantizeArgs& a) {
-  FileUse().reads("--checkpoint", a.checkpoint).reads("--calibration", a.calibration).writes("--output", a.output).check();
+  FileUse()
+      .reads("--checkpoint", a.checkpoint)
+      .reads("--calibration", a.calibration)
+      .writes("--output", a.output)
+      .check();
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
   if (tagger.quantized())

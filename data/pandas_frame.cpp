@@ -174,7 +174,8 @@ void PandasFrame::open_table(hid_t group) {
       if (H5Tget_array_ndims(member.get()) != 1) fail("{}: {} is not one-dimensional", path_, b.what);
       hsize_t dim = 0;
       H5Tget_array_dims2(member.get(), &dim);
-      if (dim > static_cast<hsize_t>(kMaxColumns)) fail("{}: {} holds {} columns, more than toptag reads", path_, b.what, dim);
+      if (dim > static_cast<hsize_t>(kMaxColumns))
+        fail("{}: {} holds {} columns, more than toptag reads", path_, b.what, dim);
       b.width = static_cast<int>(dim);
       H5Id base(H5Tget_super(member.get()));
       b.stored_class = H5Tget_class(base.get());

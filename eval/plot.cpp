@@ -1,9 +1,8 @@
 #include "eval/plot.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <gnuplot-iostream.h>
-
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>

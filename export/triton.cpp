@@ -1,9 +1,8 @@
 #include "export/triton.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <google/protobuf/text_format.h>
-
-#include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -103,7 +102,8 @@ std::string staging_prefix(const fs::path& repository, const std::string& model_
   fs::path repo = fs::absolute(repository).lexically_normal();
   if (repo.filename().empty()) repo = repo.parent_path();  // "models/"
   const fs::path parent = repo.parent_path();
-  struct stat r {}, p {};
+  struct stat r {
+  }, p{};
   const bool beside = ::stat(repo.c_str(), &r) == 0 && ::stat(parent.c_str(), &p) == 0 && r.st_dev == p.st_dev &&
                       ::access(parent.c_str(), W_OK) == 0;
   if (beside) return (parent / ("." + repo.filename().string() + "-" + model_name)).string();
@@ -145,10 +145,12 @@ TritonRepositoryWrite write_triton_repository(const std::string& dir, const onnx
     if (!fs::is_directory(model_dir)) fail("{}: exists and is not a directory", model_dir.string());
     result.replaced = entries_of(model_dir);
     if (!replace)
-      fail("{} exists and holds {}: Triton serves a model's highest version, so an old version directory would "
-           "be served instead of this export; give --force to replace the whole directory, or another "
-           "--triton-repo or --model-name",
-           model_dir.string(), result.replaced.empty() ? "nothing" : fmt::format("{}", fmt::join(result.replaced, ", ")));
+      fail(
+          "{} exists and holds {}: Triton serves a model's highest version, so an old version directory would "
+          "be served instead of this export; give --force to replace the whole directory, or another "
+          "--triton-repo or --model-name",
+          model_dir.string(),
+          result.replaced.empty() ? "nothing" : fmt::format("{}", fmt::join(result.replaced, ", ")));
   }
   std::error_code e;
   fs::create_directories(dir, e);

@@ -35,9 +35,9 @@ std::string triton_config(const onnx::ModelProto& model, const TritonOptions& op
 // Writes the model directory DIR/NAME (config.pbtxt and 1/model.onnx) whole: built under a unique
 // name beside the repository (inside it, hidden, when the repository is a mounted file system of its
 // own), then put in place by one rename, so a failure leaves no new model.onnx beside an old
-// config.pbtxt, and a polling Triton never sees a half-written model. An existing DIR/NAME is refused, listing what it holds (a version 2/ beside the new
-// 1/ would be what Triton serves), unless `replace`: then the old directory is swapped out whole and
-// removed. Returns DIR/NAME and, when one was replaced, what it held. An error names the path.
+// config.pbtxt, and a polling Triton never sees a half-written model. An existing DIR/NAME is refused, listing what it
+// holds (a version 2/ beside the new 1/ would be what Triton serves), unless `replace`: then the old directory is
+// swapped out whole and removed. Returns DIR/NAME and, when one was replaced, what it held. An error names the path.
 struct TritonRepositoryWrite {
   std::string model_dir;
   std::vector<std::string> replaced;  // the old directory's entries ("1/", "config.pbtxt"), if any

@@ -128,12 +128,12 @@ namespace {
     fail("{}: cannot be {} ({})", path, writable ? "written" : "read", std::strerror(errno));
   const std::string why = reason.empty() ? "" : fmt::format(" (HDF5: {})", reason);
   if (reason.find("unable to lock file") != std::string::npos)
-    fail("{}: locked by another process that has it open for writing{}: close it there (an h5py.File(..., 'a') "
-         "in a notebook, say), or, on a file system without locks, set HDF5_USE_FILE_LOCKING=FALSE",
-         path, why);
+    fail(
+        "{}: locked by another process that has it open for writing{}: close it there (an h5py.File(..., 'a') "
+        "in a notebook, say), or, on a file system without locks, set HDF5_USE_FILE_LOCKING=FALSE",
+        path, why);
   if (reason.find("truncated file") != std::string::npos)
-    fail("{}: truncated: the file ends before the data it describes{}; it was not written or copied whole", path,
-         why);
+    fail("{}: truncated: the file ends before the data it describes{}; it was not written or copied whole", path, why);
   if (H5Fis_hdf5(path.c_str()) <= 0) fail("{}: not an HDF5 file{}", path, why);
   fail("{}: cannot open as HDF5{}", path, why);
 }
@@ -432,7 +432,6 @@ void set_scalar_attr(hid_t obj, const std::string& name, hid_t mem_type, hid_t f
   H5Awrite(a.get(), mem_type, &value);
 }
 
-
 // Opens attribute `name` of `obj` if present, and checks it holds one value (a scalar or a
 // one-element array) of class `want`: anything else is an error naming the file and attribute,
 // never a read past a one-value buffer or a silently ignored value.
@@ -534,7 +533,8 @@ AtomicH5File::~AtomicH5File() {
 
 void AtomicH5File::commit() {
   // The last writes happen at the flush and the close (HDF5 buffers raw data): a full disk shows there.
-  if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0 || !file_.close()) fail("{}: cannot write ({})", path_, h5_write_failure());
+  if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0 || !file_.close())
+    fail("{}: cannot write ({})", path_, h5_write_failure());
   const int fd = ::open(temp_->path().c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0 || ::fsync(fd) != 0) {
     const int e = errno;

@@ -303,12 +303,29 @@ constexpr int kBootstrapResamples = 200;
 
 void stage_evaluate(const Study& s) {
   s.make_dirs("report");
-  s.toptag.run({"eval", "-p", "predictions/float.h5", "predictions/quantized.h5", "predictions/finetuned.h5",
-                "predictions/served.h5", "predictions/served_retuned.h5", "--names",
-                "float,quantized,fine-tuned,served,served+retuned", "--json", "report/eval.json", "--plot",
-                "report/roc.png", "--title", s.o.arch + " top tagger: float, " + s.o.format + ", served", "--roc-csv",
-                "report/roc", "--reference", "predictions/finetuned.h5", "--bootstrap",
-                std::to_string(kBootstrapResamples), "--seed", "1"});
+  s.toptag.run({"eval",
+                "-p",
+                "predictions/float.h5",
+                "predictions/quantized.h5",
+                "predictions/finetuned.h5",
+                "predictions/served.h5",
+                "predictions/served_retuned.h5",
+                "--names",
+                "float,quantized,fine-tuned,served,served+retuned",
+                "--json",
+                "report/eval.json",
+                "--plot",
+                "report/roc.png",
+                "--title",
+                s.o.arch + " top tagger: float, " + s.o.format + ", served",
+                "--roc-csv",
+                "report/roc",
+                "--reference",
+                "predictions/finetuned.h5",
+                "--bootstrap",
+                std::to_string(kBootstrapResamples),
+                "--seed",
+                "1"});
 }
 
 struct Stage {

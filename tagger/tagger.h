@@ -27,7 +27,7 @@ constexpr const char* kImageOptionsAttribute = "image_options";
 
 struct Tagger {
   std::unique_ptr<ResNet> model;
-  ImageOptions images;                               // what the model expects to be fed
+  ImageOptions images;         // what the model expects to be fed
   bool images_stored = false;  // `images` come from the checkpoint; else defaults (channels: the model's)
   std::shared_ptr<QuantizationConfig> quantization;  // null for a float model
   std::string training_config;                       // JSON of the run that trained the weights ("" if unknown)

@@ -2,12 +2,12 @@
 // independent runtime, OpenCV's dnn module, runs to the probabilities and features toptag predict
 // computes; a Triton repository whose config.pbtxt, parsed back with Triton's model_config.proto,
 // matches the model; and errors that name what is wrong.
-#include <algorithm>
 #include <fmt/format.h>
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <opencv2/core.hpp>
@@ -484,7 +484,8 @@ TEST_F(Export, TritonModelDirectoryIsReplacedWholeOrNotAtAll) {
   EXPECT_NE(std::string(std::istreambuf_iterator<char>(config), {}).find("max_batch_size"), std::string::npos);
   EXPECT_TRUE(fs::exists(path("repo3/other/config.pbtxt")));
   std::vector<std::string> left;
-  for (const fs::directory_entry& entry : fs::directory_iterator(path("repo3"))) left.push_back(entry.path().filename());
+  for (const fs::directory_entry& entry : fs::directory_iterator(path("repo3")))
+    left.push_back(entry.path().filename());
   std::sort(left.begin(), left.end());
   EXPECT_EQ(left, (std::vector<std::string>{"other", "toptag"})) << "a staging directory was left behind";
   EXPECT_EQ(fs::status(path("repo3/toptag")).permissions() & fs::perms::others_read, fs::perms::others_read);
@@ -563,7 +564,8 @@ TEST_F(Export, BadInputsAreErrorsNamingTheReason) {
   EXPECT_FALSE(std::filesystem::exists(path("no")));
   std::filesystem::create_directories(path("blocked"));
   std::ofstream(path("blocked/file")) << "x";
-  contains(testing::error_of([&] { write_triton_repository(path("blocked/file"), e.model, {}, false); }), "blocked/file");
+  contains(testing::error_of([&] { write_triton_repository(path("blocked/file"), e.model, {}, false); }),
+           "blocked/file");
   contains(testing::error_of([&] {
              write_triton_repository(path("repo2"), e.model, {"../escape", 8, 0}, false);
            }),

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "data/image_file.h"
 #include "nn/ops/batchnorm2d.h"
 #include "nn/ops/conv2d.h"
 #include "nn/ops/elementwise.h"
@@ -12,7 +13,6 @@
 #include "nn/ops/linear.h"
 #include "nn/ops/pool.h"
 #include "nn/ops/softmax.h"
-#include "data/image_file.h"
 #include "nn/resnet.h"
 #include "quantize/format.h"
 #include "tagger/inference.h"
@@ -190,7 +190,7 @@ TEST(NonFinite, OverflowingImagesAreRefusedByPredictAndFeatures) {
   images.size = 16;
   {
     ImageWriter writer(path, images);
-    Tensor x = Tensor::full({6, 1, 16, 16}, 3e38f);  // below FLT_MAX, 3.4e38
+    Tensor x = Tensor::full({6, 1, 16, 16}, 3e38f);                                         // below FLT_MAX, 3.4e38
     for (int64_t i = 0; i < 16 * 16; ++i) x.data()[i] = 0.25f * static_cast<float>(i % 5);  // jet 0: ordinary
     writer.append(x, {0, 1, 0, 1, 0, 1});
     writer.close();
@@ -204,8 +204,8 @@ TEST(NonFinite, OverflowingImagesAreRefusedByPredictAndFeatures) {
   const std::string predict_error = testing::error_of([&] { run_inference(model, file, images, io); });
   EXPECT_NE(predict_error.find("model m.h5 gives NaN or inf features for jet 1 of " + path), std::string::npos)
       << predict_error;
-  const std::string features_error =
-      testing::error_of([&] { run_featurizer(model, file, images, io, [](const Tensor&, const std::vector<int64_t>&) {}); });
+  const std::string features_error = testing::error_of(
+      [&] { run_featurizer(model, file, images, io, [](const Tensor&, const std::vector<int64_t>&) {}); });
   EXPECT_NE(features_error.find("NaN or inf features for jet 1"), std::string::npos) << features_error;
   // Training's validation keeps the rows: the score is NaN, never an ordinary number.
   io.keep_non_finite = true;

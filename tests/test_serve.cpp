@@ -22,11 +22,11 @@
 #include "data/jets.h"
 #include "inference.grpc.pb.h"
 #include "nn/ops/softmax.h"
-#include "tagger/inference.h"
 #include "serve/client.h"
 #include "serve/http_listener.h"
 #include "serve/perf.h"
 #include "serve/server.h"
+#include "tagger/inference.h"
 #include "testing.h"
 
 namespace toptag {
@@ -1240,8 +1240,8 @@ TEST(Serve, OverflowingImagesAreAServerErrorNotAScore) {
       grpc_stub(server->grpc_port())->ModelInfer(&ctx, raw_request(huge, {2, 1, kSize, kSize}), &r);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << status.error_message();
   const std::vector<float> ordinary = random_images(1, 11);
-  json ok = {{"inputs",
-              {{{"name", "images"}, {"shape", {1, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", ordinary}}}}};
+  json ok = {
+      {"inputs", {{{"name", "images"}, {"shape", {1, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", ordinary}}}}};
   httplib::Client http("127.0.0.1", server->http_port());
   auto res = http.Post("/v2/models/toptag/infer", ok.dump(), "application/json");
   ASSERT_TRUE(res);
