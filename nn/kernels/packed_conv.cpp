@@ -1,0 +1,247 @@
+#include "nn/kernels/packed_conv.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "nn/check.h"
+#include "nn/parallel.h"
+#include "nn/profile.h"
+
+namespace toptag {
+
+namespace {
+
+// --- the reference kernel set: portable loops, the same contract as the SIMD tiles ------------------
+
+constexpr int kRefMr = 4, kRefNr = 8;
+
+void tile_f32_ref(const TileArgs& t) {
+  float sums[kRefMr][kRefNr] = {};
+  const float* b = static_cast<const float*>(t.panel);
+  for (int tap = 0; tap < t.taps; ++tap)
+    for (int64_t c = 0; c < t.channels; ++c, b += kRefNr)
+      for (int i = 0; i < t.row_count; ++i) {
+        const float a = static_cast<const float*>(t.rows[i * t.taps + tap])[c];
+        for (int j = 0; j < kRefNr; ++j) sums[i][j] += a * b[j];
+      }
+  const OutputStage& st = t.stage;
+  for (int i = 0; i < t.row_count; ++i)
+    for (int j = 0; j < t.col_count; ++j) {
+      float v = sums[i][j];
+      if (st.scale) v *= st.scale[j];
+      if (st.bias) v += st.bias[j];
+      if (st.residual) v += st.residual[i * st.ld_residual + j];
+      if (st.relu && v < 0.0f) v = 0.0f;
+      t.out[i * t.ld_out + j] = v;
+    }
+}
+
+const KernelSet kRefSet{Isa::ref, "ref f32 4x8", kRefMr, kRefNr, tile_f32_ref};
+
+// Rows per chunk: a chunk's indirection table and input rows stay in cache while every panel of the
+// layer passes over them.
+constexpr int64_t kChunkRows = 192;
+// Multiply-adds below which a convolution runs on one thread: waking the second costs more.
+constexpr int64_t kParallelMinMacs = int64_t{1} << 18;
+
+struct Geometry {
+  int64_t N, H, W, P, Q;
+  int64_t rows() const { return N * P * Q; }
+};
+
+// rows[i * taps + t]: the input pixel that tap t of output row m0 + i reads, or the zeros.
+void fill_rows(const PackedConv& cv, const Geometry& g, const float* x, int64_t m0, int64_t count, const void** rows) {
+  const int64_t PQ = g.P * g.Q;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t m = m0 + i, n = m / PQ, p = (m % PQ) / g.Q, q = m % g.Q;
+    const void** out = rows + i * cv.taps();
+    for (int64_t r = 0; r < cv.R; ++r) {
+      const int64_t h = p * cv.stride - cv.pad + r;
+      for (int64_t s = 0; s < cv.S; ++s) {
+        const int64_t w = q * cv.stride - cv.pad + s;
+        const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
+        out[r * cv.S + s] = inside ? x + ((n * g.H + h) * g.W + w) * cv.C : cv.zeros.data();
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const KernelSet& kernels(Isa isa) {
+  switch (isa) {
+    case Isa::avx512:
+      return kernels_avx512::set;
+    case Isa::avx2:
+      return kernels_avx2::set;
+    case Isa::ref:
+      break;
+  }
+  return kRefSet;
+}
+
+PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams params, Isa isa) {
+  if (weight.rank() != 4) fail("pack_conv: weight must be (K,C,R,S), found {}", weight.shape().str());
+  PackedConv cv;
+  cv.kernels = &kernels(isa);
+  cv.K = weight.dim(0), cv.C = weight.dim(1), cv.R = weight.dim(2), cv.S = weight.dim(3);
+  cv.stride = params.stride, cv.pad = params.padding;
+  if (bias) expect_shape(*bias, Shape{cv.K}, "pack_conv bias");
+  const int64_t nr = cv.kernels->nr, taps = cv.taps();
+  cv.panels = (cv.K + nr - 1) / nr;
+  cv.weights.assign(static_cast<size_t>(cv.panels * cv.panel_size()), 0.0f);
+  cv.bias.assign(static_cast<size_t>(cv.panels * nr), 0.0f);
+  cv.zeros.assign(static_cast<size_t>(cv.C), 0.0f);
+  const float* w = weight.data();
+  for (int64_t k = 0; k < cv.K; ++k) {
+    float* panel = cv.weights.data() + (k / nr) * cv.panel_size() + k % nr;
+    for (int64_t c = 0; c < cv.C; ++c)
+      for (int64_t t = 0; t < taps; ++t) panel[(t * cv.C + c) * nr] = w[(k * cv.C + c) * taps + t];
+    if (bias) cv.bias[k] = bias->data()[k];
+  }
+  return cv;
+}
+
+Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, bool relu) {
+  if (x.rank() != 4 || x.dim(3) != cv.C)
+    fail("conv_nhwc: input must be (N, H, W, {}), found {}", cv.C, x.shape().str());
+  const Geometry g{x.dim(0), x.dim(1), x.dim(2), cv.out_size(x.dim(1), cv.R), cv.out_size(x.dim(2), cv.S)};
+  if (g.P < 1 || g.Q < 1) fail("conv_nhwc: input {} is smaller than the {}x{} kernel", x.shape().str(), cv.R, cv.S);
+  Tensor y = Tensor::empty({g.N, g.P, g.Q, cv.K});
+  if (residual) expect_shape(*residual, y.shape(), "conv_nhwc residual");
+  ProfileScope profile("conv nhwc");
+
+  const KernelSet& ks = *cv.kernels;
+  const int64_t M = g.rows(), taps = cv.taps();
+  const int64_t chunk_rows = std::max<int64_t>(ks.mr, kChunkRows / ks.mr * ks.mr);
+  const int64_t chunks = (M + chunk_rows - 1) / chunk_rows, items = chunks * cv.panels;
+  const int64_t macs = M * cv.K * cv.C * taps;
+  const bool parallel = items > 1 && macs >= kParallelMinMacs && num_threads() > 1;
+
+#pragma omp parallel if (parallel)
+  {
+    std::vector<const void*> rows(static_cast<size_t>(chunk_rows * taps));
+    int64_t filled = -1;  // the chunk whose rows are in `rows`
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t chunk = item / cv.panels, panel = item % cv.panels;
+      const int64_t m0 = chunk * chunk_rows, count = std::min(chunk_rows, M - m0);
+      if (filled != chunk) {
+        fill_rows(cv, g, x.data(), m0, count, rows.data());
+        filled = chunk;
+      }
+      const int64_t k0 = panel * ks.nr;
+      const int cols = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
+      TileArgs t;
+      t.taps = static_cast<int>(taps);
+      t.channels = cv.C;
+      t.panel = cv.weights.data() + panel * cv.panel_size();
+      t.ld_out = cv.K;
+      t.col_count = cols;
+      t.stage.bias = cv.bias.data() + k0;
+      t.stage.relu = relu;
+      t.stage.ld_residual = cv.K;
+      for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
+        const int64_t m = m0 + i0;
+        t.rows = rows.data() + i0 * taps;
+        t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
+        t.out = y.data() + m * cv.K + k0;
+        t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
+        ks.tile_f32(t);
+      }
+    }
+  }
+  return y;
+}
+
+Tensor conv_nhwc_ref(const Tensor& x, const Tensor& weight, const Tensor* bias, Conv2dParams params,
+                     const Tensor* residual, bool relu) {
+  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
+  const int64_t K = weight.dim(0), R = weight.dim(2), S = weight.dim(3);
+  if (weight.dim(1) != C) fail("conv_nhwc_ref: input has {} channels, weight {}", C, weight.shape().str());
+  const int64_t P = (H + 2 * params.padding - R) / params.stride + 1,
+                Q = (W + 2 * params.padding - S) / params.stride + 1;
+  Tensor y = Tensor::empty({N, P, Q, K});
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t q = 0; q < Q; ++q)
+        for (int64_t k = 0; k < K; ++k) {
+          double sum = bias ? bias->data()[k] : 0.0;
+          for (int64_t r = 0; r < R; ++r)
+            for (int64_t s = 0; s < S; ++s) {
+              const int64_t h = p * params.stride - params.padding + r, w = q * params.stride - params.padding + s;
+              if (h < 0 || h >= H || w < 0 || w >= W) continue;
+              for (int64_t c = 0; c < C; ++c)
+                sum += static_cast<double>(x.data()[((n * H + h) * W + w) * C + c]) *
+                       weight.data()[((k * C + c) * R + r) * S + s];
+            }
+          const int64_t at = ((n * P + p) * Q + q) * K + k;
+          if (residual) sum += residual->data()[at];
+          y.data()[at] = static_cast<float>(relu && sum < 0 ? 0.0 : sum);
+        }
+  return y;
+}
+
+Tensor nchw_to_nhwc(const Tensor& x) {
+  const int64_t N = x.dim(0), C = x.dim(1), HW = x.dim(2) * x.dim(3);
+  Tensor y = Tensor::empty({N, x.dim(2), x.dim(3), C});
+  if (C == 1) {
+    std::copy_n(x.data(), x.numel(), y.data());
+    return y;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t i = 0; i < HW; ++i) y.data()[(n * HW + i) * C + c] = x.data()[(n * C + c) * HW + i];
+  return y;
+}
+
+Tensor nhwc_to_nchw(const Tensor& x) {
+  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3), HW = H * W;
+  Tensor y = Tensor::empty({N, C, H, W});
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t i = 0; i < HW; ++i) y.data()[(n * C + c) * HW + i] = x.data()[(n * HW + i) * C + c];
+  return y;
+}
+
+Tensor maxpool_nhwc(const Tensor& x, MaxPool2dParams p) {
+  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
+  const int64_t P = (H + 2 * p.padding - p.kernel) / p.stride + 1, Q = (W + 2 * p.padding - p.kernel) / p.stride + 1;
+  if (P < 1 || Q < 1) fail("maxpool: input {} is smaller than the {}x{} window", x.shape().str(), p.kernel, p.kernel);
+  Tensor y = Tensor::empty({N, P, Q, C});
+  ProfileScope profile("pool nhwc");
+#pragma omp parallel for collapse(2) schedule(static) if (N * P * Q * C > 65536)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t oh = 0; oh < P; ++oh)
+      for (int64_t ow = 0; ow < Q; ++ow) {
+        float* out = y.data() + ((n * P + oh) * Q + ow) * C;
+        std::fill_n(out, C, -std::numeric_limits<float>::infinity());
+        const int64_t h0 = oh * p.stride - p.padding, w0 = ow * p.stride - p.padding;
+        for (int64_t h = std::max<int64_t>(h0, 0); h < std::min<int64_t>(h0 + p.kernel, H); ++h)
+          for (int64_t w = std::max<int64_t>(w0, 0); w < std::min<int64_t>(w0 + p.kernel, W); ++w) {
+            const float* in = x.data() + ((n * H + h) * W + w) * C;
+            // NaN wins, as in maxpool2d: out stays NaN once it is (NaN > v and v > NaN are both false).
+            for (int64_t c = 0; c < C; ++c) out[c] = (in[c] > out[c] || std::isnan(in[c])) ? in[c] : out[c];
+          }
+      }
+  return y;
+}
+
+Tensor global_avgpool_nhwc(const Tensor& x) {
+  const int64_t N = x.dim(0), HW = x.dim(1) * x.dim(2), C = x.dim(3);
+  Tensor y = Tensor::zeros({N, C});
+  for (int64_t n = 0; n < N; ++n) {
+    float* out = y.data() + n * C;
+    for (int64_t i = 0; i < HW; ++i) {
+      const float* in = x.data() + (n * HW + i) * C;
+      for (int64_t c = 0; c < C; ++c) out[c] += in[c];
+    }
+    for (int64_t c = 0; c < C; ++c) out[c] /= static_cast<float>(HW);  // as global_avgpool divides
+  }
+  return y;
+}
+
+}  // namespace toptag

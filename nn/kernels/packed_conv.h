@@ -1,0 +1,55 @@
+// Inference convolutions on channels-last (NHWC) activations with weights packed once, and the few
+// other operations a frozen ResNet runs in that layout (nn/inference_plan.h puts them together).
+//
+// conv_nhwc is an indirect GEMM (nn/kernels/tile.h): no im2col copy, no layout change, bias, residual
+// add and ReLU in the same pass as the sums. Its work is cut into chunks of output rows (pixels) times
+// panels of output channels; the threads take contiguous runs of them, so at batch 1, where a layer
+// has a handful of pixels, the cores split the output channels between them. A convolution too small
+// to be worth a second thread runs on one.
+#pragma once
+
+#include <vector>
+
+#include "nn/kernels/tile.h"
+#include "nn/ops/conv2d.h"
+#include "nn/ops/pool.h"
+#include "nn/tensor.h"
+
+namespace toptag {
+
+// A convolution's weights packed for one kernel set, with its geometry.
+struct PackedConv {
+  const KernelSet* kernels = nullptr;
+  int64_t K = 0, C = 0, R = 0, S = 0;  // output and input channels, kernel size
+  int stride = 1, pad = 0;
+  int64_t panels = 0;          // ceil(K / nr)
+  std::vector<float> weights;  // panels x [R*S taps][C][nr], zero past channel K
+  std::vector<float> bias;     // panels x nr, zero past channel K (and zero when the conv has none)
+  std::vector<float> zeros;    // C zeros: what a tap in the padding reads
+
+  int64_t taps() const { return R * S; }
+  int64_t panel_size() const { return taps() * C * kernels->nr; }
+  int64_t out_size(int64_t in, int64_t kernel) const { return (in + 2 * pad - kernel) / stride + 1; }
+};
+
+// Packs PyTorch-layout weights (K, C, R, S) and an optional bias (K) for `isa`'s kernels.
+PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams params, Isa isa);
+
+// y = conv(x) + bias [+ residual] [ReLU]. x: (N, H, W, C); y, residual: (N, P, Q, K), all NHWC.
+Tensor conv_nhwc(const PackedConv& conv, const Tensor& x, const Tensor* residual, bool relu);
+
+// The same contract, by direct loops in double on the unpacked (K, C, R, S) weights: the reference.
+Tensor conv_nhwc_ref(const Tensor& x, const Tensor& weight, const Tensor* bias, Conv2dParams params,
+                     const Tensor* residual, bool relu);
+
+// (N, C, H, W) -> (N, H, W, C).
+Tensor nchw_to_nhwc(const Tensor& x);
+Tensor nhwc_to_nchw(const Tensor& x);
+
+// Max pool over NHWC (padding never wins, as in PyTorch). (N, H, W, C) -> (N, P, Q, C).
+Tensor maxpool_nhwc(const Tensor& x, MaxPool2dParams params);
+
+// Mean over all pixels: (N, H, W, C) -> (N, C).
+Tensor global_avgpool_nhwc(const Tensor& x);
+
+}  // namespace toptag

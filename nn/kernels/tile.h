@@ -1,0 +1,66 @@
+// The micro-kernels behind toptag's inference convolutions: one register-blocked tile of an
+// implicit GEMM, with the output stage fused.
+//
+// A convolution over channels-last (NHWC) activations is a GEMM whose rows are output pixels and whose
+// columns are output channels: out[m, k] = sum over taps t and input channels c of
+// in[pixel(m, t), c] * w[k, t, c]. Rows are never copied into an im2col matrix; the kernel reads them
+// through an indirection table, one pointer per (row, tap) to the C contiguous channels of the input
+// pixel that tap reads (or to zeros, in the padding). A 1x1 convolution has one tap, and the table
+// points at consecutive rows: it is a plain GEMM.
+//
+// Weights are packed once, when a model is frozen for inference, into panels of `nr` output channels:
+// panel[t][c][0..nr), zero-padded past the last channel. One call computes a tile of up to `mr` rows by
+// one panel, keeping the mr x nr sums in registers over the whole reduction, then runs the output stage
+// on them: + bias, * scale, + residual, ReLU, and stores.
+//
+// The interface is laid out for integer formats too (the quantized-execution issue): weights and
+// activations travel as untyped pointers whose element type the kernel set fixes, and the output
+// stage's per-channel scale turns an integer sum into floats. Today every kernel is float32.
+#pragma once
+
+#include <cstdint>
+
+#include "nn/kernels/isa.h"
+
+namespace toptag {
+
+// What a tile's output stage does to its sums, in this order. Each pointer may be null.
+struct OutputStage {
+  const float* scale = nullptr;     // per output channel multiplier (integer formats; null: 1)
+  const float* bias = nullptr;      // per output channel, indexed like the tile's columns
+  const float* residual = nullptr;  // added elementwise: residual[i * ld_residual + j]
+  int64_t ld_residual = 0;
+  bool relu = false;  // max(0, .) last; NaN stays NaN
+};
+
+struct TileArgs {
+  const void* const* rows;  // rows * taps pointers, row-major: rows[i * taps + t] -> `channels` values
+  int row_count;            // 1..mr
+  int taps;
+  int64_t channels;
+  const void* panel;  // packed weights: taps * channels * nr values
+  float* out;         // out[i * ld_out + j] for i < row_count, j < col_count
+  int64_t ld_out;
+  int col_count;  // 1..nr valid output channels in this panel
+  OutputStage stage;
+};
+
+// One instruction set's kernels, and the tile shape they were written for.
+struct KernelSet {
+  Isa isa;
+  const char* name;  // "avx512 f32 12x32"
+  int mr, nr;        // rows per tile, output channels per panel
+  void (*tile_f32)(const TileArgs&);
+};
+
+const KernelSet& kernels(Isa isa);
+
+// The per-ISA tables, each defined in its own file compiled for that instruction set.
+namespace kernels_avx2 {
+extern const KernelSet set;
+}
+namespace kernels_avx512 {
+extern const KernelSet set;
+}
+
+}  // namespace toptag

@@ -1,0 +1,126 @@
+// toptag's own inference kernels (nn/kernels/) against their references, on every instruction set
+// this CPU runs (ref everywhere, avx2 and avx512 where present): the convolution tile with its output
+// stage over the shapes ResNet uses and the edges (1 and 3 input channels, 7x7 maps, odd sizes,
+// channel counts that are not a multiple of the tile, batch 1 and 64), and the NHWC pools.
+#include <cmath>
+#include <limits>
+
+#include "nn/kernels/packed_conv.h"
+#include "nn/parallel.h"
+#include "testing.h"
+
+namespace toptag {
+namespace {
+
+std::vector<Isa> isas_here() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512})
+    if (cpu_supports(isa)) out.push_back(isa);
+  return out;
+}
+
+struct ConvCase {
+  int64_t n, c, h, w, k;
+  int kernel, stride, pad;
+};
+
+void PrintTo(const ConvCase& c, std::ostream* os) {
+  *os << c.n << "x" << c.c << "x" << c.h << "x" << c.w << " -> " << c.k << " " << c.kernel << "x" << c.kernel << "/"
+      << c.stride << " pad " << c.pad;
+}
+
+class PackedConvVsReference : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(PackedConvVsReference, EveryIsaEveryOutputStage) {
+  const ConvCase c = GetParam();
+  Rng rng(7);
+  const Tensor x = testing::random_tensor({c.n, c.h, c.w, c.c}, rng);
+  const double fan_in = static_cast<double>(c.c * c.kernel * c.kernel);
+  const Tensor w = testing::random_tensor({c.k, c.c, c.kernel, c.kernel}, rng, 1.0 / std::sqrt(fan_in));
+  const Tensor b = testing::random_tensor({c.k}, rng);
+  const Conv2dParams params{c.stride, c.pad};
+  const Tensor plain = conv_nhwc_ref(x, w, nullptr, params, nullptr, false);
+  const Tensor residual = testing::random_tensor(plain.shape(), rng);
+  for (Isa isa : isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    const PackedConv bare = pack_conv(w, nullptr, params, isa);
+    const PackedConv biased = pack_conv(w, &b, params, isa);
+    testing::expect_close(conv_nhwc(bare, x, nullptr, false), plain, "conv", 1e-4, 1e-5);
+    testing::expect_close(conv_nhwc(biased, x, nullptr, true), conv_nhwc_ref(x, w, &b, params, nullptr, true),
+                          "conv + bias, ReLU", 1e-4, 1e-5);
+    testing::expect_close(conv_nhwc(biased, x, &residual, true), conv_nhwc_ref(x, w, &b, params, &residual, true),
+                          "conv + bias + residual, ReLU", 1e-4, 1e-5);
+    testing::expect_close(conv_nhwc(bare, x, &residual, false), conv_nhwc_ref(x, w, nullptr, params, &residual, false),
+                          "conv + residual", 1e-4, 1e-5);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, PackedConvVsReference,
+    ::testing::Values(ConvCase{1, 1, 40, 40, 64, 7, 2, 3},     // the stem at 40x40, one colour
+                      ConvCase{2, 3, 23, 17, 40, 7, 2, 3},     // three colours, odd sizes, K not a multiple of 16
+                      ConvCase{1, 64, 10, 10, 64, 3, 1, 1},    // layer1's 3x3
+                      ConvCase{3, 17, 7, 7, 33, 3, 2, 1},      // 7x7 maps, strided 3x3, odd channels
+                      ConvCase{1, 5, 7, 7, 70, 1, 1, 0},       // 1x1: a plain GEMM
+                      ConvCase{64, 8, 5, 5, 16, 1, 2, 0},      // batch 64, strided 1x1 downsample
+                      ConvCase{64, 16, 3, 3, 48, 3, 1, 1},     // batch 64, 3x3 with padding everywhere
+                      ConvCase{1, 2, 2, 2, 4, 7, 2, 3},        // a 2x2 image under the stem: most taps in padding
+                      ConvCase{1, 512, 2, 2, 512, 3, 1, 1},    // layer4 at 40x40, batch 1: 4 rows, long reduction
+                      ConvCase{2, 2048, 1, 1, 1024, 1, 1, 0},  // fc1 as a 1x1 convolution
+                      ConvCase{5, 1024, 1, 1, 2, 1, 1, 0}));   // fc2: two output channels
+
+TEST(PackedConv, ThreadedAndSingleThreadedAgreeBitForBit) {
+  // Each output element is summed by one thread in a fixed order, so the thread count changes nothing.
+  Rng rng(3);
+  const Tensor x = testing::random_tensor({4, 20, 20, 32}, rng);
+  const Tensor w = testing::random_tensor({96, 32, 3, 3}, rng, 0.1);
+  for (Isa isa : isas_here()) {
+    const PackedConv cv = pack_conv(w, nullptr, {1, 1}, isa);
+    const int saved = num_threads();
+    set_num_threads(1);
+    const Tensor one = conv_nhwc(cv, x, nullptr, false);
+    set_num_threads(2);
+    const Tensor two = conv_nhwc(cv, x, nullptr, false);
+    set_num_threads(saved);
+    for (int64_t i = 0; i < one.numel(); ++i) ASSERT_EQ(one.data()[i], two.data()[i]) << isa_name(isa) << " at " << i;
+  }
+}
+
+TEST(PackedConv, NanPassesTheFusedRelu) {
+  Tensor x = Tensor::full({1, 3, 3, 4}, 1.0f);
+  x.data()[5] = std::numeric_limits<float>::quiet_NaN();
+  const Tensor w = Tensor::full({16, 4, 1, 1}, -1.0f);  // every finite output is negative: ReLU zeroes it
+  for (Isa isa : isas_here()) {
+    const Tensor y = conv_nhwc(pack_conv(w, nullptr, {1, 0}, isa), x, nullptr, true);
+    EXPECT_TRUE(std::isnan(y.data()[16])) << isa_name(isa) << ": pixel 1 read the NaN";
+    EXPECT_EQ(y.data()[0], 0.0f) << isa_name(isa);
+  }
+}
+
+TEST(PackedConv, RejectsAnInputOfTheWrongChannels) {
+  const PackedConv cv = pack_conv(Tensor::zeros({8, 4, 3, 3}), nullptr, {1, 1}, Isa::ref);
+  EXPECT_NE(testing::error_of([&] {
+              conv_nhwc(cv, Tensor::zeros({1, 5, 5, 3}), nullptr, false);
+            }).find("(N, H, W, 4)"),
+            std::string::npos);
+}
+
+TEST(NhwcOps, MaxPoolAndAveragePoolMatchTheNchwOps) {
+  Rng rng(5);
+  const Tensor nchw = testing::random_tensor({2, 5, 9, 7}, rng);
+  const Tensor nhwc = nchw_to_nhwc(nchw);
+  testing::expect_close(nhwc_to_nchw(nhwc), nchw, "layout round trip", 0, 0);
+  const Tensor pooled = maxpool2d(Var(nchw), {3, 2, 1}).value();
+  testing::expect_close(nhwc_to_nchw(maxpool_nhwc(nhwc, {3, 2, 1})), pooled, "max pool", 0, 0);
+  testing::expect_close(global_avgpool_nhwc(nhwc), global_avgpool(Var(nchw)).value(), "average pool", 1e-6, 1e-7);
+}
+
+TEST(Isa, TheActivePathIsOneThisCpuRuns) {
+  EXPECT_TRUE(cpu_supports(active_isa()));
+  EXPECT_TRUE(cpu_supports(Isa::ref));
+  EXPECT_EQ(kernels(active_isa()).isa, active_isa());
+  EXPECT_FALSE(describe_isa().empty());
+}
+
+}  // namespace
+}  // namespace toptag
