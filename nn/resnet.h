@@ -117,11 +117,6 @@ class ResNet {
   // Every conv and linear layer under its state_dict prefix ("layer1.0.conv2", "fc1"), for attaching hooks.
   std::vector<std::pair<std::string, Conv2d*>> convs();
   std::vector<std::pair<std::string, Linear*>> linears();
-  // The layers in forward order, read-only, for code that walks the network (export/onnx_export.cpp).
-  const Conv2d& stem() const { return conv1; }
-  const std::vector<std::vector<Block>>& stages() const { return layers; }
-  const Linear& hidden_layer() const { return fc1; }
-  const Linear& output_layer() const { return fc2; }
 
   int64_t feature_dim() const { return feature_dim_; }
   const ResNetConfig& config() const { return config_; }
