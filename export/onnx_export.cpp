@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <map>
 
 #include "export/onnx_graph.h"
 #include "io/config_json.h"
@@ -27,53 +26,59 @@ Tensor effective_weight(const std::shared_ptr<LayerHooks>& hooks, const Var& wei
   return hooks && hooks->weight ? hooks->weight(weight).value() : weight.value();
 }
 
-// Walks a frozen ResNet in forward order and emits its nodes.
+// Walks a frozen ResNet in forward order (ResNet::walk) and emits its nodes.
 class Exporter {
  public:
-  Exporter(onnx::GraphProto& graph, ResNet& model, const QuantizationConfig* quantization, std::string source)
-      : graph_(graph), quantization_(quantization), source_(std::move(source)) {
-    for (auto& [name, conv] : model.convs()) conv_names_[conv] = name;
-  }
+  Exporter(onnx::GraphProto& graph, const QuantizationConfig* quantization, std::string source)
+      : graph_(graph), quantization_(quantization), source_(std::move(source)) {}
 
-  // images -> features (the Flatten after the global average pool).
-  std::string featurizer(const ResNet& model, const std::string& images) {
-    std::string x = conv(model.stem(), images, true);
-    x = graph_.node("MaxPool", {x}, "maxpool",
-                    {{"kernel_shape", std::vector<int64_t>{kStemMaxPool.kernel, kStemMaxPool.kernel}},
-                     {"strides", std::vector<int64_t>{kStemMaxPool.stride, kStemMaxPool.stride}},
-                     {"pads", std::vector<int64_t>(4, kStemMaxPool.padding)}});
-    for (size_t s = 0; s < model.stages().size(); ++s)
-      for (size_t b = 0; b < model.stages()[s].size(); ++b)
-        x = block(model.stages()[s][b], fmt::format("layer{}.{}", s + 1, b), x);
-    x = graph_.node("GlobalAveragePool", {x}, "avgpool");
-    return graph_.node("Flatten", {x}, kOnnxFeatures, {{"axis", int64_t{1}}});
-  }
-
-  // features -> probabilities: fc1 -> ReLU -> fc2 -> softmax, as ResNet::head and the engine's softmax.
-  std::string head(const ResNet& model, const std::string& features) {
-    std::string x = gemm(model.hidden_layer(), "fc1", features);
-    x = graph_.node("Relu", {x}, "fc1.relu");
-    x = gemm(model.output_layer(), "fc2", x);
-    return graph_.node("Softmax", {x}, kOnnxProbabilities, {{"axis", int64_t{1}}});
+  // images -> features (the Flatten after the global average pool) -> probabilities (the softmax of
+  // the head's logits).
+  void network(const ResNet& model, const std::string& images) {
+    std::string x = images;
+    std::string block_input, shortcut;  // the current block's input and its shortcut conv's output
+    model.walk([&](const LayerStep& step) {
+      switch (step.kind) {
+        case LayerStep::Kind::conv:
+          if (step.shortcut)
+            shortcut = conv(step, block_input);
+          else
+            x = conv(step, x);
+          break;
+        case LayerStep::Kind::max_pool:
+          x = graph_.node("MaxPool", {x}, step.name,
+                          {{"kernel_shape", std::vector<int64_t>{step.pool.kernel, step.pool.kernel}},
+                           {"strides", std::vector<int64_t>{step.pool.stride, step.pool.stride}},
+                           {"pads", std::vector<int64_t>(4, step.pool.padding)}});
+          break;
+        case LayerStep::Kind::block_begin:
+          block_input = x;
+          shortcut.clear();
+          break;
+        case LayerStep::Kind::block_end:
+          x = graph_.node("Add", {x, shortcut.empty() ? block_input : shortcut}, step.name + ".add");
+          if (step.relu) x = graph_.node("Relu", {x}, step.name + ".relu");
+          break;
+        case LayerStep::Kind::global_avg_pool:
+          x = graph_.node("GlobalAveragePool", {x}, step.name);
+          x = graph_.node("Flatten", {x}, kOnnxFeatures, {{"axis", int64_t{1}}});
+          break;
+        case LayerStep::Kind::linear:
+          x = gemm(*step.linear, step.name, x);
+          if (step.relu) x = graph_.node("Relu", {x}, step.name + ".relu");
+          break;
+      }
+    });
+    graph_.node("Softmax", {x}, kOnnxProbabilities, {{"axis", int64_t{1}}});
   }
 
   OnnxGraph& graph() { return graph_; }
 
  private:
-  // Bottleneck: 1x1 -> 3x3 (stride) -> 1x1; basic: 3x3 (stride) -> 3x3; then + identity (or the
-  // downsample conv) and ReLU, as Block::forward.
-  std::string block(const Block& b, const std::string& prefix, const std::string& x) {
-    const bool bottleneck = b.kind == BlockKind::bottleneck;
-    std::string out = conv(b.conv1, x, true);
-    out = conv(b.conv2, out, bottleneck);
-    if (bottleneck) out = conv(b.conv3, out, false);
-    const std::string identity = b.downsample_conv ? conv(*b.downsample_conv, x, false) : x;
-    out = graph_.node("Add", {out, identity}, prefix + ".add");
-    return graph_.node("Relu", {out}, prefix + ".relu");
-  }
-
-  std::string conv(const Conv2d& c, const std::string& x, bool relu) {
-    const std::string& name = conv_names_.at(&c);
+  // A conv step with its batch norm folded in: Conv (with bias), then Relu if the step has one.
+  std::string conv(const LayerStep& step, const std::string& x) {
+    const Conv2d& c = *step.conv;
+    const std::string& name = step.name;
     const Tensor w = effective_weight(c.hooks, c.weight);
     check_finite(name + ".weight", w);
     if (!c.bias.value().defined()) fail("{}: layer '{}' has no bias: its batch norm was not folded", source_, name);
@@ -86,7 +91,7 @@ class Exporter {
                                 {{"kernel_shape", std::vector<int64_t>{kernel_h, kernel_w}},
                                  {"strides", std::vector<int64_t>{c.params.stride, c.params.stride}},
                                  {"pads", std::vector<int64_t>(4, c.params.padding)}});
-    return relu ? graph_.node("Relu", {y}, name + ".relu") : y;
+    return step.relu ? graph_.node("Relu", {y}, name + ".relu") : y;
   }
 
   // y = x W^T + b: Gemm with transB, W kept in PyTorch's (out, in) layout.
@@ -124,7 +129,6 @@ class Exporter {
   OnnxGraph graph_;
   const QuantizationConfig* quantization_;
   std::string source_;
-  std::map<const Conv2d*, std::string> conv_names_;
 };
 
 // How the graph treats the checkpoint's activation quantization; sets `warning` when it is not carried.
@@ -195,10 +199,9 @@ OnnxExport export_onnx(Tagger& tagger, const std::string& source) {
   onnx::GraphProto& graph = *m.mutable_graph();
   graph.set_name("toptag_" + c.arch);
 
-  Exporter e(graph, model, tagger.quantization.get(), source);
+  Exporter e(graph, tagger.quantization.get(), source);
   e.graph().input(kOnnxImages, {-1, c.in_channels, tagger.images.size, tagger.images.size});
-  const std::string features = e.featurizer(model, kOnnxImages);
-  e.head(model, features);
+  e.network(model, kOnnxImages);
   e.graph().output(kOnnxProbabilities, {-1, c.classes});
   e.graph().output(kOnnxFeatures, {-1, model.feature_dim()});
 

@@ -2,10 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <functional>
 #include <map>
 
 #include "nn/check.h"
 #include "nn/ops/elementwise.h"
+#include "nn/ops/pool.h"
 
 namespace toptag {
 
@@ -21,6 +23,96 @@ const std::map<std::string, ArchSpec>& arch_table() {
 }
 
 constexpr int kBottleneckExpansion = 4;
+
+// The steps ResNet::walk visits; fields a kind does not use keep LayerStep's defaults.
+LayerStep make_step(LayerStep::Kind kind, std::string name) {
+  LayerStep step{};
+  step.kind = kind;
+  step.name = std::move(name);
+  return step;
+}
+
+LayerStep conv_step(std::string name, Conv2d& conv, std::string bn_name, BatchNorm2d& bn, bool relu) {
+  LayerStep step = make_step(LayerStep::Kind::conv, std::move(name));
+  step.conv = &conv;
+  step.bn = &bn;
+  step.bn_name = std::move(bn_name);
+  step.relu = relu;
+  return step;
+}
+
+LayerStep block_step(LayerStep::Kind kind, const std::string& name, Block& block, bool relu) {
+  LayerStep step = make_step(kind, name);
+  step.block = &block;
+  step.relu = relu;
+  return step;
+}
+
+LayerStep linear_step(std::string name, Linear& linear, bool relu) {
+  LayerStep step = make_step(LayerStep::Kind::linear, std::move(name));
+  step.linear = &linear;
+  step.relu = relu;
+  return step;
+}
+
+// A step's parameters and buffers under their state_dict keys: a conv's, then its batch norm's (none
+// once folded), or a linear layer's.
+void collect_state(const LayerStep& step, StateList& out) {
+  if (step.kind == LayerStep::Kind::conv) {
+    step.conv->collect(step.name + ".", out);
+    step.bn->collect(step.bn_name + ".", out);
+  } else if (step.kind == LayerStep::Kind::linear) {
+    step.linear->collect(step.name + ".", out);
+  }
+}
+
+// The forward pass as an interpreter over the walk's steps, so that a new kind of layer is added in
+// one place. It runs the same ops in the same order as a hand-written forward (the same numbers, bit
+// for bit) and keeps no activation longer: each step's output replaces the last one, and only the
+// current block's input (which the shortcut conv and the residual add read) is held until block_end,
+// as a block's forward holds its argument.
+class ForwardRun {
+ public:
+  explicit ForwardRun(Var x) : x_(std::move(x)) {}
+
+  void operator()(const LayerStep& step) {
+    switch (step.kind) {
+      case LayerStep::Kind::conv:
+        if (step.shortcut)
+          shortcut_ = conv_bn(*step.conv, *step.bn, *block_input_, step.relu);
+        else
+          x_ = conv_bn(*step.conv, *step.bn, x_, step.relu);
+        break;
+      case LayerStep::Kind::max_pool:
+        x_ = maxpool2d(x_, step.pool);
+        break;
+      case LayerStep::Kind::block_begin:
+        block_input_ = x_;
+        break;
+      case LayerStep::Kind::block_end: {
+        const Var& identity = shortcut_ ? *shortcut_ : *block_input_;
+        x_ = step.relu ? add_relu(x_, identity) : add(x_, identity);
+        block_input_.reset();
+        shortcut_.reset();
+        break;
+      }
+      case LayerStep::Kind::global_avg_pool:
+        x_ = global_avgpool(x_);
+        break;
+      case LayerStep::Kind::linear:
+        x_ = step.linear->forward(x_);
+        if (step.relu) x_ = relu(x_);
+        break;
+    }
+  }
+
+  const Var& output() const { return x_; }
+
+ private:
+  Var x_;                           // the last step's output
+  std::optional<Var> block_input_;  // from block_begin to block_end
+  std::optional<Var> shortcut_;     // the shortcut conv's output, when the block has one
+};
 
 }  // namespace
 
@@ -61,40 +153,30 @@ int64_t Block::out_channels() const {
   return kind == BlockKind::bottleneck ? planes * kBottleneckExpansion : planes;
 }
 
-Var Block::forward(const Var& x) {
+void Block::walk(const std::string& name, const std::function<void(const LayerStep&)>& visit) {
+  const std::string prefix = name.empty() ? "" : name + ".";
   const bool bottleneck = kind == BlockKind::bottleneck;
-  Var out = conv_bn(conv1, bn1, x, true);
-  out = conv_bn(conv2, bn2, out, bottleneck);
-  if (bottleneck) out = conv_bn(conv3, bn3, out, false);
-  Var identity = downsample_conv ? conv_bn(*downsample_conv, *downsample_bn, x, false) : x;
-  return add_relu(out, identity);
-}
-
-void Block::collect(const std::string& prefix, StateList& out) {
-  conv1.collect(prefix + "conv1.", out);
-  bn1.collect(prefix + "bn1.", out);
-  conv2.collect(prefix + "conv2.", out);
-  bn2.collect(prefix + "bn2.", out);
-  if (kind == BlockKind::bottleneck) {
-    conv3.collect(prefix + "conv3.", out);
-    bn3.collect(prefix + "bn3.", out);
-  }
+  visit(block_step(LayerStep::Kind::block_begin, name, *this, false));
+  visit(conv_step(prefix + "conv1", conv1, prefix + "bn1", bn1, true));
+  visit(conv_step(prefix + "conv2", conv2, prefix + "bn2", bn2, bottleneck));
+  if (bottleneck) visit(conv_step(prefix + "conv3", conv3, prefix + "bn3", bn3, false));
   if (downsample_conv) {
-    downsample_conv->collect(prefix + "downsample.0.", out);
-    downsample_bn->collect(prefix + "downsample.1.", out);
+    LayerStep shortcut =
+        conv_step(prefix + "downsample.0", *downsample_conv, prefix + "downsample.1", *downsample_bn, false);
+    shortcut.shortcut = true;
+    visit(shortcut);
   }
+  visit(block_step(LayerStep::Kind::block_end, name, *this, true));
 }
 
-void Block::fold_batchnorm() {
-  bn1.fold_into(conv1);
-  bn2.fold_into(conv2);
-  if (kind == BlockKind::bottleneck) bn3.fold_into(conv3);
-  if (downsample_bn) downsample_bn->fold_into(*downsample_conv);
+Var Block::forward(const Var& x) {
+  ForwardRun run(x);
+  walk("", std::ref(run));
+  return run.output();
 }
 
-void Block::set_training(bool training) {
-  bn1.training = bn2.training = bn3.training = training;
-  if (downsample_bn) downsample_bn->training = training;
+void Block::collect(const std::string& name, StateList& out) {
+  walk(name, [&](const LayerStep& step) { collect_state(step, out); });
 }
 
 ResNet::ResNet(const ResNetConfig& config, uint64_t seed) : config_(config) {
@@ -122,17 +204,40 @@ ResNet::ResNet(const ResNetConfig& config, uint64_t seed) : config_(config) {
   fc2 = Linear(config.hidden, config.classes, rng);
 }
 
+void ResNet::walk(const std::function<void(const LayerStep&)>& visit) {
+  visit(conv_step("conv1", conv1, "bn1", bn1, true));
+  LayerStep pool = make_step(LayerStep::Kind::max_pool, "maxpool");
+  pool.pool = kStemMaxPool;
+  visit(pool);
+  for (size_t s = 0; s < layers.size(); ++s)
+    for (size_t b = 0; b < layers[s].size(); ++b) layers[s][b].walk(fmt::format("layer{}.{}", s + 1, b), visit);
+  visit(make_step(LayerStep::Kind::global_avg_pool, "avgpool"));
+  visit(linear_step("fc1", fc1, true));
+  visit(linear_step("fc2", fc2, false));
+}
+
+void ResNet::walk(const std::function<void(const LayerStep&)>& visit) const {
+  // The steps are the same; LayerStep's pointers are non-const, and the caller promises not to write through them.
+  const_cast<ResNet*>(this)->walk(visit);
+}
+
+// The featurizer is every step before the head's linear layers; the head is those linear layers.
 Var ResNet::features(const Var& images) {
   if (images.shape().rank() != 4 || images.shape()[1] != config_.in_channels)
     fail("model expects images of shape (N, {}, H, W), got {}", config_.in_channels, images.shape().str());
-  Var x = maxpool2d(conv_bn(conv1, bn1, images, true), kStemMaxPool);
-  for (auto& stage : layers)
-    for (auto& block : stage) x = block.forward(x);
-  return global_avgpool(x);
+  ForwardRun run(images);
+  walk([&](const LayerStep& step) {
+    if (step.kind != LayerStep::Kind::linear) run(step);
+  });
+  return run.output();
 }
 
 Var ResNet::head(const Var& features) {
-  return fc2.forward(relu(fc1.forward(features)));
+  ForwardRun run(features);
+  walk([&](const LayerStep& step) {
+    if (step.kind == LayerStep::Kind::linear) run(step);
+  });
+  return run.output();
 }
 
 Var ResNet::forward(const Var& images) {
@@ -141,51 +246,45 @@ Var ResNet::forward(const Var& images) {
 
 StateList ResNet::state() {
   StateList out;
-  conv1.collect("conv1.", out);
-  bn1.collect("bn1.", out);
-  for (size_t s = 0; s < layers.size(); ++s)
-    for (size_t b = 0; b < layers[s].size(); ++b) layers[s][b].collect(fmt::format("layer{}.{}.", s + 1, b), out);
-  StateList h = head_state();
-  out.parameters.insert(out.parameters.end(), h.parameters.begin(), h.parameters.end());
+  walk([&](const LayerStep& step) { collect_state(step, out); });
   return out;
 }
 
 StateList ResNet::head_state() {
   StateList out;
-  fc1.collect("fc1.", out);
-  fc2.collect("fc2.", out);
+  walk([&](const LayerStep& step) {
+    if (step.kind == LayerStep::Kind::linear) collect_state(step, out);
+  });
   return out;
 }
 
 void ResNet::fold_batchnorm() {
-  bn1.fold_into(conv1);
-  for (auto& stage : layers)
-    for (auto& block : stage) block.fold_batchnorm();
+  walk([](const LayerStep& step) {
+    if (step.kind == LayerStep::Kind::conv) step.bn->fold_into(*step.conv);
+  });
   folded_ = true;
 }
 
 std::vector<std::pair<std::string, Conv2d*>> ResNet::convs() {
-  std::vector<std::pair<std::string, Conv2d*>> out{{"conv1", &conv1}};
-  for (size_t s = 0; s < layers.size(); ++s)
-    for (size_t b = 0; b < layers[s].size(); ++b) {
-      Block& block = layers[s][b];
-      const std::string prefix = fmt::format("layer{}.{}.", s + 1, b);
-      out.emplace_back(prefix + "conv1", &block.conv1);
-      out.emplace_back(prefix + "conv2", &block.conv2);
-      if (block.kind == BlockKind::bottleneck) out.emplace_back(prefix + "conv3", &block.conv3);
-      if (block.downsample_conv) out.emplace_back(prefix + "downsample.0", &*block.downsample_conv);
-    }
+  std::vector<std::pair<std::string, Conv2d*>> out;
+  walk([&](const LayerStep& step) {
+    if (step.kind == LayerStep::Kind::conv) out.emplace_back(step.name, step.conv);
+  });
   return out;
 }
 
 std::vector<std::pair<std::string, Linear*>> ResNet::linears() {
-  return {{"fc1", &fc1}, {"fc2", &fc2}};
+  std::vector<std::pair<std::string, Linear*>> out;
+  walk([&](const LayerStep& step) {
+    if (step.kind == LayerStep::Kind::linear) out.emplace_back(step.name, step.linear);
+  });
+  return out;
 }
 
 void ResNet::set_training(bool training) {
-  bn1.training = training;
-  for (auto& stage : layers)
-    for (auto& block : stage) block.set_training(training);
+  walk([=](const LayerStep& step) {
+    if (step.kind == LayerStep::Kind::conv) step.bn->training = training;
+  });
 }
 
 }  // namespace toptag

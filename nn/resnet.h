@@ -7,6 +7,7 @@
 // (2048 wide for resnet50) that the classifier head reads.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,15 +38,37 @@ struct ArchSpec {
 std::optional<ArchSpec> find_arch(const std::string& arch);
 std::vector<std::string> known_archs();
 
+class Block;
+
+// One layer of the network, as ResNet::walk visits them, in forward order:
+//   conv "conv1" (+bn1, relu) -> max_pool -> for each block: block_begin, its main-path convs in order
+//   (conv1, conv2[, conv3]), its shortcut conv if any (downsample.0 + downsample.1), block_end
+//   (residual add, then ReLU) -> global_avg_pool -> linear fc1 (relu) -> linear fc2.
+struct LayerStep {
+  enum class Kind { conv, max_pool, block_begin, block_end, global_avg_pool, linear };
+  Kind kind;
+  // state_dict prefix: "conv1", "layer2.0.conv3", "layer2.0.downsample.0", "fc1"; blocks: "layer2.0"
+  std::string name;
+  Conv2d* conv = nullptr;     // conv: the convolution
+  BatchNorm2d* bn = nullptr;  // conv: the batch norm that follows it (folded or not)
+  std::string bn_name;        // conv: its state_dict prefix: "bn1", "layer2.0.bn2", "layer2.0.downsample.1"
+  // conv: on the block's shortcut path: reads the block's input, not the previous layer's output
+  bool shortcut = false;
+  bool relu = false;         // conv, linear: a ReLU follows (after the batch norm); block_end: ReLU after the add
+  Linear* linear = nullptr;  // linear
+  MaxPool2dParams pool{};    // max_pool
+  Block* block = nullptr;    // block_begin, block_end
+};
+
 // One residual block. Bottleneck: 1x1 -> 3x3 (stride) -> 1x1 (x4 channels). Basic: 3x3 (stride) -> 3x3.
 // A 1x1 conv + BN "downsample" path is added when the stride or the channel count changes.
 class Block {
  public:
   Block(BlockKind kind, int64_t in_channels, int64_t planes, int stride, Rng& rng);
+  // x -> the block's output, by running its steps (ResNet::walk's, from block_begin to block_end).
   Var forward(const Var& x);
-  void collect(const std::string& prefix, StateList& out);
-  void set_training(bool training);
-  void fold_batchnorm();
+  // The block's parameters and buffers under their state_dict keys, named as walk() names its steps.
+  void collect(const std::string& name, StateList& out);
   int64_t out_channels() const;
 
   BlockKind kind;
@@ -53,6 +76,11 @@ class Block {
   BatchNorm2d bn1, bn2, bn3;
   std::optional<Conv2d> downsample_conv;     // "downsample.0"
   std::optional<BatchNorm2d> downsample_bn;  // "downsample.1"
+
+ private:
+  friend class ResNet;
+  // This block's steps, block_begin to block_end, named under `name` ("layer2.0"; "" names them "conv1", ...).
+  void walk(const std::string& name, const std::function<void(const LayerStep&)>& visit);
 };
 
 class ResNet {
@@ -78,14 +106,17 @@ class ResNet {
   void fold_batchnorm();
   bool folded() const { return folded_; }
 
+  // Visits every layer in forward order (LayerStep). This is the one place the topology is spelled
+  // out: forward, state, batch-norm folding, the train/eval flag, convs/linears and the ONNX exporter
+  // all walk it.
+  void walk(const std::function<void(const LayerStep&)>& visit);
+  // The same steps, for read-only walkers (the exporter). The pointers in LayerStep are non-const;
+  // const callers must not modify through them.
+  void walk(const std::function<void(const LayerStep&)>& visit) const;
+
   // Every conv and linear layer under its state_dict prefix ("layer1.0.conv2", "fc1"), for attaching hooks.
   std::vector<std::pair<std::string, Conv2d*>> convs();
   std::vector<std::pair<std::string, Linear*>> linears();
-  // The layers in forward order, read-only, for code that walks the network (export/onnx_export.cpp).
-  const Conv2d& stem() const { return conv1; }
-  const std::vector<std::vector<Block>>& stages() const { return layers; }
-  const Linear& hidden_layer() const { return fc1; }
-  const Linear& output_layer() const { return fc2; }
 
   int64_t feature_dim() const { return feature_dim_; }
   const ResNetConfig& config() const { return config_; }

@@ -1,6 +1,6 @@
 #include "nn/gemm.h"
 
-// gemm() itself calls OpenBLAS, which nn/blas.cpp loads.
+// gemm_ref, the plain reference of gemm(); gemm() itself calls OpenBLAS, which nn/blas.cpp loads.
 
 namespace toptag {
 
