@@ -6,6 +6,7 @@
 #include <map>
 
 #include "nn/check.h"
+#include "nn/inference_plan.h"
 #include "nn/ops/elementwise.h"
 #include "nn/ops/pool.h"
 
@@ -225,6 +226,7 @@ void ResNet::walk(const std::function<void(const LayerStep&)>& visit) const {
 Var ResNet::features(const Var& images) {
   if (images.shape().rank() != 4 || images.shape()[1] != config_.in_channels)
     fail("model expects images of shape (N, {}, H, W), got {}", config_.in_channels, images.shape().str());
+  if (frozen_ && !grad_enabled()) return Var(frozen_->features(images.value()));
   ForwardRun run(images);
   walk([&](const LayerStep& step) {
     if (step.kind != LayerStep::Kind::linear) run(step);
@@ -233,6 +235,7 @@ Var ResNet::features(const Var& images) {
 }
 
 Var ResNet::head(const Var& features) {
+  if (frozen_ && !grad_enabled()) return Var(frozen_->head(features.value()));
   ForwardRun run(features);
   walk([&](const LayerStep& step) {
     if (step.kind == LayerStep::Kind::linear) run(step);
@@ -258,7 +261,12 @@ StateList ResNet::head_state() {
   return out;
 }
 
+void ResNet::freeze(Isa isa) {
+  frozen_ = std::make_shared<const FrozenResNet>(*this, isa);
+}
+
 void ResNet::fold_batchnorm() {
+  frozen_.reset();
   walk([](const LayerStep& step) {
     if (step.kind == LayerStep::Kind::conv) step.bn->fold_into(*step.conv);
   });
@@ -282,6 +290,7 @@ std::vector<std::pair<std::string, Linear*>> ResNet::linears() {
 }
 
 void ResNet::set_training(bool training) {
+  if (training) frozen_.reset();
   walk([=](const LayerStep& step) {
     if (step.kind == LayerStep::Kind::conv) step.bn->training = training;
   });

@@ -8,10 +8,12 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "nn/kernels/isa.h"
 #include "nn/layers.h"
 #include "nn/ops/pool.h"
 
@@ -39,6 +41,7 @@ std::optional<ArchSpec> find_arch(const std::string& arch);
 std::vector<std::string> known_archs();
 
 class Block;
+class FrozenResNet;
 
 // One layer of the network, as ResNet::walk visits them, in forward order:
 //   conv "conv1" (+bn1, relu) -> max_pool -> for each block: block_begin, its main-path convs in order
@@ -118,6 +121,15 @@ class ResNet {
   std::vector<std::pair<std::string, Conv2d*>> convs();
   std::vector<std::pair<std::string, Linear*>> linears();
 
+  // Inference: packs every layer's weights once for this CPU's kernels (nn/inference_plan.h).
+  // features(), head() and forward() then run the frozen plan whenever no gradient is recorded
+  // (NoGradGuard), and the autograd path otherwise. Needs folded batch norms and no layer hooks.
+  // set_training(true), fold_batchnorm() and thaw() drop the plan; weights changed through state()
+  // or convs() after freeze() are not seen until freeze() is called again.
+  void freeze(Isa isa = active_isa());
+  void thaw() { frozen_.reset(); }
+  const FrozenResNet* frozen() const { return frozen_.get(); }
+
   int64_t feature_dim() const { return feature_dim_; }
   const ResNetConfig& config() const { return config_; }
 
@@ -129,6 +141,7 @@ class ResNet {
   BatchNorm2d bn1;
   std::vector<std::vector<Block>> layers;
   Linear fc1, fc2;
+  std::shared_ptr<const FrozenResNet> frozen_;  // immutable once built: shared by concurrent callers
 };
 
 }  // namespace toptag

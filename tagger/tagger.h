@@ -56,8 +56,9 @@ void check_channels(const ResNet& model, const ImageOptions& images, const std::
 int64_t quantize_tagger(Tagger& tagger, std::shared_ptr<QuantizationConfig> config, const BatchSourceFn& calibration);
 
 // Inference only: eval mode with every batch norm folded into its conv (the same function, one pass
-// less per layer, and the ReLU fused into the conv), and a quantized tagger's weights quantized once
-// (quantize/model.h).
+// less per layer, and the ReLU fused into the conv); then a float model is frozen (its weights packed
+// once for this CPU's kernels, nn/inference_plan.h), and a quantized tagger's weights are quantized
+// once (quantize/model.h).
 void freeze_for_inference(Tagger& tagger);
 
 }  // namespace toptag
