@@ -6,7 +6,8 @@
 //   inference latency at batch 1: 40x40x1 and the paper's 224x224x3
 //   peak resident memory after training
 // --profile adds where a training step's time goes, phase by phase (nn/profile.h).
-// The PyTorch reference for the same jobs is bench/torch_resnet.py.
+// The PyTorch reference for the same jobs is bench/torch_resnet.py; bench/compare.sh runs both, and ONNX
+// Runtime on toptag's export (bench/ort_resnet.js), and prints one table of toptag's speed-ups.
 #include <fmt/format.h>
 #include <sys/resource.h>
 

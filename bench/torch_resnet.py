@@ -8,6 +8,7 @@ on them). Prints lines in bench_resnet's format so the two can be compared side 
 training 40x40x1 batch 64 (forward, backward, Adam), inference 40x40x1 batch 64, and batch-1
 latency at 40x40x1 and 224x224x3, plus peak RSS after training. The model is torchvision's
 resnet50 with toptag's head (fc1 2048 -> 1024, ReLU, fc2 1024 -> 2) and a 1- or 3-channel stem.
+bench/compare.sh runs it beside toptag and ONNX Runtime (bench/ort_resnet.js) and prints one table.
 """
 import argparse
 import resource
