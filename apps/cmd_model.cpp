@@ -8,6 +8,7 @@
 #include "io/checkpoint.h"
 #include "nn/blas.h"
 #include "nn/gemm.h"
+#include "nn/kernels/tile.h"
 #include "tagger/tagger.h"
 
 namespace toptag::apps {
@@ -56,7 +57,11 @@ void run_model(const ModelArgs& args) {
   fmt::print("buffers        {} tensors (batch-norm running statistics)\n", state.buffers.size());
   fmt::print("GEMM FLOPs     {:.3f} G per {}x{} image (forward), counted\n", forward_gflops(*model, args.image_size),
              args.image_size, args.image_size);
-  fmt::print("BLAS           {}\n", blas_info().summary());
+  fmt::print("BLAS           {} (training)\n", blas_info().summary());
+  if (tagger && tagger->quantized())
+    fmt::print("inference      float emulation of {} (im2col + OpenBLAS sgemm)\n", tagger->describe());
+  else
+    fmt::print("inference      toptag's kernels {}, instruction set {}\n", kernels(active_isa()).name, describe_isa());
   if (args.list_tensors) {
     for (const auto& p : state.parameters) fmt::print("  {:<40} {}\n", p.name, p.var->shape().str());
     for (const auto& b : state.buffers) fmt::print("  {:<40} {}\n", b.name, b.tensor->shape().str());

@@ -125,6 +125,7 @@ void run_perf(const PerfArgs& a) {
       tagger.model = std::make_unique<ResNet>(ResNetConfig{a.arch, tagger.images.channels, 64, 1024, 2}, 1);
     }
     freeze_for_inference(tagger);
+    fmt::print(stderr, "engine: {}\n", tagger.describe_engine());
     fmt::print(stderr, "{}\n", blas_info().summary());
     LocalPerfOptions o;
     if (!a.batches.empty()) o.batches = a.batches;

@@ -39,9 +39,9 @@ BatchingEngine::~BatchingEngine() {
 
 std::string BatchingEngine::describe() const {
   const ResNetConfig& c = tagger_.model->config();
-  return fmt::format("{} (width {}, {} features){}; images {}; {} instance(s) x {} thread(s)", c.arch, c.width,
+  return fmt::format("{} (width {}, {} features){}; images {}; {} instance(s) x {} thread(s); {}", c.arch, c.width,
                      feature_dim_, tagger_.quantized() ? ", quantized: " + tagger_.quantization->describe() : "",
-                     tagger_.images.describe(), options_.instances, options_.threads);
+                     tagger_.images.describe(), options_.instances, options_.threads, tagger_.describe_engine());
 }
 
 bool BatchingEngine::running() const {

@@ -3,11 +3,18 @@
 #include "io/checkpoint.h"
 #include "io/config_json.h"
 #include "nn/check.h"
+#include "nn/inference_plan.h"
 
 namespace toptag {
 
 std::string Tagger::describe() const {
   return quantization ? quantization->describe() : "float32";
+}
+
+std::string Tagger::describe_engine() const {
+  if (model && model->frozen()) return "kernels " + model->frozen()->describe();
+  if (quantization) return "float emulation of " + quantization->describe() + " (im2col + OpenBLAS sgemm)";
+  return "autograd ops (im2col + OpenBLAS sgemm; not frozen)";
 }
 
 std::optional<std::string> stored_training_config(hid_t file) {

@@ -34,6 +34,9 @@ struct Tagger {
 
   bool quantized() const { return quantization != nullptr; }
   std::string describe() const;  // "float32" or the quantization
+  // Which code computes it: "kernels avx512 f32 12x32 (...), 53 convolutions ... packed" once frozen,
+  // "float emulation of <format> (quantize/)" for a quantized model, else "autograd ops (not frozen)".
+  std::string describe_engine() const;
 };
 
 // Loads any toptag checkpoint (float, folded, quantized, training). Errors name the file.
