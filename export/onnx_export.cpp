@@ -32,8 +32,8 @@ class Exporter {
   Exporter(onnx::GraphProto& graph, const QuantizationConfig* quantization, std::string source)
       : graph_(graph), quantization_(quantization), source_(std::move(source)) {}
 
-  // images -> features (the Flatten after the global average pool) -> probabilities (the softmax of
-  // the head's logits).
+  // images -> features (the Flatten after the global average pool) -> probabilities: the Softmax of
+  // the head's logits over the classes, the graph form of class_probabilities (tagger/scores.h).
   void network(const ResNet& model, const std::string& images) {
     std::string x = images;
     std::string block_input, shortcut;  // the current block's input and its shortcut conv's output

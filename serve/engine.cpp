@@ -5,8 +5,8 @@
 #include <cstring>
 
 #include "nn/check.h"
-#include "nn/ops/softmax.h"
 #include "nn/parallel.h"
+#include "tagger/scores.h"
 
 namespace toptag {
 
@@ -159,8 +159,7 @@ void BatchingEngine::run_batch(std::vector<Pending>& batch) {
     NoGradGuard no_grad;
     ResNet& model = *tagger_.model;
     Var features = model.features(Var(images));
-    // The same softmax as local prediction (training/inference.cpp), so scores agree bit for bit.
-    const Tensor probabilities = softmax(model.head(features)).value();
+    const Tensor probabilities = class_probabilities(model.head(features).value());
     ++executions_;
     const int64_t done_us = micros(Clock::now() - start);
     int64_t row = 0;

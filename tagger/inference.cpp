@@ -6,7 +6,7 @@
 #include "io/h5.h"
 #include "io/progress.h"
 #include "nn/check.h"
-#include "nn/ops/softmax.h"
+#include "tagger/scores.h"
 
 namespace toptag {
 
@@ -49,10 +49,9 @@ int64_t first_non_finite_row(const Tensor& out) {
 void scores_from_logits(const Tensor& logits, const std::vector<int64_t>* labels, std::vector<float>& scores,
                         double& loss_sum) {
   const int64_t N = logits.dim(0), K = logits.dim(1);
-  // The score is nn's softmax, the same function the server applies, so local and served scores agree.
-  const Tensor p = softmax(Var(logits)).value();
+  const Tensor p = class_probabilities(logits);
   for (int64_t n = 0; n < N; ++n) {
-    scores.push_back(p.data()[n * K + 1]);
+    scores.push_back(p.data()[n * K + kTopClass]);
     if (!labels) continue;
     const float* z = logits.data() + n * K;
     double max = z[0];

@@ -38,7 +38,7 @@ struct InferenceResult {
 InferenceResult run_inference(ResNet& model, const JetFile& file, const ImageOptions& images,
                               const InferenceOptions& options);
 
-// The probability of top (class 1) for each row of logits (N, 2), and the summed cross-entropy.
+// Each row of logits (N, 2) scored: its probability of top (tagger/scores.h); and the summed cross-entropy.
 void scores_from_logits(const Tensor& logits, const std::vector<int64_t>* labels, std::vector<float>& scores,
                         double& loss_sum);
 

@@ -16,6 +16,7 @@
 #include "nn/resnet.h"
 #include "quantize/format.h"
 #include "tagger/inference.h"
+#include "tagger/scores.h"
 #include "testing.h"
 
 namespace toptag {
@@ -163,6 +164,15 @@ TEST(NonFinite, AveragePoolLinearAndSoftmaxPropagate) {
   EXPECT_EQ(count_image(p, 3).non_finite, 0);
   Tensor one_nan = Tensor::from({1, 2}, std::vector<float>{kNan, 0.0f});
   EXPECT_TRUE(std::isnan(softmax(Var(one_nan)).value().data()[1])) << "NaN in another class's logit";
+}
+
+// The one scoring function that predict and serve share: each row's softmax, a NaN row staying NaN.
+TEST(NonFinite, ClassProbabilitiesAreTheSoftmaxAndKeepNan) {
+  const Tensor p = class_probabilities(Tensor::from({2, 2}, std::vector<float>{0.0f, std::log(3.0f), kNan, 1.0f}));
+  EXPECT_NEAR(p.data()[kQcdClass], 0.25, 1e-7);
+  EXPECT_NEAR(p.data()[kTopClass], 0.75, 1e-7);
+  EXPECT_TRUE(std::isnan(p.data()[2 + kQcdClass]));
+  EXPECT_TRUE(std::isnan(p.data()[2 + kTopClass]));
 }
 
 // Fake quantization of activations in each kind of format: NaN stays NaN (the encodings have none,
