@@ -69,6 +69,28 @@ void fill_rows(const PackedConv& cv, const Geometry& g, const float* x, int64_t 
   }
 }
 
+// A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
+// per tap. Its rows are copied instead into a dense block, dense[i][t * C + c] (zeros in the padding),
+// that the kernel reads as one tap of taps * C channels: the packed panel has that same order.
+constexpr int64_t kDenseMaxChannels = 8;
+
+void fill_dense_rows(const PackedConv& cv, const void* const* rows, int64_t count, float* dense, const void** out) {
+  const int64_t taps = cv.taps(), width = taps * cv.C;
+  for (int64_t i = 0; i < count; ++i) {
+    float* row = dense + i * width;
+    const void* const* from = rows + i * taps;
+    // Taps that read adjacent pixels (a kernel row inside the image) are one copy.
+    for (int64_t t = 0; t < taps;) {
+      const float* start = static_cast<const float*>(from[t]);
+      int64_t run = 1;
+      while (t + run < taps && from[t + run] == start + run * cv.C && start != cv.zeros.data()) ++run;
+      std::copy_n(start, run * cv.C, row + t * cv.C);
+      t += run;
+    }
+    out[i] = row;
+  }
+}
+
 }  // namespace
 
 const KernelSet& kernels(Isa isa) {
@@ -116,14 +138,20 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
 
   const KernelSet& ks = *cv.kernels;
   const int64_t M = g.rows(), taps = cv.taps();
-  const int64_t chunk_rows = std::max<int64_t>(ks.mr, kChunkRows / ks.mr * ks.mr);
+  // Chunks of about kChunkRows rows, all the same size (a multiple of the tile's rows), so that the
+  // threads' shares are even: 196 rows are two chunks of 108 and 88, not 192 and 4.
+  const int64_t wanted_chunks = (M + kChunkRows - 1) / kChunkRows;
+  const int64_t chunk_rows = ((M + wanted_chunks - 1) / wanted_chunks + ks.mr - 1) / ks.mr * ks.mr;
   const int64_t chunks = (M + chunk_rows - 1) / chunk_rows, items = chunks * cv.panels;
   const int64_t macs = M * cv.K * cv.C * taps;
   const bool parallel = items > 1 && macs >= kParallelMinMacs && num_threads() > 1;
+  const bool dense = cv.C <= kDenseMaxChannels && taps > 1;
 
 #pragma omp parallel if (parallel)
   {
     std::vector<const void*> rows(static_cast<size_t>(chunk_rows * taps));
+    std::vector<float> dense_block(dense ? static_cast<size_t>(chunk_rows * taps * cv.C) : 0);
+    std::vector<const void*> dense_rows(dense ? static_cast<size_t>(chunk_rows) : 0);
     int64_t filled = -1;  // the chunk whose rows are in `rows`
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
@@ -131,13 +159,15 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
       const int64_t m0 = chunk * chunk_rows, count = std::min(chunk_rows, M - m0);
       if (filled != chunk) {
         fill_rows(cv, g, x.data(), m0, count, rows.data());
+        if (dense) fill_dense_rows(cv, rows.data(), count, dense_block.data(), dense_rows.data());
         filled = chunk;
       }
       const int64_t k0 = panel * ks.nr;
       const int cols = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
+      const int64_t row_taps = dense ? 1 : taps;  // pointers per row in the table the kernel reads
       TileArgs t;
-      t.taps = static_cast<int>(taps);
-      t.channels = cv.C;
+      t.taps = static_cast<int>(row_taps);
+      t.channels = dense ? taps * cv.C : cv.C;
       t.panel = cv.weights.data() + panel * cv.panel_size();
       t.ld_out = cv.K;
       t.col_count = cols;
@@ -146,7 +176,7 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
       t.stage.ld_residual = cv.K;
       for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
         const int64_t m = m0 + i0;
-        t.rows = rows.data() + i0 * taps;
+        t.rows = (dense ? dense_rows.data() : rows.data()) + i0 * row_taps;
         t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
         t.out = y.data() + m * cv.K + k0;
         t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
