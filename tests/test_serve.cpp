@@ -945,8 +945,14 @@ TEST(Serve, AFullQueueRefusesAtOnce) {
   o.engine.max_batch = 8;
   o.engine.max_queue = 512;
   o.engine.instances = 1;
-  auto server = start_server(o);
-  auto stub = grpc_stub(server->grpc_port());
+  o.engine.threads = 1;
+  // A model slow enough that A's 488 batches take seconds: with the tiny one, the frozen kernels
+  // computed them before B's 4000 images had crossed the loopback, and B was accepted.
+  Tagger slow = tiny_tagger();
+  slow.model = std::make_unique<ResNet>(ResNetConfig{"resnet18", 1, 64, 16, 2}, 11);
+  o.host = "127.0.0.1";
+  o.grpc_port = o.http_port = o.metrics_port = 0;
+  auto server = std::make_unique<InferenceServer>(std::move(slow), o);
   InferenceService& service = server->service();
   // A fills the queue (4096 images: 512 batches of 8); B (4000 images, 500 batches), sent as soon as
   // A is queued, fits only once 488 of A's batches are computed: refused at once. B's request is

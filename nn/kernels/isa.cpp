@@ -37,6 +37,9 @@ const char* isa_name(Isa isa) {
 }
 
 bool cpu_supports(Isa isa) {
+#ifndef TOPTAG_X86_KERNELS
+  if (isa != Isa::ref) return false;  // this build has no x86 kernels
+#endif
   static const CpuFeatures cpu = detect_cpu();
   const bool avx2 = cpu.avx2 && cpu.fma && cpu.os_saves_avx;
   switch (isa) {

@@ -94,6 +94,7 @@ void fill_dense_rows(const PackedConv& cv, const void* const* rows, int64_t coun
 }  // namespace
 
 const KernelSet& kernels(Isa isa) {
+#ifdef TOPTAG_X86_KERNELS
   switch (isa) {
     case Isa::avx512:
       return kernels_avx512::set;
@@ -102,6 +103,9 @@ const KernelSet& kernels(Isa isa) {
     case Isa::ref:
       break;
   }
+#else
+  (void)isa;  // cpu_supports() never admits avx2 or avx512 off x86
+#endif
   return kRefSet;
 }
 

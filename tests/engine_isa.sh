@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every instruction-set path of the inference kernels (nn/kernels/isa.h) that this CPU runs gives the
+# same scores from the CLI: predict under TOPTAG_ISA=ref, avx2 and avx512 agree to float rounding,
+# toptag model and perf name the path, and a path the CPU lacks or an unknown name is refused.
+# Usage: engine_isa.sh TOPTAG
+set -euo pipefail
+TOPTAG=$(realpath "$1")
+source "$(dirname "$0")/cli_common.sh"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+has() { [[ " $flags " == *" $1 "* ]]; }
+isas="ref"
+if has avx2 && has fma; then isas="$isas avx2"; fi
+if has avx512f && has avx512bw && has avx512dq && has avx512vl; then isas="$isas avx512"; fi
+echo "paths on this CPU: $isas"
+
+$TOPTAG generate -o jets.h5 -n 96 --seed 3 >/dev/null 2>&1 || fail "generate"
+$TOPTAG train --train jets.h5 --val jets.h5 --arch resnet18 --width 8 --hidden 32 --image-size 24 --batch-size 32 \
+  --epochs 1 -o run >train.log 2>&1 || fail "train: $(tail -3 train.log)"
+
+for isa in $isas; do
+  TOPTAG_ISA=$isa $TOPTAG predict -c run/best.h5 -i jets.h5 -o "p_$isa.csv" >/dev/null 2>"p_$isa.log" \
+    || fail "predict under TOPTAG_ISA=$isa: $(tail -3 "p_$isa.log")"
+  TOPTAG_ISA=$isa $TOPTAG model --checkpoint run/best.h5 --image-size 24 >model.txt 2>&1 || fail "model under $isa"
+  grep -q "^inference .*instruction set $isa" model.txt || fail "toptag model does not name $isa: $(cat model.txt)"
+  TOPTAG_ISA=$isa $TOPTAG perf --local -c run/best.h5 --batch 2 --threads 1 --duration 50ms --warmup 10ms \
+    >/dev/null 2>perf.log || fail "perf under $isa: $(tail -3 perf.log)"
+  grep -q "^engine: kernels $isa f32" perf.log || fail "perf does not name the $isa kernels: $(cat perf.log)"
+done
+
+# The scores (first column) of each path against the reference loops: float rounding only.
+for isa in $isas; do
+  [ "$isa" = ref ] && continue
+  worst=$(paste -d, p_ref.csv "p_$isa.csv" | awk -F, -v n="$(head -1 p_ref.csv | tr ',' '\n' | wc -l)" '
+    NR > 1 { d = $1 - $(n + 1); if (d < 0) d = -d; if (d > worst) worst = d; rows++ }
+    END { if (rows != 96) { print "rows " rows; exit } printf "%.3g\n", worst }')
+  awk -v w="$worst" 'BEGIN { exit !(w + 0 == w && w <= 1e-5) }' || fail "$isa scores differ from ref by $worst"
+  echo "$isa: largest score difference from ref $worst"
+done
+
+expect_error "unknown TOPTAG_ISA" "TOPTAG_ISA=sse9: unknown" env TOPTAG_ISA=sse9 $TOPTAG predict -c run/best.h5 -i jets.h5 -o x.csv
+if ! has avx512f; then
+  expect_error "TOPTAG_ISA beyond the CPU" "this CPU cannot run it" \
+    env TOPTAG_ISA=avx512 $TOPTAG predict -c run/best.h5 -i jets.h5 -o x.csv
+fi
+[ ! -e x.csv ] || fail "a refused run left x.csv"
+echo "engine_isa: OK"
