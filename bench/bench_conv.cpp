@@ -5,6 +5,7 @@
 #include <benchmark/benchmark.h>
 
 #include "nn/kernels/packed_conv.h"
+#include "nn/kernels/winograd.h"
 #include "nn/ops/conv2d.h"
 #include "nn/random.h"
 
@@ -63,6 +64,23 @@ void BM_PackedConv(benchmark::State& state) {
       2.0 * outputs * C * kernel * kernel, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
+// args: C, H, K, batch, isa. The 3x3 stride-1 layers as Winograd F(2x2, 3x3); GFLOP/s counts the
+// direct form's arithmetic, so the figure compares with BM_PackedConv's on the same shape.
+void BM_Winograd(benchmark::State& state) {
+  const int64_t C = state.range(0), H = state.range(1), K = state.range(2), N = state.range(3);
+  const Isa isa = static_cast<Isa>(state.range(4));
+  if (!cpu_supports(isa)) return state.SkipWithError("this CPU cannot run the instruction set");
+  Rng rng(1);
+  const Tensor x = random_tensor({N, H, H, C}, rng), w = random_tensor({K, C, 3, 3}, rng), b = random_tensor({K}, rng);
+  const WinogradConv cv = pack_winograd(w, &b, isa);
+  for (auto _ : state) {
+    Tensor y = conv_winograd(cv, x, nullptr, true);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * N * H * H * K * C * 9, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
 void ResNet50Shapes(benchmark::internal::Benchmark* b) {
   // C, H, K, kernel, stride, pad: stem, then each stage's 1x1 reduce, 3x3, 1x1 expand and downsample.
   const std::vector<std::vector<int64_t>> shapes = {
@@ -100,5 +118,17 @@ void PackedShapes(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_Conv)->Apply(ResNet50Shapes)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Winograd)
+    ->ArgNames({"C", "H", "K", "N", "isa"})
+    ->Args({64, 10, 64, 64, 2})
+    ->Args({64, 10, 64, 64, 1})
+    ->Args({128, 5, 128, 64, 2})
+    ->Args({512, 2, 512, 64, 2})
+    ->Args({64, 56, 64, 1, 2})
+    ->Args({128, 28, 128, 1, 2})
+    ->Args({256, 14, 256, 1, 2})
+    ->Args({512, 7, 512, 1, 2})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_PackedConv)->Apply(PackedShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

@@ -8,6 +8,20 @@ namespace toptag {
 
 namespace {
 
+// When a 3x3 layer runs as Winograd, from bench_conv (BM_Winograd against BM_PackedConv, one AVX-512
+// core): it wins from 128 input channels (at 64 its transforms cost what it saves), from 16 tiles
+// (2x2 outputs) per call (with fewer, the layer is bound by reading its weights, which Winograd makes
+// 16/9 larger), and on maps that fill their tiles (a 5x5 map needs 9 tiles, 36 outputs for 25).
+// At 224x224 that is layers 2 to 4; at 40x40, layer 4 from batch 16.
+constexpr int64_t kWinogradMinChannels = 128;
+constexpr int64_t kWinogradMinTiles = 16;
+constexpr double kWinogradMinFill = 0.75;
+
+bool winograd_pays(const Tensor& in) {
+  const int64_t N = in.dim(0), P = in.dim(1), Q = in.dim(2), tiles = winograd_tiles(N, P, Q);
+  return tiles >= kWinogradMinTiles && static_cast<double>(N * P * Q) >= kWinogradMinFill * 4.0 * tiles;
+}
+
 Conv2dParams params_of(const Conv2d& conv) {
   return {conv.params.stride, conv.params.padding};
 }
@@ -27,7 +41,7 @@ PackedConv pack_linear(const std::string& name, const Linear& linear, Isa isa) {
 
 }  // namespace
 
-FrozenResNet::FrozenResNet(const ResNet& model, Isa isa) : kernels_(&kernels(isa)) {
+FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd) : kernels_(&kernels(isa)) {
   in_channels_ = model.config().in_channels;
   feature_dim_ = model.feature_dim();
   std::vector<Op> main_path;  // the current block's convolutions, emitted at its end
@@ -39,6 +53,10 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa) : kernels_(&kernels(isa
       case LayerStep::Kind::conv: {
         Op op;
         op.conv = pack_layer(step.name, *step.conv, step.bn, isa);
+        if (winograd && winograd_applies(op.conv) && op.conv.C >= kWinogradMinChannels) {
+          const Tensor& b = step.conv->bias.value();
+          op.winograd = pack_winograd(step.conv->weight.value(), b.defined() ? &b : nullptr, isa);
+        }
         op.relu = step.relu;
         if (!in_block) {
           ops_.push_back(std::move(op));
@@ -107,7 +125,11 @@ Tensor FrozenResNet::features(const Tensor& images) const {
     }
     const Tensor& in = op.in == Slot::block_input ? block_input : current;
     const Tensor* residual = !op.add_residual ? nullptr : op.residual == Slot::shortcut ? &shortcut : &block_input;
-    Tensor y = conv_nhwc(op.conv, in, residual, op.relu);
+    // Winograd where the layer has enough tiles to be bound by arithmetic; below that the layer is
+    // bound by reading its weights, which Winograd makes 16/9 larger.
+    const bool use_winograd = op.winograd && winograd_pays(in);
+    Tensor y =
+        use_winograd ? conv_winograd(*op.winograd, in, residual, op.relu) : conv_nhwc(op.conv, in, residual, op.relu);
     (op.out == Slot::shortcut ? shortcut : current) = std::move(y);
   }
   return global_avgpool_nhwc(current);
@@ -124,10 +146,16 @@ Tensor FrozenResNet::head(const Tensor& features) const {
 
 std::string FrozenResNet::describe() const {
   int64_t floats = static_cast<int64_t>(fc1_.weights.size() + fc2_.weights.size()), convs = 0;
-  for (const Op& op : ops_)
-    if (!op.pool) floats += static_cast<int64_t>(op.conv.weights.size()), ++convs;
-  return fmt::format("{} kernels ({}), {} convolutions + 2 linear layers packed ({:.1f} MB)", kernels_->name,
-                     describe_isa(), convs, static_cast<double>(floats) * 4.0 / 1e6);
+  int64_t winograd = 0;
+  for (const Op& op : ops_) {
+    if (op.pool) continue;
+    floats += static_cast<int64_t>(op.conv.weights.size()), ++convs;
+    if (op.winograd) floats += static_cast<int64_t>(op.winograd->weights.size()), ++winograd;
+  }
+  return fmt::format(
+      "{} kernels ({}), {} convolutions ({} also as Winograd F(2x2,3x3)) + 2 linear layers packed "
+      "({:.1f} MB)",
+      kernels_->name, describe_isa(), convs, winograd, static_cast<double>(floats) * 4.0 / 1e6);
 }
 
 }  // namespace toptag

@@ -8,10 +8,12 @@
 // Quantized models (layer hooks) are not frozen: they run the float emulation (quantize/).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "nn/kernels/packed_conv.h"
+#include "nn/kernels/winograd.h"
 #include "nn/resnet.h"
 
 namespace toptag {
@@ -20,7 +22,9 @@ class FrozenResNet {
  public:
   // Throws toptag::Error when the model cannot be frozen: a batch norm not folded, or a layer with
   // hooks (a quantized model).
-  explicit FrozenResNet(const ResNet& model, Isa isa = active_isa());
+  // winograd: run 3x3 stride-1 convolutions with enough tiles as Winograd F(2x2, 3x3)
+  // (nn/kernels/winograd.h); false runs every convolution on the direct kernel.
+  explicit FrozenResNet(const ResNet& model, Isa isa = active_isa(), bool winograd = true);
 
   // images (N, in_channels, H, W), NCHW as everywhere else -> features (N, feature_dim)
   Tensor features(const Tensor& images) const;
@@ -39,6 +43,7 @@ class FrozenResNet {
     bool pool = false;  // a max pool (else a convolution)
     MaxPool2dParams pool_params;
     PackedConv conv;
+    std::optional<WinogradConv> winograd;  // 3x3 stride-1 convolutions: also packed for Winograd
     bool relu = false;
     bool starts_block = false;  // copy `current` into `block_input` first
     Slot in = Slot::current, out = Slot::current;

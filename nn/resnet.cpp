@@ -261,8 +261,8 @@ StateList ResNet::head_state() {
   return out;
 }
 
-void ResNet::freeze(Isa isa) {
-  frozen_ = std::make_shared<const FrozenResNet>(*this, isa);
+void ResNet::freeze(Isa isa, bool winograd) {
+  frozen_ = std::make_shared<const FrozenResNet>(*this, isa, winograd);
 }
 
 void ResNet::fold_batchnorm() {

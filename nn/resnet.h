@@ -126,7 +126,7 @@ class ResNet {
   // (NoGradGuard), and the autograd path otherwise. Needs folded batch norms and no layer hooks.
   // set_training(true), fold_batchnorm() and thaw() drop the plan; weights changed through state()
   // or convs() after freeze() are not seen until freeze() is called again.
-  void freeze(Isa isa = active_isa());
+  void freeze(Isa isa = active_isa(), bool winograd = true);
   void thaw() { frozen_.reset(); }
   const FrozenResNet* frozen() const { return frozen_.get(); }
 

@@ -44,10 +44,13 @@ TEST_P(PlanVsModel, FeaturesAndLogitsMatch) {
   const Tensor logits = model.head(Var(features)).value();
   for (Isa isa : isas_here()) {
     SCOPED_TRACE(isa_name(isa));
-    const FrozenResNet plan(model, isa);
-    const Tensor f = plan.features(images);
-    testing::expect_close_to_max(f, features, "features", 1e-4);
-    testing::expect_close_to_max(plan.head(f), logits, "logits", 1e-4);
+    for (bool winograd : {false, true}) {
+      SCOPED_TRACE(winograd ? "with Winograd" : "direct only");
+      const FrozenResNet plan(model, isa, winograd);
+      const Tensor f = plan.features(images);
+      testing::expect_close_to_max(f, features, "features", 1e-4);
+      testing::expect_close_to_max(plan.head(f), logits, "logits", 1e-4);
+    }
   }
 }
 

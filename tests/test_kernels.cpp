@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "nn/kernels/packed_conv.h"
+#include "nn/kernels/winograd.h"
 #include "nn/parallel.h"
 #include "testing.h"
 
@@ -68,6 +69,59 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{1, 512, 2, 2, 512, 3, 1, 1},    // layer4 at 40x40, batch 1: 4 rows, long reduction
                       ConvCase{2, 2048, 1, 1, 1024, 1, 1, 0},  // fc1 as a 1x1 convolution
                       ConvCase{5, 1024, 1, 1, 2, 1, 1, 0}));   // fc2: two output channels
+
+// Winograd F(2x2, 3x3) against the double reference: the same contract, every output stage, odd map
+// sizes (a half-empty last tile), 1x1 and 2x2 maps, K and C off the tile sizes, batch 1 and 64. Its
+// error, measured on these cases, is below 2e-6 of the largest output (the direct kernel's, 1e-6);
+// the bound here is 1e-5.
+class WinogradVsReference : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(WinogradVsReference, EveryIsaEveryOutputStage) {
+  const ConvCase c = GetParam();
+  Rng rng(13);
+  const Tensor x = testing::random_tensor({c.n, c.h, c.w, c.c}, rng);
+  const Tensor w = testing::random_tensor({c.k, c.c, 3, 3}, rng, 1.0 / std::sqrt(9.0 * c.c));
+  const Tensor b = testing::random_tensor({c.k}, rng);
+  const Tensor plain = conv_nhwc_ref(x, w, nullptr, {1, 1}, nullptr, false);
+  const Tensor residual = testing::random_tensor(plain.shape(), rng);
+  for (Isa isa : isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    EXPECT_TRUE(winograd_applies(pack_conv(w, nullptr, {1, 1}, isa)));
+    const WinogradConv bare = pack_winograd(w, nullptr, isa), biased = pack_winograd(w, &b, isa);
+    testing::expect_close_to_max(conv_winograd(bare, x, nullptr, false), plain, "winograd", 1e-5);
+    testing::expect_close_to_max(conv_winograd(biased, x, &residual, true),
+                                 conv_nhwc_ref(x, w, &b, {1, 1}, &residual, true), "winograd + bias + residual, ReLU",
+                                 1e-5);
+    testing::expect_close_to_max(conv_winograd(biased, x, nullptr, true),
+                                 conv_nhwc_ref(x, w, &b, {1, 1}, nullptr, true), "winograd + bias, ReLU", 1e-5);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, WinogradVsReference,
+                         ::testing::Values(ConvCase{1, 64, 10, 10, 64, 3, 1, 1},  // layer1 at 40x40
+                                           ConvCase{3, 17, 7, 9, 33, 3, 1, 1},    // odd sizes and channels
+                                           ConvCase{2, 5, 1, 1, 8, 3, 1, 1},      // a 1x1 map: one tile, mostly padding
+                                           ConvCase{1, 512, 2, 2, 512, 3, 1, 1},  // layer4 at 40x40, one tile
+                                           ConvCase{64, 16, 5, 5, 48, 3, 1, 1},   // batch 64, 5x5 maps
+                                           ConvCase{1, 32, 28, 28, 40, 3, 1, 1}));  // many tiles, K off the panel
+
+TEST(Winograd, ErrorAgainstTheDirectKernelIsFloatRounding) {
+  // Measured, not assumed: the largest difference between the two float32 paths on layer1's shape,
+  // relative to the largest output.
+  Rng rng(17);
+  const Tensor x = testing::random_tensor({8, 10, 10, 64}, rng);
+  const Tensor w = testing::random_tensor({64, 64, 3, 3}, rng, 1.0 / 24.0);
+  const Tensor direct = conv_nhwc(pack_conv(w, nullptr, {1, 1}, active_isa()), x, nullptr, false);
+  const Tensor wino = conv_winograd(pack_winograd(w, nullptr, active_isa()), x, nullptr, false);
+  double worst = 0, largest = 0;
+  for (int64_t i = 0; i < direct.numel(); ++i) {
+    worst = std::max(worst, static_cast<double>(std::abs(direct.data()[i] - wino.data()[i])));
+    largest = std::max(largest, static_cast<double>(std::abs(direct.data()[i])));
+  }
+  RecordProperty("relative_error", std::to_string(worst / largest));  // --gtest_output=xml shows it
+  EXPECT_LT(worst / largest, 1e-5) << "worst " << worst << " of " << largest;
+  EXPECT_GT(worst, 0.0) << "two summation orders cannot agree bit for bit on 4608-term sums";
+}
 
 TEST(PackedConv, ThreadedAndSingleThreadedAgreeBitForBit) {
   // Each output element is summed by one thread in a fixed order, so the thread count changes nothing.

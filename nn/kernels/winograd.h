@@ -1,0 +1,42 @@
+// Winograd F(2x2, 3x3) for 3x3, stride-1, padding-1 convolutions over NHWC activations (Lavin and
+// Gray 2016): each 2x2 block of outputs comes from a 4x4 input tile as
+//   Y = A^T [ (G g G^T) . (B^T d B) ] A
+// so the 36 multiply-adds per output pair of channels of the direct form become 16, done as 16
+// independent GEMMs (one per point of the 4x4 transformed tile) by the same tile kernels as
+// conv_nhwc (nn/kernels/tile.h). The transforms are additions only, save G's halves.
+//
+// Where it wins: a layer with enough tiles to be bound by arithmetic. Its transformed weights are
+// 16/9 the size of the direct ones, so a layer bound by reading its weights (batch 1 on small maps)
+// runs the direct kernel instead; conv_nhwc_auto chooses (bench_conv measures both).
+// Error: the transforms round in float32; against the direct kernel the difference is a few units
+// of float32 rounding of the sums (tests/test_kernels.cpp states and checks the bound).
+#pragma once
+
+#include <vector>
+
+#include "nn/kernels/packed_conv.h"
+
+namespace toptag {
+
+struct WinogradConv {
+  const KernelSet* kernels = nullptr;
+  int64_t K = 0, C = 0, panels = 0;
+  std::vector<float> weights;  // 16 points x panels x [C][nr]: U = G g G^T, packed like a 1x1 conv
+  std::vector<float> bias;     // panels x nr
+
+  int64_t point_size() const { return panels * C * kernels->nr; }
+};
+
+// Whether conv is one Winograd F(2x2, 3x3) computes: 3x3, stride 1, padding 1.
+bool winograd_applies(const PackedConv& conv);
+
+// Transforms and packs the (K, C, 3, 3) weights of a convolution winograd_applies() to.
+WinogradConv pack_winograd(const Tensor& weight, const Tensor* bias, Isa isa);
+
+// The same contract as conv_nhwc (nn/kernels/packed_conv.h).
+Tensor conv_winograd(const WinogradConv& conv, const Tensor& x, const Tensor* residual, bool relu);
+
+// 2x2 tiles of a P x Q map, over a batch of N.
+int64_t winograd_tiles(int64_t N, int64_t P, int64_t Q);
+
+}  // namespace toptag
