@@ -182,7 +182,7 @@ OnnxExport export_onnx(Tagger& tagger, const std::string& source) {
   if (c.classes != 2)
     fail("{}: the model has {} classes; the served interface returns probabilities [batch, 2] (QCD, top)", source,
          c.classes);
-  freeze_for_inference(tagger);
+  prepare_for_inference(tagger);  // folded, quantized weights once; nothing packed: the exporter runs nothing
   TT_ASSERT(model.folded());
 
   OnnxExport out;

@@ -51,13 +51,7 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd) : kernel
   model.walk([&](const LayerStep& step) {
     switch (step.kind) {
       case LayerStep::Kind::conv: {
-        Op op;
-        op.conv = pack_layer(step.name, *step.conv, step.bn, isa);
-        if (winograd && winograd_applies(op.conv) && op.conv.C >= kWinogradMinChannels) {
-          const Tensor& b = step.conv->bias.value();
-          op.winograd = pack_winograd(step.conv->weight.value(), b.defined() ? &b : nullptr, isa);
-        }
-        op.relu = step.relu;
+        Op op = conv_op(step, isa, winograd);
         if (!in_block) {
           ops_.push_back(std::move(op));
         } else if (step.shortcut) {
@@ -81,20 +75,12 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd) : kernel
         main_path.clear();
         shortcut.reset();
         break;
-      case LayerStep::Kind::block_end: {
-        if (main_path.empty()) fail("cannot freeze {}: a block without convolutions", step.name);
-        // The shortcut runs first, so the last main convolution can add it in its output stage.
-        if (shortcut) main_path.insert(main_path.begin(), std::move(*shortcut));
-        main_path.front().starts_block = true;
-        Op& last = main_path.back();
-        last.add_residual = true;
-        last.residual = shortcut ? Slot::shortcut : Slot::block_input;
-        last.relu = step.relu;
-        for (Op& op : main_path) ops_.push_back(std::move(op));
+      case LayerStep::Kind::block_end:
+        add_block(step, std::move(main_path), std::move(shortcut));
         main_path.clear();
+        shortcut.reset();
         in_block = false;
         break;
-      }
       case LayerStep::Kind::global_avg_pool:
         break;  // features() ends with it
       case LayerStep::Kind::linear:
@@ -111,6 +97,30 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd) : kernel
     }
   });
   if (linears != 2) fail("cannot freeze: expected a head of two linear layers, found {}", linears);
+}
+
+FrozenResNet::Op FrozenResNet::conv_op(const LayerStep& step, Isa isa, bool winograd) {
+  Op op;
+  op.conv = pack_layer(step.name, *step.conv, step.bn, isa);
+  if (winograd && winograd_applies(op.conv) && op.conv.C >= kWinogradMinChannels) {
+    const Tensor& b = step.conv->bias.value();
+    op.winograd = pack_winograd(step.conv->weight.value(), b.defined() ? &b : nullptr, isa);
+  }
+  op.relu = step.relu;
+  return op;
+}
+
+void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut) {
+  if (main_path.empty()) fail("cannot freeze {}: a block without convolutions", end.name);
+  const bool has_shortcut = shortcut.has_value();
+  // The shortcut runs first, so the last main convolution can add it in its output stage.
+  if (has_shortcut) main_path.insert(main_path.begin(), std::move(*shortcut));
+  main_path.front().starts_block = true;
+  Op& last = main_path.back();
+  last.add_residual = true;
+  last.residual = has_shortcut ? Slot::shortcut : Slot::block_input;
+  last.relu = end.relu;
+  for (Op& op : main_path) ops_.push_back(std::move(op));
 }
 
 Tensor FrozenResNet::features(const Tensor& images) const {
@@ -149,13 +159,16 @@ std::string FrozenResNet::describe() const {
   int64_t winograd = 0;
   for (const Op& op : ops_) {
     if (op.pool) continue;
-    floats += static_cast<int64_t>(op.conv.weights.size()), ++convs;
-    if (op.winograd) floats += static_cast<int64_t>(op.winograd->weights.size()), ++winograd;
+    floats += static_cast<int64_t>(op.conv.weights.size());
+    ++convs;
+    if (!op.winograd) continue;
+    floats += static_cast<int64_t>(op.winograd->weights.size());
+    ++winograd;
   }
   return fmt::format(
-      "{} kernels ({}), {} convolutions ({} also as Winograd F(2x2,3x3)) + 2 linear layers packed "
-      "({:.1f} MB)",
-      kernels_->name, describe_isa(), convs, winograd, static_cast<double>(floats) * 4.0 / 1e6);
+      "{} (instruction set {}), {} convolutions ({} also as Winograd F(2x2,3x3)) + 2 linear "
+      "layers packed ({:.1f} MB)",
+      kernels_->name, isa_name(kernels_->isa), convs, winograd, static_cast<double>(floats) * 4.0 / 1e6);
 }
 
 }  // namespace toptag

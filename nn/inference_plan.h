@@ -31,7 +31,8 @@ class FrozenResNet {
   // features (N, feature_dim) -> logits (N, classes)
   Tensor head(const Tensor& features) const;
 
-  // "avx512 f32 12x32 kernels, 53 convolutions + 2 linear layers packed (97.5 MB)"
+  // "avx512 f32 12x32 (instruction set avx512), 53 convolutions (13 also as Winograd F(2x2,3x3)) + 2
+  // linear layers packed (165.3 MB)"
   std::string describe() const;
   const KernelSet& kernel_set() const { return *kernels_; }
 
@@ -50,6 +51,10 @@ class FrozenResNet {
     bool add_residual = false;  // + residual (the block's shortcut or its input), before the ReLU
     Slot residual = Slot::block_input;
   };
+
+  static Op conv_op(const LayerStep& step, Isa isa, bool winograd);
+  // Appends a block's convolutions: the shortcut first, the residual add and ReLU fused into the last.
+  void add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut);
 
   const KernelSet* kernels_;
   int64_t in_channels_ = 0, feature_dim_ = 0;

@@ -248,12 +248,14 @@ Var ResNet::forward(const Var& images) {
 }
 
 StateList ResNet::state() {
+  frozen_.reset();  // the caller may change weights or attach hooks through what it returns
   StateList out;
   walk([&](const LayerStep& step) { collect_state(step, out); });
   return out;
 }
 
 StateList ResNet::head_state() {
+  frozen_.reset();  // the caller may change weights or attach hooks through what it returns
   StateList out;
   walk([&](const LayerStep& step) {
     if (step.kind == LayerStep::Kind::linear) collect_state(step, out);
@@ -274,6 +276,7 @@ void ResNet::fold_batchnorm() {
 }
 
 std::vector<std::pair<std::string, Conv2d*>> ResNet::convs() {
+  frozen_.reset();  // the caller may change weights or attach hooks through what it returns
   std::vector<std::pair<std::string, Conv2d*>> out;
   walk([&](const LayerStep& step) {
     if (step.kind == LayerStep::Kind::conv) out.emplace_back(step.name, step.conv);
@@ -282,6 +285,7 @@ std::vector<std::pair<std::string, Conv2d*>> ResNet::convs() {
 }
 
 std::vector<std::pair<std::string, Linear*>> ResNet::linears() {
+  frozen_.reset();  // the caller may change weights or attach hooks through what it returns
   std::vector<std::pair<std::string, Linear*>> out;
   walk([&](const LayerStep& step) {
     if (step.kind == LayerStep::Kind::linear) out.emplace_back(step.name, step.linear);

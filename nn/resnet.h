@@ -90,6 +90,11 @@ class ResNet {
  public:
   // Throws toptag::Error for an unknown architecture.
   ResNet(const ResNetConfig& config, uint64_t seed);
+  // Not copyable: a copy would share the weights' storage and the frozen plan.
+  ResNet(const ResNet&) = delete;
+  ResNet& operator=(const ResNet&) = delete;
+  ResNet(ResNet&&) = default;
+  ResNet& operator=(ResNet&&) = default;
 
   // images: (N, in_channels, H, W) -> logits (N, classes)
   Var forward(const Var& images);
@@ -124,8 +129,8 @@ class ResNet {
   // Inference: packs every layer's weights once for this CPU's kernels (nn/inference_plan.h).
   // features(), head() and forward() then run the frozen plan whenever no gradient is recorded
   // (NoGradGuard), and the autograd path otherwise. Needs folded batch norms and no layer hooks.
-  // set_training(true), fold_batchnorm() and thaw() drop the plan; weights changed through state()
-  // or convs() after freeze() are not seen until freeze() is called again.
+  // Everything that could change what the plan copied drops it: set_training(true), fold_batchnorm(),
+  // and the accessors that hand out the layers (state(), head_state(), convs(), linears()).
   void freeze(Isa isa = active_isa(), bool winograd = true);
   void thaw() { frozen_.reset(); }
   const FrozenResNet* frozen() const { return frozen_.get(); }

@@ -78,13 +78,15 @@ int64_t quantize_tagger(Tagger& tagger, std::shared_ptr<QuantizationConfig> conf
   return seen;
 }
 
-void freeze_for_inference(Tagger& tagger) {
+void prepare_for_inference(Tagger& tagger) {
   tagger.model->set_training(false);
   if (!tagger.model->folded()) tagger.model->fold_batchnorm();
-  if (tagger.quantization)
-    freeze_for_inference(*tagger.model, *tagger.quantization);
-  else
-    tagger.model->freeze();  // weights packed once for this CPU's kernels (nn/inference_plan.h)
+  if (tagger.quantization) freeze_for_inference(*tagger.model, *tagger.quantization);
+}
+
+void freeze_for_inference(Tagger& tagger) {
+  prepare_for_inference(tagger);
+  if (!tagger.quantization) tagger.model->freeze();  // weights packed for this CPU (nn/inference_plan.h)
 }
 
 }  // namespace toptag

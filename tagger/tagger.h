@@ -34,8 +34,9 @@ struct Tagger {
 
   bool quantized() const { return quantization != nullptr; }
   std::string describe() const;  // "float32" or the quantization
-  // Which code computes it: "kernels avx512 f32 12x32 (...), 53 convolutions ... packed" once frozen,
-  // "float emulation of <format> (quantize/)" for a quantized model, else "autograd ops (not frozen)".
+  // Which code computes it: "kernels avx512 f32 12x32 (...), 53 convolutions ... packed (...)" once
+  // frozen, "float emulation of <format> (im2col + OpenBLAS sgemm)" for a quantized model, else
+  // "autograd ops (im2col + OpenBLAS sgemm; not frozen)".
   std::string describe_engine() const;
 };
 
@@ -59,9 +60,11 @@ void check_channels(const ResNet& model, const ImageOptions& images, const std::
 int64_t quantize_tagger(Tagger& tagger, std::shared_ptr<QuantizationConfig> config, const BatchSourceFn& calibration);
 
 // Inference only: eval mode with every batch norm folded into its conv (the same function, one pass
-// less per layer, and the ReLU fused into the conv); then a float model is frozen (its weights packed
-// once for this CPU's kernels, nn/inference_plan.h), and a quantized tagger's weights are quantized
-// once (quantize/model.h).
+// less per layer, and the ReLU fused into the conv), and a quantized tagger's weights quantized once
+// (quantize/model.h). What the exporter needs: the weights the model computes with.
+void prepare_for_inference(Tagger& tagger);
+// prepare_for_inference, then a float model is frozen: its weights packed once for this CPU's
+// kernels (nn/inference_plan.h). What predict, features, serve and perf run.
 void freeze_for_inference(Tagger& tagger);
 
 }  // namespace toptag

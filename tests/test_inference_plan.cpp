@@ -2,19 +2,13 @@
 // logits match the autograd path's (batch norms folded, eval mode) on every instruction set this CPU
 // runs, for bottleneck and basic blocks, one and three colours, batch 1 and 64, 40x40 and odd sizes.
 #include <cmath>
+#include <functional>
 
 #include "nn/inference_plan.h"
 #include "testing.h"
 
 namespace toptag {
 namespace {
-
-std::vector<Isa> isas_here() {
-  std::vector<Isa> out;
-  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512})
-    if (cpu_supports(isa)) out.push_back(isa);
-  return out;
-}
 
 // Random running statistics, so that folding does something.
 void randomise_batchnorms(ResNet& model, Rng& rng) {
@@ -42,7 +36,7 @@ TEST_P(PlanVsModel, FeaturesAndLogitsMatch) {
   NoGradGuard no_grad;
   const Tensor features = model.features(Var(images)).value();
   const Tensor logits = model.head(Var(features)).value();
-  for (Isa isa : isas_here()) {
+  for (Isa isa : testing::isas_here()) {
     SCOPED_TRACE(isa_name(isa));
     for (bool winograd : {false, true}) {
       SCOPED_TRACE(winograd ? "with Winograd" : "direct only");
@@ -88,6 +82,63 @@ TEST(FrozenResNet, RefusesWhatItCannotRun) {
             }).find("(N, 1, H, W)"),
             std::string::npos);
   EXPECT_NE(testing::error_of([&] { plan.head(Tensor::zeros({1, 5})); }).find("features of shape"), std::string::npos);
+}
+
+TEST(ResNetFreeze, RunsThePlanOnlyWithoutGradientsAndDropsItWhenTheLayersMayChange) {
+  ResNet model(ResNetConfig{"resnet10", 1, 4, 8, 2}, 1);
+  model.set_training(false);
+  model.fold_batchnorm();
+  model.freeze();
+  ASSERT_NE(model.frozen(), nullptr);
+  Rng rng(4);
+  const Tensor images = testing::random_tensor({2, 1, 12, 12}, rng);
+  // With gradients recorded, the autograd path runs (and a gradient reaches the weights).
+  Var logits = model.forward(Var(images));
+  EXPECT_TRUE(logits.requires_grad());
+  {
+    NoGradGuard no_grad;
+    EXPECT_FALSE(model.forward(Var(images)).requires_grad());
+  }
+  // Each of these hands out the layers or changes them: the plan would go stale, so it is dropped.
+  const std::vector<std::pair<std::string, std::function<void()>>> thawing = {
+      {"state()", [&] { model.state(); }},
+      {"head_state()", [&] { model.head_state(); }},
+      {"convs()", [&] { model.convs(); }},
+      {"linears()", [&] { model.linears(); }},
+      {"set_training(true)", [&] { model.set_training(true); }},
+      {"thaw()", [&] { model.thaw(); }},
+  };
+  for (const auto& [what, f] : thawing) {
+    model.set_training(false);
+    model.freeze();
+    f();
+    EXPECT_EQ(model.frozen(), nullptr) << what << " kept the plan";
+  }
+}
+
+TEST(ResNetFreeze, AChangedWeightIsSeenAfterTheAccessorThatChangedIt) {
+  ResNet model(ResNetConfig{"resnet10", 1, 4, 8, 2}, 1);
+  model.set_training(false);
+  model.fold_batchnorm();
+  model.freeze();
+  Rng rng(6);
+  const Tensor images = testing::random_tensor({1, 1, 12, 12}, rng);
+  NoGradGuard no_grad;
+  const Tensor before = model.forward(Var(images)).value();
+  for (auto& [name, linear] : model.linears()) linear->bias.value().fill(3.0f);  // drops the plan
+  const Tensor after = model.forward(Var(images)).value();
+  EXPECT_NE(before.data()[0], after.data()[0]) << "the stale plan answered";
+  model.freeze();
+  testing::expect_close_to_max(model.forward(Var(images)).value(), after, "refrozen", 1e-5);
+}
+
+TEST(ResNetFreeze, AnEmptyBatch) {
+  ResNet model(ResNetConfig{"resnet10", 1, 4, 8, 2}, 1);
+  model.set_training(false);
+  model.fold_batchnorm();
+  model.freeze();
+  NoGradGuard no_grad;
+  EXPECT_EQ(model.forward(Var(Tensor::zeros({0, 1, 12, 12}))).shape(), Shape({0, 2}));
 }
 
 }  // namespace

@@ -13,13 +13,6 @@
 namespace toptag {
 namespace {
 
-std::vector<Isa> isas_here() {
-  std::vector<Isa> out;
-  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512})
-    if (cpu_supports(isa)) out.push_back(isa);
-  return out;
-}
-
 struct ConvCase {
   int64_t n, c, h, w, k;
   int kernel, stride, pad;
@@ -42,7 +35,7 @@ TEST_P(PackedConvVsReference, EveryIsaEveryOutputStage) {
   const Conv2dParams params{c.stride, c.pad};
   const Tensor plain = conv_nhwc_ref(x, w, nullptr, params, nullptr, false);
   const Tensor residual = testing::random_tensor(plain.shape(), rng);
-  for (Isa isa : isas_here()) {
+  for (Isa isa : testing::isas_here()) {
     SCOPED_TRACE(isa_name(isa));
     const PackedConv bare = pack_conv(w, nullptr, params, isa);
     const PackedConv biased = pack_conv(w, &b, params, isa);
@@ -84,7 +77,7 @@ TEST_P(WinogradVsReference, EveryIsaEveryOutputStage) {
   const Tensor b = testing::random_tensor({c.k}, rng);
   const Tensor plain = conv_nhwc_ref(x, w, nullptr, {1, 1}, nullptr, false);
   const Tensor residual = testing::random_tensor(plain.shape(), rng);
-  for (Isa isa : isas_here()) {
+  for (Isa isa : testing::isas_here()) {
     SCOPED_TRACE(isa_name(isa));
     EXPECT_TRUE(winograd_applies(pack_conv(w, nullptr, {1, 1}, isa)));
     const WinogradConv bare = pack_winograd(w, nullptr, isa), biased = pack_winograd(w, &b, isa);
@@ -128,7 +121,7 @@ TEST(PackedConv, ThreadedAndSingleThreadedAgreeBitForBit) {
   Rng rng(3);
   const Tensor x = testing::random_tensor({4, 20, 20, 32}, rng);
   const Tensor w = testing::random_tensor({96, 32, 3, 3}, rng, 0.1);
-  for (Isa isa : isas_here()) {
+  for (Isa isa : testing::isas_here()) {
     const PackedConv cv = pack_conv(w, nullptr, {1, 1}, isa);
     const int saved = num_threads();
     set_num_threads(1);
@@ -143,11 +136,46 @@ TEST(PackedConv, ThreadedAndSingleThreadedAgreeBitForBit) {
 TEST(PackedConv, NanPassesTheFusedRelu) {
   Tensor x = Tensor::full({1, 3, 3, 4}, 1.0f);
   x.data()[5] = std::numeric_limits<float>::quiet_NaN();
-  const Tensor w = Tensor::full({16, 4, 1, 1}, -1.0f);  // every finite output is negative: ReLU zeroes it
-  for (Isa isa : isas_here()) {
-    const Tensor y = conv_nhwc(pack_conv(w, nullptr, {1, 0}, isa), x, nullptr, true);
-    EXPECT_TRUE(std::isnan(y.data()[16])) << isa_name(isa) << ": pixel 1 read the NaN";
-    EXPECT_EQ(y.data()[0], 0.0f) << isa_name(isa);
+  for (Isa isa : testing::isas_here()) {
+    // K = 2 nr: whole panels (the vector output stage); K = 3: a partial one (the scalar stage).
+    for (int64_t K : {int64_t{2} * kernels(isa).nr, int64_t{3}}) {
+      const Tensor w = Tensor::full({K, 4, 1, 1}, -1.0f);  // every finite output is negative: ReLU zeroes it
+      const Tensor y = conv_nhwc(pack_conv(w, nullptr, {1, 0}, isa), x, nullptr, true);
+      for (int64_t k = 0; k < K; ++k) {
+        EXPECT_TRUE(std::isnan(y.data()[K + k])) << isa_name(isa) << " K " << K << ": pixel 1 read the NaN";
+        EXPECT_EQ(y.data()[k], 0.0f) << isa_name(isa) << " K " << K;
+      }
+    }
+  }
+}
+
+TEST(PackedConv, EveryRowAndColumnRemainder) {
+  // Every tile height 1..mr (and past it), every panel remainder, the dense-row cut-off (C 8 and 9
+  // with a 3x3 kernel), on every path: rows = N * P * Q output pixels of a 1 x W map.
+  Rng rng(21);
+  for (Isa isa : testing::isas_here()) {
+    const KernelSet& ks = kernels(isa);
+    for (int64_t rows = 1; rows <= 2 * ks.mr + 1; ++rows)
+      for (int64_t K : {int64_t{1}, int64_t{ks.nr - 1}, int64_t{ks.nr + 1}})
+        for (int64_t C : {3, 8, 9}) {
+          const Tensor x = testing::random_tensor({1, 1, rows, C}, rng);
+          const Tensor w = testing::random_tensor({K, C, 3, 3}, rng, 0.2);
+          const Tensor b = testing::random_tensor({K}, rng);
+          const Tensor expected = conv_nhwc_ref(x, w, &b, {1, 1}, nullptr, true);
+          testing::expect_close(conv_nhwc(pack_conv(w, &b, {1, 1}, isa), x, nullptr, true), expected,
+                                fmt::format("{} rows {} K {} C {}", isa_name(isa), rows, K, C), 1e-4, 1e-5);
+        }
+  }
+}
+
+TEST(PackedConv, AnEmptyBatchGivesAnEmptyOutput) {
+  for (Isa isa : testing::isas_here()) {
+    const Tensor w = Tensor::full({8, 4, 3, 3}, 1.0f);
+    EXPECT_EQ(conv_nhwc(pack_conv(w, nullptr, {1, 1}, isa), Tensor::zeros({0, 5, 5, 4}), nullptr, true).shape(),
+              Shape({0, 5, 5, 8}));
+    const Tensor w128 = Tensor::full({8, 128, 3, 3}, 1.0f);
+    EXPECT_EQ(conv_winograd(pack_winograd(w128, nullptr, isa), Tensor::zeros({0, 4, 4, 128}), nullptr, true).shape(),
+              Shape({0, 4, 4, 8}));
   }
 }
 

@@ -155,4 +155,11 @@ void expect_gradients_match(const VarFunction& f, const std::vector<Tensor>& inp
   }
 }
 
+std::vector<Isa> isas_here() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512})
+    if (cpu_supports(isa)) out.push_back(isa);
+  return out;
+}
+
 }  // namespace toptag::testing

@@ -11,6 +11,7 @@
 #include "io/h5.h"
 #include "nn/autograd.h"
 #include "nn/check.h"
+#include "nn/kernels/isa.h"
 #include "nn/random.h"
 
 namespace toptag::testing {
@@ -46,6 +47,9 @@ void expect_close(const Tensor& actual, const Tensor& expected, const std::strin
 void expect_close_to_max(const Tensor& actual, const Tensor& expected, const std::string& what, double tol);
 
 Tensor random_tensor(const Shape& shape, Rng& rng, double scale = 1.0);
+
+// The instruction-set paths of the inference kernels this CPU runs (ref everywhere).
+std::vector<Isa> isas_here();
 
 // Finite-difference gradient check of f at `inputs` for L = sum(f(inputs) * r), r fixed random.
 // The analytical gradient of every input must match central differences for at least one of the

@@ -12,9 +12,9 @@
 
 #include <string>
 
-namespace toptag {
+#include "nn/kernels/isa_id.h"
 
-enum class Isa { ref, avx2, avx512 };
+namespace toptag {
 
 const char* isa_name(Isa isa);
 

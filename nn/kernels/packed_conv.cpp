@@ -113,8 +113,12 @@ PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams para
   if (weight.rank() != 4) fail("pack_conv: weight must be (K,C,R,S), found {}", weight.shape().str());
   PackedConv cv;
   cv.kernels = &kernels(isa);
-  cv.K = weight.dim(0), cv.C = weight.dim(1), cv.R = weight.dim(2), cv.S = weight.dim(3);
-  cv.stride = params.stride, cv.pad = params.padding;
+  cv.K = weight.dim(0);
+  cv.C = weight.dim(1);
+  cv.R = weight.dim(2);
+  cv.S = weight.dim(3);
+  cv.stride = params.stride;
+  cv.pad = params.padding;
   if (bias) expect_shape(*bias, Shape{cv.K}, "pack_conv bias");
   const int64_t nr = cv.kernels->nr, taps = cv.taps();
   cv.panels = (cv.K + nr - 1) / nr;
@@ -138,6 +142,7 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
   if (g.P < 1 || g.Q < 1) fail("conv_nhwc: input {} is smaller than the {}x{} kernel", x.shape().str(), cv.R, cv.S);
   Tensor y = Tensor::empty({g.N, g.P, g.Q, cv.K});
   if (residual) expect_shape(*residual, y.shape(), "conv_nhwc residual");
+  if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc");
 
   const KernelSet& ks = *cv.kernels;

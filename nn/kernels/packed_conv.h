@@ -10,6 +10,7 @@
 
 #include <vector>
 
+#include "nn/kernels/isa.h"
 #include "nn/kernels/tile.h"
 #include "nn/ops/conv2d.h"
 #include "nn/ops/pool.h"

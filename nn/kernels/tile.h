@@ -20,7 +20,7 @@
 
 #include <cstdint>
 
-#include "nn/kernels/isa.h"
+#include "nn/kernels/isa_id.h"
 
 namespace toptag {
 

@@ -37,11 +37,17 @@ void transform_input(const float* x, const Tiling& g, int64_t C, int64_t tile, c
     float t[kPoints];  // B^T d: rows
     for (int j = 0; j < 4; ++j) {
       const float d0 = d[j][c], d1 = d[4 + j][c], d2 = d[8 + j][c], d3 = d[12 + j][c];
-      t[j] = d0 - d2, t[4 + j] = d1 + d2, t[8 + j] = d2 - d1, t[12 + j] = d1 - d3;
+      t[j] = d0 - d2;
+      t[4 + j] = d1 + d2;
+      t[8 + j] = d2 - d1;
+      t[12 + j] = d1 - d3;
     }
     for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
       const float r0 = t[4 * i], r1 = t[4 * i + 1], r2 = t[4 * i + 2], r3 = t[4 * i + 3];
-      v[4 * i][c] = r0 - r2, v[4 * i + 1][c] = r1 + r2, v[4 * i + 2][c] = r2 - r1, v[4 * i + 3][c] = r1 - r3;
+      v[4 * i][c] = r0 - r2;
+      v[4 * i + 1][c] = r1 + r2;
+      v[4 * i + 2][c] = r2 - r1;
+      v[4 * i + 3][c] = r1 - r3;
     }
   }
 }
@@ -65,7 +71,8 @@ void transform_output(const float* M, const Tiling& g, const WinogradConv& cv, i
     float a[8];  // A^T m: two rows of four
     for (int j = 0; j < 4; ++j) {
       const float m0 = m[j][k], m1 = m[4 + j][k], m2 = m[8 + j][k], m3 = m[12 + j][k];
-      a[j] = m0 + m1 + m2, a[4 + j] = m1 - m2 - m3;
+      a[j] = m0 + m1 + m2;
+      a[4 + j] = m1 - m2 - m3;
     }
     const float out[4] = {a[0] + a[1] + a[2], a[1] - a[2] - a[3], a[4] + a[5] + a[6], a[5] - a[6] - a[7]};
     for (int o = 0; o < 4; ++o) {
@@ -105,7 +112,10 @@ WinogradConv pack_winograd(const Tensor& weight, const Tensor* bias, Isa isa) {
       double gg[4][3];  // G g
       for (int s = 0; s < 3; ++s) {
         const double g0 = g[s], g1 = g[3 + s], g2 = g[6 + s];
-        gg[0][s] = g0, gg[1][s] = 0.5 * (g0 + g1 + g2), gg[2][s] = 0.5 * (g0 - g1 + g2), gg[3][s] = g2;
+        gg[0][s] = g0;
+        gg[1][s] = 0.5 * (g0 + g1 + g2);
+        gg[2][s] = 0.5 * (g0 - g1 + g2);
+        gg[3][s] = g2;
       }
       for (int i = 0; i < 4; ++i) {  // (G g) G^T
         const double a = gg[i][0], b = gg[i][1], e = gg[i][2];
@@ -126,6 +136,7 @@ Tensor conv_winograd(const WinogradConv& cv, const Tensor& x, const Tensor* resi
   const Tiling g{x.dim(0), x.dim(1), x.dim(2), (x.dim(1) + 1) / 2, (x.dim(2) + 1) / 2};
   Tensor y = Tensor::empty({g.N, g.H, g.W, cv.K});
   if (residual) expect_shape(*residual, y.shape(), "conv_winograd residual");
+  if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv winograd");
   const KernelSet& ks = *cv.kernels;
   const int64_t T = g.count(), C = cv.C, K = cv.K;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The per-instruction-set kernel objects define nothing outside their own namespaces. A template or
+# inline function from a library header instantiated in tile_avx512.cpp would be compiled with AVX-512,
+# emitted as a weak symbol, and the linker could pick that copy for code that runs on any CPU: an
+# illegal instruction on an AVX2 machine, far from its cause. (nn/kernels/tile_simd.inc says why.)
+# Usage: kernel_symbols.sh OBJECT[:OBJECT...]
+set -euo pipefail
+IFS=: read -r -a objects <<<"$1"
+[ "${#objects[@]}" -ge 2 ] || { echo "FAIL: expected the avx2 and avx512 objects, got: $1"; exit 1; }
+status=0
+for object in "${objects[@]}"; do
+  case $object in
+    *avx512*) ns=kernels_avx512 ;;
+    *avx2*) ns=kernels_avx2 ;;
+    *) echo "FAIL: $object is neither the avx2 nor the avx512 kernel object"; exit 1 ;;
+  esac
+  defined=$(nm -C --defined-only "$object" | awk '$2 ~ /^[TtWwVvDdBbRr]$/ { $1 = ""; $2 = ""; print substr($0, 3) }')
+  [ -n "$defined" ] || { echo "FAIL: $object defines nothing"; exit 1; }
+  # Local labels and the sanitizers' module constructors are not visible to other objects: only
+  # external (upper-case) and weak symbols matter.
+  # Judged on mangled names: toptag::kernels_avx2::... is _ZN6toptag12kernels_avx2... (_ZNK for const
+  # members), whatever its return type; a library template over our types would start _ZNSt or _ZSt.
+  prefix="_ZN6toptag${#ns}$ns\|_ZNK6toptag${#ns}$ns"
+  stray=$(nm --defined-only "$object" | awk '$2 ~ /^[TWVDBR]$/ { print $3 }' \
+    | grep -v "^\($prefix\)" | grep -v "^__odr_asan\|^__asan\|^__sancov\|^asan\.\|^sancov\." | c++filt || true)
+  if [ -n "$stray" ]; then
+    echo "FAIL: $object defines symbols outside toptag::$ns:"
+    echo "$stray"
+    status=1
+  else
+    echo "$(basename "$object"): $(echo "$defined" | wc -l) symbols, all in toptag::$ns"
+  fi
+done
+exit $status
