@@ -2,7 +2,7 @@
 //   the BLAS kernel in use and its measured sgemm GFLOP/s (the peak we measure against)
 //   the model's FLOPs per image (counted in gemm(), forward and training step)
 //   training images/s at 40x40, batch 64 (forward + backward + Adam), with the fraction of peak
-//   inference images/s at 40x40, batch 64, with the fraction of peak (batch norms folded, as predict runs)
+//   inference images/s at 40x40, batch 64, with the fraction of peak (folded and frozen, as predict runs)
 //   inference latency at batch 1: 40x40x1 and the paper's 224x224x3
 //   peak resident memory after training
 // --profile adds where a training step's time goes, phase by phase (nn/profile.h).
@@ -18,6 +18,7 @@
 
 #include "nn/blas.h"
 #include "nn/gemm.h"
+#include "nn/inference_plan.h"
 #include "nn/ops/softmax.h"
 #include "nn/parallel.h"
 #include "nn/profile.h"
@@ -155,7 +156,9 @@ int main(int argc, char** argv) {
   fmt::print("peak RSS   after training : {:8.0f} MB\n", peak_rss_mb());
   if (profile) print_profile("a training step (40x40, batch 64)", train_steps, [&] { job.step(); });
 
-  // Inference as toptag predict and serve run it: eval mode, batch norms folded into the convs.
+  // Inference as toptag predict and serve run it: eval mode, batch norms folded into the convs, the
+  // model frozen (weights packed for toptag's own kernels, nn/inference_plan.h). The FLOPs are
+  // counted by one pass of the autograd path, whose GEMMs count them.
   model.set_training(false);
   model.fold_batchnorm();
   NoGradGuard no_grad;
@@ -164,6 +167,9 @@ int main(int argc, char** argv) {
     const int64_t before = gemm_flops();
     model.forward(Var(images));
     const double flops = static_cast<double>(gemm_flops() - before) / kBatch;
+    model.freeze();
+    fmt::print("engine     {}\n", model.frozen()->describe());
+    model.forward(Var(images));  // warm-up
     t0 = Clock::now();
     for (int i = 0; i < infer_batches; ++i) model.forward(Var(images));
     s = seconds_since(t0);
@@ -178,6 +184,7 @@ int main(int argc, char** argv) {
   ResNet model3(paper, 1);
   model3.set_training(false);
   model3.fold_batchnorm();
+  model3.freeze();
   for (auto [net, channels, size] : {std::tuple{&model, 1, 40}, std::tuple{&model3, 3, 224}}) {
     Tensor image = random_images(1, channels, size, rng);
     net->forward(Var(image));
