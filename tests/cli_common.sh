@@ -1,5 +1,12 @@
-# Shared by the CLI test scripts (source it): fail, and expect_error for toptag's documented way of
-# refusing bad input: 'toptag: error: ...' naming the problem, and exit status 1.
+# Shared by the CLI test scripts (source it): enter_work_dir, fail, and expect_error for toptag's
+# documented way of refusing bad input: 'toptag: error: ...' naming the problem, and exit status 1.
+
+enter_work_dir() {  # a fresh $WORK as the working directory, removed on exit with any job still running
+  WORK=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+  cd "$WORK"
+}
+
 fail() {
   echo "FAIL: $*"
   exit 1

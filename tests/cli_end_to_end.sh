@@ -4,9 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/cli_common.sh"
 TOPTAG=$1
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cd "$WORK"
+enter_work_dir
 export TOPTAG_PLAIN_PROGRESS=1
 
 $TOPTAG generate -o train.h5 --jets 600 --seed 1 >/dev/null 2>&1

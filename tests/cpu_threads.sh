@@ -7,10 +7,8 @@
 set -euo pipefail
 TOPTAG=$(realpath "$1")
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-fail() { echo "FAIL: $*"; exit 1; }
+source "$(dirname "$0")/cli_common.sh"
+enter_work_dir
 
 cpus=$(getconf _NPROCESSORS_ONLN)  # the machine's; nproc would count this process's affinity mask
 [ "$(nproc)" -ge 2 ] || fail "this test needs 2 usable CPUs or more to tell one from all (nproc says $(nproc))"

@@ -6,9 +6,7 @@
 set -euo pipefail
 TOPTAG=$(realpath "$1")
 source "$(dirname "$0")/cli_common.sh"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
+enter_work_dir
 
 flags=$(grep -m1 '^flags' /proc/cpuinfo)
 has() { [[ " $flags " == *" $1 "* ]]; }

@@ -6,9 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/cli_common.sh"
 TOPTAG=$1
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+enter_work_dir
 export TOPTAG_PLAIN_PROGRESS=1
 
 $TOPTAG generate -o jets.h5 --jets 200 --seed 7 >/dev/null 2>&1

@@ -8,10 +8,8 @@ set -euo pipefail
 TOPTAG=$(realpath "$1")
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 MPIRUN="mpirun -np 2 --oversubscribe"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-fail() { echo "FAIL: $*"; exit 1; }
+source "$(dirname "$0")/cli_common.sh"
+enter_work_dir
 
 $TOPTAG generate -o train.h5 -n 512 --seed 1 >/dev/null 2>&1
 $TOPTAG generate -o val.h5 -n 128 --seed 2 >/dev/null 2>&1

@@ -6,9 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/cli_common.sh"
 TOPTAG=$1
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+enter_work_dir
 export TOPTAG_PLAIN_PROGRESS=1
 unchanged() {  # unchanged FILE COPY: FILE still holds what COPY holds
   cmp -s "$1" "$2" || fail "$1 was changed or destroyed"

@@ -6,9 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/cli_common.sh"
 TOPTAG=$1
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cd "$WORK"
+enter_work_dir
 export TOPTAG_PLAIN_PROGRESS=1
 PYTHON=/usr/bin/python3  # Debian's interpreter, where python3-h5py lives
 
