@@ -59,7 +59,7 @@ void run_model(const ModelArgs& args) {
              args.image_size, args.image_size);
   fmt::print("BLAS           {} (training)\n", blas_info().summary());
   if (tagger && tagger->quantized())
-    fmt::print("inference      float emulation of {} (im2col + OpenBLAS sgemm)\n", tagger->describe());
+    fmt::print("inference      {}\n", tagger->describe_engine());
   else
     fmt::print("inference      toptag's kernels {}, instruction set {}\n", kernels(active_isa()).name, describe_isa());
   if (args.list_tensors) {

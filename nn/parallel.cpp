@@ -143,24 +143,27 @@ std::optional<CpuQuota> tightest(std::optional<CpuQuota> a, std::optional<CpuQuo
   return b->cpus() < a->cpus() ? b : a;
 }
 
-std::optional<CpuQuota> v2_quota(std::string_view proc_self_cgroup, std::string_view mountinfo, const ReadFile& read) {
-  std::optional<Hierarchy> h = find_mount(mountinfo, "");
-  std::optional<std::string> path = cgroup_path(proc_self_cgroup, "");
-  if (!h || !path) return std::nullopt;
+// This process's cgroup directory and its ancestors' in the hierarchy of `v1_controller` ("" for v2),
+// deepest first; none when that hierarchy is not mounted or the process is not in it.
+std::vector<std::string> process_cgroup_directories(std::string_view proc_self_cgroup, std::string_view mountinfo,
+                                                    const std::string& v1_controller) {
+  std::optional<Hierarchy> h = find_mount(mountinfo, v1_controller);
+  std::optional<std::string> path = cgroup_path(proc_self_cgroup, v1_controller);
+  if (!h || !path) return {};
   h->process_path = *path;
+  return cgroup_directories(*h);
+}
+
+std::optional<CpuQuota> v2_quota(std::string_view proc_self_cgroup, std::string_view mountinfo, const ReadFile& read) {
   std::optional<CpuQuota> best;
-  for (const std::string& dir : cgroup_directories(*h))
+  for (const std::string& dir : process_cgroup_directories(proc_self_cgroup, mountinfo, ""))
     if (std::optional<std::string> text = read(dir + "/cpu.max")) best = tightest(best, parse_cpu_max(*text));
   return best;
 }
 
 std::optional<CpuQuota> v1_quota(std::string_view proc_self_cgroup, std::string_view mountinfo, const ReadFile& read) {
-  std::optional<Hierarchy> h = find_mount(mountinfo, "cpu");
-  std::optional<std::string> path = cgroup_path(proc_self_cgroup, "cpu");
-  if (!h || !path) return std::nullopt;
-  h->process_path = *path;
   std::optional<CpuQuota> best;
-  for (const std::string& dir : cgroup_directories(*h)) {
+  for (const std::string& dir : process_cgroup_directories(proc_self_cgroup, mountinfo, "cpu")) {
     const std::optional<std::string> quota = read(dir + "/cpu.cfs_quota_us"), period = read(dir + "/cpu.cfs_period_us");
     if (!quota || !period) continue;
     const std::optional<long long> q = parse_integer(*quota), p = parse_integer(*period);

@@ -44,8 +44,6 @@ const KernelSet kRefSet{Isa::ref, "ref f32 4x8", kRefMr, kRefNr, tile_f32_ref};
 // Rows per chunk: a chunk's indirection table and input rows stay in cache while every panel of the
 // layer passes over them.
 constexpr int64_t kChunkRows = 192;
-// Multiply-adds below which a convolution runs on one thread: waking the second costs more.
-constexpr int64_t kParallelMinMacs = int64_t{1} << 18;
 
 struct Geometry {
   int64_t N, H, W, P, Q;
@@ -198,29 +196,13 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
 
 Tensor conv_nhwc_ref(const Tensor& x, const Tensor& weight, const Tensor* bias, Conv2dParams params,
                      const Tensor* residual, bool relu) {
-  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
-  const int64_t K = weight.dim(0), R = weight.dim(2), S = weight.dim(3);
-  if (weight.dim(1) != C) fail("conv_nhwc_ref: input has {} channels, weight {}", C, weight.shape().str());
-  const int64_t P = (H + 2 * params.padding - R) / params.stride + 1,
-                Q = (W + 2 * params.padding - S) / params.stride + 1;
-  Tensor y = Tensor::empty({N, P, Q, K});
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t p = 0; p < P; ++p)
-      for (int64_t q = 0; q < Q; ++q)
-        for (int64_t k = 0; k < K; ++k) {
-          double sum = bias ? bias->data()[k] : 0.0;
-          for (int64_t r = 0; r < R; ++r)
-            for (int64_t s = 0; s < S; ++s) {
-              const int64_t h = p * params.stride - params.padding + r, w = q * params.stride - params.padding + s;
-              if (h < 0 || h >= H || w < 0 || w >= W) continue;
-              for (int64_t c = 0; c < C; ++c)
-                sum += static_cast<double>(x.data()[((n * H + h) * W + w) * C + c]) *
-                       weight.data()[((k * C + c) * R + r) * S + s];
-            }
-          const int64_t at = ((n * P + p) * Q + q) * K + k;
-          if (residual) sum += residual->data()[at];
-          y.data()[at] = static_cast<float>(relu && sum < 0 ? 0.0 : sum);
-        }
+  params.relu = false;  // after the residual add, below
+  Tensor y = nchw_to_nhwc(conv2d_forward_ref(nhwc_to_nchw(x), weight, bias, params));
+  if (residual) expect_shape(*residual, y.shape(), "conv_nhwc_ref residual");
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    float v = y.data()[i] + (residual ? residual->data()[i] : 0.0f);
+    y.data()[i] = relu && v < 0.0f ? 0.0f : v;
+  }
   return y;
 }
 

@@ -18,6 +18,10 @@
 
 namespace toptag {
 
+// Multiply-adds below which a convolution (direct or Winograd) runs on one thread: waking the second
+// costs more.
+constexpr int64_t kParallelMinMacs = int64_t{1} << 18;
+
 // A convolution's weights packed for one kernel set, with its geometry.
 struct PackedConv {
   const KernelSet* kernels = nullptr;
@@ -39,7 +43,8 @@ PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams para
 // y = conv(x) + bias [+ residual] [ReLU]. x: (N, H, W, C); y, residual: (N, P, Q, K), all NHWC.
 Tensor conv_nhwc(const PackedConv& conv, const Tensor& x, const Tensor* residual, bool relu);
 
-// The same contract, by direct loops in double on the unpacked (K, C, R, S) weights: the reference.
+// The same contract on the unpacked (K, C, R, S) weights: conv2d_forward_ref's direct loops in
+// double, then the residual and the ReLU. The reference the kernels are tested against.
 Tensor conv_nhwc_ref(const Tensor& x, const Tensor& weight, const Tensor* bias, Conv2dParams params,
                      const Tensor* residual, bool relu);
 

@@ -12,7 +12,6 @@ namespace {
 
 constexpr int kPoints = 16;        // the 4x4 transformed tile
 constexpr int64_t kGemmRows = 96;  // tiles per GEMM work item
-constexpr int64_t kParallelMinMacs = int64_t{1} << 18;
 
 struct Tiling {
   int64_t N, H, W, tiles_h, tiles_w;
@@ -105,6 +104,7 @@ WinogradConv pack_winograd(const Tensor& weight, const Tensor* bias, Isa isa) {
   cv.panels = (cv.K + nr - 1) / nr;
   cv.weights.assign(static_cast<size_t>(kPoints * cv.point_size()), 0.0f);
   cv.bias.assign(static_cast<size_t>(cv.panels * nr), 0.0f);
+  cv.zeros.assign(static_cast<size_t>(cv.C), 0.0f);
   for (int64_t k = 0; k < cv.K; ++k) {
     if (bias) cv.bias[k] = bias->data()[k];
     for (int64_t c = 0; c < cv.C; ++c) {
@@ -141,11 +141,10 @@ Tensor conv_winograd(const WinogradConv& cv, const Tensor& x, const Tensor* resi
   const KernelSet& ks = *cv.kernels;
   const int64_t T = g.count(), C = cv.C, K = cv.K;
   Tensor V = Tensor::empty({kPoints * T * C}), M = Tensor::empty({kPoints * T * K});
-  const std::vector<float> zeros(static_cast<size_t>(C), 0.0f);
   const bool parallel = T * K * C * kPoints >= kParallelMinMacs && num_threads() > 1;
 
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t tile = 0; tile < T; ++tile) transform_input(x.data(), g, C, tile, zeros.data(), V.data());
+  for (int64_t tile = 0; tile < T; ++tile) transform_input(x.data(), g, C, tile, cv.zeros.data(), V.data());
 
   // The 16 GEMMs M[p] (T x K) = V[p] (T x C) U[p] (C x K), cut into items of kGemmRows tiles x one panel.
   const int64_t row_blocks = (T + kGemmRows - 1) / kGemmRows, items = kPoints * cv.panels * row_blocks;

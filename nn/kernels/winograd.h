@@ -23,6 +23,7 @@ struct WinogradConv {
   int64_t K = 0, C = 0, panels = 0;
   std::vector<float> weights;  // 16 points x panels x [C][nr]: U = G g G^T, packed like a 1x1 conv
   std::vector<float> bias;     // panels x nr
+  std::vector<float> zeros;    // C zeros: what a tile reads past the map's edge
 
   int64_t point_size() const { return panels * C * kernels->nr; }
 };
