@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "nn/check.h"
+#include "nn/ops/conv2d_nhwc.h"
 #include "nn/ops/elementwise.h"
 #include "nn/ops/linear.h"
 
@@ -21,12 +23,16 @@ Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int kernel, Conv2dPara
   weight = Var::parameter(std::move(w));
 }
 
-Var Conv2d::forward(const Var& x, bool relu) const {
+Var Conv2d::forward(const Var& x, bool relu, ActivationLayout layout) const {
   const Var w = hooks && hooks->weight ? hooks->weight(weight) : weight;
-  const Var in = hooks && hooks->input ? hooks->input(x) : x;
   Conv2dParams p = params;
   p.relu = relu;
-  return conv2d(in, w, bias.value().defined() ? &bias : nullptr, p);
+  const Var* b = bias.value().defined() ? &bias : nullptr;
+  if (layout == ActivationLayout::nhwc) {
+    if (has_input_hook()) fail("conv2d: an input hook runs on NCHW activations, not channels-last");
+    return conv2d_nhwc(x, w, b, p);
+  }
+  return conv2d(has_input_hook() ? hooks->input(x) : x, w, b, p);
 }
 
 void Conv2d::collect(const std::string& prefix, StateList& out) {
@@ -40,18 +46,19 @@ BatchNorm2d::BatchNorm2d(int64_t channels)
       running_mean(Tensor::zeros({channels})),
       running_var(Tensor::full({channels}, 1.0f)) {}
 
-Var BatchNorm2d::forward(const Var& x, bool relu) {
+Var BatchNorm2d::forward(const Var& x, bool relu, ActivationLayout layout) {
   if (folded) return relu ? toptag::relu(x) : x;
   BatchNormParams p;
   p.training = training;
   p.eps = eps;
   p.relu = relu;
+  if (layout == ActivationLayout::nhwc) return batchnorm2d_nhwc(x, weight, bias, running_mean, running_var, p);
   return batchnorm2d(x, weight, bias, running_mean, running_var, p);
 }
 
-Var conv_bn(const Conv2d& conv, BatchNorm2d& bn, const Var& x, bool relu) {
-  if (bn.folded) return conv.forward(x, relu);
-  return bn.forward(conv.forward(x), relu);
+Var conv_bn(const Conv2d& conv, BatchNorm2d& bn, const Var& x, bool relu, ActivationLayout layout) {
+  if (bn.folded) return conv.forward(x, relu, layout);
+  return bn.forward(conv.forward(x, false, layout), relu, layout);
 }
 
 void BatchNorm2d::fold_into(Conv2d& conv) {

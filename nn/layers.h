@@ -9,6 +9,7 @@
 
 #include "nn/ops/batchnorm2d.h"
 #include "nn/ops/conv2d.h"
+#include "nn/ops/layout.h"
 #include "nn/random.h"
 
 namespace toptag {
@@ -39,8 +40,10 @@ class Conv2d {
   Conv2d() = default;
   // Kaiming-normal init, fan_out mode for ReLU: std = sqrt(2 / (out_channels * k * k)), as torchvision's ResNet.
   Conv2d(int64_t in_channels, int64_t out_channels, int kernel, Conv2dParams params, Rng& rng);
-  // relu: max(0, .) applied to the output in the same pass
-  Var forward(const Var& x, bool relu = false) const;
+  // relu: max(0, .) applied to the output in the same pass. x in `layout` ((N,C,H,W) or (N,H,W,C)),
+  // and y in the same; channels-last takes no input hook (a hook's blocks run along NCHW's channels).
+  Var forward(const Var& x, bool relu = false, ActivationLayout layout = ActivationLayout::nchw) const;
+  bool has_input_hook() const { return hooks && hooks->input; }
   void collect(const std::string& prefix, StateList& out);
 
   Var weight;  // (K, C, R, S)
@@ -53,7 +56,7 @@ class BatchNorm2d {
  public:
   BatchNorm2d() = default;
   explicit BatchNorm2d(int64_t channels);  // weight 1, bias 0, running mean 0, running var 1
-  Var forward(const Var& x, bool relu = false);
+  Var forward(const Var& x, bool relu = false, ActivationLayout layout = ActivationLayout::nchw);
   void collect(const std::string& prefix, StateList& out);
   // Folds this normalisation (eval mode) into the preceding conv:
   //   w' = w * gamma / sqrt(var + eps),  b' = beta + (b - mean) * gamma / sqrt(var + eps)
@@ -69,7 +72,8 @@ class BatchNorm2d {
 
 // conv -> batch norm (-> ReLU), with the ReLU fused into whichever op runs last: the batch norm, or
 // the convolution's bias epilogue once the batch norm is folded into it.
-Var conv_bn(const Conv2d& conv, BatchNorm2d& bn, const Var& x, bool relu);
+Var conv_bn(const Conv2d& conv, BatchNorm2d& bn, const Var& x, bool relu,
+            ActivationLayout layout = ActivationLayout::nchw);
 
 class Linear {
  public:

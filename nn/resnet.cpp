@@ -72,20 +72,24 @@ void collect_state(const LayerStep& step, StateList& out) {
 // for bit) and keeps no activation longer: each step's output replaces the last one, and only the
 // current block's input (which the shortcut conv and the residual add read) is held until block_end,
 // as a block's forward holds its argument.
+//
+// Channels-last, the images are turned to (N,H,W,C) once before the first step; every op after that
+// runs in that layout, up to the global average pool, whose (N, C) output is the same in both.
 class ForwardRun {
  public:
-  explicit ForwardRun(Var x) : x_(std::move(x)) {}
+  explicit ForwardRun(Var x, ActivationLayout layout = ActivationLayout::nchw)
+      : x_(layout == ActivationLayout::nhwc ? to_channels_last(x) : std::move(x)), layout_(layout) {}
 
   void operator()(const LayerStep& step) {
     switch (step.kind) {
       case LayerStep::Kind::conv:
         if (step.shortcut)
-          shortcut_ = conv_bn(*step.conv, *step.bn, *block_input_, step.relu);
+          shortcut_ = conv_bn(*step.conv, *step.bn, *block_input_, step.relu, layout_);
         else
-          x_ = conv_bn(*step.conv, *step.bn, x_, step.relu);
+          x_ = conv_bn(*step.conv, *step.bn, x_, step.relu, layout_);
         break;
       case LayerStep::Kind::max_pool:
-        x_ = maxpool2d(x_, step.pool);
+        x_ = layout_ == ActivationLayout::nhwc ? maxpool2d_nhwc(x_, step.pool) : maxpool2d(x_, step.pool);
         break;
       case LayerStep::Kind::block_begin:
         block_input_ = x_;
@@ -98,7 +102,7 @@ class ForwardRun {
         break;
       }
       case LayerStep::Kind::global_avg_pool:
-        x_ = global_avgpool(x_);
+        x_ = layout_ == ActivationLayout::nhwc ? global_avgpool_nhwc(x_) : global_avgpool(x_);
         break;
       case LayerStep::Kind::linear:
         x_ = step.linear->forward(x_);
@@ -110,7 +114,8 @@ class ForwardRun {
   const Var& output() const { return x_; }
 
  private:
-  Var x_;                           // the last step's output
+  Var x_;  // the last step's output
+  ActivationLayout layout_;
   std::optional<Var> block_input_;  // from block_begin to block_end
   std::optional<Var> shortcut_;     // the shortcut conv's output, when the block has one
 };
@@ -227,7 +232,7 @@ Var ResNet::features(const Var& images) {
   if (images.shape().rank() != 4 || images.shape()[1] != config_.in_channels)
     fail("model expects images of shape (N, {}, H, W), got {}", config_.in_channels, images.shape().str());
   if (frozen_ && !grad_enabled()) return Var(frozen_->features(images.value()));
-  ForwardRun run(images);
+  ForwardRun run(images, featurizer_layout());
   walk([&](const LayerStep& step) {
     if (step.kind != LayerStep::Kind::linear) run(step);
   });
@@ -245,6 +250,13 @@ Var ResNet::head(const Var& features) {
 
 Var ResNet::forward(const Var& images) {
   return head(features(images));
+}
+
+ActivationLayout ResNet::featurizer_layout() {
+  if (layout_ == ActivationLayout::nchw) return layout_;
+  bool hooked = false;
+  walk([&](const LayerStep& step) { hooked = hooked || (step.conv && step.conv->has_input_hook()); });
+  return hooked ? ActivationLayout::nchw : layout_;
 }
 
 StateList ResNet::state() {

@@ -135,6 +135,12 @@ class ResNet {
   void thaw() { frozen_.reset(); }
   const FrozenResNet* frozen() const { return frozen_.get(); }
 
+  // The layout the featurizer computes in when it does not run the frozen plan: channels-last by
+  // default (nn/ops/layout.h), NCHW when asked, and NCHW whenever a conv has an input hook
+  // (quantization-aware training), whose blocks run along NCHW's channels.
+  void set_layout(ActivationLayout layout) { layout_ = layout; }
+  ActivationLayout featurizer_layout();
+
   int64_t feature_dim() const { return feature_dim_; }
   const ResNetConfig& config() const { return config_; }
 
@@ -142,6 +148,7 @@ class ResNet {
   ResNetConfig config_;
   int64_t feature_dim_ = 0;
   bool folded_ = false;
+  ActivationLayout layout_ = ActivationLayout::nhwc;
   Conv2d conv1;
   BatchNorm2d bn1;
   std::vector<std::vector<Block>> layers;

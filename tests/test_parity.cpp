@@ -94,9 +94,12 @@ struct Discrepancy {
   }
 };
 
-class ResNet50Parity : public ::testing::Test {
+// Every test runs in both activation layouts: channels-last (the default, training's) and NCHW (the
+// layout quantization-aware training falls back to).
+class ResNet50Parity : public ::testing::TestWithParam<ActivationLayout> {
  protected:
   void SetUp() override {
+    model.set_layout(GetParam());
     // Load by toptag's own state names, as a checkpoint is read (nn/checkpoint.cpp read_model_state).
     // The golden leaves out PyTorch's num_batches_tracked, which only matters when momentum is None;
     // toptag has no such buffer.
@@ -127,7 +130,7 @@ class ResNet50Parity : public ::testing::Test {
   const std::vector<int64_t> labels = golden.get_int64("input", "labels");
 };
 
-TEST_F(ResNet50Parity, ForwardLogitsAndLoss) {
+TEST_P(ResNet50Parity, ForwardLogitsAndLoss) {
   Var logits;
   Var loss = forward_loss(&logits);
   const Tensor expected_logits = golden.get("step0", "logits");
@@ -141,7 +144,7 @@ TEST_F(ResNet50Parity, ForwardLogitsAndLoss) {
   loss_error.print("loss");
 }
 
-TEST_F(ResNet50Parity, EveryParameterGradient) {
+TEST_P(ResNet50Parity, EveryParameterGradient) {
   backward(forward_loss());
   const std::map<std::string, Tensor> grads = golden.get_all("step0/grad");
   const std::vector<NamedParameter> parameters = model.state().parameters;
@@ -155,7 +158,7 @@ TEST_F(ResNet50Parity, EveryParameterGradient) {
   error.print(std::to_string(parameters.size()) + " gradients");
 }
 
-TEST_F(ResNet50Parity, EveryRunningStatistic) {
+TEST_P(ResNet50Parity, EveryRunningStatistic) {
   // toptag's batch norm has PyTorch's momentum built in; the golden must have used the same.
   ASSERT_FLOAT_EQ(static_cast<float>(stated(conventions, "momentum").at(0)), BatchNormParams{}.momentum);
   forward_loss();
@@ -172,7 +175,7 @@ TEST_F(ResNet50Parity, EveryRunningStatistic) {
   error.print(std::to_string(buffers.size()) + " running statistics");
 }
 
-TEST_F(ResNet50Parity, AdamFiveStepsLoss) {
+TEST_P(ResNet50Parity, AdamFiveStepsLoss) {
   AdamOptions options;
   options.lr = stated(conventions, "lr").at(0);
   const std::vector<double> betas = stated(conventions, "betas");
@@ -207,6 +210,11 @@ TEST_F(ResNet50Parity, AdamFiveStepsLoss) {
       << "the loss rose over the Adam steps; the reference went from " << expected.data()[0] << " to "
       << expected.data()[expected.numel() - 1];
 }
+
+INSTANTIATE_TEST_SUITE_P(Layouts, ResNet50Parity, ::testing::Values(ActivationLayout::nhwc, ActivationLayout::nchw),
+                         [](const ::testing::TestParamInfo<ActivationLayout>& info) {
+                           return std::string(info.param == ActivationLayout::nhwc ? "ChannelsLast" : "Nchw");
+                         });
 
 }  // namespace
 }  // namespace toptag

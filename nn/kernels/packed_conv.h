@@ -13,6 +13,7 @@
 #include "nn/kernels/isa.h"
 #include "nn/kernels/tile.h"
 #include "nn/ops/conv2d.h"
+#include "nn/ops/layout.h"
 #include "nn/ops/pool.h"
 #include "nn/tensor.h"
 
@@ -47,15 +48,5 @@ Tensor conv_nhwc(const PackedConv& conv, const Tensor& x, const Tensor* residual
 // double, then the residual and the ReLU. The reference the kernels are tested against.
 Tensor conv_nhwc_ref(const Tensor& x, const Tensor& weight, const Tensor* bias, Conv2dParams params,
                      const Tensor* residual, bool relu);
-
-// (N, C, H, W) -> (N, H, W, C).
-Tensor nchw_to_nhwc(const Tensor& x);
-Tensor nhwc_to_nchw(const Tensor& x);
-
-// Max pool over NHWC (padding never wins, as in PyTorch). (N, H, W, C) -> (N, P, Q, C).
-Tensor maxpool_nhwc(const Tensor& x, MaxPool2dParams params);
-
-// Mean over all pixels: (N, H, W, C) -> (N, C).
-Tensor global_avgpool_nhwc(const Tensor& x);
 
 }  // namespace toptag

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "nn/check.h"
+#include "nn/ops/channel_sums.h"
 #include "nn/profile.h"
 
 namespace toptag {
@@ -127,6 +128,193 @@ void backward(const Tensor& gy, const Tensor& x, const Tensor& y, const Tensor& 
   if (beta_slot) add_grad(*beta_slot, std::move(dbeta));
 }
 
+// The normalisation one call applies: y = (x - mean) * invstd * gamma + beta, per channel.
+struct Normalization {
+  Tensor mean, invstd;
+  int64_t covered = 0;  // values per channel the statistics cover (every process's, when synchronised)
+};
+
+// A layout's batch statistics: fills the mean and the biased variance, returns the values they cover.
+using BatchStatistics = std::function<int64_t(Tensor& mean, Tensor& var)>;
+
+// Checks the arguments of a batch norm over C channels and count values per channel, then: training,
+// the batch's statistics (and the running ones updated); eval, the running statistics.
+Normalization normalization(const Var& x, int64_t C, const Var& gamma, const Var& beta, Tensor& running_mean,
+                            Tensor& running_var, BatchNormParams params, const BatchStatistics& batch_stats) {
+  expect_shape(gamma.value(), Shape{C}, "batchnorm2d weight");
+  expect_shape(beta.value(), Shape{C}, "batchnorm2d bias");
+  expect_shape(running_mean, Shape{C}, "batchnorm2d running_mean");
+  expect_shape(running_var, Shape{C}, "batchnorm2d running_var");
+  const int64_t count = x.shape().numel() / C;
+  if (params.training && count < 2)
+    fail("batchnorm2d: training needs more than one value per channel, input shape {}", x.shape().str());
+
+  Normalization norm{Tensor::empty({C}), Tensor::empty({C}), count};
+  if (params.training) {
+    Tensor var = Tensor::empty({C});
+    norm.covered = batch_stats(norm.mean, var);
+    const float m = params.momentum, unbias = static_cast<float>(norm.covered) / static_cast<float>(norm.covered - 1);
+    for (int64_t c = 0; c < C; ++c) {
+      norm.invstd.data()[c] = 1.0f / std::sqrt(var.data()[c] + params.eps);
+      running_mean.data()[c] = (1 - m) * running_mean.data()[c] + m * norm.mean.data()[c];
+      running_var.data()[c] = (1 - m) * running_var.data()[c] + m * var.data()[c] * unbias;
+    }
+  } else {
+    norm.mean.copy_from(running_mean);
+    for (int64_t c = 0; c < C; ++c) norm.invstd.data()[c] = 1.0f / std::sqrt(running_var.data()[c] + params.eps);
+  }
+  return norm;
+}
+
+// --- channels-last: x is a (rows, C) matrix of pixels ---------------------------------------------
+// The loops take raw __restrict pointers, so that the compiler vectorises them along the channels.
+
+// One pass: per channel, sums of d = x - shift and of d^2 over the rows, shift = the first pixel.
+// Then mean = shift + sum(d) / n and the squared deviations sum(d^2) - sum(d)^2 / n, which do not
+// cancel since the shift is one of the values. Synchronised, the processes (whose shifts differ)
+// exchange sum(x) and sum(x^2) in double.
+int64_t batch_statistics_nhwc(const Tensor& x, Tensor& mean, Tensor& var) {
+  const int64_t C = x.dim(3), rows = x.numel() / C;
+  const float* __restrict px = x.data();
+  const std::vector<float> shift(px, px + C);
+  const std::vector<double> sums =
+      channel_sums(rows, C, 2, [px, sh = shift.data(), C](int64_t begin, int64_t end, float* acc) {
+        float* __restrict s1 = acc;
+        float* __restrict s2 = acc + C;
+        for (int64_t row = begin; row < end; ++row) {
+          const float* __restrict in = px + row * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const float d = in[c] - sh[c];
+            s1[c] += d;
+            s2[c] += d * d;
+          }
+        }
+      });
+  const double n = static_cast<double>(rows);
+  std::vector<double> exchange(static_cast<size_t>(2 * C + 1));  // sum(x), sum(x^2), count
+  for (int64_t c = 0; c < C; ++c) {
+    const double s1 = sums[static_cast<size_t>(c)], s2 = sums[static_cast<size_t>(C + c)];
+    const double local_mean = shift[static_cast<size_t>(c)] + s1 / n, deviations = std::max(s2 - s1 * s1 / n, 0.0);
+    mean.data()[c] = static_cast<float>(local_mean);
+    var.data()[c] = static_cast<float>(deviations / n);
+    exchange[static_cast<size_t>(c)] = n * local_mean;
+    exchange[static_cast<size_t>(C + c)] = deviations + n * local_mean * local_mean;
+  }
+  if (!cross_batch_sum) return rows;
+  exchange[static_cast<size_t>(2 * C)] = n;
+  cross_batch_sum(exchange);
+  const double count = exchange[static_cast<size_t>(2 * C)];
+  for (int64_t c = 0; c < C; ++c) {
+    const double m = exchange[static_cast<size_t>(c)] / count;
+    mean.data()[c] = static_cast<float>(m);
+    var.data()[c] = static_cast<float>(std::max(exchange[static_cast<size_t>(C + c)] / count - m * m, 0.0));
+  }
+  return static_cast<int64_t>(count);
+}
+
+// y = x * scale + shift along each pixel's channels (and max(0, y) with relu).
+template <bool kRelu>
+void scale_shift_rows(const float* __restrict x, int64_t rows, int64_t C, const float* __restrict scale,
+                      const float* __restrict shift, float* __restrict y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* __restrict in = x + row * C;
+    float* __restrict out = y + row * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = in[c] * scale[c] + shift[c];
+      out[c] = kRelu ? std::max(v, 0.0f) : v;
+    }
+  }
+}
+
+// y = (x - mean) * invstd * gamma + beta = x * scale + shift.
+Tensor normalize_nhwc(const Tensor& x, const Normalization& norm, const Tensor& gamma, const Tensor& beta, bool relu) {
+  const int64_t C = x.dim(3), rows = x.numel() / C;
+  std::vector<float> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    scale[static_cast<size_t>(c)] = norm.invstd.data()[c] * gamma.data()[c];
+    shift[static_cast<size_t>(c)] = beta.data()[c] - norm.mean.data()[c] * scale[static_cast<size_t>(c)];
+  }
+  Tensor y = Tensor::empty(x.shape());
+  if (relu)
+    scale_shift_rows<true>(x.data(), rows, C, scale.data(), shift.data(), y.data());
+  else
+    scale_shift_rows<false>(x.data(), rows, C, scale.data(), shift.data(), y.data());
+  return y;
+}
+
+// dy with the fused ReLU's mask applied (dy where y > 0), and the sums sum(dy), sum(dy * (x - mean)).
+template <bool kRelu>
+std::vector<double> backward_sums(const float* __restrict gy, const float* __restrict x, const float* __restrict y,
+                                  const float* __restrict mean, int64_t rows, int64_t C) {
+  // The pointers are copied into the lambda: captured by reference, they would be reloaded after
+  // every store to acc (which could alias them), and the loop would not vectorise.
+  return channel_sums(rows, C, 2, [gy, x, y, mean, C](int64_t begin, int64_t end, float* acc) {
+    float* __restrict sum_dy = acc;
+    float* __restrict sum_dy_xc = acc + C;
+    for (int64_t row = begin; row < end; ++row) {
+      const float* __restrict g_row = gy + row * C;
+      const float* __restrict x_row = x + row * C;
+      const float* __restrict y_row = kRelu ? y + row * C : nullptr;
+      for (int64_t c = 0; c < C; ++c) {
+        const float g = kRelu && !(y_row[c] > 0.0f) ? 0.0f : g_row[c];
+        sum_dy[c] += g;
+        sum_dy_xc[c] += g * (x_row[c] - mean[c]);
+      }
+    }
+  });
+}
+
+// dx = k * (dy - mean_dy - (x - mean) * invstd * mean_dy_xhat), per channel, dy masked as above.
+template <bool kRelu>
+void backward_dx(const float* __restrict gy, const float* __restrict x, const float* __restrict y,
+                 const float* __restrict mean, const float* __restrict invstd, const float* __restrict k,
+                 const float* __restrict mean_dy, const float* __restrict mean_dy_xhat, int64_t rows, int64_t C,
+                 float* __restrict dx) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t at = row * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float g = kRelu && !(y[at + c] > 0.0f) ? 0.0f : gy[at + c];
+      const float xhat = (x[at + c] - mean[c]) * invstd[c];
+      dx[at + c] = k[c] * (g - mean_dy[c] - xhat * mean_dy_xhat[c]);
+    }
+  }
+}
+
+// backward()'s formulas on channels-last tensors; both sums come from one pass over dy, x (and y).
+void backward_nhwc(const Tensor& gy, const Tensor& x, const Tensor& y, const Normalization& norm, const Tensor& gamma,
+                   bool training, GradSlot* x_slot, GradSlot* gamma_slot, GradSlot* beta_slot) {
+  ProfileScope profile("batchnorm backward");
+  const int64_t C = x.dim(3), rows = x.numel() / C;
+  const bool relu = y.defined();
+  std::vector<double> sums = relu ? backward_sums<true>(gy.data(), x.data(), y.data(), norm.mean.data(), rows, C)
+                                  : backward_sums<false>(gy.data(), x.data(), nullptr, norm.mean.data(), rows, C);
+  Tensor dgamma = Tensor::empty({C}), dbeta = Tensor::empty({C});
+  for (int64_t c = 0; c < C; ++c) {
+    sums[static_cast<size_t>(C + c)] *= norm.invstd.data()[c];                // sum(dy * xhat)
+    dgamma.data()[c] = static_cast<float>(sums[static_cast<size_t>(C + c)]);  // this process's part
+    dbeta.data()[c] = static_cast<float>(sums[static_cast<size_t>(c)]);
+  }
+  if (x_slot && training && cross_batch_sum) cross_batch_sum(sums);
+  if (x_slot) {
+    const double M = static_cast<double>(norm.covered);
+    std::vector<float> k(static_cast<size_t>(C)), mean_dy(static_cast<size_t>(C)), mean_dy_xhat(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) {
+      k[static_cast<size_t>(c)] = gamma.data()[c] * norm.invstd.data()[c];
+      mean_dy[static_cast<size_t>(c)] = training ? static_cast<float>(sums[static_cast<size_t>(c)] / M) : 0.0f;
+      mean_dy_xhat[static_cast<size_t>(c)] = training ? static_cast<float>(sums[static_cast<size_t>(C + c)] / M) : 0.0f;
+    }
+    Tensor dx = Tensor::empty(x.shape());
+    (relu ? backward_dx<true> : backward_dx<false>)(gy.data(), x.data(), relu ? y.data() : nullptr, norm.mean.data(),
+                                                    norm.invstd.data(), k.data(), mean_dy.data(), mean_dy_xhat.data(),
+                                                    rows, C, dx.data());
+    add_grad(*x_slot, std::move(dx));
+  }
+  if (gamma_slot) add_grad(*gamma_slot, std::move(dgamma));
+  if (beta_slot) add_grad(*beta_slot, std::move(dbeta));
+}
+
 }  // namespace
 
 void set_batchnorm_cross_batch_sum(CrossBatchSum sum) {
@@ -137,38 +325,33 @@ Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running
                 BatchNormParams params) {
   ProfileScope profile("batchnorm forward");
   if (x.shape().rank() != 4) fail("batchnorm2d: input must be (N,C,H,W), found shape {}", x.shape().str());
-  const int64_t C = x.shape()[1];
-  expect_shape(gamma.value(), Shape{C}, "batchnorm2d weight");
-  expect_shape(beta.value(), Shape{C}, "batchnorm2d bias");
-  expect_shape(running_mean, Shape{C}, "batchnorm2d running_mean");
-  expect_shape(running_var, Shape{C}, "batchnorm2d running_var");
-  const int64_t count = x.shape().numel() / C;
-  if (params.training && count < 2)
-    fail("batchnorm2d: training needs more than one value per channel, input shape {}", x.shape().str());
-
-  Tensor mean = Tensor::empty({C}), invstd = Tensor::empty({C});
-  int64_t covered = count;  // values per channel the statistics cover (every process's, when synchronised)
-  if (params.training) {
-    Tensor var = Tensor::empty({C});
-    covered = batch_statistics(x.value(), mean, var);
-    const float m = params.momentum, unbias = static_cast<float>(covered) / static_cast<float>(covered - 1);
-    for (int64_t c = 0; c < C; ++c) {
-      invstd.data()[c] = 1.0f / std::sqrt(var.data()[c] + params.eps);
-      running_mean.data()[c] = (1 - m) * running_mean.data()[c] + m * mean.data()[c];
-      running_var.data()[c] = (1 - m) * running_var.data()[c] + m * var.data()[c] * unbias;
-    }
-  } else {
-    mean.copy_from(running_mean);
-    for (int64_t c = 0; c < C; ++c) invstd.data()[c] = 1.0f / std::sqrt(running_var.data()[c] + params.eps);
-  }
-  Tensor y = normalize(x.value(), mean, invstd, gamma.value(), beta.value(), params.relu);
+  const Normalization norm =
+      normalization(x, x.shape()[1], gamma, beta, running_mean, running_var, params,
+                    [&](Tensor& mean, Tensor& var) { return batch_statistics(x.value(), mean, var); });
+  Tensor y = normalize(x.value(), norm.mean, norm.invstd, gamma.value(), beta.value(), params.relu);
   Tensor saved_y = params.relu ? y : Tensor();  // the ReLU mask
-  return record_op(
-      std::move(y), {&x, &gamma, &beta},
-      [xv = x.value(), yv = std::move(saved_y), mean, invstd, gv = gamma.value(), training = params.training, covered,
-       xs = x.slot(), gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
-        backward(gy, xv, yv, mean, invstd, gv, training, covered, xs.get(), gs.get(), bs.get());
-      });
+  return record_op(std::move(y), {&x, &gamma, &beta},
+                   [xv = x.value(), yv = std::move(saved_y), norm, gv = gamma.value(), training = params.training,
+                    xs = x.slot(), gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
+                     backward(gy, xv, yv, norm.mean, norm.invstd, gv, training, norm.covered, xs.get(), gs.get(),
+                              bs.get());
+                   });
+}
+
+Var batchnorm2d_nhwc(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
+                     BatchNormParams params) {
+  ProfileScope profile("batchnorm forward");
+  if (x.shape().rank() != 4) fail("batchnorm2d: input must be (N,H,W,C), found shape {}", x.shape().str());
+  const Normalization norm =
+      normalization(x, x.shape()[3], gamma, beta, running_mean, running_var, params,
+                    [&](Tensor& mean, Tensor& var) { return batch_statistics_nhwc(x.value(), mean, var); });
+  Tensor y = normalize_nhwc(x.value(), norm, gamma.value(), beta.value(), params.relu);
+  Tensor saved_y = params.relu ? y : Tensor();  // the ReLU mask
+  return record_op(std::move(y), {&x, &gamma, &beta},
+                   [xv = x.value(), yv = std::move(saved_y), norm, gv = gamma.value(), training = params.training,
+                    xs = x.slot(), gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
+                     backward_nhwc(gy, xv, yv, norm, gv, training, xs.get(), gs.get(), bs.get());
+                   });
 }
 
 }  // namespace toptag

@@ -36,18 +36,56 @@ int64_t window_argmax(const float* plane, const PoolGeometry& g, int64_t oh, int
   return best;
 }
 
+PoolGeometry pool_geometry(const Shape& s, int64_t N, int64_t C, int64_t H, int64_t W, MaxPool2dParams params) {
+  if (params.kernel < 1 || params.stride < 1 || params.padding < 0 || 2 * params.padding > params.kernel)
+    fail("maxpool2d: invalid kernel {} stride {} padding {}", params.kernel, params.stride, params.padding);
+  const int64_t P = (H + 2 * params.padding - params.kernel) / params.stride + 1;
+  const int64_t Q = (W + 2 * params.padding - params.kernel) / params.stride + 1;
+  if (P < 1 || Q < 1)
+    fail("maxpool2d: input {} is smaller than the {}x{} window", s.str(), params.kernel, params.kernel);
+  return {N, C, H, W, P, Q, params};
+}
+
+// Channels-last max pool: y (N,P,Q,C) and, when argmax is given, each output's window position
+// h*W + w of the first maximum, the tie rule of window_argmax: a later value wins only if larger,
+// and the first NaN wins for good.
+void maxpool_nhwc_forward(const float* x, const PoolGeometry& g, float* y, int32_t* argmax) {
+  const int64_t C = g.C;
+#pragma omp parallel for collapse(2) schedule(static) if (g.N * g.P * g.Q * C > 65536)
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t oh = 0; oh < g.P; ++oh)
+      for (int64_t ow = 0; ow < g.Q; ++ow) {
+        const int64_t at = ((n * g.P + oh) * g.Q + ow) * C;
+        float* out = y + at;
+        int32_t* index = argmax ? argmax + at : nullptr;
+        const int64_t h0 = oh * g.p.stride - g.p.padding, w0 = ow * g.p.stride - g.p.padding;
+        bool first = true;
+        for (int64_t h = std::max<int64_t>(h0, 0); h < std::min<int64_t>(h0 + g.p.kernel, g.H); ++h)
+          for (int64_t w = std::max<int64_t>(w0, 0); w < std::min<int64_t>(w0 + g.p.kernel, g.W); ++w) {
+            const float* in = x + ((n * g.H + h) * g.W + w) * C;
+            const auto position = static_cast<int32_t>(h * g.W + w);
+            if (first) {
+              std::copy_n(in, C, out);
+              if (index) std::fill_n(index, C, position);
+              first = false;
+              continue;
+            }
+            for (int64_t c = 0; c < C; ++c) {
+              const bool take = in[c] > out[c] || (std::isnan(in[c]) && !std::isnan(out[c]));
+              out[c] = take ? in[c] : out[c];
+              if (index) index[c] = take ? position : index[c];
+            }
+          }
+      }
+}
+
 }  // namespace
 
 Var maxpool2d(const Var& x, MaxPool2dParams params) {
   const Shape& s = x.shape();
   if (s.rank() != 4) fail("maxpool2d: input must be (N,C,H,W), found shape {}", s.str());
-  if (params.kernel < 1 || params.stride < 1 || params.padding < 0 || 2 * params.padding > params.kernel)
-    fail("maxpool2d: invalid kernel {} stride {} padding {}", params.kernel, params.stride, params.padding);
-  const int64_t P = (s[2] + 2 * params.padding - params.kernel) / params.stride + 1;
-  const int64_t Q = (s[3] + 2 * params.padding - params.kernel) / params.stride + 1;
-  if (P < 1 || Q < 1)
-    fail("maxpool2d: input {} is smaller than the {}x{} window", s.str(), params.kernel, params.kernel);
-  const PoolGeometry g{s[0], s[1], s[2], s[3], P, Q, params};
+  const PoolGeometry g = pool_geometry(s, s[0], s[1], s[2], s[3], params);
+  const int64_t P = g.P, Q = g.Q;
   ProfileScope profile("pool");
 
   // The forward pass keeps each window's argmax (when a gradient is needed) so that backward only
@@ -102,6 +140,72 @@ Var global_avgpool(const Var& x) {
     const float inv = 1.0f / static_cast<float>(l);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nc; ++i) std::fill_n(dxt.data() + i * l, l, gy.data()[i] * inv);
+    add_grad(*xs, std::move(dxt));
+  });
+}
+
+Tensor maxpool_nhwc(const Tensor& x, MaxPool2dParams params) {
+  if (x.rank() != 4) fail("maxpool2d: input must be (N,H,W,C), found shape {}", x.shape().str());
+  const PoolGeometry g = pool_geometry(x.shape(), x.dim(0), x.dim(3), x.dim(1), x.dim(2), params);
+  ProfileScope profile("pool nhwc");
+  Tensor y = Tensor::empty({g.N, g.P, g.Q, g.C});
+  maxpool_nhwc_forward(x.data(), g, y.data(), nullptr);
+  return y;
+}
+
+Var maxpool2d_nhwc(const Var& x, MaxPool2dParams params) {
+  if (x.shape().rank() != 4) fail("maxpool2d: input must be (N,H,W,C), found shape {}", x.shape().str());
+  const PoolGeometry g = pool_geometry(x.shape(), x.shape()[0], x.shape()[3], x.shape()[1], x.shape()[2], params);
+  ProfileScope profile("pool");
+  const bool keep = x.requires_grad() && grad_enabled();
+  auto argmax = keep ? std::make_shared<std::vector<int32_t>>(static_cast<size_t>(g.N * g.P * g.Q * g.C)) : nullptr;
+  Tensor y = Tensor::empty({g.N, g.P, g.Q, g.C});
+  maxpool_nhwc_forward(x.value().data(), g, y.data(), keep ? argmax->data() : nullptr);
+  return record_op(std::move(y), {&x}, [argmax, xs = x.slot(), g](const Tensor& gy) {
+    // dx[n, argmax, c] += dy[n, oh, ow, c]; each thread owns whole images.
+    ProfileScope profile("pool");
+    Tensor dxt = Tensor::zeros({g.N, g.H, g.W, g.C});
+    const int64_t outputs = g.P * g.Q * g.C;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      const int32_t* index = argmax->data() + n * outputs;
+      const float* grad = gy.data() + n * outputs;
+      float* dx = dxt.data() + n * g.H * g.W * g.C;
+      for (int64_t i = 0; i < outputs; ++i) dx[index[i] * g.C + i % g.C] += grad[i];
+    }
+    add_grad(*xs, std::move(dxt));
+  });
+}
+
+Tensor global_avgpool_nhwc(const Tensor& x) {
+  if (x.rank() != 4) fail("global_avgpool: input must be (N,H,W,C), found shape {}", x.shape().str());
+  const int64_t N = x.dim(0), HW = x.dim(1) * x.dim(2), C = x.dim(3);
+  ProfileScope profile("pool nhwc");
+  Tensor y = Tensor::zeros({N, C});
+#pragma omp parallel for schedule(static) if (x.numel() > 65536)
+  for (int64_t n = 0; n < N; ++n) {
+    float* out = y.data() + n * C;
+    for (int64_t i = 0; i < HW; ++i) {
+      const float* in = x.data() + (n * HW + i) * C;
+      for (int64_t c = 0; c < C; ++c) out[c] += in[c];
+    }
+    for (int64_t c = 0; c < C; ++c) out[c] /= static_cast<float>(HW);  // as global_avgpool divides
+  }
+  return y;
+}
+
+Var global_avgpool_nhwc(const Var& x) {
+  Tensor y = global_avgpool_nhwc(x.value());
+  return record_op(std::move(y), {&x}, [shape = x.shape(), xs = x.slot()](const Tensor& gy) {
+    // dx[n, h, w, c] = dy[n, c] / (H W)
+    ProfileScope profile("pool");
+    const int64_t HW = shape[1] * shape[2], C = shape[3];
+    const float inv = 1.0f / static_cast<float>(HW);
+    Tensor dxt = Tensor::empty(shape);
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < shape[0]; ++n)
+      for (int64_t i = 0; i < HW; ++i)
+        for (int64_t c = 0; c < C; ++c) dxt.data()[(n * HW + i) * C + c] = gy.data()[n * C + c] * inv;
     add_grad(*xs, std::move(dxt));
   });
 }

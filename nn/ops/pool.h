@@ -18,6 +18,14 @@ Var maxpool2d(const Var& x, MaxPool2dParams params);
 // x: (N,C,H,W) -> y: (N,C), the mean over H and W. Backward: dx = dy / (H*W) everywhere.
 Var global_avgpool(const Var& x);
 
+// The same two pools on channels-last activations, x: (N,H,W,C) -> y: (N,P,Q,C) and (N,C); the
+// loops run along contiguous channels. maxpool2d_nhwc keeps the same tie rule.
+Var maxpool2d_nhwc(const Var& x, MaxPool2dParams params);
+Var global_avgpool_nhwc(const Var& x);
+// Their forward passes alone, for the frozen inference plan.
+Tensor maxpool_nhwc(const Tensor& x, MaxPool2dParams params);
+Tensor global_avgpool_nhwc(const Tensor& x);
+
 // x: (N, ...) -> y: (N, prod(...)), sharing storage. Backward reshapes dy.
 Var flatten(const Var& x);
 

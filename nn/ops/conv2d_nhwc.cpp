@@ -1,0 +1,227 @@
+#include "nn/ops/conv2d_nhwc.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "nn/check.h"
+#include "nn/gemm.h"
+#include "nn/ops/channel_sums.h"
+#include "nn/ops/elementwise.h"
+#include "nn/profile.h"
+
+namespace toptag {
+
+namespace {
+
+// Shape letters as in conv2d.h; a "row" is one output pixel (n, p, q), a column row holds its
+// window's R*S*C inputs in (r, s, c) order.
+struct Geometry {
+  int64_t N, H, W, C, K, R, S, P, Q;
+  int stride, pad;
+  bool relu;
+  int64_t rows() const { return N * P * Q; }
+  int64_t depth() const { return R * S * C; }
+  int64_t image() const { return H * W * C; }
+  bool is_pointwise() const { return R == 1 && S == 1 && stride == 1 && pad == 0; }
+};
+
+Geometry geometry(const Shape& x, const Shape& w, Conv2dParams p) {
+  if (x.rank() != 4) fail("conv2d_nhwc: input must be (N,H,W,C), found shape {}", x.str());
+  // conv2d_output_shape checks the weight, the channels and the sizes on the NCHW view of x.
+  const Shape y = conv2d_output_shape({x[0], x[3], x[1], x[2]}, w, p);
+  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride, p.padding, p.relu};
+}
+
+// Column scratch per GEMM at most: images are taken in chunks that fit (at least one).
+constexpr int64_t kColumnBudgetFloats = int64_t{16} << 20;  // 64 MiB
+
+int64_t images_per_chunk(const Geometry& g) {
+  return std::clamp<int64_t>(kColumnBudgetFloats / std::max<int64_t>(1, g.P * g.Q * g.depth()), 1, g.N);
+}
+
+// (K, C, R, S) -> (K, R, S, C): the weight in a column row's order. A 1x1 weight is the same matrix.
+Tensor weight_rsc(const Tensor& w, const Geometry& g) {
+  if (g.R * g.S == 1) return w;
+  ProfileScope profile("conv weight layout");
+  Tensor out = Tensor::empty({g.K, g.depth()});
+  const int64_t taps = g.R * g.S, C = g.C;
+  const float* __restrict src = w.data();
+  float* __restrict dst = out.data();
+  // One output channel's C x taps block is a few KB: the strided reads stay in L1, the writes stream.
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t c = 0; c < C; ++c) dst[(k * taps + t) * C + c] = src[(k * C + c) * taps + t];
+  return out;
+}
+
+// (K, R, S, C) -> (K, C, R, S): a gradient back in the parameter's layout.
+Tensor weight_kcrs(const Tensor& wt, const Geometry& g) {
+  if (g.R * g.S == 1) return wt.reshape({g.K, g.C, g.R, g.S});
+  ProfileScope profile("conv weight layout");
+  Tensor out = Tensor::empty({g.K, g.C, g.R, g.S});
+  const int64_t taps = g.R * g.S, C = g.C;
+  const float* __restrict src = wt.data();
+  float* __restrict dst = out.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < taps; ++t) dst[(k * C + c) * taps + t] = src[(k * taps + t) * C + c];
+  return out;
+}
+
+// col[(b,p,q), (r,s,c)] = x[n0 + b, p*stride - pad + r, q*stride - pad + s, c], 0 outside the image.
+// A one-channel input (the stem's) is copied a float at a time: a memcpy call per float costs more.
+void im2col(const float* x, const Geometry& g, int64_t n0, int64_t B, float* col) {
+  ProfileScope profile("conv im2col");
+  const int64_t C = g.C;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t p = 0; p < g.P; ++p) {
+      const float* image = x + (n0 + b) * g.image();
+      for (int64_t q = 0; q < g.Q; ++q) {
+        float* out = col + ((b * g.P + p) * g.Q + q) * g.depth();
+        for (int64_t r = 0; r < g.R; ++r) {
+          const int64_t h = p * g.stride - g.pad + r;
+          for (int64_t s = 0; s < g.S; ++s, out += C) {
+            const int64_t w = q * g.stride - g.pad + s;
+            const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
+            const float* in = inside ? image + (h * g.W + w) * C : nullptr;
+            if (C == 1)
+              *out = inside ? *in : 0.0f;
+            else if (inside)
+              std::memcpy(out, in, C * sizeof(float));
+            else
+              std::memset(out, 0, C * sizeof(float));
+          }
+        }
+      }
+    }
+}
+
+// The adjoint of im2col: dx[n0 + b, h, w, :] += every column piece read from it. Each thread owns
+// whole input rows (b, h), so no two write the same value.
+void col2im_add(const float* dcol, const Geometry& g, int64_t n0, int64_t B, float* dx) {
+  ProfileScope profile("conv col2im");
+  const int64_t C = g.C;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t r = 0; r < g.R; ++r) {
+        const int64_t p_stride = h + g.pad - r;  // = p * stride for the output row p that read row h at tap r
+        if (p_stride < 0 || p_stride % g.stride != 0 || p_stride / g.stride >= g.P) continue;
+        const int64_t p = p_stride / g.stride;
+        for (int64_t q = 0; q < g.Q; ++q)
+          for (int64_t s = 0; s < g.S; ++s) {
+            const int64_t w = q * g.stride - g.pad + s;
+            if (w < 0 || w >= g.W) continue;
+            const float* src = dcol + ((b * g.P + p) * g.Q + q) * g.depth() + (r * g.S + s) * C;
+            float* dst = dx + (n0 + b) * g.image() + (h * g.W + w) * C;
+            for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
+          }
+      }
+}
+
+// y = x * wt^T (+ bias) (ReLU): rows of y are pixels, columns output channels. wt: weight_rsc(w).
+Tensor forward(const Tensor& x, const Tensor& wt, const Tensor* bias, const Geometry& g) {
+  Tensor y = Tensor::empty({g.N, g.P, g.Q, g.K});
+  if (g.is_pointwise()) {
+    gemm(false, true, g.rows(), g.K, g.C, 1.0f, x.data(), g.C, wt.data(), g.C, 0.0f, y.data(), g.K);
+  } else {
+    const int64_t chunk = images_per_chunk(g);
+    Tensor col = Tensor::empty({chunk * g.P * g.Q * g.depth()});
+    for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+      const int64_t B = std::min(chunk, g.N - n0), rows = B * g.P * g.Q;
+      im2col(x.data(), g, n0, B, col.data());
+      gemm(false, true, rows, g.K, g.depth(), 1.0f, col.data(), g.depth(), wt.data(), g.depth(), 0.0f,
+           y.data() + n0 * g.P * g.Q * g.K, g.K);
+    }
+  }
+  if (bias != nullptr || g.relu) {  // the epilogue: bias and ReLU in one pass along the channels
+    ProfileScope profile("conv epilogue");
+    const float* b = bias ? bias->data() : nullptr;
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < g.rows(); ++row) {
+      float* out = y.data() + row * g.K;
+      for (int64_t k = 0; k < g.K; ++k) {
+        const float v = out[k] + (b ? b[k] : 0.0f);
+        out[k] = g.relu ? std::max(v, 0.0f) : v;
+      }
+    }
+  }
+  return y;
+}
+
+// Backward of y = conv(x, w) + bias, with dY (rows, K):
+//   dW (K, RSC) += dY^T * col        (col gathered again from x, chunk by chunk)
+//   dcol (rows, RSC) = dY * W,  dx = col2im(dcol)          (1x1 stride 1: dx = dY * W directly)
+//   dbias[k] += sum over rows of dY[:, k]
+void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tensor& wt, const Geometry& g,
+              GradSlot* x_slot, GradSlot* w_slot, GradSlot* b_slot) {
+  const Tensor gy = g.relu ? relu_backward(gy_in, y) : gy_in;
+  if (g.is_pointwise()) {
+    if (w_slot) {
+      Tensor dw = Tensor::empty({g.K, g.C, 1, 1});
+      gemm(true, false, g.K, g.C, g.rows(), 1.0f, gy.data(), g.K, x.data(), g.C, 0.0f, dw.data(), g.C);
+      add_grad(*w_slot, std::move(dw));
+    }
+    if (x_slot) {
+      Tensor dx = Tensor::empty({g.N, g.H, g.W, g.C});
+      gemm(false, false, g.rows(), g.C, g.K, 1.0f, gy.data(), g.K, wt.data(), g.C, 0.0f, dx.data(), g.C);
+      add_grad(*x_slot, std::move(dx));
+    }
+  } else if (w_slot || x_slot) {
+    const int64_t chunk = images_per_chunk(g);
+    Tensor col = Tensor::empty({chunk * g.P * g.Q * g.depth()});  // columns for dW, then dcol for dX
+    Tensor dwt = w_slot ? Tensor::empty({g.K, g.depth()}) : Tensor();
+    Tensor dx = x_slot ? Tensor::zeros({g.N, g.H, g.W, g.C}) : Tensor();  // col2im adds overlapping windows
+    for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+      const int64_t B = std::min(chunk, g.N - n0), rows = B * g.P * g.Q;
+      const float* gyb = gy.data() + n0 * g.P * g.Q * g.K;
+      if (w_slot) {
+        im2col(x.data(), g, n0, B, col.data());
+        gemm(true, false, g.K, g.depth(), rows, 1.0f, gyb, g.K, col.data(), g.depth(), n0 > 0 ? 1.0f : 0.0f, dwt.data(),
+             g.depth());
+      }
+      if (x_slot) {
+        gemm(false, false, rows, g.depth(), g.K, 1.0f, gyb, g.K, wt.data(), g.depth(), 0.0f, col.data(), g.depth());
+        col2im_add(col.data(), g, n0, B, dx.data());
+      }
+    }
+    if (w_slot) add_grad(*w_slot, weight_kcrs(dwt, g));
+    if (x_slot) add_grad(*x_slot, std::move(dx));
+  }
+  if (b_slot) {
+    const std::vector<double> sums = channel_sums(g.rows(), g.K, 1, [&](int64_t begin, int64_t end, float* acc) {
+      for (int64_t row = begin; row < end; ++row)
+        for (int64_t k = 0; k < g.K; ++k) acc[k] += gy.data()[row * g.K + k];
+    });
+    Tensor db = Tensor::empty({g.K});
+    for (int64_t k = 0; k < g.K; ++k) db.data()[k] = static_cast<float>(sums[static_cast<size_t>(k)]);
+    add_grad(*b_slot, std::move(db));
+  }
+}
+
+}  // namespace
+
+Var conv2d_nhwc(const Var& x, const Var& w, const Var* bias, Conv2dParams params) {
+  ProfileScope profile("conv other");
+  const Geometry g = geometry(x.shape(), w.shape(), params);
+  if (bias) expect_shape(bias->value(), Shape{g.K}, "conv2d bias");
+  Tensor wt = weight_rsc(w.value(), g);
+  Tensor y = forward(x.value(), wt, bias ? &bias->value() : nullptr, g);
+  std::shared_ptr<GradSlot> b_slot = bias ? bias->slot() : nullptr;
+  // Save only what backward reads: x for the weight gradient, the (K, RSC) weight for the input
+  // gradient (kept rather than transposed again: the 3x3 weights of ResNet-50 are 46 MB).
+  Tensor saved_x = w.requires_grad() ? x.value() : Tensor();
+  Tensor saved_w = x.requires_grad() ? std::move(wt) : Tensor();
+  Tensor saved_y = g.relu ? y : Tensor();  // the ReLU mask
+  return record_op(std::move(y), {&x, &w, bias},
+                   [xv = std::move(saved_x), wv = std::move(saved_w), yv = std::move(saved_y), xs = x.slot(),
+                    ws = w.slot(), b_slot, g](const Tensor& gy) {
+                     ProfileScope profile("conv other");
+                     backward(gy, yv, xv, wv, g, xs.get(), ws.get(), b_slot.get());
+                   });
+}
+
+}  // namespace toptag

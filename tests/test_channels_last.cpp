@@ -1,0 +1,273 @@
+// The channels-last training ops against their NCHW twins (the ops the op goldens check against
+// PyTorch): the same values and the same gradients, on the edge shapes of issue 24 (1 and 3 input
+// channels, 7x7 maps, odd and non-square sizes, strided 1x1, batch 1 and 64), and each through the
+// finite-difference harness.
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "nn/ops/batchnorm2d.h"
+#include "nn/ops/conv2d.h"
+#include "nn/ops/conv2d_nhwc.h"
+#include "nn/ops/layout.h"
+#include "nn/ops/pool.h"
+#include "nn/resnet.h"
+#include "testing.h"
+
+namespace toptag {
+namespace {
+
+using testing::expect_close;
+using testing::expect_gradients_match;
+using testing::random_tensor;
+
+// L = sum(y * r) for a fixed random r: backward(y, r) gives every input dL/dinput.
+Tensor weights_like(const Shape& shape, Rng& rng) {
+  return random_tensor(shape, rng);
+}
+
+struct ConvCase {
+  int64_t N, C, H, W, K;
+  int kernel, stride, pad;
+  bool bias, relu;
+  std::string name() const {
+    return "conv N" + std::to_string(N) + " C" + std::to_string(C) + " " + std::to_string(H) + "x" + std::to_string(W) +
+           " K" + std::to_string(K) + " k" + std::to_string(kernel) + " s" + std::to_string(stride) +
+           (bias ? " bias" : "") + (relu ? " relu" : "");
+  }
+};
+
+TEST(ChannelsLast, ConvMatchesNchwForwardAndEveryGradient) {
+  Rng rng(1);
+  const std::vector<ConvCase> cases = {
+      {2, 1, 9, 9, 4, 7, 2, 3, false, false},    // the stem, one channel
+      {3, 3, 7, 7, 5, 3, 1, 1, true, true},      // three channels, a 7x7 map
+      {2, 8, 5, 6, 6, 3, 2, 1, false, true},     // odd, non-square, strided
+      {1, 16, 7, 7, 8, 1, 1, 0, true, false},    // batch 1, the plain-GEMM 1x1
+      {2, 16, 7, 7, 8, 1, 2, 0, false, false},   // the strided 1x1 (a downsample)
+      {64, 12, 3, 3, 10, 3, 1, 1, false, true},  // batch 64 on a tiny map
+      {64, 20, 5, 5, 7, 1, 1, 0, true, true},    // batch 64, 1x1
+  };
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(c.name());
+    const Tensor x = random_tensor({c.N, c.C, c.H, c.W}, rng), w = random_tensor({c.K, c.C, c.kernel, c.kernel}, rng),
+                 b = random_tensor({c.K}, rng);
+    const Conv2dParams params{c.stride, c.pad, c.relu};
+
+    Var x1(x, true), w1 = Var::parameter(w.clone()), b1 = Var::parameter(b.clone());
+    Var y1 = conv2d(x1, w1, c.bias ? &b1 : nullptr, params);
+    const Tensor r = weights_like(y1.shape(), rng);
+    backward(y1, r);
+
+    Var x2(nchw_to_nhwc(x), true), w2 = Var::parameter(w.clone()), b2 = Var::parameter(b.clone());
+    Var y2 = conv2d_nhwc(x2, w2, c.bias ? &b2 : nullptr, params);
+    backward(y2, nchw_to_nhwc(r));
+
+    expect_close(nhwc_to_nchw(y2.value()), y1.value(), c.name() + " y", 1e-5, 1e-6);
+    expect_close(nhwc_to_nchw(x2.grad()), x1.grad(), c.name() + " dx", 1e-5, 1e-6);
+    expect_close(w2.grad(), w1.grad(), c.name() + " dw", 1e-5, 1e-6);
+    if (c.bias) expect_close(b2.grad(), b1.grad(), c.name() + " db", 1e-5, 1e-6);
+  }
+}
+
+TEST(ChannelsLast, ConvFiniteDifferences) {
+  Rng rng(2);
+  const Tensor x = random_tensor({2, 5, 6, 3}, rng), w = random_tensor({4, 3, 3, 3}, rng, 0.5),
+               b = random_tensor({4}, rng);
+  expect_gradients_match(
+      [](std::vector<Var>& v) {
+        return conv2d_nhwc(v[0], v[1], &v[2], {2, 1});
+      },
+      {x, w, b}, "conv2d_nhwc 3x3 s2");
+  const Tensor x1 = random_tensor({3, 4, 4, 6}, rng), w1 = random_tensor({5, 6, 1, 1}, rng, 0.5);
+  expect_gradients_match(
+      [](std::vector<Var>& v) {
+        return conv2d_nhwc(v[0], v[1], nullptr, {1, 0});
+      },
+      {x1, w1}, "conv2d_nhwc 1x1");
+}
+
+TEST(ChannelsLast, ConvRejectsMismatchedChannels) {
+  Var x(Tensor::zeros({1, 4, 4, 3})), w(Tensor::zeros({2, 5, 3, 3}));
+  EXPECT_NE(testing::error_of([&] { conv2d_nhwc(x, w, nullptr, {1, 1}); }).find("channels"), std::string::npos);
+}
+
+struct BatchNormRun {
+  Tensor y, dx, dgamma, dbeta, running_mean, running_var;
+};
+
+// One batch norm forward and backward (L = sum(y * r)) in the given layout, on NCHW x and r.
+BatchNormRun run_batchnorm(const Tensor& x, const Tensor& r, bool training, bool relu, bool nhwc) {
+  const int64_t C = x.dim(1);
+  Rng rng(3);
+  Var gamma = Var::parameter(random_tensor({C}, rng)), beta = Var::parameter(random_tensor({C}, rng));
+  Tensor running_mean = random_tensor({C}, rng), running_var = Tensor::full({C}, 2.0f);
+  BatchNormParams params;
+  params.training = training;
+  params.relu = relu;
+  Var in(nhwc ? nchw_to_nhwc(x) : x.clone(), true);
+  Var y = nhwc ? batchnorm2d_nhwc(in, gamma, beta, running_mean, running_var, params)
+               : batchnorm2d(in, gamma, beta, running_mean, running_var, params);
+  backward(y, nhwc ? nchw_to_nhwc(r) : r);
+  auto nchw = [&](const Tensor& t) { return nhwc ? nhwc_to_nchw(t) : t; };
+  return {nchw(y.value()), nchw(in.grad()), gamma.grad(), beta.grad(), running_mean, running_var};
+}
+
+void expect_same_batchnorm(const Tensor& x, bool training, bool relu, const std::string& what) {
+  Rng rng(4);
+  const Tensor r = random_tensor(x.shape(), rng);
+  const BatchNormRun a = run_batchnorm(x, r, training, relu, false), b = run_batchnorm(x, r, training, relu, true);
+  expect_close(b.y, a.y, what + " y", 1e-5, 1e-6);
+  expect_close(b.dx, a.dx, what + " dx", 1e-4, 1e-5);
+  expect_close(b.dgamma, a.dgamma, what + " dgamma", 1e-4, 1e-5);
+  expect_close(b.dbeta, a.dbeta, what + " dbeta", 1e-5, 1e-6);
+  expect_close(b.running_mean, a.running_mean, what + " running_mean", 1e-5, 1e-6);
+  expect_close(b.running_var, a.running_var, what + " running_var", 1e-5, 1e-6);
+}
+
+TEST(ChannelsLast, BatchNormMatchesNchwInEveryMode) {
+  Rng rng(5);
+  for (const Shape& shape : {Shape{2, 3, 5, 7}, Shape{64, 16, 2, 2}, Shape{1, 8, 7, 7}, Shape{4, 70, 3, 3}}) {
+    const Tensor x = random_tensor(shape, rng, 3.0);
+    for (bool training : {true, false})
+      for (bool relu : {false, true})
+        expect_same_batchnorm(x, training, relu,
+                              shape.str() + (training ? " training" : " eval") + (relu ? " relu" : ""));
+  }
+}
+
+TEST(ChannelsLast, BatchNormVarianceSurvivesALargeMean) {
+  // Values around 1e3 with spread 1: E[x^2] - E[x]^2 summed in float would cancel the variance away
+  // (x^2 is 1e6, its float spacing 0.06); the shift by the first pixel keeps it. Reference: the
+  // statistics and y in double. The bound is float's own: x * scale + shift cancels 1e3-sized terms,
+  // 1e3 * 2^-24 = 6e-5 per term.
+  constexpr double kLargeMeanTol = 3e-4;
+  Rng rng(6);
+  Tensor x = random_tensor({8, 4, 6, 6}, rng);
+  for (float& v : x.span()) v += 1e3f;
+  const int64_t C = 4, L = 36, count = 8 * L;
+  Tensor expected = Tensor::empty(x.shape()), expected_var = Tensor::empty({C});
+  for (int64_t c = 0; c < C; ++c) {
+    double sum = 0, squares = 0;
+    for (int64_t n = 0; n < 8; ++n)
+      for (int64_t i = 0; i < L; ++i) sum += x.data()[(n * C + c) * L + i];
+    const double mean = sum / count;
+    for (int64_t n = 0; n < 8; ++n)
+      for (int64_t i = 0; i < L; ++i) squares += std::pow(x.data()[(n * C + c) * L + i] - mean, 2);
+    expected_var.data()[c] = static_cast<float>(squares / count);
+    for (int64_t n = 0; n < 8; ++n)
+      for (int64_t i = 0; i < L; ++i) {
+        const int64_t at = (n * C + c) * L + i;
+        expected.data()[at] = static_cast<float>((x.data()[at] - mean) / std::sqrt(squares / count + 1e-5));
+      }
+  }
+  Var gamma = Var::parameter(Tensor::full({C}, 1.0f)), beta = Var::parameter(Tensor::zeros({C}));
+  Tensor running_mean = Tensor::zeros({C}), running_var = Tensor::zeros({C});
+  BatchNormParams params;
+  params.momentum = 1.0f;  // running_var = the batch's unbiased variance
+  Var y = batchnorm2d_nhwc(Var(nchw_to_nhwc(x)), gamma, beta, running_mean, running_var, params);
+  testing::expect_close_to_max(nhwc_to_nchw(y.value()), expected, "y", kLargeMeanTol);
+  for (int64_t c = 0; c < C; ++c) expected_var.data()[c] *= static_cast<float>(count) / (count - 1);
+  expect_close(running_var, expected_var, "running_var", kLargeMeanTol, 0);
+}
+
+TEST(ChannelsLast, BatchNormSynchronisedStatisticsMatchNchw) {
+  // A stand-in for the MPI allreduce: two identical processes, so every exchanged sum doubles. The
+  // statistics stay the batch's own; the count (and so the running variance's unbiasing) doubles.
+  set_batchnorm_cross_batch_sum([](std::span<double> sums) {
+    for (double& s : sums) s *= 2;
+  });
+  Rng rng(7);
+  const Tensor x = random_tensor({3, 5, 4, 4}, rng, 2.0);
+  expect_same_batchnorm(x, true, true, "synchronised");
+  set_batchnorm_cross_batch_sum(nullptr);
+}
+
+TEST(ChannelsLast, BatchNormFiniteDifferences) {
+  Rng rng(8);
+  const Tensor x = random_tensor({3, 4, 2, 5}, rng), gamma = random_tensor({5}, rng), beta = random_tensor({5}, rng);
+  Tensor running_mean = Tensor::zeros({5}), running_var = Tensor::full({5}, 1.0f);
+  expect_gradients_match(
+      [&](std::vector<Var>& v) { return batchnorm2d_nhwc(v[0], v[1], v[2], running_mean, running_var, {}); },
+      {x, gamma, beta}, "batchnorm2d_nhwc training");
+}
+
+// Equal values, NaN equal to NaN.
+void expect_identical(const Tensor& actual, const Tensor& expected, const std::string& what) {
+  ASSERT_EQ(actual.shape().str(), expected.shape().str()) << what;
+  for (int64_t i = 0; i < actual.numel(); ++i) {
+    const float e = expected.data()[i], a = actual.data()[i];
+    ASSERT_TRUE(std::isnan(e) ? std::isnan(a) : e == a) << what << " element " << i << ": " << a << " vs " << e;
+  }
+}
+
+TEST(ChannelsLast, MaxPoolMatchesNchwWithTiesAndNaN) {
+  Rng rng(9);
+  // Values from {0, 1, 2}: most windows hold ties, which must go to the same (first) position.
+  Tensor x = Tensor::empty({2, 3, 7, 6});
+  for (float& v : x.span()) v = static_cast<float>(rng.below(3));
+  x.data()[5] = std::numeric_limits<float>::quiet_NaN();
+  for (const MaxPool2dParams params : {MaxPool2dParams{3, 2, 1}, MaxPool2dParams{2, 2, 0}, MaxPool2dParams{3, 1, 1}}) {
+    const std::string what = "maxpool k" + std::to_string(params.kernel) + " s" + std::to_string(params.stride);
+    // backward() clears the whole tape: each layout's forward and backward run in turn.
+    Var a(x, true);
+    Var ya = maxpool2d(a, params);
+    const Tensor r = random_tensor(ya.shape(), rng);
+    backward(ya, r);
+    Var b(nchw_to_nhwc(x), true);
+    Var yb = maxpool2d_nhwc(b, params);
+    backward(yb, nchw_to_nhwc(r));
+    expect_identical(nhwc_to_nchw(yb.value()), ya.value(), what);
+    expect_identical(nhwc_to_nchw(b.grad()), a.grad(), what + " dx");
+    expect_identical(nhwc_to_nchw(maxpool_nhwc(nchw_to_nhwc(x), params)), ya.value(), what + " inference");
+  }
+}
+
+TEST(ChannelsLast, GlobalAveragePoolAndLayoutChange) {
+  Rng rng(10);
+  const Tensor x = random_tensor({3, 5, 4, 6}, rng);
+  Var a(x, true), b(x, true);
+  Var ya = global_avgpool(a);
+  const Tensor r = random_tensor(ya.shape(), rng);
+  backward(ya, r);
+  Var yb = global_avgpool_nhwc(to_channels_last(b));
+  backward(yb, r);
+  expect_close(yb.value(), ya.value(), "global average pool", 1e-6, 1e-7);
+  expect_close(b.grad(), a.grad(), "global average pool, through to_channels_last", 1e-6, 1e-7);
+}
+
+TEST(ChannelsLast, ResNetFallsBackToNchwForInputHooks) {
+  ResNet model(ResNetConfig{"resnet10", 1, 4, 8, 2}, 0);
+  EXPECT_EQ(model.featurizer_layout(), ActivationLayout::nhwc);
+  model.convs().at(3).second->hooks = std::make_shared<LayerHooks>(LayerHooks{nullptr, [](const Var& v) { return v; }});
+  EXPECT_EQ(model.featurizer_layout(), ActivationLayout::nchw);
+  model.set_layout(ActivationLayout::nchw);
+  model.convs().at(3).second->hooks.reset();
+  EXPECT_EQ(model.featurizer_layout(), ActivationLayout::nchw);
+}
+
+TEST(ChannelsLast, ResNetLayoutsAgreeOnLogitsAndGradients) {
+  // Every layer of a small ResNet-50 with three input channels, training mode, both layouts from the
+  // same weights. 40x40 images, so that layer4's batch norms see 2x2 pixels per image: over fewer
+  // values, their statistics make the network chaotic at float precision (see test_parity.cpp).
+  const ResNetConfig config{"resnet50", 3, 8, 16, 2};
+  Rng rng(11);
+  const Tensor images = random_tensor({4, 3, 40, 40}, rng), r = random_tensor({4, 2}, rng);
+  std::vector<Tensor> logits, grads;
+  for (ActivationLayout layout : {ActivationLayout::nchw, ActivationLayout::nhwc}) {
+    ResNet model(config, 5);
+    model.set_layout(layout);
+    Var y = model.forward(Var(images));
+    backward(y, r);
+    logits.push_back(y.value());
+    for (const auto& p : model.state().parameters) grads.push_back(p.var->grad().clone());
+  }
+  expect_close(logits[1], logits[0], "logits", 1e-4, 1e-5);
+  const size_t n = grads.size() / 2;
+  for (size_t i = 0; i < n; ++i)
+    testing::expect_close_to_max(grads[n + i], grads[i], "gradient " + std::to_string(i), 1e-3);
+}
+
+}  // namespace
+}  // namespace toptag
