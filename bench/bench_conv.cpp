@@ -1,5 +1,6 @@
 // Google Benchmark cases for every distinct convolution of ResNet-50 on 40x40 inputs:
-//   BM_Conv        the training op (NCHW, im2col + OpenBLAS), batch 64, forward alone and with backward
+//   BM_Conv        the training op (im2col + OpenBLAS), batch 64, forward alone and with backward, in
+//                  each activation layout (nhwc: 0 NCHW conv2d, 1 channels-last conv2d_nhwc)
 //   BM_PackedConv  the inference kernels (NHWC, packed weights, fused output stage) at batch 1 and 64,
 //                  on every instruction set this CPU runs (isa: 0 ref, 1 avx2, 2 avx512)
 #include <benchmark/benchmark.h>
@@ -7,6 +8,7 @@
 #include "nn/kernels/packed_conv.h"
 #include "nn/kernels/winograd.h"
 #include "nn/ops/conv2d.h"
+#include "nn/ops/conv2d_nhwc.h"
 #include "nn/random.h"
 
 using namespace toptag;
@@ -19,19 +21,19 @@ Tensor random_tensor(const Shape& shape, Rng& rng) {
   return t;
 }
 
-// args: C, H, K, kernel, stride, pad, backward
+// args: C, H, K, kernel, stride, pad, backward, nhwc
 void BM_Conv(benchmark::State& state) {
   const int64_t C = state.range(0), H = state.range(1), K = state.range(2);
   const int kernel = static_cast<int>(state.range(3)), stride = static_cast<int>(state.range(4)),
             pad = static_cast<int>(state.range(5));
-  const bool with_backward = state.range(6) != 0;
+  const bool with_backward = state.range(6) != 0, nhwc = state.range(7) != 0;
   Rng rng(1);
-  Var x(random_tensor({64, C, H, H}, rng), with_backward);
+  Var x(random_tensor(nhwc ? Shape{64, H, H, C} : Shape{64, C, H, H}, rng), with_backward);
   Var w = Var::parameter(random_tensor({K, C, kernel, kernel}, rng));
-  const Shape y_shape = conv2d_output_shape(x.shape(), w.shape(), {stride, pad});
-  Tensor gy = random_tensor(y_shape, rng);
+  const Shape y_shape = conv2d_output_shape({64, C, H, H}, w.shape(), {stride, pad});
+  Tensor gy = random_tensor(nhwc ? Shape{64, y_shape[2], y_shape[3], K} : y_shape, rng);
   for (auto _ : state) {
-    Var y = conv2d(x, w, {stride, pad});
+    Var y = nhwc ? conv2d_nhwc(x, w, nullptr, {stride, pad}) : conv2d(x, w, {stride, pad});
     if (with_backward) {
       x.zero_grad();
       backward(y, gy);
@@ -84,15 +86,19 @@ void BM_Winograd(benchmark::State& state) {
 void ResNet50Shapes(benchmark::internal::Benchmark* b) {
   // C, H, K, kernel, stride, pad: stem, then each stage's 1x1 reduce, 3x3, 1x1 expand and downsample.
   const std::vector<std::vector<int64_t>> shapes = {
-      {1, 40, 64, 7, 2, 3},                                                                                 // conv1
-      {64, 10, 64, 1, 1, 0},   {64, 10, 64, 3, 1, 1},   {64, 10, 256, 1, 1, 0},  {256, 10, 64, 1, 1, 0},    // layer1
-      {256, 10, 128, 1, 1, 0}, {128, 10, 128, 3, 2, 1}, {128, 5, 512, 1, 1, 0},  {256, 10, 512, 1, 2, 0},   // layer2
-      {512, 5, 256, 1, 1, 0},  {256, 5, 256, 3, 2, 1},  {256, 3, 1024, 1, 1, 0}, {512, 5, 1024, 1, 2, 0},   // layer3
+      {1, 40, 64, 7, 2, 3},                                                                                // conv1
+      {64, 10, 64, 1, 1, 0},   {64, 10, 64, 3, 1, 1},   {64, 10, 256, 1, 1, 0},  {256, 10, 64, 1, 1, 0},   // layer1
+      {256, 10, 128, 1, 1, 0}, {128, 10, 128, 3, 2, 1}, {128, 5, 512, 1, 1, 0},  {256, 10, 512, 1, 2, 0},  // layer2
+      {512, 5, 128, 1, 1, 0},  {128, 5, 128, 3, 1, 1},                                                     // layer2.1-3
+      {512, 5, 256, 1, 1, 0},  {256, 5, 256, 3, 2, 1},  {256, 3, 1024, 1, 1, 0}, {512, 5, 1024, 1, 2, 0},  // layer3
+      {1024, 3, 256, 1, 1, 0}, {256, 3, 256, 3, 1, 1},                                                     // layer3.1-5
       {1024, 3, 512, 1, 1, 0}, {512, 3, 512, 3, 2, 1},  {512, 2, 2048, 1, 1, 0}, {1024, 3, 2048, 1, 2, 0},  // layer4
+      {2048, 2, 512, 1, 1, 0}, {512, 2, 512, 3, 1, 1},  // layer4.1-2
   };
-  b->ArgNames({"C", "H", "K", "k", "s", "p", "bwd"});
+  b->ArgNames({"C", "H", "K", "k", "s", "p", "bwd", "nhwc"});
   for (const auto& s : shapes)
-    for (int64_t bwd : {0, 1}) b->Args({s[0], s[1], s[2], s[3], s[4], s[5], bwd});
+    for (int64_t bwd : {0, 1})
+      for (int64_t nhwc : {0, 1}) b->Args({s[0], s[1], s[2], s[3], s[4], s[5], bwd, nhwc});
 }
 
 void PackedShapes(benchmark::internal::Benchmark* b) {

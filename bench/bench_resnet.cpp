@@ -115,7 +115,11 @@ int main(int argc, char** argv) {
   int threads = 0, train_steps = 5, infer_batches = 5, latency_reps = 20;
   std::string arch = "resnet50";
   bool profile = false;
+  ActivationLayout layout = ActivationLayout::nhwc;
   app.add_option("--threads", threads, "worker threads (0: all cores)");
+  app.add_option("--layout", layout, "the training layout: nhwc (channels-last, the default) or nchw")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, ActivationLayout>{{"nhwc", ActivationLayout::nhwc}, {"nchw", ActivationLayout::nchw}}));
   app.add_option("--arch", arch, "architecture");
   app.add_option("--train-steps", train_steps, "timed training steps")->check(CLI::PositiveNumber);
   app.add_option("--infer-batches", infer_batches, "timed inference batches")->check(CLI::PositiveNumber);
@@ -133,6 +137,7 @@ int main(int argc, char** argv) {
   ResNetConfig config;
   config.arch = arch;
   ResNet model(config, 1);
+  model.set_layout(layout);
   Rng rng(2);
   fmt::print("model      {} with 1-channel input, {} parameters\n", arch, model.state().parameter_count());
 
