@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every instruction-set path of the inference kernels (nn/kernels/isa.h) that this CPU runs gives the
 # same scores from the CLI: predict under TOPTAG_ISA=ref, avx2 and avx512 agree to float rounding,
-# toptag model and perf name the path, and a path the CPU lacks or an unknown name is refused.
+# toptag model and perf name the path (and model the training layout), and a path the CPU lacks or an unknown name is refused.
 # Usage: engine_isa.sh TOPTAG
 set -euo pipefail
 TOPTAG=$(realpath "$1")
@@ -24,6 +24,7 @@ for isa in $isas; do
     || fail "predict under TOPTAG_ISA=$isa: $(tail -3 "p_$isa.log")"
   TOPTAG_ISA=$isa $TOPTAG model --checkpoint run/best.h5 --image-size 24 >model.txt 2>&1 || fail "model under $isa"
   grep -q "^inference .*instruction set $isa" model.txt || fail "toptag model does not name $isa: $(cat model.txt)"
+  grep -q "^training  *channels-last (NHWC)" model.txt || fail "toptag model does not name the training layout"
   TOPTAG_ISA=$isa $TOPTAG perf --local -c run/best.h5 --batch 2 --threads 1 --duration 50ms --warmup 10ms \
     >/dev/null 2>perf.log || fail "perf under $isa: $(tail -3 perf.log)"
   grep -q "^engine: kernels $isa f32" perf.log || fail "perf does not name the $isa kernels: $(cat perf.log)"
