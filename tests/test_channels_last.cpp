@@ -48,6 +48,8 @@ TEST(ChannelsLast, ConvMatchesNchwForwardAndEveryGradient) {
       {2, 16, 7, 7, 8, 1, 2, 0, false, false},   // the strided 1x1 (a downsample)
       {64, 12, 3, 3, 10, 3, 1, 1, false, true},  // batch 64 on a tiny map
       {64, 20, 5, 5, 7, 1, 1, 0, true, true},    // batch 64, 1x1
+      // Columns past conv2d_nhwc's 64 MiB budget (2 x 128 x 128 x 576 floats): one image per chunk.
+      {2, 64, 128, 128, 8, 3, 1, 1, false, false},
   };
   for (const ConvCase& c : cases) {
     SCOPED_TRACE(c.name());
