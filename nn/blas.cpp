@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <dlfcn.h>
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 
 #include "nn/check.h"
 #include "nn/gemm.h"
+#include "nn/parallel.h"
 #include "nn/profile.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -154,14 +156,44 @@ int64_t gemm_flops() {
   return flops_done.load(std::memory_order_relaxed);
 }
 
+namespace {
+
+// A product with many rows and few columns (a channels-last training layer: 6400 pixels x 64
+// channels in layer1 at 40x40, batch 64) is split poorly by OpenBLAS's own threading. Handing each
+// thread a block of rows, each running OpenBLAS alone (inside our parallel region it does), measured
+// on 2 threads: 6400 x 64 x 576 from 3.5 to 2.4 ms, 6400 x 256 x 64 from 1.6 to 1.0 ms, a ResNet-50
+// training step from 557 to 526 ms. On square and wide shapes the split gained nothing, so they keep
+// OpenBLAS's.
+constexpr int64_t kSplitMinRowsPerThread = 2048;
+constexpr int64_t kSplitMaxColumns = 1024;
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  loaded().sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                 static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
+                 static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+}
+
+}  // namespace
+
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   ProfileScope profile("gemm");
   flops_done.fetch_add(2 * M * N * K, std::memory_order_relaxed);
-  loaded().sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                 static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
-                 static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+  const int threads = num_threads();
+  if (threads < 2 || omp_in_parallel() || N > kSplitMaxColumns || M < kSplitMinRowsPerThread * threads) {
+    sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    const int64_t m0 = M * t / n, m1 = M * (t + 1) / n;
+    // Row m of op(A) is row m of A, or column m of A when A is transposed.
+    sgemm(trans_a, trans_b, m1 - m0, N, K, alpha, trans_a ? A + m0 : A + m0 * lda, lda, B, ldb, beta, C + m0 * ldc,
+          ldc);
+  }
 }
 
 }  // namespace toptag

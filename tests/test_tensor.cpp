@@ -1,4 +1,6 @@
 // Tensors, the buffer pool and the autodiff tape.
+#include <array>
+
 #include "nn/blas.h"
 #include "nn/gemm.h"
 #include "nn/ops/elementwise.h"
@@ -88,15 +90,17 @@ TEST(Autograd, BackwardWithoutGradientIsAnError) {
 
 TEST(Gemm, OpenBlasMatchesReferenceInAllTranspositions) {
   Rng rng(3);
-  for (bool ta : {false, true})
-    for (bool tb : {false, true}) {
-      const int64_t M = 7, N = 5, K = 9;
-      Tensor a = testing::random_tensor({M * K}, rng), b = testing::random_tensor({K * N}, rng);
-      Tensor c = testing::random_tensor({M * N}, rng), c_ref = c.clone();
-      gemm(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c.data(), N);
-      gemm_ref(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c_ref.data(), N);
-      testing::expect_close(c, c_ref, "gemm", 1e-5, 1e-5);
-    }
+  // 7 x 5 x 9; and 9001 x 13 x 7, tall and narrow: split into row blocks, one per thread (nn/blas.cpp),
+  // with an odd row count so that the blocks differ in size.
+  for (const auto [M, N, K] : {std::array<int64_t, 3>{7, 5, 9}, std::array<int64_t, 3>{9001, 13, 7}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        Tensor a = testing::random_tensor({M * K}, rng), b = testing::random_tensor({K * N}, rng);
+        Tensor c = testing::random_tensor({M * N}, rng), c_ref = c.clone();
+        gemm(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c.data(), N);
+        gemm_ref(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c_ref.data(), N);
+        testing::expect_close(c, c_ref, "gemm " + std::to_string(M) + "x" + std::to_string(N), 1e-5, 1e-5);
+      }
 }
 
 }  // namespace
