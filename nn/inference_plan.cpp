@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "nn/check.h"
+#include "nn/ops/layout.h"
 
 namespace toptag {
 

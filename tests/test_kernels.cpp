@@ -7,6 +7,7 @@
 
 #include "nn/kernels/packed_conv.h"
 #include "nn/kernels/winograd.h"
+#include "nn/ops/layout.h"
 #include "nn/parallel.h"
 #include "testing.h"
 

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "nn/check.h"
+#include "nn/ops/layout.h"
 #include "nn/parallel.h"
 #include "nn/profile.h"
 

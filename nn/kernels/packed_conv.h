@@ -13,7 +13,6 @@
 #include "nn/kernels/isa.h"
 #include "nn/kernels/tile.h"
 #include "nn/ops/conv2d.h"
-#include "nn/ops/layout.h"
 #include "nn/ops/pool.h"
 #include "nn/tensor.h"
 

@@ -134,11 +134,11 @@ struct Normalization {
   int64_t covered = 0;  // values per channel the statistics cover (every process's, when synchronised)
 };
 
-// A layout's batch statistics: fills the mean and the biased variance, returns the values they cover.
-using BatchStatistics = std::function<int64_t(Tensor& mean, Tensor& var)>;
-
 // Checks the arguments of a batch norm over C channels and count values per channel, then: training,
 // the batch's statistics (and the running ones updated); eval, the running statistics.
+// batch_stats(mean, var): the layout's batch statistics, the mean and the biased variance; returns the
+// values they cover.
+template <class BatchStatistics>
 Normalization normalization(const Var& x, int64_t C, const Var& gamma, const Var& beta, Tensor& running_mean,
                             Tensor& running_var, BatchNormParams params, const BatchStatistics& batch_stats) {
   expect_shape(gamma.value(), Shape{C}, "batchnorm2d weight");
@@ -169,45 +169,76 @@ Normalization normalization(const Var& x, int64_t C, const Var& gamma, const Var
 // --- channels-last: x is a (rows, C) matrix of pixels ---------------------------------------------
 // The loops take raw __restrict pointers, so that the compiler vectorises them along the channels.
 
-// One pass: per channel, sums of d = x - shift and of d^2 over the rows, shift = the first pixel.
-// Then mean = shift + sum(d) / n and the squared deviations sum(d^2) - sum(d)^2 / n, which do not
-// cancel since the shift is one of the values. Synchronised, the processes (whose shifts differ)
-// exchange sum(x) and sum(x^2) in double.
+// One pass over memory: each cache-sized block of rows is summed, then its squared deviations from
+// its own mean are summed while it is still in cache; the blocks are merged in double by Chan, Golub
+// and LeVeque's pairwise update of (count, mean, M2), in block order. No sum of squares, so no
+// cancellation whatever the mean. A block's mean is its first row plus the mean of the differences
+// from it, so that a float sum of raw values (1e-4 relative error over 2048 of them) does not blur a
+// mean much larger than the spread; an atypical first row costs only its own block some precision. Synchronised, the
+// two exchanges of batch_statistics: sum(x) for the global mean, then each process's M2 about it, M2 + n (mean_local -
+// mean)^2.
 int64_t batch_statistics_nhwc(const Tensor& x, Tensor& mean, Tensor& var) {
   const int64_t C = x.dim(3), rows = x.numel() / C;
-  const float* __restrict px = x.data();
-  const std::vector<float> shift(px, px + C);
-  const std::vector<double> sums =
-      channel_sums(rows, C, 2, [px, sh = shift.data(), C](int64_t begin, int64_t end, float* acc) {
-        float* __restrict s1 = acc;
-        float* __restrict s2 = acc + C;
-        for (int64_t row = begin; row < end; ++row) {
-          const float* __restrict in = px + row * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const float d = in[c] - sh[c];
-            s1[c] += d;
-            s2[c] += d * d;
-          }
-        }
-      });
-  const double n = static_cast<double>(rows);
-  std::vector<double> exchange(static_cast<size_t>(2 * C + 1));  // sum(x), sum(x^2), count
+  const float* px = x.data();
+  // acc: the mean's offset from the block's first row, then the squared deviations from the mean.
+  const ChannelBlocks blocks = channel_block_sums(rows, C, 2, [px, C](int64_t begin, int64_t end, float* acc) {
+    float* __restrict offset = acc;
+    float* __restrict deviations = acc + C;
+    const float* __restrict first = px + begin * C;
+    for (int64_t row = begin + 1; row < end; ++row) {
+      const float* __restrict in = px + row * C;
+      for (int64_t c = 0; c < C; ++c) offset[c] += in[c] - first[c];
+    }
+    const float inv_count = 1.0f / static_cast<float>(end - begin);
+    for (int64_t c = 0; c < C; ++c) offset[c] *= inv_count;
+    // The deviations from the mean as (x - first) - offset: x - first is exact for nearby values, and
+    // first + offset is never rounded to a float (which would add n * rounding^2 to a tiny variance).
+    for (int64_t row = begin; row < end; ++row) {
+      const float* __restrict in = px + row * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const float d = in[c] - first[c] - offset[c];
+        deviations[c] += d * d;
+      }
+    }
+  });
+  std::vector<double> local_mean(static_cast<size_t>(C)), m2(static_cast<size_t>(C));
+#pragma omp parallel for schedule(static) if (blocks.blocks * C > 65536)
   for (int64_t c = 0; c < C; ++c) {
-    const double s1 = sums[static_cast<size_t>(c)], s2 = sums[static_cast<size_t>(C + c)];
-    const double local_mean = shift[static_cast<size_t>(c)] + s1 / n, deviations = std::max(s2 - s1 * s1 / n, 0.0);
-    mean.data()[c] = static_cast<float>(local_mean);
-    var.data()[c] = static_cast<float>(deviations / n);
-    exchange[static_cast<size_t>(c)] = n * local_mean;
-    exchange[static_cast<size_t>(C + c)] = deviations + n * local_mean * local_mean;
+    double n = 0, mu = 0, sq = 0;
+    for (int64_t b = 0; b < blocks.blocks; ++b) {
+      const double nb = static_cast<double>(blocks.rows_in(b));
+      const double mb = static_cast<double>(px[b * blocks.block_rows * C + c]) +
+                        blocks.partial[static_cast<size_t>(b * blocks.width + c)];
+      const double delta = mb - mu;
+      mu += delta * nb / (n + nb);
+      sq += blocks.partial[static_cast<size_t>(b * blocks.width + C + c)] + delta * delta * n * nb / (n + nb);
+      n += nb;
+    }
+    local_mean[static_cast<size_t>(c)] = mu;
+    m2[static_cast<size_t>(c)] = sq;
   }
-  if (!cross_batch_sum) return rows;
-  exchange[static_cast<size_t>(2 * C)] = n;
-  cross_batch_sum(exchange);
-  const double count = exchange[static_cast<size_t>(2 * C)];
+  const double n = static_cast<double>(rows);
+  double count = n;
+  if (cross_batch_sum) {
+    std::vector<double> sums(static_cast<size_t>(C + 1));
+    for (int64_t c = 0; c < C; ++c) sums[static_cast<size_t>(c)] = n * local_mean[static_cast<size_t>(c)];
+    sums[static_cast<size_t>(C)] = n;
+    cross_batch_sum(sums);
+    count = sums[static_cast<size_t>(C)];
+    for (int64_t c = 0; c < C; ++c) {
+      const double global_mean = sums[static_cast<size_t>(c)] / count;
+      const double shift = local_mean[static_cast<size_t>(c)] - global_mean;
+      local_mean[static_cast<size_t>(c)] = global_mean;
+      m2[static_cast<size_t>(c)] += n * shift * shift;
+    }
+    sums.assign(m2.begin(), m2.end());
+    sums.push_back(0.0);
+    cross_batch_sum(sums);
+    m2.assign(sums.begin(), sums.begin() + C);
+  }
   for (int64_t c = 0; c < C; ++c) {
-    const double m = exchange[static_cast<size_t>(c)] / count;
-    mean.data()[c] = static_cast<float>(m);
-    var.data()[c] = static_cast<float>(std::max(exchange[static_cast<size_t>(C + c)] / count - m * m, 0.0));
+    mean.data()[c] = static_cast<float>(local_mean[static_cast<size_t>(c)]);
+    var.data()[c] = static_cast<float>(m2[static_cast<size_t>(c)] / count);
   }
   return static_cast<int64_t>(count);
 }
@@ -321,37 +352,43 @@ void set_batchnorm_cross_batch_sum(CrossBatchSum sum) {
   cross_batch_sum = std::move(sum);
 }
 
-Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
-                BatchNormParams params) {
+namespace {
+
+// Both layouts' forward: the statistics, the normalisation and the backward of the layout.
+Var batchnorm(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
+              BatchNormParams params, bool channels_last) {
   ProfileScope profile("batchnorm forward");
-  if (x.shape().rank() != 4) fail("batchnorm2d: input must be (N,C,H,W), found shape {}", x.shape().str());
-  const Normalization norm =
-      normalization(x, x.shape()[1], gamma, beta, running_mean, running_var, params,
-                    [&](Tensor& mean, Tensor& var) { return batch_statistics(x.value(), mean, var); });
-  Tensor y = normalize(x.value(), norm.mean, norm.invstd, gamma.value(), beta.value(), params.relu);
+  if (x.shape().rank() != 4)
+    fail("batchnorm2d: input must be {}, found shape {}", channels_last ? "(N,H,W,C)" : "(N,C,H,W)", x.shape().str());
+  const Normalization norm = normalization(x, x.shape()[channels_last ? 3 : 1], gamma, beta, running_mean, running_var,
+                                           params, [&](Tensor& mean, Tensor& var) {
+                                             return channels_last ? batch_statistics_nhwc(x.value(), mean, var)
+                                                                  : batch_statistics(x.value(), mean, var);
+                                           });
+  Tensor y = channels_last ? normalize_nhwc(x.value(), norm, gamma.value(), beta.value(), params.relu)
+                           : normalize(x.value(), norm.mean, norm.invstd, gamma.value(), beta.value(), params.relu);
   Tensor saved_y = params.relu ? y : Tensor();  // the ReLU mask
   return record_op(std::move(y), {&x, &gamma, &beta},
                    [xv = x.value(), yv = std::move(saved_y), norm, gv = gamma.value(), training = params.training,
-                    xs = x.slot(), gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
-                     backward(gy, xv, yv, norm.mean, norm.invstd, gv, training, norm.covered, xs.get(), gs.get(),
-                              bs.get());
+                    channels_last, xs = x.slot(), gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
+                     if (channels_last)
+                       backward_nhwc(gy, xv, yv, norm, gv, training, xs.get(), gs.get(), bs.get());
+                     else
+                       backward(gy, xv, yv, norm.mean, norm.invstd, gv, training, norm.covered, xs.get(), gs.get(),
+                                bs.get());
                    });
+}
+
+}  // namespace
+
+Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
+                BatchNormParams params) {
+  return batchnorm(x, gamma, beta, running_mean, running_var, params, false);
 }
 
 Var batchnorm2d_nhwc(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
                      BatchNormParams params) {
-  ProfileScope profile("batchnorm forward");
-  if (x.shape().rank() != 4) fail("batchnorm2d: input must be (N,H,W,C), found shape {}", x.shape().str());
-  const Normalization norm =
-      normalization(x, x.shape()[3], gamma, beta, running_mean, running_var, params,
-                    [&](Tensor& mean, Tensor& var) { return batch_statistics_nhwc(x.value(), mean, var); });
-  Tensor y = normalize_nhwc(x.value(), norm, gamma.value(), beta.value(), params.relu);
-  Tensor saved_y = params.relu ? y : Tensor();  // the ReLU mask
-  return record_op(std::move(y), {&x, &gamma, &beta},
-                   [xv = x.value(), yv = std::move(saved_y), norm, gv = gamma.value(), training = params.training,
-                    xs = x.slot(), gs = gamma.slot(), bs = beta.slot()](const Tensor& gy) {
-                     backward_nhwc(gy, xv, yv, norm, gv, training, xs.get(), gs.get(), bs.get());
-                   });
+  return batchnorm(x, gamma, beta, running_mean, running_var, params, true);
 }
 
 }  // namespace toptag

@@ -30,8 +30,8 @@ void set_batchnorm_cross_batch_sum(CrossBatchSum sum);
 Var batchnorm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
                 BatchNormParams params);
 
-// The same on channels-last x: (N,H,W,C) -> y: (N,H,W,C). The statistics take one pass over x (sums
-// of x - shift and of its square, shift = the first pixel's value, so that the variance does not
+// The same on channels-last x: (N,H,W,C) -> y: (N,H,W,C). The statistics take one pass over x (each
+// cache-sized block's sum and squared deviations, merged pairwise in double: no sum of squares to
 // cancel), every loop runs along contiguous channels, and backward's two sums take one pass.
 Var batchnorm2d_nhwc(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
                      BatchNormParams params);

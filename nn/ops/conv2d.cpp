@@ -31,12 +31,10 @@ ConvGeometry geometry(const Shape& x, const Shape& w, Conv2dParams p) {
 // images are batched: B images side by side in one (C*R*S, B*P*Q) column matrix, so a single large
 // GEMM keeps both cores busy and reads the weights once per batch instead of once per image.
 constexpr int64_t kPerImageMinPixels = 1024;
-constexpr int64_t kColumnBudgetFloats = int64_t{16} << 20;  // 64 MiB of im2col scratch at most
 
 int64_t images_per_chunk(const ConvGeometry& g) {
   if (g.pq() >= kPerImageMinPixels) return 1;
-  int64_t fit = kColumnBudgetFloats / std::max<int64_t>(1, std::max(g.crs(), g.K) * g.pq());
-  return std::clamp<int64_t>(fit, 1, g.N);
+  return images_within_column_budget(std::max(g.crs(), g.K) * g.pq(), g.N);
 }
 
 int64_t floor_div(int64_t a, int64_t b) {
@@ -221,6 +219,10 @@ void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tenso
 }
 
 }  // namespace
+
+int64_t images_within_column_budget(int64_t floats_per_image, int64_t N) {
+  return std::max<int64_t>(1, std::min(kColumnBudgetFloats / std::max<int64_t>(1, floats_per_image), N));
+}
 
 Shape conv2d_output_shape(const Shape& x, const Shape& w, Conv2dParams p) {
   if (x.rank() != 4) fail("conv2d: input must be (N,C,H,W), found shape {}", x.str());

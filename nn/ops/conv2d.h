@@ -21,6 +21,11 @@ inline Var conv2d(const Var& x, const Var& w, Conv2dParams params) {
   return conv2d(x, w, nullptr, params);
 }
 
+// Column (im2col) scratch one GEMM may use: a batch is taken in chunks of images that fit, at least
+// one image a chunk. Returns the images per chunk for `floats_per_image` of columns, in [1, max(N, 1)].
+constexpr int64_t kColumnBudgetFloats = int64_t{16} << 20;  // 64 MiB
+int64_t images_within_column_budget(int64_t floats_per_image, int64_t N);
+
 // Output shape, or a toptag::Error naming the mismatch.
 Shape conv2d_output_shape(const Shape& x, const Shape& w, Conv2dParams params);
 

@@ -27,16 +27,19 @@ struct Geometry {
 
 Geometry geometry(const Shape& x, const Shape& w, Conv2dParams p) {
   if (x.rank() != 4) fail("conv2d_nhwc: input must be (N,H,W,C), found shape {}", x.str());
-  // conv2d_output_shape checks the weight, the channels and the sizes on the NCHW view of x.
-  const Shape y = conv2d_output_shape({x[0], x[3], x[1], x[2]}, w, p);
+  // conv2d_output_shape checks the weight, the channels and the sizes on the NCHW view of x; its
+  // message is restated with the shape as the caller knows it.
+  Shape y;
+  try {
+    y = conv2d_output_shape({x[0], x[3], x[1], x[2]}, w, p);
+  } catch (const Error& e) {
+    fail("conv2d_nhwc on input {} (N,H,W,C): {}", x.str(), e.what());
+  }
   return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride, p.padding, p.relu};
 }
 
-// Column scratch per GEMM at most: images are taken in chunks that fit (at least one).
-constexpr int64_t kColumnBudgetFloats = int64_t{16} << 20;  // 64 MiB
-
 int64_t images_per_chunk(const Geometry& g) {
-  return std::clamp<int64_t>(kColumnBudgetFloats / std::max<int64_t>(1, g.P * g.Q * g.depth()), 1, g.N);
+  return images_within_column_budget(g.P * g.Q * g.depth(), g.N);
 }
 
 // (K, C, R, S) -> (K, R, S, C): the weight in a column row's order. A 1x1 weight is the same matrix.
@@ -55,8 +58,9 @@ Tensor weight_rsc(const Tensor& w, const Geometry& g) {
   return out;
 }
 
-// (K, R, S, C) -> (K, C, R, S): a gradient back in the parameter's layout.
-Tensor weight_kcrs(const Tensor& wt, const Geometry& g) {
+// (K, R, S, C) -> (K, C, R, S): a gradient back in the parameter's layout. Taken by value: a 1x1
+// gradient is the same buffer, reshaped, and add_grad adopts it only if nobody else holds it.
+Tensor weight_kcrs(Tensor wt, const Geometry& g) {
   if (g.R * g.S == 1) return wt.reshape({g.K, g.C, g.R, g.S});
   ProfileScope profile("conv weight layout");
   Tensor out = Tensor::empty({g.K, g.C, g.R, g.S});
@@ -188,14 +192,21 @@ void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tenso
         col2im_add(col.data(), g, n0, B, dx.data());
       }
     }
-    if (w_slot) add_grad(*w_slot, weight_kcrs(dwt, g));
+    if (w_slot) {
+      Tensor dw = weight_kcrs(std::move(dwt), g);  // its own statement: the argument is gone before add_grad
+      add_grad(*w_slot, std::move(dw));
+    }
     if (x_slot) add_grad(*x_slot, std::move(dx));
   }
   if (b_slot) {
-    const std::vector<double> sums = channel_sums(g.rows(), g.K, 1, [&](int64_t begin, int64_t end, float* acc) {
-      for (int64_t row = begin; row < end; ++row)
-        for (int64_t k = 0; k < g.K; ++k) acc[k] += gy.data()[row * g.K + k];
-    });
+    const std::vector<double> sums =
+        channel_sums(g.rows(), g.K, 1, [dy = gy.data(), K = g.K](int64_t begin, int64_t end, float* acc) {
+          float* __restrict sum = acc;
+          for (int64_t row = begin; row < end; ++row) {
+            const float* __restrict in = dy + row * K;
+            for (int64_t k = 0; k < K; ++k) sum[k] += in[k];
+          }
+        });
     Tensor db = Tensor::empty({g.K});
     for (int64_t k = 0; k < g.K; ++k) db.data()[k] = static_cast<float>(sums[static_cast<size_t>(k)]);
     add_grad(*b_slot, std::move(db));

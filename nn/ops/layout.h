@@ -9,7 +9,7 @@ namespace toptag {
 
 enum class ActivationLayout { nchw, nhwc };
 
-// (N, C, H, W) -> (N, H, W, C), and back.
+// (N, C, H, W) -> (N, H, W, C), and back. With one channel, the same storage reshaped.
 Tensor nchw_to_nhwc(const Tensor& x);
 Tensor nhwc_to_nchw(const Tensor& x);
 

@@ -165,13 +165,15 @@ Var maxpool2d_nhwc(const Var& x, MaxPool2dParams params) {
     // dx[n, argmax, c] += dy[n, oh, ow, c]; each thread owns whole images.
     ProfileScope profile("pool");
     Tensor dxt = Tensor::zeros({g.N, g.H, g.W, g.C});
-    const int64_t outputs = g.P * g.Q * g.C;
+    const int64_t pixels = g.P * g.Q;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < g.N; ++n) {
-      const int32_t* index = argmax->data() + n * outputs;
-      const float* grad = gy.data() + n * outputs;
       float* dx = dxt.data() + n * g.H * g.W * g.C;
-      for (int64_t i = 0; i < outputs; ++i) dx[index[i] * g.C + i % g.C] += grad[i];
+      for (int64_t i = 0; i < pixels; ++i) {
+        const int32_t* index = argmax->data() + (n * pixels + i) * g.C;
+        const float* grad = gy.data() + (n * pixels + i) * g.C;
+        for (int64_t c = 0; c < g.C; ++c) dx[index[c] * g.C + c] += grad[c];
+      }
     }
     add_grad(*xs, std::move(dxt));
   });
