@@ -20,13 +20,14 @@
 
 #include "nn/check.h"
 #include "tagger/tagger.h"
+#include "triton/model_config.h"
 
 namespace toptag {
 
 struct EngineOptions {
-  int64_t max_batch = 64;   // images per execution; submit() takes at most this many at once
-  int64_t max_queue = 256;  // batches waiting for an instance; beyond it submit() refuses (QueueFull)
-  int64_t max_queue_delay_us = 2000;
+  int64_t max_batch = kDefaultMaxBatch;  // images per execution; submit() takes at most this many at once
+  int64_t max_queue = 256;               // batches waiting for an instance; beyond it submit() refuses (QueueFull)
+  int64_t max_queue_delay_us = kDefaultMaxQueueDelayUs;
   // Model instances: worker threads that each run one batch at a time, sharing the read-only
   // weights; with two, one batch fills while the other computes. 0: two (one on a single core).
   int instances = 0;

@@ -64,7 +64,7 @@ void answer_grpc_infer(InferenceService& s, const inference::ModelInferRequest& 
   for (const auto& o : q.outputs()) requested.push_back(o.name());
   const std::vector<OutputTensor> outputs = s.infer(q.model_name(), q.model_version(), t, requested, cancelled);
   r.set_model_name(s.model_name());
-  r.set_model_version(InferenceService::kVersion);
+  r.set_model_version(kModelVersion);
   r.set_id(q.id());
   for (const auto& [name, v] : outputs) {
     auto* o = r.add_outputs();
@@ -116,7 +116,7 @@ class Service final : public inference::GRPCInferenceService::Service {
       return to_status(e);
     }
     r->set_name(s_.model_name());
-    r->add_versions(InferenceService::kVersion);
+    r->add_versions(kModelVersion);
     r->set_platform(s_.platform());
     for (const TensorMetadata& t : s_.inputs()) fill_metadata(t, r->add_inputs());
     for (const TensorMetadata& t : s_.outputs()) fill_metadata(t, r->add_outputs());

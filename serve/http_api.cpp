@@ -160,8 +160,7 @@ HttpReply infer(InferenceService& service, const std::string& model, const std::
   }
   const std::vector<OutputTensor> outputs = service.infer(model, version, input, requested, req.cancelled);
 
-  json response = {
-      {"model_name", service.model_name()}, {"model_version", InferenceService::kVersion}, {"outputs", json::array()}};
+  json response = {{"model_name", service.model_name()}, {"model_version", kModelVersion}, {"outputs", json::array()}};
   if (body.contains("id")) response["id"] = body["id"];
   std::string blob;
   for (size_t i = 0; i < outputs.size(); ++i) {
@@ -192,7 +191,7 @@ HttpReply model_metadata(InferenceService& s) {
   for (const auto& t : s.inputs()) inputs.push_back(metadata_json(t));
   for (const auto& t : s.outputs()) outputs.push_back(metadata_json(t));
   return json_reply(200, {{"name", s.model_name()},
-                          {"versions", {InferenceService::kVersion}},
+                          {"versions", {kModelVersion}},
                           {"platform", s.platform()},
                           {"inputs", inputs},
                           {"outputs", outputs}});

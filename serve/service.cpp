@@ -45,7 +45,7 @@ uint64_t ServiceMetrics::request_failure() const {
 }
 
 std::string ServiceMetrics::prometheus(const std::string& model, uint64_t executions, uint64_t pending) const {
-  const std::string labels = fmt::format("{{model=\"{}\",version=\"{}\"}}", model, InferenceService::kVersion);
+  const std::string labels = fmt::format("{{model=\"{}\",version=\"{}\"}}", model, kModelVersion);
   std::string out;
   auto metric = [&](const char* type, const char* name, const char* help, uint64_t value) {
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name, labels, value);
@@ -60,7 +60,7 @@ std::string ServiceMetrics::prometheus(const std::string& model, uint64_t execut
                                {"BACKEND", failed_backend.load()},
                                {"OTHER", failed_other.load()}})
     out += fmt::format("nv_inference_request_failure{{model=\"{}\",reason=\"{}\",version=\"{}\"}} {}\n", model, reason,
-                       InferenceService::kVersion, value);
+                       kModelVersion, value);
   metric("gauge", "nv_inference_pending_request_count", "Batches waiting in the queue for a model instance", pending);
   counter("nv_inference_count", "Number of inferences performed (one per image or jet)", inference_count.load());
   counter("nv_inference_exec_count", "Number of model executions (batches)", executions);
@@ -80,18 +80,19 @@ void InferenceService::check_model(const std::string& name, const std::string& v
   if (name != model_name_)
     throw RequestError(RequestError::Kind::not_found,
                        fmt::format("unknown model '{}' (this server has '{}')", clip(name), model_name_));
-  if (!version.empty() && version != kVersion)
-    throw RequestError(RequestError::Kind::not_found,
-                       fmt::format("model '{}' has no version '{}' (only '{}')", clip(name), clip(version), kVersion));
+  if (!version.empty() && version != kModelVersion)
+    throw RequestError(RequestError::Kind::not_found, fmt::format("model '{}' has no version '{}' (only '{}')",
+                                                                  clip(name), clip(version), kModelVersion));
 }
 
 std::vector<TensorMetadata> InferenceService::inputs() const {
   const ImageOptions& o = engine_.image_options();
-  return {{"images", "FP32", {-1, o.channels, o.size, o.size}}, {"constituents", "FP32", {-1, kMaxConstituents, 4}}};
+  return {{kImagesTensor, "FP32", {-1, o.channels, o.size, o.size}},
+          {kConstituentsTensor, "FP32", {-1, kMaxConstituents, 4}}};
 }
 
 std::vector<TensorMetadata> InferenceService::outputs() const {
-  return {{"probabilities", "FP32", {-1, 2}}, {"features", "FP32", {-1, engine_.feature_dim()}}};
+  return {{kProbabilitiesTensor, "FP32", {-1, 2}}, {kFeaturesTensor, "FP32", {-1, engine_.feature_dim()}}};
 }
 
 namespace {
@@ -189,11 +190,12 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   check_model(model, version);
   if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
   auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
-  const std::vector<std::string> outputs = requested.empty() ? std::vector<std::string>{"probabilities"} : requested;
+  const std::vector<std::string> outputs =
+      requested.empty() ? std::vector<std::string>{kProbabilitiesTensor} : requested;
   bool want_features = false, want_probabilities = false;
   for (const std::string& o : outputs) {
-    bool& wanted = o == "features" ? want_features : want_probabilities;
-    if (o != "features" && o != "probabilities")
+    bool& wanted = o == kFeaturesTensor ? want_features : want_probabilities;
+    if (o != kFeaturesTensor && o != kProbabilitiesTensor)
       throw invalid(fmt::format("unknown output '{}' (probabilities, features)", clip(o)));
     if (wanted) throw invalid(fmt::format("output '{}' is requested twice", o));  // each copy would cost memory
     wanted = true;
@@ -207,11 +209,11 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   const std::string shape = shape_text(in.shape);
   Tensor images;
   const ImageOptions& o = engine_.image_options();
-  if (in.name == "images") {
+  if (in.name == kImagesTensor) {
     if (in.shape.size() != 4 || in.shape[1] != o.channels || in.shape[2] != o.size || in.shape[3] != o.size)
       throw invalid(
           fmt::format("input 'images' must have shape [-1,{},{},{}], got {}", o.channels, o.size, o.size, shape));
-  } else if (in.name == "constituents") {
+  } else if (in.name == kConstituentsTensor) {
     if (in.shape.size() != 3 || in.shape[1] != kMaxConstituents || in.shape[2] != 4)
       throw invalid(fmt::format("input 'constituents' must have shape [-1,{},4], got {}", kMaxConstituents, shape));
   } else {
@@ -231,7 +233,7 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
     throw invalid(fmt::format("input '{}' of shape {} needs {} values ({} bytes), got {}", clip(in.name), shape, count,
                               count * 4, in.values.size()));
   if (!all_finite(in.values)) throw invalid(fmt::format("input '{}' holds NaN or inf", clip(in.name)));
-  if (in.name == "images") {
+  if (in.name == kImagesTensor) {
     images = Tensor::from(Shape{n, o.channels, o.size, o.size}, in.values);
   } else {
     images = engine_.images_from_constituents(in.values, n, kMaxConstituents);
@@ -251,7 +253,7 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   metrics_.request_duration_us += static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
   std::vector<OutputTensor> out;
-  for (const std::string& name : outputs) out.push_back({name, name == "features" ? r.features : r.probabilities});
+  for (const std::string& name : outputs) out.push_back({name, name == kFeaturesTensor ? r.features : r.probabilities});
   return out;
 }
 

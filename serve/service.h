@@ -10,6 +10,7 @@
 
 #include "nn/check.h"
 #include "serve/engine.h"
+#include "triton/model_config.h"
 
 namespace toptag {
 
@@ -70,8 +71,6 @@ struct ServiceMetrics {
 
 class InferenceService {
  public:
-  static constexpr const char* kVersion = "1";
-
   InferenceService(BatchingEngine& engine, std::string model_name, ServiceLimits limits = {});
 
   const std::string& model_name() const { return model_name_; }
