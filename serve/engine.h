@@ -83,6 +83,7 @@ class BatchingEngine {
   uint64_t executions() const { return executions_.load(); }  // batches run so far
   size_t queued() const;                                      // batches waiting now
   int64_t max_batch() const { return options_.max_batch; }
+  int64_t max_queue_delay_us() const { return options_.max_queue_delay_us; }
   size_t max_queue() const { return static_cast<size_t>(options_.max_queue); }
   const ImageOptions& image_options() const { return tagger_.images; }
   int64_t feature_dim() const { return feature_dim_; }

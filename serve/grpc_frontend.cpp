@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "inference.grpc.pb.h"
+#include "serve/extensions.h"
 
 namespace toptag {
 
@@ -106,6 +107,7 @@ class Service final : public inference::GRPCInferenceService::Service {
                               inference::ServerMetadataResponse* r) override {
     r->set_name("toptag");
     r->set_version(TOPTAG_VERSION);
+    for (const char* extension : kExtensions) r->add_extensions(extension);
     return grpc::Status::OK;
   }
   grpc::Status ModelMetadata(grpc::ServerContext*, const inference::ModelMetadataRequest* q,
@@ -120,6 +122,16 @@ class Service final : public inference::GRPCInferenceService::Service {
     r->set_platform(s_.platform());
     for (const TensorMetadata& t : s_.inputs()) fill_metadata(t, r->add_inputs());
     for (const TensorMetadata& t : s_.outputs()) fill_metadata(t, r->add_outputs());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ModelConfig(grpc::ServerContext*, const inference::ModelConfigRequest* q,
+                           inference::ModelConfigResponse* r) override {
+    try {
+      *r->mutable_config() = model_config(s_, q->name(), q->version());
+    } catch (const RequestError& e) {
+      return to_status(e);
+    }
     return grpc::Status::OK;
   }
 

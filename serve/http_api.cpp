@@ -9,6 +9,8 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "serve/extensions.h"
+
 namespace toptag {
 
 using json = nlohmann::json;
@@ -205,7 +207,7 @@ HttpReply model_route(InferenceService& s, const HttpRequest& req, const std::ve
   size_t next = 1;
   if (rest.size() >= 3 && rest[1] == "versions") version = rest[2], next = 3;
   const std::string action = next < rest.size() ? rest[next] : "";
-  if (next + 1 < rest.size() || (action != "" && action != "ready" && action != "infer"))
+  if (next + 1 < rest.size() || (action != "" && action != "ready" && action != "infer" && action != "config"))
     return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
   const std::string method = action == "infer" ? "POST" : "GET";
   if (req.method != method && !(req.method == "HEAD" && method == "GET"))
@@ -221,6 +223,7 @@ HttpReply model_route(InferenceService& s, const HttpRequest& req, const std::ve
       throw RequestError(RequestError::Kind::internal, e.what());
     }
   }
+  if (action == "config") return json_reply(200, message_json(model_config(s, name, version)));
   s.check_model(name, version);
   if (action == "ready") return json_reply(s.ready() ? 200 : 503, {{"name", s.model_name()}, {"ready", s.ready()}});
   return model_metadata(s);
@@ -260,7 +263,7 @@ HttpReply answer_http(InferenceService& s, const HttpRequest& req) {
     if (path == std::vector<std::string>{"v2", "health", "ready"})
       return json_reply(s.ready() ? 200 : 503, {{"ready", s.ready()}});
     if (path == std::vector<std::string>{"v2"})
-      return json_reply(200, {{"name", "toptag"}, {"version", TOPTAG_VERSION}, {"extensions", {"binary_tensor_data"}}});
+      return json_reply(200, {{"name", "toptag"}, {"version", TOPTAG_VERSION}, {"extensions", kExtensions}});
     return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
   } catch (const RequestError& e) {
     return http_error(http_status(e.kind()), e.what());

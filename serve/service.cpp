@@ -74,7 +74,9 @@ std::string ServiceMetrics::prometheus(const std::string& model, uint64_t execut
 }
 
 InferenceService::InferenceService(BatchingEngine& engine, std::string model_name, ServiceLimits limits)
-    : engine_(engine), model_name_(std::move(model_name)), limits_(limits) {}
+    : engine_(engine), model_name_(std::move(model_name)), limits_(limits) {
+  check_triton_model_name(model_name_);
+}
 
 void InferenceService::check_model(const std::string& name, const std::string& version) const {
   if (name != model_name_)
@@ -93,6 +95,19 @@ std::vector<TensorMetadata> InferenceService::inputs() const {
 
 std::vector<TensorMetadata> InferenceService::outputs() const {
   return {{kProbabilitiesTensor, "FP32", {-1, 2}}, {kFeaturesTensor, "FP32", {-1, engine_.feature_dim()}}};
+}
+
+TritonModel InferenceService::triton_model() const {
+  TritonModel m;
+  m.name = model_name_;
+  m.platform = platform();
+  m.backend = "toptag";
+  m.max_batch = engine_.max_batch();
+  m.max_queue_delay_us = engine_.max_queue_delay_us();
+  m.instances = engine_.instances();
+  for (const TensorMetadata& t : inputs()) m.inputs.push_back({t.name, t.shape, true});
+  for (const TensorMetadata& t : outputs()) m.outputs.push_back({t.name, t.shape});
+  return m;
 }
 
 namespace {

@@ -69,8 +69,12 @@ struct ServiceMetrics {
   std::string prometheus(const std::string& model, uint64_t executions, uint64_t pending) const;
 };
 
+// Triton's protocol extensions this server implements, as ServerMetadata lists them.
+inline constexpr const char* kExtensions[] = {"binary_tensor_data", "model_configuration"};
+
 class InferenceService {
  public:
+  // Throws toptag::Error unless `model_name` can be a Triton model name (check_triton_model_name).
   InferenceService(BatchingEngine& engine, std::string model_name, ServiceLimits limits = {});
 
   const std::string& model_name() const { return model_name_; }
@@ -80,6 +84,9 @@ class InferenceService {
   std::vector<TensorMetadata> inputs() const;
   std::vector<TensorMetadata> outputs() const;
   std::string platform() const { return "toptag_resnet"; }
+  // The model as Triton's ModelConfig describes it (triton_model_config): the engine's batching and
+  // instances, and inputs() and outputs(). Both inputs are optional: a request sends exactly one.
+  TritonModel triton_model() const;
 
   // Validates the input ("images" [n, C, H, W] or "constituents" [n, 200, 4], FP32) and the requested
   // outputs ("probabilities", "features"; none asked for: probabilities), runs it in batches of at

@@ -2,6 +2,9 @@
 // HTTP (plain httplib, as curl would), the bad-input cases, the metrics, dynamic batching, graceful
 // shutdown, and toptag's own client. Servers listen on ephemeral loopback ports.
 #include <arpa/inet.h>
+#include <google/protobuf/text_format.h>
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -14,15 +17,22 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
+#include <tuple>
 
 #include "data/jets.h"
+#include "export/onnx_export.h"
+#include "export/triton.h"
 #include "inference.grpc.pb.h"
+#include "io/files.h"
 #include "nn/ops/softmax.h"
 #include "serve/client.h"
+#include "serve/extensions.h"
 #include "serve/http_listener.h"
 #include "serve/perf.h"
 #include "serve/server.h"
@@ -330,6 +340,210 @@ TEST_F(ServeTest, HttpEndpoints) {
   EXPECT_TRUE(missing.contains("error"));
   EXPECT_EQ(get("/v2/models/toptag/versions/7/ready").first, 404);
   EXPECT_EQ(get("/nowhere").first, 404);
+}
+
+// ---- Triton's model_configuration extension -----------------------------------------------------
+
+inference::ModelConfigResponse grpc_config(inference::GRPCInferenceService::Stub& stub, const std::string& name,
+                                           const std::string& version, grpc::Status* status = nullptr) {
+  grpc::ClientContext ctx;
+  inference::ModelConfigRequest q;
+  q.set_name(name);
+  q.set_version(version);
+  inference::ModelConfigResponse r;
+  const grpc::Status s = stub.ModelConfig(&ctx, q, &r);
+  if (status) *status = s;
+  EXPECT_TRUE(status || s.ok()) << s.error_message();
+  return r;
+}
+
+// What two configurations differ in, "" when they are the same.
+std::string config_difference(const inference::ModelConfig& a, const inference::ModelConfig& b) {
+  google::protobuf::util::MessageDifferencer differ;
+  std::string report;
+  differ.ReportDifferencesToString(&report);
+  return differ.Compare(a, b) ? "" : report;
+}
+
+std::vector<int64_t> dims_of(const google::protobuf::RepeatedField<int64_t>& dims) {
+  return {dims.begin(), dims.end()};
+}
+
+// Every field the issue lists, against the settings the server was started with (none the default).
+TEST(Serve, ModelConfigOverGrpcAndHttpIsTheServersSettings) {
+  ServerOptions o;
+  o.engine.max_batch = 24;
+  o.engine.max_queue_delay_us = 3500;
+  o.engine.instances = 3;
+  o.engine.threads = 1;
+  o.model_name = "tagger7";
+  auto server = start_server(o);
+  auto stub = grpc_stub(server->grpc_port());
+  const inference::ModelConfig c = grpc_config(*stub, "tagger7", "").config();
+  EXPECT_EQ(c.name(), "tagger7");
+  EXPECT_EQ(c.platform(), "toptag_resnet");
+  EXPECT_EQ(c.backend(), "toptag");
+  EXPECT_EQ(c.max_batch_size(), 24);
+  ASSERT_EQ(c.input_size(), 2);
+  EXPECT_EQ(c.input(0).name(), "images");
+  EXPECT_EQ(c.input(0).data_type(), inference::TYPE_FP32);
+  EXPECT_EQ(dims_of(c.input(0).dims()), (std::vector<int64_t>{1, kSize, kSize})) << "no batch dimension";
+  EXPECT_EQ(c.input(1).name(), "constituents");
+  EXPECT_EQ(c.input(1).data_type(), inference::TYPE_FP32);
+  EXPECT_EQ(dims_of(c.input(1).dims()), (std::vector<int64_t>{200, 4}));
+  EXPECT_TRUE(c.input(0).optional() && c.input(1).optional()) << "a request sends one of the two";
+  ASSERT_EQ(c.output_size(), 2);
+  EXPECT_EQ(c.output(0).name(), "probabilities");
+  EXPECT_EQ(c.output(0).data_type(), inference::TYPE_FP32);
+  EXPECT_EQ(dims_of(c.output(0).dims()), (std::vector<int64_t>{2}));
+  EXPECT_EQ(c.output(1).name(), "features");
+  EXPECT_EQ(dims_of(c.output(1).dims()), (std::vector<int64_t>{32}));
+  ASSERT_TRUE(c.has_dynamic_batching());
+  EXPECT_EQ(c.dynamic_batching().max_queue_delay_microseconds(), 3500u);
+  ASSERT_EQ(c.instance_group_size(), 1);
+  EXPECT_EQ(c.instance_group(0).count(), 3);
+  EXPECT_EQ(c.instance_group(0).kind(), inference::ModelInstanceGroup::KIND_CPU);
+  EXPECT_EQ(config_difference(grpc_config(*stub, "tagger7", "1").config(), c), "") << "version 1 is the model";
+
+  // HTTP: the same message as JSON, as Triton writes it: proto field names, 64-bit integers as
+  // numbers, enums by name.
+  httplib::Client http("127.0.0.1", server->http_port());
+  for (const std::string path : {"/v2/models/tagger7/config", "/v2/models/tagger7/versions/1/config"}) {
+    auto res = http.Get(path);
+    ASSERT_TRUE(res) << path;
+    ASSERT_EQ(res->status, 200) << path << ": " << res->body;
+    EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+    const json j = json::parse(res->body);
+    EXPECT_EQ(j["name"], "tagger7");
+    EXPECT_EQ(j["max_batch_size"], 24);
+    EXPECT_EQ(j["input"][0]["dims"], json({1, kSize, kSize}));
+    EXPECT_EQ(j["input"][0]["data_type"], "TYPE_FP32");
+    EXPECT_EQ(j["input"][1]["optional"], true);
+    EXPECT_EQ(j["output"][1]["dims"], json({32}));
+    EXPECT_EQ(j["dynamic_batching"]["max_queue_delay_microseconds"], 3500);
+    EXPECT_EQ(j["instance_group"][0]["count"], 3);
+    EXPECT_EQ(j["instance_group"][0]["kind"], "KIND_CPU");
+    inference::ModelConfig parsed;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(res->body, &parsed).ok()) << res->body;
+    EXPECT_EQ(config_difference(parsed, c), "") << path;
+  }
+}
+
+TEST_F(ServeTest, ModelConfigOfAnUnknownModelOrVersionIsNotFoundNamingIt) {
+  for (const auto& [name, version, named] : {std::tuple{"resnet", "", "'resnet'"}, {"toptag", "7", "'7'"}}) {
+    grpc::Status status;
+    grpc_config(*stub, name, version, &status);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << name << " " << version;
+    EXPECT_NE(status.error_message().find(named), std::string::npos) << status.error_message();
+  }
+  for (const auto& [path, named] : {std::pair{"/v2/models/resnet/config", "'resnet'"},
+                                    {"/v2/models/toptag/versions/7/config", "'7'"},
+                                    {"/v2/models/toptag/versions/1.0/config", "'1.0'"}}) {
+    auto res = http->Get(path);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 404) << path;
+    EXPECT_NE(json::parse(res->body)["error"].get<std::string>().find(named), std::string::npos) << res->body;
+  }
+  auto res = http->Post("/v2/models/toptag/config", "{}", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 405);
+  res = http->Get("/v2/models/toptag/config/more");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+}
+
+// The served configuration is the one toptag export writes for the same checkpoint, apart from what
+// differs by design: the runtime (Triton's onnxruntime backend there, toptag's engine here), the
+// instance group (Triton's default there), and the constituents input that only toptag serve has
+// (so each input is optional: a request sends one of them).
+TEST(Serve, ModelConfigIsWhatExportWritesForTheSameCheckpoint) {
+  TempDir dir((std::filesystem::temp_directory_path() / "toptag_serve_config").string());
+  const std::string checkpoint = dir.path() + "/tagger.h5";
+  save_tagger(checkpoint, tiny_tagger());
+  TritonOptions triton;
+  triton.model_name = "tagger";
+  triton.max_batch = 12;
+  triton.max_queue_delay_us = 700;
+  Tagger exported = load_tagger(checkpoint);
+  const OnnxExport e = export_onnx(exported, checkpoint);
+  const std::string model_dir = write_triton_repository(dir.path() + "/repo", e.model, triton, false).model_dir;
+  std::ifstream in(model_dir + "/config.pbtxt");
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  inference::ModelConfig written;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(text, &written)) << text;
+
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.grpc_port = o.http_port = 0;
+  o.metrics_port = -1;
+  o.model_name = "tagger";
+  o.engine.max_batch = 12;
+  o.engine.max_queue_delay_us = 700;
+  o.engine.instances = 2;
+  InferenceServer server(load_tagger(checkpoint), o);
+  const inference::ModelConfig served = grpc_config(*grpc_stub(server.grpc_port()), "tagger", "").config();
+
+  inference::ModelConfig expected = written;
+  expected.set_platform("toptag_resnet");
+  expected.set_backend("toptag");
+  auto* group = expected.add_instance_group();
+  group->set_count(2);
+  group->set_kind(inference::ModelInstanceGroup::KIND_CPU);
+  ASSERT_EQ(expected.input_size(), 1);
+  expected.mutable_input(0)->set_optional(true);
+  auto* constituents = expected.add_input();
+  constituents->set_name("constituents");
+  constituents->set_data_type(inference::TYPE_FP32);
+  constituents->add_dims(200);
+  constituents->add_dims(4);
+  constituents->set_optional(true);
+  EXPECT_EQ(config_difference(served, expected), "") << "written:\n" << text;
+  // And both come from the one builder: export's description of its graph, built as serve builds its own.
+  EXPECT_EQ(config_difference(triton_model_config(triton_model(e.model, triton)), written), "");
+}
+
+// ServerMetadata lists exactly the extensions that work: each listed one is tried over both
+// protocols, and a listed extension without a check here fails.
+TEST_F(ServeTest, ServerMetadataListsTheExtensionsThatWork) {
+  grpc::ClientContext ctx;
+  inference::ServerMetadataResponse r;
+  ASSERT_TRUE(stub->ServerMetadata(&ctx, {}, &r).ok());
+  const std::vector<std::string> listed(r.extensions().begin(), r.extensions().end());
+  auto res = http->Get("/v2");
+  ASSERT_TRUE(res && res->status == 200);
+  EXPECT_EQ(json::parse(res->body)["extensions"].get<std::vector<std::string>>(), listed);
+  const std::map<std::string, std::function<void()>> checks = {
+      {"binary_tensor_data",
+       [&] {
+         const std::vector<float> one = random_images(1, 8);
+         const std::string header = json{{"inputs",
+                                          {{{"name", "images"},
+                                            {"shape", {1, 1, kSize, kSize}},
+                                            {"datatype", "FP32"},
+                                            {"parameters", {{"binary_data_size", one.size() * 4}}}}}}}
+                                        .dump();
+         auto reply = http->Post("/v2/models/toptag/infer", {{kBinaryHeader, std::to_string(header.size())}},
+                                 header + std::string(reinterpret_cast<const char*>(one.data()), one.size() * 4),
+                                 "application/octet-stream");
+         ASSERT_TRUE(reply);
+         EXPECT_EQ(reply->status, 200) << reply->body;
+       }},
+      {"model_configuration",
+       [&] {
+         grpc::Status status;
+         EXPECT_EQ(grpc_config(*stub, "toptag", "", &status).config().name(), "toptag");
+         EXPECT_TRUE(status.ok()) << status.error_message();
+         auto reply = http->Get("/v2/models/toptag/config");
+         ASSERT_TRUE(reply);
+         EXPECT_EQ(reply->status, 200) << reply->body;
+       }},
+  };
+  for (const std::string& extension : listed) {
+    SCOPED_TRACE(extension);
+    ASSERT_TRUE(checks.count(extension)) << "listed, but nothing checks that it works";
+    checks.at(extension)();
+  }
+  EXPECT_EQ(listed.size(), checks.size()) << "an extension that works is not listed";
 }
 
 TEST_F(ServeTest, HttpInferJsonAndBinary) {
