@@ -94,10 +94,9 @@ void run_serve(ServeArgs& a) {
   })
       .detach();
   server.shutdown();
-  const ServiceMetrics& m = server.service().metrics();
+  const RequestStatistics m = server.service().statistics();
   fmt::print("toptag serve: stopped after {} requests ({} failed), {} inferences in {} batches\n",
-             m.request_success.load() + m.request_failure(), m.request_failure(), m.inference_count.load(),
-             server.service().engine().executions());
+             m.success.count + m.fail.count, m.fail.count, m.inference_count, server.service().engine().executions());
   if (!a.port_file.empty()) std::remove(a.port_file.c_str());
 }
 

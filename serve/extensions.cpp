@@ -16,6 +16,50 @@ inference::ModelConfig model_config(const InferenceService& service, const std::
 
 namespace {
 
+void fill(inference::StatisticDuration* out, uint64_t count, uint64_t ns) {
+  out->set_count(count);
+  out->set_ns(ns);
+}
+
+void fill(inference::StatisticDuration* out, const DurationStatistic& d) {
+  fill(out, d.count, d.ns);
+}
+
+}  // namespace
+
+inference::ModelStatisticsResponse model_statistics(const InferenceService& service, const std::string& name,
+                                                    const std::string& version) {
+  service.check_model(name.empty() ? service.model_name() : name, version);
+  const RequestStatistics r = service.statistics();
+  const std::map<int64_t, BatchStatistics> batches = service.engine().batch_statistics();
+  inference::ModelStatisticsResponse response;
+  inference::ModelStatistics* m = response.add_model_stats();
+  m->set_name(service.model_name());
+  m->set_version(kModelVersion);
+  m->set_last_inference(r.last_inference_ms);
+  m->set_inference_count(r.inference_count);
+  inference::InferStatistics* s = m->mutable_inference_stats();
+  fill(s->mutable_success(), r.success);
+  fill(s->mutable_fail(), r.fail);
+  fill(s->mutable_queue(), r.queue);
+  fill(s->mutable_compute_input(), r.compute_input);
+  fill(s->mutable_compute_infer(), r.compute_infer);
+  fill(s->mutable_compute_output(), r.compute_output);
+  uint64_t executions = 0;
+  for (const auto& [size, b] : batches) {
+    inference::InferBatchStatistics* out = m->add_batch_stats();
+    out->set_batch_size(static_cast<uint64_t>(size));
+    fill(out->mutable_compute_input(), b.executions, b.compute_input_ns);
+    fill(out->mutable_compute_infer(), b.executions, b.compute_infer_ns);
+    fill(out->mutable_compute_output(), b.executions, b.compute_output_ns);
+    executions += b.executions;
+  }
+  m->set_execution_count(executions);
+  return response;
+}
+
+namespace {
+
 // Field `f` of `m`: element `index` of a repeated field, or the field itself when index < 0.
 json field_json(const Message& m, const FieldDescriptor* f, int index) {
   const auto* r = m.GetReflection();

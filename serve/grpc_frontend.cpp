@@ -135,15 +135,26 @@ class Service final : public inference::GRPCInferenceService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status ModelStatistics(grpc::ServerContext*, const inference::ModelStatisticsRequest* q,
+                               inference::ModelStatisticsResponse* r) override {
+    try {
+      *r = model_statistics(s_, q->name(), q->version());
+    } catch (const RequestError& e) {
+      return to_status(e);
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* q,
                           inference::ModelInferResponse* r) override {
+    const auto start = std::chrono::steady_clock::now();
     try {
       answer_grpc_infer(s_, *q, *r, [context] { return context->IsCancelled(); });
     } catch (const RequestError& e) {
-      s_.metrics().count_failure(e.kind());
+      s_.metrics().count_failure(e.kind(), std::chrono::steady_clock::now() - start);
       return to_status(e);
     } catch (const std::exception& e) {
-      s_.metrics().count_failure(RequestError::Kind::internal);
+      s_.metrics().count_failure(RequestError::Kind::internal, std::chrono::steady_clock::now() - start);
       return {grpc::StatusCode::INTERNAL, e.what()};
     }
     return grpc::Status::OK;

@@ -5,6 +5,7 @@
 #include <cctype>
 #include <cfloat>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -199,31 +200,39 @@ HttpReply model_metadata(InferenceService& s) {
                           {"outputs", outputs}});
 }
 
-// Routes /v2/models/NAME[/versions/V][/ACTION]; `rest` starts after "models".
+// Routes /v2/models/NAME[/versions/V][/ACTION] and /v2/models/stats (every model's statistics);
+// `rest` starts after "models".
 HttpReply model_route(InferenceService& s, const HttpRequest& req, const std::vector<std::string>& rest) {
   if (rest.empty()) return http_error(404, "no model named in the path");
-  const std::string& name = rest[0];
+  const bool every_model = rest == std::vector<std::string>{"stats"};
+  const std::string name = every_model ? "" : rest[0];
   std::string version;
   size_t next = 1;
-  if (rest.size() >= 3 && rest[1] == "versions") version = rest[2], next = 3;
-  const std::string action = next < rest.size() ? rest[next] : "";
-  if (next + 1 < rest.size() || (action != "" && action != "ready" && action != "infer" && action != "config"))
+  if (rest.size() >= 3 && rest[1] == "versions") {
+    version = rest[2];
+    next = 3;
+  }
+  const std::string action = every_model ? "stats" : next < rest.size() ? rest[next] : "";
+  const bool known = action == "" || action == "ready" || action == "infer" || action == "config" || action == "stats";
+  if (!every_model && (next + 1 < rest.size() || !known))
     return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
   const std::string method = action == "infer" ? "POST" : "GET";
   if (req.method != method && !(req.method == "HEAD" && method == "GET"))
     return http_error(405, fmt::format("{} {}: use {}", req.method, req.target, method));
   if (action == "infer") {
+    const auto start = std::chrono::steady_clock::now();
     try {
       return infer(s, name, version, req);
     } catch (const RequestError& e) {
-      s.metrics().count_failure(e.kind());
+      s.metrics().count_failure(e.kind(), std::chrono::steady_clock::now() - start);
       throw;
     } catch (const std::exception& e) {
-      s.metrics().count_failure(RequestError::Kind::internal);
+      s.metrics().count_failure(RequestError::Kind::internal, std::chrono::steady_clock::now() - start);
       throw RequestError(RequestError::Kind::internal, e.what());
     }
   }
   if (action == "config") return json_reply(200, message_json(model_config(s, name, version)));
+  if (action == "stats") return json_reply(200, message_json(model_statistics(s, name, version)));
   s.check_model(name, version);
   if (action == "ready") return json_reply(s.ready() ? 200 : 503, {{"name", s.model_name()}, {"ready", s.ready()}});
   return model_metadata(s);

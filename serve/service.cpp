@@ -24,52 +24,93 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-void ServiceMetrics::count_failure(RequestError::Kind kind) {
+void DurationStatistic::add(int64_t nanoseconds) {
+  ++count;
+  ns += static_cast<uint64_t>(std::max<int64_t>(0, nanoseconds));
+}
+
+namespace {
+
+uint64_t now_ms_since_epoch() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+}  // namespace
+
+void ServiceMetrics::count_success(int64_t jets, const EngineResult& r, std::chrono::nanoseconds duration) {
+  const uint64_t now = now_ms_since_epoch();
+  std::lock_guard lock(mutex_);
+  RequestStatistics& s = statistics_;
+  s.inference_count += static_cast<uint64_t>(jets);
+  s.last_inference_ms = std::max(s.last_inference_ms, now);
+  s.success.add(duration.count());
+  s.queue.add(r.queue_ns);
+  s.compute_input.add(r.compute_input_ns);
+  s.compute_infer.add(r.compute_infer_ns);
+  s.compute_output.add(r.compute_output_ns);
+}
+
+void ServiceMetrics::count_failure(RequestError::Kind kind, std::chrono::nanoseconds duration) {
+  const uint64_t now = now_ms_since_epoch();
+  std::lock_guard lock(mutex_);
+  RequestStatistics& s = statistics_;
+  s.last_inference_ms = std::max(s.last_inference_ms, now);
+  s.fail.add(duration.count());
   switch (kind) {
     case RequestError::Kind::exhausted:
-      ++failed_rejected;
+      ++s.failed_rejected;
       return;
     case RequestError::Kind::cancelled:
-      ++failed_cancelled;
+      ++s.failed_cancelled;
       return;
     case RequestError::Kind::internal:
-      ++failed_backend;
+      ++s.failed_backend;
       return;
     default:
-      ++failed_other;
+      ++s.failed_other;
   }
 }
 
-uint64_t ServiceMetrics::request_failure() const {
-  return failed_rejected.load() + failed_cancelled.load() + failed_backend.load() + failed_other.load();
+RequestStatistics ServiceMetrics::snapshot() const {
+  std::lock_guard lock(mutex_);
+  return statistics_;
 }
 
-std::string ServiceMetrics::prometheus(const std::string& model, uint64_t executions, uint64_t pending) const {
+std::string prometheus_text(const std::string& model, const RequestStatistics& s, uint64_t executions,
+                            uint64_t pending) {
   const std::string labels = fmt::format("{{model=\"{}\",version=\"{}\"}}", model, kModelVersion);
   std::string out;
   auto metric = [&](const char* type, const char* name, const char* help, uint64_t value) {
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name, labels, value);
   };
   auto counter = [&](const char* name, const char* help, uint64_t value) { metric("counter", name, help, value); };
-  counter("nv_inference_request_success", "Number of successful inference requests", request_success.load());
+  counter("nv_inference_request_success", "Number of successful inference requests", s.success.count);
   out +=
       "# HELP nv_inference_request_failure Number of failed inference requests, by reason\n"
       "# TYPE nv_inference_request_failure counter\n";
-  for (auto [reason, value] : {std::pair{"REJECTED", failed_rejected.load()},
-                               {"CANCELED", failed_cancelled.load()},
-                               {"BACKEND", failed_backend.load()},
-                               {"OTHER", failed_other.load()}})
+  for (auto [reason, value] : {std::pair{"REJECTED", s.failed_rejected},
+                               {"CANCELED", s.failed_cancelled},
+                               {"BACKEND", s.failed_backend},
+                               {"OTHER", s.failed_other}})
     out += fmt::format("nv_inference_request_failure{{model=\"{}\",reason=\"{}\",version=\"{}\"}} {}\n", model, reason,
                        kModelVersion, value);
   metric("gauge", "nv_inference_pending_request_count", "Batches waiting in the queue for a model instance", pending);
-  counter("nv_inference_count", "Number of inferences performed (one per image or jet)", inference_count.load());
+  counter("nv_inference_count", "Number of inferences performed (one per image or jet)", s.inference_count);
   counter("nv_inference_exec_count", "Number of model executions (batches)", executions);
   counter("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
-          request_duration_us.load());
+          s.success.ns / 1000);
   counter("nv_inference_queue_duration_us", "Cumulative time requests spent waiting in the queue in microseconds",
-          queue_duration_us.load());
-  counter("nv_inference_compute_infer_duration_us", "Cumulative model execution time in microseconds",
-          compute_infer_duration_us.load());
+          s.queue.ns / 1000);
+  counter("nv_inference_compute_input_duration_us",
+          "Cumulative time assembling the inputs of the executions, requests' shares, in microseconds",
+          s.compute_input.ns / 1000);
+  counter("nv_inference_compute_infer_duration_us",
+          "Cumulative model execution time, requests' shares, in microseconds", s.compute_infer.ns / 1000);
+  counter("nv_inference_compute_output_duration_us",
+          "Cumulative time extracting the outputs of the executions, requests' shares, in microseconds",
+          s.compute_output.ns / 1000);
   return out;
 }
 
@@ -171,8 +212,12 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
         }
       }
       EngineResult part = f.get();
-      r.queue_us = std::max(r.queue_us, part.queue_us);
-      r.compute_us += part.compute_us * part.probabilities.dim(0) / std::max<int64_t>(1, part.batch_images);
+      // This request's rows' share of each execution it was part of.
+      const int64_t rows = part.probabilities.dim(0), of = std::max<int64_t>(1, part.batch_images);
+      r.queue_ns = std::max(r.queue_ns, part.queue_ns);
+      r.compute_input_ns += part.compute_input_ns * rows / of;
+      r.compute_infer_ns += part.compute_infer_ns * rows / of;
+      r.compute_output_ns += part.compute_output_ns * rows / of;
       if (r.first_non_finite_features < 0 && part.first_non_finite_features >= 0)
         r.first_non_finite_features = answered + part.first_non_finite_features;
       answered += part.probabilities.dim(0);
@@ -261,12 +306,7 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
                                    "number format overflow on this input)",
                                    model_name_, bad_features >= 0 ? "features" : "probabilities",
                                    bad_features >= 0 ? bad_features : bad_scores));
-  metrics_.request_success++;
-  metrics_.inference_count += static_cast<uint64_t>(n);
-  metrics_.queue_duration_us += static_cast<uint64_t>(r.queue_us);
-  metrics_.compute_infer_duration_us += static_cast<uint64_t>(r.compute_us);
-  metrics_.request_duration_us += static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
+  metrics_.count_success(n, r, std::chrono::steady_clock::now() - start);
   std::vector<OutputTensor> out;
   for (const std::string& name : outputs) out.push_back({name, name == kFeaturesTensor ? r.features : r.probabilities});
   return out;

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -502,6 +503,19 @@ TEST(Serve, ModelConfigIsWhatExportWritesForTheSameCheckpoint) {
   EXPECT_EQ(config_difference(triton_model_config(triton_model(e.model, triton)), written), "");
 }
 
+inference::ModelStatisticsResponse grpc_statistics(inference::GRPCInferenceService::Stub& stub, const std::string& name,
+                                                   const std::string& version, grpc::Status* status = nullptr) {
+  grpc::ClientContext ctx;
+  inference::ModelStatisticsRequest q;
+  q.set_name(name);
+  q.set_version(version);
+  inference::ModelStatisticsResponse r;
+  const grpc::Status s = stub.ModelStatistics(&ctx, q, &r);
+  if (status) *status = s;
+  EXPECT_TRUE(status || s.ok()) << s.error_message();
+  return r;
+}
+
 // ServerMetadata lists exactly the extensions that work: each listed one is tried over both
 // protocols, and a listed extension without a check here fails.
 TEST_F(ServeTest, ServerMetadataListsTheExtensionsThatWork) {
@@ -534,6 +548,13 @@ TEST_F(ServeTest, ServerMetadataListsTheExtensionsThatWork) {
          EXPECT_EQ(grpc_config(*stub, "toptag", "", &status).config().name(), "toptag");
          EXPECT_TRUE(status.ok()) << status.error_message();
          auto reply = http->Get("/v2/models/toptag/config");
+         ASSERT_TRUE(reply);
+         EXPECT_EQ(reply->status, 200) << reply->body;
+       }},
+      {"statistics",
+       [&] {
+         EXPECT_EQ(grpc_statistics(*stub, "toptag", "").model_stats_size(), 1);
+         auto reply = http->Get("/v2/models/toptag/stats");
          ASSERT_TRUE(reply);
          EXPECT_EQ(reply->status, 200) << reply->body;
        }},
@@ -666,6 +687,137 @@ TEST(Serve, MetricsCountRequestsInferencesAndBatches) {
   EXPECT_GT(metric(after, "nv_inference_compute_infer_duration_us"), 0);
   EXPECT_GE(metric(after, "nv_inference_queue_duration_us"), 0);
   EXPECT_LE(metric(after, "nv_inference_compute_infer_duration_us"), metric(after, "nv_inference_request_duration_us"));
+}
+
+// ---- Triton's statistics extension ----------------------------------------------------------------
+
+// Requests of known sizes, one at a time through one instance, so every execution is known: the
+// statistics move by exactly what was sent, HTTP answers the same message as gRPC, and the Prometheus
+// counters are the same numbers.
+TEST(Serve, ModelStatisticsCountWhatWasSentAndAgreeWithTheMetrics) {
+  ServerOptions o;
+  o.engine.max_batch = 4;
+  o.engine.instances = 1;
+  o.engine.threads = 1;
+  auto server = start_server(o);
+  auto stub = grpc_stub(server->grpc_port());
+  httplib::Client http("127.0.0.1", server->http_port());
+  const inference::ModelStatisticsResponse before = grpc_statistics(*stub, "toptag", "");
+  ASSERT_EQ(before.model_stats_size(), 1);
+  EXPECT_EQ(before.model_stats(0).inference_count(), 0u);
+  EXPECT_EQ(before.model_stats(0).last_inference(), 0u);
+  EXPECT_EQ(before.model_stats(0).batch_stats_size(), 0);
+
+  const uint64_t start_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  // Batches of 1 and 3 over gRPC, 2 and 3 over HTTP, and 6, which runs as 4 + 2: executions of 1, 3,
+  // 2, 3, 4, 2 images for 5 requests of 15 images; and one refused request.
+  for (int64_t n : {1, 3}) {
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse r;
+    ASSERT_TRUE(stub->ModelInfer(&ctx, raw_request(random_images(n, 20 + n), {n, 1, kSize, kSize}), &r).ok());
+  }
+  for (int64_t n : {2, 3, 6}) {
+    const json body = {{"inputs",
+                        {{{"name", "images"},
+                          {"shape", {n, 1, kSize, kSize}},
+                          {"datatype", "FP32"},
+                          {"data", random_images(n, 30 + n)}}}}};
+    auto res = http.Post("/v2/models/toptag/infer", body.dump(), "application/json");
+    ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no reply");
+  }
+  {
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse r;
+    EXPECT_FALSE(stub->ModelInfer(&ctx, raw_request(random_images(1, 40), {1, 2, kSize, kSize / 2}), &r).ok());
+  }
+  const uint64_t end_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+
+  const inference::ModelStatisticsResponse after = grpc_statistics(*stub, "toptag", "");
+  ASSERT_EQ(after.model_stats_size(), 1);
+  const inference::ModelStatistics& m = after.model_stats(0);
+  const inference::InferStatistics& s = m.inference_stats();
+  EXPECT_EQ(m.name(), "toptag");
+  EXPECT_EQ(m.version(), "1");
+  EXPECT_EQ(m.inference_count(), 15u);
+  EXPECT_EQ(m.execution_count(), 6u);
+  EXPECT_GE(m.last_inference(), start_ms);
+  EXPECT_LE(m.last_inference(), end_ms);
+  EXPECT_EQ(s.success().count(), 5u);
+  EXPECT_EQ(s.fail().count(), 1u);
+  EXPECT_GT(s.fail().ns(), 0u);
+  for (const auto* d : {&s.queue(), &s.compute_input(), &s.compute_infer(), &s.compute_output()})
+    EXPECT_EQ(d->count(), 5u) << "one per successful request";
+  EXPECT_GT(s.compute_infer().ns(), 0u);
+  EXPECT_GE(s.success().ns(), s.compute_infer().ns());
+  EXPECT_GE(s.success().ns(), s.queue().ns());
+  std::map<uint64_t, uint64_t> executions_by_size;
+  uint64_t input_ns = 0, infer_ns = 0, output_ns = 0;
+  for (const inference::InferBatchStatistics& b : m.batch_stats()) {
+    executions_by_size[b.batch_size()] = b.compute_infer().count();
+    EXPECT_EQ(b.compute_input().count(), b.compute_infer().count());
+    EXPECT_EQ(b.compute_output().count(), b.compute_infer().count());
+    EXPECT_GT(b.compute_infer().ns(), 0u) << "batch size " << b.batch_size();
+    input_ns += b.compute_input().ns();
+    infer_ns += b.compute_infer().ns();
+    output_ns += b.compute_output().ns();
+  }
+  EXPECT_EQ(executions_by_size, (std::map<uint64_t, uint64_t>{{1, 1}, {2, 2}, {3, 2}, {4, 1}}));
+  // Every execution here was one request's rows alone, so the requests' shares add up to it exactly.
+  EXPECT_EQ(s.compute_input().ns(), input_ns);
+  EXPECT_EQ(s.compute_infer().ns(), infer_ns);
+  EXPECT_EQ(s.compute_output().ns(), output_ns);
+
+  // HTTP: the same message, for the model, its version 1, and every model.
+  for (const std::string path : {"/v2/models/toptag/stats", "/v2/models/toptag/versions/1/stats", "/v2/models/stats"}) {
+    auto res = http.Get(path);
+    ASSERT_TRUE(res) << path;
+    ASSERT_EQ(res->status, 200) << path << ": " << res->body;
+    const json j = json::parse(res->body);
+    EXPECT_EQ(j["model_stats"][0]["inference_count"], 15) << "a number, as Triton writes it";
+    EXPECT_EQ(j["model_stats"][0]["inference_stats"]["success"]["count"], 5);
+    inference::ModelStatisticsResponse parsed;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(res->body, &parsed).ok()) << res->body;
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(parsed, after)) << path << ": " << res->body;
+  }
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(grpc_statistics(*stub, "", ""), after))
+      << "no name: every model";
+
+  // Prometheus: the same counts and durations (microseconds, rounded down).
+  httplib::Client metrics("127.0.0.1", server->metrics_port());
+  const std::string text = metrics.Get("/metrics")->body;
+  EXPECT_EQ(metric(text, "nv_inference_request_success"), s.success().count());
+  EXPECT_EQ(metric(text, "nv_inference_request_failure"), s.fail().count());
+  EXPECT_EQ(metric(text, "nv_inference_count"), m.inference_count());
+  EXPECT_EQ(metric(text, "nv_inference_exec_count"), m.execution_count());
+  EXPECT_EQ(metric(text, "nv_inference_request_duration_us"), s.success().ns() / 1000);
+  EXPECT_EQ(metric(text, "nv_inference_queue_duration_us"), s.queue().ns() / 1000);
+  EXPECT_EQ(metric(text, "nv_inference_compute_input_duration_us"), s.compute_input().ns() / 1000);
+  EXPECT_EQ(metric(text, "nv_inference_compute_infer_duration_us"), s.compute_infer().ns() / 1000);
+  EXPECT_EQ(metric(text, "nv_inference_compute_output_duration_us"), s.compute_output().ns() / 1000);
+}
+
+TEST_F(ServeTest, ModelStatisticsOfAnUnknownModelOrVersionIsNotFoundNamingIt) {
+  for (const auto& [name, version, named] :
+       {std::tuple{"resnet", "", "'resnet'"}, {"toptag", "7", "'7'"}, {"", "2", "'2'"}}) {
+    grpc::Status status;
+    grpc_statistics(*stub, name, version, &status);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << name << " " << version;
+    EXPECT_NE(status.error_message().find(named), std::string::npos) << status.error_message();
+  }
+  for (const auto& [path, named] :
+       {std::pair{"/v2/models/resnet/stats", "'resnet'"}, {"/v2/models/toptag/versions/7/stats", "'7'"}}) {
+    auto res = http->Get(path);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 404) << path;
+    EXPECT_NE(json::parse(res->body)["error"].get<std::string>().find(named), std::string::npos) << res->body;
+  }
+  auto res = http->Post("/v2/models/stats", "{}", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 405);
 }
 
 // 64 clients at once, one image each: the batcher merges them (fewer executions than requests) and
