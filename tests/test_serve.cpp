@@ -453,6 +453,14 @@ TEST_F(ServeTest, ModelConfigOfAnUnknownModelOrVersionIsNotFoundNamingIt) {
   EXPECT_EQ(res->status, 404);
 }
 
+// A name Triton could not have (it names a directory of a model repository) is refused at start.
+TEST(Serve, ModelNameMustBeATritonModelName) {
+  ServerOptions o;
+  o.model_name = "my model";
+  const std::string error = testing::error_of([&] { start_server(o); });
+  EXPECT_NE(error.find("model name 'my model' must be letters"), std::string::npos) << error;
+}
+
 // The served configuration is the one toptag export writes for the same checkpoint, apart from what
 // differs by design: the runtime (Triton's onnxruntime backend there, toptag's engine here), the
 // instance group (Triton's default there), and the constituents input that only toptag serve has

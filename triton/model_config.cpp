@@ -25,7 +25,10 @@ void check_triton_model_name(const std::string& name) {
       !name.empty() && name != "." && name != ".." &&
       name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") == std::string::npos;
   if (!plain)
-    fail("model name '{}' must be letters, digits, '_', '-' or '.' (it names a directory of the repository)", name);
+    fail(
+        "model name '{}' must be letters, digits, '_', '-' or '.' (in Triton it names a directory of the model "
+        "repository)",
+        name);
 }
 
 inference::ModelConfig triton_model_config(const TritonModel& m) {
