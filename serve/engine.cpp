@@ -151,6 +151,28 @@ Tensor BatchingEngine::assemble(const std::vector<Pending>& batch, int64_t n) co
   return images;
 }
 
+std::vector<EngineResult> BatchingEngine::split(const std::vector<Pending>& batch, const Tensor& features,
+                                                const Tensor& probabilities) const {
+  std::vector<EngineResult> results(batch.size());
+  int64_t row = 0;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const int64_t m = batch[b].images.dim(0);
+    EngineResult& r = results[b];
+    const float* rows = features.data() + row * feature_dim_;
+    for (int64_t i = 0; i < m && r.first_non_finite_features < 0; ++i)
+      if (!all_finite(std::span<const float>(rows + i * feature_dim_, static_cast<size_t>(feature_dim_))))
+        r.first_non_finite_features = i;
+    r.probabilities = Tensor::empty({m, 2});
+    std::memcpy(r.probabilities.data(), probabilities.data() + row * 2, m * 2 * sizeof(float));
+    if (batch[b].want_features) {
+      r.features = Tensor::empty({m, feature_dim_});
+      std::memcpy(r.features.data(), rows, m * feature_dim_ * sizeof(float));
+    }
+    row += m;
+  }
+  return results;
+}
+
 void BatchingEngine::run_batch(std::vector<Pending>& batch) {
   const auto start = Clock::now();
   int64_t n = 0;
@@ -164,23 +186,7 @@ void BatchingEngine::run_batch(std::vector<Pending>& batch) {
     Var features = model.features(Var(images));
     const Tensor probabilities = class_probabilities(model.head(features).value());
     const auto computed = Clock::now();
-    std::vector<EngineResult> results(batch.size());
-    int64_t row = 0;
-    for (size_t b = 0; b < batch.size(); ++b) {
-      const int64_t m = batch[b].images.dim(0);
-      EngineResult& r = results[b];
-      const float* rows = features.value().data() + row * feature_dim_;
-      for (int64_t i = 0; i < m && r.first_non_finite_features < 0; ++i)
-        if (!all_finite(std::span<const float>(rows + i * feature_dim_, static_cast<size_t>(feature_dim_))))
-          r.first_non_finite_features = i;
-      r.probabilities = Tensor::empty({m, 2});
-      std::memcpy(r.probabilities.data(), probabilities.data() + row * 2, m * 2 * sizeof(float));
-      if (batch[b].want_features) {
-        r.features = Tensor::empty({m, feature_dim_});
-        std::memcpy(r.features.data(), rows, m * feature_dim_ * sizeof(float));
-      }
-      row += m;
-    }
+    std::vector<EngineResult> results = split(batch, features.value(), probabilities);
     const auto extracted = Clock::now();
     const int64_t input_ns = nanos(assembled - start), infer_ns = nanos(computed - assembled),
                   output_ns = nanos(extracted - computed);

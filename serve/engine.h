@@ -114,6 +114,10 @@ class BatchingEngine {
   void run_batch(std::vector<Pending>& batch);
   // The batch's images as one (n, C, H, W) tensor.
   Tensor assemble(const std::vector<Pending>& batch, int64_t n) const;
+  // Each request's rows of the batch's outputs (features only where asked for), and where its
+  // features first hold NaN or inf.
+  std::vector<EngineResult> split(const std::vector<Pending>& batch, const Tensor& features,
+                                  const Tensor& probabilities) const;
 
   Tagger tagger_;
   EngineOptions options_;
