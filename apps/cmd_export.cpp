@@ -55,7 +55,7 @@ void run_export(const ExportArgs& a) {
   if (!a.triton_repo.empty()) {
     const TritonRepositoryWrite w = write_triton_repository(a.triton_repo, exported.model, a.triton, a.force);
     written.push_back(w.model_dir + "/config.pbtxt");
-    written.push_back(w.model_dir + "/" + kTritonVersion + "/model.onnx");
+    written.push_back(w.model_dir + "/" + kModelVersion + "/model.onnx");
     if (!w.leftover.empty()) fmt::print(stderr, "toptag: warning: {}\n", w.leftover);
     if (!w.replaced.empty())
       replaced.push_back(fmt::format("{} (it held {})", w.model_dir, fmt::join(w.replaced, ", ")));
@@ -97,13 +97,13 @@ void add_export_command(CLI::App& app) {
   cmd->add_flag("--force", a->force,
                 "--triton-repo: replace an existing DIR/NAME whole (its other versions and files go with it)");
   cmd->add_option("--model-name", a->triton.model_name, "--triton-repo: the model's name (clients: --model NAME)")
-      ->default_val("toptag");
+      ->default_val(kDefaultModelName);
   cmd->add_option("--max-batch", a->triton.max_batch, "--triton-repo: max_batch_size, the most images per execution")
-      ->default_val(64)
+      ->default_val(kDefaultMaxBatch)
       ->check(in_range(1, 65536));
   cmd->add_option("--max-queue-delay-us", a->triton.max_queue_delay_us,
                   "--triton-repo: dynamic batching's longest wait for a batch to fill, in microseconds")
-      ->default_val(2000)
+      ->default_val(kDefaultMaxQueueDelayUs)
       ->check(in_range(0, 1e7));
   a->image.add_to(*cmd);
   cmd->callback([a] { run_export(*a); });

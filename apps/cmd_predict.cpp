@@ -16,7 +16,7 @@ namespace {
 
 struct PredictArgs {
   std::string checkpoint, input, output, key;
-  std::string server, model = "toptag";  // --server: ask a KServe v2 server instead
+  std::string server, model = kDefaultModelName;  // --server: ask a KServe v2 server instead
   int concurrency = 16, retries = 3;
   ImageArgs image;
   int64_t batch_size = 256, max_jets = 0;
@@ -138,7 +138,7 @@ CLI::App* add_inference_options(CLI::App& app, const char* name, const char* hel
   CLI::App* cmd = app.add_subcommand(name, help);
   cmd->add_option("--checkpoint,-c", a->checkpoint, "model checkpoint (or --server)")->check(CLI::ExistingFile);
   cmd->add_option("--server", a->server, "ask a KServe v2 server instead: grpc://HOST:PORT or http://HOST:PORT");
-  cmd->add_option("--model", a->model, "--server: the model's name")->default_val("toptag");
+  cmd->add_option("--model", a->model, "--server: the model's name")->default_val(kDefaultModelName);
   cmd->add_option("--concurrency", a->concurrency, "--server: one-jet requests in flight")
       ->default_val(16)
 

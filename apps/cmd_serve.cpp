@@ -94,15 +94,14 @@ void run_serve(ServeArgs& a) {
   })
       .detach();
   server.shutdown();
-  const ServiceMetrics& m = server.service().metrics();
+  const RequestStatistics m = server.service().statistics();
   fmt::print("toptag serve: stopped after {} requests ({} failed), {} inferences in {} batches\n",
-             m.request_success.load() + m.request_failure(), m.request_failure(), m.inference_count.load(),
-             server.service().engine().executions());
+             m.success.count + m.fail.count, m.fail.count, m.inference_count, server.service().engine().executions());
   if (!a.port_file.empty()) std::remove(a.port_file.c_str());
 }
 
 struct PerfArgs {
-  std::string server_url, model = "toptag", checkpoint, arch, csv, plot, duration = "10s", warmup = "1s",
+  std::string server_url, model = kDefaultModelName, checkpoint, arch, csv, plot, duration = "10s", warmup = "1s",
                           input = "images";
   bool local = false;
   std::vector<int> concurrency = {1, 2, 4, 8, 16, 32}, threads;
@@ -178,7 +177,7 @@ void add_serve_commands(CLI::App& app) {
   cmd->add_option("--checkpoint,-c", a->checkpoint, "float or quantized checkpoint")
       ->required()
       ->check(CLI::ExistingFile);
-  cmd->add_option("--model-name", s.model_name, "the model's name in requests")->default_val("toptag");
+  cmd->add_option("--model-name", s.model_name, "the model's name in requests")->default_val(kDefaultModelName);
   cmd->add_option("--host", s.host, "address to listen on (127.0.0.1: this machine only)")->default_val("0.0.0.0");
   cmd->add_option("--grpc-port", s.grpc_port, "gRPC port (0: any free port, -1: no gRPC)")
       ->default_val(8001)
@@ -190,11 +189,11 @@ void add_serve_commands(CLI::App& app) {
       ->default_val(8002)
       ->check(in_range(-1, 65535));
   cmd->add_option("--max-batch", s.engine.max_batch, "dynamic batching: most images per model execution")
-      ->default_val(64)
+      ->default_val(kDefaultMaxBatch)
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--max-queue-delay-us", s.engine.max_queue_delay_us,
                   "dynamic batching: longest wait for a batch to fill while another instance computes, in microseconds")
-      ->default_val(2000)
+      ->default_val(kDefaultMaxQueueDelayUs)
       ->check(CLI::Range(0, 10000000));
   cmd->add_option("--max-queue", s.engine.max_queue,
                   "batches of up to --max-batch images waiting for an instance; beyond it requests are refused at "
@@ -226,7 +225,7 @@ void add_serve_commands(CLI::App& app) {
   CLI::App* perf =
       app.add_subcommand("perf", "Measure throughput and latency of a server (as perf_analyzer) or in process");
   perf->add_option("--server", p->server_url, "grpc://HOST:PORT or http://HOST:PORT");
-  perf->add_option("--model", p->model, "model name on the server")->default_val("toptag");
+  perf->add_option("--model", p->model, "model name on the server")->default_val(kDefaultModelName);
   perf->add_option("--concurrency", p->concurrency, "concurrent clients, each with one request in flight")
       ->delimiter(',')
       ->default_str("1,2,4,8,16,32")

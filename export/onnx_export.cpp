@@ -61,7 +61,7 @@ class Exporter {
           break;
         case LayerStep::Kind::global_avg_pool:
           x = graph_.node("GlobalAveragePool", {x}, step.name);
-          x = graph_.node("Flatten", {x}, kOnnxFeatures, {{"axis", int64_t{1}}});
+          x = graph_.node("Flatten", {x}, kFeaturesTensor, {{"axis", int64_t{1}}});
           break;
         case LayerStep::Kind::linear:
           x = gemm(*step.linear, step.name, x);
@@ -69,7 +69,7 @@ class Exporter {
           break;
       }
     });
-    graph_.node("Softmax", {x}, kOnnxProbabilities, {{"axis", int64_t{1}}});
+    graph_.node("Softmax", {x}, kProbabilitiesTensor, {{"axis", int64_t{1}}});
   }
 
   OnnxGraph& graph() { return graph_; }
@@ -200,10 +200,10 @@ OnnxExport export_onnx(Tagger& tagger, const std::string& source) {
   graph.set_name("toptag_" + c.arch);
 
   Exporter e(graph, tagger.quantization.get(), source);
-  e.graph().input(kOnnxImages, {-1, c.in_channels, tagger.images.size, tagger.images.size});
-  e.network(model, kOnnxImages);
-  e.graph().output(kOnnxProbabilities, {-1, c.classes});
-  e.graph().output(kOnnxFeatures, {-1, model.feature_dim()});
+  e.graph().input(kImagesTensor, {-1, c.in_channels, tagger.images.size, tagger.images.size});
+  e.network(model, kImagesTensor);
+  e.graph().output(kProbabilitiesTensor, {-1, c.classes});
+  e.graph().output(kFeaturesTensor, {-1, model.feature_dim()});
 
   std::string warning;
   describe(m, tagger, source, activation_handling(tagger, warning));

@@ -23,15 +23,12 @@
 #include <vector>
 
 #include "tagger/tagger.h"
+#include "triton/model_config.h"  // the tensor names, shared with toptag serve
 
 namespace toptag {
 
 constexpr int64_t kOnnxOpset = 13;
 constexpr int64_t kOnnxIrVersion = 7;  // the IR version that came with opset 13 (ONNX 1.8)
-
-constexpr const char* kOnnxImages = "images";
-constexpr const char* kOnnxProbabilities = "probabilities";
-constexpr const char* kOnnxFeatures = "features";
 
 // The metadata_props every export writes (training_config only when the checkpoint has one).
 constexpr const char* kOnnxMetadataKeys[] = {

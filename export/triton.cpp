@@ -11,7 +11,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 
 #include "export/onnx_export.h"
 #include "export/onnx_graph.h"
@@ -28,52 +27,28 @@ namespace {
 constexpr const char* kTritonBackend = "onnxruntime";
 constexpr const char* kTritonModelFile = "model.onnx";  // the onnxruntime backend's default file name
 
-inference::DataType triton_type(const OnnxTensorInfo& t) {
-  if (t.elem_type == onnx::TensorProto::FLOAT) return inference::TYPE_FP32;
-  fail("tensor '{}' has ONNX element type {}; toptag's models exchange float32 only", t.name, t.elem_type);
-}
-
-// The dimensions after the batch; the first must be the symbolic batch dimension.
-std::vector<int64_t> per_item_dims(const OnnxTensorInfo& t) {
-  if (t.dims.empty() || t.dims[0] != -1)
-    fail("tensor '{}' has no leading dynamic batch dimension, which Triton's max_batch_size needs", t.name);
-  for (size_t i = 1; i < t.dims.size(); ++i)
-    if (t.dims[i] < 1) fail("tensor '{}' has a variable dimension {} besides the batch", t.name, i);
-  return {t.dims.begin() + 1, t.dims.end()};
+// The graph's tensor as Triton sees it; float32 only.
+TritonTensor triton_tensor(const OnnxTensorInfo& t) {
+  if (t.elem_type != onnx::TensorProto::FLOAT)
+    fail("tensor '{}' has ONNX element type {}; toptag's models exchange float32 only", t.name, t.elem_type);
+  return {t.name, t.dims};
 }
 
 }  // namespace
 
-void check_triton_model_name(const std::string& name) {
-  const bool plain =
-      !name.empty() && name != "." && name != ".." &&
-      name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") == std::string::npos;
-  if (!plain)
-    fail("model name '{}' must be letters, digits, '_', '-' or '.' (it names a directory of the repository)", name);
+TritonModel triton_model(const onnx::ModelProto& model, const TritonOptions& o) {
+  TritonModel m;
+  m.name = o.model_name;
+  m.backend = kTritonBackend;
+  m.max_batch = o.max_batch;
+  m.max_queue_delay_us = o.max_queue_delay_us;
+  for (const OnnxTensorInfo& t : onnx_inputs(model)) m.inputs.push_back(triton_tensor(t));
+  for (const OnnxTensorInfo& t : onnx_outputs(model)) m.outputs.push_back(triton_tensor(t));
+  return m;
 }
 
 std::string triton_config(const onnx::ModelProto& model, const TritonOptions& o) {
-  check_triton_model_name(o.model_name);
-  if (o.max_batch < 1 || o.max_batch > std::numeric_limits<int32_t>::max())
-    fail("max batch {} is not a positive 32-bit count", o.max_batch);
-  if (o.max_queue_delay_us < 0) fail("max queue delay {} us is negative", o.max_queue_delay_us);
-  inference::ModelConfig c;
-  c.set_name(o.model_name);
-  c.set_backend(kTritonBackend);
-  c.set_max_batch_size(static_cast<int32_t>(o.max_batch));
-  for (const OnnxTensorInfo& t : onnx_inputs(model)) {
-    inference::ModelInput* in = c.add_input();
-    in->set_name(t.name);
-    in->set_data_type(triton_type(t));
-    for (int64_t d : per_item_dims(t)) in->add_dims(d);
-  }
-  for (const OnnxTensorInfo& t : onnx_outputs(model)) {
-    inference::ModelOutput* out = c.add_output();
-    out->set_name(t.name);
-    out->set_data_type(triton_type(t));
-    for (int64_t d : per_item_dims(t)) out->add_dims(d);
-  }
-  c.mutable_dynamic_batching()->set_max_queue_delay_microseconds(static_cast<uint64_t>(o.max_queue_delay_us));
+  const inference::ModelConfig c = triton_model_config(triton_model(model, o));
   std::string text;
   if (!google::protobuf::TextFormat::PrintToString(c, &text)) fail("cannot print the Triton model configuration");
   return fmt::format(
@@ -157,9 +132,9 @@ TritonRepositoryWrite write_triton_repository(const std::string& dir, const onnx
   if (e) fail("{}: cannot create the directory: {}", dir, e.message());
   TempDir staging(staging_prefix(dir, o.model_name));
   const fs::path built = fs::path(staging.path()) / o.model_name;
-  fs::create_directories(built / kTritonVersion, e);
-  if (e) fail("{}: cannot create the directory: {}", (built / kTritonVersion).string(), e.message());
-  write_onnx((built / kTritonVersion / kTritonModelFile).string(), model);
+  fs::create_directories(built / kModelVersion, e);
+  if (e) fail("{}: cannot create the directory: {}", (built / kModelVersion).string(), e.message());
+  write_onnx((built / kModelVersion / kTritonModelFile).string(), model);
   write_text_atomically((built / "config.pbtxt").string(), config);
   refuse_replacing_an_input(model_dir.string());
   move_into_place(built, model_dir, exists, fs::path(staging.path()) / "old");

@@ -4,8 +4,8 @@
 // toptag serve:
 //   DIR/NAME/config.pbtxt   backend onnxruntime, max_batch_size, dynamic_batching, inputs, outputs
 //   DIR/NAME/1/model.onnx   version 1, as toptag serve reports its model
-// The config is written with the generated classes of Triton's model_config.proto (a subset, in
-// export/proto) and protobuf's text format, and derived from the model's own graph inputs and outputs.
+// The config is triton/'s ModelConfig (the one toptag serve answers), derived from the model's own
+// graph inputs and outputs and written in protobuf's text format.
 #pragma once
 
 #include <onnx/onnx_pb.h>
@@ -14,22 +14,22 @@
 #include <string>
 #include <vector>
 
+#include "triton/model_config.h"
+
 namespace toptag {
 
 struct TritonOptions {
-  std::string model_name = "toptag";  // what clients ask for: toptag predict --server --model NAME
-  int64_t max_batch = 64;             // max_batch_size: the most images per execution, as toptag serve --max-batch
-  int64_t max_queue_delay_us = 2000;  // dynamic batching's wait for a batch to fill, as toptag serve's default
+  std::string model_name = kDefaultModelName;            // what clients ask for: toptag predict --server --model NAME
+  int64_t max_batch = kDefaultMaxBatch;                  // max_batch_size: the most images per execution
+  int64_t max_queue_delay_us = kDefaultMaxQueueDelayUs;  // dynamic batching's wait for a batch to fill
 };
 
-constexpr const char* kTritonVersion = "1";  // the one version, as toptag serve reports it
+// The model as Triton's onnxruntime backend serves it: every graph input and output, which must be
+// float32 with the symbolic batch as its leading dimension.
+TritonModel triton_model(const onnx::ModelProto& model, const TritonOptions& options);
 
-// Throws unless `name` can be a Triton model name and a directory: non-empty, letters, digits, '_',
-// '-' and '.', and not "." or "..".
-void check_triton_model_name(const std::string& name);
-
-// config.pbtxt for `model`: every graph input and output with its element type and its dimensions
-// less the leading batch dimension, which must be the symbolic batch (Triton adds it back).
+// config.pbtxt for `model`: triton_model_config(triton_model(model, options)) in text format, after a
+// comment naming the checkpoint's architecture and quantization.
 std::string triton_config(const onnx::ModelProto& model, const TritonOptions& options);
 
 // Writes the model directory DIR/NAME (config.pbtxt and 1/model.onnx) whole: built under a unique

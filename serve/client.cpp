@@ -14,6 +14,7 @@
 #include "data/jets.h"
 #include "inference.grpc.pb.h"
 #include "io/progress.h"
+#include "triton/model_config.h"
 
 namespace toptag {
 
@@ -84,8 +85,8 @@ class GrpcClient final : public InferenceClient {
     in->set_datatype("FP32");
     for (int64_t d : shape) in->add_shape(d);
     q.add_raw_input_contents(reinterpret_cast<const char*>(values.data()), values.size() * 4);
-    q.add_outputs()->set_name("probabilities");
-    if (want_features) q.add_outputs()->set_name("features");
+    q.add_outputs()->set_name(kProbabilitiesTensor);
+    if (want_features) q.add_outputs()->set_name(kFeaturesTensor);
     grpc::ClientContext ctx;
     set_deadline(ctx);
     inference::ModelInferResponse r;
@@ -98,7 +99,7 @@ class GrpcClient final : public InferenceClient {
         throw ClientError(
             fmt::format("ModelInfer: output '{}' has {} bytes, not FP32 values", r.outputs(i).name(), raw.size()),
             false);
-      std::vector<float>& dst = r.outputs(i).name() == "features" ? reply.features : reply.probabilities;
+      std::vector<float>& dst = r.outputs(i).name() == kFeaturesTensor ? reply.features : reply.probabilities;
       dst.resize(raw.size() / 4);
       if (!dst.empty()) std::memcpy(dst.data(), raw.data(), dst.size() * 4);
     }
@@ -160,8 +161,8 @@ class HttpClient final : public InferenceClient {
   InferReply infer(const std::string& input, const std::vector<int64_t>& shape, std::span<const float> values,
                    bool want_features) override {
     // Binary tensor extension both ways: a JSON header, then the raw FP32 bytes.
-    json outputs = json::array({{{"name", "probabilities"}, {"parameters", {{"binary_data", true}}}}});
-    if (want_features) outputs.push_back({{"name", "features"}, {"parameters", {{"binary_data", true}}}});
+    json outputs = json::array({{{"name", kProbabilitiesTensor}, {"parameters", {{"binary_data", true}}}}});
+    if (want_features) outputs.push_back({{"name", kFeaturesTensor}, {"parameters", {{"binary_data", true}}}});
     const json header = {{"inputs",
                           {{{"name", input},
                             {"datatype", "FP32"},
@@ -200,7 +201,7 @@ class HttpClient final : public InferenceClient {
     InferReply reply;
     size_t offset = json_size;
     for (const json& o : reply_json.at("outputs")) {
-      std::vector<float>& dst = o.at("name") == "features" ? reply.features : reply.probabilities;
+      std::vector<float>& dst = o.at("name") == kFeaturesTensor ? reply.features : reply.probabilities;
       if (o.contains("parameters") && o["parameters"].contains("binary_data_size")) {
         const size_t bytes = o["parameters"]["binary_data_size"].get<size_t>();
         if (bytes > body.size() - offset || bytes % 4 != 0)
@@ -254,8 +255,8 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
   if (!probe->ready()) fail("{}: model '{}' is not ready (is the server running?)", o.url, o.model);
   const RemoteModel meta = probe->metadata();
   const bool send_images = !file.has_constituents();
-  if (send_images && !meta.input("images")) fail("{}: model '{}' has no 'images' input", o.url, o.model);
-  if (!send_images && !meta.input("constituents"))  // e.g. a model of toptag export served by Triton
+  if (send_images && !meta.input(kImagesTensor)) fail("{}: model '{}' has no 'images' input", o.url, o.model);
+  if (!send_images && !meta.input(kConstituentsTensor))  // e.g. a model of toptag export served by Triton
     fail("{}: model '{}' has no 'constituents' input: make images of {} first (toptag images) and send those", o.url,
          o.model, file.path());
 
@@ -292,7 +293,7 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
         }
         for (int attempt = 0;; ++attempt) {
           try {
-            InferReply r = client.infer(send_images ? "images" : "constituents", shape, values, o.features);
+            InferReply r = client.infer(send_images ? kImagesTensor : kConstituentsTensor, shape, values, o.features);
             if (r.probabilities.size() != 2)
               throw ClientError(fmt::format("the server's reply for jet {} of {} holds {} probabilities, not 2",
                                             ex.rows[i], file.path(), r.probabilities.size()),

@@ -12,6 +12,7 @@
 #include "data/dataset.h"
 #include "eval/predictions.h"
 #include "nn/check.h"
+#include "triton/model_config.h"
 
 namespace toptag {
 
@@ -56,7 +57,7 @@ class InferenceClient {
 };
 
 struct RemotePredictOptions {
-  std::string url, model = "toptag";
+  std::string url, model = kDefaultModelName;
   int concurrency = 16;
   int retries = 3;  // per request, with exponential back-off
   int64_t max_jets = 0;

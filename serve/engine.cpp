@@ -13,8 +13,8 @@ namespace toptag {
 using Clock = std::chrono::steady_clock;
 
 namespace {
-int64_t micros(Clock::duration d) {
-  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+int64_t nanos(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
 }
 }  // namespace
 
@@ -139,53 +139,90 @@ void BatchingEngine::work() {
   }
 }
 
+Tensor BatchingEngine::assemble(const std::vector<Pending>& batch, int64_t n) const {
+  if (batch.size() == 1) return batch[0].images;
+  const ImageOptions& o = tagger_.images;
+  Tensor images = Tensor::empty({n, o.channels, o.size, o.size});
+  int64_t row = 0;
+  for (const Pending& p : batch) {
+    std::memcpy(images.data() + row * o.pixels(), p.images.data(), p.images.numel() * sizeof(float));
+    row += p.images.dim(0);
+  }
+  return images;
+}
+
+std::vector<EngineResult> BatchingEngine::split(const std::vector<Pending>& batch, const Tensor& features,
+                                                const Tensor& probabilities) const {
+  std::vector<EngineResult> results(batch.size());
+  int64_t row = 0;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const int64_t m = batch[b].images.dim(0);
+    EngineResult& r = results[b];
+    const float* rows = features.data() + row * feature_dim_;
+    for (int64_t i = 0; i < m && r.first_non_finite_features < 0; ++i)
+      if (!all_finite(std::span<const float>(rows + i * feature_dim_, static_cast<size_t>(feature_dim_))))
+        r.first_non_finite_features = i;
+    r.probabilities = Tensor::empty({m, 2});
+    std::memcpy(r.probabilities.data(), probabilities.data() + row * 2, m * 2 * sizeof(float));
+    if (batch[b].want_features) {
+      r.features = Tensor::empty({m, feature_dim_});
+      std::memcpy(r.features.data(), rows, m * feature_dim_ * sizeof(float));
+    }
+    row += m;
+  }
+  return results;
+}
+
 void BatchingEngine::run_batch(std::vector<Pending>& batch) {
   const auto start = Clock::now();
   int64_t n = 0;
   for (const Pending& p : batch) n += p.images.dim(0);
   size_t answered = 0;
   try {
-    const int64_t per = tagger_.images.pixels();
-    Tensor images = batch.size() == 1
-                        ? batch[0].images
-                        : Tensor::empty({n, tagger_.images.channels, tagger_.images.size, tagger_.images.size});
-    if (batch.size() > 1) {
-      int64_t row = 0;
-      for (const Pending& p : batch) {
-        std::memcpy(images.data() + row * per, p.images.data(), p.images.numel() * sizeof(float));
-        row += p.images.dim(0);
-      }
-    }
+    const Tensor images = assemble(batch, n);
+    const auto assembled = Clock::now();
     NoGradGuard no_grad;
     ResNet& model = *tagger_.model;
     Var features = model.features(Var(images));
     const Tensor probabilities = class_probabilities(model.head(features).value());
-    ++executions_;
-    const int64_t done_us = micros(Clock::now() - start);
-    int64_t row = 0;
-    for (Pending& p : batch) {
-      const int64_t m = p.images.dim(0);
-      EngineResult r;
-      const float* rows = features.value().data() + row * feature_dim_;
-      for (int64_t i = 0; i < m && r.first_non_finite_features < 0; ++i)
-        if (!all_finite(std::span<const float>(rows + i * feature_dim_, static_cast<size_t>(feature_dim_))))
-          r.first_non_finite_features = i;
-      r.probabilities = Tensor::empty({m, 2});
-      std::memcpy(r.probabilities.data(), probabilities.data() + row * 2, m * 2 * sizeof(float));
-      if (p.want_features) {
-        r.features = Tensor::empty({m, feature_dim_});
-        std::memcpy(r.features.data(), features.value().data() + row * feature_dim_, m * feature_dim_ * sizeof(float));
-      }
-      r.queue_us = micros(start - p.arrival);
-      r.compute_us = done_us;
+    const auto computed = Clock::now();
+    std::vector<EngineResult> results = split(batch, features.value(), probabilities);
+    const auto extracted = Clock::now();
+    const int64_t input_ns = nanos(assembled - start), infer_ns = nanos(computed - assembled),
+                  output_ns = nanos(extracted - computed);
+    {  // counted before any client is answered, so an answered request's execution is in the statistics
+      std::lock_guard lock(statistics_mutex_);
+      BatchStatistics& s = batch_statistics_[n];
+      ++s.executions;
+      s.compute_input_ns += static_cast<uint64_t>(input_ns);
+      s.compute_infer_ns += static_cast<uint64_t>(infer_ns);
+      s.compute_output_ns += static_cast<uint64_t>(output_ns);
+    }
+    for (size_t b = 0; b < batch.size(); ++b) {
+      EngineResult& r = results[b];
+      r.queue_ns = nanos(start - batch[b].arrival);
+      r.compute_input_ns = input_ns;
+      r.compute_infer_ns = infer_ns;
+      r.compute_output_ns = output_ns;
       r.batch_images = n;
-      row += m;
-      p.promise.set_value(std::move(r));
+      batch[b].promise.set_value(std::move(r));
       ++answered;
     }
   } catch (...) {  // only the requests not answered yet: a promise is set once
     for (size_t i = answered; i < batch.size(); ++i) batch[i].promise.set_exception(std::current_exception());
   }
+}
+
+uint64_t BatchingEngine::executions() const {
+  std::lock_guard lock(statistics_mutex_);
+  uint64_t sum = 0;
+  for (const auto& [size, s] : batch_statistics_) sum += s.executions;
+  return sum;
+}
+
+std::map<int64_t, BatchStatistics> BatchingEngine::batch_statistics() const {
+  std::lock_guard lock(statistics_mutex_);
+  return batch_statistics_;
 }
 
 }  // namespace toptag

@@ -14,19 +14,21 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
 
 #include "nn/check.h"
 #include "tagger/tagger.h"
+#include "triton/model_config.h"
 
 namespace toptag {
 
 struct EngineOptions {
-  int64_t max_batch = 64;   // images per execution; submit() takes at most this many at once
-  int64_t max_queue = 256;  // batches waiting for an instance; beyond it submit() refuses (QueueFull)
-  int64_t max_queue_delay_us = 2000;
+  int64_t max_batch = kDefaultMaxBatch;  // images per execution; submit() takes at most this many at once
+  int64_t max_queue = 256;               // batches waiting for an instance; beyond it submit() refuses (QueueFull)
+  int64_t max_queue_delay_us = kDefaultMaxQueueDelayUs;
   // Model instances: worker threads that each run one batch at a time, sharing the read-only
   // weights; with two, one batch fills while the other computes. 0: two (one on a single core).
   int instances = 0;
@@ -54,7 +56,16 @@ struct EngineResult {
   // The first row whose features hold NaN or inf, requested or not (-1: none): the head's ReLU can
   // turn a -inf feature into ordinary-looking probabilities.
   int64_t first_non_finite_features = -1;
-  int64_t queue_us = 0, compute_us = 0, batch_images = 0;
+  // Nanoseconds, for the statistics: how long this part waited in the queue, and how long its batch
+  // (of batch_images images, all requests' together) took to assemble its input, run the model and
+  // extract the outputs.
+  int64_t queue_ns = 0, compute_input_ns = 0, compute_infer_ns = 0, compute_output_ns = 0, batch_images = 0;
+};
+
+// The executions of one batch size so far (Triton's InferBatchStatistics): how many, and their
+// durations in nanoseconds.
+struct BatchStatistics {
+  uint64_t executions = 0, compute_input_ns = 0, compute_infer_ns = 0, compute_output_ns = 0;
 };
 
 class BatchingEngine {
@@ -79,9 +90,11 @@ class BatchingEngine {
   void stop();
   bool running() const;
 
-  uint64_t executions() const { return executions_.load(); }  // batches run so far
-  size_t queued() const;                                      // batches waiting now
+  uint64_t executions() const;                                  // batches run so far
+  std::map<int64_t, BatchStatistics> batch_statistics() const;  // the same, by batch size (images)
+  size_t queued() const;                                        // batches waiting now
   int64_t max_batch() const { return options_.max_batch; }
+  int64_t max_queue_delay_us() const { return options_.max_queue_delay_us; }
   size_t max_queue() const { return static_cast<size_t>(options_.max_queue); }
   const ImageOptions& image_options() const { return tagger_.images; }
   int64_t feature_dim() const { return feature_dim_; }
@@ -99,6 +112,12 @@ class BatchingEngine {
   };
   void work();
   void run_batch(std::vector<Pending>& batch);
+  // The batch's images as one (n, C, H, W) tensor.
+  Tensor assemble(const std::vector<Pending>& batch, int64_t n) const;
+  // Each request's rows of the batch's outputs (features only where asked for), and where its
+  // features first hold NaN or inf.
+  std::vector<EngineResult> split(const std::vector<Pending>& batch, const Tensor& features,
+                                  const Tensor& probabilities) const;
 
   Tagger tagger_;
   EngineOptions options_;
@@ -109,7 +128,8 @@ class BatchingEngine {
   int64_t queued_images_ = 0;
   int computing_ = 0;  // instances running a batch now
   bool stopping_ = false;
-  std::atomic<uint64_t> executions_{0};
+  mutable std::mutex statistics_mutex_;
+  std::map<int64_t, BatchStatistics> batch_statistics_;  // by batch size; recorded before a batch is answered
   std::vector<std::thread> workers_;
 };
 

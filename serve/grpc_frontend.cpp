@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "inference.grpc.pb.h"
+#include "serve/extensions.h"
 
 namespace toptag {
 
@@ -64,7 +65,7 @@ void answer_grpc_infer(InferenceService& s, const inference::ModelInferRequest& 
   for (const auto& o : q.outputs()) requested.push_back(o.name());
   const std::vector<OutputTensor> outputs = s.infer(q.model_name(), q.model_version(), t, requested, cancelled);
   r.set_model_name(s.model_name());
-  r.set_model_version(InferenceService::kVersion);
+  r.set_model_version(kModelVersion);
   r.set_id(q.id());
   for (const auto& [name, v] : outputs) {
     auto* o = r.add_outputs();
@@ -106,6 +107,7 @@ class Service final : public inference::GRPCInferenceService::Service {
                               inference::ServerMetadataResponse* r) override {
     r->set_name("toptag");
     r->set_version(TOPTAG_VERSION);
+    for (const char* extension : kExtensions) r->add_extensions(extension);
     return grpc::Status::OK;
   }
   grpc::Status ModelMetadata(grpc::ServerContext*, const inference::ModelMetadataRequest* q,
@@ -116,22 +118,43 @@ class Service final : public inference::GRPCInferenceService::Service {
       return to_status(e);
     }
     r->set_name(s_.model_name());
-    r->add_versions(InferenceService::kVersion);
+    r->add_versions(kModelVersion);
     r->set_platform(s_.platform());
     for (const TensorMetadata& t : s_.inputs()) fill_metadata(t, r->add_inputs());
     for (const TensorMetadata& t : s_.outputs()) fill_metadata(t, r->add_outputs());
     return grpc::Status::OK;
   }
 
+  grpc::Status ModelConfig(grpc::ServerContext*, const inference::ModelConfigRequest* q,
+                           inference::ModelConfigResponse* r) override {
+    try {
+      *r->mutable_config() = model_config(s_, q->name(), q->version());
+    } catch (const RequestError& e) {
+      return to_status(e);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ModelStatistics(grpc::ServerContext*, const inference::ModelStatisticsRequest* q,
+                               inference::ModelStatisticsResponse* r) override {
+    try {
+      *r = model_statistics(s_, q->name(), q->version());
+    } catch (const RequestError& e) {
+      return to_status(e);
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* q,
                           inference::ModelInferResponse* r) override {
+    const auto start = std::chrono::steady_clock::now();
     try {
       answer_grpc_infer(s_, *q, *r, [context] { return context->IsCancelled(); });
     } catch (const RequestError& e) {
-      s_.metrics().count_failure(e.kind());
+      s_.metrics().count_failure(e.kind(), std::chrono::steady_clock::now() - start);
       return to_status(e);
     } catch (const std::exception& e) {
-      s_.metrics().count_failure(RequestError::Kind::internal);
+      s_.metrics().count_failure(RequestError::Kind::internal, std::chrono::steady_clock::now() - start);
       return {grpc::StatusCode::INTERNAL, e.what()};
     }
     return grpc::Status::OK;

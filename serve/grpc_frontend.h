@@ -1,4 +1,4 @@
-// The gRPC listener (kept apart so that only one file sees the generated protobuf code).
+// The gRPC listener (kept apart so that the service core never sees the generated protobuf code).
 #pragma once
 
 #include <functional>

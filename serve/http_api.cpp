@@ -5,9 +5,12 @@
 #include <cctype>
 #include <cfloat>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
+
+#include "serve/extensions.h"
 
 namespace toptag {
 
@@ -160,8 +163,7 @@ HttpReply infer(InferenceService& service, const std::string& model, const std::
   }
   const std::vector<OutputTensor> outputs = service.infer(model, version, input, requested, req.cancelled);
 
-  json response = {
-      {"model_name", service.model_name()}, {"model_version", InferenceService::kVersion}, {"outputs", json::array()}};
+  json response = {{"model_name", service.model_name()}, {"model_version", kModelVersion}, {"outputs", json::array()}};
   if (body.contains("id")) response["id"] = body["id"];
   std::string blob;
   for (size_t i = 0; i < outputs.size(); ++i) {
@@ -192,36 +194,45 @@ HttpReply model_metadata(InferenceService& s) {
   for (const auto& t : s.inputs()) inputs.push_back(metadata_json(t));
   for (const auto& t : s.outputs()) outputs.push_back(metadata_json(t));
   return json_reply(200, {{"name", s.model_name()},
-                          {"versions", {InferenceService::kVersion}},
+                          {"versions", {kModelVersion}},
                           {"platform", s.platform()},
                           {"inputs", inputs},
                           {"outputs", outputs}});
 }
 
-// Routes /v2/models/NAME[/versions/V][/ACTION]; `rest` starts after "models".
+// Routes /v2/models/NAME[/versions/V][/ACTION] and /v2/models/stats (every model's statistics);
+// `rest` starts after "models".
 HttpReply model_route(InferenceService& s, const HttpRequest& req, const std::vector<std::string>& rest) {
   if (rest.empty()) return http_error(404, "no model named in the path");
-  const std::string& name = rest[0];
+  const bool every_model = rest == std::vector<std::string>{"stats"};
+  const std::string name = every_model ? "" : rest[0];
   std::string version;
   size_t next = 1;
-  if (rest.size() >= 3 && rest[1] == "versions") version = rest[2], next = 3;
-  const std::string action = next < rest.size() ? rest[next] : "";
-  if (next + 1 < rest.size() || (action != "" && action != "ready" && action != "infer"))
+  if (rest.size() >= 3 && rest[1] == "versions") {
+    version = rest[2];
+    next = 3;
+  }
+  const std::string action = every_model ? "stats" : next < rest.size() ? rest[next] : "";
+  const bool known = action == "" || action == "ready" || action == "infer" || action == "config" || action == "stats";
+  if (!every_model && (next + 1 < rest.size() || !known))
     return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
   const std::string method = action == "infer" ? "POST" : "GET";
   if (req.method != method && !(req.method == "HEAD" && method == "GET"))
     return http_error(405, fmt::format("{} {}: use {}", req.method, req.target, method));
   if (action == "infer") {
+    const auto start = std::chrono::steady_clock::now();
     try {
       return infer(s, name, version, req);
     } catch (const RequestError& e) {
-      s.metrics().count_failure(e.kind());
+      s.metrics().count_failure(e.kind(), std::chrono::steady_clock::now() - start);
       throw;
     } catch (const std::exception& e) {
-      s.metrics().count_failure(RequestError::Kind::internal);
+      s.metrics().count_failure(RequestError::Kind::internal, std::chrono::steady_clock::now() - start);
       throw RequestError(RequestError::Kind::internal, e.what());
     }
   }
+  if (action == "config") return json_reply(200, message_json(model_config(s, name, version)));
+  if (action == "stats") return json_reply(200, message_json(model_statistics(s, name, version)));
   s.check_model(name, version);
   if (action == "ready") return json_reply(s.ready() ? 200 : 503, {{"name", s.model_name()}, {"ready", s.ready()}});
   return model_metadata(s);
@@ -261,7 +272,7 @@ HttpReply answer_http(InferenceService& s, const HttpRequest& req) {
     if (path == std::vector<std::string>{"v2", "health", "ready"})
       return json_reply(s.ready() ? 200 : 503, {{"ready", s.ready()}});
     if (path == std::vector<std::string>{"v2"})
-      return json_reply(200, {{"name", "toptag"}, {"version", TOPTAG_VERSION}, {"extensions", {"binary_tensor_data"}}});
+      return json_reply(200, {{"name", "toptag"}, {"version", TOPTAG_VERSION}, {"extensions", kExtensions}});
     return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
   } catch (const RequestError& e) {
     return http_error(http_status(e.kind()), e.what());

@@ -35,8 +35,9 @@ inline constexpr int kMaxJsonDepth = 16;
 // The JSON part of a request, at most (its tree takes about 10x the text).
 inline constexpr size_t kMaxJsonBytes = size_t{8} << 20;
 
-// GET /v2, /v2/health/{live,ready}, /v2/models/NAME[/versions/V][/ready]; POST .../infer. A HEAD is
-// answered as its GET (the listener sends the reply without its body).
+// GET /v2, /v2/health/{live,ready}, /v2/models/NAME[/versions/V][/ready|/config|/stats],
+// /v2/models/stats; POST /v2/models/NAME[/versions/V]/infer. A HEAD is answered as its GET (the
+// listener sends the reply without its body).
 HttpReply answer_http(InferenceService& service, const HttpRequest& request);
 
 // {"error": message}, with invalid UTF-8 in the message replaced (never throws).

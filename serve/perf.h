@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "tagger/tagger.h"
+#include "triton/model_config.h"
 
 namespace toptag {
 
@@ -26,7 +27,7 @@ struct PerfPoint {
 };
 
 struct ServerPerfOptions {
-  std::string url, model = "toptag";
+  std::string url, model = kDefaultModelName;
   std::vector<int> concurrency = {1, 2, 4, 8, 16, 32};
   int64_t batch = 1;
   double duration_s = 10, warmup_s = 1;

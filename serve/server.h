@@ -15,7 +15,7 @@ namespace toptag {
 struct ServerOptions {
   std::string host = "0.0.0.0";
   int grpc_port = 8001, http_port = 8000, metrics_port = 8002;
-  std::string model_name = "toptag";
+  std::string model_name = kDefaultModelName;
   EngineOptions engine;
   ServiceLimits limits;
   int64_t max_message_bytes = 64 << 20;     // larger requests are refused with a clear message

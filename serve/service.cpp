@@ -24,74 +24,131 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-void ServiceMetrics::count_failure(RequestError::Kind kind) {
+void DurationStatistic::add(int64_t nanoseconds) {
+  ++count;
+  ns += static_cast<uint64_t>(std::max<int64_t>(0, nanoseconds));
+}
+
+namespace {
+
+uint64_t now_ms_since_epoch() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+}  // namespace
+
+void ServiceMetrics::count_success(int64_t jets, const EngineResult& r, std::chrono::nanoseconds duration) {
+  const uint64_t now = now_ms_since_epoch();
+  std::lock_guard lock(mutex_);
+  RequestStatistics& s = statistics_;
+  s.inference_count += static_cast<uint64_t>(jets);
+  s.last_inference_ms = std::max(s.last_inference_ms, now);
+  s.success.add(duration.count());
+  s.queue.add(r.queue_ns);
+  s.compute_input.add(r.compute_input_ns);
+  s.compute_infer.add(r.compute_infer_ns);
+  s.compute_output.add(r.compute_output_ns);
+}
+
+void ServiceMetrics::count_failure(RequestError::Kind kind, std::chrono::nanoseconds duration) {
+  const uint64_t now = now_ms_since_epoch();
+  std::lock_guard lock(mutex_);
+  RequestStatistics& s = statistics_;
+  s.last_inference_ms = std::max(s.last_inference_ms, now);
+  s.fail.add(duration.count());
   switch (kind) {
     case RequestError::Kind::exhausted:
-      ++failed_rejected;
+      ++s.failed_rejected;
       return;
     case RequestError::Kind::cancelled:
-      ++failed_cancelled;
+      ++s.failed_cancelled;
       return;
     case RequestError::Kind::internal:
-      ++failed_backend;
+      ++s.failed_backend;
       return;
     default:
-      ++failed_other;
+      ++s.failed_other;
   }
 }
 
-uint64_t ServiceMetrics::request_failure() const {
-  return failed_rejected.load() + failed_cancelled.load() + failed_backend.load() + failed_other.load();
+RequestStatistics ServiceMetrics::snapshot() const {
+  std::lock_guard lock(mutex_);
+  return statistics_;
 }
 
-std::string ServiceMetrics::prometheus(const std::string& model, uint64_t executions, uint64_t pending) const {
-  const std::string labels = fmt::format("{{model=\"{}\",version=\"{}\"}}", model, InferenceService::kVersion);
+std::string prometheus_text(const std::string& model, const RequestStatistics& s, uint64_t executions,
+                            uint64_t pending) {
+  const std::string labels = fmt::format("{{model=\"{}\",version=\"{}\"}}", model, kModelVersion);
   std::string out;
   auto metric = [&](const char* type, const char* name, const char* help, uint64_t value) {
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name, labels, value);
   };
   auto counter = [&](const char* name, const char* help, uint64_t value) { metric("counter", name, help, value); };
-  counter("nv_inference_request_success", "Number of successful inference requests", request_success.load());
+  counter("nv_inference_request_success", "Number of successful inference requests", s.success.count);
   out +=
       "# HELP nv_inference_request_failure Number of failed inference requests, by reason\n"
       "# TYPE nv_inference_request_failure counter\n";
-  for (auto [reason, value] : {std::pair{"REJECTED", failed_rejected.load()},
-                               {"CANCELED", failed_cancelled.load()},
-                               {"BACKEND", failed_backend.load()},
-                               {"OTHER", failed_other.load()}})
+  for (auto [reason, value] : {std::pair{"REJECTED", s.failed_rejected},
+                               {"CANCELED", s.failed_cancelled},
+                               {"BACKEND", s.failed_backend},
+                               {"OTHER", s.failed_other}})
     out += fmt::format("nv_inference_request_failure{{model=\"{}\",reason=\"{}\",version=\"{}\"}} {}\n", model, reason,
-                       InferenceService::kVersion, value);
+                       kModelVersion, value);
   metric("gauge", "nv_inference_pending_request_count", "Batches waiting in the queue for a model instance", pending);
-  counter("nv_inference_count", "Number of inferences performed (one per image or jet)", inference_count.load());
+  counter("nv_inference_count", "Number of inferences performed (one per image or jet)", s.inference_count);
   counter("nv_inference_exec_count", "Number of model executions (batches)", executions);
   counter("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
-          request_duration_us.load());
+          s.success.ns / 1000);
   counter("nv_inference_queue_duration_us", "Cumulative time requests spent waiting in the queue in microseconds",
-          queue_duration_us.load());
-  counter("nv_inference_compute_infer_duration_us", "Cumulative model execution time in microseconds",
-          compute_infer_duration_us.load());
+          s.queue.ns / 1000);
+  counter("nv_inference_compute_input_duration_us",
+          "Cumulative time assembling the inputs of the executions, requests' shares, in microseconds",
+          s.compute_input.ns / 1000);
+  counter("nv_inference_compute_infer_duration_us",
+          "Cumulative model execution time, requests' shares, in microseconds", s.compute_infer.ns / 1000);
+  counter("nv_inference_compute_output_duration_us",
+          "Cumulative time extracting the outputs of the executions, requests' shares, in microseconds",
+          s.compute_output.ns / 1000);
   return out;
 }
 
 InferenceService::InferenceService(BatchingEngine& engine, std::string model_name, ServiceLimits limits)
-    : engine_(engine), model_name_(std::move(model_name)), limits_(limits) {}
+    : engine_(engine), model_name_(std::move(model_name)), limits_(limits) {
+  check_triton_model_name(model_name_);
+}
 
 void InferenceService::check_model(const std::string& name, const std::string& version) const {
   if (name != model_name_)
     throw RequestError(RequestError::Kind::not_found,
                        fmt::format("unknown model '{}' (this server has '{}')", clip(name), model_name_));
-  if (!version.empty() && version != kVersion)
-    throw RequestError(RequestError::Kind::not_found,
-                       fmt::format("model '{}' has no version '{}' (only '{}')", clip(name), clip(version), kVersion));
+  if (!version.empty() && version != kModelVersion)
+    throw RequestError(RequestError::Kind::not_found, fmt::format("model '{}' has no version '{}' (only '{}')",
+                                                                  clip(name), clip(version), kModelVersion));
 }
 
 std::vector<TensorMetadata> InferenceService::inputs() const {
   const ImageOptions& o = engine_.image_options();
-  return {{"images", "FP32", {-1, o.channels, o.size, o.size}}, {"constituents", "FP32", {-1, kMaxConstituents, 4}}};
+  return {{kImagesTensor, "FP32", {-1, o.channels, o.size, o.size}},
+          {kConstituentsTensor, "FP32", {-1, kMaxConstituents, 4}}};
 }
 
 std::vector<TensorMetadata> InferenceService::outputs() const {
-  return {{"probabilities", "FP32", {-1, 2}}, {"features", "FP32", {-1, engine_.feature_dim()}}};
+  return {{kProbabilitiesTensor, "FP32", {-1, 2}}, {kFeaturesTensor, "FP32", {-1, engine_.feature_dim()}}};
+}
+
+TritonModel InferenceService::triton_model() const {
+  TritonModel m;
+  m.name = model_name_;
+  m.platform = platform();
+  m.backend = "toptag";
+  m.max_batch = engine_.max_batch();
+  m.max_queue_delay_us = engine_.max_queue_delay_us();
+  m.instances = engine_.instances();
+  for (const TensorMetadata& t : inputs()) m.inputs.push_back({t.name, t.shape, true});
+  for (const TensorMetadata& t : outputs()) m.outputs.push_back({t.name, t.shape});
+  return m;
 }
 
 namespace {
@@ -155,8 +212,12 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
         }
       }
       EngineResult part = f.get();
-      r.queue_us = std::max(r.queue_us, part.queue_us);
-      r.compute_us += part.compute_us * part.probabilities.dim(0) / std::max<int64_t>(1, part.batch_images);
+      // This request's rows' share of each execution it was part of.
+      const int64_t rows = part.probabilities.dim(0), of = std::max<int64_t>(1, part.batch_images);
+      r.queue_ns = std::max(r.queue_ns, part.queue_ns);
+      r.compute_input_ns += part.compute_input_ns * rows / of;
+      r.compute_infer_ns += part.compute_infer_ns * rows / of;
+      r.compute_output_ns += part.compute_output_ns * rows / of;
       if (r.first_non_finite_features < 0 && part.first_non_finite_features >= 0)
         r.first_non_finite_features = answered + part.first_non_finite_features;
       answered += part.probabilities.dim(0);
@@ -189,11 +250,12 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   check_model(model, version);
   if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
   auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
-  const std::vector<std::string> outputs = requested.empty() ? std::vector<std::string>{"probabilities"} : requested;
+  const std::vector<std::string> outputs =
+      requested.empty() ? std::vector<std::string>{kProbabilitiesTensor} : requested;
   bool want_features = false, want_probabilities = false;
   for (const std::string& o : outputs) {
-    bool& wanted = o == "features" ? want_features : want_probabilities;
-    if (o != "features" && o != "probabilities")
+    bool& wanted = o == kFeaturesTensor ? want_features : want_probabilities;
+    if (o != kFeaturesTensor && o != kProbabilitiesTensor)
       throw invalid(fmt::format("unknown output '{}' (probabilities, features)", clip(o)));
     if (wanted) throw invalid(fmt::format("output '{}' is requested twice", o));  // each copy would cost memory
     wanted = true;
@@ -207,11 +269,11 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
   const std::string shape = shape_text(in.shape);
   Tensor images;
   const ImageOptions& o = engine_.image_options();
-  if (in.name == "images") {
+  if (in.name == kImagesTensor) {
     if (in.shape.size() != 4 || in.shape[1] != o.channels || in.shape[2] != o.size || in.shape[3] != o.size)
       throw invalid(
           fmt::format("input 'images' must have shape [-1,{},{},{}], got {}", o.channels, o.size, o.size, shape));
-  } else if (in.name == "constituents") {
+  } else if (in.name == kConstituentsTensor) {
     if (in.shape.size() != 3 || in.shape[1] != kMaxConstituents || in.shape[2] != 4)
       throw invalid(fmt::format("input 'constituents' must have shape [-1,{},4], got {}", kMaxConstituents, shape));
   } else {
@@ -231,7 +293,7 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
     throw invalid(fmt::format("input '{}' of shape {} needs {} values ({} bytes), got {}", clip(in.name), shape, count,
                               count * 4, in.values.size()));
   if (!all_finite(in.values)) throw invalid(fmt::format("input '{}' holds NaN or inf", clip(in.name)));
-  if (in.name == "images") {
+  if (in.name == kImagesTensor) {
     images = Tensor::from(Shape{n, o.channels, o.size, o.size}, in.values);
   } else {
     images = engine_.images_from_constituents(in.values, n, kMaxConstituents);
@@ -244,14 +306,9 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
                                    "number format overflow on this input)",
                                    model_name_, bad_features >= 0 ? "features" : "probabilities",
                                    bad_features >= 0 ? bad_features : bad_scores));
-  metrics_.request_success++;
-  metrics_.inference_count += static_cast<uint64_t>(n);
-  metrics_.queue_duration_us += static_cast<uint64_t>(r.queue_us);
-  metrics_.compute_infer_duration_us += static_cast<uint64_t>(r.compute_us);
-  metrics_.request_duration_us += static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
+  metrics_.count_success(n, r, std::chrono::steady_clock::now() - start);
   std::vector<OutputTensor> out;
-  for (const std::string& name : outputs) out.push_back({name, name == "features" ? r.features : r.probabilities});
+  for (const std::string& name : outputs) out.push_back({name, name == kFeaturesTensor ? r.features : r.probabilities});
   return out;
 }
 

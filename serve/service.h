@@ -4,12 +4,15 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "nn/check.h"
 #include "serve/engine.h"
+#include "triton/model_config.h"
 
 namespace toptag {
 
@@ -54,24 +57,50 @@ struct ServiceLimits {
   int64_t max_request_image_bytes = 64 << 20;  // the FP32 images a request becomes (constituents are imaged)
 };
 
-// Cumulative counters with Triton's metric names. Failures are counted by reason, as Triton's
-// nv_inference_request_failure{reason=...}: REJECTED (queue full), CANCELED, BACKEND (the model
-// failed), OTHER (a refused request).
-struct ServiceMetrics {
-  std::atomic<uint64_t> request_success{0}, inference_count{0};
-  std::atomic<uint64_t> failed_rejected{0}, failed_cancelled{0}, failed_backend{0}, failed_other{0};
-  std::atomic<uint64_t> request_duration_us{0}, queue_duration_us{0}, compute_infer_duration_us{0};
-  void count_failure(RequestError::Kind kind);
-  uint64_t request_failure() const;  // all reasons
-  // Prometheus text format; `executions` (nv_inference_exec_count) and `pending`
-  // (nv_inference_pending_request_count) come from the engine.
-  std::string prometheus(const std::string& model, uint64_t executions, uint64_t pending) const;
+// How often something happened and how long it took in all (Triton's StatisticDuration).
+struct DurationStatistic {
+  uint64_t count = 0, ns = 0;
+  void add(int64_t nanoseconds);
 };
+
+// The requests answered since the server started: Triton's per-model statistics (the statistics
+// extension) and the Prometheus counters are both made from this one record. A request split into
+// several executions counts once; its compute durations are its rows' share of each execution it was
+// part of, so over all requests they add up to the executions' own (BatchingEngine::batch_statistics).
+// Failures are counted by reason too, as Triton's nv_inference_request_failure{reason=...}: REJECTED
+// (queue full), CANCELED, BACKEND (the model failed), OTHER (a refused request).
+struct RequestStatistics {
+  uint64_t inference_count = 0;    // images or jets in the successful requests
+  uint64_t last_inference_ms = 0;  // when the last request ended, successful or not: ms since the epoch (0: none)
+  DurationStatistic success, fail, queue, compute_input, compute_infer, compute_output;
+  uint64_t failed_rejected = 0, failed_cancelled = 0, failed_backend = 0, failed_other = 0;  // fail.count by reason
+};
+
+// RequestStatistics, counted from every thread that answers a request.
+class ServiceMetrics {
+ public:
+  // A request of `jets` answered after `duration`; `r`: its wait and compute share.
+  void count_success(int64_t jets, const EngineResult& r, std::chrono::nanoseconds duration);
+  void count_failure(RequestError::Kind kind, std::chrono::nanoseconds duration);
+  RequestStatistics snapshot() const;
+
+ private:
+  mutable std::mutex mutex_;
+  RequestStatistics statistics_;
+};
+
+// Prometheus text format, with Triton's metric names; `executions` (nv_inference_exec_count) and
+// `pending` (nv_inference_pending_request_count) come from the engine. Durations in microseconds,
+// rounded down from the nanoseconds of the statistics.
+std::string prometheus_text(const std::string& model, const RequestStatistics& s, uint64_t executions,
+                            uint64_t pending);
+
+// Triton's protocol extensions this server implements, as ServerMetadata lists them.
+inline constexpr const char* kExtensions[] = {"binary_tensor_data", "model_configuration", "statistics"};
 
 class InferenceService {
  public:
-  static constexpr const char* kVersion = "1";
-
+  // Throws toptag::Error unless `model_name` can be a Triton model name (check_triton_model_name).
   InferenceService(BatchingEngine& engine, std::string model_name, ServiceLimits limits = {});
 
   const std::string& model_name() const { return model_name_; }
@@ -81,6 +110,9 @@ class InferenceService {
   std::vector<TensorMetadata> inputs() const;
   std::vector<TensorMetadata> outputs() const;
   std::string platform() const { return "toptag_resnet"; }
+  // The model as Triton's ModelConfig describes it (triton_model_config): the engine's batching and
+  // instances, and inputs() and outputs(). Both inputs are optional: a request sends exactly one.
+  TritonModel triton_model() const;
 
   // Validates the input ("images" [n, C, H, W] or "constituents" [n, 200, 4], FP32) and the requested
   // outputs ("probabilities", "features"; none asked for: probabilities), runs it in batches of at
@@ -92,7 +124,10 @@ class InferenceService {
                                   const std::vector<std::string>& outputs, const std::function<bool()>& cancelled = {});
 
   ServiceMetrics& metrics() { return metrics_; }
-  std::string metrics_text() const { return metrics_.prometheus(model_name_, engine_.executions(), engine_.queued()); }
+  RequestStatistics statistics() const { return metrics_.snapshot(); }
+  std::string metrics_text() const {
+    return prometheus_text(model_name_, metrics_.snapshot(), engine_.executions(), engine_.queued());
+  }
   const BatchingEngine& engine() const { return engine_; }
 
  private:

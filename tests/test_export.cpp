@@ -146,7 +146,7 @@ class Export : public ::testing::Test {
     std::vector<int> sizes;
     for (int64_t d : images.shape().dims()) sizes.push_back(static_cast<int>(d));
     cv::Mat blob(static_cast<int>(sizes.size()), sizes.data(), CV_32F, const_cast<float*>(images.data()));
-    net.setInput(blob, kOnnxImages);
+    net.setInput(blob, kImagesTensor);
     std::vector<cv::Mat> mats;
     net.forward(mats, std::vector<cv::String>(names.begin(), names.end()));
     std::vector<Tensor> out;
@@ -156,7 +156,7 @@ class Export : public ::testing::Test {
 
   // Both outputs, asked for by name.
   static Outputs opencv_outputs(cv::dnn::Net& net, const Tensor& images) {
-    const std::vector<Tensor> t = opencv_forward(net, images, {kOnnxProbabilities, kOnnxFeatures});
+    const std::vector<Tensor> t = opencv_forward(net, images, {kProbabilitiesTensor, kFeaturesTensor});
     Outputs out;
     out.probabilities = t.at(0);
     out.features = t.at(1);
@@ -324,11 +324,11 @@ TEST_F(Export, Int8ActivationsOfResNet50AreToptagsQuantizerInEveryLayer) {
   // (the graph's outputs keep their names). The graph input, which conv1's quantizer reads, is the
   // images themselves.
   auto layer_of = [](const std::string& value) {
-    return value == kOnnxFeatures ? value : "onnx_node!" + value;  // the exporter names nodes by their output
+    return value == kFeaturesTensor ? value : "onnx_node!" + value;  // the exporter names nodes by their output
   };
   std::vector<std::string> names;
   for (const Quantizer& q : quantizers)
-    names.insert(names.end(), {q.input == kOnnxImages ? std::string(kOnnxProbabilities) : layer_of(q.input),
+    names.insert(names.end(), {q.input == kImagesTensor ? std::string(kProbabilitiesTensor) : layer_of(q.input),
                                layer_of(q.layer + ".input")});
 
   cv::dnn::Net net = opencv_net(onnx_path);
@@ -336,7 +336,7 @@ TEST_F(Export, Int8ActivationsOfResNet50AreToptagsQuantizerInEveryLayer) {
   std::vector<Tensor> got = opencv_forward(net, images, names);
   ASSERT_EQ(got.size(), names.size());
   for (size_t i = 0; i < quantizers.size(); ++i)
-    if (quantizers[i].input == kOnnxImages) got[2 * i] = images;
+    if (quantizers[i].input == kImagesTensor) got[2 * i] = images;
   // OpenCV multiplies by 1 / scale where ONNX and toptag divide by scale: where x / scale is within a
   // rounding error of a midpoint the two may round apart, by one step. Such elements are rare.
   constexpr double kMidpointFraction = 1e-4;

@@ -2,6 +2,9 @@
 // HTTP (plain httplib, as curl would), the bad-input cases, the metrics, dynamic batching, graceful
 // shutdown, and toptag's own client. Servers listen on ephemeral loopback ports.
 #include <arpa/inet.h>
+#include <google/protobuf/text_format.h>
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -11,18 +14,26 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
+#include <tuple>
 
 #include "data/jets.h"
+#include "export/onnx_export.h"
+#include "export/triton.h"
 #include "inference.grpc.pb.h"
+#include "io/files.h"
 #include "nn/ops/softmax.h"
 #include "serve/client.h"
+#include "serve/extensions.h"
 #include "serve/http_listener.h"
 #include "serve/perf.h"
 #include "serve/server.h"
@@ -332,6 +343,238 @@ TEST_F(ServeTest, HttpEndpoints) {
   EXPECT_EQ(get("/nowhere").first, 404);
 }
 
+// ---- Triton's model_configuration extension -----------------------------------------------------
+
+inference::ModelConfigResponse grpc_config(inference::GRPCInferenceService::Stub& stub, const std::string& name,
+                                           const std::string& version, grpc::Status* status = nullptr) {
+  grpc::ClientContext ctx;
+  inference::ModelConfigRequest q;
+  q.set_name(name);
+  q.set_version(version);
+  inference::ModelConfigResponse r;
+  const grpc::Status s = stub.ModelConfig(&ctx, q, &r);
+  if (status) *status = s;
+  EXPECT_TRUE(status || s.ok()) << s.error_message();
+  return r;
+}
+
+// What two configurations differ in, "" when they are the same.
+std::string config_difference(const inference::ModelConfig& a, const inference::ModelConfig& b) {
+  google::protobuf::util::MessageDifferencer differ;
+  std::string report;
+  differ.ReportDifferencesToString(&report);
+  return differ.Compare(a, b) ? "" : report;
+}
+
+std::vector<int64_t> dims_of(const google::protobuf::RepeatedField<int64_t>& dims) {
+  return {dims.begin(), dims.end()};
+}
+
+// Every field the issue lists, against the settings the server was started with (none the default).
+TEST(Serve, ModelConfigOverGrpcAndHttpIsTheServersSettings) {
+  ServerOptions o;
+  o.engine.max_batch = 24;
+  o.engine.max_queue_delay_us = 3500;
+  o.engine.instances = 3;
+  o.engine.threads = 1;
+  o.model_name = "tagger7";
+  auto server = start_server(o);
+  auto stub = grpc_stub(server->grpc_port());
+  const inference::ModelConfig c = grpc_config(*stub, "tagger7", "").config();
+  EXPECT_EQ(c.name(), "tagger7");
+  EXPECT_EQ(c.platform(), "toptag_resnet");
+  EXPECT_EQ(c.backend(), "toptag");
+  EXPECT_EQ(c.max_batch_size(), 24);
+  ASSERT_EQ(c.input_size(), 2);
+  EXPECT_EQ(c.input(0).name(), "images");
+  EXPECT_EQ(c.input(0).data_type(), inference::TYPE_FP32);
+  EXPECT_EQ(dims_of(c.input(0).dims()), (std::vector<int64_t>{1, kSize, kSize})) << "no batch dimension";
+  EXPECT_EQ(c.input(1).name(), "constituents");
+  EXPECT_EQ(c.input(1).data_type(), inference::TYPE_FP32);
+  EXPECT_EQ(dims_of(c.input(1).dims()), (std::vector<int64_t>{200, 4}));
+  EXPECT_TRUE(c.input(0).optional() && c.input(1).optional()) << "a request sends one of the two";
+  ASSERT_EQ(c.output_size(), 2);
+  EXPECT_EQ(c.output(0).name(), "probabilities");
+  EXPECT_EQ(c.output(0).data_type(), inference::TYPE_FP32);
+  EXPECT_EQ(dims_of(c.output(0).dims()), (std::vector<int64_t>{2}));
+  EXPECT_EQ(c.output(1).name(), "features");
+  EXPECT_EQ(dims_of(c.output(1).dims()), (std::vector<int64_t>{32}));
+  ASSERT_TRUE(c.has_dynamic_batching());
+  EXPECT_EQ(c.dynamic_batching().max_queue_delay_microseconds(), 3500u);
+  ASSERT_EQ(c.instance_group_size(), 1);
+  EXPECT_EQ(c.instance_group(0).count(), 3);
+  EXPECT_EQ(c.instance_group(0).kind(), inference::ModelInstanceGroup::KIND_CPU);
+  EXPECT_EQ(config_difference(grpc_config(*stub, "tagger7", "1").config(), c), "") << "version 1 is the model";
+
+  // HTTP: the same message as JSON, as Triton writes it: proto field names, 64-bit integers as
+  // numbers, enums by name.
+  httplib::Client http("127.0.0.1", server->http_port());
+  for (const std::string path : {"/v2/models/tagger7/config", "/v2/models/tagger7/versions/1/config"}) {
+    auto res = http.Get(path);
+    ASSERT_TRUE(res) << path;
+    ASSERT_EQ(res->status, 200) << path << ": " << res->body;
+    EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+    const json j = json::parse(res->body);
+    EXPECT_EQ(j["name"], "tagger7");
+    EXPECT_EQ(j["max_batch_size"], 24);
+    EXPECT_EQ(j["input"][0]["dims"], json({1, kSize, kSize}));
+    EXPECT_EQ(j["input"][0]["data_type"], "TYPE_FP32");
+    EXPECT_EQ(j["input"][1]["optional"], true);
+    EXPECT_EQ(j["output"][1]["dims"], json({32}));
+    EXPECT_EQ(j["dynamic_batching"]["max_queue_delay_microseconds"], 3500);
+    EXPECT_EQ(j["instance_group"][0]["count"], 3);
+    EXPECT_EQ(j["instance_group"][0]["kind"], "KIND_CPU");
+    inference::ModelConfig parsed;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(res->body, &parsed).ok()) << res->body;
+    EXPECT_EQ(config_difference(parsed, c), "") << path;
+  }
+}
+
+TEST_F(ServeTest, ModelConfigOfAnUnknownModelOrVersionIsNotFoundNamingIt) {
+  for (const auto& [name, version, named] : {std::tuple{"resnet", "", "'resnet'"}, {"toptag", "7", "'7'"}}) {
+    grpc::Status status;
+    grpc_config(*stub, name, version, &status);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << name << " " << version;
+    EXPECT_NE(status.error_message().find(named), std::string::npos) << status.error_message();
+  }
+  for (const auto& [path, named] : {std::pair{"/v2/models/resnet/config", "'resnet'"},
+                                    {"/v2/models/toptag/versions/7/config", "'7'"},
+                                    {"/v2/models/toptag/versions/1.0/config", "'1.0'"}}) {
+    auto res = http->Get(path);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 404) << path;
+    EXPECT_NE(json::parse(res->body)["error"].get<std::string>().find(named), std::string::npos) << res->body;
+  }
+  auto res = http->Post("/v2/models/toptag/config", "{}", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 405);
+  res = http->Get("/v2/models/toptag/config/more");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+}
+
+// A name Triton could not have (it names a directory of a model repository) is refused at start.
+TEST(Serve, ModelNameMustBeATritonModelName) {
+  ServerOptions o;
+  o.model_name = "my model";
+  const std::string error = testing::error_of([&] { start_server(o); });
+  EXPECT_NE(error.find("model name 'my model' must be letters"), std::string::npos) << error;
+}
+
+// The served configuration is the one toptag export writes for the same checkpoint, apart from what
+// differs by design: the runtime (Triton's onnxruntime backend there, toptag's engine here), the
+// instance group (Triton's default there), and the constituents input that only toptag serve has
+// (so each input is optional: a request sends one of them).
+TEST(Serve, ModelConfigIsWhatExportWritesForTheSameCheckpoint) {
+  TempDir dir((std::filesystem::temp_directory_path() / "toptag_serve_config").string());
+  const std::string checkpoint = dir.path() + "/tagger.h5";
+  save_tagger(checkpoint, tiny_tagger());
+  TritonOptions triton;
+  triton.model_name = "tagger";
+  triton.max_batch = 12;
+  triton.max_queue_delay_us = 700;
+  Tagger exported = load_tagger(checkpoint);
+  const OnnxExport e = export_onnx(exported, checkpoint);
+  const std::string model_dir = write_triton_repository(dir.path() + "/repo", e.model, triton, false).model_dir;
+  std::ifstream in(model_dir + "/config.pbtxt");
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  inference::ModelConfig written;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(text, &written)) << text;
+
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.grpc_port = o.http_port = 0;
+  o.metrics_port = -1;
+  o.model_name = "tagger";
+  o.engine.max_batch = 12;
+  o.engine.max_queue_delay_us = 700;
+  o.engine.instances = 2;
+  InferenceServer server(load_tagger(checkpoint), o);
+  const inference::ModelConfig served = grpc_config(*grpc_stub(server.grpc_port()), "tagger", "").config();
+
+  inference::ModelConfig expected = written;
+  expected.set_platform("toptag_resnet");
+  expected.set_backend("toptag");
+  auto* group = expected.add_instance_group();
+  group->set_count(2);
+  group->set_kind(inference::ModelInstanceGroup::KIND_CPU);
+  ASSERT_EQ(expected.input_size(), 1);
+  expected.mutable_input(0)->set_optional(true);
+  auto* constituents = expected.add_input();
+  constituents->set_name("constituents");
+  constituents->set_data_type(inference::TYPE_FP32);
+  constituents->add_dims(200);
+  constituents->add_dims(4);
+  constituents->set_optional(true);
+  EXPECT_EQ(config_difference(served, expected), "") << "written:\n" << text;
+  // And both come from the one builder: export's description of its graph, built as serve builds its own.
+  EXPECT_EQ(config_difference(triton_model_config(triton_model(e.model, triton)), written), "");
+}
+
+inference::ModelStatisticsResponse grpc_statistics(inference::GRPCInferenceService::Stub& stub, const std::string& name,
+                                                   const std::string& version, grpc::Status* status = nullptr) {
+  grpc::ClientContext ctx;
+  inference::ModelStatisticsRequest q;
+  q.set_name(name);
+  q.set_version(version);
+  inference::ModelStatisticsResponse r;
+  const grpc::Status s = stub.ModelStatistics(&ctx, q, &r);
+  if (status) *status = s;
+  EXPECT_TRUE(status || s.ok()) << s.error_message();
+  return r;
+}
+
+// ServerMetadata lists exactly the extensions that work: each listed one is tried over both
+// protocols, and a listed extension without a check here fails.
+TEST_F(ServeTest, ServerMetadataListsTheExtensionsThatWork) {
+  grpc::ClientContext ctx;
+  inference::ServerMetadataResponse r;
+  ASSERT_TRUE(stub->ServerMetadata(&ctx, {}, &r).ok());
+  const std::vector<std::string> listed(r.extensions().begin(), r.extensions().end());
+  auto res = http->Get("/v2");
+  ASSERT_TRUE(res && res->status == 200);
+  EXPECT_EQ(json::parse(res->body)["extensions"].get<std::vector<std::string>>(), listed);
+  const std::map<std::string, std::function<void()>> checks = {
+      {"binary_tensor_data",
+       [&] {
+         const std::vector<float> one = random_images(1, 8);
+         const std::string header = json{{"inputs",
+                                          {{{"name", "images"},
+                                            {"shape", {1, 1, kSize, kSize}},
+                                            {"datatype", "FP32"},
+                                            {"parameters", {{"binary_data_size", one.size() * 4}}}}}}}
+                                        .dump();
+         auto reply = http->Post("/v2/models/toptag/infer", {{kBinaryHeader, std::to_string(header.size())}},
+                                 header + std::string(reinterpret_cast<const char*>(one.data()), one.size() * 4),
+                                 "application/octet-stream");
+         ASSERT_TRUE(reply);
+         EXPECT_EQ(reply->status, 200) << reply->body;
+       }},
+      {"model_configuration",
+       [&] {
+         grpc::Status status;
+         EXPECT_EQ(grpc_config(*stub, "toptag", "", &status).config().name(), "toptag");
+         EXPECT_TRUE(status.ok()) << status.error_message();
+         auto reply = http->Get("/v2/models/toptag/config");
+         ASSERT_TRUE(reply);
+         EXPECT_EQ(reply->status, 200) << reply->body;
+       }},
+      {"statistics",
+       [&] {
+         EXPECT_EQ(grpc_statistics(*stub, "toptag", "").model_stats_size(), 1);
+         auto reply = http->Get("/v2/models/toptag/stats");
+         ASSERT_TRUE(reply);
+         EXPECT_EQ(reply->status, 200) << reply->body;
+       }},
+  };
+  for (const std::string& extension : listed) {
+    SCOPED_TRACE(extension);
+    ASSERT_TRUE(checks.count(extension)) << "listed, but nothing checks that it works";
+    checks.at(extension)();
+  }
+  EXPECT_EQ(listed.size(), checks.size()) << "an extension that works is not listed";
+}
+
 TEST_F(ServeTest, HttpInferJsonAndBinary) {
   const std::vector<float> images = random_images(2, 3);
   const std::vector<float> expected = local_probabilities(images, 2);
@@ -452,6 +695,137 @@ TEST(Serve, MetricsCountRequestsInferencesAndBatches) {
   EXPECT_GT(metric(after, "nv_inference_compute_infer_duration_us"), 0);
   EXPECT_GE(metric(after, "nv_inference_queue_duration_us"), 0);
   EXPECT_LE(metric(after, "nv_inference_compute_infer_duration_us"), metric(after, "nv_inference_request_duration_us"));
+}
+
+// ---- Triton's statistics extension ----------------------------------------------------------------
+
+// Requests of known sizes, one at a time through one instance, so every execution is known: the
+// statistics move by exactly what was sent, HTTP answers the same message as gRPC, and the Prometheus
+// counters are the same numbers.
+TEST(Serve, ModelStatisticsCountWhatWasSentAndAgreeWithTheMetrics) {
+  ServerOptions o;
+  o.engine.max_batch = 4;
+  o.engine.instances = 1;
+  o.engine.threads = 1;
+  auto server = start_server(o);
+  auto stub = grpc_stub(server->grpc_port());
+  httplib::Client http("127.0.0.1", server->http_port());
+  const inference::ModelStatisticsResponse before = grpc_statistics(*stub, "toptag", "");
+  ASSERT_EQ(before.model_stats_size(), 1);
+  EXPECT_EQ(before.model_stats(0).inference_count(), 0u);
+  EXPECT_EQ(before.model_stats(0).last_inference(), 0u);
+  EXPECT_EQ(before.model_stats(0).batch_stats_size(), 0);
+
+  const uint64_t start_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  // Batches of 1 and 3 over gRPC, 2 and 3 over HTTP, and 6, which runs as 4 + 2: executions of 1, 3,
+  // 2, 3, 4, 2 images for 5 requests of 15 images; and one refused request.
+  for (int64_t n : {1, 3}) {
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse r;
+    ASSERT_TRUE(stub->ModelInfer(&ctx, raw_request(random_images(n, 20 + n), {n, 1, kSize, kSize}), &r).ok());
+  }
+  for (int64_t n : {2, 3, 6}) {
+    const json body = {{"inputs",
+                        {{{"name", "images"},
+                          {"shape", {n, 1, kSize, kSize}},
+                          {"datatype", "FP32"},
+                          {"data", random_images(n, 30 + n)}}}}};
+    auto res = http.Post("/v2/models/toptag/infer", body.dump(), "application/json");
+    ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no reply");
+  }
+  {
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse r;
+    EXPECT_FALSE(stub->ModelInfer(&ctx, raw_request(random_images(1, 40), {1, 2, kSize, kSize / 2}), &r).ok());
+  }
+  const uint64_t end_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+
+  const inference::ModelStatisticsResponse after = grpc_statistics(*stub, "toptag", "");
+  ASSERT_EQ(after.model_stats_size(), 1);
+  const inference::ModelStatistics& m = after.model_stats(0);
+  const inference::InferStatistics& s = m.inference_stats();
+  EXPECT_EQ(m.name(), "toptag");
+  EXPECT_EQ(m.version(), "1");
+  EXPECT_EQ(m.inference_count(), 15u);
+  EXPECT_EQ(m.execution_count(), 6u);
+  EXPECT_GE(m.last_inference(), start_ms);
+  EXPECT_LE(m.last_inference(), end_ms);
+  EXPECT_EQ(s.success().count(), 5u);
+  EXPECT_EQ(s.fail().count(), 1u);
+  EXPECT_GT(s.fail().ns(), 0u);
+  for (const auto* d : {&s.queue(), &s.compute_input(), &s.compute_infer(), &s.compute_output()})
+    EXPECT_EQ(d->count(), 5u) << "one per successful request";
+  EXPECT_GT(s.compute_infer().ns(), 0u);
+  EXPECT_GE(s.success().ns(), s.compute_infer().ns());
+  EXPECT_GE(s.success().ns(), s.queue().ns());
+  std::map<uint64_t, uint64_t> executions_by_size;
+  uint64_t input_ns = 0, infer_ns = 0, output_ns = 0;
+  for (const inference::InferBatchStatistics& b : m.batch_stats()) {
+    executions_by_size[b.batch_size()] = b.compute_infer().count();
+    EXPECT_EQ(b.compute_input().count(), b.compute_infer().count());
+    EXPECT_EQ(b.compute_output().count(), b.compute_infer().count());
+    EXPECT_GT(b.compute_infer().ns(), 0u) << "batch size " << b.batch_size();
+    input_ns += b.compute_input().ns();
+    infer_ns += b.compute_infer().ns();
+    output_ns += b.compute_output().ns();
+  }
+  EXPECT_EQ(executions_by_size, (std::map<uint64_t, uint64_t>{{1, 1}, {2, 2}, {3, 2}, {4, 1}}));
+  // Every execution here was one request's rows alone, so the requests' shares add up to it exactly.
+  EXPECT_EQ(s.compute_input().ns(), input_ns);
+  EXPECT_EQ(s.compute_infer().ns(), infer_ns);
+  EXPECT_EQ(s.compute_output().ns(), output_ns);
+
+  // HTTP: the same message, for the model, its version 1, and every model.
+  for (const std::string path : {"/v2/models/toptag/stats", "/v2/models/toptag/versions/1/stats", "/v2/models/stats"}) {
+    auto res = http.Get(path);
+    ASSERT_TRUE(res) << path;
+    ASSERT_EQ(res->status, 200) << path << ": " << res->body;
+    const json j = json::parse(res->body);
+    EXPECT_EQ(j["model_stats"][0]["inference_count"], 15) << "a number, as Triton writes it";
+    EXPECT_EQ(j["model_stats"][0]["inference_stats"]["success"]["count"], 5);
+    inference::ModelStatisticsResponse parsed;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(res->body, &parsed).ok()) << res->body;
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(parsed, after)) << path << ": " << res->body;
+  }
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(grpc_statistics(*stub, "", ""), after))
+      << "no name: every model";
+
+  // Prometheus: the same counts and durations (microseconds, rounded down).
+  httplib::Client metrics("127.0.0.1", server->metrics_port());
+  const std::string text = metrics.Get("/metrics")->body;
+  EXPECT_EQ(metric(text, "nv_inference_request_success"), s.success().count());
+  EXPECT_EQ(metric(text, "nv_inference_request_failure"), s.fail().count());
+  EXPECT_EQ(metric(text, "nv_inference_count"), m.inference_count());
+  EXPECT_EQ(metric(text, "nv_inference_exec_count"), m.execution_count());
+  EXPECT_EQ(metric(text, "nv_inference_request_duration_us"), s.success().ns() / 1000);
+  EXPECT_EQ(metric(text, "nv_inference_queue_duration_us"), s.queue().ns() / 1000);
+  EXPECT_EQ(metric(text, "nv_inference_compute_input_duration_us"), s.compute_input().ns() / 1000);
+  EXPECT_EQ(metric(text, "nv_inference_compute_infer_duration_us"), s.compute_infer().ns() / 1000);
+  EXPECT_EQ(metric(text, "nv_inference_compute_output_duration_us"), s.compute_output().ns() / 1000);
+}
+
+TEST_F(ServeTest, ModelStatisticsOfAnUnknownModelOrVersionIsNotFoundNamingIt) {
+  for (const auto& [name, version, named] :
+       {std::tuple{"resnet", "", "'resnet'"}, {"toptag", "7", "'7'"}, {"", "2", "'2'"}}) {
+    grpc::Status status;
+    grpc_statistics(*stub, name, version, &status);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << name << " " << version;
+    EXPECT_NE(status.error_message().find(named), std::string::npos) << status.error_message();
+  }
+  for (const auto& [path, named] :
+       {std::pair{"/v2/models/resnet/stats", "'resnet'"}, {"/v2/models/toptag/versions/7/stats", "'7'"}}) {
+    auto res = http->Get(path);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 404) << path;
+    EXPECT_NE(json::parse(res->body)["error"].get<std::string>().find(named), std::string::npos) << res->body;
+  }
+  auto res = http->Post("/v2/models/stats", "{}", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 405);
 }
 
 // 64 clients at once, one image each: the batcher merges them (fewer executions than requests) and
