@@ -7,6 +7,7 @@
 #include "nn/gemm.h"
 #include "nn/ops/channel_sums.h"
 #include "nn/ops/elementwise.h"
+#include "nn/ops/layout.h"
 #include "nn/profile.h"
 
 namespace toptag {
@@ -47,14 +48,7 @@ Tensor weight_rsc(const Tensor& w, const Geometry& g) {
   if (g.R * g.S == 1) return w;
   ProfileScope profile("conv weight layout");
   Tensor out = Tensor::empty({g.K, g.depth()});
-  const int64_t taps = g.R * g.S, C = g.C;
-  const float* __restrict src = w.data();
-  float* __restrict dst = out.data();
-  // One output channel's C x taps block is a few KB: the strided reads stay in L1, the writes stream.
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < g.K; ++k)
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t c = 0; c < C; ++c) dst[(k * taps + t) * C + c] = src[(k * C + c) * taps + t];
+  transpose_matrices(w.data(), g.K, g.C, g.R * g.S, out.data());
   return out;
 }
 
@@ -64,13 +58,7 @@ Tensor weight_kcrs(Tensor wt, const Geometry& g) {
   if (g.R * g.S == 1) return wt.reshape({g.K, g.C, g.R, g.S});
   ProfileScope profile("conv weight layout");
   Tensor out = Tensor::empty({g.K, g.C, g.R, g.S});
-  const int64_t taps = g.R * g.S, C = g.C;
-  const float* __restrict src = wt.data();
-  float* __restrict dst = out.data();
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < g.K; ++k)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t t = 0; t < taps; ++t) dst[(k * C + c) * taps + t] = src[(k * taps + t) * C + c];
+  transpose_matrices(wt.data(), g.K, g.R * g.S, g.C, out.data());
   return out;
 }
 

@@ -9,6 +9,11 @@ namespace toptag {
 
 enum class ActivationLayout { nchw, nhwc };
 
+// out[b][j][i] = in[b][i][j]: each of `batches` (rows x cols) matrices transposed. The one loop
+// behind every layout change: activations (N, C, H*W) <-> (N, H*W, C), a conv weight (K, C, R*S)
+// <-> (K, R*S, C).
+void transpose_matrices(const float* in, int64_t batches, int64_t rows, int64_t cols, float* out);
+
 // (N, C, H, W) -> (N, H, W, C), and back. With one channel, the same storage reshaped.
 Tensor nchw_to_nhwc(const Tensor& x);
 Tensor nhwc_to_nchw(const Tensor& x);
