@@ -45,6 +45,8 @@ inference::ModelStatisticsResponse model_statistics(const InferenceService& serv
   fill(s->mutable_compute_input(), r.compute_input);
   fill(s->mutable_compute_infer(), r.compute_infer);
   fill(s->mutable_compute_output(), r.compute_output);
+  s->mutable_cache_hit();  // present and zero, as Triton without a response cache writes them
+  s->mutable_cache_miss();
   uint64_t executions = 0;
   for (const auto& [size, b] : batches) {
     inference::InferBatchStatistics* out = m->add_batch_stats();

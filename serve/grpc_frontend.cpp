@@ -131,6 +131,8 @@ class Service final : public inference::GRPCInferenceService::Service {
       *r->mutable_config() = model_config(s_, q->name(), q->version());
     } catch (const RequestError& e) {
       return to_status(e);
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::INTERNAL, e.what()};
     }
     return grpc::Status::OK;
   }
@@ -141,6 +143,8 @@ class Service final : public inference::GRPCInferenceService::Service {
       *r = model_statistics(s_, q->name(), q->version());
     } catch (const RequestError& e) {
       return to_status(e);
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::INTERNAL, e.what()};
     }
     return grpc::Status::OK;
   }
@@ -151,7 +155,9 @@ class Service final : public inference::GRPCInferenceService::Service {
     try {
       answer_grpc_infer(s_, *q, *r, [context] { return context->IsCancelled(); });
     } catch (const RequestError& e) {
-      s_.metrics().count_failure(e.kind(), std::chrono::steady_clock::now() - start);
+      // A request for another model never reached this one: Triton counts it nowhere.
+      if (e.kind() != RequestError::Kind::not_found)
+        s_.metrics().count_failure(e.kind(), std::chrono::steady_clock::now() - start);
       return to_status(e);
     } catch (const std::exception& e) {
       s_.metrics().count_failure(RequestError::Kind::internal, std::chrono::steady_clock::now() - start);

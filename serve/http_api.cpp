@@ -224,7 +224,9 @@ HttpReply model_route(InferenceService& s, const HttpRequest& req, const std::ve
     try {
       return infer(s, name, version, req);
     } catch (const RequestError& e) {
-      s.metrics().count_failure(e.kind(), std::chrono::steady_clock::now() - start);
+      // A request for another model never reached this one: Triton counts it nowhere.
+      if (e.kind() != RequestError::Kind::not_found)
+        s.metrics().count_failure(e.kind(), std::chrono::steady_clock::now() - start);
       throw;
     } catch (const std::exception& e) {
       s.metrics().count_failure(RequestError::Kind::internal, std::chrono::steady_clock::now() - start);

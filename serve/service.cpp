@@ -117,6 +117,8 @@ std::string prometheus_text(const std::string& model, const RequestStatistics& s
 InferenceService::InferenceService(BatchingEngine& engine, std::string model_name, ServiceLimits limits)
     : engine_(engine), model_name_(std::move(model_name)), limits_(limits) {
   check_triton_model_name(model_name_);
+  // GET /v2/models/stats is every model's statistics, so a model of that name could not be described.
+  if (model_name_ == "stats") fail("model name 'stats' is taken by the HTTP path /v2/models/stats");
 }
 
 void InferenceService::check_model(const std::string& name, const std::string& version) const {
@@ -212,12 +214,12 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
         }
       }
       EngineResult part = f.get();
-      // This request's rows' share of each execution it was part of.
-      const int64_t rows = part.probabilities.dim(0), of = std::max<int64_t>(1, part.batch_images);
+      // Every execution the request was part of, whole: what Triton's backends report for each request
+      // of a batch, and what perf_analyzer divides by the request count.
       r.queue_ns = std::max(r.queue_ns, part.queue_ns);
-      r.compute_input_ns += part.compute_input_ns * rows / of;
-      r.compute_infer_ns += part.compute_infer_ns * rows / of;
-      r.compute_output_ns += part.compute_output_ns * rows / of;
+      r.compute_input_ns += part.compute_input_ns;
+      r.compute_infer_ns += part.compute_infer_ns;
+      r.compute_output_ns += part.compute_output_ns;
       if (r.first_non_finite_features < 0 && part.first_non_finite_features >= 0)
         r.first_non_finite_features = answered + part.first_non_finite_features;
       answered += part.probabilities.dim(0);

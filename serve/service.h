@@ -65,8 +65,10 @@ struct DurationStatistic {
 
 // The requests answered since the server started: Triton's per-model statistics (the statistics
 // extension) and the Prometheus counters are both made from this one record. A request split into
-// several executions counts once; its compute durations are its rows' share of each execution it was
-// part of, so over all requests they add up to the executions' own (BatchingEngine::batch_statistics).
+// several executions counts once; its compute durations are those of each execution it was part of,
+// whole, as Triton reports them (so with k requests in a batch, the requests' sum is k times the
+// execution's own in BatchingEngine::batch_statistics). A request refused before it reached the model
+// (an unknown model or version) is not counted.
 // Failures are counted by reason too, as Triton's nv_inference_request_failure{reason=...}: REJECTED
 // (queue full), CANCELED, BACKEND (the model failed), OTHER (a refused request).
 struct RequestStatistics {

@@ -313,8 +313,8 @@ TEST_F(ServeTest, GrpcBadRequestsAreRefusedAndTheServerKeepsServing) {
   inference::ModelInferResponse r;
   EXPECT_TRUE(infer(raw_request(one, {1, 1, kSize, kSize}), r).ok()) << "the server stopped serving";
   const std::string m = metrics_text();
-  EXPECT_EQ(metric(m, "nv_inference_request_failure"), static_cast<double>(cases.size() - 1))
-      << "every refused request but the one gRPC dropped is counted";
+  EXPECT_EQ(metric(m, "nv_inference_request_failure"), static_cast<double>(cases.size() - 2))
+      << "every refused request is counted but the one gRPC dropped and the one for another model";
   EXPECT_EQ(metric(m, "nv_inference_request_success"), 1);
 }
 
@@ -459,6 +459,8 @@ TEST(Serve, ModelNameMustBeATritonModelName) {
   o.model_name = "my model";
   const std::string error = testing::error_of([&] { start_server(o); });
   EXPECT_NE(error.find("model name 'my model' must be letters"), std::string::npos) << error;
+  o.model_name = "stats";  // GET /v2/models/stats is every model's statistics
+  EXPECT_NE(testing::error_of([&] { start_server(o); }).find("/v2/models/stats"), std::string::npos);
 }
 
 // The served configuration is the one toptag export writes for the same checkpoint, apart from what
@@ -672,7 +674,9 @@ TEST_F(ServeTest, HttpBadRequests) {
   auto [status, body] = post(infer, input("images", "FP32", shape, one));
   EXPECT_EQ(status, 200) << "the server stopped serving: " << body;
   const std::string m = metrics_text();
-  EXPECT_EQ(metric(m, "nv_inference_request_failure"), static_cast<double>(cases.size() + 1));
+  // Every case and the binary header are counted, but the request for another model (Triton counts
+  // it nowhere).
+  EXPECT_EQ(metric(m, "nv_inference_request_failure"), static_cast<double>(cases.size()));
 }
 
 TEST(Serve, MetricsCountRequestsInferencesAndBatches) {
@@ -740,6 +744,21 @@ TEST(Serve, ModelStatisticsCountWhatWasSentAndAgreeWithTheMetrics) {
     inference::ModelInferResponse r;
     EXPECT_FALSE(stub->ModelInfer(&ctx, raw_request(random_images(1, 40), {1, 2, kSize, kSize / 2}), &r).ok());
   }
+  {  // requests for another model, or another version, never reach this one: counted nowhere
+    grpc::ClientContext ctx;
+    inference::ModelInferRequest q = raw_request(random_images(1, 41), {1, 1, kSize, kSize});
+    q.set_model_name("other");
+    inference::ModelInferResponse r;
+    EXPECT_EQ(stub->ModelInfer(&ctx, q, &r).error_code(), grpc::StatusCode::NOT_FOUND);
+    const json body = {{"inputs",
+                        {{{"name", "images"},
+                          {"shape", {1, 1, kSize, kSize}},
+                          {"datatype", "FP32"},
+                          {"data", random_images(1, 42)}}}}};
+    auto res = http.Post("/v2/models/toptag/versions/7/infer", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 404);
+  }
   const uint64_t end_ms = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
           .count());
@@ -778,6 +797,9 @@ TEST(Serve, ModelStatisticsCountWhatWasSentAndAgreeWithTheMetrics) {
   EXPECT_EQ(s.compute_input().ns(), input_ns);
   EXPECT_EQ(s.compute_infer().ns(), infer_ns);
   EXPECT_EQ(s.compute_output().ns(), output_ns);
+  // Triton writes the cache statistics always (perf_analyzer reads them unchecked); no cache: zero.
+  EXPECT_TRUE(s.has_cache_hit() && s.has_cache_miss());
+  EXPECT_EQ(s.cache_hit().count() + s.cache_miss().count(), 0u);
 
   // HTTP: the same message, for the model, its version 1, and every model.
   for (const std::string path : {"/v2/models/toptag/stats", "/v2/models/toptag/versions/1/stats", "/v2/models/stats"}) {
