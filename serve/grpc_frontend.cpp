@@ -30,6 +30,20 @@ grpc::Status to_status(const RequestError& e) {
   return {grpc::StatusCode::INVALID_ARGUMENT, e.what()};
 }
 
+// Runs a handler that only describes the model (its configuration, its statistics), mapping what it
+// throws to a status: a refused request to its code, anything else to INTERNAL.
+template <class Answer>
+grpc::Status describe(const Answer& answer) {
+  try {
+    answer();
+  } catch (const RequestError& e) {
+    return to_status(e);
+  } catch (const std::exception& e) {
+    return {grpc::StatusCode::INTERNAL, e.what()};
+  }
+  return grpc::Status::OK;
+}
+
 void fill_metadata(const TensorMetadata& t, inference::ModelMetadataResponse::TensorMetadata* out) {
   out->set_name(t.name);
   out->set_datatype(t.datatype);
@@ -127,26 +141,12 @@ class Service final : public inference::GRPCInferenceService::Service {
 
   grpc::Status ModelConfig(grpc::ServerContext*, const inference::ModelConfigRequest* q,
                            inference::ModelConfigResponse* r) override {
-    try {
-      *r->mutable_config() = model_config(s_, q->name(), q->version());
-    } catch (const RequestError& e) {
-      return to_status(e);
-    } catch (const std::exception& e) {
-      return {grpc::StatusCode::INTERNAL, e.what()};
-    }
-    return grpc::Status::OK;
+    return describe([&] { *r->mutable_config() = model_config(s_, q->name(), q->version()); });
   }
 
   grpc::Status ModelStatistics(grpc::ServerContext*, const inference::ModelStatisticsRequest* q,
                                inference::ModelStatisticsResponse* r) override {
-    try {
-      *r = model_statistics(s_, q->name(), q->version());
-    } catch (const RequestError& e) {
-      return to_status(e);
-    } catch (const std::exception& e) {
-      return {grpc::StatusCode::INTERNAL, e.what()};
-    }
-    return grpc::Status::OK;
+    return describe([&] { *r = model_statistics(s_, q->name(), q->version()); });
   }
 
   grpc::Status ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* q,
