@@ -890,6 +890,23 @@ TEST(Serve, DynamicBatchingMergesConcurrentRequestsWithUnchangedResults) {
     EXPECT_NEAR(got[c][0], expected[2 * c], 1e-6) << "client " << c;
     EXPECT_NEAR(got[c][1], expected[2 * c + 1], 1e-6) << "client " << c;
   }
+  // The statistics as Triton reports them: each request carries its execution's whole compute time,
+  // so with one image a request, the requests' sum is each batch size times its executions' time.
+  auto stub = grpc_stub(server->grpc_port());
+  const inference::ModelStatisticsResponse stats = grpc_statistics(*stub, "toptag", "");
+  ASSERT_EQ(stats.model_stats_size(), 1);
+  const inference::ModelStatistics& m = stats.model_stats(0);
+  EXPECT_EQ(m.execution_count(), executions);
+  EXPECT_EQ(m.inference_stats().success().count(), static_cast<uint64_t>(kClients));
+  uint64_t input_ns = 0, infer_ns = 0, output_ns = 0;
+  for (const inference::InferBatchStatistics& b : m.batch_stats()) {
+    input_ns += b.batch_size() * b.compute_input().ns();
+    infer_ns += b.batch_size() * b.compute_infer().ns();
+    output_ns += b.batch_size() * b.compute_output().ns();
+  }
+  EXPECT_EQ(m.inference_stats().compute_input().ns(), input_ns);
+  EXPECT_EQ(m.inference_stats().compute_infer().ns(), infer_ns);
+  EXPECT_EQ(m.inference_stats().compute_output().ns(), output_ns);
 }
 
 // Shutdown stops accepting but answers what is already queued, then the ports are closed.
