@@ -8,7 +8,11 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
 #include <thread>
 
 #include "data/jets.h"
@@ -248,17 +252,105 @@ std::unique_ptr<InferenceClient> InferenceClient::connect(const std::string& url
   fail("server URL '{}' must start with grpc:// or http://", url);
 }
 
+int retry_with_backoff(int retries, const std::function<void()>& attempt) {
+  for (int retry = 0;; ++retry) {
+    try {
+      attempt();
+      return retry;
+    } catch (const ClientError& e) {
+      if (!e.retryable() || retry >= retries) throw;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 << retry));
+  }
+}
+
+namespace {
+
+// Jet i of a chunk as one request's input: one image, or one jet's constituents.
+struct JetInput {
+  const char* tensor;
+  std::vector<int64_t> shape;
+  std::span<const float> values;
+};
+
+JetInput jet_input(const Examples& ex, int64_t i, bool send_images) {
+  if (send_images) {
+    const int64_t per = ex.images.numel() / std::max<int64_t>(1, ex.images.dim(0));
+    return {kImagesTensor,
+            {1, ex.images.dim(1), ex.images.dim(2), ex.images.dim(3)},
+            {ex.images.data() + i * per, static_cast<size_t>(per)}};
+  }
+  const int nc = ex.jets.n_constituents;
+  return {kConstituentsTensor, {1, nc, 4}, {ex.jets.constituents.data() + i * nc * 4, static_cast<size_t>(nc) * 4}};
+}
+
+// A reply we cannot use is the server's error, not worth a retry: two finite probabilities, and
+// finite features when they were asked for.
+void check_reply(const InferReply& r, bool want_features, int64_t row, const std::string& file) {
+  if (r.probabilities.size() != 2)
+    throw ClientError(fmt::format("the server's reply for jet {} of {} holds {} probabilities, not 2", row, file,
+                                  r.probabilities.size()),
+                      false);
+  if (want_features && r.features.empty())
+    throw ClientError(fmt::format("the server's reply for jet {} of {} holds no features", row, file), false);
+  for (const std::vector<float>* v : {&r.probabilities, &r.features})
+    if (!all_finite(*v))
+      throw ClientError(fmt::format("the server's reply for jet {} of {} holds NaN or inf", row, file), false);
+}
+
+// Runs work(client, i) for every i in [0, m), one thread per client taking the next i. The first
+// exception stops the others and is rethrown here; anything a reply can throw is an error, never an
+// abort. progress(done) is called from this thread about every 100 ms, and once at the end.
+void run_workers(std::vector<std::unique_ptr<InferenceClient>>& clients, int64_t m,
+                 const std::function<void(InferenceClient&, int64_t)>& work,
+                 const std::function<void(int64_t)>& progress) {
+  std::atomic<int64_t> next{0}, done{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&](InferenceClient& client) {
+    for (int64_t i; (i = next++) < m;) {
+      try {
+        work(client, i);
+      } catch (...) {
+        std::lock_guard lock(error_mutex);
+        if (!error) error = std::current_exception();
+        next = m;  // stop the others
+        return;
+      }
+      ++done;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (auto& client : clients) threads.emplace_back(worker, std::ref(*client));
+  while (done.load() < m) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    progress(done.load());
+    std::lock_guard lock(error_mutex);
+    if (error) break;
+  }
+  for (std::thread& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+  progress(m);
+}
+
+// The models' inputs that `file` can fill: images for an image file, constituents for a jet file.
+void check_inputs(const RemoteModel& meta, const JetFile& file, const RemotePredictOptions& o) {
+  if (!file.has_constituents() && !meta.input(kImagesTensor))
+    fail("{}: model '{}' has no 'images' input", o.url, o.model);
+  if (file.has_constituents() && !meta.input(kConstituentsTensor))  // e.g. a model of toptag export served by Triton
+    fail("{}: model '{}' has no 'constituents' input: make images of {} first (toptag images) and send those", o.url,
+         o.model, file.path());
+}
+
+}  // namespace
+
 RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptions& o) {
   if (o.concurrency < 1) fail("--concurrency must be at least 1, got {}", o.concurrency);
   const auto start = std::chrono::steady_clock::now();
   std::unique_ptr<InferenceClient> probe = InferenceClient::connect(o.url, o.model);
   if (!probe->ready()) fail("{}: model '{}' is not ready (is the server running?)", o.url, o.model);
-  const RemoteModel meta = probe->metadata();
+  check_inputs(probe->metadata(), file, o);
   const bool send_images = !file.has_constituents();
-  if (send_images && !meta.input(kImagesTensor)) fail("{}: model '{}' has no 'images' input", o.url, o.model);
-  if (!send_images && !meta.input(kConstituentsTensor))  // e.g. a model of toptag export served by Triton
-    fail("{}: model '{}' has no 'constituents' input: make images of {} first (toptag images) and send those", o.url,
-         o.model, file.path());
 
   const int64_t n = o.max_jets > 0 ? std::min(o.max_jets, file.size()) : file.size();
   RemotePredictResult result;
@@ -275,68 +367,22 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
       fail("{}: jets have {} constituents; the server takes {}", file.path(), ex.jets.n_constituents, kMaxConstituents);
     std::vector<float> scores(static_cast<size_t>(m));
     std::vector<std::vector<float>> features(o.features ? static_cast<size_t>(m) : 0);
-    std::atomic<int64_t> next{0}, done{0};
-    std::exception_ptr error;
-    std::mutex error_mutex;
-    auto worker = [&](InferenceClient& client) {
-      for (int64_t i; (i = next++) < m;) {
-        std::vector<int64_t> shape;
-        std::span<const float> values;
-        if (send_images) {
-          const int64_t per = ex.images.numel() / std::max<int64_t>(1, ex.images.dim(0));
-          shape = {1, ex.images.dim(1), ex.images.dim(2), ex.images.dim(3)};
-          values = {ex.images.data() + i * per, static_cast<size_t>(per)};
-        } else {
-          const int nc = ex.jets.n_constituents;
-          shape = {1, nc, 4};
-          values = {ex.jets.constituents.data() + i * nc * 4, static_cast<size_t>(nc) * 4};
-        }
-        for (int attempt = 0;; ++attempt) {
-          try {
-            InferReply r = client.infer(send_images ? kImagesTensor : kConstituentsTensor, shape, values, o.features);
-            if (r.probabilities.size() != 2)
-              throw ClientError(fmt::format("the server's reply for jet {} of {} holds {} probabilities, not 2",
-                                            ex.rows[i], file.path(), r.probabilities.size()),
-                                false);
-            if (o.features && r.features.empty())
-              throw ClientError(fmt::format("the server's reply for jet {} of {} holds {} features", ex.rows[i],
-                                            file.path(), r.features.size()),
-                                false);
-            for (const std::vector<float>* v : {&r.probabilities, &r.features})
-              if (!all_finite(*v))
-                throw ClientError(
-                    fmt::format("the server's reply for jet {} of {} holds NaN or inf", ex.rows[i], file.path()),
-                    false);
+    int64_t shown = 0;
+    run_workers(
+        clients, m,
+        [&](InferenceClient& client, int64_t i) {
+          const JetInput in = jet_input(ex, i, send_images);
+          retried += retry_with_backoff(o.retries, [&] {
+            InferReply r = client.infer(in.tensor, in.shape, in.values, o.features);
+            check_reply(r, o.features, ex.rows[i], file.path());
             scores[i] = r.probabilities[1];
             if (o.features) features[i] = std::move(r.features);
-            break;
-          } catch (const std::exception& any) {  // a reply we cannot read is an error, never an abort
-            const ClientError* e = dynamic_cast<const ClientError*>(&any);
-            if (!e || !e->retryable() || attempt >= o.retries) {
-              std::lock_guard lock(error_mutex);
-              if (!error) error = std::current_exception();
-              next = m;  // stop the others
-              return;
-            }
-            ++retried;
-            std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
-          }
-        }
-        ++done;
-      }
-    };
-    std::vector<std::thread> threads;
-    for (int t = 0; t < o.concurrency; ++t) threads.emplace_back(worker, std::ref(*clients[t]));
-    int64_t shown = 0;
-    while (done.load() < m) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      if (progress) progress->advance(done.load() - shown), shown = done.load();
-      std::lock_guard lock(error_mutex);
-      if (error) break;
-    }
-    for (std::thread& t : threads) t.join();
-    if (error) std::rethrow_exception(error);
-    if (progress) progress->advance(m - shown);
+          });
+        },
+        [&](int64_t done) {
+          if (progress) progress->advance(done - shown);
+          shown = done;
+        });
     result.predictions.score.insert(result.predictions.score.end(), scores.begin(), scores.end());
     result.predictions.label.insert(result.predictions.label.end(), ex.labels.begin(), ex.labels.end());
     for (auto& f : features) {

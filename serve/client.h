@@ -74,6 +74,11 @@ struct RemotePredictResult {
   NonFiniteReport dropped;
 };
 
+// Runs `attempt` until it returns; a retryable ClientError (a lost connection, an unavailable server)
+// is tried again up to `retries` times, after 50, 100, 200 ... ms. Anything else, and the last
+// failure, is rethrown. Returns how many retries it took.
+int retry_with_backoff(int retries, const std::function<void()>& attempt);
+
 // Sends every jet of `file` in its own request (one event per request, as a CMSSW job does), with
 // `concurrency` requests in flight: constituents for jet files, images for image files.
 RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptions& options);

@@ -454,6 +454,41 @@ TEST_F(ServeTest, ModelConfigOfAnUnknownModelOrVersionIsNotFoundNamingIt) {
 }
 
 // A name Triton could not have (it names a directory of a model repository) is refused at start.
+// predict --server's retries: a lost connection is tried again, a bad reply is not.
+TEST(Client, RetriesOnlyWhatMayWorkTheNextTime) {
+  int calls = 0;
+  EXPECT_EQ(retry_with_backoff(3,
+                               [&] {
+                                 if (++calls < 3) throw ClientError("connection reset", true);
+                               }),
+            2);
+  EXPECT_EQ(calls, 3);
+  calls = 0;
+  EXPECT_THROW(retry_with_backoff(3,
+                                  [&] {
+                                    ++calls;
+                                    throw ClientError("a reply of 3 probabilities", false);
+                                  }),
+               ClientError);
+  EXPECT_EQ(calls, 1) << "a bad reply is not retried";
+  calls = 0;
+  EXPECT_THROW(retry_with_backoff(2,
+                                  [&] {
+                                    ++calls;
+                                    throw ClientError("unavailable", true);
+                                  }),
+               ClientError);
+  EXPECT_EQ(calls, 3) << "the first try and 2 retries";
+  calls = 0;
+  EXPECT_THROW(retry_with_backoff(2,
+                                  [&] {
+                                    ++calls;
+                                    fail("not a client error");
+                                  }),
+               Error);
+  EXPECT_EQ(calls, 1);
+}
+
 TEST(Serve, ModelNameMustBeATritonModelName) {
   ServerOptions o;
   o.model_name = "my model";
