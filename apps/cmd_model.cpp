@@ -59,8 +59,8 @@ void run_model(const ModelArgs& args) {
              args.image_size, args.image_size);
   fmt::print("BLAS           {} (training)\n", blas_info().summary());
   fmt::print("training       {}\n", model->featurizer_layout() == ActivationLayout::nhwc
-                                         ? "channels-last (NHWC) autograd, im2col + OpenBLAS sgemm"
-                                         : "NCHW autograd (the layers' input quantizers), im2col + OpenBLAS sgemm");
+                                        ? "channels-last (NHWC) autograd, im2col + OpenBLAS sgemm"
+                                        : "NCHW autograd (the layers' input quantizers), im2col + OpenBLAS sgemm");
   if (tagger && tagger->quantized())
     fmt::print("inference      {}\n", tagger->describe_engine());
   else

@@ -3,8 +3,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 
 #include "nn/check.h"
 #include "nn/ops/layout.h"

@@ -1,7 +1,5 @@
 #include "nn/ops/layout.h"
 
-#include <algorithm>
-
 #include "nn/check.h"
 #include "nn/profile.h"
 
