@@ -48,6 +48,13 @@ ResNetConfig read_model_config(hid_t file, const std::string& path) {
                                          {"hidden units (fc1.weight rows)", config.hidden, int64_t{1} << 16},
                                          {"classes (fc2.weight rows)", config.classes, int64_t{2}}})
     if (value < 1 || value > max) fail("{}: the model's {} is {}, outside [1, {}]", path, what, value, max);
+  // The stem's width fixes the featurizer's output width, which fc1 reads: a forged conv1.weight that
+  // disagrees is refused here, before a model of its width (up to billions of weights) is built.
+  const ArchSpec spec = *find_arch(*arch);
+  const int64_t features = (config.width << (spec.layers.size() - 1)) * (spec.block == BlockKind::bottleneck ? 4 : 1);
+  if (const int64_t fc1_columns = shape_of("fc1.weight", 2)[1]; fc1_columns != features)
+    fail("{}: fc1.weight reads {} features, but a {} of stem width {} makes {}", path, fc1_columns, *arch, config.width,
+         features);
   return config;
 }
 

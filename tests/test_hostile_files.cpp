@@ -125,6 +125,19 @@ TEST_F(HostileFiles, ForgedModelShapesAndNonFiniteWeightsAreRefused) {
   });
   e = error_of([&] { load_model(wide); });
   EXPECT_NE(e.find("width (conv1.weight rows) is 1099511627776, outside [1, 1024]"), std::string::npos) << e;
+
+  // A width within the bound that the rest of the file does not have (the fuzzer's find: a model of
+  // width 1024 was built, billions of weights, before its tensors were compared).
+  const std::string forged_width = checkpoint("forged_width.h5", [](hid_t f) {
+    H5Ldelete(f, "conv1.weight", H5P_DEFAULT);
+    const hsize_t dims[4] = {1024, 1, 7, 7};
+    const hid_t space = H5Screate_simple(4, dims, nullptr);
+    H5Dclose(H5Dcreate2(f, "conv1.weight", H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5Sclose(space);
+  });
+  e = error_of([&] { load_model(forged_width); });
+  EXPECT_NE(e.find("fc1.weight reads"), std::string::npos) << e;
+  EXPECT_NE(e.find("stem width 1024"), std::string::npos) << e;
 }
 
 TEST_F(HostileFiles, ImageFilesWithForgedShapesOrExternalLinksAreRefused) {
