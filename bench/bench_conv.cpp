@@ -3,8 +3,14 @@
 //                  each activation layout (nhwc: 0 NCHW conv2d, 1 channels-last conv2d_nhwc)
 //   BM_PackedConv  the inference kernels (NHWC, packed weights, fused output stage) at batch 1 and 64,
 //                  on every instruction set this CPU runs (isa: 0 ref, 1 avx2, 2 avx512)
+//   BM_BfpConv     the same shapes on the block floating point integer kernels (ms-fp8: bfp<5,2,128>),
+//                  the input's quantization included
 #include <benchmark/benchmark.h>
 
+#include <cmath>
+#include <vector>
+
+#include "nn/kernels/bfp.h"
 #include "nn/kernels/packed_conv.h"
 #include "nn/kernels/winograd.h"
 #include "nn/ops/conv2d.h"
@@ -64,6 +70,50 @@ void BM_PackedConv(benchmark::State& state) {
   }
   state.counters["GFLOP/s"] = benchmark::Counter(
       2.0 * outputs * C * kernel * kernel, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// args: C, H, K, kernel, stride, pad, batch, isa. Random ms-fp8 mantissas and exponents, inputs
+// |normal| (they follow a ReLU).
+void BM_BfpConv(benchmark::State& state) {
+  const int64_t C = state.range(0), H = state.range(1), K = state.range(2), N = state.range(6);
+  const int kernel = static_cast<int>(state.range(3)), stride = static_cast<int>(state.range(4)),
+            pad = static_cast<int>(state.range(5));
+  const Isa isa = static_cast<Isa>(state.range(7));
+  if (!cpu_supports(isa)) return state.SkipWithError("this CPU cannot run the instruction set");
+  Rng rng(1);
+  Tensor x = random_tensor({N, H, H, C}, rng);
+  for (float& v : x.span()) v = std::abs(v);
+  const BlockFormat ms_fp8{2, 128, -15, 15};
+  const int64_t taps = kernel * kernel, blocks = (C + 127) / 128;
+  std::vector<int32_t> mantissas(static_cast<size_t>(K * C * taps));
+  std::vector<int8_t> exponents(static_cast<size_t>(K * blocks * taps));
+  for (int32_t& m : mantissas) m = static_cast<int32_t>(rng.below(7)) - 3;
+  for (int8_t& e : exponents) e = static_cast<int8_t>(-static_cast<int>(rng.below(6)));
+  const Tensor b = random_tensor({K}, rng);
+  const PackedBfpConv cv =
+      pack_conv_bfp({K, C, kernel, kernel, mantissas, exponents, ms_fp8}, &b, {stride, pad}, ms_fp8, isa);
+  int64_t outputs = 0;
+  for (auto _ : state) {
+    Tensor y = conv_nhwc_bfp(cv, x, nullptr, true);
+    outputs = y.numel();
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * outputs * C * kernel * kernel, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// args: C, pixels. The block floating point quantizer alone (ms-fp8), on |normal| inputs.
+void BM_BfpQuantize(benchmark::State& state) {
+  const int64_t C = state.range(0), pixels = state.range(1);
+  Rng rng(1);
+  Tensor x = random_tensor({pixels, C}, rng);
+  for (float& v : x.span()) v = std::abs(v);
+  for (auto _ : state) {
+    BfpActivations a = quantize_bfp_activations(x.data(), pixels, C, BlockFormat{2, 128, -15, 15});
+    benchmark::DoNotOptimize(a.storage.data());
+  }
+  state.counters["values/s"] =
+      benchmark::Counter(static_cast<double>(C * pixels), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // args: C, H, K, batch, isa. The 3x3 stride-1 layers as Winograd F(2x2, 3x3); GFLOP/s counts the
@@ -137,4 +187,6 @@ BENCHMARK(BM_Winograd)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_PackedConv)->Apply(PackedShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_BfpQuantize)->Args({64, 6400})->Args({256, 6400})->Args({2048, 256})->UseRealTime();
+BENCHMARK(BM_BfpConv)->Apply(PackedShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

@@ -115,6 +115,7 @@ CpuFeatures detect_cpu() {
     f.avx512cd = b & (1u << 28);
     f.avx512bw = b & (1u << 30);
     f.avx512vl = b & (1u << 31);
+    f.avx512vnni = c & (1u << 11);
   }
   unsigned brand[12] = {};
   if (__get_cpuid(0x80000000, &a, &b, &c, &d) && a >= 0x80000004) {

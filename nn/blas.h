@@ -19,6 +19,7 @@ namespace toptag {
 struct CpuFeatures {
   bool avx2 = false, fma = false;
   bool avx512f = false, avx512cd = false, avx512bw = false, avx512dq = false, avx512vl = false;
+  bool avx512vnni = false;       // VPDPBUSD: u8 x s8 dot products of 4 (Intel Cascade Lake and later, AMD Zen 4)
   bool os_saves_avx = false;     // XCR0: the OS saves the YMM state
   bool os_saves_avx512 = false;  // XCR0: the OS saves the opmask and ZMM state
   std::string vendor, brand;

@@ -27,32 +27,25 @@ Conv2dParams params_of(const Conv2d& conv) {
   return {conv.params.stride, conv.params.padding};
 }
 
-PackedConv pack_layer(const std::string& name, const Conv2d& conv, const BatchNorm2d* bn, Isa isa) {
-  if (conv.hooks) fail("cannot freeze {}: it has hooks (a quantized model runs the float emulation)", name);
-  if (bn && !bn->folded) fail("cannot freeze {}: its batch norm is not folded (fold_batchnorm first)", name);
-  const Tensor* bias = conv.bias.value().defined() ? &conv.bias.value() : nullptr;
-  return pack_conv(conv.weight.value(), bias, params_of(conv), isa);
-}
-
-PackedConv pack_linear(const std::string& name, const Linear& linear, Isa isa) {
-  if (linear.hooks) fail("cannot freeze {}: it has hooks (a quantized model runs the float emulation)", name);
-  const Tensor& w = linear.weight.value();
-  return pack_conv(w.reshape({w.dim(0), w.dim(1), 1, 1}), &linear.bias.value(), {1, 0}, isa);
-}
-
 }  // namespace
 
-FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd) : kernels_(&kernels(isa)) {
+FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const LayerQuantizations* quantized)
+    : kernels_(&kernels(isa)), isa_(isa), winograd_(winograd), quantized_(quantized), quantized_plan_(quantized) {
   in_channels_ = model.config().in_channels;
   feature_dim_ = model.feature_dim();
   std::vector<Op> main_path;  // the current block's convolutions, emitted at its end
   std::optional<Op> shortcut;
   bool in_block = false;
   int linears = 0;
+  // Whether the running activation, and the current block's input, follow a ReLU: the integer
+  // kernels take only such inputs. The images do not.
+  bool current_nonnegative = false, block_input_nonnegative = false;
   model.walk([&](const LayerStep& step) {
     switch (step.kind) {
       case LayerStep::Kind::conv: {
-        Op op = conv_op(step, isa, winograd);
+        const bool reads_block_input = in_block && (step.shortcut || main_path.empty());
+        Op op = conv_op(step, reads_block_input ? block_input_nonnegative : current_nonnegative);
+        current_nonnegative = step.relu;
         if (!in_block) {
           ops_.push_back(std::move(op));
         } else if (step.shortcut) {
@@ -73,42 +66,87 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd) : kernel
       }
       case LayerStep::Kind::block_begin:
         in_block = true;
+        block_input_nonnegative = current_nonnegative;
         main_path.clear();
         shortcut.reset();
         break;
       case LayerStep::Kind::block_end:
         add_block(step, std::move(main_path), std::move(shortcut));
+        current_nonnegative = step.relu;
         main_path.clear();
         shortcut.reset();
         in_block = false;
         break;
       case LayerStep::Kind::global_avg_pool:
-        break;  // features() ends with it
+        break;  // features() ends with it; an average of non-negative values is non-negative
       case LayerStep::Kind::linear:
         if (linears == 0) {
-          fc1_ = pack_linear(step.name, *step.linear, isa);
-          fc1_relu_ = step.relu;
+          fc1_ = linear_op(step, current_nonnegative);
         } else if (linears == 1) {
-          fc2_ = pack_linear(step.name, *step.linear, isa);
+          fc2_ = linear_op(step, current_nonnegative);
         } else {
           fail("cannot freeze: the head has more than two linear layers ({})", step.name);
         }
+        current_nonnegative = step.relu;
         ++linears;
         break;
     }
   });
   if (linears != 2) fail("cannot freeze: expected a head of two linear layers, found {}", linears);
+  quantized_ = nullptr;
 }
 
-FrozenResNet::Op FrozenResNet::conv_op(const LayerStep& step, Isa isa, bool winograd) {
+FrozenResNet::Op FrozenResNet::conv_op(const LayerStep& step, bool input_nonnegative) const {
+  const Conv2d& conv = *step.conv;
+  if (conv.hooks && !quantized_)
+    fail("cannot freeze {}: it has hooks (a quantized model is frozen from its layers' quantization)", step.name);
+  if (step.bn && !step.bn->folded)
+    fail("cannot freeze {}: its batch norm is not folded (fold_batchnorm first)", step.name);
+  const Tensor* bias = conv.bias.value().defined() ? &conv.bias.value() : nullptr;
   Op op;
-  op.conv = pack_layer(step.name, *step.conv, step.bn, isa);
-  if (winograd && winograd_applies(op.conv) && op.conv.C >= kWinogradMinChannels) {
-    const Tensor& b = step.conv->bias.value();
-    op.winograd = pack_winograd(step.conv->weight.value(), b.defined() ? &b : nullptr, isa);
-  }
+  op.input_nonnegative = input_nonnegative;
   op.relu = step.relu;
+  if (quantized_) {
+    quantize_op(op, step.name, bias, params_of(conv));
+    if (op.bfp) return op;
+  } else {
+    op.conv = pack_conv(conv.weight.value(), bias, params_of(conv), isa_);
+  }
+  if (winograd_ && winograd_applies(op.conv) && op.conv.C >= kWinogradMinChannels) {
+    const Tensor& w = quantized_ ? quantized_->at(step.name).weight : conv.weight.value();
+    op.winograd = pack_winograd(w, bias, isa_);
+  }
   return op;
+}
+
+FrozenResNet::Op FrozenResNet::linear_op(const LayerStep& step, bool input_nonnegative) const {
+  const Linear& linear = *step.linear;
+  if (linear.hooks && !quantized_)
+    fail("cannot freeze {}: it has hooks (a quantized model is frozen from its layers' quantization)", step.name);
+  Op op;
+  op.input_nonnegative = input_nonnegative;
+  op.relu = step.relu;
+  if (quantized_) {
+    quantize_op(op, step.name, &linear.bias.value(), {1, 0});
+  } else {
+    const Tensor& w = linear.weight.value();
+    op.conv = pack_conv(w.reshape({w.dim(0), w.dim(1), 1, 1}), &linear.bias.value(), {1, 0}, isa_);
+  }
+  return op;
+}
+
+void FrozenResNet::quantize_op(Op& op, const std::string& name, const Tensor* bias, Conv2dParams params) const {
+  auto it = quantized_->find(name);
+  if (it == quantized_->end()) fail("cannot freeze {}: the quantized model does not describe it", name);
+  const LayerQuantization& q = it->second;
+  const Tensor w = q.weight.rank() == 2 ? q.weight.reshape({q.weight.dim(0), q.weight.dim(1), 1, 1}) : q.weight;
+  if (q.bfp && op.input_nonnegative && bfp_kernels_apply(q.bfp->weight, q.bfp->input)) {
+    const BfpWeight weight{w.dim(0), w.dim(1), w.dim(2), w.dim(3), q.bfp->mantissas, q.bfp->exponents, q.bfp->weight};
+    op.bfp = pack_conv_bfp(weight, bias, params, q.bfp->input, isa_);
+    return;
+  }
+  op.conv = pack_conv(w, bias, params, isa_);
+  op.quantize_input = q.quantize_input;
 }
 
 void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut) {
@@ -124,6 +162,15 @@ void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, st
   for (Op& op : main_path) ops_.push_back(std::move(op));
 }
 
+Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual) {
+  if (op.bfp) return conv_nhwc_bfp(*op.bfp, in, residual, op.relu);
+  const Tensor x = op.quantize_input ? op.quantize_input(in) : in;
+  // Winograd where the layer has enough tiles to be bound by arithmetic; below that the layer is
+  // bound by reading its weights, which Winograd makes 16/9 larger.
+  if (op.winograd && winograd_pays(x)) return conv_winograd(*op.winograd, x, residual, op.relu);
+  return conv_nhwc(op.conv, x, residual, op.relu);
+}
+
 Tensor FrozenResNet::features(const Tensor& images) const {
   if (images.rank() != 4 || images.dim(1) != in_channels_)
     fail("model expects images of shape (N, {}, H, W), got {}", in_channels_, images.shape().str());
@@ -136,12 +183,7 @@ Tensor FrozenResNet::features(const Tensor& images) const {
     }
     const Tensor& in = op.in == Slot::block_input ? block_input : current;
     const Tensor* residual = !op.add_residual ? nullptr : op.residual == Slot::shortcut ? &shortcut : &block_input;
-    // Winograd where the layer has enough tiles to be bound by arithmetic; below that the layer is
-    // bound by reading its weights, which Winograd makes 16/9 larger.
-    const bool use_winograd = op.winograd && winograd_pays(in);
-    Tensor y =
-        use_winograd ? conv_winograd(*op.winograd, in, residual, op.relu) : conv_nhwc(op.conv, in, residual, op.relu);
-    (op.out == Slot::shortcut ? shortcut : current) = std::move(y);
+    (op.out == Slot::shortcut ? shortcut : current) = run(op, in, residual);
   }
   return global_avgpool_nhwc(current);
 }
@@ -150,26 +192,42 @@ Tensor FrozenResNet::head(const Tensor& features) const {
   if (features.rank() != 2 || features.dim(1) != feature_dim_)
     fail("the head expects features of shape (N, {}), got {}", feature_dim_, features.shape().str());
   const int64_t N = features.dim(0);
-  const Tensor hidden = conv_nhwc(fc1_, features.reshape({N, 1, 1, feature_dim_}), nullptr, fc1_relu_);
-  const Tensor logits = conv_nhwc(fc2_, hidden, nullptr, false);
-  return logits.reshape({N, fc2_.K});
+  const Tensor hidden = run(fc1_, features.reshape({N, 1, 1, feature_dim_}), nullptr);
+  const Tensor logits = run(fc2_, hidden, nullptr);
+  return logits.reshape({N, logits.dim(3)});
 }
 
 std::string FrozenResNet::describe() const {
-  int64_t floats = static_cast<int64_t>(fc1_.weights.size() + fc2_.weights.size()), convs = 0;
-  int64_t winograd = 0;
+  int64_t bytes = 0, convs = 0, winograd = 0, integer = 0, fake_quantized = 0;
+  auto count = [&](const Op& op) {
+    bytes += static_cast<int64_t>(op.conv.weights.size() * sizeof(float));
+    if (op.winograd) {
+      bytes += static_cast<int64_t>(op.winograd->weights.size() * sizeof(float));
+      ++winograd;
+    }
+    if (op.bfp) {
+      bytes += static_cast<int64_t>(op.bfp->weights.size() + op.bfp->steps.size() * sizeof(float));
+      ++integer;
+    }
+    if (op.quantize_input) ++fake_quantized;
+  };
   for (const Op& op : ops_) {
     if (op.pool) continue;
-    floats += static_cast<int64_t>(op.conv.weights.size());
+    count(op);
     ++convs;
-    if (!op.winograd) continue;
-    floats += static_cast<int64_t>(op.winograd->weights.size());
-    ++winograd;
   }
-  return fmt::format(
-      "{} (instruction set {}), {} convolutions ({} also as Winograd F(2x2,3x3)) + 2 linear "
-      "layers packed ({:.1f} MB)",
-      kernels_->name, isa_name(kernels_->isa), convs, winograd, static_cast<double>(floats) * 4.0 / 1e6);
+  count(fc1_);
+  count(fc2_);
+  std::string text = fmt::format(
+      "{} (instruction set {}), {} convolutions ({} also as Winograd F(2x2,3x3)) + 2 linear layers packed "
+      "({:.1f} MB)",
+      kernels_->name, isa_name(kernels_->isa), convs, winograd, static_cast<double>(bytes) / 1e6);
+  if (quantized_plan_)
+    text += fmt::format(
+        "; quantized: {} of {} layers on integer block floating point kernels ({}), the rest on float kernels over "
+        "their decoded weights ({} with quantized inputs)",
+        integer, convs + 2, kernels_->bfp_name, fake_quantized);
+  return text;
 }
 
 }  // namespace toptag

@@ -5,26 +5,52 @@
 // Built from ResNet::walk, so it follows the network's one description of its topology. The plan
 // computes the same function as the model in eval mode with its batch norms folded (to float32
 // rounding: the sums run in another order); tests/test_inference_plan.cpp holds it to that.
-// Quantized models (layer hooks) are not frozen: they run the float emulation (quantize/).
+//
+// A quantized model is frozen from a description of each layer (LayerQuantization, which quantize/
+// fills: nn knows no format by name). A layer whose weights and inputs are both block floating point
+// the integer kernels can run (nn/kernels/bfp.h) runs on them; every other layer runs the float
+// kernels on its decoded weights, its input fake-quantized first. Both compute what the float
+// emulation (the layers' hooks) computes, to float32 rounding of the sums.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "nn/kernels/bfp.h"
 #include "nn/kernels/packed_conv.h"
 #include "nn/kernels/winograd.h"
 #include "nn/resnet.h"
 
 namespace toptag {
 
+// How one layer of a quantized model computes.
+struct LayerQuantization {
+  Tensor weight;  // the quantized weight's values, decoded: what the float kernels run
+  // Fake-quantizes the layer's input, channels last ((N, H, W, C) or (N, C)); empty: float inputs.
+  std::function<Tensor(const Tensor&)> quantize_input;
+  // Both operands block floating point: the weight's exact encoding, and the input's format.
+  struct Bfp {
+    std::vector<int32_t> mantissas;  // the weight's shape
+    std::vector<int8_t> exponents;   // [K][blocks][taps]
+    BlockFormat weight, input;
+  };
+  std::optional<Bfp> bfp;
+};
+
+// Every conv and linear layer of a quantized model, by state_dict prefix ("layer1.0.conv2", "fc1").
+using LayerQuantizations = std::map<std::string, LayerQuantization>;
+
 class FrozenResNet {
  public:
-  // Throws toptag::Error when the model cannot be frozen: a batch norm not folded, or a layer with
-  // hooks (a quantized model).
+  // Throws toptag::Error when the model cannot be frozen: a batch norm not folded, a layer with hooks
+  // (a quantized model) and no `quantized` description, or a layer `quantized` does not describe.
   // winograd: run 3x3 stride-1 convolutions with enough tiles as Winograd F(2x2, 3x3)
   // (nn/kernels/winograd.h); false runs every convolution on the direct kernel.
-  explicit FrozenResNet(const ResNet& model, Isa isa = active_isa(), bool winograd = true);
+  explicit FrozenResNet(const ResNet& model, Isa isa = active_isa(), bool winograd = true,
+                        const LayerQuantizations* quantized = nullptr);
 
   // images (N, in_channels, H, W), NCHW as everywhere else -> features (N, feature_dim)
   Tensor features(const Tensor& images) const;
@@ -32,7 +58,7 @@ class FrozenResNet {
   Tensor head(const Tensor& features) const;
 
   // "avx512 f32 12x32 (instruction set avx512), 53 convolutions (13 also as Winograd F(2x2,3x3)) + 2
-  // linear layers packed (165.3 MB)"
+  // linear layers packed (165.3 MB)"; a quantized model adds how many layers run on integer kernels.
   std::string describe() const;
   const KernelSet& kernel_set() const { return *kernels_; }
 
@@ -43,8 +69,11 @@ class FrozenResNet {
   struct Op {
     bool pool = false;  // a max pool (else a convolution)
     MaxPool2dParams pool_params;
-    PackedConv conv;
-    std::optional<WinogradConv> winograd;  // 3x3 stride-1 convolutions: also packed for Winograd
+    PackedConv conv;                                      // float32 weights (a quantized layer's decoded ones)
+    std::optional<WinogradConv> winograd;                 // 3x3 stride-1 convolutions: also packed for Winograd
+    std::optional<PackedBfpConv> bfp;                     // integer block floating point: runs instead of conv
+    std::function<Tensor(const Tensor&)> quantize_input;  // float path of a quantized layer
+    bool input_nonnegative = false;                       // the input follows a ReLU
     bool relu = false;
     bool starts_block = false;  // copy `current` into `block_input` first
     Slot in = Slot::current, out = Slot::current;
@@ -52,15 +81,23 @@ class FrozenResNet {
     Slot residual = Slot::block_input;
   };
 
-  static Op conv_op(const LayerStep& step, Isa isa, bool winograd);
+  Op conv_op(const LayerStep& step, bool input_nonnegative) const;
+  Op linear_op(const LayerStep& step, bool input_nonnegative) const;
+  // A quantized layer: its float path, and its integer path where the kernels run it.
+  void quantize_op(Op& op, const std::string& name, const Tensor* bias, Conv2dParams params) const;
   // Appends a block's convolutions: the shortcut first, the residual add and ReLU fused into the last.
   void add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut);
+  // One convolution (or linear layer) on its input, by whichever path it was packed for.
+  static Tensor run(const Op& op, const Tensor& in, const Tensor* residual);
 
   const KernelSet* kernels_;
+  Isa isa_;
+  bool winograd_;
+  const LayerQuantizations* quantized_;  // during construction only
+  bool quantized_plan_ = false;
   int64_t in_channels_ = 0, feature_dim_ = 0;
   std::vector<Op> ops_;
-  PackedConv fc1_, fc2_;  // the head, as 1x1 convolutions over a 1x1 image
-  bool fc1_relu_ = true;
+  Op fc1_, fc2_;  // the head, as 1x1 convolutions over a 1x1 image
 };
 
 }  // namespace toptag

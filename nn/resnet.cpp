@@ -275,8 +275,8 @@ StateList ResNet::head_state() {
   return out;
 }
 
-void ResNet::freeze(Isa isa, bool winograd) {
-  frozen_ = std::make_shared<const FrozenResNet>(*this, isa, winograd);
+void ResNet::freeze(Isa isa, bool winograd, const LayerQuantizations* quantized) {
+  frozen_ = std::make_shared<const FrozenResNet>(*this, isa, winograd, quantized);
 }
 
 void ResNet::fold_batchnorm() {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,6 +43,8 @@ std::vector<std::string> known_archs();
 
 class Block;
 class FrozenResNet;
+struct LayerQuantization;
+using LayerQuantizations = std::map<std::string, LayerQuantization>;
 
 // One layer of the network, as ResNet::walk visits them, in forward order:
 //   conv "conv1" (+bn1, relu) -> max_pool -> for each block: block_begin, its main-path convs in order
@@ -131,7 +134,8 @@ class ResNet {
   // (NoGradGuard), and the autograd path otherwise. Needs folded batch norms and no layer hooks.
   // Everything that could change what the plan copied drops it: set_training(true), fold_batchnorm(),
   // and the accessors that hand out the layers (state(), head_state(), convs(), linears()).
-  void freeze(Isa isa = active_isa(), bool winograd = true);
+  // A quantized model (layer hooks) is frozen from `quantized`, its layers' description (quantize/).
+  void freeze(Isa isa = active_isa(), bool winograd = true, const LayerQuantizations* quantized = nullptr);
   void thaw() { frozen_.reset(); }
   const FrozenResNet* frozen() const { return frozen_.get(); }
 

@@ -513,4 +513,9 @@ Tensor decode_weight(const Format& f, const EncodedTensor& e, const Shape& shape
   return w;
 }
 
+BlockFormat block_format(const Format& f) {
+  if (f.kind != FormatKind::bfp) fail("format {} is not block floating point", f.str());
+  return {f.mantissa_bits, f.block, bfp_exponent_min(f), bfp_exponent_max(f)};
+}
+
 }  // namespace toptag

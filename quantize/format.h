@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "nn/kernels/bfp.h"
 #include "nn/tensor.h"
 
 namespace toptag {
@@ -104,5 +105,8 @@ struct EncodedTensor {
 };
 EncodedTensor encode_weight(const Format& f, const Tensor& w);
 Tensor decode_weight(const Format& f, const EncodedTensor& e, const Shape& shape);
+
+// A bfp format as the integer kernels see it (nn/kernels/bfp.h).
+BlockFormat block_format(const Format& f);
 
 }  // namespace toptag

@@ -112,6 +112,40 @@ void freeze_for_inference(ResNet& model, const QuantizationConfig& config) {
   });
 }
 
+LayerQuantizations plan_layers(ResNet& model, const QuantizationConfig& config) {
+  LayerQuantizations layers;
+  const bool bfp =
+      config.weights.kind == FormatKind::bfp && config.activations && config.activations->kind == FormatKind::bfp;
+  for_each_layer(model, [&](const std::string& name, std::shared_ptr<LayerHooks>&, Var& weight) {
+    LayerQuantization& q = layers[name];
+    q.weight = Tensor::empty(weight.shape());
+    quantize_tensor(config.weights, true, weight.value(), q.weight, nullptr);  // as the weight hook
+    if (config.activations) {
+      std::optional<AffineRange> range;
+      if (config.activations->kind == FormatKind::int8) {
+        auto it = config.ranges.find(name);
+        if (it == config.ranges.end()) fail("layer '{}' has no calibrated int8 input range", name);
+        range = it->second;
+      }
+      // The input hook's quantizer on a channels-last input: viewed as (pixels, C), its blocks run
+      // along the channels, as they do along NCHW's channel axis.
+      q.quantize_input = [format = *config.activations, range](const Tensor& x) {
+        const int64_t C = x.dim(x.rank() - 1);
+        const Tensor flat = x.reshape({x.numel() / C, C});
+        Tensor y = Tensor::empty(flat.shape());
+        quantize_tensor(format, false, flat, y, nullptr, range ? &*range : nullptr);
+        return y.reshape(x.shape());
+      };
+    }
+    if (bfp) {
+      EncodedTensor e = encode_weight(config.weights, weight.value());
+      q.bfp = LayerQuantization::Bfp{std::move(e.integers), std::move(e.exponents), block_format(config.weights),
+                                     block_format(*config.activations)};
+    }
+  });
+  return layers;
+}
+
 int64_t calibrate(ResNet& model, QuantizationConfig& config, const BatchSourceFn& next_batch) {
   if (!model.folded()) model.fold_batchnorm();
   config.ranges.clear();

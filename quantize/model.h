@@ -20,6 +20,7 @@
 #include <string>
 
 #include "io/h5.h"
+#include "nn/inference_plan.h"
 #include "nn/ops/fake_quant.h"
 #include "nn/resnet.h"
 #include "quantize/format.h"
@@ -57,6 +58,11 @@ int64_t calibrate(ResNet& model, QuantizationConfig& config, const BatchSourceFn
 // re-quantizing the float weights on each forward pass. The scores are exactly the same; a small
 // batch (a served request) no longer pays for quantizing 25M weights. Training must not follow.
 void freeze_for_inference(ResNet& model, const QuantizationConfig& config);
+
+// The quantized model as the frozen inference plan runs it (nn/inference_plan.h): every layer's
+// quantized weight, its input quantizer, and, where weights and inputs are both block floating point,
+// the weight's exact encoding for the integer kernels. Then model.freeze(isa, winograd, &layers).
+LayerQuantizations plan_layers(ResNet& model, const QuantizationConfig& config);
 
 // Writes /quantization and /quantized into an open checkpoint that already holds the model.
 void write_quantization(hid_t file, ResNet& model, const QuantizationConfig& config);

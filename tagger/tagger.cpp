@@ -13,7 +13,9 @@ std::string Tagger::describe() const {
 
 std::string Tagger::describe_engine() const {
   if (model && model->frozen()) return "kernels " + model->frozen()->describe();
-  if (quantization) return "float emulation of " + quantization->describe() + " (im2col + OpenBLAS sgemm)";
+  if (quantization)
+    return "float emulation of " + quantization->describe() + " (im2col + OpenBLAS sgemm" +
+           (emulate ? ", --emulate)" : ")");
   return "autograd ops (im2col + OpenBLAS sgemm; not frozen)";
 }
 
@@ -86,7 +88,12 @@ void prepare_for_inference(Tagger& tagger) {
 
 void freeze_for_inference(Tagger& tagger) {
   prepare_for_inference(tagger);
-  if (!tagger.quantization) tagger.model->freeze();  // weights packed for this CPU (nn/inference_plan.h)
+  if (!tagger.quantization) {
+    tagger.model->freeze();  // weights packed for this CPU (nn/inference_plan.h)
+  } else if (!tagger.emulate) {
+    const LayerQuantizations layers = plan_layers(*tagger.model, *tagger.quantization);
+    tagger.model->freeze(active_isa(), true, &layers);
+  }
 }
 
 }  // namespace toptag

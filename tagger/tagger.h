@@ -31,6 +31,9 @@ struct Tagger {
   bool images_stored = false;  // `images` come from the checkpoint; else defaults (channels: the model's)
   std::shared_ptr<QuantizationConfig> quantization;  // null for a float model
   std::string training_config;                       // JSON of the run that trained the weights ("" if unknown)
+  // A quantized model runs the float emulation (the layers' quantizers on the autograd path) instead
+  // of the frozen plan's kernels: --emulate, for comparison.
+  bool emulate = false;
 
   bool quantized() const { return quantization != nullptr; }
   std::string describe() const;  // "float32" or the quantization
@@ -63,8 +66,10 @@ int64_t quantize_tagger(Tagger& tagger, std::shared_ptr<QuantizationConfig> conf
 // less per layer, and the ReLU fused into the conv), and a quantized tagger's weights quantized once
 // (quantize/model.h). What the exporter needs: the weights the model computes with.
 void prepare_for_inference(Tagger& tagger);
-// prepare_for_inference, then a float model is frozen: its weights packed once for this CPU's
-// kernels (nn/inference_plan.h). What predict, features, serve and perf run.
+// prepare_for_inference, then the model is frozen: its weights packed once for this CPU's kernels
+// (nn/inference_plan.h), a quantized model's block floating point layers on integer kernels. A
+// quantized tagger with `emulate` set stays on the float emulation. What predict, features, serve and
+// perf run.
 void freeze_for_inference(Tagger& tagger);
 
 }  // namespace toptag

@@ -10,9 +10,10 @@ IFS=: read -r -a objects <<<"$1"
 status=0
 for object in "${objects[@]}"; do
   case $object in
+    *avx512_vnni*) ns=kernels_avx512_vnni ;;
     *avx512*) ns=kernels_avx512 ;;
     *avx2*) ns=kernels_avx2 ;;
-    *) echo "FAIL: $object is neither the avx2 nor the avx512 kernel object"; exit 1 ;;
+    *) echo "FAIL: $object is none of the avx2, avx512 and avx512_vnni kernel objects"; exit 1 ;;
   esac
   defined=$(nm -C --defined-only "$object" | awk '$2 ~ /^[TtWwVvDdBbRr]$/ { $1 = ""; $2 = ""; print substr($0, 3) }')
   [ -n "$defined" ] || { echo "FAIL: $object defines nothing"; exit 1; }

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 
+#include "nn/blas.h"
 #include "nn/check.h"
+#include "nn/kernels/tile_driver.h"
 #include "nn/ops/layout.h"
 #include "nn/parallel.h"
 #include "nn/profile.h"
@@ -15,7 +17,7 @@ namespace {
 
 // --- the reference kernel set: portable loops, the same contract as the SIMD tiles ------------------
 
-constexpr int kRefMr = 4, kRefNr = 8;
+constexpr int kRefMr = kernels_ref::kMr, kRefNr = kernels_ref::kNr;
 
 void tile_f32_ref(const TileArgs& t) {
   float sums[kRefMr][kRefNr] = {};
@@ -38,33 +40,7 @@ void tile_f32_ref(const TileArgs& t) {
     }
 }
 
-const KernelSet kRefSet{Isa::ref, "ref f32 4x8", kRefMr, kRefNr, tile_f32_ref};
-
-// Rows per chunk: a chunk's indirection table and input rows stay in cache while every panel of the
-// layer passes over them.
-constexpr int64_t kChunkRows = 192;
-
-struct Geometry {
-  int64_t N, H, W, P, Q;
-  int64_t rows() const { return N * P * Q; }
-};
-
-// rows[i * taps + t]: the input pixel that tap t of output row m0 + i reads, or the zeros.
-void fill_rows(const PackedConv& cv, const Geometry& g, const float* x, int64_t m0, int64_t count, const void** rows) {
-  const int64_t PQ = g.P * g.Q;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t m = m0 + i, n = m / PQ, p = (m % PQ) / g.Q, q = m % g.Q;
-    const void** out = rows + i * cv.taps();
-    for (int64_t r = 0; r < cv.R; ++r) {
-      const int64_t h = p * cv.stride - cv.pad + r;
-      for (int64_t s = 0; s < cv.S; ++s) {
-        const int64_t w = q * cv.stride - cv.pad + s;
-        const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
-        out[r * cv.S + s] = inside ? x + ((n * g.H + h) * g.W + w) * cv.C : cv.zeros.data();
-      }
-    }
-  }
-}
+const KernelSet kRefSet{Isa::ref, "ref f32 4x8", kRefMr, kRefNr, tile_f32_ref, "ref bfp 4x8", kernels_ref::tile_bfp};
 
 // A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
 // per tap. Its rows are copied instead into a dense block, dense[i][t * C + c] (zeros in the padding),
@@ -90,11 +66,45 @@ void fill_dense_rows(const PackedConv& cv, const void* const* rows, int64_t coun
 
 }  // namespace
 
+OutputGrid output_grid(const ConvShape& cv, const Tensor& x, const char* op) {
+  if (x.rank() != 4 || x.dim(3) != cv.C) fail("{}: input must be (N, H, W, {}), found {}", op, cv.C, x.shape().str());
+  const OutputGrid g{x.dim(0), x.dim(1), x.dim(2), cv.out_size(x.dim(1), cv.R), cv.out_size(x.dim(2), cv.S)};
+  if (g.P < 1 || g.Q < 1) fail("{}: input {} is smaller than the {}x{} kernel", op, x.shape().str(), cv.R, cv.S);
+  return g;
+}
+
+void fill_rows(const ConvShape& cv, const OutputGrid& g, const PixelTable& px, int64_t m0, int64_t count,
+               const void** rows) {
+  const int64_t PQ = g.P * g.Q;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t m = m0 + i, n = m / PQ, p = (m % PQ) / g.Q, q = m % g.Q;
+    const void** out = rows + i * cv.taps();
+    for (int64_t r = 0; r < cv.R; ++r) {
+      const int64_t h = p * cv.stride - cv.pad + r;
+      for (int64_t s = 0; s < cv.S; ++s) {
+        const int64_t w = q * cv.stride - cv.pad + s;
+        const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
+        out[r * cv.S + s] = inside ? px.base + ((n * g.H + h) * g.W + w) * px.stride : px.zeros;
+      }
+    }
+  }
+}
+
 const KernelSet& kernels(Isa isa) {
 #ifdef TOPTAG_X86_KERNELS
   switch (isa) {
-    case Isa::avx512:
-      return kernels_avx512::set;
+    case Isa::avx512: {
+      // VNNI is a separate CPU feature: without it the AVX-512 set runs AVX2's block floating point tile.
+      static const KernelSet set = [] {
+        KernelSet s = kernels_avx512::set;
+        if (detect_cpu().avx512vnni) {
+          s.bfp_name = "avx512-vnni bfp 12x32";
+          s.tile_bfp = kernels_avx512_vnni::tile_bfp;
+        }
+        return s;
+      }();
+      return set;
+    }
     case Isa::avx2:
       return kernels_avx2::set;
     case Isa::ref:
@@ -133,63 +143,44 @@ PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams para
 }
 
 Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, bool relu) {
-  if (x.rank() != 4 || x.dim(3) != cv.C)
-    fail("conv_nhwc: input must be (N, H, W, {}), found {}", cv.C, x.shape().str());
-  const Geometry g{x.dim(0), x.dim(1), x.dim(2), cv.out_size(x.dim(1), cv.R), cv.out_size(x.dim(2), cv.S)};
-  if (g.P < 1 || g.Q < 1) fail("conv_nhwc: input {} is smaller than the {}x{} kernel", x.shape().str(), cv.R, cv.S);
+  const OutputGrid g = output_grid(cv, x, "conv_nhwc");
   Tensor y = Tensor::empty({g.N, g.P, g.Q, cv.K});
   if (residual) expect_shape(*residual, y.shape(), "conv_nhwc residual");
   if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc");
 
   const KernelSet& ks = *cv.kernels;
-  const int64_t M = g.rows(), taps = cv.taps();
-  // Chunks of about kChunkRows rows, all the same size (a multiple of the tile's rows), so that the
-  // threads' shares are even: 196 rows are two chunks of 108 and 88, not 192 and 4.
-  const int64_t wanted_chunks = (M + kChunkRows - 1) / kChunkRows;
-  const int64_t chunk_rows = ((M + wanted_chunks - 1) / wanted_chunks + ks.mr - 1) / ks.mr * ks.mr;
-  const int64_t chunks = (M + chunk_rows - 1) / chunk_rows, items = chunks * cv.panels;
-  const int64_t macs = M * cv.K * cv.C * taps;
-  const bool parallel = items > 1 && macs >= kParallelMinMacs && num_threads() > 1;
+  const int64_t taps = cv.taps();
   const bool dense = cv.C <= kDenseMaxChannels && taps > 1;
-
-#pragma omp parallel if (parallel)
-  {
-    std::vector<const void*> rows(static_cast<size_t>(chunk_rows * taps));
-    std::vector<float> dense_block(dense ? static_cast<size_t>(chunk_rows * taps * cv.C) : 0);
-    std::vector<const void*> dense_rows(dense ? static_cast<size_t>(chunk_rows) : 0);
-    int64_t filled = -1;  // the chunk whose rows are in `rows`
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) {
-      const int64_t chunk = item / cv.panels, panel = item % cv.panels;
-      const int64_t m0 = chunk * chunk_rows, count = std::min(chunk_rows, M - m0);
-      if (filled != chunk) {
-        fill_rows(cv, g, x.data(), m0, count, rows.data());
-        if (dense) fill_dense_rows(cv, rows.data(), count, dense_block.data(), dense_rows.data());
-        filled = chunk;
-      }
+  const int64_t row_taps = dense ? 1 : taps;  // pointers per row in the table the kernel reads
+  const PixelTable px{reinterpret_cast<const char*>(x.data()), cv.C * static_cast<int64_t>(sizeof(float)),
+                      cv.zeros.data()};
+  for_each_tile_chunk(cv, g, px, ks.mr, cv.panels, [&](int64_t chunk_rows) {
+    // The thread's own copy of its chunk's rows, for a layer read as dense rows.
+    return [&, dense_block = std::vector<float>(dense ? chunk_rows * taps * cv.C : 0),
+            dense_rows = std::vector<const void*>(dense ? chunk_rows : 0)](const void** rows, int64_t m0, int64_t count,
+                                                                           int64_t panel, bool fresh) mutable {
+      if (dense && fresh) fill_dense_rows(cv, rows, count, dense_block.data(), dense_rows.data());
       const int64_t k0 = panel * ks.nr;
-      const int cols = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
-      const int64_t row_taps = dense ? 1 : taps;  // pointers per row in the table the kernel reads
       TileArgs t;
       t.taps = static_cast<int>(row_taps);
       t.channels = dense ? taps * cv.C : cv.C;
       t.panel = cv.weights.data() + panel * cv.panel_size();
       t.ld_out = cv.K;
-      t.col_count = cols;
+      t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
       t.stage.bias = cv.bias.data() + k0;
       t.stage.relu = relu;
       t.stage.ld_residual = cv.K;
       for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
         const int64_t m = m0 + i0;
-        t.rows = (dense ? dense_rows.data() : rows.data()) + i0 * row_taps;
+        t.rows = (dense ? dense_rows.data() : rows) + i0 * row_taps;
         t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
         t.out = y.data() + m * cv.K + k0;
         t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
         ks.tile_f32(t);
       }
-    }
-  }
+    };
+  });
   return y;
 }
 

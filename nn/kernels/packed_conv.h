@@ -22,19 +22,24 @@ namespace toptag {
 // costs more.
 constexpr int64_t kParallelMinMacs = int64_t{1} << 18;
 
-// A convolution's weights packed for one kernel set, with its geometry.
-struct PackedConv {
-  const KernelSet* kernels = nullptr;
+// A convolution's geometry, whatever its number format.
+struct ConvShape {
   int64_t K = 0, C = 0, R = 0, S = 0;  // output and input channels, kernel size
   int stride = 1, pad = 0;
+
+  int64_t taps() const { return R * S; }
+  int64_t out_size(int64_t in, int64_t kernel) const { return (in + 2 * pad - kernel) / stride + 1; }
+};
+
+// A convolution's float32 weights packed for one kernel set.
+struct PackedConv : ConvShape {
+  const KernelSet* kernels = nullptr;
   int64_t panels = 0;          // ceil(K / nr)
   std::vector<float> weights;  // panels x [R*S taps][C][nr], zero past channel K
   std::vector<float> bias;     // panels x nr, zero past channel K (and zero when the conv has none)
   std::vector<float> zeros;    // C zeros: what a tap in the padding reads
 
-  int64_t taps() const { return R * S; }
   int64_t panel_size() const { return taps() * C * kernels->nr; }
-  int64_t out_size(int64_t in, int64_t kernel) const { return (in + 2 * pad - kernel) / stride + 1; }
 };
 
 // Packs PyTorch-layout weights (K, C, R, S) and an optional bias (K) for `isa`'s kernels.

@@ -15,7 +15,8 @@
 //
 // The interface is laid out for integer formats too (the quantized-execution issue): weights and
 // activations travel as untyped pointers whose element type the kernel set fixes, and the output
-// stage's per-channel scale turns an integer sum into floats. Today every kernel is float32.
+// stage's per-channel scale turns an integer sum into floats. The block floating point tiles below
+// are the first integer kernels.
 #pragma once
 
 #include <cstdint>
@@ -45,12 +46,41 @@ struct TileArgs {
   OutputStage stage;
 };
 
+// Block floating point (bfp<E,M,B>, Brainwave's ms-fp8 among them), as integers. Both operands are
+// mantissas with one power-of-two step per block of input channels: an activation block is one
+// pixel's channels [b*B, (b+1)*B), a weight block the same channels of one output channel and tap.
+// Within a block the dot product is an exact integer sum of mantissa products; each block's sum is
+// then scaled by the two steps and accumulated in float32.
+//
+// Activations arrive as pixel records (nn/kernels/bfp.h): `blocks` float steps, then the pixel's
+// mantissas as unsigned bytes (the layers' inputs follow a ReLU, so they are never negative), zero-
+// padded to groups of 4 channels. Weights are packed per panel as [tap][group][nr][4] signed bytes,
+// four consecutive input channels of one output channel next to each other (the operand order of
+// x86's VPDPBUSD and VPMADDUBSW), with their steps as [tap][block][nr] floats.
+struct BfpTileArgs {
+  const void* const* rows;  // rows[i * taps + t] -> the record of the pixel tap t of row i reads
+  int row_count;            // 1..mr
+  int taps;
+  int64_t groups;        // input channels / 4, rounded up
+  int64_t block_groups;  // groups per block (B / 4)
+  int64_t blocks;        // ceil(input channels / B)
+  const int8_t* panel;   // taps * groups * nr * 4 mantissas
+  const float* steps;    // taps * blocks * nr weight steps
+  float* out;            // as TileArgs
+  int64_t ld_out;
+  int col_count;
+  OutputStage stage;
+  bool int16_sums;  // a whole block's pair sums fit in int16 (bfp.h): AVX2 widens once per block
+};
+
 // One instruction set's kernels, and the tile shape they were written for.
 struct KernelSet {
   Isa isa;
   const char* name;  // "avx512 f32 12x32"
   int mr, nr;        // rows per tile, output channels per panel
   void (*tile_f32)(const TileArgs&);
+  const char* bfp_name;  // "avx512-vnni bfp 12x32"
+  void (*tile_bfp)(const BfpTileArgs&);
 };
 
 const KernelSet& kernels(Isa isa);
@@ -62,5 +92,15 @@ extern const KernelSet set;
 namespace kernels_avx512 {
 extern const KernelSet set;
 }
+namespace kernels_avx512_vnni {
+void tile_bfp(const BfpTileArgs& t);  // 12 x 32, for CPUs with AVX512_VNNI
+}
+namespace kernels_avx2 {
+void tile_bfp_nr32(const BfpTileArgs& t);  // AVX2's tile over 32-wide panels: AVX-512 CPUs without VNNI
+}
+namespace kernels_ref {
+constexpr int kMr = 4, kNr = 8;
+void tile_bfp(const BfpTileArgs& t);  // nn/kernels/bfp.cpp
+}  // namespace kernels_ref
 
 }  // namespace toptag

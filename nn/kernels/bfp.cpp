@@ -1,0 +1,286 @@
+#include "nn/kernels/bfp.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+#include <limits>
+
+#include "nn/check.h"
+#include "nn/kernels/tile_driver.h"
+#include "nn/profile.h"
+
+namespace toptag {
+
+namespace {
+
+// The widest mantissa whose magnitude fits the kernels' bytes, and whose pair products x86's
+// VPMADDUBSW sums without saturating: 2 * 127 * 127 = 32258 < 2^15.
+constexpr int kMaxMantissaBits = 7;
+constexpr int kGroup = 4;  // input channels per byte group of the packed operands
+
+int64_t largest_mantissa(const BlockFormat& f) {
+  return (int64_t{1} << f.mantissa_bits) - 1;
+}
+
+// The step 2^(e + 1 - M) of a block whose largest magnitude is `max`, and its reciprocal, as the
+// emulation computes them (quantize/format.cpp quantize_bfp): e = floor(log2 max) clamped to the
+// exponent range, the smallest exponent for an all-zero block and the largest for an inf.
+struct BlockStep {
+  double step, inverse;
+};
+BlockStep block_step(float max, const BlockFormat& f) {
+  int e = f.exponent_min;
+  if (std::isinf(max)) {
+    e = f.exponent_max;
+  } else if (max > 0) {
+    int exp2 = 0;
+    std::frexp(max, &exp2);  // max = frac * 2^exp2, frac in [0.5, 1)
+    e = std::clamp(exp2 - 1, f.exponent_min, f.exponent_max);
+  }
+  return {std::ldexp(1.0, e + 1 - f.mantissa_bits), std::ldexp(1.0, f.mantissa_bits - 1 - e)};
+}
+
+}  // namespace
+
+bool bfp_kernels_apply(const BlockFormat& weights, const BlockFormat& inputs) {
+  return weights.block == inputs.block && weights.block % kGroup == 0 && weights.mantissa_bits <= kMaxMantissaBits &&
+         inputs.mantissa_bits <= kMaxMantissaBits;
+}
+
+namespace {
+
+// The largest value of a block; a NaN is skipped (its block's step is NaN anyway).
+float block_max(const float* in, int64_t n) {
+  float max = 0;
+  int64_t c = 0;
+#ifdef __SSE2__
+  // MAXPS(x, m) gives its second operand when either is NaN: NaNs are skipped.
+  __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps();
+  for (; c + 8 <= n; c += 8) {
+    m0 = _mm_max_ps(_mm_loadu_ps(in + c), m0);
+    m1 = _mm_max_ps(_mm_loadu_ps(in + c + 4), m1);
+  }
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, _mm_max_ps(m0, m1));
+  for (float v : lanes) max = std::max(max, v);
+#endif
+  for (; c < n; ++c) max = std::max(max, in[c]);
+  return max;
+}
+
+// The mantissa of one value: round_half_even(min(x * inverse, top)).
+uint8_t mantissa(float x, float inverse, float top) {
+  const float y = x * inverse;
+  return static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(y < top ? y : top)));  // NaN: top
+}
+
+// One block of n channels: its step, and its mantissas as bytes. Flags NaN (the step is then NaN)
+// and negative values (impossible after a ReLU).
+void quantize_block(const float* in, int64_t n, const BlockFormat& f, float* step, uint8_t* m, bool& negative) {
+  const BlockStep s = block_step(block_max(in, n), f);
+  const float top = static_cast<float>(largest_mantissa(f));
+  bool nan = false;
+  if (s.inverse < std::numeric_limits<float>::min() || s.inverse > std::numeric_limits<float>::max()) {
+    // A reciprocal step beyond float's normal range (E = 8 formats at the ends of the exponent range):
+    // in double, as the emulation.
+    for (int64_t c = 0; c < n; ++c) {
+      const double r = std::nearbyint(static_cast<double>(in[c]) * s.inverse);
+      nan = nan || in[c] != in[c];
+      negative = negative || in[c] < 0;
+      m[c] = static_cast<uint8_t>(static_cast<int32_t>(r < top ? r : top));
+    }
+  } else {
+    // x * 2^k is exact in float here, and its rounding is the emulation's (done there in double).
+    const float inverse = static_cast<float>(s.inverse);
+    int64_t c = 0;
+#ifdef __SSE2__
+    // 8 values at a time: CVTPS2DQ rounds half to even (the default rounding mode), and two packs
+    // turn the int32s into bytes (values in [0, top <= 127]: no saturation).
+    const __m128 inv = _mm_set1_ps(inverse), upper = _mm_set1_ps(top), zero = _mm_setzero_ps();
+    __m128 nans = zero, negatives = zero;
+    for (; c + 8 <= n; c += 8) {
+      const __m128 x0 = _mm_loadu_ps(in + c), x1 = _mm_loadu_ps(in + c + 4);
+      nans = _mm_or_ps(nans, _mm_or_ps(_mm_cmpunord_ps(x0, x0), _mm_cmpunord_ps(x1, x1)));
+      negatives = _mm_or_ps(negatives, _mm_or_ps(_mm_cmplt_ps(x0, zero), _mm_cmplt_ps(x1, zero)));
+      // MINPS gives its second operand for a NaN: the top (the step is NaN anyway).
+      const __m128i i0 = _mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_mul_ps(x0, inv), upper), zero));
+      const __m128i i1 = _mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_mul_ps(x1, inv), upper), zero));
+      const __m128i words = _mm_packs_epi32(i0, i1);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(m + c), _mm_packus_epi16(words, words));
+    }
+    nan = _mm_movemask_ps(nans) != 0;
+    negative = negative || _mm_movemask_ps(negatives) != 0;
+#endif
+    for (; c < n; ++c) {
+      nan = nan || in[c] != in[c];
+      negative = negative || in[c] < 0;
+      m[c] = mantissa(in[c], inverse, top);
+    }
+  }
+  *step = nan ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(s.step);
+}
+
+}  // namespace
+
+BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f) {
+  BfpActivations a;
+  a.pixels = pixels;
+  a.channels = channels;
+  a.groups = (channels + kGroup - 1) / kGroup;
+  a.blocks = (channels + f.block - 1) / f.block;
+  a.storage.resize(static_cast<size_t>(pixels * a.record_floats()));
+  const int64_t padding = a.groups * kGroup - channels;
+  bool negative = false;
+#pragma omp parallel for schedule(static) reduction(|| : negative) if (pixels * channels > (1 << 16))
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float* in = x + p * channels;
+    float* steps = a.storage.data() + p * a.record_floats();
+    uint8_t* m = reinterpret_cast<uint8_t*>(steps + a.blocks);
+    for (int64_t b = 0; b < a.blocks; ++b) {
+      const int64_t c0 = b * f.block, n = std::min<int64_t>(channels - c0, f.block);
+      quantize_block(in + c0, n, f, steps + b, m + c0, negative);
+    }
+    for (int64_t c = 0; c < padding; ++c) m[channels + c] = 0;
+  }
+  if (negative) fail("block floating point kernels: a layer input is negative, but it follows a ReLU");
+  return a;
+}
+
+PackedBfpConv pack_conv_bfp(const BfpWeight& w, const Tensor* bias, Conv2dParams params, const BlockFormat& input,
+                            Isa isa) {
+  if (!bfp_kernels_apply(w.format, input))
+    fail(
+        "pack_conv_bfp: the integer kernels need M <= {} and equal blocks of a multiple of {} (weights M={} B={}, "
+        "inputs M={} B={})",
+        kMaxMantissaBits, kGroup, w.format.mantissa_bits, w.format.block, input.mantissa_bits, input.block);
+  PackedBfpConv cv;
+  cv.K = w.K;
+  cv.C = w.C;
+  cv.R = w.R;
+  cv.S = w.S;
+  cv.stride = params.stride;
+  cv.pad = params.padding;
+  cv.kernels = &kernels(isa);
+  cv.input = input;
+  const int64_t nr = cv.kernels->nr, taps = cv.taps();
+  cv.panels = (cv.K + nr - 1) / nr;
+  cv.groups = (cv.C + kGroup - 1) / kGroup;
+  cv.block_groups = input.block / kGroup;
+  cv.blocks = (cv.C + input.block - 1) / input.block;
+  if (static_cast<int64_t>(w.mantissas.size()) != cv.K * cv.C * taps ||
+      static_cast<int64_t>(w.exponents.size()) != cv.K * cv.blocks * taps)
+    fail("pack_conv_bfp: {} mantissas and {} exponents do not fit a ({}, {}, {}, {}) weight in blocks of {}",
+         w.mantissas.size(), w.exponents.size(), cv.K, cv.C, cv.R, cv.S, input.block);
+  if (bias) expect_shape(*bias, Shape{cv.K}, "pack_conv_bfp bias");
+  cv.weights.assign(static_cast<size_t>(cv.panels * cv.panel_size()), 0);
+  cv.steps.assign(static_cast<size_t>(cv.panels * cv.panel_steps()), 0.0f);
+  cv.bias.assign(static_cast<size_t>(cv.panels * nr), 0.0f);
+  const int32_t top = static_cast<int32_t>(largest_mantissa(w.format));
+  for (int64_t k = 0; k < cv.K; ++k) {
+    const int64_t panel = k / nr, j = k % nr;
+    int8_t* packed = cv.weights.data() + panel * cv.panel_size();
+    float* steps = cv.steps.data() + panel * cv.panel_steps();
+    for (int64_t t = 0; t < taps; ++t) {
+      for (int64_t c = 0; c < cv.C; ++c) {
+        const int32_t m = w.mantissas[(k * cv.C + c) * taps + t];
+        if (m < -top || m > top)
+          fail("pack_conv_bfp: mantissa {} of output channel {} exceeds {} bits", m, k, w.format.mantissa_bits);
+        packed[((t * cv.groups + c / kGroup) * nr + j) * kGroup + c % kGroup] = static_cast<int8_t>(m);
+      }
+      for (int64_t b = 0; b < cv.blocks; ++b) {
+        const int e = w.exponents[(k * cv.blocks + b) * taps + t];
+        steps[(t * cv.blocks + b) * nr + j] = std::ldexp(1.0f, e + 1 - w.format.mantissa_bits);
+      }
+    }
+    if (bias) cv.bias[k] = bias->data()[k];
+  }
+  // Whether a whole block of VPMADDUBSW pair sums fits int16: each 16-bit lane sums B / 2 products.
+  cv.int16_sums =
+      input.block / 2 * largest_mantissa(input) * largest_mantissa(w.format) <= std::numeric_limits<int16_t>::max();
+  cv.zero_record.assign(static_cast<size_t>(cv.blocks + cv.groups), 0.0f);
+  return cv;
+}
+
+Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* residual, bool relu) {
+  const OutputGrid g = output_grid(cv, x, "conv_nhwc_bfp");
+  Tensor y = Tensor::empty({g.N, g.P, g.Q, cv.K});
+  if (residual) expect_shape(*residual, y.shape(), "conv_nhwc_bfp residual");
+  if (y.numel() == 0) return y;  // an empty batch
+  ProfileScope profile("conv nhwc bfp");
+  const BfpActivations a = [&] {
+    ProfileScope quantize("bfp quantize");
+    return quantize_bfp_activations(x.data(), g.N * g.H * g.W, cv.C, cv.input);
+  }();
+  const KernelSet& ks = *cv.kernels;
+  const PixelTable px{reinterpret_cast<const char*>(a.storage.data()),
+                      a.record_floats() * static_cast<int64_t>(sizeof(float)), cv.zero_record.data()};
+  for_each_tile_chunk(cv, g, px, ks.mr, cv.panels, [&](int64_t) {
+    return [&](const void** rows, int64_t m0, int64_t count, int64_t panel, bool) {
+      const int64_t k0 = panel * ks.nr;
+      BfpTileArgs t;
+      t.taps = static_cast<int>(cv.taps());
+      t.groups = cv.groups;
+      t.block_groups = cv.block_groups;
+      t.blocks = cv.blocks;
+      t.panel = cv.weights.data() + panel * cv.panel_size();
+      t.steps = cv.steps.data() + panel * cv.panel_steps();
+      t.ld_out = cv.K;
+      t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
+      t.stage.bias = cv.bias.data() + k0;
+      t.stage.relu = relu;
+      t.stage.ld_residual = cv.K;
+      t.int16_sums = cv.int16_sums;
+      for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
+        const int64_t m = m0 + i0;
+        t.rows = rows + i0 * cv.taps();
+        t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
+        t.out = y.data() + m * cv.K + k0;
+        t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
+        ks.tile_bfp(t);
+      }
+    };
+  });
+  return y;
+}
+
+namespace kernels_ref {
+
+// The reference tile: the same order of operations as the SIMD tiles, in plain loops.
+void tile_bfp(const BfpTileArgs& t) {
+  float sums[kMr][kNr] = {};
+  for (int tap = 0; tap < t.taps; ++tap) {
+    const int8_t* w = t.panel + tap * t.groups * kNr * kGroup;
+    const float* wstep = t.steps + tap * t.blocks * kNr;
+    for (int i = 0; i < t.row_count; ++i) {
+      const float* astep = static_cast<const float*>(t.rows[i * t.taps + tap]);
+      const uint8_t* a = reinterpret_cast<const uint8_t*>(astep + t.blocks);
+      for (int64_t b = 0; b < t.blocks; ++b) {
+        const int64_t g0 = b * t.block_groups, g1 = std::min(t.groups, g0 + t.block_groups);
+        for (int j = 0; j < kNr; ++j) {
+          int32_t sum = 0;
+          for (int64_t g = g0; g < g1; ++g)
+            for (int l = 0; l < kGroup; ++l) sum += a[g * kGroup + l] * w[(g * kNr + j) * kGroup + l];
+          sums[i][j] += static_cast<float>(sum) * (wstep[b * kNr + j] * astep[b]);
+        }
+      }
+    }
+  }
+  const OutputStage& st = t.stage;
+  for (int i = 0; i < t.row_count; ++i)
+    for (int j = 0; j < t.col_count; ++j) {
+      float v = sums[i][j];
+      if (st.scale) v *= st.scale[j];
+      if (st.bias) v += st.bias[j];
+      if (st.residual) v += st.residual[i * st.ld_residual + j];
+      if (st.relu && v < 0.0f) v = 0.0f;
+      t.out[i * t.ld_out + j] = v;
+    }
+}
+
+}  // namespace kernels_ref
+
+}  // namespace toptag

@@ -1,0 +1,80 @@
+// Block floating point convolutions as integer arithmetic (nn/kernels/tile.h, BfpTileArgs).
+//
+// A layer whose weights and inputs are both bfp<E,M,B> with the same block B (Brainwave's ms-fp8 is
+// bfp<5,2,128>) computes, for each block of B input channels of one tap, an exact integer sum of
+// mantissa products, scaled by the two blocks' power-of-two steps and accumulated in float32 across
+// blocks and taps. The float emulation (quantize/, fake_quantize) computes the same products, but
+// sums them in float32: the two agree to float32 rounding of the sums (tests/test_bfp_kernels.cpp).
+//
+// What runs where: mantissas must fit a byte (M <= 7), blocks a whole number of 4-channel groups
+// (B % 4 == 0), and the layer's inputs must follow a ReLU (the activation mantissas are unsigned
+// bytes). The inference plan gives every other quantized layer (the stem, whose input is the image)
+// the float kernels on its decoded weights and fake-quantized inputs.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "nn/kernels/packed_conv.h"
+
+namespace toptag {
+
+// The parameters of a bfp<E,M,B> format the kernels need (quantize/format.h defines the format).
+struct BlockFormat {
+  int mantissa_bits = 2;
+  int block = 128;
+  int exponent_min = -15, exponent_max = 15;  // +-(2^(E-1) - 1)
+};
+
+// Whether the integer kernels can run a layer with these weight and input formats (see above).
+bool bfp_kernels_apply(const BlockFormat& weights, const BlockFormat& inputs);
+
+// Activations quantized for the kernels: one record per pixel (or per row of a (N, I) input), of
+// `blocks` float steps 2^(e + 1 - M) and then `groups * 4` mantissa bytes, channels past C zero.
+// A block holding a NaN gets a NaN step, so the NaN reaches every output that reads it (as in the
+// emulation); an inf saturates to the largest mantissa.
+struct BfpActivations {
+  int64_t pixels = 0, channels = 0, groups = 0, blocks = 0;
+  std::vector<float> storage;  // pixels * record_floats()
+
+  int64_t record_floats() const { return blocks + groups; }  // a group of 4 bytes is one float's room
+  const float* steps(int64_t pixel) const { return storage.data() + pixel * record_floats(); }
+  const uint8_t* mantissas(int64_t pixel) const { return reinterpret_cast<const uint8_t*>(steps(pixel) + blocks); }
+};
+
+// x: `pixels` rows of `channels` floats, none negative (throws toptag::Error on a negative value).
+BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f);
+
+// A weight's exact BFP encoding, as quantize/ stores it: signed mantissas in the weight's (K, C, R, S)
+// shape, and exponents [K][ceil(C / B)][R * S].
+struct BfpWeight {
+  int64_t K = 0, C = 0, R = 0, S = 0;
+  std::span<const int32_t> mantissas;
+  std::span<const int8_t> exponents;
+  BlockFormat format;
+};
+
+// A convolution's BFP weights packed for one kernel set.
+struct PackedBfpConv : ConvShape {
+  const KernelSet* kernels = nullptr;
+  BlockFormat input;  // how the layer's input is quantized
+  int64_t panels = 0, groups = 0, blocks = 0, block_groups = 0;
+  std::vector<int8_t> weights;     // panels x [taps][groups][nr][4] mantissas, zero past K and C
+  std::vector<float> steps;        // panels x [taps][blocks][nr] weight steps, zero past K
+  std::vector<float> bias;         // panels x nr
+  std::vector<float> zero_record;  // a pixel in the padding: zero steps, zero mantissas
+  bool int16_sums = false;         // BfpTileArgs::int16_sums
+
+  int64_t panel_size() const { return taps() * groups * kernels->nr * 4; }
+  int64_t panel_steps() const { return taps() * blocks * kernels->nr; }
+};
+
+// Throws toptag::Error when bfp_kernels_apply() is false or the encoding does not fit the shape.
+PackedBfpConv pack_conv_bfp(const BfpWeight& weight, const Tensor* bias, Conv2dParams params, const BlockFormat& input,
+                            Isa isa);
+
+// y = conv(quantized x) + bias [+ residual] [ReLU]: conv_nhwc's contract, x quantized on the way in.
+Tensor conv_nhwc_bfp(const PackedBfpConv& conv, const Tensor& x, const Tensor* residual, bool relu);
+
+}  // namespace toptag

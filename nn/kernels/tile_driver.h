@@ -1,0 +1,80 @@
+// How a convolution over NHWC activations is cut into tiles (nn/kernels/tile.h), whatever its number
+// format: conv_nhwc (float32) and conv_nhwc_bfp (block floating point) share it. Internal to
+// nn/kernels.
+//
+// The output rows (pixels) are cut into chunks of about kChunkRows, and the work into items of one
+// chunk by one panel of output channels. Threads take contiguous runs of items, so at batch 1, where
+// a layer has a handful of pixels, the cores split the output channels between them; a convolution
+// too small to be worth a second thread runs on one.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "nn/kernels/packed_conv.h"
+#include "nn/parallel.h"
+
+namespace toptag {
+
+// The output map of a convolution over an (N, H, W, C) input.
+struct OutputGrid {
+  int64_t N, H, W, P, Q;
+  int64_t rows() const { return N * P * Q; }
+};
+
+// Checks x against the convolution ("op: input must be (N, H, W, C) ...") and returns its output map.
+OutputGrid output_grid(const ConvShape& cv, const Tensor& x, const char* op);
+
+// Where the kernel reads pixels: pixel p = (n * H + h) * W + w at base + p * stride bytes, and the
+// padding at `zeros`.
+struct PixelTable {
+  const char* base;
+  int64_t stride;
+  const void* zeros;
+};
+
+// rows[i * taps + t]: the pixel tap t of output row m0 + i reads, or the zeros.
+void fill_rows(const ConvShape& cv, const OutputGrid& g, const PixelTable& px, int64_t m0, int64_t count,
+               const void** rows);
+
+// Rows per chunk: a chunk's indirection table and input rows stay in cache while every panel of the
+// layer passes over them.
+constexpr int64_t kChunkRows = 192;
+
+// Runs every (chunk, panel) item. make_worker() is called once per thread and returns the callable
+// work(rows, m0, count, panel, fresh) that computes output rows [m0, m0 + count) of one panel, where
+// rows is the chunk's indirection table (count * taps pointers) and fresh says it was just filled.
+template <class MakeWorker>
+void for_each_tile_chunk(const ConvShape& cv, const OutputGrid& g, const PixelTable& px, int mr, int64_t panels,
+                         MakeWorker make_worker) {
+  const int64_t M = g.rows(), taps = cv.taps();
+  // Chunks of about kChunkRows rows, all the same size (a multiple of the tile's rows), so that the
+  // threads' shares are even: 196 rows are two chunks of 108 and 88, not 192 and 4.
+  const int64_t wanted_chunks = (M + kChunkRows - 1) / kChunkRows;
+  const int64_t chunk_rows = ((M + wanted_chunks - 1) / wanted_chunks + mr - 1) / mr * mr;
+  const int64_t chunks = (M + chunk_rows - 1) / chunk_rows, items = chunks * panels;
+  const int64_t macs = M * cv.K * cv.C * taps;
+  const bool parallel = items > 1 && macs >= kParallelMinMacs && num_threads() > 1;
+#pragma omp parallel if (parallel)
+  {
+    auto work = make_worker(chunk_rows);
+    std::vector<const void*> rows(static_cast<size_t>(chunk_rows * taps));
+    int64_t filled = -1;  // the chunk whose rows are in `rows`
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t chunk = item / panels, panel = item % panels;
+      const int64_t m0 = chunk * chunk_rows, count = std::min(chunk_rows, M - m0);
+      const bool fresh = filled != chunk;
+      if (fresh) {
+        fill_rows(cv, g, px, m0, count, rows.data());
+        filled = chunk;
+      }
+      work(rows.data(), m0, count, panel, fresh);
+    }
+  }
+}
+
+}  // namespace toptag

@@ -1,0 +1,208 @@
+// The block floating point kernels (nn/kernels/bfp.h) against the float emulation they replace
+// (quantize/format.h): the activation quantizer must give exactly the emulation's mantissas and steps,
+// and a convolution on the integer tiles the emulation's result, a float32 conv of the decoded
+// operands, to float32 rounding of the sums. Every instruction set this CPU runs, AVX2's tile on
+// AVX-512's 32-wide panels (what an AVX-512 CPU without VNNI runs), and the edges: all-zero blocks,
+// the largest mantissas everywhere, the smallest and largest exponents, channel counts that are not a
+// multiple of the block or of 4, batch 1 and 64, sparse jet-like images.
+#include <cmath>
+#include <limits>
+
+#include "nn/kernels/bfp.h"
+#include "quantize/format.h"
+#include "testing.h"
+
+namespace toptag {
+namespace {
+
+// The emulation of a BFP activation: quantize_tensor over (pixels, C), blocks along C.
+Tensor emulated(const Format& f, const Tensor& x) {
+  const int64_t C = x.dim(x.rank() - 1);
+  Tensor flat = x.reshape({x.numel() / C, C}), y = Tensor::empty(flat.shape());
+  quantize_tensor(f, false, flat, y, nullptr);
+  return y.reshape(x.shape());
+}
+
+// The values the kernels' records stand for: mantissa * step.
+Tensor decoded(const BfpActivations& a, const Shape& shape, int block) {
+  Tensor y = Tensor::empty(shape);
+  for (int64_t p = 0; p < a.pixels; ++p)
+    for (int64_t c = 0; c < a.channels; ++c)
+      y.data()[p * a.channels + c] = static_cast<float>(a.mantissas(p)[c]) * a.steps(p)[c / block];
+  return y;
+}
+
+// Non-negative (post-ReLU) activations: a fraction exactly zero, the rest spread over `decades`
+// powers of ten around 1, so that blocks get different exponents.
+Tensor activations(const Shape& shape, Rng& rng, double zeros = 0.3, double decades = 3) {
+  Tensor x = Tensor::empty(shape);
+  for (float& v : x.span())
+    v = rng.uniform() < zeros ? 0.0f
+                              : static_cast<float>(rng.uniform() * std::pow(10.0, decades * (rng.uniform() - 0.5)));
+  return x;
+}
+
+TEST(BfpActivations, ExactlyTheEmulationsMantissasAndSteps) {
+  Rng rng(3);
+  for (const char* spec : {"ms-fp8", "ms-fp9", "msfp12", "msfp16", "mxint8", "bfp<4,3,8>"}) {
+    SCOPED_TRACE(spec);
+    const Format f = Format::parse(spec);
+    for (int64_t C : {1, 3, 4, 17, 64, 130, 300}) {
+      SCOPED_TRACE(C);
+      Tensor x = activations({5, C}, rng, 0.3, 8);  // 8 decades: exponents clamp at both ends of E=4 and 5
+      x.data()[0] = std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < C; ++c) x.data()[C + c] = 0.0f;  // an all-zero pixel
+      const BfpActivations a = quantize_bfp_activations(x.data(), 5, C, block_format(f));
+      const Tensor expected = emulated(f, x), got = decoded(a, x.shape(), f.block);
+      for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(got.data()[i], expected.data()[i]) << "element " << i;
+    }
+  }
+}
+
+TEST(BfpActivations, NanPoisonsItsBlockAndNegativeInputsAreRefused) {
+  const BlockFormat f{2, 4, -15, 15};
+  std::vector<float> x = {1, 2, NAN, 3, 1, 1, 1, 1};
+  const BfpActivations a = quantize_bfp_activations(x.data(), 1, 8, f);
+  EXPECT_TRUE(std::isnan(a.steps(0)[0]));
+  EXPECT_EQ(a.steps(0)[1], 0.5f);  // max 1: e = 0, step 2^(0 + 1 - 2)
+  x[5] = -1;
+  EXPECT_THROW(quantize_bfp_activations(x.data(), 1, 8, f), Error);
+}
+
+struct BfpCase {
+  const char* format;
+  int64_t n, c, h, w, k;
+  int kernel, stride, pad;
+};
+
+void PrintTo(const BfpCase& c, std::ostream* os) {
+  *os << c.format << " " << c.n << "x" << c.c << "x" << c.h << "x" << c.w << " -> " << c.k << " " << c.kernel << "x"
+      << c.kernel << "/" << c.stride;
+}
+
+// The kernel sets to check: every ISA here, and AVX2's tile on the AVX-512 set's panels.
+std::vector<KernelSet> kernel_sets() {
+  std::vector<KernelSet> sets;
+  for (Isa isa : testing::isas_here()) sets.push_back(kernels(isa));
+  if (cpu_supports(Isa::avx512)) {
+    KernelSet fallback = kernels(Isa::avx512);
+    fallback.bfp_name = "avx2 bfp on 32-wide panels";
+    fallback.tile_bfp = kernels_avx2::tile_bfp_nr32;
+    sets.push_back(fallback);
+  }
+  return sets;
+}
+
+class BfpConvVsEmulation : public ::testing::TestWithParam<BfpCase> {};
+
+TEST_P(BfpConvVsEmulation, EveryKernelSetEveryOutputStage) {
+  const BfpCase c = GetParam();
+  const Format f = Format::parse(c.format);
+  Rng rng(11);
+  const Tensor x = activations({c.n, c.h, c.w, c.c}, rng);
+  const double fan_in = static_cast<double>(c.c * c.kernel * c.kernel);
+  const Tensor w = testing::random_tensor({c.k, c.c, c.kernel, c.kernel}, rng, 1.0 / std::sqrt(fan_in));
+  const Tensor b = testing::random_tensor({c.k}, rng);
+  const EncodedTensor e = encode_weight(f, w);
+  const Tensor wq = decode_weight(f, e, w.shape());
+  const BfpWeight weight{c.k, c.c, c.kernel, c.kernel, e.integers, e.exponents, block_format(f)};
+  const Conv2dParams params{c.stride, c.pad};
+  const Tensor xq = emulated(f, x);
+  const Tensor plain = conv_nhwc_ref(xq, wq, &b, params, nullptr, true);
+  const Tensor residual = testing::random_tensor(plain.shape(), rng);
+  const Tensor with_residual = conv_nhwc_ref(xq, wq, &b, params, &residual, true);
+  for (const KernelSet& ks : kernel_sets()) {
+    SCOPED_TRACE(ks.bfp_name);
+    PackedBfpConv cv = pack_conv_bfp(weight, &b, params, block_format(f), ks.isa);
+    cv.kernels = &ks;
+    testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, true), plain, "conv + bias, ReLU", 1e-4, 1e-5);
+    testing::expect_close(conv_nhwc_bfp(cv, x, &residual, true), with_residual, "conv + bias + residual, ReLU", 1e-4,
+                          1e-5);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, BfpConvVsEmulation,
+    ::testing::Values(BfpCase{"ms-fp8", 1, 64, 10, 10, 64, 3, 1, 1},  // layer1's 3x3 at batch 1
+                      BfpCase{"ms-fp8", 3, 17, 7, 7, 33, 3, 2, 1},    // 7x7 maps, strided, channels not a multiple of 4
+                      BfpCase{"ms-fp8", 2, 300, 3, 3, 70, 1, 1, 0},   // 1x1, C not a multiple of the block
+                      BfpCase{"ms-fp8", 64, 8, 5, 5, 16, 1, 2, 0},    // batch 64, strided 1x1 downsample
+                      BfpCase{"ms-fp8", 1, 2048, 1, 1, 40, 1, 1, 0},  // fc1 as a 1x1 convolution: 16 blocks
+                      BfpCase{"ms-fp8", 1, 3, 9, 9, 8, 7, 2, 3},      // a stem-like 7x7 over 3 channels
+                      BfpCase{"ms-fp9", 2, 256, 4, 4, 48, 3, 1, 1},   // 7-bit mantissa products, int16 sums
+                      BfpCase{"msfp12", 2, 40, 5, 5, 20, 3, 1, 1},    // blocks of 16
+                      BfpCase{"msfp16", 2, 96, 4, 4, 36, 3, 1, 1},    // M = 7: pair sums widened every step
+                      BfpCase{"mxint8", 64, 64, 2, 2, 64, 1, 1, 0}));  // batch 64, blocks of 32
+
+// The largest mantissas everywhere: every activation and weight at the top of its block, where an
+// int16 sum or a saturating pair sum would show first.
+TEST(BfpConv, LargestMantissasEverywhere) {
+  for (const char* spec : {"ms-fp8", "ms-fp9", "msfp16", "mxint8"}) {
+    SCOPED_TRACE(spec);
+    const Format f = Format::parse(spec);
+    const int64_t C = 256, K = 40;
+    Tensor x = Tensor::empty({2, 3, 3, C}), w = Tensor::empty({K, C, 3, 3});
+    x.fill(1.75f);  // 1.75 = 7 * 2^-2: the top mantissa for M = 2 and 3, and near it for M = 7
+    for (int64_t i = 0; i < w.numel(); ++i) w.data()[i] = i % 3 == 0 ? -1.75f : 1.75f;
+    const EncodedTensor e = encode_weight(f, w);
+    const Tensor wq = decode_weight(f, e, w.shape());
+    const BfpWeight weight{K, C, 3, 3, e.integers, e.exponents, block_format(f)};
+    const Tensor expected = conv_nhwc_ref(emulated(f, x), wq, nullptr, {1, 1}, nullptr, false);
+    for (const KernelSet& ks : kernel_sets()) {
+      SCOPED_TRACE(ks.bfp_name);
+      PackedBfpConv cv = pack_conv_bfp(weight, nullptr, {1, 1}, block_format(f), ks.isa);
+      cv.kernels = &ks;
+      testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "largest mantissas", 1e-6, 1e-7);
+    }
+  }
+}
+
+// Sparse jet-like inputs (almost every pixel exactly zero), the smallest and largest exponents (values
+// far below and above ms-fp8's range), and all-zero blocks, on one layer.
+TEST(BfpConv, SparseInputsAndExponentExtremes) {
+  const Format f = Format::parse("ms-fp8");
+  Rng rng(5);
+  const int64_t C = 256, K = 64;
+  Tensor x = activations({64, 4, 4, C}, rng, 0.97, 2);
+  for (int64_t c = 0; c < 128; ++c) x.data()[c] = 1e-7f;       // below 2^-15: the smallest exponent
+  for (int64_t c = 128; c < C; ++c) x.data()[C + c] = 1e6f;    // above the largest: saturates
+  for (int64_t c = 0; c < C; ++c) x.data()[2 * C + c] = 0.0f;  // both blocks all zero
+  const Tensor w = testing::random_tensor({K, C, 1, 1}, rng, 1.0 / 16);
+  const EncodedTensor e = encode_weight(f, w);
+  const BfpWeight weight{K, C, 1, 1, e.integers, e.exponents, block_format(f)};
+  const Tensor expected =
+      conv_nhwc_ref(emulated(f, x), decode_weight(f, e, w.shape()), nullptr, {1, 0}, nullptr, false);
+  for (const KernelSet& ks : kernel_sets()) {
+    SCOPED_TRACE(ks.bfp_name);
+    PackedBfpConv cv = pack_conv_bfp(weight, nullptr, {1, 0}, block_format(f), ks.isa);
+    cv.kernels = &ks;
+    testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "sparse, extreme exponents", 1e-4, 1e-5);
+  }
+}
+
+TEST(BfpConv, NanInAnInputReachesTheOutputsThatReadIt) {
+  const Format f = Format::parse("ms-fp8");
+  Rng rng(2);
+  Tensor x = activations({1, 3, 3, 8}, rng);
+  x.data()[4 * 8 + 2] = NAN;  // the centre pixel: every 3x3 output reads it
+  const Tensor w = testing::random_tensor({4, 8, 3, 3}, rng);
+  const EncodedTensor e = encode_weight(f, w);
+  const BfpWeight weight{4, 8, 3, 3, e.integers, e.exponents, block_format(f)};
+  for (Isa isa : testing::isas_here()) {
+    const Tensor y = conv_nhwc_bfp(pack_conv_bfp(weight, nullptr, {1, 1}, block_format(f), isa), x, nullptr, true);
+    for (float v : y.span()) EXPECT_TRUE(std::isnan(v)) << isa_name(isa);
+  }
+}
+
+TEST(BfpConv, FormatsTheKernelsCannotRunAreRefused) {
+  const BlockFormat wide{8, 16, -127, 127};  // 8-bit mantissas do not fit a signed byte
+  const BlockFormat odd{2, 6, -15, 15};      // blocks of 6 channels split a group of 4
+  const BlockFormat ms_fp8{2, 128, -15, 15};
+  EXPECT_FALSE(bfp_kernels_apply(wide, wide));
+  EXPECT_FALSE(bfp_kernels_apply(odd, odd));
+  EXPECT_FALSE(bfp_kernels_apply(ms_fp8, BlockFormat{3, 16, -127, 127}));  // blocks differ
+  EXPECT_TRUE(bfp_kernels_apply(ms_fp8, ms_fp8));
+}
+
+}  // namespace
+}  // namespace toptag
