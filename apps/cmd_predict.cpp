@@ -21,6 +21,7 @@ struct PredictArgs {
   ImageArgs image;
   int64_t batch_size = 256, max_jets = 0;
   int threads = 0;
+  bool emulate = false;
 };
 
 // Where the model lives: exactly one of --checkpoint and --server.
@@ -72,6 +73,7 @@ void run_predict(const PredictArgs& a) {
   }
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
+  tagger.emulate = a.emulate;
   freeze_for_inference(tagger);
   ResNet* model = tagger.model.get();
   const InferenceOptions io = inference_options(a, "predict");
@@ -109,6 +111,7 @@ void run_features(const PredictArgs& a) {
   }
   apply_threads(a.threads);
   Tagger tagger = load_tagger(a.checkpoint);
+  tagger.emulate = a.emulate;
   freeze_for_inference(tagger);
   ResNet* model = tagger.model.get();
   JetFile file(a.input, a.key);
@@ -158,6 +161,7 @@ CLI::App* add_inference_options(CLI::App& app, const char* name, const char* hel
       ->check(in_range(0, 1e12));
   a->image.add_to(*cmd);
   add_threads_option(*cmd, a->threads);
+  add_emulate_flag(*cmd, a->emulate);
   return cmd;
 }
 

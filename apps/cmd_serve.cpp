@@ -26,6 +26,7 @@ struct ServeArgs {
   std::string checkpoint, port_file;
   ServerOptions server;
   ImageArgs image;
+  bool emulate = false;
 };
 
 void write_port_file(const std::string& path, const InferenceServer& server) {
@@ -55,6 +56,7 @@ void run_serve(ServeArgs& a) {
     fail("--grpc-port and --http-port are both -1: the server would have no way to be asked");
   FileUse().reads("--checkpoint", a.checkpoint).writes("--port-file", a.port_file).check();
   Tagger tagger = load_tagger(a.checkpoint);
+  tagger.emulate = a.emulate;
   tagger.images = a.image.merged(tagger);
   validate(tagger.images);
   check_channels(*tagger.model, tagger.images, a.checkpoint);
@@ -103,7 +105,7 @@ void run_serve(ServeArgs& a) {
 struct PerfArgs {
   std::string server_url, model = kDefaultModelName, checkpoint, arch, csv, plot, duration = "10s", warmup = "1s",
                           input = "images";
-  bool local = false;
+  bool local = false, emulate = false;
   std::vector<int> concurrency = {1, 2, 4, 8, 16, 32}, threads;
   std::vector<int64_t> batches;
   ImageArgs image;
@@ -118,6 +120,7 @@ void run_perf(const PerfArgs& a) {
     Tagger tagger;
     if (!a.checkpoint.empty()) {
       tagger = load_tagger(a.checkpoint);
+      tagger.emulate = a.emulate;
       tagger.images = a.image.merged(tagger);
     } else {  // timing only: the architecture at the given image size and channels, random weights
       tagger.images = a.image.merged(std::nullopt);
@@ -219,6 +222,7 @@ void add_serve_commands(CLI::App& app) {
 
       ->check(in_range(0, 1024));
   a->image.add_to(*cmd);
+  add_emulate_flag(*cmd, a->emulate);
   cmd->callback([a] { run_serve(*a); });
 
   auto p = std::make_shared<PerfArgs>();
@@ -248,6 +252,7 @@ void add_serve_commands(CLI::App& app) {
   perf->add_option("--csv", p->csv, "also write the table as CSV");
   perf->add_option("--plot", p->plot, "throughput versus clients (.png, .svg, .pdf)");
   p->image.add_to(*perf);
+  add_emulate_flag(*perf, p->emulate);
   perf->callback([p] { run_perf(*p); });
 }
 

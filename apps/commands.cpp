@@ -41,6 +41,12 @@ void add_threads_option(CLI::App& command, int& threads) {
       ->check(in_range(0, 1024));
 }
 
+void add_emulate_flag(CLI::App& command, bool& emulate) {
+  command.add_flag("--emulate", emulate,
+                   "quantized checkpoints: run the float emulation instead of the integer and packed kernels "
+                   "(slower; for comparison)");
+}
+
 void apply_threads(int threads) {
   // 0: the CPUs this process may use (affinity mask, cgroup quota); with several MPI ranks on one
   // machine, shared with those whose masks overlap this one's (never oversubscribing).

@@ -26,6 +26,10 @@ CLI::Validator in_range(double min, double max);
 // process may use, under MPI shared with the ranks bound to the same ones), which says on stderr how
 // many threads it runs and why.
 void add_threads_option(CLI::App& command, int& threads);
+
+// --emulate, shared by the commands that run a checkpoint: a quantized model runs the float
+// emulation instead of the integer kernels (Tagger::emulate), for comparison.
+void add_emulate_flag(CLI::App& command, bool& emulate);
 void apply_threads(int threads);
 
 }  // namespace toptag::apps
