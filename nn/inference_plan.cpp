@@ -58,10 +58,9 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const La
         break;
       }
       case LayerStep::Kind::max_pool: {
-        Op op;
-        op.pool = true;
+        Op& op = ops_.emplace_back();  // in place: moving an Op with empty optionals trips GCC 12's
+        op.pool = true;                // -Wmaybe-uninitialized
         op.pool_params = step.pool;
-        ops_.push_back(std::move(op));
         break;
       }
       case LayerStep::Kind::block_begin:

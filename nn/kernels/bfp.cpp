@@ -218,7 +218,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
   const KernelSet& ks = *cv.kernels;
   const PixelTable px{reinterpret_cast<const char*>(a.storage.data()),
                       a.record_floats() * static_cast<int64_t>(sizeof(float)), cv.zero_record.data()};
-  for_each_tile_chunk(cv, g, px, ks.mr, cv.panels, [&](int64_t) {
+  for_each_tile_chunk(cv, g, px, ks.bfp_mr, cv.panels, [&](int64_t) {
     return [&](const void** rows, int64_t m0, int64_t count, int64_t panel, bool) {
       const int64_t k0 = panel * ks.nr;
       BfpTileArgs t;
@@ -234,10 +234,10 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
       t.stage.relu = relu;
       t.stage.ld_residual = cv.K;
       t.int16_sums = cv.int16_sums;
-      for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
+      for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
         const int64_t m = m0 + i0;
         t.rows = rows + i0 * cv.taps();
-        t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
+        t.row_count = static_cast<int>(std::min<int64_t>(ks.bfp_mr, count - i0));
         t.out = y.data() + m * cv.K + k0;
         t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
         ks.tile_bfp(t);

@@ -80,6 +80,7 @@ struct KernelSet {
   int mr, nr;        // rows per tile, output channels per panel
   void (*tile_f32)(const TileArgs&);
   const char* bfp_name;  // "avx512-vnni bfp 12x32"
+  int bfp_mr;            // rows per block floating point tile (its panels are nr wide, as tile_f32's)
   void (*tile_bfp)(const BfpTileArgs&);
 };
 

@@ -16,24 +16,20 @@ void tile_bfp(const BfpTileArgs& t) {
   bfp_avx2::slice(t, kNr, 0);
 }
 
-// A 32-wide panel (the AVX-512 set's) as two 16-wide slices, its rows 6 at a time.
+// A 32-wide panel (the AVX-512 set's) as two 16-wide slices.
 void tile_bfp_nr32(const BfpTileArgs& t) {
   constexpr int kPanel = 32;
-  for (int r0 = 0; r0 < t.row_count; r0 += bfp_avx2::kRows) {
-    for (int col0 = 0; col0 < t.col_count; col0 += bfp_avx2::kCols) {
-      BfpTileArgs s = t;
-      s.rows = t.rows + r0 * t.taps;
-      s.row_count = t.row_count - r0 < bfp_avx2::kRows ? t.row_count - r0 : bfp_avx2::kRows;
-      s.col_count = t.col_count - col0 < bfp_avx2::kCols ? t.col_count - col0 : bfp_avx2::kCols;
-      s.out = t.out + r0 * t.ld_out + col0;
-      if (t.stage.scale) s.stage.scale = t.stage.scale + col0;
-      if (t.stage.bias) s.stage.bias = t.stage.bias + col0;
-      if (t.stage.residual) s.stage.residual = t.stage.residual + r0 * t.stage.ld_residual + col0;
-      bfp_avx2::slice(s, kPanel, col0);
-    }
+  for (int col0 = 0; col0 < t.col_count; col0 += bfp_avx2::kCols) {
+    BfpTileArgs s = t;
+    s.col_count = t.col_count - col0 < bfp_avx2::kCols ? t.col_count - col0 : bfp_avx2::kCols;
+    s.out = t.out + col0;
+    if (t.stage.scale) s.stage.scale = t.stage.scale + col0;
+    if (t.stage.bias) s.stage.bias = t.stage.bias + col0;
+    if (t.stage.residual) s.stage.residual = t.stage.residual + col0;
+    bfp_avx2::slice(s, kPanel, col0);
   }
 }
 
-const KernelSet set{Isa::avx2, "avx2 f32 6x16", kMr, kNr, tile_f32, "avx2 bfp 6x16", tile_bfp};
+const KernelSet set{Isa::avx2, "avx2 f32 6x16", kMr, kNr, tile_f32, "avx2 bfp 4x16", bfp_avx2::kRows, tile_bfp};
 
 }  // namespace toptag::kernels_avx2
