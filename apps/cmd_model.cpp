@@ -61,9 +61,13 @@ void run_model(const ModelArgs& args) {
   fmt::print("training       {}\n", model->featurizer_layout() == ActivationLayout::nhwc
                                         ? "channels-last (NHWC) autograd, im2col + OpenBLAS sgemm"
                                         : "NCHW autograd (the layers' input quantizers), im2col + OpenBLAS sgemm");
-  if (tagger && tagger->quantized())
+  if (tagger && tagger->quantized()) {
+    // Frozen as predict and serve freeze it, to say which layers run on integer kernels.
+    tagger->model = std::move(model);
+    freeze_for_inference(*tagger);
     fmt::print("inference      {}\n", tagger->describe_engine());
-  else
+    model = std::move(tagger->model);
+  } else
     fmt::print("inference      toptag's kernels {}, instruction set {}\n", kernels(active_isa()).name, describe_isa());
   if (args.list_tensors) {
     for (const auto& p : state.parameters) fmt::print("  {:<40} {}\n", p.name, p.var->shape().str());

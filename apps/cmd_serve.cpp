@@ -103,13 +103,22 @@ void run_serve(ServeArgs& a) {
 }
 
 struct PerfArgs {
-  std::string server_url, model = kDefaultModelName, checkpoint, arch, csv, plot, duration = "10s", warmup = "1s",
-                          input = "images";
+  std::string server_url, model = kDefaultModelName, checkpoint, arch, format, csv, plot, duration = "10s",
+                          warmup = "1s", input = "images";
   bool local = false, emulate = false;
   std::vector<int> concurrency = {1, 2, 4, 8, 16, 32}, threads;
   std::vector<int64_t> batches;
   ImageArgs image;
 };
+
+// Timing only: an untrained model quantized in `format`, weights and activations. Int8 activations
+// need ranges calibrated on real images, so they are refused here.
+void quantize_untrained(Tagger& tagger, const std::string& format) {
+  auto config = std::make_shared<QuantizationConfig>(make_quantization(format, format, "masked"));
+  if (config->activations->kind == FormatKind::int8)
+    fail("perf --format {}: int8 activations need calibration; quantize a checkpoint and time it with -c", format);
+  quantize_tagger(tagger, config, [] { return std::optional<Tensor>(); });
+}
 
 void run_perf(const PerfArgs& a) {
   if (a.local == !a.server_url.empty()) fail("give either --server URL or --local --checkpoint C");
@@ -117,6 +126,7 @@ void run_perf(const PerfArgs& a) {
   std::vector<PerfPoint> points;
   if (a.local) {
     if (a.checkpoint.empty() == a.arch.empty()) fail("--local needs --checkpoint, or --arch for an untrained model");
+    if (!a.format.empty() && a.arch.empty()) fail("--format quantizes an --arch model; a checkpoint carries its own");
     Tagger tagger;
     if (!a.checkpoint.empty()) {
       tagger = load_tagger(a.checkpoint);
@@ -125,6 +135,8 @@ void run_perf(const PerfArgs& a) {
     } else {  // timing only: the architecture at the given image size and channels, random weights
       tagger.images = a.image.merged(std::nullopt);
       tagger.model = std::make_unique<ResNet>(ResNetConfig{a.arch, tagger.images.channels, 64, 1024, 2}, 1);
+      if (!a.format.empty()) quantize_untrained(tagger, a.format);
+      tagger.emulate = a.emulate;
     }
     freeze_for_inference(tagger);
     fmt::print(stderr, "engine: {}\n", tagger.describe_engine());
@@ -239,6 +251,9 @@ void add_serve_commands(CLI::App& app) {
   perf->add_option("--checkpoint,-c", p->checkpoint, "model for --local")->check(CLI::ExistingFile);
   perf->add_option("--arch", p->arch,
                    "--local without a checkpoint: time this architecture untrained (with --image-size, --channels)");
+  perf->add_option("--format", p->format,
+                   "--arch: quantize the untrained model, weights and activations, to this block floating point or "
+                   "fixed-point format (see toptag quantize)");
   perf->add_option("--batch", p->batches,
                    "images per request (server: default 1) or per forward pass (local: default 1,8,32,64)")
       ->delimiter(',')

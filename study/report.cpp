@@ -98,6 +98,9 @@ std::string fixed(double v, int digits) {
 struct Speed {
   std::vector<PerfPoint> local, server;
   std::vector<PerfPoint> paper_input;  // local, 224x224x3 (empty for a study made before it was measured)
+  // The same in float32: the float model at the study's size, and the architecture at 224x224x3
+  // (empty for a study made before they were measured).
+  std::vector<PerfPoint> local_float, paper_input_float;
   const PerfPoint* best_local = nullptr;
   const PerfPoint* best_server = nullptr;
   const PerfPoint* one_client = nullptr;  // the lowest concurrency measured
@@ -133,6 +136,8 @@ struct Speed {
             {"server_1_client_p50_ms", one_client->stats.p50_ms},
             {"local_batch1_best_p50_ms", best_batch1_ms},
             {"local_224x224x3", perf_rows(paper_input)},
+            {"local_float", perf_rows(local_float)},
+            {"local_224x224x3_float", perf_rows(paper_input_float)},
             {"blas", blas_info().summary()}};
   }
 };
@@ -218,33 +223,42 @@ std::string physics_section(const StudyOptions& o, const json& eval, const Compa
 std::string speed_section(const StudyOptions& o, const Speed& s) {
   std::string md = "## Latency and throughput (the paper's Table 1, on this machine)\n\n";
   md += fmt::format(
-      "The served model (`{}`, {}x{} images, {} fake-quantized) on this machine's CPU, {} hardware "
-      "threads, and the same architecture at the paper's 224x224x3 input (untrained: timing only). Latency is "
-      "the median time of one call; throughput counts inferences (jets) per second. Linear algebra: {}.\n\n",
+      "The served model (`{}`, {}x{} images, weights and activations in {}) and the float model it was "
+      "quantized from, on this machine's CPU with {} hardware threads, and the same architecture at the "
+      "paper's 224x224x3 input (untrained: timing only), in both precisions. Quantized models run on "
+      "toptag's integer kernels where the format allows (`toptag model -c` says which). Latency is the median "
+      "time of one call; throughput counts inferences (jets) per second. Linear algebra: {}.\n\n",
       o.arch, o.image_size, o.image_size, o.format, s.max_threads, blas_info().summary());
-  md += "| platform | batch | latency p50 (ms) | throughput (inferences/s) | paper (Duarte et al. 2019) |\n";
-  md += "|---|---|---|---|---|\n";
+  md +=
+      "| platform | precision | batch | latency p50 (ms) | throughput (inferences/s) | paper (Duarte et al. 2019) |\n";
+  md += "|---|---|---|---|---|---|\n";
   std::vector<int> thread_counts{1};
   if (s.max_threads > 1) thread_counts.push_back(s.max_threads);
-  const std::string size = fmt::format("{}x{}", o.image_size, o.image_size);
-  for (const auto& [points, input] : {std::pair{&s.local, size}, std::pair{&s.paper_input, std::string("224x224x3")}})
+  const std::string size = fmt::format("{}x{}", o.image_size, o.image_size), paper = "224x224x3";
+  struct Rows {
+    const std::vector<PerfPoint>* points;
+    std::string input, precision;
+  };
+  for (const Rows& rows : {Rows{&s.local_float, size, "float32"}, Rows{&s.local, size, o.format},
+                           Rows{&s.paper_input_float, paper, "float32"}, Rows{&s.paper_input, paper, o.format}})
     for (int threads : thread_counts)
       for (int64_t batch : {int64_t(1), int64_t(32)}) {
-        const PerfPoint* p = find_local(*points, threads, batch);
+        const PerfPoint* p = find_local(*rows.points, threads, batch);
         if (!p) continue;
-        const bool paper_row = threads == 1 && batch == 1 && points == &s.paper_input;
-        md += fmt::format("| CPU, {} thread{}, {} | {} | {} | {} | {} |\n", threads, threads > 1 ? "s" : "", input,
-                          batch, fixed(p->stats.p50_ms, 2), fixed(p->stats.throughput, 1),
+        const bool paper_row = threads == 1 && batch == 1 && rows.points == &s.paper_input;
+        md += fmt::format("| CPU, {} thread{}, {} | {} | {} | {} | {} | {} |\n", threads, threads > 1 ? "s" : "",
+                          rows.input, rows.precision, batch, fixed(p->stats.p50_ms, 2), fixed(p->stats.throughput, 1),
                           paper_row ? "CPU, 1 core: about 1.75 s per jet (CMSSW)" : "");
       }
-  md += "| GPU | - | not measured | not measured | (toptag computes on the CPU) |\n";
+  md += "| GPU | - | - | not measured | not measured | (toptag computes on the CPU) |\n";
   md += fmt::format(
-      "| toptag serve, {} client{} | 1 | {} | {} | Brainwave service: 60 ms (cloud), 10 ms (on premises) |\n",
-      s.one_client->concurrency, s.one_client->concurrency > 1 ? "s" : "", fixed(s.one_client->stats.p50_ms, 2),
-      fixed(s.one_client->stats.throughput, 1));
-  md += fmt::format("| toptag serve, {} clients (best) | 1 | {} | {} | Brainwave service: 600-700 inferences/s |\n",
-                    s.best_server->concurrency, fixed(s.best_server->stats.p50_ms, 2),
-                    fixed(s.best_server->stats.throughput, 1));
+      "| toptag serve, {} client{} | {} | 1 | {} | {} | Brainwave service: 60 ms (cloud), 10 ms (on premises) |\n",
+      s.one_client->concurrency, s.one_client->concurrency > 1 ? "s" : "", o.format,
+      fixed(s.one_client->stats.p50_ms, 2), fixed(s.one_client->stats.throughput, 1));
+  md +=
+      fmt::format("| toptag serve, {} clients (best) | {} | 1 | {} | {} | Brainwave service: 600-700 inferences/s |\n",
+                  s.best_server->concurrency, o.format, fixed(s.best_server->stats.p50_ms, 2),
+                  fixed(s.best_server->stats.throughput, 1));
   md +=
       "\nThe paper's figures are for its hardware (Xeon CPUs, Brainwave FPGAs in Azure); the CPU figure follows "
       "from its quoted speed-ups (about 30x for the cloud service at 60 ms, 175x on premises at 10 ms).\n\n";
@@ -302,8 +316,10 @@ void write_report(const ReportInputs& in) {
   const Comparison diff = compare(served, local, "served");
 
   Speed speed(read_perf_csv((dir / "perf/local.csv").string()), read_perf_csv((dir / "perf/server.csv").string()));
-  if (fs::exists(dir / "perf/local_224x224x3.csv"))
-    speed.paper_input = read_perf_csv((dir / "perf/local_224x224x3.csv").string());
+  for (const auto& [points, file] : {std::pair{&speed.paper_input, "perf/local_224x224x3.csv"},
+                                     std::pair{&speed.local_float, "perf/local_float.csv"},
+                                     std::pair{&speed.paper_input_float, "perf/local_224x224x3_float.csv"}})
+    if (fs::exists(dir / file)) *points = read_perf_csv((dir / file).string());
   std::vector<PerfPoint> all = speed.local;
   all.insert(all.end(), speed.server.begin(), speed.server.end());
   plot_throughput((report / "throughput_vs_clients.png").string(), all, "toptag serve, one jet per request, " + o.arch);

@@ -241,7 +241,9 @@ void stage_float(const Study& s) {
 }
 
 void stage_quantize(const Study& s) {
-  s.toptag.run({"quantize", "-c", "float/best.h5", "--format", s.o.format, "-o", "quantized.h5"});
+  // Weights and activations, as Brainwave computes: the quantized and served models then run on
+  // toptag's integer kernels (block floating point formats).
+  s.toptag.run({"quantize", "-c", "float/best.h5", "--format", s.o.format, "--activations", "-o", "quantized.h5"});
   s.toptag.run(Args{"predict", "-c", "quantized.h5", "-i", s.test, "-o", "predictions/quantized.h5"} +
                s.max_jets(s.o.test_jets));
 }
@@ -249,8 +251,9 @@ void stage_quantize(const Study& s) {
 void stage_finetune(const Study& s) {
   const StudyOptions& o = s.o;
   s.train_run("finetuned",
-              Args{"--train", s.train, "--val", s.val, "--init", "quantized.h5", "--quantize", o.format, "--lr",
-                   fmt::format("{:g}", o.finetune_lr), "--image-size", std::to_string(o.image_size)} +
+              Args{"--train", s.train, "--val", s.val, "--init", "quantized.h5", "--quantize", o.format,
+                   "--quantize-activations", o.format, "--lr", fmt::format("{:g}", o.finetune_lr), "--image-size",
+                   std::to_string(o.image_size)} +
                   s.train_limit(),
               o.finetune_epochs);
   s.toptag.run(Args{"predict", "-c", "finetuned/best.h5", "-i", s.test, "-o", "predictions/finetuned.h5"} +
@@ -289,11 +292,20 @@ void stage_retune(const Study& s) {
 void stage_local_perf(const Study& s) {
   const int cpus = usable_cpus().count;
   const std::string threads = cpus > 1 ? fmt::format("1,{}", cpus) : "1";
-  s.toptag.run({"perf", "--local", "-c", "finetuned/best.h5", "--batch", "1,32", "--threads", threads, "--duration",
-                s.o.perf_duration, "--csv", "perf/local.csv"});
-  // The paper's input, 224x224x3, timed on the same architecture untrained: the CPU rows of its Table 1.
-  s.toptag.run({"perf", "--local", "--arch", s.o.arch, "--image-size", "224", "--channels", "3", "--batch", "1,32",
-                "--threads", threads, "--duration", s.o.perf_duration, "--csv", "perf/local_224x224x3.csv"});
+  // The served (quantized, fine-tuned) model and the float one it came from.
+  for (const auto& [checkpoint, csv] :
+       {std::pair{"finetuned/best.h5", "perf/local.csv"}, std::pair{"float/best.h5", "perf/local_float.csv"}})
+    s.toptag.run({"perf", "--local", "-c", checkpoint, "--batch", "1,32", "--threads", threads, "--duration",
+                  s.o.perf_duration, "--csv", csv});
+  // The paper's input, 224x224x3, timed on the same architecture untrained, quantized as the served
+  // model and in float: the CPU rows of its Table 1.
+  for (const auto& [format, csv] : {std::pair{s.o.format, std::string("perf/local_224x224x3.csv")},
+                                    std::pair{std::string(), std::string("perf/local_224x224x3_float.csv")}}) {
+    Args args{"perf", "--local",   "--arch", s.o.arch,     "--image-size",    "224",   "--channels", "3", "--batch",
+              "1,32", "--threads", threads,  "--duration", s.o.perf_duration, "--csv", csv};
+    if (!format.empty()) args = args + Args{"--format", format};
+    s.toptag.run(args);
+  }
 }
 
 // Enough resamples for the 2.5th and 97.5th percentiles (five resamples beyond each), few enough

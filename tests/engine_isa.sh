@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every instruction-set path of the inference kernels (nn/kernels/isa.h) that this CPU runs gives the
 # same scores from the CLI: predict under TOPTAG_ISA=ref, avx2 and avx512 agree to float rounding,
-# toptag model and perf name the path (and model the training layout), and a path the CPU lacks or an unknown name is refused.
+# toptag model and perf name the path (and model the training layout), an ms-fp8 model runs on each
+# path's integer kernels as its float emulation scores, and a path the CPU lacks or an unknown name is
+# refused.
 # Usage: engine_isa.sh TOPTAG
 set -euo pipefail
 TOPTAG=$(realpath "$1")
@@ -38,6 +40,23 @@ for isa in $isas; do
     END { if (rows != 96) { print "rows " rows; exit } printf "%.3g\n", worst }')
   awk -v w="$worst" 'BEGIN { exit !(w + 0 == w && w <= 1e-5) }' || fail "$isa scores differ from ref by $worst"
   echo "$isa: largest score difference from ref $worst"
+done
+
+# A quantized model, ms-fp8 weights and activations: every path runs its layers after the stem on the
+# integer kernels, says so, and scores as the float emulation (--emulate) does.
+$TOPTAG quantize -c run/best.h5 -f ms-fp8 --activations -o q.h5 >/dev/null 2>&1 || fail "quantize"
+$TOPTAG predict -c q.h5 -i jets.h5 -o q_emulated.csv --emulate >/dev/null 2>&1 || fail "predict --emulate"
+for isa in $isas; do
+  TOPTAG_ISA=$isa $TOPTAG predict -c q.h5 -i jets.h5 -o "q_$isa.csv" >/dev/null 2>"q_$isa.log" \
+    || fail "quantized predict under $isa: $(tail -3 "q_$isa.log")"
+  TOPTAG_ISA=$isa $TOPTAG model --checkpoint q.h5 >model.txt 2>&1 || fail "model of q.h5 under $isa"
+  grep -q "^inference .*quantized: [1-9][0-9]* of [0-9]* layers on integer block floating point kernels" model.txt \
+    || fail "toptag model does not say the layers run on integer kernels under $isa: $(cat model.txt)"
+  worst=$(paste -d, q_emulated.csv "q_$isa.csv" | awk -F, -v n="$(head -1 q_emulated.csv | tr ',' '\n' | wc -l)" '
+    NR > 1 { d = $1 - $(n + 1); if (d < 0) d = -d; if (d > worst) worst = d; rows++ }
+    END { if (rows != 96) { print "rows " rows; exit } printf "%.3g\n", worst }')
+  awk -v w="$worst" 'BEGIN { exit !(w + 0 == w && w <= 1e-5) }' || fail "$isa ms-fp8 scores differ from the emulation by $worst"
+  echo "$isa ms-fp8 on integer kernels: largest score difference from the emulation $worst"
 done
 
 expect_error "unknown TOPTAG_ISA" "TOPTAG_ISA=sse9: unknown" env TOPTAG_ISA=sse9 $TOPTAG predict -c run/best.h5 -i jets.h5 -o x.csv

@@ -67,7 +67,7 @@ TEST_F(StudyTest, WritesEveryReportFile) {
     EXPECT_GT(fs::file_size(p), 100u) << p;
   }
   // The commands are printed as a user would type them.
-  EXPECT_NE(first_->output.find("$ toptag quantize -c float/best.h5 --format ms-fp8"), std::string::npos);
+  EXPECT_NE(first_->output.find("$ toptag quantize -c float/best.h5 --format ms-fp8 --activations"), std::string::npos);
   EXPECT_NE(first_->output.find("report written to"), std::string::npos);
 }
 
@@ -99,8 +99,11 @@ TEST_F(StudyTest, EveryMetricIsANumberInRange) {
   EXPECT_EQ(d.at("flip_fraction").get<double>(), 0.0);
   const json& perf = m.at("performance");
   ASSERT_EQ(perf.at("server").size(), 2u);
-  ASSERT_EQ(perf.at("local").size(), 4u);  // 1 and all threads x batch 1 and 32 (1 thread twice on one core)
-  for (const char* mode : {"local", "server"})
+  // 1 and all threads x batch 1 and 32 (1 thread twice on one core), for the served model, the float
+  // one, and the architecture at 224x224x3 in both precisions.
+  for (const char* mode : {"local", "local_float", "local_224x224x3", "local_224x224x3_float"})
+    ASSERT_EQ(perf.at(mode).size(), 4u) << mode;
+  for (const char* mode : {"local", "server", "local_float", "local_224x224x3", "local_224x224x3_float"})
     for (const json& p : perf.at(mode)) {
       EXPECT_GT(p.at("throughput").get<double>(), 0) << mode;
       EXPECT_GT(p.at("p50_ms").get<double>(), 0) << mode;
@@ -123,6 +126,11 @@ TEST_F(StudyTest, EveryMetricIsANumberInRange) {
   char auc_text[32];
   std::snprintf(auc_text, sizeof auc_text, "| %.*f [", decimals, m["models"][3]["auc"].get<double>());
   EXPECT_NE(md.str().find(std::string("| served (gRPC, one jet per request) | ")), std::string::npos);
+  // Table 1 has float and ms-fp8 rows at both sizes, and the quantized model ran on integer kernels.
+  for (const char* row : {"| CPU, 1 thread, 16x16 | float32 | 1 |", "| CPU, 1 thread, 16x16 | ms-fp8 | 1 |",
+                          "| CPU, 1 thread, 224x224x3 | float32 | 1 |", "| CPU, 1 thread, 224x224x3 | ms-fp8 | 1 |"})
+    EXPECT_NE(md.str().find(row), std::string::npos) << row;
+  EXPECT_NE(first_->output.find("on integer block floating point kernels"), std::string::npos);
   EXPECT_NE(md.str().find(auc_text), std::string::npos) << "served AUC " << auc_text << " missing from REPORT.md";
 }
 
