@@ -144,6 +144,11 @@ void FrozenResNet::quantize_op(Op& op, const std::string& name, const Tensor* bi
     op.bfp = pack_conv_bfp(weight, bias, params, q.bfp->input, isa_);
     return;
   }
+  if (q.int8 && op.input_nonnegative && kernels_->tile_bfp_full_bytes) {
+    op.bfp = pack_conv_int8(w.dim(0), w.dim(1), w.dim(2), w.dim(3), q.int8->weights, q.int8->scales, bias, params,
+                            q.int8->input, isa_);
+    return;
+  }
   op.conv = pack_conv(w, bias, params, isa_);
   op.quantize_input = q.quantize_input;
 }
@@ -223,8 +228,8 @@ std::string FrozenResNet::describe() const {
       kernels_->name, isa_name(kernels_->isa), convs, winograd, static_cast<double>(bytes) / 1e6);
   if (quantized_plan_)
     text += fmt::format(
-        "; quantized: {} of {} layers on integer block floating point kernels ({}), the rest on float kernels over "
-        "their decoded weights ({} with quantized inputs)",
+        "; quantized: {} of {} layers on integer kernels ({}), the rest on float kernels over their decoded "
+        "weights ({} with quantized inputs)",
         integer, convs + 2, kernels_->bfp_name, fake_quantized);
   return text;
 }

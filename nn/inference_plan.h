@@ -9,7 +9,8 @@
 // A quantized model is frozen from a description of each layer (LayerQuantization, which quantize/
 // fills: nn knows no format by name). A layer whose weights and inputs are both block floating point
 // the integer kernels can run (nn/kernels/bfp.h) runs on them; every other layer runs the float
-// kernels on its decoded weights, its input fake-quantized first. Both compute what the float
+// kernels on its decoded weights, its input fake-quantized first. int8 layers run on the same integer
+// tiles where the CPU's tile takes full-range bytes (AVX-512 VNNI, ref). All compute what the float
 // emulation (the layers' hooks) computes, to float32 rounding of the sums.
 #pragma once
 
@@ -38,6 +39,13 @@ struct LayerQuantization {
     BlockFormat weight, input;
   };
   std::optional<Bfp> bfp;
+  // int8 weights and activations: the weight's integers and per-channel scales, the input's range.
+  struct Int8 {
+    std::vector<int32_t> weights;  // the weight's shape
+    std::vector<float> scales;     // per output channel
+    AffineU8 input;
+  };
+  std::optional<Int8> int8;
 };
 
 // Every conv and linear layer of a quantized model, by state_dict prefix ("layer1.0.conv2", "fc1").
@@ -69,9 +77,9 @@ class FrozenResNet {
   struct Op {
     bool pool = false;  // a max pool (else a convolution)
     MaxPool2dParams pool_params;
-    PackedConv conv;                                      // float32 weights (a quantized layer's decoded ones)
-    std::optional<WinogradConv> winograd;                 // 3x3 stride-1 convolutions: also packed for Winograd
-    std::optional<PackedBfpConv> bfp;                     // integer block floating point: runs instead of conv
+    PackedConv conv;                       // float32 weights (a quantized layer's decoded ones)
+    std::optional<WinogradConv> winograd;  // 3x3 stride-1 convolutions: also packed for Winograd
+    std::optional<PackedBfpConv> bfp;      // integer (block floating point or int8): runs instead of conv
     std::function<Tensor(const Tensor&)> quantize_input;  // float path of a quantized layer
     bool input_nonnegative = false;                       // the input follows a ReLU
     bool relu = false;

@@ -136,6 +136,11 @@ LayerQuantizations plan_layers(ResNet& model, const QuantizationConfig& config) 
         quantize_tensor(format, false, flat, y, nullptr, range ? &*range : nullptr);
         return y.reshape(x.shape());
       };
+      if (config.weights.kind == FormatKind::int8 && range) {
+        EncodedTensor e = encode_weight(config.weights, weight.value());
+        q.int8 = LayerQuantization::Int8{std::move(e.integers), std::move(e.scales),
+                                         AffineU8{range->scale(), range->zero_point()}};
+      }
     }
     if (bfp) {
       EncodedTensor e = encode_weight(config.weights, weight.value());

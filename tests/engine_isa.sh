@@ -50,7 +50,7 @@ for isa in $isas; do
   TOPTAG_ISA=$isa $TOPTAG predict -c q.h5 -i jets.h5 -o "q_$isa.csv" >/dev/null 2>"q_$isa.log" \
     || fail "quantized predict under $isa: $(tail -3 "q_$isa.log")"
   TOPTAG_ISA=$isa $TOPTAG model --checkpoint q.h5 >model.txt 2>&1 || fail "model of q.h5 under $isa"
-  grep -q "^inference .*quantized: [1-9][0-9]* of [0-9]* layers on integer block floating point kernels" model.txt \
+  grep -q "^inference .*quantized: [1-9][0-9]* of [0-9]* layers on integer kernels" model.txt \
     || fail "toptag model does not say the layers run on integer kernels under $isa: $(cat model.txt)"
   worst=$(paste -d, q_emulated.csv "q_$isa.csv" | awk -F, -v n="$(head -1 q_emulated.csv | tr ',' '\n' | wc -l)" '
     NR > 1 { d = $1 - $(n + 1); if (d < 0) d = -d; if (d > worst) worst = d; rows++ }

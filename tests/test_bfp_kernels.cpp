@@ -69,6 +69,95 @@ TEST(BfpActivations, NanPoisonsItsBlockAndNegativeInputsAreRefused) {
   EXPECT_THROW(quantize_bfp_activations(x.data(), 1, 8, f), Error);
 }
 
+// int8: the records hold exactly the emulation's bytes (decoded, the emulation's values), and a
+// convolution on the tiles that take full-range bytes gives the emulation's result.
+AffineRange range_of(const Tensor& x) {
+  AffineRange r{0, 0};
+  for (float v : x.span()) {
+    r.min = std::min(r.min, v);
+    r.max = std::max(r.max, v);
+  }
+  return r;
+}
+
+TEST(U8Activations, ExactlyTheEmulationsValues) {
+  Rng rng(8);
+  for (int64_t C : {1, 5, 64, 300}) {
+    Tensor x = testing::random_tensor({7, C}, rng, 3.0);  // negative values too: the zero point is inside
+    const AffineRange r = range_of(x);
+    x.data()[0] = 1e9f;  // far beyond the range: saturates at 255
+    Tensor expected = Tensor::empty(x.shape());
+    quantize_tensor(Format::parse("int8"), false, x, expected, nullptr, &r);
+    const BfpActivations a = quantize_u8_activations(x.data(), 7, C, AffineU8{r.scale(), r.zero_point()});
+    for (int64_t p = 0; p < 7; ++p)
+      for (int64_t c = 0; c < C; ++c)
+        ASSERT_EQ((a.mantissas(p)[c] - r.zero_point()) * a.steps(p)[0], expected.data()[p * C + c]) << p << " " << c;
+  }
+}
+
+// The kernel sets whose tile takes bytes up to 255.
+std::vector<Isa> full_byte_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : testing::isas_here())
+    if (kernels(isa).tile_bfp_full_bytes) out.push_back(isa);
+  return out;
+}
+
+TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
+  const Format int8 = Format::parse("int8");
+  Rng rng(12);
+  struct Shape4 {
+    int64_t n, c, h, k;
+    int kernel, stride, pad;
+  };
+  for (const Shape4& s : {Shape4{1, 64, 6, 40, 3, 1, 1}, Shape4{64, 17, 3, 33, 1, 2, 0}, Shape4{2, 256, 2, 64, 3, 1, 1},
+                          Shape4{1, 2048, 1, 10, 1, 1, 0}}) {
+    SCOPED_TRACE(s.c);
+    const Tensor x = activations({s.n, s.h, s.h, s.c}, rng);
+    const AffineRange r{-0.25f, range_of(x).max};  // a zero point inside the range: padding is not byte 0
+    const Tensor w = testing::random_tensor({s.k, s.c, s.kernel, s.kernel}, rng, 0.1);
+    const Tensor b = testing::random_tensor({s.k}, rng);
+    const EncodedTensor e = encode_weight(int8, w);
+    Tensor xq = Tensor::empty(x.shape());
+    quantize_tensor(int8, false, x, xq, nullptr, &r);
+    const Conv2dParams params{s.stride, s.pad};
+    const Tensor expected = conv_nhwc_ref(xq, decode_weight(int8, e, w.shape()), &b, params, nullptr, false);
+    for (Isa isa : full_byte_isas()) {
+      SCOPED_TRACE(isa_name(isa));
+      const PackedBfpConv cv = pack_conv_int8(s.k, s.c, s.kernel, s.kernel, e.integers, e.scales, &b, params,
+                                              AffineU8{r.scale(), r.zero_point()}, isa);
+      testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "int8 conv", 1e-4, 1e-5);
+    }
+  }
+}
+
+// Bytes at both ends (0 and 255) against weights at +-127 everywhere: the products a saturating pair
+// sum would get wrong.
+TEST(Int8Conv, ExtremeBytesAndWeights) {
+  const int64_t C = 512, K = 32;
+  Tensor x = Tensor::empty({1, 2, 2, C});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = i % 2 ? 10.0f : -10.0f;
+  const AffineRange r{-10, 10};
+  std::vector<int32_t> q(static_cast<size_t>(K * C));
+  for (size_t i = 0; i < q.size(); ++i) q[i] = (i / 2) % 2 ? 127 : -127;
+  const std::vector<float> scales(K, 0.01f);
+  Tensor wq = Tensor::empty({K, C, 1, 1});
+  for (size_t i = 0; i < q.size(); ++i) wq.data()[i] = static_cast<float>(q[i]) * 0.01f;
+  Tensor xq = Tensor::empty(x.shape());
+  quantize_tensor(Format::parse("int8"), false, x, xq, nullptr, &r);
+  const Tensor expected = conv_nhwc_ref(xq, wq, nullptr, {1, 0}, nullptr, false);
+  for (Isa isa : full_byte_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    const PackedBfpConv cv =
+        pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, AffineU8{r.scale(), r.zero_point()}, isa);
+    testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "extreme bytes", 1e-5, 1e-6);
+  }
+  if (cpu_supports(Isa::avx2)) {
+    EXPECT_THROW(pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, AffineU8{r.scale(), r.zero_point()}, Isa::avx2),
+                 Error);
+  }
+}
+
 struct BfpCase {
   const char* format;
   int64_t n, c, h, w, k;

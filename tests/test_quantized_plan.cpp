@@ -22,7 +22,8 @@ struct QuantizedCase {
   const char* weights;
   const char* activations;  // "" for float inputs
   int64_t batch;
-  int integer_layers;  // layers the integer kernels run (all but the stem, for bfp weights and inputs)
+  int integer_layers;       // layers the integer kernels run (all but the stem, for bfp or int8 weights and inputs)
+  bool full_bytes = false;  // int8: only on tiles that take activation bytes up to 255 (AVX-512 VNNI, ref)
 };
 
 void PrintTo(const QuantizedCase& c, std::ostream* os) {
@@ -31,9 +32,15 @@ void PrintTo(const QuantizedCase& c, std::ostream* os) {
 
 // Measured: the block floating point plans give the emulation's features bit for bit (the mantissa
 // products and their float32 sums are exact at this width, and bias and residual round once in both);
-// weight-only ms-fp8 differs by 4e-7 of the largest feature, int8 by 1e-7 (float32 sums in another
-// order).
+// weight-only ms-fp8 differs by 4e-7 of the largest feature.
 constexpr double kTolerance = 1e-5;
+// int8 activations are rounded to steps of (max - min) / 255: a float32 rounding difference anywhere
+// upstream (another summation order, the zero point's share moved into the bias) can move a value
+// across a rounding boundary, one step, and later layers carry that on. At batch 2 nothing flips
+// (1e-7 of the largest feature); at batch 64 a few values do, in the emulation against itself as well
+// (its GEMMs block differently), and the float and integer plans both end up 7e-3 of the largest
+// feature and 1.1e-2 of the largest logit from it, on this random-weight network.
+constexpr double kInt8Tolerance = 2e-2;
 
 class QuantizedPlanVsEmulation : public ::testing::TestWithParam<QuantizedCase> {};
 
@@ -63,11 +70,12 @@ TEST_P(QuantizedPlanVsEmulation, FeaturesAndLogitsMatch) {
     SCOPED_TRACE(isa_name(isa));
     const FrozenResNet plan(model, isa, true, &layers);
     const std::string engine = plan.describe();
-    EXPECT_NE(engine.find(fmt::format("quantized: {} of 55 layers on integer", c.integer_layers)), std::string::npos)
-        << engine;
+    const int integer = c.full_bytes && !kernels(isa).tile_bfp_full_bytes ? 0 : c.integer_layers;
+    EXPECT_NE(engine.find(fmt::format("quantized: {} of 55 layers on integer", integer)), std::string::npos) << engine;
     const Tensor f = plan.features(images);
-    testing::expect_close_to_max(f, features, "features", kTolerance);
-    testing::expect_close_to_max(plan.head(f), logits, "logits", kTolerance);
+    const double tolerance = c.full_bytes ? kInt8Tolerance : kTolerance;
+    testing::expect_close_to_max(f, features, "features", tolerance);
+    testing::expect_close_to_max(plan.head(f), logits, "logits", tolerance);
   }
 }
 
@@ -75,7 +83,8 @@ INSTANTIATE_TEST_SUITE_P(Formats, QuantizedPlanVsEmulation,
                          ::testing::Values(QuantizedCase{"ms-fp8", "ms-fp8", 1, 54},
                                            QuantizedCase{"ms-fp8", "ms-fp8", 64, 54},
                                            QuantizedCase{"msfp16", "msfp16", 3, 54}, QuantizedCase{"ms-fp8", "", 2, 0},
-                                           QuantizedCase{"int8", "int8", 2, 0},
+                                           QuantizedCase{"int8", "int8", 2, 54, true},
+                                           QuantizedCase{"int8", "int8", 64, 54, true},
                                            QuantizedCase{"fixed<8,3>", "fixed<8,3>", 2, 0}));
 
 }  // namespace

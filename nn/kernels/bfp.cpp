@@ -150,6 +150,60 @@ BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t 
   return a;
 }
 
+namespace {
+
+// One pixel's int8 bytes: q = clamp(round_half_even(x / scale) + zero_point, 0, 255), x / scale in
+// float as the emulation computes it. Returns whether the pixel held a NaN.
+bool quantize_u8_pixel(const float* in, int64_t n, const AffineU8& q, uint8_t* m) {
+  // Beyond +-512 every value saturates: clamping first keeps the conversion to int32 in range.
+  constexpr float kLimit = 512;
+  const float scale = q.scale;
+  bool nan = false;
+  int64_t c = 0;
+#ifdef __SSE2__
+  const __m128 s = _mm_set1_ps(scale), lo = _mm_set1_ps(-kLimit), hi = _mm_set1_ps(kLimit);
+  const __m128i zp = _mm_set1_epi32(q.zero_point);
+  __m128 nans = _mm_setzero_ps();
+  for (; c + 8 <= n; c += 8) {
+    const __m128 x0 = _mm_loadu_ps(in + c), x1 = _mm_loadu_ps(in + c + 4);
+    nans = _mm_or_ps(nans, _mm_or_ps(_mm_cmpunord_ps(x0, x0), _mm_cmpunord_ps(x1, x1)));
+    const __m128i i0 = _mm_add_epi32(_mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_div_ps(x0, s), hi), lo)), zp);
+    const __m128i i1 = _mm_add_epi32(_mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_div_ps(x1, s), hi), lo)), zp);
+    const __m128i words = _mm_packs_epi32(i0, i1);                                        // int16, no saturation
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(m + c), _mm_packus_epi16(words, words));  // clamps to 0..255
+  }
+  nan = _mm_movemask_ps(nans) != 0;
+#endif
+  for (; c < n; ++c) {
+    const float y = in[c] / scale;
+    nan = nan || y != y;
+    const float r = std::nearbyint(std::clamp(y, -kLimit, kLimit)) + static_cast<float>(q.zero_point);
+    m[c] = static_cast<uint8_t>(r != r ? 0 : std::clamp(r, 0.0f, 255.0f));
+  }
+  return nan;
+}
+
+}  // namespace
+
+BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& q) {
+  BfpActivations a;
+  a.pixels = pixels;
+  a.channels = channels;
+  a.groups = (channels + kGroup - 1) / kGroup;
+  a.blocks = 1;
+  a.storage.resize(static_cast<size_t>(pixels * a.record_floats()));
+  const int64_t padding = a.groups * kGroup - channels;
+#pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
+  for (int64_t p = 0; p < pixels; ++p) {
+    float* step = a.storage.data() + p * a.record_floats();
+    uint8_t* m = reinterpret_cast<uint8_t*>(step + 1);
+    const bool nan = quantize_u8_pixel(x + p * channels, channels, q, m);
+    *step = nan ? std::numeric_limits<float>::quiet_NaN() : q.scale;
+    for (int64_t c = 0; c < padding; ++c) m[channels + c] = 0;  // their weights are zero
+  }
+  return a;
+}
+
 PackedBfpConv pack_conv_bfp(const BfpWeight& w, const Tensor* bias, Conv2dParams params, const BlockFormat& input,
                             Isa isa) {
   if (!bfp_kernels_apply(w.format, input))
@@ -205,6 +259,58 @@ PackedBfpConv pack_conv_bfp(const BfpWeight& w, const Tensor* bias, Conv2dParams
   return cv;
 }
 
+PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
+                             std::span<const float> scales, const Tensor* bias, Conv2dParams params,
+                             const AffineU8& input, Isa isa) {
+  PackedBfpConv cv;
+  cv.K = K;
+  cv.C = C;
+  cv.R = R;
+  cv.S = S;
+  cv.stride = params.stride;
+  cv.pad = params.padding;
+  cv.kernels = &kernels(isa);
+  if (!cv.kernels->tile_bfp_full_bytes)
+    fail("pack_conv_int8: the {} tile cannot take activation bytes above 127", cv.kernels->bfp_name);
+  cv.int8_input = input;
+  const int64_t nr = cv.kernels->nr, taps = cv.taps();
+  cv.panels = (K + nr - 1) / nr;
+  cv.groups = (C + kGroup - 1) / kGroup;
+  cv.block_groups = cv.groups;  // one block: a tap's whole reduction is one exact int32 sum
+  cv.blocks = 1;
+  if (static_cast<int64_t>(weights.size()) != K * C * taps || static_cast<int64_t>(scales.size()) != K)
+    fail("pack_conv_int8: {} weights and {} scales do not fit a ({}, {}, {}, {}) weight", weights.size(), scales.size(),
+         K, C, R, S);
+  if (bias) expect_shape(*bias, Shape{K}, "pack_conv_int8 bias");
+  cv.weights.assign(static_cast<size_t>(cv.panels * cv.panel_size()), 0);
+  cv.steps.assign(static_cast<size_t>(cv.panels * cv.panel_steps()), 0.0f);
+  cv.bias.assign(static_cast<size_t>(cv.panels * nr), 0.0f);
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t panel = k / nr, j = k % nr;
+    int8_t* packed = cv.weights.data() + panel * cv.panel_size();
+    float* steps = cv.steps.data() + panel * cv.panel_steps();
+    int64_t sum = 0;
+    for (int64_t t = 0; t < taps; ++t) {
+      for (int64_t c = 0; c < C; ++c) {
+        const int32_t w = weights[(k * C + c) * taps + t];
+        if (w < -127 || w > 127) fail("pack_conv_int8: weight {} of output channel {} is not in [-127, 127]", w, k);
+        packed[((t * cv.groups + c / kGroup) * nr + j) * kGroup + c % kGroup] = static_cast<int8_t>(w);
+        sum += w;
+      }
+      steps[t * nr + j] = scales[k];
+    }
+    // sum over c, t of (q - zp) w s_a s_w = s_a s_w (sum q w) - s_a s_w zp (sum w): the second term here.
+    const double zero_point_share = static_cast<double>(input.scale) * scales[k] * input.zero_point * sum;
+    cv.bias[panel * nr + j] = static_cast<float>((bias ? bias->data()[k] : 0.0) - zero_point_share);
+  }
+  // A pixel in the padding stands for 0: the zero point's byte, at the activation step.
+  cv.zero_record.assign(static_cast<size_t>(1 + cv.groups), 0.0f);
+  cv.zero_record[0] = input.scale;
+  uint8_t* zero_bytes = reinterpret_cast<uint8_t*>(cv.zero_record.data() + 1);
+  for (int64_t c = 0; c < C; ++c) zero_bytes[c] = static_cast<uint8_t>(input.zero_point);
+  return cv;
+}
+
 Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* residual, bool relu) {
   const OutputGrid g = output_grid(cv, x, "conv_nhwc_bfp");
   Tensor y = Tensor::empty({g.N, g.P, g.Q, cv.K});
@@ -212,7 +318,8 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
   if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc bfp");
   const BfpActivations a = [&] {
-    ProfileScope quantize("bfp quantize");
+    ProfileScope quantize("input quantize");
+    if (cv.int8_input) return quantize_u8_activations(x.data(), g.N * g.H * g.W, cv.C, *cv.int8_input);
     return quantize_bfp_activations(x.data(), g.N * g.H * g.W, cv.C, cv.input);
   }();
   const KernelSet& ks = *cv.kernels;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -30,6 +31,17 @@ struct BlockFormat {
 // Whether the integer kernels can run a layer with these weight and input formats (see above).
 bool bfp_kernels_apply(const BlockFormat& weights, const BlockFormat& inputs);
 
+// int8 on the same tiles: activations affine uint8 per tensor, q = clamp(round_half_even(x / scale)
+// + zero_point, 0, 255) (quantize/format.h), as one block per pixel and tap whose step is `scale`;
+// weights symmetric int8 per output channel, whose scale is the weight step of every tap. The zero
+// point's share, -zero_point * sum of the channel's weights, is a constant per output channel and
+// goes into the bias. The bytes use all of 0..255, which only tiles with exact unsigned-byte products
+// run (KernelSet::tile_bfp_full_bytes: AVX-512 VNNI and ref; AVX2's pair sums would saturate).
+struct AffineU8 {
+  float scale = 1;
+  int zero_point = 0;
+};
+
 // Activations quantized for the kernels: one record per pixel (or per row of a (N, I) input), of
 // `blocks` float steps 2^(e + 1 - M) and then `groups * 4` mantissa bytes, channels past C zero.
 // A block holding a NaN gets a NaN step, so the NaN reaches every output that reads it (as in the
@@ -45,6 +57,8 @@ struct BfpActivations {
 
 // x: `pixels` rows of `channels` floats, none negative (throws toptag::Error on a negative value).
 BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f);
+// The int8 records: one block of all `channels` per pixel, its step the scale (NaN if the pixel holds one).
+BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& a);
 
 // A weight's exact BFP encoding, as quantize/ stores it: signed mantissas in the weight's (K, C, R, S)
 // shape, and exponents [K][ceil(C / B)][R * S].
@@ -58,7 +72,8 @@ struct BfpWeight {
 // A convolution's BFP weights packed for one kernel set.
 struct PackedBfpConv : ConvShape {
   const KernelSet* kernels = nullptr;
-  BlockFormat input;  // how the layer's input is quantized
+  BlockFormat input;                   // how the layer's input is quantized (block floating point) ...
+  std::optional<AffineU8> int8_input;  // ... or as int8
   int64_t panels = 0, groups = 0, blocks = 0, block_groups = 0;
   std::vector<int8_t> weights;     // panels x [taps][groups][nr][4] mantissas, zero past K and C
   std::vector<float> steps;        // panels x [taps][blocks][nr] weight steps, zero past K
@@ -73,6 +88,12 @@ struct PackedBfpConv : ConvShape {
 // Throws toptag::Error when bfp_kernels_apply() is false or the encoding does not fit the shape.
 PackedBfpConv pack_conv_bfp(const BfpWeight& weight, const Tensor* bias, Conv2dParams params, const BlockFormat& input,
                             Isa isa);
+
+// int8 weights (K, C, R, S) in [-127, 127] with one scale per output channel. Throws when the kernel
+// set's tile cannot take full-range bytes.
+PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
+                             std::span<const float> scales, const Tensor* bias, Conv2dParams params,
+                             const AffineU8& input, Isa isa);
 
 // y = conv(quantized x) + bias [+ residual] [ReLU]: conv_nhwc's contract, x quantized on the way in.
 Tensor conv_nhwc_bfp(const PackedBfpConv& conv, const Tensor& x, const Tensor* residual, bool relu);

@@ -40,8 +40,8 @@ void tile_f32_ref(const TileArgs& t) {
     }
 }
 
-const KernelSet kRefSet{Isa::ref,     "ref f32 4x8", kRefMr, kRefNr,
-                        tile_f32_ref, "ref bfp 4x8", kRefMr, kernels_ref::tile_bfp};
+const KernelSet kRefSet{Isa::ref, "ref f32 4x8",         kRefMr, kRefNr, tile_f32_ref, "ref u8*s8 4x8",
+                        kRefMr,   kernels_ref::tile_bfp, true};
 
 // A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
 // per tap. Its rows are copied instead into a dense block, dense[i][t * C + c] (zeros in the padding),
@@ -99,8 +99,9 @@ const KernelSet& kernels(Isa isa) {
       static const KernelSet set = [] {
         KernelSet s = kernels_avx512::set;
         if (detect_cpu().avx512vnni) {
-          s.bfp_name = "avx512-vnni bfp 12x32";
+          s.bfp_name = "avx512-vnni u8*s8 12x32";
           s.bfp_mr = 12;
+          s.tile_bfp_full_bytes = true;
           s.tile_bfp = kernels_avx512_vnni::tile_bfp;
         }
         return s;

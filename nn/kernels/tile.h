@@ -79,9 +79,10 @@ struct KernelSet {
   const char* name;  // "avx512 f32 12x32"
   int mr, nr;        // rows per tile, output channels per panel
   void (*tile_f32)(const TileArgs&);
-  const char* bfp_name;  // "avx512-vnni bfp 12x32"
+  const char* bfp_name;  // the integer tile: "avx512-vnni u8*s8 12x32"
   int bfp_mr;            // rows per block floating point tile (its panels are nr wide, as tile_f32's)
   void (*tile_bfp)(const BfpTileArgs&);
+  bool tile_bfp_full_bytes;  // exact for activation bytes up to 255 (int8), not only up to 127
 };
 
 const KernelSet& kernels(Isa isa);

@@ -30,6 +30,7 @@ void tile_bfp_nr32(const BfpTileArgs& t) {
   }
 }
 
-const KernelSet set{Isa::avx2, "avx2 f32 6x16", kMr, kNr, tile_f32, "avx2 bfp 4x16", bfp_avx2::kRows, tile_bfp};
+const KernelSet set{Isa::avx2,         "avx2 f32 6x16", kMr,      kNr,  tile_f32,
+                    "avx2 u8*s8 4x16", bfp_avx2::kRows, tile_bfp, false};
 
 }  // namespace toptag::kernels_avx2
