@@ -129,13 +129,22 @@ LayerQuantizations plan_layers(ResNet& model, const QuantizationConfig& config) 
       }
       // The input hook's quantizer on a channels-last input: viewed as (pixels, C), its blocks run
       // along the channels, as they do along NCHW's channel axis.
-      q.quantize_input = [format = *config.activations, range](const Tensor& x) {
-        const int64_t C = x.dim(x.rank() - 1);
-        const Tensor flat = x.reshape({x.numel() / C, C});
-        Tensor y = Tensor::empty(flat.shape());
-        quantize_tensor(format, false, flat, y, nullptr, range ? &*range : nullptr);
-        return y.reshape(x.shape());
-      };
+      if (range) {
+        // int8: the kernels' vectorised quantizer, the same function (tests/test_bfp_kernels.cpp).
+        q.quantize_input = [affine = AffineU8{range->scale(), range->zero_point()}](const Tensor& x) {
+          Tensor y = Tensor::empty(x.shape());
+          fake_quantize_u8(x.data(), x.numel(), affine, y.data());
+          return y;
+        };
+      } else {
+        q.quantize_input = [format = *config.activations](const Tensor& x) {
+          const int64_t C = x.dim(x.rank() - 1);
+          const Tensor flat = x.reshape({x.numel() / C, C});
+          Tensor y = Tensor::empty(flat.shape());
+          quantize_tensor(format, false, flat, y, nullptr);
+          return y.reshape(x.shape());
+        };
+      }
       if (config.weights.kind == FormatKind::int8 && range) {
         EncodedTensor e = encode_weight(config.weights, weight.value());
         q.int8 = LayerQuantization::Int8{std::move(e.integers), std::move(e.scales),

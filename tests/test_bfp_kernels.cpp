@@ -89,9 +89,13 @@ TEST(U8Activations, ExactlyTheEmulationsValues) {
     Tensor expected = Tensor::empty(x.shape());
     quantize_tensor(Format::parse("int8"), false, x, expected, nullptr, &r);
     const BfpActivations a = quantize_u8_activations(x.data(), 7, C, AffineU8{r.scale(), r.zero_point()});
+    Tensor values = Tensor::empty(x.shape());
+    fake_quantize_u8(x.data(), x.numel(), AffineU8{r.scale(), r.zero_point()}, values.data());
     for (int64_t p = 0; p < 7; ++p)
-      for (int64_t c = 0; c < C; ++c)
+      for (int64_t c = 0; c < C; ++c) {
         ASSERT_EQ((a.mantissas(p)[c] - r.zero_point()) * a.steps(p)[0], expected.data()[p * C + c]) << p << " " << c;
+        ASSERT_EQ(values.data()[p * C + c], expected.data()[p * C + c]) << p << " " << c;
+      }
   }
 }
 

@@ -204,6 +204,21 @@ BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t c
   return a;
 }
 
+void fake_quantize_u8(const float* x, int64_t n, const AffineU8& a, float* y) {
+  constexpr int64_t kChunk = 4096;
+  const float zero_point = static_cast<float>(a.zero_point);
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    uint8_t bytes[kChunk];
+    const int64_t count = std::min(kChunk, n - c0);
+    quantize_u8_pixel(x + c0, count, a, bytes);
+    for (int64_t i = 0; i < count; ++i) {
+      const float v = x[c0 + i];
+      y[c0 + i] = v != v ? v : (static_cast<float>(bytes[i]) - zero_point) * a.scale;
+    }
+  }
+}
+
 PackedBfpConv pack_conv_bfp(const BfpWeight& w, const Tensor* bias, Conv2dParams params, const BlockFormat& input,
                             Isa isa) {
   if (!bfp_kernels_apply(w.format, input))

@@ -59,6 +59,9 @@ struct BfpActivations {
 BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f);
 // The int8 records: one block of all `channels` per pixel, its step the scale (NaN if the pixel holds one).
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& a);
+// The same quantizer as values: y = (q(x) - zero_point) * scale, NaN staying NaN, for the float kernels
+// where the tile cannot take int8 (quantize/format.h's int8 activation quantizer, vectorised).
+void fake_quantize_u8(const float* x, int64_t n, const AffineU8& a, float* y);
 
 // A weight's exact BFP encoding, as quantize/ stores it: signed mantissas in the weight's (K, C, R, S)
 // shape, and exponents [K][ceil(C / B)][R * S].
