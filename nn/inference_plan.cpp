@@ -147,6 +147,7 @@ void FrozenResNet::quantize_op(Op& op, const std::string& name, const Tensor* bi
   if (q.int8 && op.input_nonnegative && kernels_->tile_bfp_full_bytes) {
     op.bfp = pack_conv_int8(w.dim(0), w.dim(1), w.dim(2), w.dim(3), q.int8->weights, q.int8->scales, bias, params,
                             q.int8->input, isa_);
+    if (q.int8->fake_quantize_first) op.quantize_input = q.quantize_input;
     return;
   }
   op.conv = pack_conv(w, bias, params, isa_);
@@ -167,8 +168,8 @@ void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, st
 }
 
 Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual) {
-  if (op.bfp) return conv_nhwc_bfp(*op.bfp, in, residual, op.relu);
   const Tensor x = op.quantize_input ? op.quantize_input(in) : in;
+  if (op.bfp) return conv_nhwc_bfp(*op.bfp, x, residual, op.relu);
   // Winograd where the layer has enough tiles to be bound by arithmetic; below that the layer is
   // bound by reading its weights, which Winograd makes 16/9 larger.
   if (op.winograd && winograd_pays(x)) return conv_winograd(*op.winograd, x, residual, op.relu);

@@ -40,10 +40,14 @@ struct LayerQuantization {
   };
   std::optional<Bfp> bfp;
   // int8 weights and activations: the weight's integers and per-channel scales, the input's range.
+  // Fixed point of at most 8 bits takes the same path: integers value / LSB, the LSBs as scales, and
+  // the input first through quantize_input (its rounding and overflow modes), whose multiples of the
+  // LSB the records then hold exactly (zero point 128 for a signed format).
   struct Int8 {
     std::vector<int32_t> weights;  // the weight's shape
     std::vector<float> scales;     // per output channel
     AffineU8 input;
+    bool fake_quantize_first = false;  // fixed point: quantize_input, then the records
   };
   std::optional<Int8> int8;
 };

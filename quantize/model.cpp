@@ -112,6 +112,15 @@ void freeze_for_inference(ResNet& model, const QuantizationConfig& config) {
   });
 }
 
+namespace {
+
+// Fixed point whose integers fit a byte, and whose LSB a float holds: the int8 kernels run it.
+bool fixed_bytes(const Format& f) {
+  return f.kind == FormatKind::fixed && f.width <= 8 && std::abs(f.integer - f.width) < 100;
+}
+
+}  // namespace
+
 LayerQuantizations plan_layers(ResNet& model, const QuantizationConfig& config) {
   LayerQuantizations layers;
   const bool bfp =
@@ -149,6 +158,14 @@ LayerQuantizations plan_layers(ResNet& model, const QuantizationConfig& config) 
         EncodedTensor e = encode_weight(config.weights, weight.value());
         q.int8 = LayerQuantization::Int8{std::move(e.integers), std::move(e.scales),
                                          AffineU8{range->scale(), range->zero_point()}};
+      }
+      if (fixed_bytes(config.weights) && fixed_bytes(*config.activations)) {
+        EncodedTensor e = encode_weight(config.weights, weight.value());  // value / LSB
+        const int zero_point = config.activations->is_signed ? 128 : 0;
+        q.int8 = LayerQuantization::Int8{
+            std::move(e.integers),
+            std::vector<float>(static_cast<size_t>(weight.shape()[0]), static_cast<float>(fixed_lsb(config.weights))),
+            AffineU8{static_cast<float>(fixed_lsb(*config.activations)), zero_point}, true};
       }
     }
     if (bfp) {

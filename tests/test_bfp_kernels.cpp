@@ -135,15 +135,15 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
   }
 }
 
-// Bytes at both ends (0 and 255) against weights at +-127 everywhere: the products a saturating pair
-// sum would get wrong.
+// Bytes at both ends (0 and 255) against weights at -128 and 127 everywhere: the products a saturating
+// pair sum would get wrong.
 TEST(Int8Conv, ExtremeBytesAndWeights) {
   const int64_t C = 512, K = 32;
   Tensor x = Tensor::empty({1, 2, 2, C});
-  for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = i % 2 ? 10.0f : -10.0f;
+  for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = i % 3 ? 10.0f : -10.0f;  // bytes 255 and 0
   const AffineRange r{-10, 10};
   std::vector<int32_t> q(static_cast<size_t>(K * C));
-  for (size_t i = 0; i < q.size(); ++i) q[i] = (i / 2) % 2 ? 127 : -127;
+  for (size_t i = 0; i < q.size(); ++i) q[i] = (i / 2) % 2 ? 127 : -128;  // -128: fixed<8,I> weights reach it
   const std::vector<float> scales(K, 0.01f);
   Tensor wq = Tensor::empty({K, C, 1, 1});
   for (size_t i = 0; i < q.size(); ++i) wq.data()[i] = static_cast<float>(q[i]) * 0.01f;

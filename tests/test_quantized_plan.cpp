@@ -85,7 +85,9 @@ INSTANTIATE_TEST_SUITE_P(Formats, QuantizedPlanVsEmulation,
                                            QuantizedCase{"msfp16", "msfp16", 3, 54}, QuantizedCase{"ms-fp8", "", 2, 0},
                                            QuantizedCase{"int8", "int8", 2, 54, true},
                                            QuantizedCase{"int8", "int8", 64, 54, true},
-                                           QuantizedCase{"fixed<8,3>", "fixed<8,3>", 2, 0}));
+                                           QuantizedCase{"fixed<8,3>", "fixed<8,3>", 2, 54, true},
+                                           QuantizedCase{"fixed<8,3,RND,SAT>", "ufixed<8,5,RND_CONV,SAT>", 3, 54, true},
+                                           QuantizedCase{"fixed<16,6>", "fixed<16,6>", 2, 0}));
 
 }  // namespace
 }  // namespace toptag

@@ -308,7 +308,7 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
     for (int64_t t = 0; t < taps; ++t) {
       for (int64_t c = 0; c < C; ++c) {
         const int32_t w = weights[(k * C + c) * taps + t];
-        if (w < -127 || w > 127) fail("pack_conv_int8: weight {} of output channel {} is not in [-127, 127]", w, k);
+        if (w < -128 || w > 127) fail("pack_conv_int8: weight {} of output channel {} is not a signed byte", w, k);
         packed[((t * cv.groups + c / kGroup) * nr + j) * kGroup + c % kGroup] = static_cast<int8_t>(w);
         sum += w;
       }

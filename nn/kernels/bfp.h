@@ -92,7 +92,7 @@ struct PackedBfpConv : ConvShape {
 PackedBfpConv pack_conv_bfp(const BfpWeight& weight, const Tensor* bias, Conv2dParams params, const BlockFormat& input,
                             Isa isa);
 
-// int8 weights (K, C, R, S) in [-127, 127] with one scale per output channel. Throws when the kernel
+// int8 weights (K, C, R, S), signed bytes, with one scale per output channel. Throws when the kernel
 // set's tile cannot take full-range bytes.
 PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
                              std::span<const float> scales, const Tensor* bias, Conv2dParams params,
