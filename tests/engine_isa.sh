@@ -32,12 +32,18 @@ for isa in $isas; do
   grep -q "^engine: kernels $isa f32" perf.log || fail "perf does not name the $isa kernels: $(cat perf.log)"
 done
 
+# worst_difference A B: the largest |score A - score B| over the 96 jets (first columns of two
+# prediction CSVs), or "rows N" when a file does not hold them all.
+worst_difference() {
+  paste -d, "$1" "$2" | awk -F, -v n="$(head -1 "$1" | tr ',' '\n' | wc -l)" '
+    NR > 1 { d = $1 - $(n + 1); if (d < 0) d = -d; if (d > worst) worst = d; rows++ }
+    END { if (rows != 96) { print "rows " rows; exit } printf "%.3g\n", worst }'
+}
+
 # The scores (first column) of each path against the reference loops: float rounding only.
 for isa in $isas; do
   [ "$isa" = ref ] && continue
-  worst=$(paste -d, p_ref.csv "p_$isa.csv" | awk -F, -v n="$(head -1 p_ref.csv | tr ',' '\n' | wc -l)" '
-    NR > 1 { d = $1 - $(n + 1); if (d < 0) d = -d; if (d > worst) worst = d; rows++ }
-    END { if (rows != 96) { print "rows " rows; exit } printf "%.3g\n", worst }')
+  worst=$(worst_difference p_ref.csv "p_$isa.csv")
   awk -v w="$worst" 'BEGIN { exit !(w + 0 == w && w <= 1e-5) }' || fail "$isa scores differ from ref by $worst"
   echo "$isa: largest score difference from ref $worst"
 done
@@ -52,9 +58,7 @@ for isa in $isas; do
   TOPTAG_ISA=$isa $TOPTAG model --checkpoint q.h5 >model.txt 2>&1 || fail "model of q.h5 under $isa"
   grep -q "^inference .*quantized: [1-9][0-9]* of [0-9]* layers on integer kernels" model.txt \
     || fail "toptag model does not say the layers run on integer kernels under $isa: $(cat model.txt)"
-  worst=$(paste -d, q_emulated.csv "q_$isa.csv" | awk -F, -v n="$(head -1 q_emulated.csv | tr ',' '\n' | wc -l)" '
-    NR > 1 { d = $1 - $(n + 1); if (d < 0) d = -d; if (d > worst) worst = d; rows++ }
-    END { if (rows != 96) { print "rows " rows; exit } printf "%.3g\n", worst }')
+  worst=$(worst_difference q_emulated.csv "q_$isa.csv")
   awk -v w="$worst" 'BEGIN { exit !(w + 0 == w && w <= 1e-5) }' || fail "$isa ms-fp8 scores differ from the emulation by $worst"
   echo "$isa ms-fp8 on integer kernels: largest score difference from the emulation $worst"
 done

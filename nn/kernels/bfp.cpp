@@ -124,15 +124,21 @@ void quantize_block(const float* in, int64_t n, const BlockFormat& f, float* ste
   *step = nan ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(s.step);
 }
 
-}  // namespace
-
-BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f) {
+// Room for `pixels` records of `blocks` steps and `channels` bytes (uninitialised).
+BfpActivations empty_records(int64_t pixels, int64_t channels, int64_t blocks) {
   BfpActivations a;
   a.pixels = pixels;
   a.channels = channels;
   a.groups = (channels + kGroup - 1) / kGroup;
-  a.blocks = (channels + f.block - 1) / f.block;
+  a.blocks = blocks;
   a.storage.resize(static_cast<size_t>(pixels * a.record_floats()));
+  return a;
+}
+
+}  // namespace
+
+BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f) {
+  BfpActivations a = empty_records(pixels, channels, (channels + f.block - 1) / f.block);
   const int64_t padding = a.groups * kGroup - channels;
   bool negative = false;
 #pragma omp parallel for schedule(static) reduction(|| : negative) if (pixels * channels > (1 << 16))
@@ -186,12 +192,7 @@ bool quantize_u8_pixel(const float* in, int64_t n, const AffineU8& q, uint8_t* m
 }  // namespace
 
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& q) {
-  BfpActivations a;
-  a.pixels = pixels;
-  a.channels = channels;
-  a.groups = (channels + kGroup - 1) / kGroup;
-  a.blocks = 1;
-  a.storage.resize(static_cast<size_t>(pixels * a.record_floats()));
+  BfpActivations a = empty_records(pixels, channels, 1);
   const int64_t padding = a.groups * kGroup - channels;
 #pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
   for (int64_t p = 0; p < pixels; ++p) {
