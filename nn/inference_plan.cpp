@@ -23,6 +23,12 @@ bool winograd_pays(const Tensor& in) {
   return tiles >= kWinogradMinTiles && static_cast<double>(N * P * Q) >= kWinogradMinFill * 4.0 * tiles;
 }
 
+bool has_negative(const Tensor& x) {
+  for (float v : x.span())
+    if (v < 0) return true;
+  return false;
+}
+
 Conv2dParams params_of(const Conv2d& conv) {
   return {conv.params.stride, conv.params.padding};
 }
@@ -80,9 +86,9 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const La
         break;  // features() ends with it; an average of non-negative values is non-negative
       case LayerStep::Kind::linear:
         if (linears == 0) {
-          fc1_ = linear_op(step, current_nonnegative);
+          fc1_ = linear_op(step, current_nonnegative, true);
         } else if (linears == 1) {
-          fc2_ = linear_op(step, current_nonnegative);
+          fc2_ = linear_op(step, current_nonnegative, false);
         } else {
           fail("cannot freeze: the head has more than two linear layers ({})", step.name);
         }
@@ -118,7 +124,7 @@ FrozenResNet::Op FrozenResNet::conv_op(const LayerStep& step, bool input_nonnega
   return op;
 }
 
-FrozenResNet::Op FrozenResNet::linear_op(const LayerStep& step, bool input_nonnegative) const {
+FrozenResNet::Op FrozenResNet::linear_op(const LayerStep& step, bool input_nonnegative, bool head_input) const {
   const Linear& linear = *step.linear;
   if (linear.hooks && !quantized_)
     fail("cannot freeze {}: it has hooks (a quantized model is frozen from its layers' quantization)", step.name);
@@ -126,7 +132,7 @@ FrozenResNet::Op FrozenResNet::linear_op(const LayerStep& step, bool input_nonne
   op.input_nonnegative = input_nonnegative;
   op.relu = step.relu;
   if (quantized_) {
-    quantize_op(op, step.name, &linear.bias.value(), {1, 0});
+    quantize_op(op, step.name, &linear.bias.value(), {1, 0}, head_input);
   } else {
     const Tensor& w = linear.weight.value();
     op.conv = pack_conv(w.reshape({w.dim(0), w.dim(1), 1, 1}), &linear.bias.value(), {1, 0}, isa_);
@@ -134,24 +140,24 @@ FrozenResNet::Op FrozenResNet::linear_op(const LayerStep& step, bool input_nonne
   return op;
 }
 
-void FrozenResNet::quantize_op(Op& op, const std::string& name, const Tensor* bias, Conv2dParams params) const {
+void FrozenResNet::quantize_op(Op& op, const std::string& name, const Tensor* bias, Conv2dParams params,
+                               bool keep_float) const {
   auto it = quantized_->find(name);
   if (it == quantized_->end()) fail("cannot freeze {}: the quantized model does not describe it", name);
   const LayerQuantization& q = it->second;
   const Tensor w = q.weight.rank() == 2 ? q.weight.reshape({q.weight.dim(0), q.weight.dim(1), 1, 1}) : q.weight;
+  op.quantize_input = q.quantize_input;
   if (q.bfp && op.input_nonnegative && bfp_kernels_apply(q.bfp->weight, q.bfp->input)) {
     const BfpWeight weight{w.dim(0), w.dim(1), w.dim(2), w.dim(3), q.bfp->mantissas, q.bfp->exponents, q.bfp->weight};
     op.bfp = pack_conv_bfp(weight, bias, params, q.bfp->input, isa_);
-    return;
-  }
-  if (q.int8 && op.input_nonnegative && kernels_->tile_bfp_full_bytes) {
+    op.float_if_negative = keep_float;
+  } else if (q.int8 && op.input_nonnegative && kernels_->tile_bfp_full_bytes) {
+    // int8 takes negative inputs too (its bytes are affine); 8-bit fixed point first runs its own quantizer.
     op.bfp = pack_conv_int8(w.dim(0), w.dim(1), w.dim(2), w.dim(3), q.int8->weights, q.int8->scales, bias, params,
                             q.int8->input, isa_);
-    if (q.int8->fake_quantize_first) op.quantize_input = q.quantize_input;
-    return;
+    op.integer_quantizes_first = q.int8->fake_quantize_first;
   }
-  op.conv = pack_conv(w, bias, params, isa_);
-  op.quantize_input = q.quantize_input;
+  if (!op.bfp || op.float_if_negative) op.conv = pack_conv(w, bias, params, isa_);
 }
 
 void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut) {
@@ -168,8 +174,11 @@ void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, st
 }
 
 Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual) {
+  if (op.bfp && !(op.float_if_negative && has_negative(in))) {
+    const Tensor x = op.integer_quantizes_first ? op.quantize_input(in) : in;
+    return conv_nhwc_bfp(*op.bfp, x, residual, op.relu);
+  }
   const Tensor x = op.quantize_input ? op.quantize_input(in) : in;
-  if (op.bfp) return conv_nhwc_bfp(*op.bfp, x, residual, op.relu);
   // Winograd where the layer has enough tiles to be bound by arithmetic; below that the layer is
   // bound by reading its weights, which Winograd makes 16/9 larger.
   if (op.winograd && winograd_pays(x)) return conv_winograd(*op.winograd, x, residual, op.relu);
@@ -214,7 +223,7 @@ std::string FrozenResNet::describe() const {
       bytes += static_cast<int64_t>(op.bfp->weights.size() + op.bfp->steps.size() * sizeof(float));
       ++integer;
     }
-    if (op.quantize_input) ++fake_quantized;
+    if (op.quantize_input && !op.bfp) ++fake_quantized;
   };
   for (const Op& op : ops_) {
     if (op.pool) continue;

@@ -84,8 +84,12 @@ class FrozenResNet {
     PackedConv conv;                       // float32 weights (a quantized layer's decoded ones)
     std::optional<WinogradConv> winograd;  // 3x3 stride-1 convolutions: also packed for Winograd
     std::optional<PackedBfpConv> bfp;      // integer (block floating point or int8): runs instead of conv
-    std::function<Tensor(const Tensor&)> quantize_input;  // float path of a quantized layer
-    bool input_nonnegative = false;                       // the input follows a ReLU
+    std::function<Tensor(const Tensor&)> quantize_input;  // the quantized layer's input quantizer
+    bool integer_quantizes_first = false;                 // fixed point: the integer path runs it too
+    // The head's first layer also keeps the float path: head() takes features from outside (a
+    // features file), which need not be non-negative as the integer block floating point path needs.
+    bool float_if_negative = false;
+    bool input_nonnegative = false;  // the input follows a ReLU
     bool relu = false;
     bool starts_block = false;  // copy `current` into `block_input` first
     Slot in = Slot::current, out = Slot::current;
@@ -94,9 +98,10 @@ class FrozenResNet {
   };
 
   Op conv_op(const LayerStep& step, bool input_nonnegative) const;
-  Op linear_op(const LayerStep& step, bool input_nonnegative) const;
+  Op linear_op(const LayerStep& step, bool input_nonnegative, bool head_input) const;
   // A quantized layer: its float path, and its integer path where the kernels run it.
-  void quantize_op(Op& op, const std::string& name, const Tensor* bias, Conv2dParams params) const;
+  void quantize_op(Op& op, const std::string& name, const Tensor* bias, Conv2dParams params,
+                   bool keep_float = false) const;
   // Appends a block's convolutions: the shortcut first, the residual add and ReLU fused into the last.
   void add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut);
   // One convolution (or linear layer) on its input, by whichever path it was packed for.

@@ -114,9 +114,18 @@ void freeze_for_inference(ResNet& model, const QuantizationConfig& config) {
 
 namespace {
 
-// Fixed point whose integers fit a byte, and whose LSB a float holds: the int8 kernels run it.
-bool fixed_bytes(const Format& f) {
-  return f.kind == FormatKind::fixed && f.width <= 8 && std::abs(f.integer - f.width) < 100;
+// Fixed point whose integers fit the kernels' bytes (signed weights; activations signed or not), and
+// whose LSB a float holds: the int8 kernels run it.
+bool fixed_bytes(const Format& f, bool weight) {
+  return f.kind == FormatKind::fixed && f.width <= 8 && (f.is_signed || !weight) && std::abs(f.integer - f.width) < 100;
+}
+
+// The integer kernels take finite weights only: a NaN or inf (a damaged model) keeps its layer on the
+// float kernels, whose result is the emulation's NaN.
+bool finite(const Tensor& t) {
+  for (float v : t.span())
+    if (!std::isfinite(v)) return false;
+  return true;
 }
 
 }  // namespace
@@ -154,12 +163,12 @@ LayerQuantizations plan_layers(ResNet& model, const QuantizationConfig& config) 
           return y.reshape(x.shape());
         };
       }
-      if (config.weights.kind == FormatKind::int8 && range) {
+      if (config.weights.kind == FormatKind::int8 && range && finite(weight.value())) {
         EncodedTensor e = encode_weight(config.weights, weight.value());
         q.int8 = LayerQuantization::Int8{std::move(e.integers), std::move(e.scales),
                                          AffineU8{range->scale(), range->zero_point()}};
       }
-      if (fixed_bytes(config.weights) && fixed_bytes(*config.activations)) {
+      if (fixed_bytes(config.weights, true) && fixed_bytes(*config.activations, false) && finite(weight.value())) {
         EncodedTensor e = encode_weight(config.weights, weight.value());  // value / LSB
         const int zero_point = config.activations->is_signed ? 128 : 0;
         q.int8 = LayerQuantization::Int8{
@@ -168,7 +177,7 @@ LayerQuantizations plan_layers(ResNet& model, const QuantizationConfig& config) 
             AffineU8{static_cast<float>(fixed_lsb(*config.activations)), zero_point}, true};
       }
     }
-    if (bfp) {
+    if (bfp && finite(weight.value())) {
       EncodedTensor e = encode_weight(config.weights, weight.value());
       q.bfp = LayerQuantization::Bfp{std::move(e.integers), std::move(e.exponents), block_format(config.weights),
                                      block_format(*config.activations)};

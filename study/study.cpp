@@ -20,6 +20,7 @@
 #include "io/files.h"
 #include "nn/check.h"
 #include "nn/parallel.h"
+#include "quantize/format.h"
 #include "study/report.h"
 
 extern char** environ;
@@ -243,7 +244,9 @@ void stage_float(const Study& s) {
 void stage_quantize(const Study& s) {
   // Weights and activations, as Brainwave computes: the quantized and served models then run on
   // toptag's integer kernels (block floating point formats).
-  s.toptag.run({"quantize", "-c", "float/best.h5", "--format", s.o.format, "--activations", "-o", "quantized.h5"});
+  Args quantize{"quantize", "-c", "float/best.h5", "--format", s.o.format, "--activations", "-o", "quantized.h5"};
+  if (Format::parse(s.o.format).kind == FormatKind::int8) quantize = quantize + Args{"--calibration", s.train};
+  s.toptag.run(quantize);
   s.toptag.run(Args{"predict", "-c", "quantized.h5", "-i", s.test, "-o", "predictions/quantized.h5"} +
                s.max_jets(s.o.test_jets));
 }

@@ -301,23 +301,27 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
   cv.weights.assign(static_cast<size_t>(cv.panels * cv.panel_size()), 0);
   cv.steps.assign(static_cast<size_t>(cv.panels * cv.panel_steps()), 0.0f);
   cv.bias.assign(static_cast<size_t>(cv.panels * nr), 0.0f);
+  cv.offsets.assign(static_cast<size_t>(cv.panels * nr), 0);
   for (int64_t k = 0; k < K; ++k) {
     const int64_t panel = k / nr, j = k % nr;
     int8_t* packed = cv.weights.data() + panel * cv.panel_size();
     float* steps = cv.steps.data() + panel * cv.panel_steps();
-    int64_t sum = 0;
+    int64_t sum = 0, magnitude = 0;
     for (int64_t t = 0; t < taps; ++t) {
       for (int64_t c = 0; c < C; ++c) {
         const int32_t w = weights[(k * C + c) * taps + t];
         if (w < -128 || w > 127) fail("pack_conv_int8: weight {} of output channel {} is not a signed byte", w, k);
         packed[((t * cv.groups + c / kGroup) * nr + j) * kGroup + c % kGroup] = static_cast<int8_t>(w);
         sum += w;
+        magnitude += std::abs(w);
       }
       steps[t * nr + j] = scales[k];
     }
-    // sum over c, t of (q - zp) w s_a s_w = s_a s_w (sum q w) - s_a s_w zp (sum w): the second term here.
-    const double zero_point_share = static_cast<double>(input.scale) * scales[k] * input.zero_point * sum;
-    cv.bias[panel * nr + j] = static_cast<float>((bias ? bias->data()[k] : 0.0) - zero_point_share);
+    // sum over c, t of (q - zp) w = (sum q w) - zp (sum w), all in int32: |sum q w| <= 255 sum |w|.
+    if (255 * magnitude > std::numeric_limits<int32_t>::max())
+      fail("pack_conv_int8: output channel {} could overflow an int32 sum ({} weights)", k, C * taps);
+    cv.offsets[panel * nr + j] = static_cast<int32_t>(input.zero_point * sum);
+    if (bias) cv.bias[panel * nr + j] = bias->data()[k];
   }
   // A pixel in the padding stands for 0: the zero point's byte, at the activation step.
   cv.zero_record.assign(static_cast<size_t>(1 + cv.groups), 0.0f);
@@ -357,6 +361,8 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
       t.stage.relu = relu;
       t.stage.ld_residual = cv.K;
       t.int16_sums = cv.int16_sums;
+      t.whole_reduction = cv.int8_input.has_value();
+      t.offsets = cv.offsets.empty() ? nullptr : cv.offsets.data() + k0;
       for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
         const int64_t m = m0 + i0;
         t.rows = rows + i0 * cv.taps();
@@ -373,9 +379,30 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
 namespace kernels_ref {
 
 // The reference tile: the same order of operations as the SIMD tiles, in plain loops.
+// int8 (BfpTileArgs::whole_reduction): one int32 sum per output over every tap and channel.
+void tile_whole_reduction(const BfpTileArgs& t, float (&sums)[kMr][kNr]) {
+  for (int i = 0; i < t.row_count; ++i) {
+    int32_t sum[kNr] = {};
+    float nan_guard = 0;  // NaN if any tap's record is
+    for (int tap = 0; tap < t.taps; ++tap) {
+      const int8_t* w = t.panel + tap * t.groups * kNr * kGroup;
+      const float* astep = static_cast<const float*>(t.rows[i * t.taps + tap]);
+      const uint8_t* a = reinterpret_cast<const uint8_t*>(astep + 1);
+      nan_guard += 0 * astep[0];
+      for (int j = 0; j < kNr; ++j)
+        for (int64_t g = 0; g < t.groups; ++g)
+          for (int l = 0; l < kGroup; ++l) sum[j] += a[g * kGroup + l] * w[(g * kNr + j) * kGroup + l];
+    }
+    const float astep = static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard;
+    for (int j = 0; j < kNr; ++j)
+      sums[i][j] = static_cast<float>(sum[j] - (t.offsets ? t.offsets[j] : 0)) * (t.steps[j] * astep);
+  }
+}
+
 void tile_bfp(const BfpTileArgs& t) {
   float sums[kMr][kNr] = {};
-  for (int tap = 0; tap < t.taps; ++tap) {
+  if (t.whole_reduction) tile_whole_reduction(t, sums);
+  for (int tap = 0; tap < (t.whole_reduction ? 0 : t.taps); ++tap) {
     const int8_t* w = t.panel + tap * t.groups * kNr * kGroup;
     const float* wstep = t.steps + tap * t.blocks * kNr;
     for (int i = 0; i < t.row_count; ++i) {

@@ -34,9 +34,10 @@ bool bfp_kernels_apply(const BlockFormat& weights, const BlockFormat& inputs);
 // int8 on the same tiles: activations affine uint8 per tensor, q = clamp(round_half_even(x / scale)
 // + zero_point, 0, 255) (quantize/format.h), as one block per pixel and tap whose step is `scale`;
 // weights symmetric int8 per output channel, whose scale is the weight step of every tap. The zero
-// point's share, -zero_point * sum of the channel's weights, is a constant per output channel and
-// goes into the bias. The bytes use all of 0..255, which only tiles with exact unsigned-byte products
-// run (KernelSet::tile_bfp_full_bytes: AVX-512 VNNI and ref; AVX2's pair sums would saturate).
+// point's share, zero_point * sum of the channel's weights, is a constant per output channel,
+// subtracted from the exact int32 sum over all taps and channels before it is scaled, once. The bytes use all of
+// 0..255, which only tiles with exact unsigned-byte products run (KernelSet::tile_bfp_full_bytes: AVX-512 VNNI and ref;
+// AVX2's pair sums would saturate).
 struct AffineU8 {
   float scale = 1;
   int zero_point = 0;
@@ -83,6 +84,7 @@ struct PackedBfpConv : ConvShape {
   std::vector<float> bias;         // panels x nr
   std::vector<float> zero_record;  // a pixel in the padding: zero steps, zero mantissas
   bool int16_sums = false;         // BfpTileArgs::int16_sums
+  std::vector<int32_t> offsets;    // int8: panels x nr, BfpTileArgs::offsets (empty for bfp)
 
   int64_t panel_size() const { return taps() * groups * kernels->nr * 4; }
   int64_t panel_steps() const { return taps() * blocks * kernels->nr; }

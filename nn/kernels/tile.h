@@ -71,6 +71,12 @@ struct BfpTileArgs {
   int col_count;
   OutputStage stage;
   bool int16_sums;  // a whole block's pair sums fit in int16 (bfp.h): AVX2 widens once per block
+  // int8: every tap and block has the same steps, so the whole reduction is one exact int32 sum, from
+  // which offsets[j] (the zero point times the column's weight sum) is subtracted before it is scaled
+  // once (by tap 0's steps; a NaN step of any tap still makes the row NaN). Only on tiles with
+  // tile_bfp_full_bytes.
+  bool whole_reduction = false;
+  const int32_t* offsets = nullptr;  // nr per panel
 };
 
 // One instruction set's kernels, and the tile shape they were written for.

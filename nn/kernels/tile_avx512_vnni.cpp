@@ -35,13 +35,56 @@ inline void dot_add(__m512i& acc, __m512i a, __m512i w) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w));
 }
 
+// int8 (BfpTileArgs::whole_reduction): one exact int32 sum per output over every tap and channel,
+// less the zero point's share, scaled once.
+template <int ROWS>
+void whole_reduction_rows(const BfpTileArgs& t, float (&sums)[ROWS][kCols]) {
+  constexpr long kGroupBytes = kCols * 4;
+  __m512i acc0[ROWS], acc1[ROWS];
+  float nan_guard[ROWS];  // NaN if any tap's record is
+#pragma GCC unroll 12
+  for (int i = 0; i < ROWS; ++i) {
+    acc0[i] = acc1[i] = _mm512_setzero_si512();
+    nan_guard[i] = 0;
+  }
+  for (int tap = 0; tap < t.taps; ++tap) {
+    const uint8_t* a[ROWS];
+#pragma GCC unroll 12
+    for (int i = 0; i < ROWS; ++i) {
+      const float* astep = static_cast<const float*>(t.rows[i * t.taps + tap]);
+      nan_guard[i] += 0 * astep[0];
+      a[i] = reinterpret_cast<const uint8_t*>(astep + 1);
+    }
+    const int8_t* w = t.panel + tap * t.groups * kGroupBytes;
+    for (long g = 0; g < t.groups; ++g, w += kGroupBytes) {
+      const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
+#pragma GCC unroll 12
+      for (int i = 0; i < ROWS; ++i) {
+        const __m512i ai = broadcast_group(a[i] + g * 4);
+        dot_add(acc0[i], ai, w0);
+        dot_add(acc1[i], ai, w1);
+      }
+    }
+  }
+  const __m512i o0 = t.offsets ? _mm512_loadu_si512(t.offsets) : _mm512_setzero_si512();
+  const __m512i o1 = t.offsets ? _mm512_loadu_si512(t.offsets + 16) : _mm512_setzero_si512();
+  const __m512 s0 = _mm512_loadu_ps(t.steps), s1 = _mm512_loadu_ps(t.steps + 16);
+#pragma GCC unroll 12
+  for (int i = 0; i < ROWS; ++i) {
+    const __m512 as = _mm512_set1_ps(static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard[i]);
+    _mm512_store_ps(sums[i], _mm512_mul_ps(to_float(_mm512_sub_epi32(acc0[i], o0)), _mm512_mul_ps(s0, as)));
+    _mm512_store_ps(sums[i] + 16, _mm512_mul_ps(to_float(_mm512_sub_epi32(acc1[i], o1)), _mm512_mul_ps(s1, as)));
+  }
+}
+
 template <int ROWS>
 void rows(const BfpTileArgs& t) {
   // The float sums live in memory: each is touched once per block, and keeping them out of the
   // registers leaves all 24 int32 accumulators there through the block's loop.
   alignas(64) float sums[ROWS][kCols] = {};
   constexpr long kGroupBytes = kCols * 4;
-  for (int tap = 0; tap < t.taps; ++tap) {
+  if (t.whole_reduction) whole_reduction_rows<ROWS>(t, sums);
+  for (int tap = 0; tap < (t.whole_reduction ? 0 : t.taps); ++tap) {
     const uint8_t* a[ROWS];
     const float* astep[ROWS];
 #pragma GCC unroll 12
