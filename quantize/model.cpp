@@ -130,57 +130,79 @@ bool finite(const Tensor& t) {
 
 }  // namespace
 
+namespace {
+
+// Which integer kernels a configuration's layers can run on (nn/inference_plan.h).
+enum class IntegerPath { none, bfp, int8, fixed };
+
+IntegerPath integer_path(const QuantizationConfig& c) {
+  if (!c.activations) return IntegerPath::none;
+  if (c.weights.kind == FormatKind::bfp && c.activations->kind == FormatKind::bfp) return IntegerPath::bfp;
+  if (c.weights.kind == FormatKind::int8 && c.activations->kind == FormatKind::int8) return IntegerPath::int8;
+  if (fixed_bytes(c.weights, true) && fixed_bytes(*c.activations, false)) return IntegerPath::fixed;
+  return IntegerPath::none;
+}
+
+// The input hook's quantizer on a channels-last input: viewed as (pixels, C), its blocks run along
+// the channels, as they do along NCHW's channel axis. int8 uses the kernels' vectorised quantizer,
+// the same function (tests/test_bfp_kernels.cpp).
+std::function<Tensor(const Tensor&)> input_quantizer(const Format& format, const std::optional<AffineRange>& range) {
+  if (range)
+    return [affine = AffineU8{range->scale(), range->zero_point()}](const Tensor& x) {
+      Tensor y = Tensor::empty(x.shape());
+      fake_quantize_u8(x.data(), x.numel(), affine, y.data());
+      return y;
+    };
+  return [format](const Tensor& x) {
+    const int64_t C = x.dim(x.rank() - 1);
+    const Tensor flat = x.reshape({x.numel() / C, C});
+    Tensor y = Tensor::empty(flat.shape());
+    quantize_tensor(format, false, flat, y, nullptr);
+    return y.reshape(x.shape());
+  };
+}
+
+}  // namespace
+
 LayerQuantizations plan_layers(ResNet& model, const QuantizationConfig& config) {
   LayerQuantizations layers;
-  const bool bfp =
-      config.weights.kind == FormatKind::bfp && config.activations && config.activations->kind == FormatKind::bfp;
+  const IntegerPath path = integer_path(config);
   for_each_layer(model, [&](const std::string& name, std::shared_ptr<LayerHooks>&, Var& weight) {
     LayerQuantization& q = layers[name];
-    q.weight = Tensor::empty(weight.shape());
-    quantize_tensor(config.weights, true, weight.value(), q.weight, nullptr);  // as the weight hook
-    if (config.activations) {
-      std::optional<AffineRange> range;
-      if (config.activations->kind == FormatKind::int8) {
-        auto it = config.ranges.find(name);
-        if (it == config.ranges.end()) fail("layer '{}' has no calibrated int8 input range", name);
-        range = it->second;
-      }
-      // The input hook's quantizer on a channels-last input: viewed as (pixels, C), its blocks run
-      // along the channels, as they do along NCHW's channel axis.
-      if (range) {
-        // int8: the kernels' vectorised quantizer, the same function (tests/test_bfp_kernels.cpp).
-        q.quantize_input = [affine = AffineU8{range->scale(), range->zero_point()}](const Tensor& x) {
-          Tensor y = Tensor::empty(x.shape());
-          fake_quantize_u8(x.data(), x.numel(), affine, y.data());
-          return y;
-        };
-      } else {
-        q.quantize_input = [format = *config.activations](const Tensor& x) {
-          const int64_t C = x.dim(x.rank() - 1);
-          const Tensor flat = x.reshape({x.numel() / C, C});
-          Tensor y = Tensor::empty(flat.shape());
-          quantize_tensor(format, false, flat, y, nullptr);
-          return y.reshape(x.shape());
-        };
-      }
-      if (config.weights.kind == FormatKind::int8 && range && finite(weight.value())) {
-        EncodedTensor e = encode_weight(config.weights, weight.value());
+    const Tensor& w = weight.value();
+    std::optional<AffineRange> range;
+    if (config.activations && config.activations->kind == FormatKind::int8) {
+      auto it = config.ranges.find(name);
+      if (it == config.ranges.end()) fail("layer '{}' has no calibrated int8 input range", name);
+      range = it->second;
+    }
+    if (config.activations) q.quantize_input = input_quantizer(*config.activations, range);
+    if (path == IntegerPath::none || !finite(w)) {
+      q.weight = Tensor::empty(w.shape());
+      quantize_tensor(config.weights, true, w, q.weight, nullptr);  // as the weight hook
+      return;
+    }
+    // One encoding serves both paths: its decoded values are exactly the weight hook's.
+    EncodedTensor e = encode_weight(config.weights, w);
+    q.weight = decode_weight(config.weights, e, w.shape());
+    switch (path) {
+      case IntegerPath::bfp:
+        q.bfp = LayerQuantization::Bfp{std::move(e.integers), std::move(e.exponents), block_format(config.weights),
+                                       block_format(*config.activations)};
+        break;
+      case IntegerPath::int8:
         q.int8 = LayerQuantization::Int8{std::move(e.integers), std::move(e.scales),
                                          AffineU8{range->scale(), range->zero_point()}};
-      }
-      if (fixed_bytes(config.weights, true) && fixed_bytes(*config.activations, false) && finite(weight.value())) {
-        EncodedTensor e = encode_weight(config.weights, weight.value());  // value / LSB
-        const int zero_point = config.activations->is_signed ? 128 : 0;
+        break;
+      case IntegerPath::fixed:  // integers value / LSB; a signed input's bytes are offset by 128
         q.int8 = LayerQuantization::Int8{
             std::move(e.integers),
-            std::vector<float>(static_cast<size_t>(weight.shape()[0]), static_cast<float>(fixed_lsb(config.weights))),
-            AffineU8{static_cast<float>(fixed_lsb(*config.activations)), zero_point}, true};
-      }
-    }
-    if (bfp && finite(weight.value())) {
-      EncodedTensor e = encode_weight(config.weights, weight.value());
-      q.bfp = LayerQuantization::Bfp{std::move(e.integers), std::move(e.exponents), block_format(config.weights),
-                                     block_format(*config.activations)};
+            std::vector<float>(static_cast<size_t>(w.dim(0)), static_cast<float>(fixed_lsb(config.weights))),
+            AffineU8{static_cast<float>(fixed_lsb(*config.activations)), config.activations->is_signed ? 128 : 0},
+            true};
+        break;
+      case IntegerPath::none:
+        break;
     }
   });
   return layers;
