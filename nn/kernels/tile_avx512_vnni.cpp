@@ -35,6 +35,24 @@ inline void dot_add(__m512i& acc, __m512i a, __m512i w) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w));
 }
 
+// acc += the dot products of rows a[i]'s channel groups [g0, g1) with the panel's, w pointing at
+// group g0 (and left past g1 - 1): 4 bytes of each row against 32 output channels' 4 bytes, per step.
+template <int ROWS>
+__attribute__((always_inline)) inline void accumulate_groups(__m512i (&acc0)[ROWS], __m512i (&acc1)[ROWS],
+                                                             const uint8_t* const (&a)[ROWS], const int8_t*& w, long g0,
+                                                             long g1) {
+  constexpr long kGroupBytes = kCols * 4;
+  for (long g = g0; g < g1; ++g, w += kGroupBytes) {
+    const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
+#pragma GCC unroll 12
+    for (int i = 0; i < ROWS; ++i) {
+      const __m512i ai = broadcast_group(a[i] + g * 4);
+      dot_add(acc0[i], ai, w0);
+      dot_add(acc1[i], ai, w1);
+    }
+  }
+}
+
 // int8 (BfpTileArgs::whole_reduction): one exact int32 sum per output over every tap and channel,
 // less the zero point's share, scaled once.
 template <int ROWS>
@@ -56,15 +74,7 @@ void whole_reduction_rows(const BfpTileArgs& t, float (&sums)[ROWS][kCols]) {
       a[i] = reinterpret_cast<const uint8_t*>(astep + 1);
     }
     const int8_t* w = t.panel + tap * t.groups * kGroupBytes;
-    for (long g = 0; g < t.groups; ++g, w += kGroupBytes) {
-      const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
-#pragma GCC unroll 12
-      for (int i = 0; i < ROWS; ++i) {
-        const __m512i ai = broadcast_group(a[i] + g * 4);
-        dot_add(acc0[i], ai, w0);
-        dot_add(acc1[i], ai, w1);
-      }
-    }
+    accumulate_groups<ROWS>(acc0, acc1, a, w, 0, t.groups);
   }
   const __m512i o0 = t.offsets ? _mm512_loadu_si512(t.offsets) : _mm512_setzero_si512();
   const __m512i o1 = t.offsets ? _mm512_loadu_si512(t.offsets + 16) : _mm512_setzero_si512();
@@ -99,15 +109,7 @@ void rows(const BfpTileArgs& t) {
       __m512i acc0[ROWS], acc1[ROWS];
 #pragma GCC unroll 12
       for (int i = 0; i < ROWS; ++i) acc0[i] = acc1[i] = _mm512_setzero_si512();
-      for (long g = g0; g < g1; ++g, w += kGroupBytes) {
-        const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
-#pragma GCC unroll 12
-        for (int i = 0; i < ROWS; ++i) {
-          const __m512i ai = broadcast_group(a[i] + g * 4);
-          dot_add(acc0[i], ai, w0);
-          dot_add(acc1[i], ai, w1);
-        }
-      }
+      accumulate_groups<ROWS>(acc0, acc1, a, w, g0, g1);
       const __m512 s0 = _mm512_loadu_ps(wstep + b * kCols), s1 = _mm512_loadu_ps(wstep + b * kCols + 16);
 #pragma GCC unroll 12
       for (int i = 0; i < ROWS; ++i) {
