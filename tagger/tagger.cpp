@@ -87,13 +87,17 @@ void prepare_for_inference(Tagger& tagger) {
 }
 
 void freeze_for_inference(Tagger& tagger) {
-  prepare_for_inference(tagger);
+  if (tagger.quantization && tagger.emulate) return prepare_for_inference(tagger);
+  // The frozen plan holds its own copy of the quantized weights: the layers' hooks keep quantizing on
+  // each forward pass, as they would for training, and run only if the plan is dropped.
+  tagger.model->set_training(false);
+  if (!tagger.model->folded()) tagger.model->fold_batchnorm();
   if (!tagger.quantization) {
     tagger.model->freeze();  // weights packed for this CPU (nn/inference_plan.h)
-  } else if (!tagger.emulate) {
-    const LayerQuantizations layers = plan_layers(*tagger.model, *tagger.quantization);
-    tagger.model->freeze(active_isa(), true, &layers);
+    return;
   }
+  const LayerQuantizations layers = plan_layers(*tagger.model, *tagger.quantization);
+  tagger.model->freeze(active_isa(), true, &layers);
 }
 
 }  // namespace toptag

@@ -66,10 +66,11 @@ int64_t quantize_tagger(Tagger& tagger, std::shared_ptr<QuantizationConfig> conf
 // less per layer, and the ReLU fused into the conv), and a quantized tagger's weights quantized once
 // (quantize/model.h). What the exporter needs: the weights the model computes with.
 void prepare_for_inference(Tagger& tagger);
-// prepare_for_inference, then the model is frozen: its weights packed once for this CPU's kernels
-// (nn/inference_plan.h), a quantized model's block floating point layers on integer kernels. A
-// quantized tagger with `emulate` set stays on the float emulation. What predict, features, serve and
-// perf run.
+// Eval mode, batch norms folded, and the model frozen: its weights packed once for this CPU's kernels
+// (nn/inference_plan.h), a quantized model's layers on integer kernels where they can be. The plan
+// holds the quantized weights, so a quantized model's hooks are not frozen as well. A quantized tagger
+// with `emulate` set gets prepare_for_inference instead: the float emulation. What predict, features,
+// serve and perf run.
 void freeze_for_inference(Tagger& tagger);
 
 }  // namespace toptag
