@@ -82,8 +82,11 @@ Blas load_blas() {
   return b;
 }
 
+std::atomic<bool> blas_is_loaded{false};
+
 const Blas& loaded() {
   static const Blas b = load_blas();
+  blas_is_loaded.store(true, std::memory_order_relaxed);
   return b;
 }
 
@@ -143,6 +146,10 @@ std::string BlasInfo::summary() const {
 
 const BlasInfo& blas_info() {
   return loaded().info;
+}
+
+bool blas_loaded() {
+  return blas_is_loaded.load(std::memory_order_relaxed);
 }
 
 void set_blas_threads(int n) {

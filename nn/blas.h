@@ -42,6 +42,8 @@ struct BlasInfo {
 // Loads OpenBLAS on first use (thread-safe). Call early in main(), before other threads start, since
 // it may set OPENBLAS_CORETYPE in the environment. Throws toptag::Error if the library cannot load.
 const BlasInfo& blas_info();
+// Whether OpenBLAS has been loaded (without loading it): code that starts threads checks its order.
+bool blas_loaded();
 
 // openblas_set_num_threads on the loaded library (nn/parallel.h sets it with OpenMP's).
 void set_blas_threads(int n);

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "nn/blas.h"
 #include "nn/check.h"
 #include "nn/parallel.h"
 #include "tagger/scores.h"
@@ -30,6 +31,10 @@ BatchingEngine::BatchingEngine(Tagger tagger, const EngineOptions& options)
   if (options_.threads <= 0) options_.threads = std::max(1, cores / options_.instances);
   tagger_.model->set_training(false);
   freeze_for_inference(tagger_);  // quantized models: weights quantized once, not per batch
+  // Loading OpenBLAS may set OPENBLAS_CORETYPE in the environment: done here, before the workers
+  // start, so that no worker's first batch calls setenv while another thread reads the environment
+  // (gRPC's grpc_init reads it as the front end starts, and getenv racing setenv crashes).
+  blas_info();
   for (int i = 0; i < options_.instances; ++i) workers_.emplace_back([this] { work(); });
 }
 

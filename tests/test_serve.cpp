@@ -31,6 +31,7 @@
 #include "export/triton.h"
 #include "inference.grpc.pb.h"
 #include "io/files.h"
+#include "nn/blas.h"
 #include "nn/ops/softmax.h"
 #include "serve/client.h"
 #include "serve/extensions.h"
@@ -996,6 +997,15 @@ TEST(Serve, PortInUseIsAClearError) {
     }
   }
   EXPECT_TRUE(InferenceClient::connect(fmt::format("http://127.0.0.1:{}", first->http_port()), "toptag")->ready());
+}
+
+// Loading OpenBLAS may call setenv, which crashes a getenv running on another thread (gRPC reads
+// its settings as the front end starts): the engine loads it before its workers start, never from
+// a worker's first batch. ctest runs each test in a process of its own, where nothing loaded it.
+TEST(Serve, EngineLoadsOpenBlasBeforeItsWorkersStart) {
+  Tagger tagger = tiny_tagger();
+  BatchingEngine engine(std::move(tagger), EngineOptions{});
+  EXPECT_TRUE(blas_loaded());
 }
 
 TEST(Serve, StoppedEngineAnswersUnavailable) {
