@@ -17,6 +17,7 @@ namespace {
 struct PredictArgs {
   std::string checkpoint, input, output, key;
   std::string server, model = kDefaultModelName;  // --server: ask a KServe v2 server instead
+  std::string shared_memory = "none";             // --server: "system" sends through shared memory
   int concurrency = 16, retries = 3;
   ImageArgs image;
   int64_t batch_size = 256, max_jets = 0;
@@ -34,7 +35,7 @@ void check_source(const PredictArgs& a) {
 RemotePredictResult predict_from_server(const PredictArgs& a, bool features) {
   RemotePredictOptions o;
   o.url = a.server, o.model = a.model, o.concurrency = a.concurrency, o.retries = a.retries;
-  o.max_jets = a.max_jets, o.features = features;
+  o.max_jets = a.max_jets, o.features = features, o.shared_memory = a.shared_memory == "system";
   JetFile file(a.input, a.key);
   RemotePredictResult r = predict_remote(file, o);
   warn_skipped(a.input, r.dropped);
@@ -142,6 +143,11 @@ CLI::App* add_inference_options(CLI::App& app, const char* name, const char* hel
   cmd->add_option("--checkpoint,-c", a->checkpoint, "model checkpoint (or --server)")->check(CLI::ExistingFile);
   cmd->add_option("--server", a->server, "ask a KServe v2 server instead: grpc://HOST:PORT or http://HOST:PORT");
   cmd->add_option("--model", a->model, "--server: the model's name")->default_val(kDefaultModelName);
+  cmd->add_option("--shared-memory", a->shared_memory,
+                  "--server: system sends jets and receives scores through system shared memory (server on this "
+                  "machine)")
+      ->check(CLI::IsMember({"none", "system"}))
+      ->default_val("none");
   cmd->add_option("--concurrency", a->concurrency, "--server: one-jet requests in flight")
       ->default_val(16)
 

@@ -104,7 +104,7 @@ void run_serve(ServeArgs& a) {
 
 struct PerfArgs {
   std::string server_url, model = kDefaultModelName, checkpoint, arch, format, csv, plot, duration = "10s",
-                          warmup = "1s", input = "images";
+                          warmup = "1s", input = "images", shared_memory = "none";
   bool local = false, emulate = false;
   std::vector<int> concurrency = {1, 2, 4, 8, 16, 32}, threads;
   std::vector<int64_t> batches;
@@ -174,8 +174,13 @@ void run_perf(const PerfArgs& a) {
                blas_info().summary());
     for (int64_t batch : a.batches.empty() ? std::vector<int64_t>{1} : a.batches) {
       o.batch = batch;
-      std::vector<PerfPoint> p = measure_server(o);
-      points.insert(points.end(), p.begin(), p.end());
+      // With --shared-memory system, the same points through shared memory beside the normal ones:
+      // the paper's on-premises against remote comparison.
+      for (bool shared : a.shared_memory == "system" ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+        o.shared_memory = shared;
+        std::vector<PerfPoint> p = measure_server(o);
+        points.insert(points.end(), p.begin(), p.end());
+      }
     }
   }
   fmt::print("{}", perf_table(points));
@@ -254,6 +259,10 @@ void add_serve_commands(CLI::App& app) {
       ->default_str("1,2,4,8,16,32")
       ->check(in_range(1, 4096));
   perf->add_option("--input", p->input, "server input to send: images or constituents")->default_val("images");
+  perf->add_option("--shared-memory", p->shared_memory,
+                   "system: also measure each point with tensors in system shared memory (server on this machine)")
+      ->check(CLI::IsMember({"none", "system"}))
+      ->default_val("none");
   perf->add_flag("--local", p->local, "measure in-process inference instead");
   perf->add_option("--checkpoint,-c", p->checkpoint, "model for --local")->check(CLI::ExistingFile);
   perf->add_option("--arch", p->arch,

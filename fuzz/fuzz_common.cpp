@@ -1,5 +1,9 @@
 #include "fuzz/fuzz_common.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "nn/parallel.h"
 
 namespace toptag::fuzz {
@@ -17,7 +21,12 @@ InferenceService& tiny_service() {
   static InferenceService* service = [] {
     ServiceLimits limits;
     limits.max_request_jets = 32;
-    return new InferenceService(*engine, "toptag", limits);
+    auto* s = new InferenceService(*engine, "toptag", limits);
+    const int fd = shm_open(kSharedMemoryKey, O_CREAT | O_RDWR, 0600);
+    if (fd < 0 || ftruncate(fd, 65536) != 0) __builtin_trap();
+    close(fd);
+    s->shared_memory().register_region(kSharedMemoryRegion, kSharedMemoryKey, 0, 65536);
+    return s;
   }();
   return *service;
 }

@@ -1,8 +1,8 @@
 // libFuzzer target: any bytes as a KServe v2 REST request, sent one of two ways (bit 0x40 of byte 0).
 // - Into the server's handler (serve/http_api), the code the HTTP listener runs for every parsed
 //   request. Byte 0 picks the method and path (bit 0x80 of byte 2 too: the paths of Triton's
-//   configuration and statistics extensions) and whether the binary extension header is sent (its
-//   value from bytes 1-2); the rest is the body.
+//   configuration, statistics and shared-memory extensions) and whether the binary extension header
+//   is sent (its value from bytes 1-2); the rest is the body.
 // - Over loopback into an HTTP listener (serve/http_listener) with small limits, so that its body
 //   accounting is driven: bodies over the all-connection budget, over the per-request limit, cut
 //   short, chunked, after 100-continue, then a second request on the same connection. Byte 0 picks
@@ -32,14 +32,22 @@ namespace {
 using namespace toptag;
 
 // The first eight go through the listener too; the handler is also sent the rest.
-const char* const kTargets[] = {"/v2/models/toptag/infer",  "/v2/models/toptag/versions/1/infer",
-                                "/v2/models/toptag",        "/v2/models/toptag/ready",
-                                "/v2/health/ready",         "/v2/models/to%ptag/infer?x=1",
-                                "/v2/models//infer",        "/v2",
-                                "/v2/models/toptag/config", "/v2/models/toptag/versions/1/config",
-                                "/v2/models/toptag/stats",  "/v2/models/toptag/versions/1/stats",
-                                "/v2/models/stats",         "/v2/models/toptag/versions/7/config",
-                                "/v2/models/other/stats",   "/v2/models/toptag/stats/x"};
+const char* const kTargets[] = {"/v2/models/toptag/infer",
+                                "/v2/models/toptag/versions/1/infer",
+                                "/v2/models/toptag",
+                                "/v2/models/toptag/ready",
+                                "/v2/health/ready",
+                                "/v2/models/to%ptag/infer?x=1",
+                                "/v2/models//infer",
+                                "/v2",
+                                "/v2/models/toptag/config",
+                                "/v2/models/toptag/versions/1/config",
+                                "/v2/models/toptag/stats",
+                                "/v2/models/toptag/versions/1/stats",
+                                "/v2/models/stats",
+                                "/v2/models/toptag/versions/7/config",
+                                "/v2/systemsharedmemory/status",
+                                "/v2/systemsharedmemory/region/r/register"};
 
 void check_reply(int status, const std::string& body) {
   if (status < 200 || status > 599) __builtin_trap();

@@ -1,10 +1,14 @@
 #include "serve/client.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstring>
@@ -32,7 +36,100 @@ const RemoteTensor* RemoteModel::input(const std::string& n) const {
   return nullptr;
 }
 
+// Two mapped POSIX shared-memory objects, named after the process and a counter so that every
+// client's are its own; the server knows them as regions of the same names.
+class ClientSharedMemory {
+ public:
+  struct Object {
+    std::string name, key;
+    size_t bytes = 0;
+    unsigned char* data = nullptr;
+  };
+  Object input, output;
+
+  ClientSharedMemory(size_t input_bytes, size_t output_bytes) {
+    static std::atomic<int> counter{0};
+    const std::string base = fmt::format("toptag_{}_{}", getpid(), counter++);
+    make(input, base + "_in", input_bytes);
+    make(output, base + "_out", output_bytes);
+  }
+  ~ClientSharedMemory() {
+    for (Object* o : {&input, &output}) {
+      if (o->data) munmap(o->data, o->bytes);
+      if (!o->key.empty()) shm_unlink(o->key.c_str());
+    }
+  }
+
+ private:
+  static void make(Object& o, const std::string& name, size_t bytes) {
+    o.name = name;
+    o.key = "/" + name;
+    o.bytes = std::max<size_t>(bytes, 1);
+    const int fd = shm_open(o.key.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0)
+      throw ClientError(fmt::format("cannot create shared memory {}: {}", o.key, std::strerror(errno)), false);
+    const bool sized = ftruncate(fd, static_cast<off_t>(o.bytes)) == 0;
+    void* map = sized ? mmap(nullptr, o.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    close(fd);
+    if (map == MAP_FAILED) {
+      shm_unlink(o.key.c_str());
+      o.key.clear();
+      throw ClientError(fmt::format("cannot map {} bytes of shared memory: {}", o.bytes, std::strerror(errno)), false);
+    }
+    o.data = static_cast<unsigned char*>(map);
+  }
+};
+
+InferenceClient::~InferenceClient() = default;
+
+void InferenceClient::release_shared_memory() {
+  if (!shared_memory_) return;
+  unregister_region(shared_memory_->input.name);
+  unregister_region(shared_memory_->output.name);
+  shared_memory_.reset();
+}
+
+void InferenceClient::use_shared_memory(size_t input_bytes, size_t output_bytes) {
+  auto shm = std::make_unique<ClientSharedMemory>(input_bytes, output_bytes);
+  register_region(shm->input.name, shm->input.key, shm->input.bytes);
+  try {
+    register_region(shm->output.name, shm->output.key, shm->output.bytes);
+  } catch (...) {
+    unregister_region(shm->input.name);
+    throw;
+  }
+  shared_memory_ = std::move(shm);
+}
+
 namespace {
+
+// Where a request's tensors go in the client's shared memory: the input at the start of its object;
+// the probabilities at the start of the output object, the features after them.
+struct SharedMemoryLayout {
+  size_t input_bytes, probabilities_bytes, features_offset, features_bytes;
+};
+
+SharedMemoryLayout layout(const ClientSharedMemory& shm, const std::vector<int64_t>& shape, size_t values) {
+  const int64_t n = shape.empty() ? 0 : shape[0];
+  SharedMemoryLayout l{values * 4, static_cast<size_t>(n) * 2 * 4, 0, 0};
+  if (l.input_bytes > shm.input.bytes || l.probabilities_bytes >= shm.output.bytes)
+    throw ClientError(fmt::format("a request of {} bytes does not fit the client's {}-byte shared memory",
+                                  l.input_bytes, shm.input.bytes),
+                      false);
+  l.features_offset = l.probabilities_bytes;
+  l.features_bytes = shm.output.bytes - l.features_offset;
+  return l;
+}
+
+// An output the server wrote to the client's shared memory: `bytes` at `offset` of the output object.
+void read_output(const ClientSharedMemory& shm, size_t offset, size_t bytes, size_t capacity, std::vector<float>& dst,
+                 const std::string& name) {
+  if (bytes > capacity || bytes % 4 != 0)
+    throw ClientError(
+        fmt::format("the server wrote {} bytes of '{}' into {} bytes of shared memory", bytes, name, capacity), false);
+  dst.resize(bytes / 4);
+  if (bytes > 0) std::memcpy(dst.data(), shm.output.data + offset, bytes);
+}
 
 void split_host_port(const std::string& url, const std::string& scheme, std::string& host, int& port) {
   const std::string rest = url.substr(scheme.size());
@@ -48,6 +145,7 @@ void split_host_port(const std::string& url, const std::string& scheme, std::str
 
 class GrpcClient final : public InferenceClient {
  public:
+  ~GrpcClient() override { release_shared_memory(); }
   GrpcClient(const std::string& target, std::string model, int64_t timeout_ms)
       : model_(std::move(model)), timeout_ms_(timeout_ms) {
     grpc::ChannelArguments args;
@@ -88,29 +186,91 @@ class GrpcClient final : public InferenceClient {
     in->set_name(input);
     in->set_datatype("FP32");
     for (int64_t d : shape) in->add_shape(d);
-    q.add_raw_input_contents(reinterpret_cast<const char*>(values.data()), values.size() * 4);
-    q.add_outputs()->set_name(kProbabilitiesTensor);
-    if (want_features) q.add_outputs()->set_name(kFeaturesTensor);
+    auto* probabilities = q.add_outputs();
+    probabilities->set_name(kProbabilitiesTensor);
+    auto* features = want_features ? q.add_outputs() : nullptr;
+    if (features) features->set_name(kFeaturesTensor);
+    std::optional<SharedMemoryLayout> shm;
+    if (shared_memory_) {
+      const ClientSharedMemory& m = *shared_memory_;
+      shm = layout(m, shape, values.size());
+      if (!values.empty()) std::memcpy(m.input.data, values.data(), shm->input_bytes);
+      set_region(*in->mutable_parameters(), m.input.name, 0, shm->input_bytes);
+      set_region(*probabilities->mutable_parameters(), m.output.name, 0, shm->probabilities_bytes);
+      if (features)
+        set_region(*features->mutable_parameters(), m.output.name, shm->features_offset, shm->features_bytes);
+    } else {
+      q.add_raw_input_contents(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+    }
     grpc::ClientContext ctx;
     set_deadline(ctx);
     inference::ModelInferResponse r;
     check(stub_->ModelInfer(&ctx, q, &r), "ModelInfer");
     InferReply reply;
     for (int i = 0; i < r.outputs_size(); ++i) {
+      const bool is_features = r.outputs(i).name() == kFeaturesTensor;
+      if (shm) {
+        const auto& p = r.outputs(i).parameters();
+        const auto size = p.find("shared_memory_byte_size");
+        if (size == p.end())
+          throw ClientError(
+              fmt::format("ModelInfer: output '{}' was not written to shared memory", r.outputs(i).name()), false);
+        read_output(*shared_memory_, is_features ? shm->features_offset : 0,
+                    static_cast<size_t>(std::max<int64_t>(0, size->second.int64_param())),
+                    is_features ? shm->features_bytes : shm->probabilities_bytes,
+                    is_features ? reply.features : reply.probabilities, r.outputs(i).name());
+        continue;
+      }
       if (i >= r.raw_output_contents_size()) throw ClientError("ModelInfer: response lacks raw output contents", false);
       const std::string& raw = r.raw_output_contents(i);
       if (raw.size() % 4 != 0)
         throw ClientError(
             fmt::format("ModelInfer: output '{}' has {} bytes, not FP32 values", r.outputs(i).name(), raw.size()),
             false);
-      std::vector<float>& dst = r.outputs(i).name() == kFeaturesTensor ? reply.features : reply.probabilities;
+      std::vector<float>& dst = is_features ? reply.features : reply.probabilities;
       dst.resize(raw.size() / 4);
       if (!dst.empty()) std::memcpy(dst.data(), raw.data(), dst.size() * 4);
     }
     return reply;
   }
 
+  int64_t max_batch() override {
+    grpc::ClientContext ctx;
+    set_deadline(ctx);
+    inference::ModelConfigRequest q;
+    q.set_name(model_);
+    inference::ModelConfigResponse r;
+    check(stub_->ModelConfig(&ctx, q, &r), "ModelConfig");
+    return r.config().max_batch_size();
+  }
+
+ protected:
+  void register_region(const std::string& name, const std::string& key, size_t bytes) override {
+    grpc::ClientContext ctx;
+    set_deadline(ctx);
+    inference::SystemSharedMemoryRegisterRequest q;
+    q.set_name(name);
+    q.set_key(key);
+    q.set_byte_size(bytes);
+    inference::SystemSharedMemoryRegisterResponse r;
+    check(stub_->SystemSharedMemoryRegister(&ctx, q, &r), "SystemSharedMemoryRegister");
+  }
+  void unregister_region(const std::string& name) override {
+    grpc::ClientContext ctx;
+    set_deadline(ctx);
+    inference::SystemSharedMemoryUnregisterRequest q;
+    q.set_name(name);
+    inference::SystemSharedMemoryUnregisterResponse r;
+    stub_->SystemSharedMemoryUnregister(&ctx, q, &r);  // best effort: the client is going away
+  }
+
  private:
+  static void set_region(google::protobuf::Map<std::string, inference::InferParameter>& p, const std::string& region,
+                         size_t offset, size_t bytes) {
+    p["shared_memory_region"].set_string_param(region);
+    p["shared_memory_offset"].set_int64_param(static_cast<int64_t>(offset));
+    p["shared_memory_byte_size"].set_int64_param(static_cast<int64_t>(bytes));
+  }
   void set_deadline(grpc::ClientContext& ctx) const {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms_));
   }
@@ -130,6 +290,7 @@ class GrpcClient final : public InferenceClient {
 
 class HttpClient final : public InferenceClient {
  public:
+  ~HttpClient() override { release_shared_memory(); }
   HttpClient(const std::string& host, int port, std::string model, int64_t timeout_ms)
       : client_(host, port), model_(std::move(model)) {
     const time_t sec = static_cast<time_t>(timeout_ms / 1000);
@@ -164,24 +325,34 @@ class HttpClient final : public InferenceClient {
 
   InferReply infer(const std::string& input, const std::vector<int64_t>& shape, std::span<const float> values,
                    bool want_features) override {
-    // Binary tensor extension both ways: a JSON header, then the raw FP32 bytes.
+    // Binary tensor extension both ways: a JSON header, then the raw FP32 bytes; or, with shared
+    // memory, the JSON header alone, naming the regions.
     json outputs = json::array({{{"name", kProbabilitiesTensor}, {"parameters", {{"binary_data", true}}}}});
     if (want_features) outputs.push_back({{"name", kFeaturesTensor}, {"parameters", {{"binary_data", true}}}});
-    const json header = {{"inputs",
-                          {{{"name", input},
-                            {"datatype", "FP32"},
-                            {"shape", shape},
-                            {"parameters", {{"binary_data_size", values.size() * 4}}}}}},
-                         {"outputs", outputs}};
+    json in = {{"name", input},
+               {"datatype", "FP32"},
+               {"shape", shape},
+               {"parameters", {{"binary_data_size", values.size() * 4}}}};
+    std::optional<SharedMemoryLayout> shm;
+    if (shared_memory_) {
+      const ClientSharedMemory& m = *shared_memory_;
+      shm = layout(m, shape, values.size());
+      if (!values.empty()) std::memcpy(m.input.data, values.data(), shm->input_bytes);
+      in["parameters"] = region(m.input.name, 0, shm->input_bytes);
+      outputs[0]["parameters"] = region(m.output.name, 0, shm->probabilities_bytes);
+      if (want_features) outputs[1]["parameters"] = region(m.output.name, shm->features_offset, shm->features_bytes);
+    }
+    const json header = {{"inputs", {in}}, {"outputs", outputs}};
     const std::string head = header.dump();
     std::string body = head;
-    body.append(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+    if (!shm) body.append(reinterpret_cast<const char*>(values.data()), values.size() * 4);
     httplib::Headers headers = {{kReplyBinaryHeader, std::to_string(head.size())}};
     auto res = client_.Post(("/v2/models/" + model_ + "/infer").c_str(), headers, body, "application/octet-stream");
     if (!res) throw ClientError(fmt::format("HTTP infer failed: {}", httplib::to_string(res.error())), true);
     if (res->status != 200)
       throw ClientError(fmt::format("HTTP infer failed ({}): {}", res->status, res->body), res->status == 503);
     try {
+      if (shm) return read_shared_memory_reply(json::parse(res->body), *shm);
       return parse_reply(res->body, res->get_header_value(kReplyBinaryHeader));
     } catch (const ClientError&) {
       throw;
@@ -222,7 +393,45 @@ class HttpClient final : public InferenceClient {
     return reply;
   }
 
+  int64_t max_batch() override {
+    try {
+      return get_json("/v2/models/" + model_ + "/config").at("max_batch_size").get<int64_t>();
+    } catch (const ClientError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw ClientError(fmt::format("GET /v2/models/{}/config: malformed configuration: {}", model_, e.what()), false);
+    }
+  }
+
+ protected:
+  void register_region(const std::string& name, const std::string& key, size_t bytes) override {
+    const std::string path = "/v2/systemsharedmemory/region/" + name + "/register";
+    auto res =
+        client_.Post(path.c_str(), json{{"key", key}, {"offset", 0}, {"byte_size", bytes}}.dump(), "application/json");
+    if (!res) throw ClientError(fmt::format("POST {} failed: {}", path, httplib::to_string(res.error())), true);
+    if (res->status != 200)
+      throw ClientError(fmt::format("POST {} failed ({}): {}", path, res->status, res->body), false);
+  }
+  void unregister_region(const std::string& name) override {
+    client_.Post(("/v2/systemsharedmemory/region/" + name + "/unregister").c_str(), "", "application/json");
+  }
+
  private:
+  static json region(const std::string& name, size_t offset, size_t bytes) {
+    return {{"shared_memory_region", name}, {"shared_memory_offset", offset}, {"shared_memory_byte_size", bytes}};
+  }
+  // The outputs of a reply whose tensors the server wrote to the client's shared memory.
+  InferReply read_shared_memory_reply(const json& reply_json, const SharedMemoryLayout& l) const {
+    InferReply reply;
+    for (const json& o : reply_json.at("outputs")) {
+      const bool is_features = o.at("name") == kFeaturesTensor;
+      read_output(*shared_memory_, is_features ? l.features_offset : 0,
+                  o.at("parameters").at("shared_memory_byte_size").get<size_t>(),
+                  is_features ? l.features_bytes : l.probabilities_bytes,
+                  is_features ? reply.features : reply.probabilities, o.at("name").get<std::string>());
+    }
+    return reply;
+  }
   json get_json(const std::string& path) {
     auto res = client_.Get(path.c_str());
     if (!res) throw ClientError(fmt::format("GET {} failed: {}", path, httplib::to_string(res.error())), true);
@@ -333,6 +542,16 @@ void run_workers(std::vector<std::unique_ptr<InferenceClient>>& clients, int64_t
   progress(m);
 }
 
+// The bytes of one jet's FP32 tensor `t` (its batch dimension 1); a variable dimension counts 4096.
+size_t tensor_bytes(const RemoteTensor& t) {
+  size_t n = 4;
+  for (size_t i = 1; i < t.shape.size(); ++i) {
+    n *= static_cast<size_t>(std::clamp<int64_t>(t.shape[i] > 0 ? t.shape[i] : 4096, 1, 1 << 20));
+    if (n > (size_t{1} << 30)) fail("the server's tensor '{}' is over 1 GB per jet", t.name);
+  }
+  return n;
+}
+
 // The models' inputs that `file` can fill: images for an image file, constituents for a jet file.
 void check_inputs(const RemoteModel& meta, const JetFile& file, const RemotePredictOptions& o) {
   if (!file.has_constituents() && !meta.input(kImagesTensor))
@@ -349,8 +568,14 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
   const auto start = std::chrono::steady_clock::now();
   std::unique_ptr<InferenceClient> probe = InferenceClient::connect(o.url, o.model);
   if (!probe->ready()) fail("{}: model '{}' is not ready (is the server running?)", o.url, o.model);
-  check_inputs(probe->metadata(), file, o);
+  const RemoteModel meta = probe->metadata();
+  check_inputs(meta, file, o);
   const bool send_images = !file.has_constituents();
+  // One jet's input, and its outputs (probabilities and features), in bytes: what each client's
+  // shared memory must hold.
+  const size_t input_bytes = tensor_bytes(*meta.input(send_images ? kImagesTensor : kConstituentsTensor));
+  size_t output_bytes = 0;
+  for (const RemoteTensor& t : meta.outputs) output_bytes += tensor_bytes(t);
 
   const int64_t n = o.max_jets > 0 ? std::min(o.max_jets, file.size()) : file.size();
   RemotePredictResult result;
@@ -358,7 +583,10 @@ RemotePredictResult predict_remote(const JetFile& file, const RemotePredictOptio
   if (o.show_progress) progress.emplace("predict " + o.url, n, "jets");
   constexpr int64_t kChunk = 4096;  // jets read at once: memory stays bounded
   std::vector<std::unique_ptr<InferenceClient>> clients;
-  for (int t = 0; t < o.concurrency; ++t) clients.push_back(InferenceClient::connect(o.url, o.model));
+  for (int t = 0; t < o.concurrency; ++t) {
+    clients.push_back(InferenceClient::connect(o.url, o.model));
+    if (o.shared_memory) clients.back()->use_shared_memory(input_bytes, output_bytes);
+  }
   std::atomic<int64_t> retried{0};
   for (int64_t start_row = 0; start_row < n; start_row += kChunk) {
     Examples ex = file.read(start_row, std::min(kChunk, n - start_row), result.dropped);

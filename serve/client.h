@@ -42,18 +42,39 @@ struct InferReply {
   std::vector<float> features;       // n x F when requested
 };
 
+// A client's two POSIX shared-memory objects (its inputs', its outputs'), as registered with a server
+// on the same machine (Triton's system shared memory); removed when the client is done.
+class ClientSharedMemory;
+
 class InferenceClient {
  public:
   // url: grpc://HOST:PORT or http://HOST:PORT. Throws for another scheme.
   static std::unique_ptr<InferenceClient> connect(const std::string& url, const std::string& model,
                                                   int64_t timeout_ms = 60000);
-  virtual ~InferenceClient() = default;
+  virtual ~InferenceClient();
 
   virtual bool ready() = 0;  // server live and model ready
   virtual RemoteModel metadata() = 0;
+  // The model's max_batch_size from the server's ModelConfig (Triton's model_configuration): the
+  // most jets one request may hold (0: the model takes no batch dimension).
+  virtual int64_t max_batch() = 0;
   // One call: input "images" [n, C, H, W] or "constituents" [n, 200, 4], FP32 row-major.
   virtual InferReply infer(const std::string& input, const std::vector<int64_t>& shape, std::span<const float> values,
                            bool want_features) = 0;
+
+  // From now on, inputs go to the server and outputs come back through system shared memory, as
+  // SonicTriton does on the same machine: two objects of `input_bytes` and `output_bytes` are made
+  // and registered with the server, and unregistered and removed with the client. Throws
+  // ClientError if the server cannot map them (another machine, or no shared-memory support).
+  void use_shared_memory(size_t input_bytes, size_t output_bytes);
+
+ protected:
+  virtual void register_region(const std::string& name, const std::string& key, size_t bytes) = 0;
+  virtual void unregister_region(const std::string& name) = 0;  // best effort, never throws
+  // Unregisters and removes the shared memory, if any: each client's destructor calls it, while
+  // unregister_region can still be called.
+  void release_shared_memory();
+  std::unique_ptr<ClientSharedMemory> shared_memory_;
 };
 
 struct RemotePredictOptions {
@@ -61,7 +82,8 @@ struct RemotePredictOptions {
   int concurrency = 16;
   int retries = 3;  // per request, with exponential back-off
   int64_t max_jets = 0;
-  bool features = false;  // collect the featurizer outputs too
+  bool features = false;       // collect the featurizer outputs too
+  bool shared_memory = false;  // send and receive through system shared memory (a server on this machine)
   bool show_progress = true;
 };
 

@@ -22,6 +22,8 @@ grpc::Status to_status(const RequestError& e) {
       return {grpc::StatusCode::RESOURCE_EXHAUSTED, e.what()};
     case RequestError::Kind::cancelled:
       return {grpc::StatusCode::CANCELLED, e.what()};
+    case RequestError::Kind::timeout:
+      return {grpc::StatusCode::DEADLINE_EXCEEDED, e.what()};
     case RequestError::Kind::internal:
       return {grpc::StatusCode::INTERNAL, e.what()};
     case RequestError::Kind::invalid:
@@ -52,13 +54,58 @@ void fill_metadata(const TensorMetadata& t, inference::ModelMetadataResponse::Te
 
 }  // namespace
 
+namespace {
+
+RequestError invalid(const std::string& m) {
+  return RequestError(RequestError::Kind::invalid, m);
+}
+
+// A request's, input's or output's parameters, as the service reads them.
+Parameters parameters(const google::protobuf::Map<std::string, inference::InferParameter>& map,
+                      const std::string& where) {
+  Parameters out;
+  for (const auto& [key, p] : map) {
+    switch (p.parameter_choice_case()) {
+      case inference::InferParameter::kBoolParam:
+        out[key] = p.bool_param();
+        break;
+      case inference::InferParameter::kInt64Param:
+        out[key] = p.int64_param();
+        break;
+      case inference::InferParameter::kUint64Param:
+        if (p.uint64_param() > static_cast<uint64_t>(INT64_MAX))
+          throw invalid(fmt::format("parameter '{}' of {} is too large", key.substr(0, 64), where));
+        out[key] = static_cast<int64_t>(p.uint64_param());
+        break;
+      case inference::InferParameter::kDoubleParam:
+        out[key] = p.double_param();
+        break;
+      case inference::InferParameter::kStringParam:
+        out[key] = p.string_param();
+        break;
+      case inference::InferParameter::PARAMETER_CHOICE_NOT_SET:
+        throw invalid(fmt::format("parameter '{}' of {} has no value", key.substr(0, 64), where));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 void answer_grpc_infer(InferenceService& s, const inference::ModelInferRequest& q, inference::ModelInferResponse& r,
                        const std::function<bool()>& cancelled) {
-  auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
   if (q.inputs_size() != 1)
     throw invalid(fmt::format("expected exactly one input (images or constituents), got {}", q.inputs_size()));
   const auto& in = q.inputs(0);
-  InputTensor t{in.name(), in.datatype(), {in.shape().begin(), in.shape().end()}, {}};
+  InferRequest request{q.model_name(), q.model_version(), parameters(q.parameters(), "the request"), {}, {}};
+  // HTTP's binary_data_output: gRPC answers are always raw, so it changes nothing here.
+  request.parameters.erase("binary_data_output");
+  InputTensor& t = request.input;
+  t = {in.name(),
+       in.datatype(),
+       {in.shape().begin(), in.shape().end()},
+       {},
+       parameters(in.parameters(), fmt::format("input '{}'", in.name().substr(0, 64)))};
   std::vector<float> aligned;
   if (q.raw_input_contents_size() > 1)
     throw invalid(fmt::format("{} raw_input_contents for one input", q.raw_input_contents_size()));
@@ -75,19 +122,26 @@ void answer_grpc_infer(InferenceService& s, const inference::ModelInferRequest& 
   } else {
     t.values = {in.contents().fp32_contents().data(), static_cast<size_t>(in.contents().fp32_contents_size())};
   }
-  std::vector<std::string> requested;
-  for (const auto& o : q.outputs()) requested.push_back(o.name());
-  const std::vector<OutputTensor> outputs = s.infer(q.model_name(), q.model_version(), t, requested, cancelled);
+  for (const auto& o : q.outputs())
+    request.outputs.push_back(
+        {o.name(), parameters(o.parameters(), fmt::format("output '{}'", o.name().substr(0, 64)))});
+  const std::vector<OutputTensor> outputs = s.infer(request, cancelled);
   r.set_model_name(s.model_name());
   r.set_model_version(kModelVersion);
   r.set_id(q.id());
-  for (const auto& [name, v] : outputs) {
+  for (const OutputTensor& v : outputs) {
     auto* o = r.add_outputs();
-    o->set_name(name);
-    o->set_datatype("FP32");
-    o->add_shape(v.dim(0));
-    o->add_shape(v.dim(1));
-    r.add_raw_output_contents(reinterpret_cast<const char*>(v.data()), static_cast<size_t>(v.numel()) * 4);
+    o->set_name(v.name);
+    o->set_datatype(v.datatype());
+    for (int64_t d : v.shape()) o->add_shape(d);
+    std::string* raw = r.add_raw_output_contents();  // empty for one in shared memory: indices stay aligned
+    if (!v.shared_memory_region.empty()) {
+      (*o->mutable_parameters())["shared_memory_region"].set_string_param(v.shared_memory_region);
+      (*o->mutable_parameters())["shared_memory_byte_size"].set_int64_param(
+          static_cast<int64_t>(v.shared_memory_byte_size));
+    } else {
+      v.append_raw(*raw);
+    }
   }
 }
 
@@ -139,6 +193,28 @@ class Service final : public inference::GRPCInferenceService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status SystemSharedMemoryStatus(grpc::ServerContext*, const inference::SystemSharedMemoryStatusRequest* q,
+                                        inference::SystemSharedMemoryStatusResponse* r) override {
+    return describe([&] {
+      for (const SharedMemoryRegionStatus& region : s_.shared_memory().status(q->name())) {
+        auto& out = (*r->mutable_regions())[region.name];
+        out.set_name(region.name);
+        out.set_key(region.key);
+        out.set_offset(region.offset);
+        out.set_byte_size(region.byte_size);
+      }
+    });
+  }
+  grpc::Status SystemSharedMemoryRegister(grpc::ServerContext*, const inference::SystemSharedMemoryRegisterRequest* q,
+                                          inference::SystemSharedMemoryRegisterResponse*) override {
+    return describe([&] { s_.shared_memory().register_region(q->name(), q->key(), q->offset(), q->byte_size()); });
+  }
+  grpc::Status SystemSharedMemoryUnregister(grpc::ServerContext*,
+                                            const inference::SystemSharedMemoryUnregisterRequest* q,
+                                            inference::SystemSharedMemoryUnregisterResponse*) override {
+    return describe([&] { s_.shared_memory().unregister(q->name()); });
+  }
+
   grpc::Status ModelConfig(grpc::ServerContext*, const inference::ModelConfigRequest* q,
                            inference::ModelConfigResponse* r) override {
     return describe([&] { *r->mutable_config() = model_config(s_, q->name(), q->version()); });
@@ -151,9 +227,36 @@ class Service final : public inference::GRPCInferenceService::Service {
 
   grpc::Status ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* q,
                           inference::ModelInferResponse* r) override {
+    return answer(*q, *r, context);
+  }
+
+  // The requests of one stream are answered one after another, in order, as Triton answers a
+  // non-decoupled model's: a refused one gets its error message in the stream, which stays open.
+  // Concurrency comes from several streams (perf_analyzer --streaming opens one per concurrent
+  // client), whose requests the engine batches together as it batches ModelInfer calls.
+  grpc::Status ModelStreamInfer(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<inference::ModelStreamInferResponse, inference::ModelInferRequest>* stream) override {
+    inference::ModelInferRequest q;
+    while (stream->Read(&q)) {
+      inference::ModelStreamInferResponse r;
+      const grpc::Status status = answer(q, *r.mutable_infer_response(), context);
+      if (!status.ok()) {
+        r.clear_infer_response();
+        r.set_error_message(status.error_message());
+      }
+      if (!stream->Write(r)) break;  // the client is gone
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  // One inference request, answered into `r` or refused with a status; failures are counted.
+  grpc::Status answer(const inference::ModelInferRequest& q, inference::ModelInferResponse& r,
+                      grpc::ServerContext* context) {
     const auto start = std::chrono::steady_clock::now();
     try {
-      answer_grpc_infer(s_, *q, *r, [context] { return context->IsCancelled(); });
+      answer_grpc_infer(s_, q, r, [context] { return context->IsCancelled(); });
     } catch (const RequestError& e) {
       // A request for another model never reached this one: Triton counts it nowhere.
       if (e.kind() != RequestError::Kind::not_found)
@@ -166,7 +269,6 @@ class Service final : public inference::GRPCInferenceService::Service {
     return grpc::Status::OK;
   }
 
- private:
   InferenceService& s_;
 };
 

@@ -75,11 +75,36 @@ uint64_t count_value(const json& j, const std::string& what, uint64_t max) {
   return v;
 }
 
-bool flag_value(const json& parameters, const char* key, bool fallback) {
-  if (!parameters.is_object()) throw invalid("\"parameters\" must be a JSON object");
-  if (!parameters.contains(key)) return fallback;
-  if (!parameters[key].is_boolean()) throw invalid(fmt::format("parameter '{}' must be true or false", key));
-  return parameters[key].get<bool>();
+// The "parameters" object of `j` (the request, an input or an output), if it has one, as the
+// service reads them: booleans, integers, numbers and strings.
+Parameters parameters_of(const json& j, const std::string& where) {
+  Parameters out;
+  if (!j.contains("parameters")) return out;
+  const json& p = j["parameters"];
+  if (!p.is_object()) throw invalid(fmt::format("\"parameters\" of {} must be a JSON object", where));
+  for (const auto& [key, v] : p.items()) {
+    if (v.is_boolean())
+      out[key] = v.get<bool>();
+    else if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX})
+      throw invalid(fmt::format("parameter '{}' of {} is too large", key.substr(0, 64), where));
+    else if (v.is_number_integer())
+      out[key] = v.get<int64_t>();
+    else if (v.is_number_float())
+      out[key] = v.get<double>();
+    else if (v.is_string())
+      out[key] = v.get<std::string>();
+    else
+      throw invalid(
+          fmt::format("parameter '{}' of {} must be a boolean, a number or a string", key.substr(0, 64), where));
+  }
+  return out;
+}
+
+// Takes parameter `key` out of `p`: the HTTP front end honours it itself.
+std::optional<bool> take_flag(Parameters& p, const std::string& key, const std::string& where) {
+  const std::optional<bool> v = flag_parameter(p, key, where);
+  p.erase(key);
+  return v;
 }
 
 // Nested arrays of numbers, flattened (depth is bounded by the parser). Every value must fit FP32.
@@ -107,16 +132,23 @@ InputTensor read_input(const json& in, const std::string& body, size_t json_size
   t.datatype = in["datatype"].get<std::string>();
   for (const json& d : in["shape"])
     t.shape.push_back(static_cast<int64_t>(count_value(d, "a shape dimension", 1 << 30)));
-  if (in.contains("parameters") && !in["parameters"].is_object()) throw invalid("\"parameters\" must be a JSON object");
-  if (in.contains("parameters") && in["parameters"].contains("binary_data_size")) {
-    const uint64_t bytes = count_value(in["parameters"]["binary_data_size"], "binary_data_size", body.size());
-    if (bytes > body.size() - json_size || bytes % 4 != 0)
+  const std::string where = fmt::format("input '{}'", t.name.substr(0, 64));
+  t.parameters = parameters_of(in, where);
+  if (t.parameters.contains("binary_data_size")) {
+    const int64_t bytes = *integer_parameter(t.parameters, "binary_data_size", where);
+    t.parameters.erase("binary_data_size");
+    if (bytes < 0) throw invalid(fmt::format("binary_data_size must be a non-negative integer, got {}", bytes));
+    if (static_cast<uint64_t>(bytes) > body.size() - json_size || bytes % 4 != 0)
       throw invalid(fmt::format("binary_data_size {} does not match the {} bytes after the JSON header", bytes,
                                 body.size() - json_size));
-    values.resize(bytes / 4);
-    if (bytes > 0) std::memcpy(values.data(), body.data() + json_size, bytes);
+    values.resize(static_cast<size_t>(bytes) / 4);
+    if (bytes > 0) std::memcpy(values.data(), body.data() + json_size, static_cast<size_t>(bytes));
+  } else if (t.parameters.contains("shared_memory_region")) {
+    if (in.contains("data")) throw invalid(fmt::format("{} has both \"data\" and shared_memory_region", where));
   } else {
-    if (!in.contains("data")) throw invalid("the input needs \"data\" (or binary_data_size with the binary extension)");
+    if (!in.contains("data"))
+      throw invalid(
+          "the input needs \"data\" (or binary_data_size with the binary extension, or shared_memory_region)");
     flatten_numbers(in["data"], values);
   }
   t.values = values;
@@ -132,6 +164,12 @@ HttpReply infer(InferenceService& service, const std::string& model, const std::
     if (ec != std::errc() || ptr != end) throw invalid(fmt::format("bad {} header: not a byte count", kBinaryHeader));
     if (json_size > req.body.size())
       throw invalid(fmt::format("{} = {} is longer than the {}-byte body", kBinaryHeader, json_size, req.body.size()));
+    // Triton's raw binary request: the body is one input's bytes, with no JSON naming it.
+    if (json_size == 0)
+      throw invalid(
+          fmt::format("{}: 0 makes the body one raw input tensor, which needs a model with exactly one "
+                      "input; this model has two ('{}', '{}'): send a JSON header that names the input",
+                      kBinaryHeader, kImagesTensor, kConstituentsTensor));
   }
   // A JSON tree takes about ten times its text in memory: tensors beyond a few MB must come in the
   // binary extension, as tritonclient sends them by default.
@@ -144,36 +182,43 @@ HttpReply infer(InferenceService& service, const std::string& model, const std::
   if (!body.is_object() || !body.contains("inputs") || !body["inputs"].is_array() || body["inputs"].size() != 1)
     throw invalid("the body needs \"inputs\": one tensor (images or constituents)");
   if (body.contains("id") && !body["id"].is_string()) throw invalid("\"id\" must be a string");
+  InferRequest request{model, version, parameters_of(body, "the request"), {}, {}};
+  const bool binary_default = take_flag(request.parameters, "binary_data_output", "the request").value_or(false);
   std::vector<float> values;
-  const InputTensor input = read_input(body["inputs"][0], req.body, json_size, values);
+  request.input = read_input(body["inputs"][0], req.body, json_size, values);
 
-  const bool binary_default =
-      body.contains("parameters") && flag_value(body["parameters"], "binary_data_output", false);
-  std::vector<std::string> requested;
   std::vector<bool> binary;
   if (body.contains("outputs")) {
     if (!body["outputs"].is_array()) throw invalid("\"outputs\" must be an array");
     for (const json& o : body["outputs"]) {
       if (!o.is_object() || !o.contains("name") || !o["name"].is_string())
         throw invalid("each requested output needs a \"name\"");
-      requested.push_back(o["name"].get<std::string>());
-      binary.push_back(o.contains("parameters") ? flag_value(o["parameters"], "binary_data", binary_default)
-                                                : binary_default);
+      const std::string name = o["name"].get<std::string>();
+      const std::string where = fmt::format("output '{}'", name.substr(0, 64));
+      OutputRequest out{name, parameters_of(o, where)};
+      binary.push_back(take_flag(out.parameters, "binary_data", where).value_or(binary_default));
+      request.outputs.push_back(std::move(out));
     }
   }
-  const std::vector<OutputTensor> outputs = service.infer(model, version, input, requested, req.cancelled);
+  const std::vector<OutputTensor> outputs = service.infer(request, req.cancelled);
 
   json response = {{"model_name", service.model_name()}, {"model_version", kModelVersion}, {"outputs", json::array()}};
   if (body.contains("id")) response["id"] = body["id"];
   std::string blob;
   for (size_t i = 0; i < outputs.size(); ++i) {
-    const Tensor& v = outputs[i].value;
-    json o = {{"name", outputs[i].name}, {"datatype", "FP32"}, {"shape", {v.dim(0), v.dim(1)}}};
-    if (i < binary.size() ? binary[i] : binary_default) {
-      o["parameters"] = {{"binary_data_size", v.numel() * 4}};
-      blob.append(reinterpret_cast<const char*>(v.data()), static_cast<size_t>(v.numel()) * 4);
+    const OutputTensor& v = outputs[i];
+    json o = {{"name", v.name}, {"datatype", v.datatype()}, {"shape", v.shape()}};
+    if (!v.shared_memory_region.empty()) {  // written there, not sent
+      o["parameters"] = {{"shared_memory_region", v.shared_memory_region},
+                         {"shared_memory_byte_size", v.shared_memory_byte_size}};
+    } else if (i < binary.size() ? binary[i] : binary_default) {
+      const size_t before = blob.size();
+      v.append_raw(blob);
+      o["parameters"] = {{"binary_data_size", blob.size() - before}};
+    } else if (v.k > 0) {
+      o["data"] = v.classes;
     } else {
-      o["data"] = std::vector<float>(v.data(), v.data() + v.numel());
+      o["data"] = std::vector<float>(v.value.data(), v.value.data() + v.value.numel());
     }
     response["outputs"].push_back(o);
   }
@@ -240,6 +285,49 @@ HttpReply model_route(InferenceService& s, const HttpRequest& req, const std::ve
   return model_metadata(s);
 }
 
+// Triton's system shared-memory API; `rest` starts after "systemsharedmemory":
+//   GET  status, region/NAME/status          the regions, as [{"name", "key", "offset", "byte_size"}]
+//   POST region/NAME/register                body {"key": "/name", "offset": 0, "byte_size": N}
+//   POST region/NAME/unregister, unregister  one region, or every one
+HttpReply shared_memory_route(SharedMemoryRegistry& registry, const HttpRequest& req,
+                              const std::vector<std::string>& rest) {
+  std::string name, action;
+  if (rest.size() == 1) {
+    action = rest[0];
+  } else if (rest.size() == 3 && rest[0] == "region" && !rest[1].empty()) {
+    name = rest[1];
+    action = rest[2];
+  } else {
+    return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
+  }
+  if (action != "status" && action != "register" && action != "unregister")
+    return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
+  if (action == "register" && name.empty())
+    return http_error(404, fmt::format("{} {}: register a region at region/NAME/register", req.method, req.target));
+  const std::string method = action == "status" ? "GET" : "POST";
+  if (req.method != method && !(req.method == "HEAD" && method == "GET"))
+    return http_error(405, fmt::format("{} {}: use {}", req.method, req.target, method));
+  if (action == "status") {
+    json regions = json::array();
+    for (const SharedMemoryRegionStatus& r : registry.status(name))
+      regions.push_back({{"name", r.name}, {"key", r.key}, {"offset", r.offset}, {"byte_size", r.byte_size}});
+    return json_reply(200, regions);
+  }
+  if (action == "unregister") {
+    registry.unregister(name);
+    return json_reply(200, json::object());
+  }
+  if (req.body.size() > 4096) throw invalid("a register request's body is a small JSON object");
+  const json body = parse_json(req.body);
+  if (!body.is_object() || !body.contains("key") || !body["key"].is_string() || !body.contains("byte_size"))
+    throw invalid("register needs a JSON body {\"key\": \"/name\", \"offset\": 0, \"byte_size\": N}");
+  const uint64_t max = uint64_t{1} << 48;
+  const uint64_t offset = body.contains("offset") ? count_value(body["offset"], "offset", max) : 0;
+  registry.register_region(name, body["key"].get<std::string>(), offset,
+                           count_value(body["byte_size"], "byte_size", max));
+  return json_reply(200, json::object());
+}
+
 }  // namespace
 
 int http_status(RequestError::Kind kind) {
@@ -251,6 +339,8 @@ int http_status(RequestError::Kind kind) {
       return 503;
     case RequestError::Kind::cancelled:
       return 499;  // the client closed the request (nginx's code; nobody reads it)
+    case RequestError::Kind::timeout:
+      return 504;
     case RequestError::Kind::internal:
       return 500;
     case RequestError::Kind::invalid:
@@ -268,6 +358,8 @@ HttpReply answer_http(InferenceService& s, const HttpRequest& req) {
     const std::vector<std::string> path = path_segments(req.target);
     if (path.size() >= 2 && path[0] == "v2" && path[1] == "models")
       return model_route(s, req, std::vector<std::string>(path.begin() + 2, path.end()));
+    if (path.size() >= 2 && path[0] == "v2" && path[1] == "systemsharedmemory")
+      return shared_memory_route(s.shared_memory(), req, std::vector<std::string>(path.begin() + 2, path.end()));
     if (req.method != "GET" && req.method != "HEAD")
       return http_error(req.method == "POST" ? 404 : 405, req.method + " " + req.target + ": no such endpoint");
     if (path == std::vector<std::string>{"v2", "health", "live"}) return json_reply(200, {{"live", true}});

@@ -82,13 +82,28 @@ std::vector<PerfPoint> measure_server(const ServerPerfOptions& o, bool show_prog
     if (d < 0) fail("{}: input '{}' has a variable dimension besides the batch", o.url, o.input);
     count *= d;
   }
+  // Triton refuses a request of more jets than the model's max_batch_size; so does this, before
+  // measuring. A server without Triton's model_configuration extension is not asked.
+  int64_t max_batch = 0;
+  try {
+    max_batch = probe->max_batch();
+  } catch (const ClientError&) {
+  }
+  if (max_batch > 0 && o.batch > max_batch)
+    fail("{}: model '{}' takes at most {} jets per request (its ModelConfig's max_batch_size); --batch is {}", o.url,
+         o.model, max_batch, o.batch);
   // Jet-image-like sparse inputs are not needed for timing: the network's cost does not depend on values.
   const std::vector<float> values = random_values(count, 1);
   std::vector<PerfPoint> points;
   for (int concurrency : o.concurrency) {
     if (concurrency < 1) fail("--concurrency values must be >= 1");
     std::vector<std::unique_ptr<InferenceClient>> clients;
-    for (int c = 0; c < concurrency; ++c) clients.push_back(InferenceClient::connect(o.url, o.model));
+    for (int c = 0; c < concurrency; ++c) {
+      clients.push_back(InferenceClient::connect(o.url, o.model));
+      // The probabilities (batch x 2) and room to spare.
+      if (o.shared_memory)
+        clients.back()->use_shared_memory(values.size() * 4, static_cast<size_t>(o.batch) * 8 + 4096);
+    }
     std::atomic<bool> measuring{false}, stop{false};
     std::atomic<int64_t> errors{0};
     std::mutex mutex;
@@ -118,10 +133,11 @@ std::vector<PerfPoint> measure_server(const ServerPerfOptions& o, bool show_prog
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     stop = true;
     for (std::thread& t : threads) t.join();
-    PerfPoint p{"server", concurrency, 0, o.batch, summarize(latencies, o.batch, seconds, errors.load())};
+    PerfPoint p{o.shared_memory ? "shm" : "server", concurrency, 0, o.batch,
+                summarize(latencies, o.batch, seconds, errors.load())};
     if (show_progress)
-      fmt::print(stderr, "concurrency {:>3}: {:8.1f} inferences/s, p50 {:.2f} ms, p99 {:.2f} ms\n", concurrency,
-                 p.stats.throughput, p.stats.p50_ms, p.stats.p99_ms);
+      fmt::print(stderr, "concurrency {:>3}{}: {:8.1f} inferences/s, p50 {:.2f} ms, p99 {:.2f} ms\n", concurrency,
+                 o.shared_memory ? " (shared memory)" : "", p.stats.throughput, p.stats.p50_ms, p.stats.p99_ms);
     points.push_back(p);
   }
   return points;
@@ -211,23 +227,34 @@ std::vector<PerfPoint> read_perf_csv(const std::string& path) {
 }
 
 void plot_throughput(const std::string& path, const std::vector<PerfPoint>& points, const std::string& title) {
-  XY served;
+  XY served, shared;
   double best_local = 0;
   for (const PerfPoint& p : points) {
     if (p.mode == "server")
       served.emplace_back(p.concurrency, p.stats.throughput);
+    else if (p.mode == "shm")
+      shared.emplace_back(p.concurrency, p.stats.throughput);
     else
       best_local = std::max(best_local, p.stats.throughput);
   }
-  if (served.empty()) fail("{}: no server measurements to plot", path);
+  if (served.empty() && shared.empty()) fail("{}: no server measurements to plot", path);
   std::string script =
       "set logscale x 2\nset grid\nset key top left\nset yrange [0:*]\n"
       "set xlabel 'concurrent clients (one jet per request)'\nset ylabel 'throughput (inferences/s)'\n";
   if (!title.empty()) script += "set title " + gnuplot_string(title) + "\n";
-  script += "plot '-' with linespoints linewidth 2 pointtype 7 title 'toptag serve'";
+  std::vector<std::string> curves;
+  std::string data;
+  if (!served.empty()) {
+    curves.push_back("'-' with linespoints linewidth 2 pointtype 7 title 'toptag serve'");
+    data += gnuplot_data(served);
+  }
+  if (!shared.empty()) {
+    curves.push_back("'-' with linespoints linewidth 2 pointtype 5 title 'toptag serve, shared memory'");
+    data += gnuplot_data(shared);
+  }
   if (best_local > 0)
-    script += fmt::format(", {} with lines dashtype 2 linewidth 2 title 'best local batched'", best_local);
-  render_plot(path, 900, 600, script + "\n" + gnuplot_data(served));
+    curves.push_back(fmt::format("{} with lines dashtype 2 linewidth 2 title 'best local batched'", best_local));
+  render_plot(path, 900, 600, script + "plot " + fmt::format("{}", fmt::join(curves, ", ")) + "\n" + data);
 }
 
 }  // namespace toptag

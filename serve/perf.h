@@ -20,7 +20,7 @@ struct LatencyStats {
 LatencyStats summarize(std::vector<double> latencies_ms, int64_t images_per_request, double seconds, int64_t errors);
 
 struct PerfPoint {
-  std::string mode;  // "server", "local"
+  std::string mode;  // "server", "shm" (the server through system shared memory), "local"
   int concurrency = 1, threads = 0;
   int64_t batch = 1;
   LatencyStats stats;
@@ -32,6 +32,9 @@ struct ServerPerfOptions {
   int64_t batch = 1;
   double duration_s = 10, warmup_s = 1;
   std::string input = "images";  // or "constituents"
+  // Each client sends and receives through system shared memory (the server on this machine), as
+  // SonicTriton does there: points of mode "shm" instead of "server".
+  bool shared_memory = false;
 };
 std::vector<PerfPoint> measure_server(const ServerPerfOptions& options, bool show_progress = true);
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "data/jets.h"
@@ -63,6 +64,7 @@ void ServiceMetrics::count_failure(RequestError::Kind kind, std::chrono::nanosec
       ++s.failed_rejected;
       return;
     case RequestError::Kind::cancelled:
+    case RequestError::Kind::timeout:  // dropped as a cancelled one is
       ++s.failed_cancelled;
       return;
     case RequestError::Kind::internal:
@@ -245,22 +247,106 @@ EngineResult InferenceService::run(Tensor images, bool want_features, const std:
   return r;
 }
 
+std::vector<int64_t> OutputTensor::shape() const {
+  if (k > 0) return {static_cast<int64_t>(classes.size()) / k, k};
+  return {value.dim(0), value.dim(1)};
+}
+
+void OutputTensor::append_raw(std::string& out) const {
+  if (k == 0) {  // little-endian FP32, as on every supported host
+    out.append(reinterpret_cast<const char*>(value.data()), static_cast<size_t>(value.numel()) * 4);
+    return;
+  }
+  for (const std::string& c : classes) {
+    const uint32_t n = static_cast<uint32_t>(c.size());
+    const char length[4] = {static_cast<char>(n), static_cast<char>(n >> 8), static_cast<char>(n >> 16),
+                            static_cast<char>(n >> 24)};
+    out.append(length, 4);
+    out += c;
+  }
+}
+
+namespace {
+
+// Triton's classification of each row of `probabilities` (n, K): its k largest values, largest
+// first (ties: the lower index first), each as "value:index:label".
+std::vector<std::string> classify(const Tensor& probabilities, int64_t k) {
+  const int64_t n = probabilities.dim(0), classes = probabilities.dim(1);
+  std::vector<std::string> out;
+  out.reserve(static_cast<size_t>(n * k));
+  std::vector<int64_t> order(static_cast<size_t>(classes));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = probabilities.data() + i * classes;
+    for (int64_t c = 0; c < classes; ++c) order[c] = c;
+    std::stable_sort(order.begin(), order.end(), [row](int64_t a, int64_t b) { return row[a] > row[b]; });
+    for (int64_t j = 0; j < k; ++j)
+      out.push_back(fmt::format("{}:{}:{}", row[order[j]], order[j], kClassLabels[order[j]]));
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<OutputTensor> InferenceService::infer(const std::string& model, const std::string& version,
-                                                  const InputTensor& in, const std::vector<std::string>& requested,
+                                                  const InputTensor& input, const std::vector<std::string>& outputs,
                                                   const std::function<bool()>& cancelled) {
-  const auto start = std::chrono::steady_clock::now();
-  check_model(model, version);
+  InferRequest r{model, version, {}, input, {}};
+  for (const std::string& name : outputs) r.outputs.push_back({name, {}});
+  return infer(r, cancelled);
+}
+
+std::vector<OutputTensor> InferenceService::infer(const InferRequest& request,
+                                                  const std::function<bool()>& client_cancelled) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  const InputTensor& in = request.input;
+  const std::string& model = request.model;
+  check_model(model, request.version);
   if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
   auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
-  const std::vector<std::string> outputs =
-      requested.empty() ? std::vector<std::string>{kProbabilitiesTensor} : requested;
+
+  static constexpr std::string_view kRequestParameters[] = {"timeout", "priority"};
+  refuse_unknown_parameters(request.parameters, kRequestParameters, "the request");
+  if (integer_parameter(request.parameters, "priority", "the request").value_or(0) != 0)
+    throw invalid("parameter 'priority' of the request must be 0: toptag serve's queue has one priority level");
+  const int64_t timeout_us = integer_parameter(request.parameters, "timeout", "the request").value_or(0);
+  if (timeout_us < 0)
+    throw invalid(fmt::format("parameter 'timeout' of the request is {} us; must be >= 0", timeout_us));
+  const auto deadline = timeout_us > 0 ? start + std::chrono::microseconds(timeout_us) : Clock::time_point::max();
+  const std::function<bool()> cancelled = [&] {
+    return (client_cancelled && client_cancelled()) || Clock::now() > deadline;
+  };
+  const std::string input_where = fmt::format("input '{}'", clip(in.name));
+  refuse_unknown_parameters(in.parameters, kSharedMemoryParameters, input_where);
+  const std::optional<SharedMemoryRef> input_region = shared_memory_ref(in.parameters, input_where);
+  if (input_region && !in.values.empty())
+    throw invalid(fmt::format("{} is in shared-memory region '{}' and in the request too: send it once", input_where,
+                              clip(input_region->region)));
+
+  std::vector<OutputRequest> outputs = request.outputs;
+  if (outputs.empty()) outputs.push_back({kProbabilitiesTensor, {}});
   bool want_features = false, want_probabilities = false;
-  for (const std::string& o : outputs) {
-    bool& wanted = o == kFeaturesTensor ? want_features : want_probabilities;
-    if (o != kFeaturesTensor && o != kProbabilitiesTensor)
-      throw invalid(fmt::format("unknown output '{}' (probabilities, features)", clip(o)));
-    if (wanted) throw invalid(fmt::format("output '{}' is requested twice", o));  // each copy would cost memory
+  std::vector<int64_t> classification;  // per output: k, or 0
+  for (const OutputRequest& o : outputs) {
+    bool& wanted = o.name == kFeaturesTensor ? want_features : want_probabilities;
+    if (o.name != kFeaturesTensor && o.name != kProbabilitiesTensor)
+      throw invalid(fmt::format("unknown output '{}' (probabilities, features)", clip(o.name)));
+    if (wanted) throw invalid(fmt::format("output '{}' is requested twice", o.name));  // each copy would cost memory
     wanted = true;
+    const std::string where = fmt::format("output '{}'", o.name);
+    static constexpr std::string_view kOutputParameters[] = {"classification", "shared_memory_region",
+                                                             "shared_memory_byte_size", "shared_memory_offset"};
+    refuse_unknown_parameters(o.parameters, kOutputParameters, where);
+    if (const std::optional<SharedMemoryRef> ref = shared_memory_ref(o.parameters, where))
+      shared_memory_.check(ref->region, ref->offset, ref->byte_size, where);  // refused now, not after computing
+    const int64_t k = integer_parameter(o.parameters, "classification", where).value_or(0);
+    constexpr int64_t kClasses = std::size(kClassLabels);
+    if (k != 0 && o.name != kProbabilitiesTensor)
+      throw invalid(fmt::format("parameter 'classification' applies to output 'probabilities', not '{}'", o.name));
+    if (k < 0 || k > kClasses)
+      throw invalid(fmt::format("parameter 'classification' of {} is {}; the model has {} classes ({}), so 1..{}",
+                                where, k, kClasses, fmt::join(kClassLabels, ", "), kClasses));
+    classification.push_back(k);
   }
   if (in.datatype != "FP32")
     throw invalid(fmt::format("input '{}' has datatype '{}'; expected FP32", clip(in.name), clip(in.datatype)));
@@ -291,16 +377,38 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
                               limits_.max_request_image_bytes >> 20));
   int64_t count = 1;  // bounded now: every dimension but the first is fixed, the first is limited
   for (int64_t d : in.shape) count *= d;
-  if (static_cast<int64_t>(in.values.size()) != count)
-    throw invalid(fmt::format("input '{}' of shape {} needs {} values ({} bytes), got {}", clip(in.name), shape, count,
-                              count * 4, in.values.size()));
-  if (!all_finite(in.values)) throw invalid(fmt::format("input '{}' holds NaN or inf", clip(in.name)));
-  if (in.name == kImagesTensor) {
-    images = Tensor::from(Shape{n, o.channels, o.size, o.size}, in.values);
-  } else {
-    images = engine_.images_from_constituents(in.values, n, kMaxConstituents);
+  std::span<const float> values = in.values;
+  std::vector<float> from_region;
+  if (input_region) {
+    if (input_region->byte_size != static_cast<uint64_t>(count) * 4)
+      throw invalid(fmt::format("{} of shape {} is {} bytes; its shared_memory_byte_size is {}", input_where, shape,
+                                count * 4, input_region->byte_size));
+    from_region.resize(static_cast<size_t>(count));
+    shared_memory_.read(input_region->region, input_region->offset, input_region->byte_size, from_region.data(),
+                        input_where);
+    values = from_region;
   }
-  const EngineResult r = run(std::move(images), want_features, cancelled);
+  if (static_cast<int64_t>(values.size()) != count)
+    throw invalid(fmt::format("input '{}' of shape {} needs {} values ({} bytes), got {}", clip(in.name), shape, count,
+                              count * 4, values.size()));
+  if (!all_finite(values)) throw invalid(fmt::format("input '{}' holds NaN or inf", clip(in.name)));
+  if (in.name == kImagesTensor) {
+    images = Tensor::from(Shape{n, o.channels, o.size, o.size}, values);
+  } else {
+    images = engine_.images_from_constituents(values, n, kMaxConstituents);
+  }
+  const auto timed_out = [&] {
+    return RequestError(RequestError::Kind::timeout,
+                        fmt::format("the request's timeout of {} us passed before its answer was ready", timeout_us));
+  };
+  EngineResult r;
+  try {
+    r = run(std::move(images), want_features, cancelled);
+  } catch (const RequestError& e) {
+    if (e.kind() == RequestError::Kind::cancelled && !(client_cancelled && client_cancelled())) throw timed_out();
+    throw;
+  }
+  if (Clock::now() > deadline) throw timed_out();
   const int64_t bad_features = r.first_non_finite_features, bad_scores = first_non_finite_row(r.probabilities);
   if (bad_features >= 0 || bad_scores >= 0)
     throw RequestError(RequestError::Kind::internal,
@@ -308,9 +416,26 @@ std::vector<OutputTensor> InferenceService::infer(const std::string& model, cons
                                    "number format overflow on this input)",
                                    model_name_, bad_features >= 0 ? "features" : "probabilities",
                                    bad_features >= 0 ? bad_features : bad_scores));
-  metrics_.count_success(n, r, std::chrono::steady_clock::now() - start);
   std::vector<OutputTensor> out;
-  for (const std::string& name : outputs) out.push_back({name, name == kFeaturesTensor ? r.features : r.probabilities});
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const std::string& name = outputs[i].name;
+    if (classification[i] > 0)
+      out.push_back({name, {}, classify(r.probabilities, classification[i]), classification[i]});
+    else
+      out.push_back({name, name == kFeaturesTensor ? r.features : r.probabilities, {}, 0});
+    const std::string where = fmt::format("output '{}'", name);
+    if (const std::optional<SharedMemoryRef> ref = shared_memory_ref(outputs[i].parameters, where)) {
+      std::string bytes;
+      out.back().append_raw(bytes);
+      if (bytes.size() > ref->byte_size)
+        throw invalid(fmt::format("{} is {} bytes, more than its shared_memory_byte_size {}", where, bytes.size(),
+                                  ref->byte_size));
+      shared_memory_.write(ref->region, ref->offset, bytes.data(), bytes.size(), where);
+      out.back().shared_memory_region = ref->region;
+      out.back().shared_memory_byte_size = bytes.size();
+    }
+  }
+  metrics_.count_success(n, r, std::chrono::steady_clock::now() - start);
   return out;
 }
 

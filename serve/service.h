@@ -12,6 +12,8 @@
 
 #include "nn/check.h"
 #include "serve/engine.h"
+#include "serve/parameters.h"
+#include "serve/shared_memory.h"
 #include "triton/model_config.h"
 
 namespace toptag {
@@ -23,10 +25,11 @@ namespace toptag {
 //   unavailable  503 UNAVAILABLE          shutting down
 //   exhausted    503 RESOURCE_EXHAUSTED   the queue is full (--max-queue): retry later
 //   cancelled    499 CANCELLED            the client left, or its deadline passed, before the answer
+//   timeout      504 DEADLINE_EXCEEDED    the request's own "timeout" parameter passed first
 //   internal     500 INTERNAL             the model itself failed (NaN/inf outputs)
 class RequestError : public Error {
  public:
-  enum class Kind { invalid, not_found, unavailable, exhausted, cancelled, internal };
+  enum class Kind { invalid, not_found, unavailable, exhausted, cancelled, timeout, internal };
   RequestError(Kind kind, const std::string& message) : Error(message), kind_(kind) {}
   Kind kind() const { return kind_; }
 
@@ -44,13 +47,47 @@ struct InputTensor {
   std::string name, datatype;
   std::vector<int64_t> shape;
   std::span<const float> values;
+  Parameters parameters;  // those the front end did not take itself (serve/parameters.h)
 };
 
-// One tensor of a response: "probabilities" (n, 2) or "features" (n, F).
+// An output a client asks for, by name. With parameter "classification" = k (Triton's
+// classification extension) the answer is not the FP32 tensor but, per jet, its k most probable
+// classes as BYTES strings "probability:index:label", most probable first.
+struct OutputRequest {
+  std::string name;
+  Parameters parameters;  // those the front end did not take itself
+};
+
+// A whole inference request, as both front ends hand it to the service.
+struct InferRequest {
+  std::string model, version;
+  Parameters parameters;  // the request's own, less those the front end took itself
+  InputTensor input;
+  std::vector<OutputRequest> outputs;  // none: probabilities
+};
+
+// One tensor of a response: "probabilities" (n, 2) or "features" (n, F), FP32, or a classification
+// of the probabilities: (n, k) BYTES.
 struct OutputTensor {
   std::string name;
-  Tensor value;
+  Tensor value;                      // the FP32 tensor; unused by a classification
+  std::vector<std::string> classes;  // a classification's n x k strings, row-major
+  int64_t k = 0;                     // a classification's classes per jet; 0: the FP32 tensor
+
+  std::string datatype() const { return k > 0 ? "BYTES" : "FP32"; }
+  // Set when the tensor was written to a client's shared-memory region instead of being sent: the
+  // front ends then send its name, datatype and shape, with these as its parameters.
+  std::string shared_memory_region;
+  uint64_t shared_memory_byte_size = 0;
+
+  std::vector<int64_t> shape() const;
+  // Appends the tensor's bytes as gRPC's raw_output_contents and HTTP's binary extension carry
+  // them: FP32 little-endian, or BYTES as each string's 4-byte little-endian length, then the string.
+  void append_raw(std::string& out) const;
 };
+
+// The class labels of the probabilities' columns, as the classification extension names them.
+inline constexpr const char* kClassLabels[] = {"QCD", "top"};
 
 struct ServiceLimits {
   int64_t max_request_jets = 4096;             // images or jets per request
@@ -98,7 +135,8 @@ std::string prometheus_text(const std::string& model, const RequestStatistics& s
                             uint64_t pending);
 
 // Triton's protocol extensions this server implements, as ServerMetadata lists them.
-inline constexpr const char* kExtensions[] = {"binary_tensor_data", "model_configuration", "statistics"};
+inline constexpr const char* kExtensions[] = {"binary_tensor_data", "classification", "model_configuration",
+                                              "statistics", "system_shared_memory"};
 
 class InferenceService {
  public:
@@ -116,15 +154,20 @@ class InferenceService {
   // instances, and inputs() and outputs(). Both inputs are optional: a request sends exactly one.
   TritonModel triton_model() const;
 
-  // Validates the input ("images" [n, C, H, W] or "constituents" [n, 200, 4], FP32) and the requested
-  // outputs ("probabilities", "features"; none asked for: probabilities), runs it in batches of at
-  // most --max-batch images, records the success metrics and returns the outputs in the order asked.
-  // `cancelled` is polled while the request waits (client gone, deadline passed): queued batches are
+  // Validates the input ("images" [n, C, H, W] or "constituents" [n, 200, 4], FP32), the requested
+  // outputs ("probabilities", "features"; none asked for: probabilities) and every parameter
+  // (serve/parameters.h), runs it in batches of at most --max-batch images, records the success
+  // metrics and returns the outputs in the order asked. `cancelled` is polled while the request
+  // waits (client gone, deadline passed), as is the request's own "timeout": queued batches are
   // then dropped uncomputed. Throws RequestError; the front ends count failures (theirs and these)
   // with metrics().count_failure.
+  std::vector<OutputTensor> infer(const InferRequest& request, const std::function<bool()>& cancelled = {});
+  // The same for a request without parameters, as in-process callers make one.
   std::vector<OutputTensor> infer(const std::string& model, const std::string& version, const InputTensor& input,
                                   const std::vector<std::string>& outputs, const std::function<bool()>& cancelled = {});
 
+  // The clients' system shared-memory regions, which inputs and outputs may name.
+  SharedMemoryRegistry& shared_memory() { return shared_memory_; }
   ServiceMetrics& metrics() { return metrics_; }
   RequestStatistics statistics() const { return metrics_.snapshot(); }
   std::string metrics_text() const {
@@ -140,6 +183,7 @@ class InferenceService {
   std::string model_name_;
   ServiceLimits limits_;
   ServiceMetrics metrics_;
+  SharedMemoryRegistry shared_memory_;
 };
 
 }  // namespace toptag

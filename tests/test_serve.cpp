@@ -2,6 +2,7 @@
 // HTTP (plain httplib, as curl would), the bad-input cases, the metrics, dynamic batching, graceful
 // shutdown, and toptag's own client. Servers listen on ephemeral loopback ports.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <google/protobuf/text_format.h>
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/message_differencer.h>
@@ -9,6 +10,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,6 +25,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 #include <thread>
 #include <tuple>
 
@@ -110,6 +113,48 @@ std::vector<float> raw_floats(const std::string& bytes) {
   std::vector<float> v(bytes.size() / 4);
   std::memcpy(v.data(), bytes.data(), bytes.size());
   return v;
+}
+
+// Triton's BYTES tensor as raw bytes: each element's 4-byte little-endian length, then the element.
+std::vector<std::string> bytes_elements(const std::string& raw) {
+  std::vector<std::string> out;
+  for (size_t at = 0; at < raw.size();) {
+    EXPECT_LE(at + 4, raw.size()) << "a length cut short";
+    if (at + 4 > raw.size()) break;
+    const auto* b = reinterpret_cast<const unsigned char*>(raw.data() + at);
+    const size_t n = b[0] | b[1] << 8 | b[2] << 16 | static_cast<size_t>(b[3]) << 24;
+    EXPECT_LE(at + 4 + n, raw.size()) << "an element cut short";
+    out.push_back(raw.substr(at + 4, n));
+    at += 4 + n;
+  }
+  return out;
+}
+
+// Checks a classification (n, k) of the probabilities `expected` (n, 2), row-major: each string
+// "value:index:label" names a class by its index and label, with its probability, most probable first.
+void expect_classification(const std::vector<std::string>& got, const std::vector<float>& expected, int64_t k) {
+  const int64_t n = static_cast<int64_t>(expected.size()) / 2;
+  ASSERT_EQ(static_cast<int64_t>(got.size()), n * k);
+  for (int64_t i = 0; i < n; ++i) {
+    float previous = 2.0f;
+    std::set<int> seen;
+    for (int64_t j = 0; j < k; ++j) {
+      const std::string& c = got[i * k + j];
+      SCOPED_TRACE(c);
+      const size_t a = c.find(':'), b = c.find(':', a + 1);
+      ASSERT_NE(b, std::string::npos);
+      const float value = std::stof(c.substr(0, a));
+      const int index = std::stoi(c.substr(a + 1, b - a - 1));
+      ASSERT_TRUE(index == 0 || index == 1);
+      EXPECT_EQ(c.substr(b + 1), index == 0 ? "QCD" : "top");
+      EXPECT_NEAR(value, expected[i * 2 + index], 1e-6);
+      EXPECT_LE(value, previous) << "not most probable first";
+      EXPECT_TRUE(seen.insert(index).second) << "a class named twice";
+      previous = value;
+    }
+    // The first is the more probable class.
+    EXPECT_EQ(std::stoi(got[i * k].substr(got[i * k].find(':') + 1)), expected[i * 2 + 1] > expected[i * 2] ? 1 : 0);
+  }
 }
 
 // The value of a metric summed over its label sets (nv_inference_request_failure has one per
@@ -317,6 +362,83 @@ TEST_F(ServeTest, GrpcBadRequestsAreRefusedAndTheServerKeepsServing) {
   EXPECT_EQ(metric(m, "nv_inference_request_failure"), static_cast<double>(cases.size() - 2))
       << "every refused request is counted but the one gRPC dropped and the one for another model";
   EXPECT_EQ(metric(m, "nv_inference_request_success"), 1);
+}
+
+// Triton's ModelStreamInfer, as perf_analyzer --streaming and tritonclient's start_stream use it:
+// every request on the stream gets its response in order; a refused one gets an error message in
+// the stream, which stays open for the next; statistics count what was answered.
+TEST_F(ServeTest, StreamingAnswersEachRequestInOrderAndStaysOpenAfterAnError) {
+  const RequestStatistics before = server->service().statistics();
+  const std::vector<float> two = random_images(2, 51), one = random_images(1, 52);
+  grpc::ClientContext ctx;
+  auto stream = stub->ModelStreamInfer(&ctx);
+  inference::ModelInferRequest a = raw_request(two, {2, 1, kSize, kSize});
+  a.set_id("a");
+  inference::ModelInferRequest b = raw_request(one, {1, 1, kSize + 1, kSize});  // a wrong shape
+  b.set_id("b");
+  inference::ModelInferRequest c = raw_request(one, {1, 1, kSize, kSize});
+  c.set_id("c");
+  auto* o = c.add_outputs();
+  o->set_name("probabilities");
+  (*o->mutable_parameters())["classification"].set_int64_param(2);
+  inference::ModelInferRequest d = raw_request(one, {1, 1, kSize, kSize});
+  d.set_model_name("nope");
+  for (const auto* q : {&a, &b, &c, &d}) ASSERT_TRUE(stream->Write(*q));
+  ASSERT_TRUE(stream->WritesDone());
+  std::vector<inference::ModelStreamInferResponse> got;
+  for (inference::ModelStreamInferResponse r; stream->Read(&r);) got.push_back(r);
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[0].error_message(), "");
+  EXPECT_EQ(got[0].infer_response().id(), "a");
+  const std::vector<float> expected = local_probabilities(two, 2);
+  const std::vector<float> probabilities = raw_floats(got[0].infer_response().raw_output_contents(0));
+  ASSERT_EQ(probabilities.size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_NEAR(probabilities[i], expected[i], 1e-6);
+  EXPECT_NE(got[1].error_message().find("shape"), std::string::npos) << got[1].error_message();
+  EXPECT_FALSE(got[1].has_infer_response());
+  EXPECT_EQ(got[2].error_message(), "");
+  EXPECT_EQ(got[2].infer_response().id(), "c");
+  expect_classification(bytes_elements(got[2].infer_response().raw_output_contents(0)), local_probabilities(one, 1), 2);
+  EXPECT_NE(got[3].error_message().find("nope"), std::string::npos) << got[3].error_message();
+  // Two answered (3 jets), one refused; a request for another model is counted nowhere, as in Triton.
+  const RequestStatistics after = server->service().statistics();
+  EXPECT_EQ(after.success.count - before.success.count, 2u);
+  EXPECT_EQ(after.inference_count - before.inference_count, 3u);
+  EXPECT_EQ(after.fail.count - before.fail.count, 1u);
+}
+
+// perf_analyzer --streaming --concurrency-range 4: four streams at once, each a client sending one
+// jet at a time; every answer is its own jet's.
+TEST_F(ServeTest, ConcurrentStreamsEachGetTheirOwnAnswers) {
+  constexpr int kStreams = 4, kRequests = 25;
+  const std::vector<float> images = random_images(kStreams, 53);
+  const std::vector<float> expected = local_probabilities(images, kStreams);
+  const int64_t pixels = kSize * kSize;
+  std::atomic<int> wrong{0}, answered{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kStreams; ++c)
+    clients.emplace_back([&, c] {
+      grpc::ClientContext ctx;
+      auto stream = stub->ModelStreamInfer(&ctx);
+      const std::vector<float> mine(images.begin() + c * pixels, images.begin() + (c + 1) * pixels);
+      for (int i = 0; i < kRequests; ++i) {
+        inference::ModelInferRequest q = raw_request(mine, {1, 1, kSize, kSize});
+        q.set_id(std::to_string(i));
+        inference::ModelStreamInferResponse r;
+        if (!stream->Write(q) || !stream->Read(&r)) break;
+        const std::vector<float> p = raw_floats(r.infer_response().raw_output_contents(0));
+        const bool right = r.error_message().empty() && r.infer_response().id() == std::to_string(i) && p.size() == 2 &&
+                           std::abs(p[1] - expected[c * 2 + 1]) <= 1e-6f;
+        ++(right ? answered : wrong);
+      }
+      stream->WritesDone();
+      EXPECT_TRUE(stream->Finish().ok());
+    });
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(answered.load(), kStreams * kRequests);
 }
 
 TEST_F(ServeTest, HttpEndpoints) {
@@ -562,6 +684,67 @@ inference::ModelStatisticsResponse grpc_statistics(inference::GRPCInferenceServi
   return r;
 }
 
+// A POSIX shared-memory object as a client makes one (shm_open, ftruncate, mmap), removed at the end.
+struct ShmObject {
+  std::string key;
+  size_t bytes;
+  int fd = -1;
+  unsigned char* data = nullptr;
+  ShmObject(const std::string& name, size_t size)
+      : key(fmt::format("/toptag_test_{}_{}", name, getpid())), bytes(size) {
+    fd = shm_open(key.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+    EXPECT_GE(fd, 0) << key;
+    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(size)), 0);
+    data = static_cast<unsigned char*>(mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+    EXPECT_NE(data, MAP_FAILED);
+  }
+  ~ShmObject() {
+    munmap(data, bytes);
+    close(fd);
+    shm_unlink(key.c_str());
+  }
+  float* floats(size_t offset = 0) { return reinterpret_cast<float*>(data + offset); }
+};
+
+grpc::Status grpc_register(inference::GRPCInferenceService::Stub& stub, const std::string& name, const std::string& key,
+                           uint64_t offset, uint64_t byte_size) {
+  grpc::ClientContext ctx;
+  inference::SystemSharedMemoryRegisterRequest q;
+  q.set_name(name);
+  q.set_key(key);
+  q.set_offset(offset);
+  q.set_byte_size(byte_size);
+  inference::SystemSharedMemoryRegisterResponse r;
+  return stub.SystemSharedMemoryRegister(&ctx, q, &r);
+}
+
+std::map<std::string, uint64_t> grpc_regions(inference::GRPCInferenceService::Stub& stub,
+                                             const std::string& name = "") {
+  grpc::ClientContext ctx;
+  inference::SystemSharedMemoryStatusRequest q;
+  q.set_name(name);
+  inference::SystemSharedMemoryStatusResponse r;
+  EXPECT_TRUE(stub.SystemSharedMemoryStatus(&ctx, q, &r).ok());
+  std::map<std::string, uint64_t> out;
+  for (const auto& [n, region] : r.regions()) out[n] = region.byte_size();
+  return out;
+}
+
+grpc::Status grpc_unregister(inference::GRPCInferenceService::Stub& stub, const std::string& name) {
+  grpc::ClientContext ctx;
+  inference::SystemSharedMemoryUnregisterRequest q;
+  q.set_name(name);
+  inference::SystemSharedMemoryUnregisterResponse r;
+  return stub.SystemSharedMemoryUnregister(&ctx, q, &r);
+}
+
+void set_shared_memory(google::protobuf::Map<std::string, inference::InferParameter>& p, const std::string& region,
+                       int64_t byte_size, int64_t offset) {
+  p["shared_memory_region"].set_string_param(region);
+  p["shared_memory_byte_size"].set_int64_param(byte_size);
+  p["shared_memory_offset"].set_int64_param(offset);
+}
+
 // ServerMetadata lists exactly the extensions that work: each listed one is tried over both
 // protocols, and a listed extension without a check here fails.
 TEST_F(ServeTest, ServerMetadataListsTheExtensionsThatWork) {
@@ -594,6 +777,40 @@ TEST_F(ServeTest, ServerMetadataListsTheExtensionsThatWork) {
          EXPECT_EQ(grpc_config(*stub, "toptag", "", &status).config().name(), "toptag");
          EXPECT_TRUE(status.ok()) << status.error_message();
          auto reply = http->Get("/v2/models/toptag/config");
+         ASSERT_TRUE(reply);
+         EXPECT_EQ(reply->status, 200) << reply->body;
+       }},
+      {"classification",
+       [&] {
+         inference::ModelInferRequest q = raw_request(random_images(1, 9), {1, 1, kSize, kSize});
+         auto* o = q.add_outputs();
+         o->set_name("probabilities");
+         (*o->mutable_parameters())["classification"].set_int64_param(1);
+         inference::ModelInferResponse r;
+         ASSERT_TRUE(infer(q, r).ok());
+         EXPECT_EQ(r.outputs(0).datatype(), "BYTES");
+         json body = {{"inputs",
+                       {{{"name", "images"},
+                         {"shape", {1, 1, kSize, kSize}},
+                         {"datatype", "FP32"},
+                         {"data", random_images(1, 9)}}}},
+                      {"outputs", {{{"name", "probabilities"}, {"parameters", {{"classification", 2}}}}}}};
+         auto reply = http->Post("/v2/models/toptag/infer", body.dump(), "application/json");
+         ASSERT_TRUE(reply);
+         EXPECT_EQ(reply->status, 200) << reply->body;
+         EXPECT_EQ(json::parse(reply->body)["outputs"][0]["datatype"], "BYTES");
+       }},
+      {"system_shared_memory",
+       [&] {
+         ShmObject object("extension", 4096);
+         ASSERT_TRUE(grpc_register(*stub, "e", object.key, 0, 4096).ok());
+         EXPECT_EQ(grpc_regions(*stub).count("e"), 1u);
+         ASSERT_TRUE(grpc_unregister(*stub, "e").ok());
+         auto reply = http->Post("/v2/systemsharedmemory/region/e/register",
+                                 json{{"key", object.key}, {"byte_size", 4096}}.dump(), "application/json");
+         ASSERT_TRUE(reply);
+         EXPECT_EQ(reply->status, 200) << reply->body;
+         reply = http->Post("/v2/systemsharedmemory/region/e/unregister", "", "application/json");
          ASSERT_TRUE(reply);
          EXPECT_EQ(reply->status, 200) << reply->body;
        }},
@@ -663,6 +880,341 @@ TEST_F(ServeTest, HttpInferJsonAndBinary) {
   const json rb = json::parse(res->body.substr(0, json_size));
   EXPECT_EQ(rb["outputs"][0]["parameters"]["binary_data_size"], 16);
   EXPECT_EQ(raw_floats(res->body.substr(json_size)), got);
+}
+
+// CMSSW's SonicTriton on the same machine as the server, as it talks over gRPC: ServerLive,
+// ModelMetadata, ModelConfig; registers an input and an output region; ModelInfer with its tensors
+// in them; the statistics moved by exactly what was sent; unregisters. Then the same over HTTP.
+TEST_F(ServeTest, SonicTritonSequenceWithSystemSharedMemory) {
+  {
+    grpc::ClientContext ctx;
+    inference::ServerLiveResponse live;
+    ASSERT_TRUE(stub->ServerLive(&ctx, {}, &live).ok());
+    EXPECT_TRUE(live.live());
+  }
+  {
+    grpc::ClientContext ctx;
+    inference::ModelMetadataRequest q;
+    q.set_name("toptag");
+    inference::ModelMetadataResponse m;
+    ASSERT_TRUE(stub->ModelMetadata(&ctx, q, &m).ok());
+  }
+  const int64_t max_batch = grpc_config(*stub, "toptag", "").config().max_batch_size();
+  ASSERT_GE(max_batch, 3);
+  const RequestStatistics before = server->service().statistics();
+
+  constexpr int64_t kJets = 3, kPixels = kSize * kSize;
+  const std::vector<float> images = random_images(kJets, 61);
+  const std::vector<float> expected = local_probabilities(images, kJets);
+  ShmObject input("in", 64 + kJets * kPixels * 4), output("out", 4096);
+  std::memcpy(input.floats(64), images.data(), images.size() * 4);  // at offset 64 of the region
+  ASSERT_TRUE(grpc_register(*stub, "in", input.key, 0, input.bytes).ok());
+  ASSERT_TRUE(grpc_register(*stub, "out", output.key, 1024, 1024).ok());
+  EXPECT_EQ(grpc_regions(*stub), (std::map<std::string, uint64_t>{{"in", input.bytes}, {"out", 1024}}));
+
+  inference::ModelInferRequest q;
+  q.set_model_name("toptag");
+  auto* in = q.add_inputs();
+  in->set_name("images");
+  in->set_datatype("FP32");
+  for (int64_t d : std::vector<int64_t>{kJets, 1, kSize, kSize}) in->add_shape(d);
+  set_shared_memory(*in->mutable_parameters(), "in", kJets * kPixels * 4, 64);
+  auto* probabilities = q.add_outputs();
+  probabilities->set_name("probabilities");
+  set_shared_memory(*probabilities->mutable_parameters(), "out", 24, 8);  // 1024 + 8 in the object
+  q.add_outputs()->set_name("features");
+  inference::ModelInferResponse r;
+  const grpc::Status status = infer(q, r);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(r.outputs_size(), 2);
+  EXPECT_EQ(r.outputs(0).parameters().at("shared_memory_region").string_param(), "out");
+  EXPECT_EQ(r.outputs(0).parameters().at("shared_memory_byte_size").int64_param(), 24);
+  EXPECT_EQ(r.raw_output_contents(0), "") << "an output in shared memory is not also sent";
+  for (int64_t i = 0; i < kJets * 2; ++i) EXPECT_NEAR(output.floats(1024 + 8)[i], expected[i], 1e-6);
+  EXPECT_EQ(output.floats(1024)[0], 0.0f) << "written before its offset";
+  EXPECT_EQ(raw_floats(r.raw_output_contents(1)).size(), static_cast<size_t>(kJets * 32));
+
+  const RequestStatistics after = server->service().statistics();
+  EXPECT_EQ(after.success.count - before.success.count, 1u);
+  EXPECT_EQ(after.inference_count - before.inference_count, static_cast<uint64_t>(kJets));
+  EXPECT_EQ(after.fail.count, before.fail.count);
+
+  ASSERT_TRUE(grpc_unregister(*stub, "in").ok());
+  EXPECT_EQ(grpc_regions(*stub), (std::map<std::string, uint64_t>{{"out", 1024}}));
+  ASSERT_TRUE(grpc_unregister(*stub, "").ok());
+  EXPECT_TRUE(grpc_regions(*stub).empty());
+
+  // HTTP: register, infer with a JSON header only, status, unregister.
+  auto post = [&](const std::string& path, const json& body) {
+    auto res = http->Post(path, body.dump(), "application/json");
+    EXPECT_TRUE(res);
+    return res ? std::make_pair(res->status, res->body) : std::make_pair(0, std::string());
+  };
+  EXPECT_EQ(post("/v2/systemsharedmemory/region/in/register", {{"key", input.key}, {"byte_size", input.bytes}}).first,
+            200);
+  EXPECT_EQ(
+      post("/v2/systemsharedmemory/region/out/register", {{"key", output.key}, {"offset", 0}, {"byte_size", 64}}).first,
+      200);
+  std::memset(output.data, 0, 64);
+  const json body = {{"inputs",
+                      {{{"name", "images"},
+                        {"shape", {kJets, 1, kSize, kSize}},
+                        {"datatype", "FP32"},
+                        {"parameters",
+                         {{"shared_memory_region", "in"},
+                          {"shared_memory_byte_size", kJets * kPixels * 4},
+                          {"shared_memory_offset", 64}}}}}},
+                     {"outputs",
+                      {{{"name", "probabilities"},
+                        {"parameters", {{"shared_memory_region", "out"}, {"shared_memory_byte_size", 64}}}}}}};
+  const auto [code, text] = post("/v2/models/toptag/infer", body);
+  ASSERT_EQ(code, 200) << text;
+  const json reply = json::parse(text);
+  EXPECT_FALSE(reply["outputs"][0].contains("data"));
+  EXPECT_EQ(reply["outputs"][0]["parameters"]["shared_memory_byte_size"], 24);
+  for (int64_t i = 0; i < kJets * 2; ++i) EXPECT_NEAR(output.floats()[i], expected[i], 1e-6);
+  auto status_reply = http->Get("/v2/systemsharedmemory/status");
+  ASSERT_TRUE(status_reply && status_reply->status == 200);
+  EXPECT_EQ(json::parse(status_reply->body).size(), 2u);
+  status_reply = http->Get("/v2/systemsharedmemory/region/out/status");
+  ASSERT_TRUE(status_reply && status_reply->status == 200) << status_reply->body;
+  EXPECT_EQ(json::parse(status_reply->body)[0]["key"], output.key);
+  EXPECT_EQ(post("/v2/systemsharedmemory/region/in/unregister", json::object()).first, 200);
+  EXPECT_EQ(post("/v2/systemsharedmemory/unregister", json::object()).first, 200);
+  EXPECT_TRUE(grpc_regions(*stub).empty());
+}
+
+// Hostile shared-memory use gets INVALID_ARGUMENT / 400 naming the problem, never a crash or an
+// access outside the region; the server is alive and correct afterwards.
+TEST_F(ServeTest, HostileSharedMemoryIsRefusedAndTheServerStaysUp) {
+  constexpr int64_t kPixels = kSize * kSize;
+  const std::vector<float> one = random_images(1, 62);
+  ShmObject object("hostile", 8192);
+  std::memcpy(object.data, one.data(), one.size() * 4);
+  auto refused = [](const grpc::Status& s, const std::string& message) {
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find(message), std::string::npos) << s.error_message();
+  };
+  refused(grpc_register(*stub, "r", "/toptag_no_such_object", 0, 16), "cannot open");
+  refused(grpc_register(*stub, "r", "../../etc/passwd", 0, 16), "not a POSIX shared-memory name");
+  refused(grpc_register(*stub, "r", object.key, 8000, 1000), "past the end");
+  refused(grpc_register(*stub, "r", object.key, 0, 0), "byte_size 0");
+  refused(grpc_register(*stub, "r", object.key, ~uint64_t{0} - 8, 16), "too large");
+  ASSERT_TRUE(grpc_register(*stub, "r", object.key, 0, 4096).ok());
+  refused(grpc_register(*stub, "r", object.key, 0, 16), "already registered");
+  refused(grpc_unregister(*stub, "nope"), "nope");
+
+  auto infer_with = [&](const std::function<void(inference::ModelInferRequest&)>& edit) {
+    inference::ModelInferRequest q = raw_request({}, {1, 1, kSize, kSize});
+    q.clear_raw_input_contents();
+    set_shared_memory(*q.mutable_inputs(0)->mutable_parameters(), "r", kPixels * 4, 0);
+    edit(q);
+    inference::ModelInferResponse r;
+    return infer(q, r);
+  };
+  refused(infer_with([](auto& q) {
+            (*q.mutable_inputs(0)->mutable_parameters())["shared_memory_region"].set_string_param("x");
+          }),
+          "not registered");
+  refused(infer_with([](auto& q) {
+            (*q.mutable_inputs(0)->mutable_parameters())["shared_memory_offset"].set_int64_param(4000);
+          }),
+          "leave shared-memory region 'r'");
+  refused(infer_with([](auto& q) {
+            (*q.mutable_inputs(0)->mutable_parameters())["shared_memory_byte_size"].set_int64_param(16);
+          }),
+          "shared_memory_byte_size is 16");
+  refused(infer_with([](auto& q) {
+            (*q.mutable_inputs(0)->mutable_parameters())["shared_memory_offset"].set_int64_param(-4);
+          }),
+          ">= 0");
+  refused(infer_with([](auto& q) { q.mutable_inputs(0)->mutable_parameters()->erase("shared_memory_byte_size"); }),
+          "without shared_memory_byte_size");
+  refused(infer_with([&](auto& q) { q.add_raw_input_contents(std::string(kPixels * 4, '\0')); }), "send it once");
+  refused(infer_with([](auto& q) {
+            auto* o = q.add_outputs();
+            o->set_name("probabilities");
+            set_shared_memory(*o->mutable_parameters(), "r", 4, 0);
+          }),
+          "more than its shared_memory_byte_size");
+  refused(infer_with([](auto& q) {
+            auto* o = q.add_outputs();
+            o->set_name("probabilities");
+            set_shared_memory(*o->mutable_parameters(), "r", 64, 4090);
+          }),
+          "leave shared-memory region 'r'");
+  refused(infer_with([](auto& q) {
+            auto* o = q.add_outputs();
+            o->set_name("features");
+            (*o->mutable_parameters())["shared_memory_byte_size"].set_int64_param(64);
+          }),
+          "needs shared_memory_region");
+  // NaN in the region is refused as NaN in a message is.
+  object.floats()[5] = std::numeric_limits<float>::quiet_NaN();
+  refused(infer_with([](auto&) {}), "NaN");
+  object.floats()[5] = one[5];
+  inference::ModelInferRequest good = raw_request({}, {1, 1, kSize, kSize});
+  good.clear_raw_input_contents();
+  set_shared_memory(*good.mutable_inputs(0)->mutable_parameters(), "r", kPixels * 4, 0);
+  inference::ModelInferResponse r;
+  ASSERT_TRUE(infer(good, r).ok());
+  EXPECT_NEAR(raw_floats(r.raw_output_contents(0))[1], local_probabilities(one, 1)[1], 1e-6);
+
+  // The client shrinks its object under the registered region: refused, no SIGBUS.
+  ASSERT_EQ(ftruncate(object.fd, 16), 0);
+  refused(infer_with([](auto&) {}), "has shrunk");
+  // The server still answers, and unregisters the region it can no longer use.
+  EXPECT_TRUE(infer(raw_request(one, {1, 1, kSize, kSize}), r).ok());
+  EXPECT_TRUE(grpc_unregister(*stub, "r").ok());
+
+  // HTTP: the same refusals as 400s with a message.
+  auto post = [&](const std::string& path, const std::string& body) {
+    auto res = http->Post(path, body, "application/json");
+    EXPECT_TRUE(res);
+    return res ? std::make_pair(res->status, res->body) : std::make_pair(0, std::string());
+  };
+  EXPECT_EQ(post("/v2/systemsharedmemory/region/a/register", "{\"key\": 7}").first, 400);
+  EXPECT_EQ(post("/v2/systemsharedmemory/region/a/register", "{\"key\": \"/x\", \"byte_size\": -1}").first, 400);
+  EXPECT_EQ(post("/v2/systemsharedmemory/region/a/register", "not json").first, 400);
+  EXPECT_EQ(post("/v2/systemsharedmemory/register", "{}").first, 404);
+  EXPECT_EQ(http->Get("/v2/systemsharedmemory/region/a/status")->status, 400);
+  EXPECT_EQ(http->Get("/v2/systemsharedmemory/region/a/register")->status, 405);
+  EXPECT_EQ(post("/v2/systemsharedmemory/region/a/unregister", "").first, 400);
+  EXPECT_TRUE(grpc_regions(*stub).empty());
+}
+
+// Triton's classification extension, over HTTP (JSON and binary) and gRPC: the probabilities' top k
+// classes per jet as BYTES "probability:index:label", beside other outputs as asked.
+TEST_F(ServeTest, ClassificationReturnsTheTopClassesAsTritonDoes) {
+  const std::vector<float> images = random_images(3, 21);
+  const std::vector<float> expected = local_probabilities(images, 3);
+  for (int k : {1, 2}) {
+    SCOPED_TRACE(k);
+    json body = {
+        {"inputs", {{{"name", "images"}, {"shape", {3, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", images}}}},
+        {"outputs", {{{"name", "probabilities"}, {"parameters", {{"classification", k}}}}, {{"name", "features"}}}}};
+    auto res = http->Post("/v2/models/toptag/infer", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    const json r = json::parse(res->body);
+    EXPECT_EQ(r["outputs"][0]["datatype"], "BYTES");
+    EXPECT_EQ(r["outputs"][0]["shape"], json({3, k}));
+    expect_classification(r["outputs"][0]["data"].get<std::vector<std::string>>(), expected, k);
+    EXPECT_EQ(r["outputs"][1]["datatype"], "FP32");
+    EXPECT_EQ(r["outputs"][1]["data"].size(), 3u * 32u);
+
+    // The binary extension carries BYTES as length-prefixed strings.
+    body["outputs"][0]["parameters"]["binary_data"] = true;
+    res = http->Post("/v2/models/toptag/infer", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    const size_t json_size = std::stoul(res->get_header_value(kBinaryHeader));
+    const json rb = json::parse(res->body.substr(0, json_size));
+    EXPECT_EQ(rb["outputs"][0]["parameters"]["binary_data_size"], res->body.size() - json_size);
+    expect_classification(bytes_elements(res->body.substr(json_size)), expected, k);
+
+    inference::ModelInferRequest q = raw_request(images, {3, 1, kSize, kSize});
+    auto* o = q.add_outputs();
+    o->set_name("probabilities");
+    (*o->mutable_parameters())["classification"].set_int64_param(k);
+    inference::ModelInferResponse g;
+    const grpc::Status status = infer(q, g);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(g.outputs(0).datatype(), "BYTES");
+    EXPECT_EQ(std::vector<int64_t>(g.outputs(0).shape().begin(), g.outputs(0).shape().end()),
+              (std::vector<int64_t>{3, k}));
+    expect_classification(bytes_elements(g.raw_output_contents(0)), expected, k);
+  }
+}
+
+// Parameters are honoured or refused by name, never ignored, in the request, its input and its
+// outputs, over both protocols; the server answers normally afterwards.
+TEST_F(ServeTest, ParametersAreHonouredOrRefusedByName) {
+  const std::vector<float> one = random_images(1, 22);
+  const json input = {{"name", "images"}, {"shape", {1, 1, kSize, kSize}}, {"datatype", "FP32"}, {"data", one}};
+  json odd_input = input;
+  odd_input["parameters"] = {{"content_encoding", "gzip"}};
+  struct Case {
+    std::string what;
+    json body;
+    int status;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"sequence batching",
+       {{"inputs", {input}}, {"parameters", {{"sequence_id", 5}}}},
+       400,
+       "'sequence_id' of the request"},
+      {"unknown request parameter",
+       {{"inputs", {input}}, {"parameters", {{"mystery", true}}}},
+       400,
+       "'mystery' of the request is not supported"},
+      {"priority", {{"inputs", {input}}, {"parameters", {{"priority", 2}}}}, 400, "priority"},
+      {"default priority", {{"inputs", {input}}, {"parameters", {{"priority", 0}}}}, 200, ""},
+      {"unknown input parameter", {{"inputs", {odd_input}}}, 400, "'content_encoding' of input 'images'"},
+      {"unknown output parameter",
+       {{"inputs", {input}}, {"outputs", {{{"name", "features"}, {"parameters", {{"top_k", 3}}}}}}},
+       400,
+       "'top_k' of output 'features'"},
+      {"classification of features",
+       {{"inputs", {input}}, {"outputs", {{{"name", "features"}, {"parameters", {{"classification", 1}}}}}}},
+       400,
+       "applies to output 'probabilities'"},
+      {"three classes of two",
+       {{"inputs", {input}}, {"outputs", {{{"name", "probabilities"}, {"parameters", {{"classification", 3}}}}}}},
+       400,
+       "1..2"},
+      {"classification as text",
+       {{"inputs", {input}}, {"outputs", {{{"name", "probabilities"}, {"parameters", {{"classification", "2"}}}}}}},
+       400,
+       "must be an integer"},
+      {"negative timeout", {{"inputs", {input}}, {"parameters", {{"timeout", -1}}}}, 400, "timeout"},
+      {"a timeout that passes", {{"inputs", {input}}, {"parameters", {{"timeout", 1}}}}, 504, "timeout of 1 us"},
+      {"a timeout that does not", {{"inputs", {input}}, {"parameters", {{"timeout", 60000000}}}}, 200, ""},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    auto res = http->Post("/v2/models/toptag/infer", c.body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, c.status) << res->body;
+    if (!c.message.empty()) {
+      EXPECT_NE(res->body.find(c.message), std::string::npos) << res->body;
+    }
+  }
+
+  // gRPC: the same parameters, as InferParameter values.
+  auto grpc_case = [&](const std::function<void(inference::ModelInferRequest&)>& edit, grpc::StatusCode code,
+                       const std::string& message) {
+    inference::ModelInferRequest q = raw_request(one, {1, 1, kSize, kSize});
+    edit(q);
+    inference::ModelInferResponse r;
+    const grpc::Status s = infer(q, r);
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_NE(s.error_message().find(message), std::string::npos) << s.error_message();
+  };
+  grpc_case([](auto& q) { (*q.mutable_parameters())["sequence_id"].set_uint64_param(3); },
+            grpc::StatusCode::INVALID_ARGUMENT, "'sequence_id' of the request");
+  grpc_case([](auto& q) { (*q.mutable_inputs(0)->mutable_parameters())["binary_data_size"].set_int64_param(4); },
+            grpc::StatusCode::INVALID_ARGUMENT, "'binary_data_size' of input 'images'");
+  grpc_case([](auto& q) { (*q.mutable_parameters())["timeout"].set_int64_param(1); },
+            grpc::StatusCode::DEADLINE_EXCEEDED, "timeout of 1 us");
+  grpc_case([](auto& q) { (*q.mutable_parameters())["priority"]; }, grpc::StatusCode::INVALID_ARGUMENT, "no value");
+  grpc_case([](auto& q) { (*q.mutable_parameters())["binary_data_output"].set_bool_param(true); }, grpc::StatusCode::OK,
+            "");
+
+  // A raw binary request names no input: refused with the reason, not as malformed JSON.
+  std::string raw(reinterpret_cast<const char*>(one.data()), one.size() * 4);
+  auto res = http->Post("/v2/models/toptag/infer", {{kBinaryHeader, "0"}}, raw, "application/octet-stream");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_NE(res->body.find("exactly one input"), std::string::npos) << res->body;
+  EXPECT_EQ(res->body.find("malformed JSON"), std::string::npos) << res->body;
+
+  // Refused and timed-out requests are counted as failures; the server still answers.
+  const RequestStatistics st = server->service().statistics();
+  EXPECT_GE(st.failed_cancelled, 2u);  // the two timeouts
+  inference::ModelInferResponse r;
+  EXPECT_TRUE(infer(raw_request(one, {1, 1, kSize, kSize}), r).ok());
 }
 
 TEST_F(ServeTest, HttpBadRequests) {
@@ -1012,7 +1564,7 @@ TEST(Serve, StoppedEngineAnswersUnavailable) {
   BatchingEngine engine(tiny_tagger(), EngineOptions{});
   InferenceService service(engine, "toptag");
   const std::vector<float> one = random_images(1, 8);
-  const InputTensor in{"images", "FP32", {1, 1, kSize, kSize}, one};
+  const InputTensor in{"images", "FP32", {1, 1, kSize, kSize}, one, {}};
   EXPECT_EQ(service.infer("toptag", "", in, {"probabilities"}).at(0).value.dim(0), 1);
   engine.stop();
   EXPECT_FALSE(service.ready());
@@ -1123,7 +1675,7 @@ TEST(Serve, HostileHttpRequestsGetAnErrorAndTheServerStaysUp) {
       {"deeply nested id", post_request(infer, body_with(good_input, ",\"id\":" + deep)), 400, "nested deeper"},
       {"id not a string", post_request(infer, body_with(good_input, ",\"id\":[1]")), 400, "\"id\" must be a string"},
       {"parameters not an object", post_request(infer, body_with(good_input, ",\"parameters\":7")), 400,
-       "\"parameters\" must be a JSON object"},
+       "\"parameters\" of the request must be a JSON object"},
       {"binary flag not a bool",
        post_request(infer,
                     body_with(good_input, R"(,"outputs":[{"name":"features","parameters":{"binary_data":"yes"}}])")),
@@ -1425,7 +1977,7 @@ TEST(Serve, AFullQueueRefusesAtOnce) {
                                {"parameters", {{"binary_data_size", b.size() * 4}}}}}}}
                            .dump();
   const std::string body = header + std::string(reinterpret_cast<const char*>(b.data()), b.size() * 4);
-  std::thread first([&] { service.infer("toptag", "", {"images", "FP32", {4096, 1, kSize, kSize}, a}, {}); });
+  std::thread first([&] { service.infer("toptag", "", {"images", "FP32", {4096, 1, kSize, kSize}, a, {}}, {}); });
   while (server->service().engine().queued() == 0) std::this_thread::yield();
   auto res = http.Post("/v2/models/toptag/infer", {{"Inference-Header-Content-Length", std::to_string(header.size())}},
                        body, "application/octet-stream");
@@ -1471,23 +2023,32 @@ TEST(Serve, CancelledRequestsAreNotComputed) {
   InferenceService service(engine, "toptag");
   const std::vector<float> one = random_images(1, 35);
   try {
-    service.infer("toptag", "", {"images", "FP32", {1, 1, kSize, kSize}, one}, {}, [] { return true; });
+    service.infer("toptag", "", {"images", "FP32", {1, 1, kSize, kSize}, one, {}}, {}, [] { return true; });
     ADD_FAILURE() << "a request whose client had left was answered";
   } catch (const RequestError& e) {
     EXPECT_EQ(e.kind(), RequestError::Kind::cancelled);
   }
   EXPECT_EQ(engine.executions(), 0u);
-  // A gRPC deadline that passes while the request waits: DEADLINE_EXCEEDED for the client.
+  // A gRPC deadline that passes while the request waits: DEADLINE_EXCEEDED for the client. The one
+  // instance is kept busy by 32 batches queued ahead, so the request must wait, however fast the model.
   ServerOptions o;
   o.engine.instances = 1;
   o.engine.max_queue_delay_us = 2000000;
   auto server = start_server(o);
+  const std::vector<float> many = random_images(32 * 64, 37);
+  std::atomic<bool> loaded{false};
+  std::thread load([&] {
+    server->service().infer("toptag", "", {"images", "FP32", {32 * 64, 1, kSize, kSize}, many, {}}, {});
+    loaded = true;
+  });
+  while (server->service().engine().queued() == 0 && !loaded) std::this_thread::yield();
   auto stub = grpc_stub(server->grpc_port());
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1));
   inference::ModelInferResponse r;
   const grpc::Status s = stub->ModelInfer(&ctx, raw_request(random_images(1, 36), {1, 1, kSize, kSize}), &r);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  load.join();
 }
 
 // The client reads a server's replies as untrusted input: each malformed reply is a ClientError
