@@ -23,7 +23,7 @@ namespace toptag::apps {
 namespace {
 
 struct ServeArgs {
-  std::string checkpoint, port_file;
+  std::string checkpoint, port_file, shared_memory = "system";
   ServerOptions server;
   ImageArgs image;
   bool emulate = false;
@@ -62,7 +62,9 @@ void run_serve(ServeArgs& a) {
   check_channels(*tagger.model, tagger.images, a.checkpoint);
   const ImageOptions images = tagger.images;
   const std::string what = tagger.describe();
-  InferenceServer server(std::move(tagger), a.server);
+  ServerOptions options = a.server;
+  options.limits.system_shared_memory = a.shared_memory == "system";
+  InferenceServer server(std::move(tagger), options);
   fmt::print("toptag serve: model '{}' from {} ({}), images {}x{}x{}\n", a.server.model_name, a.checkpoint, what,
              images.channels, images.size, images.size);
   fmt::print("  gRPC     {}\n  HTTP     {}\n  metrics  {}\n",
@@ -230,6 +232,11 @@ void add_serve_commands(CLI::App& app) {
   cmd->add_option("--max-request-jets", s.limits.max_request_jets, "largest batch one request may send")
       ->default_val(4096)
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--shared-memory", a->shared_memory,
+                  "system: clients on this machine may register POSIX shared-memory regions for their tensors, as "
+                  "with Triton (the server then reads and writes any such object its user may open); none: refused")
+      ->check(CLI::IsMember({"none", "system"}))
+      ->default_val("system");
   cmd->add_option("--http-stall-timeout", s.http_stall_timeout_s,
                   "seconds an HTTP request body may bring no byte before its connection is dropped (a body that "
                   "keeps moving has 60 s in all)")

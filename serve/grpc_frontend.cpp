@@ -175,7 +175,7 @@ class Service final : public inference::GRPCInferenceService::Service {
                               inference::ServerMetadataResponse* r) override {
     r->set_name("toptag");
     r->set_version(TOPTAG_VERSION);
-    for (const char* extension : kExtensions) r->add_extensions(extension);
+    for (const std::string& extension : s_.extensions()) r->add_extensions(extension);
     return grpc::Status::OK;
   }
   grpc::Status ModelMetadata(grpc::ServerContext*, const inference::ModelMetadataRequest* q,
@@ -207,7 +207,7 @@ class Service final : public inference::GRPCInferenceService::Service {
   }
   grpc::Status SystemSharedMemoryRegister(grpc::ServerContext*, const inference::SystemSharedMemoryRegisterRequest* q,
                                           inference::SystemSharedMemoryRegisterResponse*) override {
-    return describe([&] { s_.shared_memory().register_region(q->name(), q->key(), q->offset(), q->byte_size()); });
+    return describe([&] { s_.register_shared_memory(q->name(), q->key(), q->offset(), q->byte_size()); });
   }
   grpc::Status SystemSharedMemoryUnregister(grpc::ServerContext*,
                                             const inference::SystemSharedMemoryUnregisterRequest* q,

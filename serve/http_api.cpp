@@ -289,8 +289,8 @@ HttpReply model_route(InferenceService& s, const HttpRequest& req, const std::ve
 //   GET  status, region/NAME/status          the regions, as [{"name", "key", "offset", "byte_size"}]
 //   POST region/NAME/register                body {"key": "/name", "offset": 0, "byte_size": N}
 //   POST region/NAME/unregister, unregister  one region, or every one
-HttpReply shared_memory_route(SharedMemoryRegistry& registry, const HttpRequest& req,
-                              const std::vector<std::string>& rest) {
+HttpReply shared_memory_route(InferenceService& s, const HttpRequest& req, const std::vector<std::string>& rest) {
+  SharedMemoryRegistry& registry = s.shared_memory();
   std::string name, action;
   if (rest.size() == 1) {
     action = rest[0];
@@ -323,7 +323,7 @@ HttpReply shared_memory_route(SharedMemoryRegistry& registry, const HttpRequest&
     throw invalid("register needs a JSON body {\"key\": \"/name\", \"offset\": 0, \"byte_size\": N}");
   const uint64_t max = uint64_t{1} << 48;
   const uint64_t offset = body.contains("offset") ? count_value(body["offset"], "offset", max) : 0;
-  registry.register_region(name, body["key"].get<std::string>(), offset,
+  s.register_shared_memory(name, body["key"].get<std::string>(), offset,
                            count_value(body["byte_size"], "byte_size", max));
   return json_reply(200, json::object());
 }
@@ -359,14 +359,14 @@ HttpReply answer_http(InferenceService& s, const HttpRequest& req) {
     if (path.size() >= 2 && path[0] == "v2" && path[1] == "models")
       return model_route(s, req, std::vector<std::string>(path.begin() + 2, path.end()));
     if (path.size() >= 2 && path[0] == "v2" && path[1] == "systemsharedmemory")
-      return shared_memory_route(s.shared_memory(), req, std::vector<std::string>(path.begin() + 2, path.end()));
+      return shared_memory_route(s, req, std::vector<std::string>(path.begin() + 2, path.end()));
     if (req.method != "GET" && req.method != "HEAD")
       return http_error(req.method == "POST" ? 404 : 405, req.method + " " + req.target + ": no such endpoint");
     if (path == std::vector<std::string>{"v2", "health", "live"}) return json_reply(200, {{"live", true}});
     if (path == std::vector<std::string>{"v2", "health", "ready"})
       return json_reply(s.ready() ? 200 : 503, {{"ready", s.ready()}});
     if (path == std::vector<std::string>{"v2"})
-      return json_reply(200, {{"name", "toptag"}, {"version", TOPTAG_VERSION}, {"extensions", kExtensions}});
+      return json_reply(200, {{"name", "toptag"}, {"version", TOPTAG_VERSION}, {"extensions", s.extensions()}});
     return http_error(404, fmt::format("{} {}: no such endpoint", req.method, req.target));
   } catch (const RequestError& e) {
     return http_error(http_status(e.kind()), e.what());

@@ -123,6 +123,20 @@ InferenceService::InferenceService(BatchingEngine& engine, std::string model_nam
   if (model_name_ == "stats") fail("model name 'stats' is taken by the HTTP path /v2/models/stats");
 }
 
+std::vector<std::string> InferenceService::extensions() const {
+  std::vector<std::string> out = {"binary_tensor_data", "classification", "model_configuration", "statistics"};
+  if (limits_.system_shared_memory) out.push_back("system_shared_memory");
+  return out;
+}
+
+void InferenceService::register_shared_memory(const std::string& name, const std::string& key, uint64_t offset,
+                                              uint64_t byte_size) {
+  if (!limits_.system_shared_memory)
+    throw RequestError(RequestError::Kind::invalid,
+                       "system shared memory is turned off on this server (toptag serve --shared-memory none)");
+  shared_memory_.register_region(name, key, offset, byte_size);
+}
+
 void InferenceService::check_model(const std::string& name, const std::string& version) const {
   if (name != model_name_)
     throw RequestError(RequestError::Kind::not_found,

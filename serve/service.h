@@ -92,6 +92,10 @@ inline constexpr const char* kClassLabels[] = {"QCD", "top"};
 struct ServiceLimits {
   int64_t max_request_jets = 4096;             // images or jets per request
   int64_t max_request_image_bytes = 64 << 20;  // the FP32 images a request becomes (constituents are imaged)
+  // Clients may register system shared-memory regions. A client that reaches the server can then make
+  // it read and write any POSIX shared-memory object the server's user may open, as with Triton:
+  // `toptag serve --shared-memory none` turns the extension off where clients are not trusted.
+  bool system_shared_memory = true;
 };
 
 // How often something happened and how long it took in all (Triton's StatisticDuration).
@@ -134,10 +138,6 @@ class ServiceMetrics {
 std::string prometheus_text(const std::string& model, const RequestStatistics& s, uint64_t executions,
                             uint64_t pending);
 
-// Triton's protocol extensions this server implements, as ServerMetadata lists them.
-inline constexpr const char* kExtensions[] = {"binary_tensor_data", "classification", "model_configuration",
-                                              "statistics", "system_shared_memory"};
-
 class InferenceService {
  public:
   // Throws toptag::Error unless `model_name` can be a Triton model name (check_triton_model_name).
@@ -150,6 +150,8 @@ class InferenceService {
   std::vector<TensorMetadata> inputs() const;
   std::vector<TensorMetadata> outputs() const;
   std::string platform() const { return "toptag_resnet"; }
+  // Triton's protocol extensions this server implements, as ServerMetadata lists them.
+  std::vector<std::string> extensions() const;
   // The model as Triton's ModelConfig describes it (triton_model_config): the engine's batching and
   // instances, and inputs() and outputs(). Both inputs are optional: a request sends exactly one.
   TritonModel triton_model() const;
@@ -168,6 +170,8 @@ class InferenceService {
 
   // The clients' system shared-memory regions, which inputs and outputs may name.
   SharedMemoryRegistry& shared_memory() { return shared_memory_; }
+  // Registers a region with shared_memory(); refused (invalid) when the limits turn it off.
+  void register_shared_memory(const std::string& name, const std::string& key, uint64_t offset, uint64_t byte_size);
   ServiceMetrics& metrics() { return metrics_; }
   RequestStatistics statistics() const { return metrics_.snapshot(); }
   std::string metrics_text() const {

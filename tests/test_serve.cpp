@@ -1083,6 +1083,29 @@ TEST_F(ServeTest, HostileSharedMemoryIsRefusedAndTheServerStaysUp) {
   EXPECT_TRUE(grpc_regions(*stub).empty());
 }
 
+// toptag serve --shared-memory none: ServerMetadata does not list the extension and registering is
+// refused over both protocols, saying why.
+TEST(Serve, SharedMemoryCanBeTurnedOff) {
+  ServerOptions o;
+  o.limits.system_shared_memory = false;
+  auto server = start_server(o);
+  auto stub = grpc_stub(server->grpc_port());
+  grpc::ClientContext ctx;
+  inference::ServerMetadataResponse m;
+  ASSERT_TRUE(stub->ServerMetadata(&ctx, {}, &m).ok());
+  for (const std::string& e : m.extensions()) EXPECT_NE(e, "system_shared_memory");
+  ShmObject object("off", 4096);
+  const grpc::Status s = grpc_register(*stub, "r", object.key, 0, 4096);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("--shared-memory none"), std::string::npos) << s.error_message();
+  httplib::Client http("127.0.0.1", server->http_port());
+  auto reply = http.Post("/v2/systemsharedmemory/region/r/register",
+                         json{{"key", object.key}, {"byte_size", 64}}.dump(), "application/json");
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 400);
+  EXPECT_TRUE(grpc_regions(*stub).empty());
+}
+
 // Triton's classification extension, over HTTP (JSON and binary) and gRPC: the probabilities' top k
 // classes per jet as BYTES "probability:index:label", beside other outputs as asked.
 TEST_F(ServeTest, ClassificationReturnsTheTopClassesAsTritonDoes) {
