@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The service against local batched inference, in one run on this machine: how much of the best
+# in-process throughput `toptag serve` delivers to many one-jet clients (the paper's CPU jobs asking
+# a coprocessor service), over gRPC with the tensors in the messages and through system shared memory.
+#   1. toptag perf --local: the checkpoint at batch 1, 8, 16, 32 and 64 on --threads threads; the best
+#      is the bar.
+#   2. toptag serve with its defaults on this machine, and toptag perf --server with --clients
+#      concurrent one-jet clients (--shared-memory system: again with shared memory). Client and
+#      server share the machine's CPUs, as they would on one worker node.
+# The checkpoint is ResNet-50 at 40x40x1, untrained (one step at a learning rate of 1e-12 on 8
+# generated jets): the figures, not the scores, are the point.
+#
+#   bash bench/served_throughput.sh [--toptag build/toptag] [--threads 2] [--clients 16] [--duration 10s]
+#                                   [--serve-args "--max-queue-delay-us 2000"]
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+TOPTAG=$HERE/../build/toptag
+THREADS=2
+CLIENTS=16
+DURATION=10s
+SERVE_ARGS=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --toptag) TOPTAG=$2 ;;
+    --threads) THREADS=$2 ;;
+    --clients) CLIENTS=$2 ;;
+    --duration) DURATION=$2 ;;
+    --serve-args) SERVE_ARGS=$2 ;;
+    *) sed -n '13,14p' "$0" >&2 && exit 2 ;;
+  esac
+  shift 2
+done
+TOPTAG=$(realpath "$TOPTAG")
+WORK=$(mktemp -d)
+serve_pid=""
+cleanup() {
+  [ -n "$serve_pid" ] && kill -TERM "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+cd "$WORK"
+export TOPTAG_PLAIN_PROGRESS=1
+
+section() { printf '\n== %s\n' "$*"; }
+
+section "machine ($(date -u '+%F %T UTC'))"
+lscpu | grep -E '^(Model name|CPU\(s\))'
+echo "load:  $(cut -d' ' -f1-3 /proc/loadavg)"
+
+"$TOPTAG" generate -o jets.h5 --jets 8 --seed 1 >/dev/null 2>&1
+"$TOPTAG" train --train jets.h5 --val jets.h5 -o run --epochs 1 --batch-size 4 --lr 1e-12 --threads "$THREADS" \
+  >/dev/null 2>&1
+
+section "local: toptag perf --local, $THREADS threads"
+"$TOPTAG" perf --local -c run/last.h5 --batch 1,8,16,32,64 --threads "$THREADS" --duration "$DURATION" \
+  --csv local.csv 2>&1 | grep -E "^engine|^local"
+
+section "served: toptag serve $SERVE_ARGS; toptag perf --server, $CLIENTS one-jet clients"
+# shellcheck disable=SC2086
+"$TOPTAG" serve -c run/last.h5 --host 127.0.0.1 --grpc-port 0 --http-port 0 --metrics-port 0 --port-file ports.json \
+  $SERVE_ARGS >serve.log 2>&1 &
+serve_pid=$!
+for _ in $(seq 100); do [ -s ports.json ] && break; sleep 0.1; done
+[ -s ports.json ] || { cat serve.log; exit 1; }
+grep -E "instances|batching" serve.log | head -3
+grpc=$(python3 -c 'import json; print(json.load(open("ports.json"))["grpc"])')
+"$TOPTAG" perf --server "grpc://127.0.0.1:$grpc" --concurrency "$CLIENTS" --shared-memory system \
+  --duration "$DURATION" --csv served.csv 2>&1 | grep -E "^(server|shm)"
+metrics=$(python3 -c 'import json; print(json.load(open("ports.json"))["metrics"])')
+python3 - "$metrics" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+value = lambda name: sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name + "{"))
+print(f"server: mean batch {value('nv_inference_count') / max(value('nv_inference_exec_count'), 1):.1f} images "
+      f"over the run (inferences / executions)")
+PY
+
+section "served / best local (throughput, images/s)"
+best=$(awk -F, 'NR > 1 && $5 > b { b = $5 } END { print b }' local.csv)
+for mode in server shm; do
+  awk -F, -v m="$mode" -v b="$best" 'NR > 1 && $1 == m {
+    printf "%-7s %3d clients: %8.1f images/s, best local %8.1f: %.2f\n", m, $2, $5, b, $5 / b }' served.csv
+done
