@@ -745,6 +745,62 @@ void set_shared_memory(google::protobuf::Map<std::string, inference::InferParame
   p["shared_memory_offset"].set_int64_param(offset);
 }
 
+// perf_analyzer's sequence over gRPC: ModelConfig (its max_batch_size bounds --batch-size),
+// ModelStatistics, then ModelInfer and ModelStreamInfer under concurrency, then ModelStatistics
+// again, moved by exactly what was sent: every request, every jet, and executions that account for
+// them batch by batch.
+TEST_F(ServeTest, PerfAnalyzerSequenceWithInferAndStreamingUnderConcurrency) {
+  EXPECT_EQ(grpc_config(*stub, "toptag", "").config().max_batch_size(), kDefaultMaxBatch);
+  const inference::ModelStatistics before = grpc_statistics(*stub, "toptag", "").model_stats(0);
+  constexpr int kInferClients = 4, kStreams = 2, kRequests = 10;
+  const std::vector<float> one = random_images(1, 71);
+  const float expected = local_probabilities(one, 1)[1];
+  std::atomic<int> right{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kInferClients; ++c)
+    clients.emplace_back([&] {
+      for (int i = 0; i < kRequests; ++i) {
+        inference::ModelInferResponse r;
+        if (infer(raw_request(one, {1, 1, kSize, kSize}), r).ok() &&
+            std::abs(raw_floats(r.raw_output_contents(0)).at(1) - expected) <= 1e-6f)
+          ++right;
+      }
+    });
+  for (int c = 0; c < kStreams; ++c)
+    clients.emplace_back([&] {
+      grpc::ClientContext ctx;
+      auto stream = stub->ModelStreamInfer(&ctx);
+      for (int i = 0; i < kRequests; ++i) {
+        inference::ModelStreamInferResponse r;
+        if (stream->Write(raw_request(one, {1, 1, kSize, kSize})) && stream->Read(&r) && r.error_message().empty() &&
+            std::abs(raw_floats(r.infer_response().raw_output_contents(0)).at(1) - expected) <= 1e-6f)
+          ++right;
+      }
+      stream->WritesDone();
+      EXPECT_TRUE(stream->Finish().ok());
+    });
+  for (std::thread& t : clients) t.join();
+  constexpr uint64_t kSent = (kInferClients + kStreams) * kRequests;
+  EXPECT_EQ(right.load(), static_cast<int>(kSent));
+  const inference::ModelStatistics after = grpc_statistics(*stub, "toptag", "").model_stats(0);
+  EXPECT_EQ(after.inference_stats().success().count() - before.inference_stats().success().count(), kSent);
+  EXPECT_EQ(after.inference_count() - before.inference_count(), kSent);
+  EXPECT_EQ(after.inference_stats().fail().count(), before.inference_stats().fail().count());
+  const uint64_t executions = after.execution_count() - before.execution_count();
+  EXPECT_GE(executions, 1u);
+  EXPECT_LE(executions, kSent);
+  uint64_t batched = 0, batch_executions = 0;  // over the batch sizes: executions x size = the jets
+  for (const auto& b : after.batch_stats()) {
+    uint64_t earlier = 0;
+    for (const auto& e : before.batch_stats())
+      if (e.batch_size() == b.batch_size()) earlier = e.compute_infer().count();
+    batched += (b.compute_infer().count() - earlier) * b.batch_size();
+    batch_executions += b.compute_infer().count() - earlier;
+  }
+  EXPECT_EQ(batched, kSent);
+  EXPECT_EQ(batch_executions, executions);
+}
+
 // ServerMetadata lists exactly the extensions that work: each listed one is tried over both
 // protocols, and a listed extension without a check here fails.
 TEST_F(ServeTest, ServerMetadataListsTheExtensionsThatWork) {
