@@ -56,10 +56,6 @@ void fill_metadata(const TensorMetadata& t, inference::ModelMetadataResponse::Te
 
 namespace {
 
-RequestError invalid(const std::string& m) {
-  return RequestError(RequestError::Kind::invalid, m);
-}
-
 // A request's, input's or output's parameters, as the service reads them.
 Parameters parameters(const google::protobuf::Map<std::string, inference::InferParameter>& map,
                       const std::string& where) {

@@ -18,10 +18,6 @@ using json = nlohmann::json;
 
 namespace {
 
-RequestError invalid(const std::string& message) {
-  return RequestError(RequestError::Kind::invalid, message);
-}
-
 HttpReply json_reply(int status, const json& body) {
   HttpReply r;
   r.status = status;

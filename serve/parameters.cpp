@@ -2,22 +2,9 @@
 
 #include <fmt/format.h>
 
-#include "serve/service.h"
+#include "serve/request_error.h"
 
 namespace toptag {
-
-namespace {
-
-RequestError invalid(const std::string& message) {
-  return RequestError(RequestError::Kind::invalid, message);
-}
-
-// A client's key as echoed in an error message: at most 64 characters.
-std::string clip_key(const std::string& key) {
-  return key.size() <= 64 ? key : key.substr(0, 64) + "...";
-}
-
-}  // namespace
 
 void refuse_unknown_parameters(const Parameters& p, std::span<const std::string_view> known, const std::string& where) {
   for (const auto& [key, value] : p) {
@@ -25,8 +12,8 @@ void refuse_unknown_parameters(const Parameters& p, std::span<const std::string_
     for (std::string_view k : known) found = found || k == key;
     if (found) continue;
     const std::string honoured = known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", "));
-    throw invalid(fmt::format("parameter '{}' of {} is not supported by toptag serve (honoured there: {})",
-                              clip_key(key), where, honoured));
+    throw invalid(fmt::format("parameter '{}' of {} is not supported by toptag serve (honoured there: {})", clip(key),
+                              where, honoured));
   }
 }
 
@@ -61,7 +48,7 @@ std::optional<SharedMemoryRef> shared_memory_ref(const Parameters& p, const std:
   const int64_t offset = integer_parameter(p, "shared_memory_offset", where).value_or(0);
   if (!size)
     throw invalid(
-        fmt::format("{} names shared-memory region '{}' without shared_memory_byte_size", where, clip_key(ref.region)));
+        fmt::format("{} names shared-memory region '{}' without shared_memory_byte_size", where, clip(ref.region)));
   if (*size < 0 || offset < 0)
     throw invalid(
         fmt::format("shared_memory_byte_size {} and shared_memory_offset {} of {} must be >= 0", *size, offset, where));

@@ -12,11 +12,6 @@ namespace toptag {
 
 namespace {
 
-// A client's string as echoed in an error message: at most 64 characters.
-std::string clip(const std::string& text) {
-  return text.size() <= 64 ? text : text.substr(0, 64) + "...";
-}
-
 // "[1,1,40,40]", at most 8 dimensions shown.
 std::string shape_text(const std::vector<int64_t>& shape) {
   if (shape.size() <= 8) return fmt::format("[{}]", fmt::join(shape, ","));
@@ -317,7 +312,6 @@ std::vector<OutputTensor> InferenceService::infer(const InferRequest& request,
   const std::string& model = request.model;
   check_model(model, request.version);
   if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
-  auto invalid = [](const std::string& m) { return RequestError(RequestError::Kind::invalid, m); };
 
   static constexpr std::string_view kRequestParameters[] = {"timeout", "priority"};
   refuse_unknown_parameters(request.parameters, kRequestParameters, "the request");

@@ -13,29 +13,11 @@
 #include "nn/check.h"
 #include "serve/engine.h"
 #include "serve/parameters.h"
+#include "serve/request_error.h"
 #include "serve/shared_memory.h"
 #include "triton/model_config.h"
 
 namespace toptag {
-
-// A request the server refuses or cannot answer: the front ends map the kind to a gRPC status and an
-// HTTP code:
-//   invalid      400 INVALID_ARGUMENT     the request itself is wrong
-//   not_found    404 NOT_FOUND            unknown model or version
-//   unavailable  503 UNAVAILABLE          shutting down
-//   exhausted    503 RESOURCE_EXHAUSTED   the queue is full (--max-queue): retry later
-//   cancelled    499 CANCELLED            the client left, or its deadline passed, before the answer
-//   timeout      504 DEADLINE_EXCEEDED    the request's own "timeout" parameter passed first
-//   internal     500 INTERNAL             the model itself failed (NaN/inf outputs)
-class RequestError : public Error {
- public:
-  enum class Kind { invalid, not_found, unavailable, exhausted, cancelled, timeout, internal };
-  RequestError(Kind kind, const std::string& message) : Error(message), kind_(kind) {}
-  Kind kind() const { return kind_; }
-
- private:
-  Kind kind_;
-};
 
 struct TensorMetadata {
   std::string name, datatype;

@@ -9,21 +9,9 @@
 #include <cerrno>
 #include <cstring>
 
-#include "serve/service.h"
+#include "serve/request_error.h"
 
 namespace toptag {
-
-namespace {
-
-RequestError invalid(const std::string& message) {
-  return RequestError(RequestError::Kind::invalid, message);
-}
-
-std::string clip(const std::string& text) {
-  return text.size() <= 64 ? text : text.substr(0, 64) + "...";
-}
-
-}  // namespace
 
 // One mapped window of a shared-memory object; unmapped when the last user lets go of it, so a
 // region unregistered during a request stays valid until that request is done with it.
