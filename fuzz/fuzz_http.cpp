@@ -187,5 +187,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     send_through_listener(data, size);
   else
     answer_directly(data, size);
+  // Each input starts from the same regions: only the fuzz object's own.
+  SharedMemoryRegistry& registry = fuzz::tiny_service().shared_memory();
+  for (const SharedMemoryRegionStatus& r : registry.status(""))
+    if (r.name != fuzz::kSharedMemoryRegion) registry.unregister(r.name);
   return 0;
 }

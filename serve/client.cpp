@@ -51,16 +51,23 @@ class ClientSharedMemory {
     static std::atomic<int> counter{0};
     const std::string base = fmt::format("toptag_{}_{}", getpid(), counter++);
     make(input, base + "_in", input_bytes);
-    make(output, base + "_out", output_bytes);
+    try {
+      make(output, base + "_out", output_bytes);
+    } catch (...) {
+      release();
+      throw;
+    }
   }
-  ~ClientSharedMemory() {
+  ~ClientSharedMemory() { release(); }
+
+ private:
+  void release() {
     for (Object* o : {&input, &output}) {
       if (o->data) munmap(o->data, o->bytes);
       if (!o->key.empty()) shm_unlink(o->key.c_str());
+      *o = {};
     }
   }
-
- private:
   static void make(Object& o, const std::string& name, size_t bytes) {
     o.name = name;
     o.key = "/" + name;
@@ -112,12 +119,13 @@ struct SharedMemoryLayout {
 SharedMemoryLayout layout(const ClientSharedMemory& shm, const std::vector<int64_t>& shape, size_t values) {
   const int64_t n = shape.empty() ? 0 : shape[0];
   SharedMemoryLayout l{values * 4, static_cast<size_t>(n) * 2 * 4, 0, 0};
-  if (l.input_bytes > shm.input.bytes || l.probabilities_bytes >= shm.output.bytes)
-    throw ClientError(fmt::format("a request of {} bytes does not fit the client's {}-byte shared memory",
-                                  l.input_bytes, shm.input.bytes),
+  if (l.input_bytes > shm.input.bytes || l.probabilities_bytes > shm.output.bytes)
+    throw ClientError(fmt::format("a request of {} input and {} output bytes does not fit the client's shared "
+                                  "memory ({} and {} bytes)",
+                                  l.input_bytes, l.probabilities_bytes, shm.input.bytes, shm.output.bytes),
                       false);
   l.features_offset = l.probabilities_bytes;
-  l.features_bytes = shm.output.bytes - l.features_offset;
+  l.features_bytes = shm.output.bytes - l.features_offset;  // may be 0: then no features fit
   return l;
 }
 

@@ -3,6 +3,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "inference.grpc.pb.h"
@@ -145,7 +147,7 @@ namespace {
 
 class Service final : public inference::GRPCInferenceService::Service {
  public:
-  explicit Service(InferenceService& s) : s_(s) {}
+  Service(InferenceService& s, int max_streams) : s_(s), max_streams_(max_streams) {}
 
   grpc::Status ServerLive(grpc::ServerContext*, const inference::ServerLiveRequest*,
                           inference::ServerLiveResponse* r) override {
@@ -233,12 +235,24 @@ class Service final : public inference::GRPCInferenceService::Service {
   grpc::Status ModelStreamInfer(
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<inference::ModelStreamInferResponse, inference::ModelInferRequest>* stream) override {
+    // A stream holds one of the sync server's threads while it is open: at most half of them, so
+    // that open streams never starve the other calls (health, ModelInfer).
+    if (open_streams_.fetch_add(1) >= max_streams_) {
+      --open_streams_;
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+              fmt::format("{} streams are open, the most this server holds at once; retry later", max_streams_)};
+    }
+    struct Close {
+      std::atomic<int>& n;
+      ~Close() { --n; }
+    } close{open_streams_};
     inference::ModelInferRequest q;
     while (stream->Read(&q)) {
       inference::ModelStreamInferResponse r;
       const grpc::Status status = answer(q, *r.mutable_infer_response(), context);
-      if (!status.ok()) {
+      if (!status.ok()) {  // the error, and the request's id so that the client knows which one failed
         r.clear_infer_response();
+        r.mutable_infer_response()->set_id(q.id());
         r.set_error_message(status.error_message());
       }
       if (!stream->Write(r)) break;  // the client is gone
@@ -266,6 +280,8 @@ class Service final : public inference::GRPCInferenceService::Service {
   }
 
   InferenceService& s_;
+  const int max_streams_;
+  std::atomic<int> open_streams_{0};
 };
 
 }  // namespace
@@ -278,7 +294,7 @@ struct GrpcFrontEnd::Impl {
 GrpcFrontEnd::GrpcFrontEnd(InferenceService& service, const std::string& host, int port, int64_t max_message_bytes,
                            int max_threads)
     : impl_(std::make_unique<Impl>()) {
-  impl_->service = std::make_unique<Service>(service);
+  impl_->service = std::make_unique<Service>(service, std::max(1, max_threads / 2));
   grpc::ServerBuilder builder;
   builder.AddListeningPort(fmt::format("{}:{}", host, port), grpc::InsecureServerCredentials(), &port_);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a port in use is an error, not shared

@@ -313,14 +313,20 @@ std::vector<OutputTensor> InferenceService::infer(const InferRequest& request,
   check_model(model, request.version);
   if (!ready()) throw RequestError(RequestError::Kind::unavailable, "the server is shutting down");
 
-  static constexpr std::string_view kRequestParameters[] = {"timeout", "priority"};
+  // triton_enable_empty_final_response asks a decoupled model for an empty last response; toptag's
+  // model is not decoupled, so it changes nothing (Triton ignores it there too).
+  static constexpr std::string_view kRequestParameters[] = {"timeout", "priority",
+                                                            "triton_enable_empty_final_response"};
   refuse_unknown_parameters(request.parameters, kRequestParameters, "the request");
   if (integer_parameter(request.parameters, "priority", "the request").value_or(0) != 0)
     throw invalid("parameter 'priority' of the request must be 0: toptag serve's queue has one priority level");
   const int64_t timeout_us = integer_parameter(request.parameters, "timeout", "the request").value_or(0);
   if (timeout_us < 0)
     throw invalid(fmt::format("parameter 'timeout' of the request is {} us; must be >= 0", timeout_us));
-  const auto deadline = timeout_us > 0 ? start + std::chrono::microseconds(timeout_us) : Clock::time_point::max();
+  // Beyond a year the timeout is no deadline (and start + timeout cannot overflow).
+  constexpr int64_t kYearUs = int64_t{365} * 24 * 3600 * 1000000;
+  const auto deadline =
+      timeout_us > 0 && timeout_us < kYearUs ? start + std::chrono::microseconds(timeout_us) : Clock::time_point::max();
   const std::function<bool()> cancelled = [&] {
     return (client_cancelled && client_cancelled()) || Clock::now() > deadline;
   };
@@ -433,6 +439,9 @@ std::vector<OutputTensor> InferenceService::infer(const InferRequest& request,
       out.push_back({name, name == kFeaturesTensor ? r.features : r.probabilities, {}, 0});
     const std::string where = fmt::format("output '{}'", name);
     if (const std::optional<SharedMemoryRef> ref = shared_memory_ref(outputs[i].parameters, where)) {
+      // A client that has given up may already have sent its next request through the same region.
+      if (client_cancelled && client_cancelled())
+        throw RequestError(RequestError::Kind::cancelled, "the client cancelled the request or its deadline passed");
       std::string bytes;
       out.back().append_raw(bytes);
       if (bytes.size() > ref->byte_size)

@@ -83,6 +83,8 @@ $TOPTAG perf --server "$HTTP" --concurrency 1,4 --duration 300ms --warmup 100ms 
 grep -q "^server,4,0,1," perf.csv || fail "perf.csv lacks the concurrency-4 row: $(cat perf.csv)"
 # The same machine: jets and scores through system shared memory, over both protocols, agree with the
 # local scores; perf measures that path beside the normal one; the regions are gone afterwards.
+client_objects() { ls /dev/shm | grep '^toptag_[0-9]*_[0-9]*_\(in\|out\)$' || true; }
+objects_before=$(client_objects)
 for url in "$GRPC" "$HTTP"; do
   $TOPTAG predict --server "$url" --shared-memory system -i test.h5 -o served_shm.h5 --concurrency 4 >shm.log 2>&1 \
     || fail "predict --shared-memory system over $url: $(tail -3 shm.log)"
@@ -96,7 +98,7 @@ grep -q "^server,2,0,1," perf_shm.csv && grep -q "^shm,2,0,1," perf_shm.csv || f
 regions=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
   "$HTTP/v2/systemsharedmemory/status")
 [ "$regions" = "[]" ] || fail "regions left registered: $regions"
-if ls /dev/shm | grep -q '^toptag_[0-9]*_[0-9]*_\(in\|out\)$'; then fail "shared-memory objects left in /dev/shm"; fi
+[ "$(client_objects)" = "$objects_before" ] || fail "shared-memory objects left in /dev/shm: $(client_objects)"
 curl_metrics=$(exec 3<>/dev/tcp/127.0.0.1/$(port metrics); printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3)
 echo "$curl_metrics" | grep -q '^nv_inference_exec_count{model="toptag",version="1"} [1-9]' || fail "metrics did not move"
 if $TOPTAG predict --server "$GRPC" --model other -i test.h5 -o x.h5 2>err.txt; then fail "unknown model accepted"; fi
