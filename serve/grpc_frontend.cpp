@@ -54,10 +54,6 @@ void fill_metadata(const TensorMetadata& t, inference::ModelMetadataResponse::Te
   for (int64_t d : t.shape) out->add_shape(d);
 }
 
-}  // namespace
-
-namespace {
-
 // A request's, input's or output's parameters, as the service reads them.
 Parameters parameters(const google::protobuf::Map<std::string, inference::InferParameter>& map,
                       const std::string& where) {
@@ -72,7 +68,7 @@ Parameters parameters(const google::protobuf::Map<std::string, inference::InferP
         break;
       case inference::InferParameter::kUint64Param:
         if (p.uint64_param() > static_cast<uint64_t>(INT64_MAX))
-          throw invalid(fmt::format("parameter '{}' of {} is too large", key.substr(0, 64), where));
+          throw invalid(fmt::format("parameter '{}' of {} is too large", clip(key), where));
         out[key] = static_cast<int64_t>(p.uint64_param());
         break;
       case inference::InferParameter::kDoubleParam:
@@ -82,7 +78,7 @@ Parameters parameters(const google::protobuf::Map<std::string, inference::InferP
         out[key] = p.string_param();
         break;
       case inference::InferParameter::PARAMETER_CHOICE_NOT_SET:
-        throw invalid(fmt::format("parameter '{}' of {} has no value", key.substr(0, 64), where));
+        throw invalid(fmt::format("parameter '{}' of {} has no value", clip(key), where));
     }
   }
   return out;
@@ -103,7 +99,7 @@ void answer_grpc_infer(InferenceService& s, const inference::ModelInferRequest& 
        in.datatype(),
        {in.shape().begin(), in.shape().end()},
        {},
-       parameters(in.parameters(), fmt::format("input '{}'", in.name().substr(0, 64)))};
+       parameters(in.parameters(), fmt::format("input '{}'", clip(in.name())))};
   std::vector<float> aligned;
   if (q.raw_input_contents_size() > 1)
     throw invalid(fmt::format("{} raw_input_contents for one input", q.raw_input_contents_size()));
@@ -121,8 +117,7 @@ void answer_grpc_infer(InferenceService& s, const inference::ModelInferRequest& 
     t.values = {in.contents().fp32_contents().data(), static_cast<size_t>(in.contents().fp32_contents_size())};
   }
   for (const auto& o : q.outputs())
-    request.outputs.push_back(
-        {o.name(), parameters(o.parameters(), fmt::format("output '{}'", o.name().substr(0, 64)))});
+    request.outputs.push_back({o.name(), parameters(o.parameters(), fmt::format("output '{}'", clip(o.name())))});
   const std::vector<OutputTensor> outputs = s.infer(request, cancelled);
   r.set_model_name(s.model_name());
   r.set_model_version(kModelVersion);

@@ -82,7 +82,7 @@ Parameters parameters_of(const json& j, const std::string& where) {
     if (v.is_boolean())
       out[key] = v.get<bool>();
     else if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX})
-      throw invalid(fmt::format("parameter '{}' of {} is too large", key.substr(0, 64), where));
+      throw invalid(fmt::format("parameter '{}' of {} is too large", clip(key), where));
     else if (v.is_number_integer())
       out[key] = v.get<int64_t>();
     else if (v.is_number_float())
@@ -90,8 +90,7 @@ Parameters parameters_of(const json& j, const std::string& where) {
     else if (v.is_string())
       out[key] = v.get<std::string>();
     else
-      throw invalid(
-          fmt::format("parameter '{}' of {} must be a boolean, a number or a string", key.substr(0, 64), where));
+      throw invalid(fmt::format("parameter '{}' of {} must be a boolean, a number or a string", clip(key), where));
   }
   return out;
 }
@@ -128,7 +127,7 @@ InputTensor read_input(const json& in, const std::string& body, size_t json_size
   t.datatype = in["datatype"].get<std::string>();
   for (const json& d : in["shape"])
     t.shape.push_back(static_cast<int64_t>(count_value(d, "a shape dimension", 1 << 30)));
-  const std::string where = fmt::format("input '{}'", t.name.substr(0, 64));
+  const std::string where = fmt::format("input '{}'", clip(t.name));
   t.parameters = parameters_of(in, where);
   if (t.parameters.contains("binary_data_size")) {
     const int64_t bytes = *integer_parameter(t.parameters, "binary_data_size", where);
@@ -190,7 +189,7 @@ HttpReply infer(InferenceService& service, const std::string& model, const std::
       if (!o.is_object() || !o.contains("name") || !o["name"].is_string())
         throw invalid("each requested output needs a \"name\"");
       const std::string name = o["name"].get<std::string>();
-      const std::string where = fmt::format("output '{}'", name.substr(0, 64));
+      const std::string where = fmt::format("output '{}'", clip(name));
       OutputRequest out{name, parameters_of(o, where)};
       binary.push_back(take_flag(out.parameters, "binary_data", where).value_or(binary_default));
       request.outputs.push_back(std::move(out));

@@ -294,6 +294,32 @@ std::vector<std::string> classify(const Tensor& probabilities, int64_t k) {
   return out;
 }
 
+// An output as the request asks for it, its parameters read and checked once.
+struct OutputPlan {
+  std::string name, where;                // where: "output 'NAME'", for messages
+  int64_t classification = 0;             // the classification extension's k; 0: the tensor itself
+  std::optional<SharedMemoryRef> region;  // written there instead of sent
+};
+
+OutputPlan plan_output(const OutputRequest& o, const SharedMemoryRegistry& shared_memory) {
+  OutputPlan plan{o.name, fmt::format("output '{}'", o.name), 0, std::nullopt};
+  static constexpr std::string_view kOutputParameters[] = {"classification", "shared_memory_region",
+                                                           "shared_memory_byte_size", "shared_memory_offset"};
+  refuse_unknown_parameters(o.parameters, kOutputParameters, plan.where);
+  plan.region = shared_memory_ref(o.parameters, plan.where);
+  if (plan.region)  // refused now, not after computing
+    shared_memory.check(plan.region->region, plan.region->offset, plan.region->byte_size, plan.where);
+  const int64_t k = integer_parameter(o.parameters, "classification", plan.where).value_or(0);
+  constexpr int64_t kClasses = std::size(kClassLabels);
+  if (k != 0 && o.name != kProbabilitiesTensor)
+    throw invalid(fmt::format("parameter 'classification' applies to output 'probabilities', not '{}'", o.name));
+  if (k < 0 || k > kClasses)
+    throw invalid(fmt::format("parameter 'classification' of {} is {}; the model has {} classes ({}), so 1..{}",
+                              plan.where, k, kClasses, fmt::join(kClassLabels, ", "), kClasses));
+  plan.classification = k;
+  return plan;
+}
+
 }  // namespace
 
 std::vector<OutputTensor> InferenceService::infer(const std::string& model, const std::string& version,
@@ -337,30 +363,19 @@ std::vector<OutputTensor> InferenceService::infer(const InferRequest& request,
     throw invalid(fmt::format("{} is in shared-memory region '{}' and in the request too: send it once", input_where,
                               clip(input_region->region)));
 
-  std::vector<OutputRequest> outputs = request.outputs;
-  if (outputs.empty()) outputs.push_back({kProbabilitiesTensor, {}});
+  std::vector<OutputPlan> outputs;
   bool want_features = false, want_probabilities = false;
-  std::vector<int64_t> classification;  // per output: k, or 0
-  for (const OutputRequest& o : outputs) {
+  for (const OutputRequest& o : request.outputs) {
     bool& wanted = o.name == kFeaturesTensor ? want_features : want_probabilities;
     if (o.name != kFeaturesTensor && o.name != kProbabilitiesTensor)
       throw invalid(fmt::format("unknown output '{}' (probabilities, features)", clip(o.name)));
     if (wanted) throw invalid(fmt::format("output '{}' is requested twice", o.name));  // each copy would cost memory
     wanted = true;
-    const std::string where = fmt::format("output '{}'", o.name);
-    static constexpr std::string_view kOutputParameters[] = {"classification", "shared_memory_region",
-                                                             "shared_memory_byte_size", "shared_memory_offset"};
-    refuse_unknown_parameters(o.parameters, kOutputParameters, where);
-    if (const std::optional<SharedMemoryRef> ref = shared_memory_ref(o.parameters, where))
-      shared_memory_.check(ref->region, ref->offset, ref->byte_size, where);  // refused now, not after computing
-    const int64_t k = integer_parameter(o.parameters, "classification", where).value_or(0);
-    constexpr int64_t kClasses = std::size(kClassLabels);
-    if (k != 0 && o.name != kProbabilitiesTensor)
-      throw invalid(fmt::format("parameter 'classification' applies to output 'probabilities', not '{}'", o.name));
-    if (k < 0 || k > kClasses)
-      throw invalid(fmt::format("parameter 'classification' of {} is {}; the model has {} classes ({}), so 1..{}",
-                                where, k, kClasses, fmt::join(kClassLabels, ", "), kClasses));
-    classification.push_back(k);
+    outputs.push_back(plan_output(o, shared_memory_));
+  }
+  if (outputs.empty()) {
+    outputs.push_back({kProbabilitiesTensor, "output 'probabilities'", 0, std::nullopt});
+    want_probabilities = true;
   }
   if (in.datatype != "FP32")
     throw invalid(fmt::format("input '{}' has datatype '{}'; expected FP32", clip(in.name), clip(in.datatype)));
@@ -431,28 +446,26 @@ std::vector<OutputTensor> InferenceService::infer(const InferRequest& request,
                                    model_name_, bad_features >= 0 ? "features" : "probabilities",
                                    bad_features >= 0 ? bad_features : bad_scores));
   std::vector<OutputTensor> out;
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    const std::string& name = outputs[i].name;
-    if (classification[i] > 0)
-      out.push_back({name, {}, classify(r.probabilities, classification[i]), classification[i]});
+  for (const OutputPlan& o : outputs) {
+    if (o.classification > 0)
+      out.push_back({o.name, {}, classify(r.probabilities, o.classification), o.classification});
     else
-      out.push_back({name, name == kFeaturesTensor ? r.features : r.probabilities, {}, 0});
-    const std::string where = fmt::format("output '{}'", name);
-    if (const std::optional<SharedMemoryRef> ref = shared_memory_ref(outputs[i].parameters, where)) {
+      out.push_back({o.name, o.name == kFeaturesTensor ? r.features : r.probabilities, {}, 0});
+    if (const std::optional<SharedMemoryRef>& ref = o.region) {
       // A client that has given up may already have sent its next request through the same region.
       if (client_cancelled && client_cancelled())
         throw RequestError(RequestError::Kind::cancelled, "the client cancelled the request or its deadline passed");
       std::string bytes;
       out.back().append_raw(bytes);
       if (bytes.size() > ref->byte_size)
-        throw invalid(fmt::format("{} is {} bytes, more than its shared_memory_byte_size {}", where, bytes.size(),
+        throw invalid(fmt::format("{} is {} bytes, more than its shared_memory_byte_size {}", o.where, bytes.size(),
                                   ref->byte_size));
-      shared_memory_.write(ref->region, ref->offset, bytes.data(), bytes.size(), where);
+      shared_memory_.write(ref->region, ref->offset, bytes.data(), bytes.size(), o.where);
       out.back().shared_memory_region = ref->region;
       out.back().shared_memory_byte_size = bytes.size();
     }
   }
-  metrics_.count_success(n, r, std::chrono::steady_clock::now() - start);
+  metrics_.count_success(n, r, Clock::now() - start);
   return out;
 }
 
