@@ -109,7 +109,7 @@ void BM_BfpQuantize(benchmark::State& state) {
   Tensor x = random_tensor({pixels, C}, rng);
   for (float& v : x.span()) v = std::abs(v);
   for (auto _ : state) {
-    BfpActivations a = quantize_bfp_activations(x.data(), pixels, C, BlockFormat{2, 128, -15, 15});
+    BfpActivations a = quantize_bfp_activations(x.data(), pixels, C, BlockFormat{2, 128, -15, 15}, active_isa());
     benchmark::DoNotOptimize(a.storage.data());
   }
   state.counters["values/s"] =

@@ -448,9 +448,9 @@ std::vector<OutputTensor> InferenceService::infer(const InferRequest& request,
   std::vector<OutputTensor> out;
   for (const OutputPlan& o : outputs) {
     if (o.classification > 0)
-      out.push_back({o.name, {}, classify(r.probabilities, o.classification), o.classification});
+      out.push_back({o.name, {}, classify(r.probabilities, o.classification), o.classification, {}, 0});
     else
-      out.push_back({o.name, o.name == kFeaturesTensor ? r.features : r.probabilities, {}, 0});
+      out.push_back({o.name, o.name == kFeaturesTensor ? r.features : r.probabilities, {}, 0, {}, 0});
     if (const std::optional<SharedMemoryRef>& ref = o.region) {
       // A client that has given up may already have sent its next request through the same region.
       if (client_cancelled && client_cancelled())

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "nn/kernels/bfp.h"
+#include "nn/kernels/tile_driver.h"
 #include "quantize/format.h"
 #include "testing.h"
 
@@ -42,31 +43,56 @@ Tensor activations(const Shape& shape, Rng& rng, double zeros = 0.3, double deca
   return x;
 }
 
+// Every instruction set's quantizer loops (32 values at a time on AVX2 and AVX-512, then the rest)
+// give the emulation's bytes: channel counts below, at and past the vector loop's 32, and blocks of
+// 8 to 128.
 TEST(BfpActivations, ExactlyTheEmulationsMantissasAndSteps) {
   Rng rng(3);
-  for (const char* spec : {"ms-fp8", "ms-fp9", "msfp12", "msfp16", "mxint8", "bfp<4,3,8>"}) {
-    SCOPED_TRACE(spec);
-    const Format f = Format::parse(spec);
-    for (int64_t C : {1, 3, 4, 17, 64, 130, 300}) {
-      SCOPED_TRACE(C);
-      Tensor x = activations({5, C}, rng, 0.3, 8);  // 8 decades: exponents clamp at both ends of E=4 and 5
-      x.data()[0] = std::numeric_limits<float>::infinity();
-      for (int64_t c = 0; c < C; ++c) x.data()[C + c] = 0.0f;  // an all-zero pixel
-      const BfpActivations a = quantize_bfp_activations(x.data(), 5, C, block_format(f));
-      const Tensor expected = emulated(f, x), got = decoded(a, x.shape(), f.block);
-      for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(got.data()[i], expected.data()[i]) << "element " << i;
+  for (Isa isa : testing::isas_here())
+    for (const char* spec : {"ms-fp8", "ms-fp9", "msfp12", "msfp16", "mxint8", "bfp<4,3,8>"}) {
+      SCOPED_TRACE(fmt::format("{} {}", isa_name(isa), spec));
+      const Format f = Format::parse(spec);
+      for (int64_t C : {1, 3, 4, 17, 31, 32, 33, 64, 130, 300}) {
+        SCOPED_TRACE(C);
+        Tensor x = activations({5, C}, rng, 0.3, 8);  // 8 decades: exponents clamp at both ends of E=4 and 5
+        x.data()[0] = std::numeric_limits<float>::infinity();
+        for (int64_t c = 0; c < C; ++c) x.data()[C + c] = 0.0f;  // an all-zero pixel
+        // Values exactly halfway between two mantissas, which round to even.
+        for (int64_t c = 0; c < C; c += 3) x.data()[2 * C + c] = 0.5f * static_cast<float>(c % 7);
+        // Subnormal floats only: the block's exponent comes from frexp, not from the float's bits.
+        for (int64_t c = 0; c < C; ++c) x.data()[3 * C + c] = 1e-39f * static_cast<float>(c % 5);
+        const BfpActivations a = quantize_bfp_activations(x.data(), 5, C, block_format(f), isa);
+        const Tensor expected = emulated(f, x), got = decoded(a, x.shape(), f.block);
+        for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(got.data()[i], expected.data()[i]) << "element " << i;
+      }
     }
-  }
 }
 
+// A NaN anywhere in a block, in the vector loop or in the rest, gives the block a NaN step; a
+// negative value anywhere is refused.
 TEST(BfpActivations, NanPoisonsItsBlockAndNegativeInputsAreRefused) {
-  const BlockFormat f{2, 4, -15, 15};
-  std::vector<float> x = {1, 2, NAN, 3, 1, 1, 1, 1};
-  const BfpActivations a = quantize_bfp_activations(x.data(), 1, 8, f);
-  EXPECT_TRUE(std::isnan(a.steps(0)[0]));
-  EXPECT_EQ(a.steps(0)[1], 0.5f);  // max 1: e = 0, step 2^(0 + 1 - 2)
-  x[5] = -1;
-  EXPECT_THROW(quantize_bfp_activations(x.data(), 1, 8, f), Error);
+  for (Isa isa : testing::isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    const BlockFormat small{2, 4, -15, 15};
+    std::vector<float> x = {1, 2, NAN, 3, 1, 1, 1, 1};
+    const BfpActivations a = quantize_bfp_activations(x.data(), 1, 8, small, isa);
+    EXPECT_TRUE(std::isnan(a.steps(0)[0]));
+    EXPECT_EQ(a.steps(0)[1], 0.5f);  // max 1: e = 0, step 2^(0 + 1 - 2)
+    x[5] = -1;
+    EXPECT_THROW(quantize_bfp_activations(x.data(), 1, 8, small, isa), Error);
+
+    const BlockFormat wide{2, 128, -15, 15};
+    for (int64_t at : {0, 31, 32, 127, 129}) {
+      SCOPED_TRACE(at);
+      std::vector<float> y(130, 1.0f);
+      y[at] = NAN;
+      const BfpActivations b = quantize_bfp_activations(y.data(), 1, 130, wide, isa);
+      EXPECT_EQ(std::isnan(b.steps(0)[0]), at < 128);
+      EXPECT_EQ(std::isnan(b.steps(0)[1]), at >= 128);
+      y[at] = -1e-30f;
+      EXPECT_THROW(quantize_bfp_activations(y.data(), 1, 130, wide, isa), Error);
+    }
+  }
 }
 
 // int8: the records hold exactly the emulation's bytes (decoded, the emulation's values), and a
@@ -186,10 +212,9 @@ std::vector<KernelSet> kernel_sets() {
   return sets;
 }
 
-class BfpConvVsEmulation : public ::testing::TestWithParam<BfpCase> {};
-
-TEST_P(BfpConvVsEmulation, EveryKernelSetEveryOutputStage) {
-  const BfpCase c = GetParam();
+// A convolution on every kernel set against a float32 conv of the emulation's operands, with and
+// without a residual.
+void expect_emulation(const BfpCase& c) {
   const Format f = Format::parse(c.format);
   Rng rng(11);
   const Tensor x = activations({c.n, c.h, c.w, c.c}, rng);
@@ -212,6 +237,19 @@ TEST_P(BfpConvVsEmulation, EveryKernelSetEveryOutputStage) {
     testing::expect_close(conv_nhwc_bfp(cv, x, &residual, true), with_residual, "conv + bias + residual, ReLU", 1e-4,
                           1e-5);
   }
+}
+
+class BfpConvVsEmulation : public ::testing::TestWithParam<BfpCase> {};
+
+TEST_P(BfpConvVsEmulation, EveryKernelSetEveryOutputStage) {
+  expect_emulation(GetParam());
+}
+
+// Many rows and small weights: conv_nhwc_bfp runs every panel of a tile's rows in turn (rows_outer),
+// with a last panel only partly filled.
+TEST(BfpConv, SmallWeightsOverManyRows) {
+  const int64_t batch = 4 * kChunkRows * num_threads() / 100 + 1;  // 10x10 maps: 100 rows each
+  expect_emulation(BfpCase{"ms-fp8", batch, 64, 10, 10, 72, 1, 1, 0});
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -1,6 +1,7 @@
 #include "nn/kernels/bfp.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -32,16 +33,22 @@ int64_t largest_mantissa(const BlockFormat& f) {
 struct BlockStep {
   double step, inverse;
 };
+// 2^k as a double, |k| < 1023 (the exponents here stay within +-140).
+double power_of_two(int k) {
+  return std::bit_cast<double>(static_cast<uint64_t>(k + 1023) << 52);
+}
+
 BlockStep block_step(float max, const BlockFormat& f) {
   int e = f.exponent_min;
   if (std::isinf(max)) {
     e = f.exponent_max;
   } else if (max > 0) {
-    int exp2 = 0;
-    std::frexp(max, &exp2);  // max = frac * 2^exp2, frac in [0.5, 1)
-    e = std::clamp(exp2 - 1, f.exponent_min, f.exponent_max);
+    // floor(log2 max) is the biased exponent field less 127 for a normal float. A subnormal's field
+    // gives -127, above its true log2 but still at most the smallest exponent (E <= 8), as both are.
+    const int log2 = static_cast<int>(std::bit_cast<uint32_t>(max) >> 23 & 0xff) - 127;
+    e = std::clamp(log2, f.exponent_min, f.exponent_max);
   }
-  return {std::ldexp(1.0, e + 1 - f.mantissa_bits), std::ldexp(1.0, f.mantissa_bits - 1 - e)};
+  return {power_of_two(e + 1 - f.mantissa_bits), power_of_two(f.mantissa_bits - 1 - e)};
 }
 
 }  // namespace
@@ -53,35 +60,11 @@ bool bfp_kernels_apply(const BlockFormat& weights, const BlockFormat& inputs) {
 
 namespace {
 
-// The largest value of a block; a NaN is skipped (its block's step is NaN anyway).
-float block_max(const float* in, int64_t n) {
-  float max = 0;
-  int64_t c = 0;
-#ifdef __SSE2__
-  // MAXPS(x, m) gives its second operand when either is NaN: NaNs are skipped.
-  __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps();
-  for (; c + 8 <= n; c += 8) {
-    m0 = _mm_max_ps(_mm_loadu_ps(in + c), m0);
-    m1 = _mm_max_ps(_mm_loadu_ps(in + c + 4), m1);
-  }
-  alignas(16) float lanes[4];
-  _mm_store_ps(lanes, _mm_max_ps(m0, m1));
-  for (float v : lanes) max = std::max(max, v);
-#endif
-  for (; c < n; ++c) max = std::max(max, in[c]);
-  return max;
-}
-
-// The mantissa of one value: round_half_even(min(x * inverse, top)).
-uint8_t mantissa(float x, float inverse, float top) {
-  const float y = x * inverse;
-  return static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(y < top ? y : top)));  // NaN: top
-}
-
-// One block of n channels: its step, and its mantissas as bytes. Flags NaN (the step is then NaN)
-// and negative values (impossible after a ReLU).
-void quantize_block(const float* in, int64_t n, const BlockFormat& f, float* step, uint8_t* m, bool& negative) {
-  const BlockStep s = block_step(block_max(in, n), f);
+// One block of n channels: its step, and its mantissas as bytes (the kernel set's vector loops).
+// Flags NaN (the step is then NaN) and negative values (impossible after a ReLU).
+void quantize_block(const KernelSet& ks, const float* in, int64_t n, const BlockFormat& f, float* step, uint8_t* m,
+                    bool& negative) {
+  const BlockStep s = block_step(ks.bfp_block_max(in, n), f);
   const float top = static_cast<float>(largest_mantissa(f));
   bool nan = false;
   if (s.inverse < std::numeric_limits<float>::min() || s.inverse > std::numeric_limits<float>::max()) {
@@ -95,31 +78,9 @@ void quantize_block(const float* in, int64_t n, const BlockFormat& f, float* ste
     }
   } else {
     // x * 2^k is exact in float here, and its rounding is the emulation's (done there in double).
-    const float inverse = static_cast<float>(s.inverse);
-    int64_t c = 0;
-#ifdef __SSE2__
-    // 8 values at a time: CVTPS2DQ rounds half to even (the default rounding mode), and two packs
-    // turn the int32s into bytes (values in [0, top <= 127]: no saturation).
-    const __m128 inv = _mm_set1_ps(inverse), upper = _mm_set1_ps(top), zero = _mm_setzero_ps();
-    __m128 nans = zero, negatives = zero;
-    for (; c + 8 <= n; c += 8) {
-      const __m128 x0 = _mm_loadu_ps(in + c), x1 = _mm_loadu_ps(in + c + 4);
-      nans = _mm_or_ps(nans, _mm_or_ps(_mm_cmpunord_ps(x0, x0), _mm_cmpunord_ps(x1, x1)));
-      negatives = _mm_or_ps(negatives, _mm_or_ps(_mm_cmplt_ps(x0, zero), _mm_cmplt_ps(x1, zero)));
-      // MINPS gives its second operand for a NaN: the top (the step is NaN anyway).
-      const __m128i i0 = _mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_mul_ps(x0, inv), upper), zero));
-      const __m128i i1 = _mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_mul_ps(x1, inv), upper), zero));
-      const __m128i words = _mm_packs_epi32(i0, i1);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(m + c), _mm_packus_epi16(words, words));
-    }
-    nan = _mm_movemask_ps(nans) != 0;
-    negative = negative || _mm_movemask_ps(negatives) != 0;
-#endif
-    for (; c < n; ++c) {
-      nan = nan || in[c] != in[c];
-      negative = negative || in[c] < 0;
-      m[c] = mantissa(in[c], inverse, top);
-    }
+    const int seen = ks.bfp_block_bytes(in, n, static_cast<float>(s.inverse), top, m);
+    nan = (seen & kBlockSawNan) != 0;
+    negative = negative || (seen & kBlockSawNegative) != 0;
   }
   *step = nan ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(s.step);
 }
@@ -131,13 +92,15 @@ BfpActivations empty_records(int64_t pixels, int64_t channels, int64_t blocks) {
   a.channels = channels;
   a.groups = (channels + kGroup - 1) / kGroup;
   a.blocks = blocks;
-  a.storage.resize(static_cast<size_t>(pixels * a.record_floats()));
+  a.storage = Tensor::empty({pixels * a.record_floats()});
   return a;
 }
 
 }  // namespace
 
-BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f) {
+BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f,
+                                        Isa isa) {
+  const KernelSet& ks = kernels(isa);
   BfpActivations a = empty_records(pixels, channels, (channels + f.block - 1) / f.block);
   const int64_t padding = a.groups * kGroup - channels;
   bool negative = false;
@@ -148,7 +111,7 @@ BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t 
     uint8_t* m = reinterpret_cast<uint8_t*>(steps + a.blocks);
     for (int64_t b = 0; b < a.blocks; ++b) {
       const int64_t c0 = b * f.block, n = std::min<int64_t>(channels - c0, f.block);
-      quantize_block(in + c0, n, f, steps + b, m + c0, negative);
+      quantize_block(ks, in + c0, n, f, steps + b, m + c0, negative);
     }
     for (int64_t c = 0; c < padding; ++c) m[channels + c] = 0;
   }
@@ -331,6 +294,21 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
   return cv;
 }
 
+namespace {
+
+constexpr int64_t kPrefetchTiles = 2;   // how far ahead conv_nhwc_bfp asks for output and residual rows
+constexpr int64_t kFloatsPerLine = 16;  // a 64-byte cache line
+// A layer's weights this small stay in L1 while a tile's rows pass over all its panels.
+constexpr int64_t kRowsOuterMaxWeightBytes = 32 << 10;
+
+bool rows_outer(const PackedBfpConv& cv, const OutputGrid& g) {
+  // Enough chunks of rows for every thread to get several, since the panels are no longer split.
+  return static_cast<int64_t>(cv.weights.size()) <= kRowsOuterMaxWeightBytes &&
+         g.rows() >= 4 * kChunkRows * num_threads();
+}
+
+}  // namespace
+
 Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* residual, bool relu) {
   const OutputGrid g = output_grid(cv, x, "conv_nhwc_bfp");
   Tensor y = Tensor::empty({g.N, g.P, g.Q, cv.K});
@@ -340,43 +318,120 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
   const BfpActivations a = [&] {
     ProfileScope quantize("input quantize");
     if (cv.int8_input) return quantize_u8_activations(x.data(), g.N * g.H * g.W, cv.C, *cv.int8_input);
-    return quantize_bfp_activations(x.data(), g.N * g.H * g.W, cv.C, cv.input);
+    return quantize_bfp_activations(x.data(), g.N * g.H * g.W, cv.C, cv.input, cv.kernels->isa);
   }();
   const KernelSet& ks = *cv.kernels;
   const PixelTable px{reinterpret_cast<const char*>(a.storage.data()),
                       a.record_floats() * static_cast<int64_t>(sizeof(float)), cv.zero_record.data()};
-  for_each_tile_chunk(cv, g, px, ks.bfp_mr, cv.panels, [&](int64_t) {
-    return [&](const void** rows, int64_t m0, int64_t count, int64_t panel, bool) {
-      const int64_t k0 = panel * ks.nr;
-      BfpTileArgs t;
-      t.taps = static_cast<int>(cv.taps());
-      t.groups = cv.groups;
-      t.block_groups = cv.block_groups;
-      t.blocks = cv.blocks;
-      t.panel = cv.weights.data() + panel * cv.panel_size();
-      t.steps = cv.steps.data() + panel * cv.panel_steps();
-      t.ld_out = cv.K;
-      t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
-      t.stage.bias = cv.bias.data() + k0;
-      t.stage.relu = relu;
-      t.stage.ld_residual = cv.K;
-      t.int16_sums = cv.int16_sums;
-      t.whole_reduction = cv.int8_input.has_value();
-      t.offsets = cv.offsets.empty() ? nullptr : cv.offsets.data() + k0;
-      for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
-        const int64_t m = m0 + i0;
-        t.rows = rows + i0 * cv.taps();
-        t.row_count = static_cast<int>(std::min<int64_t>(ks.bfp_mr, count - i0));
-        t.out = y.data() + m * cv.K + k0;
-        t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
-        ks.tile_bfp(t);
-      }
-    };
-  });
+  // One tile: rows [i0, i0 + bfp_mr) of a chunk, by one panel.
+  auto tile = [&](const void** rows, int64_t m0, int64_t count, int64_t i0, int64_t panel) {
+    const int64_t k0 = panel * ks.nr, m = m0 + i0;
+    BfpTileArgs t;
+    t.rows = rows + i0 * cv.taps();
+    t.row_count = static_cast<int>(std::min<int64_t>(ks.bfp_mr, count - i0));
+    t.taps = static_cast<int>(cv.taps());
+    t.groups = cv.groups;
+    t.block_groups = cv.block_groups;
+    t.blocks = cv.blocks;
+    t.panel = cv.weights.data() + panel * cv.panel_size();
+    t.steps = cv.steps.data() + panel * cv.panel_steps();
+    t.out = y.data() + m * cv.K + k0;
+    t.ld_out = cv.K;
+    t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
+    t.stage.bias = cv.bias.data() + k0;
+    t.stage.relu = relu;
+    t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
+    t.stage.ld_residual = cv.K;
+    t.int16_sums = cv.int16_sums;
+    t.whole_reduction = cv.int8_input.has_value();
+    t.offsets = cv.offsets.empty() ? nullptr : cv.offsets.data() + k0;
+    ks.tile_bfp(t);
+  };
+  // The output and residual rows a few tiles ahead are asked for early: a layer with few input
+  // channels and many outputs (ResNet's 1x1 expansions) is bound by streaming them through memory.
+  auto prefetch = [&](int64_t m, int64_t k0, int64_t columns) {
+    for (int64_t j = 0; j < columns; j += kFloatsPerLine) {
+      __builtin_prefetch(y.data() + m * cv.K + k0 + j, 1);
+      if (residual) __builtin_prefetch(residual->data() + m * cv.K + k0 + j, 0);
+    }
+  };
+  const int64_t ahead = kPrefetchTiles * ks.bfp_mr;
+  if (rows_outer(cv, g)) {
+    // Small weights: every panel of a tile's rows before the next rows, so that the rows' outputs
+    // and residuals are read and written in order, whole lines at a time.
+    for_each_tile_chunk(cv, g, px, ks.bfp_mr, 1, [&](int64_t) {
+      return [&](const void** rows, int64_t m0, int64_t count, int64_t, bool) {
+        for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
+          for (int64_t i = i0 + ahead; i < std::min(count, i0 + ahead + ks.bfp_mr); ++i) prefetch(m0 + i, 0, cv.K);
+          for (int64_t panel = 0; panel < cv.panels; ++panel) tile(rows, m0, count, i0, panel);
+        }
+      };
+    });
+  } else {
+    for_each_tile_chunk(cv, g, px, ks.bfp_mr, cv.panels, [&](int64_t) {
+      return [&](const void** rows, int64_t m0, int64_t count, int64_t panel, bool) {
+        for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
+          for (int64_t i = i0 + ahead; i < std::min(count, i0 + ahead + ks.bfp_mr); ++i)
+            prefetch(m0 + i, panel * ks.nr, ks.nr);
+          tile(rows, m0, count, i0, panel);
+        }
+      };
+    });
+  }
   return y;
 }
 
 namespace kernels_ref {
+
+// The quantizer's loops on SSE2 (every x86-64 CPU), 8 values at a time, or in plain C++.
+float bfp_block_max(const float* in, int64_t n) {
+  float max = 0;
+  int64_t c = 0;
+#ifdef __SSE2__
+  // MAXPS(x, m) gives its second operand when either is NaN: NaNs are skipped.
+  __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps();
+  for (; c + 8 <= n; c += 8) {
+    m0 = _mm_max_ps(_mm_loadu_ps(in + c), m0);
+    m1 = _mm_max_ps(_mm_loadu_ps(in + c + 4), m1);
+  }
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, _mm_max_ps(m0, m1));
+  for (float v : lanes) max = std::max(max, v);
+#endif
+  for (; c < n; ++c) max = std::max(max, in[c]);
+  return max;
+}
+
+int bfp_block_bytes(const float* in, int64_t n, float inverse, float top, uint8_t* m) {
+  bool nan = false, negative = false;
+  int64_t c = 0;
+#ifdef __SSE2__
+  // CVTPS2DQ rounds half to even (the default rounding mode), and two packs turn the int32s into
+  // bytes (values in [0, top <= 127]: no saturation).
+  const __m128 inv = _mm_set1_ps(inverse), upper = _mm_set1_ps(top), zero = _mm_setzero_ps();
+  __m128 nans = zero, negatives = zero;
+  for (; c + 8 <= n; c += 8) {
+    const __m128 x0 = _mm_loadu_ps(in + c), x1 = _mm_loadu_ps(in + c + 4);
+    nans = _mm_or_ps(nans, _mm_or_ps(_mm_cmpunord_ps(x0, x0), _mm_cmpunord_ps(x1, x1)));
+    negatives = _mm_or_ps(negatives, _mm_or_ps(_mm_cmplt_ps(x0, zero), _mm_cmplt_ps(x1, zero)));
+    // MINPS gives its second operand for a NaN: the top (the step is NaN anyway).
+    const __m128i i0 = _mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_mul_ps(x0, inv), upper), zero));
+    const __m128i i1 = _mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_mul_ps(x1, inv), upper), zero));
+    const __m128i words = _mm_packs_epi32(i0, i1);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(m + c), _mm_packus_epi16(words, words));
+  }
+  nan = _mm_movemask_ps(nans) != 0;
+  negative = _mm_movemask_ps(negatives) != 0;
+#endif
+  for (; c < n; ++c) {
+    const float x = in[c], y = x * inverse;
+    nan = nan || x != x;
+    negative = negative || x < 0;
+    // round_half_even(min(y, top)), NaN: top; a negative value (refused by the caller) gives 0.
+    m[c] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(std::max(y < top ? y : top, 0.0f))));
+  }
+  return (nan ? kBlockSawNan : 0) | (negative ? kBlockSawNegative : 0);
+}
 
 // The reference tile: the same order of operations as the SIMD tiles, in plain loops.
 // int8 (BfpTileArgs::whole_reduction): one int32 sum per output over every tap and channel.

@@ -49,15 +49,17 @@ struct AffineU8 {
 // emulation); an inf saturates to the largest mantissa.
 struct BfpActivations {
   int64_t pixels = 0, channels = 0, groups = 0, blocks = 0;
-  std::vector<float> storage;  // pixels * record_floats()
+  Tensor storage;  // pixels * record_floats(), from the buffer pool
 
   int64_t record_floats() const { return blocks + groups; }  // a group of 4 bytes is one float's room
   const float* steps(int64_t pixel) const { return storage.data() + pixel * record_floats(); }
   const uint8_t* mantissas(int64_t pixel) const { return reinterpret_cast<const uint8_t*>(steps(pixel) + blocks); }
 };
 
-// x: `pixels` rows of `channels` floats, none negative (throws toptag::Error on a negative value).
-BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f);
+// x: `pixels` rows of `channels` floats, none negative (throws toptag::Error on a negative value),
+// quantized by the loops of `isa`'s kernel set (every set gives the same bytes).
+BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f,
+                                        Isa isa);
 // The int8 records: one block of all `channels` per pixel, its step the scale (NaN if the pixel holds one).
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& a);
 // The same quantizer as values: y = (q(x) - zero_point) * scale, NaN staying NaN, for the float kernels

@@ -40,8 +40,17 @@ void tile_f32_ref(const TileArgs& t) {
     }
 }
 
-const KernelSet kRefSet{Isa::ref, "ref f32 4x8",         kRefMr, kRefNr, tile_f32_ref, "ref u8*s8 4x8",
-                        kRefMr,   kernels_ref::tile_bfp, true};
+const KernelSet kRefSet{Isa::ref,
+                        "ref f32 4x8",
+                        kRefMr,
+                        kRefNr,
+                        tile_f32_ref,
+                        "ref u8*s8 4x8",
+                        kRefMr,
+                        kernels_ref::tile_bfp,
+                        true,
+                        kernels_ref::bfp_block_max,
+                        kernels_ref::bfp_block_bytes};
 
 // A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
 // per tap. Its rows are copied instead into a dense block, dense[i][t * C + c] (zeros in the padding),

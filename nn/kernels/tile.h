@@ -89,7 +89,14 @@ struct KernelSet {
   int bfp_mr;            // rows per block floating point tile (its panels are nr wide, as tile_f32's)
   void (*tile_bfp)(const BfpTileArgs&);
   bool tile_bfp_full_bytes;  // exact for activation bytes up to 255 (int8), not only up to 127
+  // The block floating point activation quantizer's two passes over one block (nn/kernels/bfp.cpp),
+  // vectorised for this set: the block's largest value (NaNs skipped; 0 for none above 0), and its
+  // mantissa bytes m[c] = round_half_even(min(x[c] * inverse, top)) (NaN: top; negative: 0), returning
+  // which of kBlockSawNan and kBlockSawNegative it met.
+  float (*bfp_block_max)(const float* x, int64_t n);
+  int (*bfp_block_bytes)(const float* x, int64_t n, float inverse, float top, uint8_t* m);
 };
+constexpr int kBlockSawNan = 1, kBlockSawNegative = 2;
 
 const KernelSet& kernels(Isa isa);
 
@@ -109,6 +116,12 @@ void tile_bfp_nr32(const BfpTileArgs& t);  // AVX2's tile over 32-wide panels: A
 namespace kernels_ref {
 constexpr int kMr = 4, kNr = 8;
 void tile_bfp(const BfpTileArgs& t);  // nn/kernels/bfp.cpp
+float bfp_block_max(const float* x, int64_t n);
+int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m);
 }  // namespace kernels_ref
+namespace kernels_avx2 {
+float bfp_block_max(const float* x, int64_t n);  // also the AVX-512 set's
+int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m);
+}  // namespace kernels_avx2
 
 }  // namespace toptag

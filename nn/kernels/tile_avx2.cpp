@@ -30,7 +30,52 @@ void tile_bfp_nr32(const BfpTileArgs& t) {
   }
 }
 
-const KernelSet set{Isa::avx2,         "avx2 f32 6x16", kMr,      kNr,  tile_f32,
-                    "avx2 u8*s8 4x16", bfp_avx2::kRows, tile_bfp, false};
+// The block floating point activation quantizer's loops (tile.h KernelSet), 32 values at a time; the
+// rest of a block on the reference loops.
+float bfp_block_max(const float* x, int64_t n) {
+  // MAXPS(x, m) gives its second operand when either is NaN: NaNs are skipped.
+  __m256 m0 = _mm256_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+  int64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    m0 = _mm256_max_ps(_mm256_loadu_ps(x + c), m0);
+    m1 = _mm256_max_ps(_mm256_loadu_ps(x + c + 8), m1);
+    m2 = _mm256_max_ps(_mm256_loadu_ps(x + c + 16), m2);
+    m3 = _mm256_max_ps(_mm256_loadu_ps(x + c + 24), m3);
+  }
+  const __m256 m = _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+  const float rest = c < n ? kernels_ref::bfp_block_max(x + c, n - c) : 0.0f;
+  const float vec = _mm_cvtss_f32(h);
+  return vec > rest ? vec : rest;
+}
+
+int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m) {
+  const __m256 inv = _mm256_set1_ps(inverse), upper = _mm256_set1_ps(top), zero = _mm256_setzero_ps();
+  // PACKSSDW and PACKUSWB work within 128-bit lanes: of four vectors a, b, c, d the bytes come out as
+  // the 4-byte groups a.lo b.lo c.lo d.lo a.hi b.hi c.hi d.hi, and one VPERMD puts them in order.
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256 nans = zero, negatives = zero;
+  auto convert = [&](__m256 v) {
+    nans = _mm256_or_ps(nans, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    negatives = _mm256_or_ps(negatives, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+    // MINPS gives its second operand for a NaN: the top. VCVTPS2DQ rounds half to even.
+    return _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(_mm256_mul_ps(v, inv), upper), zero));
+  };
+  int64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    const __m256i i0 = convert(_mm256_loadu_ps(x + c)), i1 = convert(_mm256_loadu_ps(x + c + 8));
+    const __m256i i2 = convert(_mm256_loadu_ps(x + c + 16)), i3 = convert(_mm256_loadu_ps(x + c + 24));
+    const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(m + c), _mm256_permutevar8x32_epi32(bytes, order));
+  }
+  int seen = (_mm256_movemask_ps(nans) ? kBlockSawNan : 0) | (_mm256_movemask_ps(negatives) ? kBlockSawNegative : 0);
+  if (c < n) seen |= kernels_ref::bfp_block_bytes(x + c, n - c, inverse, top, m + c);
+  return seen;
+}
+
+const KernelSet set{Isa::avx2,       "avx2 f32 6x16", kMr,   kNr,           tile_f32,       "avx2 u8*s8 4x16",
+                    bfp_avx2::kRows, tile_bfp,        false, bfp_block_max, bfp_block_bytes};
 
 }  // namespace toptag::kernels_avx2

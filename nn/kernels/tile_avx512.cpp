@@ -10,7 +10,16 @@ namespace toptag::kernels_avx512 {
 
 // Block floating point: the VNNI tile where the CPU has it (nn/kernels/packed_conv.cpp kernels()), else
 // AVX2's tile over this set's 32-wide panels.
-const KernelSet set{Isa::avx512, "avx512 f32 12x32",          kMr,  kNr, tile_f32, "avx2 u8*s8 4x16 on 32-wide panels",
-                    4,           kernels_avx2::tile_bfp_nr32, false};
+const KernelSet set{Isa::avx512,
+                    "avx512 f32 12x32",
+                    kMr,
+                    kNr,
+                    tile_f32,
+                    "avx2 u8*s8 4x16 on 32-wide panels",
+                    4,
+                    kernels_avx2::tile_bfp_nr32,
+                    false,
+                    kernels_avx2::bfp_block_max,
+                    kernels_avx2::bfp_block_bytes};
 
 }  // namespace toptag::kernels_avx512
