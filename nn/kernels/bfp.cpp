@@ -296,8 +296,6 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
 
 namespace {
 
-constexpr int64_t kPrefetchTiles = 2;   // how far ahead conv_nhwc_bfp asks for output and residual rows
-constexpr int64_t kFloatsPerLine = 16;  // a 64-byte cache line
 // A layer's weights this small stay in L1 while a tile's rows pass over all its panels.
 constexpr int64_t kRowsOuterMaxWeightBytes = 32 << 10;
 
@@ -347,22 +345,21 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     t.offsets = cv.offsets.empty() ? nullptr : cv.offsets.data() + k0;
     ks.tile_bfp(t);
   };
-  // The output and residual rows a few tiles ahead are asked for early: a layer with few input
-  // channels and many outputs (ResNet's 1x1 expansions) is bound by streaming them through memory.
-  auto prefetch = [&](int64_t m, int64_t k0, int64_t columns) {
-    for (int64_t j = 0; j < columns; j += kFloatsPerLine) {
-      __builtin_prefetch(y.data() + m * cv.K + k0 + j, 1);
-      if (residual) __builtin_prefetch(residual->data() + m * cv.K + k0 + j, 0);
-    }
+  const float* residual_data = residual ? residual->data() : nullptr;
+  // The rows a few tiles after [m0 + i0, m0 + i0 + bfp_mr), within the chunk.
+  auto prefetch = [&](int64_t m0, int64_t count, int64_t i0, int64_t k0, int64_t columns) {
+    const int64_t ahead = i0 + kPrefetchTiles * ks.bfp_mr;
+    if (ahead < count)
+      prefetch_output_rows(y.data(), residual_data, cv.K, m0 + ahead, std::min<int64_t>(ks.bfp_mr, count - ahead), k0,
+                           columns);
   };
-  const int64_t ahead = kPrefetchTiles * ks.bfp_mr;
   if (rows_outer(cv, g)) {
     // Small weights: every panel of a tile's rows before the next rows, so that the rows' outputs
     // and residuals are read and written in order, whole lines at a time.
     for_each_tile_chunk(cv, g, px, ks.bfp_mr, 1, [&](int64_t) {
       return [&](const void** rows, int64_t m0, int64_t count, int64_t, bool) {
         for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
-          for (int64_t i = i0 + ahead; i < std::min(count, i0 + ahead + ks.bfp_mr); ++i) prefetch(m0 + i, 0, cv.K);
+          prefetch(m0, count, i0, 0, cv.K);
           for (int64_t panel = 0; panel < cv.panels; ++panel) tile(rows, m0, count, i0, panel);
         }
       };
@@ -371,8 +368,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     for_each_tile_chunk(cv, g, px, ks.bfp_mr, cv.panels, [&](int64_t) {
       return [&](const void** rows, int64_t m0, int64_t count, int64_t panel, bool) {
         for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
-          for (int64_t i = i0 + ahead; i < std::min(count, i0 + ahead + ks.bfp_mr); ++i)
-            prefetch(m0 + i, panel * ks.nr, ks.nr);
+          prefetch(m0, count, i0, panel * ks.nr, ks.nr);
           tile(rows, m0, count, i0, panel);
         }
       };

@@ -44,6 +44,21 @@ void fill_rows(const ConvShape& cv, const OutputGrid& g, const PixelTable& px, i
 // layer passes over them.
 constexpr int64_t kChunkRows = 192;
 
+// Output rows [m, m + rows), columns [k0, k0 + columns) of an (., ld) output, and of the residual
+// when there is one, asked for ahead of the tile that writes them: a layer with few input channels
+// and many outputs (ResNet's 1x1 expansions, with their residual) is bound by streaming those rows
+// through memory. The kernels call it kPrefetchTiles tiles ahead.
+constexpr int64_t kPrefetchTiles = 2;
+inline void prefetch_output_rows(float* out, const float* residual, int64_t ld, int64_t m, int64_t rows, int64_t k0,
+                                 int64_t columns) {
+  constexpr int64_t kFloatsPerLine = 16;  // a 64-byte cache line
+  for (int64_t i = m; i < m + rows; ++i)
+    for (int64_t j = 0; j < columns; j += kFloatsPerLine) {
+      __builtin_prefetch(out + i * ld + k0 + j, 1);
+      if (residual) __builtin_prefetch(residual + i * ld + k0 + j, 0);
+    }
+}
+
 // Runs every (chunk, panel) item. make_worker() is called once per thread and returns the callable
 // work(rows, m0, count, panel, fresh) that computes output rows [m0, m0 + count) of one panel, where
 // rows is the chunk's indirection table (count * taps pointers) and fresh says it was just filled.
