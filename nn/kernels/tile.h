@@ -111,8 +111,9 @@ namespace kernels_avx512_vnni {
 void tile_bfp(const BfpTileArgs& t);  // 12 x 32, for CPUs with AVX512_VNNI
 }
 namespace kernels_avx2 {
+constexpr int kBfpRows = 6;                // rows per AVX2 block floating point tile
 void tile_bfp_nr32(const BfpTileArgs& t);  // AVX2's tile over 32-wide panels: AVX-512 CPUs without VNNI
-}
+}  // namespace kernels_avx2
 namespace kernels_ref {
 constexpr int kMr = 4, kNr = 8;
 void tile_bfp(const BfpTileArgs& t);  // nn/kernels/bfp.cpp
