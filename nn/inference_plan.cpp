@@ -173,10 +173,10 @@ void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, st
   for (Op& op : main_path) ops_.push_back(std::move(op));
 }
 
-Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual) {
+Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache) {
   if (op.bfp && !(op.float_if_negative && has_negative(in))) {
     const Tensor x = op.integer_quantizes_first ? op.quantize_input(in) : in;
-    return conv_nhwc_bfp(*op.bfp, x, residual, op.relu);
+    return conv_nhwc_bfp(*op.bfp, x, residual, op.relu, cache);
   }
   const Tensor x = op.quantize_input ? op.quantize_input(in) : in;
   // Winograd where the layer has enough tiles to be bound by arithmetic; below that the layer is
@@ -189,6 +189,7 @@ Tensor FrozenResNet::features(const Tensor& images) const {
   if (images.rank() != 4 || images.dim(1) != in_channels_)
     fail("model expects images of shape (N, {}, H, W), got {}", in_channels_, images.shape().str());
   Tensor current = nchw_to_nhwc(images), block_input, shortcut;
+  QuantizedInputCache cache;  // a block's input, quantized once for its shortcut and first convolution
   for (const Op& op : ops_) {
     if (op.starts_block) block_input = current;
     if (op.pool) {
@@ -197,7 +198,7 @@ Tensor FrozenResNet::features(const Tensor& images) const {
     }
     const Tensor& in = op.in == Slot::block_input ? block_input : current;
     const Tensor* residual = !op.add_residual ? nullptr : op.residual == Slot::shortcut ? &shortcut : &block_input;
-    (op.out == Slot::shortcut ? shortcut : current) = run(op, in, residual);
+    (op.out == Slot::shortcut ? shortcut : current) = run(op, in, residual, &cache);
   }
   return global_avgpool_nhwc(current);
 }

@@ -105,7 +105,8 @@ class FrozenResNet {
   // Appends a block's convolutions: the shortcut first, the residual add and ReLU fused into the last.
   void add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut);
   // One convolution (or linear layer) on its input, by whichever path it was packed for.
-  static Tensor run(const Op& op, const Tensor& in, const Tensor* residual);
+  // `cache`: the block floating point records of the last input quantized, for a layer reading it again.
+  static Tensor run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache = nullptr);
 
   const KernelSet* kernels_;
   Isa isa_;

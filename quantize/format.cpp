@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "nn/check.h"
+#include "nn/kernels/bfp.h"
 
 namespace toptag {
 
@@ -374,19 +375,12 @@ void quantize_bfp(const Format& f, const AxisLayout& l, const float* x, float* y
     auto at = [&](int64_t a) { return (o * l.axis + a) * l.inner + i; };
     float max = 0;
     for (int64_t a = a0; a < a1; ++a) max = std::max(max, std::fabs(x[at(a)]));
-    int e = bfp_exponent_min(f);
-    if (max > 0 && std::isfinite(max)) {
-      int exp2 = 0;
-      std::frexp(max, &exp2);
-      e = std::clamp(exp2 - 1, bfp_exponent_min(f), bfp_exponent_max(f));
-    } else if (!std::isfinite(max)) {
-      e = bfp_exponent_max(f);
-    }
+    const int e = bfp_block_exponent(max, bfp_exponent_min(f), bfp_exponent_max(f));
     // In double, as the reference: the step 2^(e+1-M) goes down to 2^-149 (E = 8, M = 23), whose
     // float reciprocal is inf (0 * inf = NaN on an all-zero block). As doubles the step and its
     // reciprocal are exact powers of two, and every result m * step (|m| < 2^M <= 2^23, step >= 2^-149)
     // is exactly a float.
-    const double step = std::ldexp(1.0, e + 1 - f.mantissa_bits), inv = std::ldexp(1.0, f.mantissa_bits - 1 - e);
+    const double step = power_of_two(e + 1 - f.mantissa_bits), inv = power_of_two(f.mantissa_bits - 1 - e);
     if (exponents) exponents[(o * blocks + b) * l.inner + i] = static_cast<int8_t>(e);
     for (int64_t a = a0; a < a1; ++a) {
       const float v = x[at(a)];

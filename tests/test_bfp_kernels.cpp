@@ -252,6 +252,36 @@ TEST(BfpConv, SmallWeightsOverManyRows) {
   expect_emulation(BfpCase{"ms-fp8", batch, 64, 10, 10, 72, 1, 1, 0});
 }
 
+// A block's shortcut and first convolution read one tensor: the second takes the first's records from
+// the cache, and gives what it gives without it. A different tensor, or a format with other blocks,
+// is quantized afresh.
+TEST(BfpConv, QuantizedInputCacheServesOnlyItsOwnTensorAndFormat) {
+  Rng rng(5);
+  const Format f = Format::parse("ms-fp8"), other = Format::parse("bfp<5,2,32>");
+  const Tensor x = activations({2, 5, 5, 140}, rng), y = activations({2, 5, 5, 140}, rng);
+  auto packed = [&](const Format& format, int64_t K, int kernel, int stride) {
+    const Tensor w = testing::random_tensor({K, 140, kernel, kernel}, rng, 0.1);
+    const EncodedTensor e = encode_weight(format, w);
+    return pack_conv_bfp({K, 140, kernel, kernel, e.integers, e.exponents, block_format(format)}, nullptr,
+                         {stride, kernel / 2}, block_format(format), active_isa());
+  };
+  const PackedBfpConv shortcut = packed(f, 24, 1, 2), conv1 = packed(f, 16, 3, 1), narrow = packed(other, 16, 1, 1);
+  QuantizedInputCache cache;
+  conv_nhwc_bfp(shortcut, x, nullptr, false, &cache);
+  ASSERT_EQ(cache.source.data(), x.data());
+  ASSERT_EQ(cache.records.pixels, 50);
+  const float* records = cache.records.storage.data();
+  testing::expect_close(conv_nhwc_bfp(conv1, x, nullptr, true, &cache), conv_nhwc_bfp(conv1, x, nullptr, true),
+                        "conv1 from the shortcut's records", 0, 0);
+  EXPECT_EQ(cache.records.storage.data(), records);  // used, not made again
+  testing::expect_close(conv_nhwc_bfp(conv1, y, nullptr, true, &cache), conv_nhwc_bfp(conv1, y, nullptr, true),
+                        "another tensor of the same shape", 0, 0);
+  EXPECT_EQ(cache.source.data(), y.data());
+  testing::expect_close(conv_nhwc_bfp(narrow, y, nullptr, true, &cache), conv_nhwc_bfp(narrow, y, nullptr, true),
+                        "the same tensor in blocks of 32", 0, 0);
+  EXPECT_EQ(cache.format.block, 32);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, BfpConvVsEmulation,
     ::testing::Values(BfpCase{"ms-fp8", 1, 64, 10, 10, 64, 3, 1, 1},  // layer1's 3x3 at batch 1

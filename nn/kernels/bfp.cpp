@@ -33,25 +33,25 @@ int64_t largest_mantissa(const BlockFormat& f) {
 struct BlockStep {
   double step, inverse;
 };
-// 2^k as a double, |k| < 1023 (the exponents here stay within +-140).
-double power_of_two(int k) {
-  return std::bit_cast<double>(static_cast<uint64_t>(k + 1023) << 52);
-}
-
 BlockStep block_step(float max, const BlockFormat& f) {
-  int e = f.exponent_min;
-  if (std::isinf(max)) {
-    e = f.exponent_max;
-  } else if (max > 0) {
-    // floor(log2 max) is the biased exponent field less 127 for a normal float. A subnormal's field
-    // gives -127, above its true log2 but still at most the smallest exponent (E <= 8), as both are.
-    const int log2 = static_cast<int>(std::bit_cast<uint32_t>(max) >> 23 & 0xff) - 127;
-    e = std::clamp(log2, f.exponent_min, f.exponent_max);
-  }
+  const int e = bfp_block_exponent(max, f.exponent_min, f.exponent_max);
   return {power_of_two(e + 1 - f.mantissa_bits), power_of_two(f.mantissa_bits - 1 - e)};
 }
 
 }  // namespace
+
+double power_of_two(int k) {
+  return std::bit_cast<double>(static_cast<uint64_t>(k + 1023) << 52);
+}
+
+int bfp_block_exponent(float max, int lo, int hi) {
+  if (std::isinf(max)) return hi;
+  if (!(max > 0)) return lo;
+  // floor(log2 max) is the biased exponent field less 127 for a normal float. A subnormal's field
+  // gives -127, above its true log2 but still at most lo (lo >= -127 for E <= 8), as both are.
+  const int log2 = static_cast<int>(std::bit_cast<uint32_t>(max) >> 23 & 0xff) - 127;
+  return std::clamp(log2, lo, hi);
+}
 
 bool bfp_kernels_apply(const BlockFormat& weights, const BlockFormat& inputs) {
   return weights.block == inputs.block && weights.block % kGroup == 0 && weights.mantissa_bits <= kMaxMantissaBits &&
@@ -308,17 +308,32 @@ bool rows_outer(const PackedBfpConv& cv, const OutputGrid& g) {
 
 }  // namespace
 
-Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* residual, bool relu) {
+namespace {
+
+bool same_format(const BlockFormat& a, const BlockFormat& b) {
+  return a.mantissa_bits == b.mantissa_bits && a.block == b.block && a.exponent_min == b.exponent_min &&
+         a.exponent_max == b.exponent_max;
+}
+
+}  // namespace
+
+Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* residual, bool relu,
+                     QuantizedInputCache* cache) {
   const OutputGrid g = output_grid(cv, x, "conv_nhwc_bfp");
   Tensor y = Tensor::empty({g.N, g.P, g.Q, cv.K});
   if (residual) expect_shape(*residual, y.shape(), "conv_nhwc_bfp residual");
   if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc bfp");
-  const BfpActivations a = [&] {
+  const bool cached = cache && !cv.int8_input && cache->source.data() == x.data() &&
+                      cache->source.shape() == x.shape() && same_format(cache->format, cv.input);
+  BfpActivations own;
+  if (!cached) {
     ProfileScope quantize("input quantize");
-    if (cv.int8_input) return quantize_u8_activations(x.data(), g.N * g.H * g.W, cv.C, *cv.int8_input);
-    return quantize_bfp_activations(x.data(), g.N * g.H * g.W, cv.C, cv.input, cv.kernels->isa);
-  }();
+    const int64_t pixels = g.N * g.H * g.W;
+    own = cv.int8_input ? quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input)
+                        : quantize_bfp_activations(x.data(), pixels, cv.C, cv.input, cv.kernels->isa);
+  }
+  const BfpActivations& a = cached ? cache->records : own;
   const KernelSet& ks = *cv.kernels;
   const PixelTable px{reinterpret_cast<const char*>(a.storage.data()),
                       a.record_floats() * static_cast<int64_t>(sizeof(float)), cv.zero_record.data()};
@@ -375,6 +390,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
       };
     });
   }
+  if (cache && !cached && !cv.int8_input) *cache = QuantizedInputCache{x, cv.input, std::move(own)};
   return y;
 }
 

@@ -28,6 +28,13 @@ struct BlockFormat {
   int exponent_min = -15, exponent_max = 15;  // +-(2^(E-1) - 1)
 };
 
+// The exponent e of a block whose largest magnitude is `max`, as the emulation defines it: floor(log2
+// max) clamped to [lo, hi], lo for an all-zero block and hi for an infinite one. Exact for the
+// exponent ranges of E <= 8 bits (lo >= -127), read off the float's bits.
+int bfp_block_exponent(float max, int lo, int hi);
+// 2^k as a double, exactly (|k| < 1023).
+double power_of_two(int k);
+
 // Whether the integer kernels can run a layer with these weight and input formats (see above).
 bool bfp_kernels_apply(const BlockFormat& weights, const BlockFormat& inputs);
 
@@ -102,7 +109,19 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
                              std::span<const float> scales, const Tensor* bias, Conv2dParams params,
                              const AffineU8& input, Isa isa);
 
-// y = conv(quantized x) + bias [+ residual] [ReLU]: conv_nhwc's contract, x quantized on the way in.
-Tensor conv_nhwc_bfp(const PackedBfpConv& conv, const Tensor& x, const Tensor* residual, bool relu);
+// One layer input's block floating point records, kept for the next layer that reads the same tensor
+// in the same format (a ResNet block's shortcut and its first convolution). It holds the tensor, so
+// its buffer cannot be reused for another while the records stand for it.
+struct QuantizedInputCache {
+  Tensor source;
+  BlockFormat format;
+  BfpActivations records;
+};
+
+// y = conv(quantized x) + bias [+ residual] [ReLU]: conv_nhwc's contract, x quantized on the way in,
+// or taken from `cache` when it holds x's records in this layer's format (block floating point
+// inputs only; int8 is quantized each time). A quantization made here is left in `cache`.
+Tensor conv_nhwc_bfp(const PackedBfpConv& conv, const Tensor& x, const Tensor* residual, bool relu,
+                     QuantizedInputCache* cache = nullptr);
 
 }  // namespace toptag
