@@ -1,9 +1,12 @@
 #include "nn/inference_plan.h"
 
+#include "nn/profile.h"
+
 #include <fmt/format.h>
 
 #include "nn/check.h"
 #include "nn/ops/layout.h"
+#include "nn/profile.h"
 
 namespace toptag {
 
@@ -178,7 +181,11 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
     const Tensor x = op.integer_quantizes_first ? op.quantize_input(in) : in;
     return conv_nhwc_bfp(*op.bfp, x, residual, op.relu, cache);
   }
-  const Tensor x = op.quantize_input ? op.quantize_input(in) : in;
+  const Tensor x = [&] {
+    if (!op.quantize_input) return in;
+    ProfileScope profile("input fake-quantize");
+    return op.quantize_input(in);
+  }();
   // Winograd where the layer has enough tiles to be bound by arithmetic; below that the layer is
   // bound by reading its weights, which Winograd makes 16/9 larger.
   if (op.winograd && winograd_pays(x)) return conv_winograd(*op.winograd, x, residual, op.relu);
