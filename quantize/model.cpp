@@ -157,7 +157,12 @@ std::function<Tensor(const Tensor&)> input_quantizer(const Format& format, const
     const int64_t C = x.dim(x.rank() - 1);
     const Tensor flat = x.reshape({x.numel() / C, C});
     Tensor y = Tensor::empty(flat.shape());
-    quantize_tensor(format, false, flat, y, nullptr);
+    // Block floating point in float where that is exact (nn/kernels/bfp.h): 12x faster than the
+    // emulation's double arithmetic on the stem's 3-channel blocks.
+    if (format.kind == FormatKind::bfp && fake_quantize_bfp_exact_in_float(block_format(format)))
+      fake_quantize_bfp(flat.data(), flat.dim(0), C, block_format(format), y.data());
+    else
+      quantize_tensor(format, false, flat, y, nullptr);
     return y.reshape(x.shape());
   };
 }

@@ -5,6 +5,7 @@
 // AVX-512's 32-wide panels (what an AVX-512 CPU without VNNI runs), and the edges: all-zero blocks,
 // the largest mantissas everywhere, the smallest and largest exponents, channel counts that are not a
 // multiple of the block or of 4, batch 1 and 64, sparse jet-like images.
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -93,6 +94,38 @@ TEST(BfpActivations, NanPoisonsItsBlockAndNegativeInputsAreRefused) {
       EXPECT_THROW(quantize_bfp_activations(y.data(), 1, 130, wide, isa), Error);
     }
   }
+}
+
+// The float-arithmetic fake quantizer (the stem's signed image inputs) gives the emulation's values
+// bit for bit, signed zeros included, for every format whose steps are normal floats; E = 8 formats
+// with small mantissas are left to the emulation.
+TEST(BfpFakeQuantize, BitForBitTheEmulation) {
+  Rng rng(13);
+  for (const char* spec : {"ms-fp8", "ms-fp9", "bfp<4,3,8>", "bfp<6,5,16>", "bfp<7,23,32>", "bfp<2,1,4>"}) {
+    SCOPED_TRACE(spec);
+    const Format f = Format::parse(spec);
+    ASSERT_TRUE(fake_quantize_bfp_exact_in_float(block_format(f)));
+    for (int64_t C : {1, 3, 4, 17, 130}) {
+      SCOPED_TRACE(C);
+      Tensor x = activations({6, C}, rng, 0.2, 10);
+      for (int64_t i = 0; i < x.numel(); i += 2) x.data()[i] = -x.data()[i];  // signed, as images may be
+      x.data()[0] = NAN;
+      x.data()[C] = -std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < C; ++c) x.data()[2 * C + c] = c % 2 ? 1e-39f : -0.0f;  // subnormal and -0
+      for (int64_t c = 0; c < C; ++c) x.data()[3 * C + c] = 0.25f * static_cast<float>(c % 9) - 1.0f;  // ties
+      x.data()[4 * C] = -1e-30f;  // rounds to -0 next to larger values
+      if (C > 1) x.data()[4 * C + 1] = 1e30f;
+      Tensor got = Tensor::empty(x.shape());
+      fake_quantize_bfp(x.data(), 6, C, block_format(f), got.data());
+      const Tensor expected = emulated(f, x);
+      for (int64_t i = 0; i < x.numel(); ++i)
+        ASSERT_EQ(std::bit_cast<uint32_t>(got.data()[i]), std::bit_cast<uint32_t>(expected.data()[i]))
+            << "element " << i << ": " << x.data()[i] << " -> " << got.data()[i] << ", emulation "
+            << expected.data()[i];
+    }
+  }
+  for (const char* spec : {"msfp12", "msfp16", "mxint8"})  // E = 8: steps down to 2^-149
+    EXPECT_FALSE(fake_quantize_bfp_exact_in_float(block_format(Format::parse(spec)))) << spec;
 }
 
 // int8: the records hold exactly the emulation's bytes (decoded, the emulation's values), and a

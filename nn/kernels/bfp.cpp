@@ -119,6 +119,35 @@ BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t 
   return a;
 }
 
+bool fake_quantize_bfp_exact_in_float(const BlockFormat& f) {
+  // Every step 2^(e + 1 - M) and reciprocal 2^(M - 1 - e), e in [exponent_min, exponent_max], is a
+  // normal float: powers of two from 2^-126 to 2^127.
+  auto normal = [](int k) { return k >= -126 && k <= 127; };
+  return normal(f.exponent_min + 1 - f.mantissa_bits) && normal(f.exponent_max + 1 - f.mantissa_bits) &&
+         normal(f.mantissa_bits - 1 - f.exponent_min) && normal(f.mantissa_bits - 1 - f.exponent_max);
+}
+
+void fake_quantize_bfp(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f, float* y) {
+  if (!fake_quantize_bfp_exact_in_float(f)) fail("fake_quantize_bfp: steps of this format are not normal floats");
+  const float top = static_cast<float>(largest_mantissa(f));
+#pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
+  for (int64_t p = 0; p < pixels; ++p)
+    for (int64_t c0 = 0; c0 < channels; c0 += f.block) {
+      const float* in = x + p * channels + c0;
+      float* out = y + p * channels + c0;
+      const int64_t n = std::min<int64_t>(f.block, channels - c0);
+      float max = 0;
+      for (int64_t c = 0; c < n; ++c) max = std::max(max, std::fabs(in[c]));  // NaN skipped
+      const BlockStep s = block_step(max, f);
+      const float step = static_cast<float>(s.step), inverse = static_cast<float>(s.inverse);
+      for (int64_t c = 0; c < n; ++c) {
+        // |x| / step = |x| * inverse exactly (or below 0.5, rounding to 0, where it leaves the normals).
+        const float v = in[c], magnitude = std::min(std::nearbyint(std::fabs(v) * inverse), top);
+        out[c] = v != v ? v : std::copysign(magnitude * step, v);  // a NaN stays NaN
+      }
+    }
+}
+
 namespace {
 
 // One pixel's int8 bytes: q = clamp(round_half_even(x / scale) + zero_point, 0, 255), x / scale in

@@ -67,6 +67,14 @@ struct BfpActivations {
 // quantized by the loops of `isa`'s kernel set (every set gives the same bytes).
 BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f,
                                         Isa isa);
+// The emulation's block floating point quantizer as values (quantize/format.cpp quantize_bfp over
+// (pixels, channels), blocks along channels), signed inputs too, for the float kernels' quantized
+// inputs (the stem's image): y = sign(x) min(round_half_even(|x| / step), 2^M - 1) step, a NaN
+// staying NaN and its block's step set by the rest. Computed in float where every step and its
+// reciprocal are normal floats, which makes it exact; the caller runs the emulation otherwise.
+bool fake_quantize_bfp_exact_in_float(const BlockFormat& f);
+void fake_quantize_bfp(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f, float* y);
+
 // The int8 records: one block of all `channels` per pixel, its step the scale (NaN if the pixel holds one).
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& a);
 // The same quantizer as values: y = (q(x) - zero_point) * scale, NaN staying NaN, for the float kernels
