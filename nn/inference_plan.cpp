@@ -1,7 +1,5 @@
 #include "nn/inference_plan.h"
 
-#include "nn/profile.h"
-
 #include <fmt/format.h>
 
 #include "nn/check.h"

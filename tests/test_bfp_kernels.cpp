@@ -58,9 +58,10 @@ TEST(BfpActivations, ExactlyTheEmulationsMantissasAndSteps) {
         Tensor x = activations({5, C}, rng, 0.3, 8);  // 8 decades: exponents clamp at both ends of E=4 and 5
         x.data()[0] = std::numeric_limits<float>::infinity();
         for (int64_t c = 0; c < C; ++c) x.data()[C + c] = 0.0f;  // an all-zero pixel
-        // Values exactly halfway between two mantissas, which round to even.
-        for (int64_t c = 0; c < C; c += 3) x.data()[2 * C + c] = 0.5f * static_cast<float>(c % 7);
-        // Subnormal floats only: the block's exponent comes from frexp, not from the float's bits.
+        // Quarters up to 3: with the block's step 1 (M = 2) or 1/2 (M = 3), many lie exactly halfway
+        // between two mantissas, and round to even.
+        for (int64_t c = 0; c < C; ++c) x.data()[2 * C + c] = 0.25f * static_cast<float>(c % 13);
+        // Subnormal floats only: their exponent field reads -127, below their true log2.
         for (int64_t c = 0; c < C; ++c) x.data()[3 * C + c] = 1e-39f * static_cast<float>(c % 5);
         const BfpActivations a = quantize_bfp_activations(x.data(), 5, C, block_format(f), isa);
         const Tensor expected = emulated(f, x), got = decoded(a, x.shape(), f.block);
@@ -282,7 +283,12 @@ TEST_P(BfpConvVsEmulation, EveryKernelSetEveryOutputStage) {
 // with a last panel only partly filled.
 TEST(BfpConv, SmallWeightsOverManyRows) {
   const int64_t batch = 4 * kChunkRows * num_threads() / 100 + 1;  // 10x10 maps: 100 rows each
-  expect_emulation(BfpCase{"ms-fp8", batch, 64, 10, 10, 72, 1, 1, 0});
+  const BfpCase c{"ms-fp8", batch, 64, 10, 10, 72, 1, 1, 0};
+  for (const KernelSet& ks : kernel_sets()) {
+    const int64_t groups = 16, panels = (72 + ks.nr - 1) / ks.nr;
+    EXPECT_TRUE(bfp_rows_outer(panels * groups * ks.nr * 4, batch * 100)) << ks.bfp_name;
+  }
+  expect_emulation(c);
 }
 
 // A block's shortcut and first convolution read one tensor: the second takes the first's records from

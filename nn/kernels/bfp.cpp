@@ -323,19 +323,14 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
   return cv;
 }
 
-namespace {
-
 // A layer's weights this small stay in L1 while a tile's rows pass over all its panels: half of a
 // 32 KB L1 (AMD Zen 3's), which ResNet-50's 64 <-> 256 channel 1x1 layers fill exactly.
 constexpr int64_t kRowsOuterMaxWeightBytes = 16 << 10;
 
-bool rows_outer(const PackedBfpConv& cv, const OutputGrid& g) {
+bool bfp_rows_outer(int64_t weight_bytes, int64_t rows) {
   // Enough chunks of rows for every thread to get several, since the panels are no longer split.
-  return static_cast<int64_t>(cv.weights.size()) <= kRowsOuterMaxWeightBytes &&
-         g.rows() >= 4 * kChunkRows * num_threads();
+  return weight_bytes <= kRowsOuterMaxWeightBytes && rows >= 4 * kChunkRows * num_threads();
 }
-
-}  // namespace
 
 namespace {
 
@@ -398,7 +393,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
       prefetch_output_rows(y.data(), residual_data, cv.K, m0 + ahead, std::min<int64_t>(ks.bfp_mr, count - ahead), k0,
                            columns);
   };
-  if (rows_outer(cv, g)) {
+  if (bfp_rows_outer(static_cast<int64_t>(cv.weights.size()), g.rows())) {
     // Small weights: every panel of a tile's rows before the next rows, so that the rows' outputs
     // and residuals are read and written in order, whole lines at a time.
     for_each_tile_chunk(cv, g, px, ks.bfp_mr, 1, [&](int64_t) {

@@ -71,7 +71,9 @@ BfpActivations quantize_bfp_activations(const float* x, int64_t pixels, int64_t 
 // (pixels, channels), blocks along channels), signed inputs too, for the float kernels' quantized
 // inputs (the stem's image): y = sign(x) min(round_half_even(|x| / step), 2^M - 1) step, a NaN
 // staying NaN and its block's step set by the rest. Computed in float where every step and its
-// reciprocal are normal floats, which makes it exact; the caller runs the emulation otherwise.
+// reciprocal are normal floats, which makes it exact (in the default round-to-nearest mode, as the
+// kernels' quantizer; the emulation rounds without the floating-point environment); the caller runs
+// the emulation otherwise.
 bool fake_quantize_bfp_exact_in_float(const BlockFormat& f);
 void fake_quantize_bfp(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f, float* y);
 
@@ -119,12 +121,17 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
 
 // One layer input's block floating point records, kept for the next layer that reads the same tensor
 // in the same format (a ResNet block's shortcut and its first convolution). It holds the tensor, so
-// its buffer cannot be reused for another while the records stand for it.
+// its buffer cannot be reused for another while the records stand for it; the tensor must not be
+// written in place meanwhile.
 struct QuantizedInputCache {
   Tensor source;
   BlockFormat format;
   BfpActivations records;
 };
+
+// Whether conv_nhwc_bfp runs every panel of a tile's rows before the next rows (weights this small
+// stay in L1) rather than each panel over a chunk of rows.
+bool bfp_rows_outer(int64_t weight_bytes, int64_t rows);
 
 // y = conv(quantized x) + bias [+ residual] [ReLU]: conv_nhwc's contract, x quantized on the way in,
 // or taken from `cache` when it holds x's records in this layer's format (block floating point
