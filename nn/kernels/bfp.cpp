@@ -332,15 +332,6 @@ bool bfp_rows_outer(int64_t weight_bytes, int64_t rows) {
   return weight_bytes <= kRowsOuterMaxWeightBytes && rows >= 4 * kChunkRows * num_threads();
 }
 
-namespace {
-
-bool same_format(const BlockFormat& a, const BlockFormat& b) {
-  return a.mantissa_bits == b.mantissa_bits && a.block == b.block && a.exponent_min == b.exponent_min &&
-         a.exponent_max == b.exponent_max;
-}
-
-}  // namespace
-
 Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* residual, bool relu,
                      QuantizedInputCache* cache) {
   const OutputGrid g = output_grid(cv, x, "conv_nhwc_bfp");
@@ -349,7 +340,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
   if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc bfp");
   const bool cached = cache && !cv.int8_input && cache->source.data() == x.data() &&
-                      cache->source.shape() == x.shape() && same_format(cache->format, cv.input);
+                      cache->source.shape() == x.shape() && cache->format == cv.input;
   BfpActivations own;
   if (!cached) {
     ProfileScope quantize("input quantize");
@@ -361,55 +352,58 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
   const KernelSet& ks = *cv.kernels;
   const PixelTable px{reinterpret_cast<const char*>(a.storage.data()),
                       a.record_floats() * static_cast<int64_t>(sizeof(float)), cv.zero_record.data()};
-  // One tile: rows [i0, i0 + bfp_mr) of a chunk, by one panel.
-  auto tile = [&](const void** rows, int64_t m0, int64_t count, int64_t i0, int64_t panel) {
-    const int64_t k0 = panel * ks.nr, m = m0 + i0;
+  // A panel's tile arguments; each tile then sets its rows (rows_at).
+  auto panel_args = [&](int64_t panel) {
+    const int64_t k0 = panel * ks.nr;
     BfpTileArgs t;
-    t.rows = rows + i0 * cv.taps();
-    t.row_count = static_cast<int>(std::min<int64_t>(ks.bfp_mr, count - i0));
     t.taps = static_cast<int>(cv.taps());
     t.groups = cv.groups;
     t.block_groups = cv.block_groups;
     t.blocks = cv.blocks;
     t.panel = cv.weights.data() + panel * cv.panel_size();
     t.steps = cv.steps.data() + panel * cv.panel_steps();
-    t.out = y.data() + m * cv.K + k0;
     t.ld_out = cv.K;
     t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
     t.stage.bias = cv.bias.data() + k0;
     t.stage.relu = relu;
-    t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
     t.stage.ld_residual = cv.K;
     t.int16_sums = cv.int16_sums;
     t.whole_reduction = cv.int8_input.has_value();
     t.offsets = cv.offsets.empty() ? nullptr : cv.offsets.data() + k0;
-    ks.tile_bfp(t);
+    return t;
+  };
+  // Rows [i0, i0 + bfp_mr) of a chunk of `count` rows from output row m0, in panel k0's columns.
+  auto rows_at = [&](BfpTileArgs& t, const void** rows, int64_t m0, int64_t count, int64_t i0, int64_t k0) {
+    const int64_t m = m0 + i0;
+    t.rows = rows + i0 * cv.taps();
+    t.row_count = static_cast<int>(std::min<int64_t>(ks.bfp_mr, count - i0));
+    t.out = y.data() + m * cv.K + k0;
+    t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
   };
   const float* residual_data = residual ? residual->data() : nullptr;
-  // The rows a few tiles after [m0 + i0, m0 + i0 + bfp_mr), within the chunk.
-  auto prefetch = [&](int64_t m0, int64_t count, int64_t i0, int64_t k0, int64_t columns) {
-    const int64_t ahead = i0 + kPrefetchTiles * ks.bfp_mr;
-    if (ahead < count)
-      prefetch_output_rows(y.data(), residual_data, cv.K, m0 + ahead, std::min<int64_t>(ks.bfp_mr, count - ahead), k0,
-                           columns);
-  };
   if (bfp_rows_outer(static_cast<int64_t>(cv.weights.size()), g.rows())) {
     // Small weights: every panel of a tile's rows before the next rows, so that the rows' outputs
     // and residuals are read and written in order, whole lines at a time.
     for_each_tile_chunk(cv, g, px, ks.bfp_mr, 1, [&](int64_t) {
       return [&](const void** rows, int64_t m0, int64_t count, int64_t, bool) {
         for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
-          prefetch(m0, count, i0, 0, cv.K);
-          for (int64_t panel = 0; panel < cv.panels; ++panel) tile(rows, m0, count, i0, panel);
+          prefetch_output_ahead(y.data(), residual_data, cv.K, m0, count, i0, ks.bfp_mr, 0, cv.K);
+          for (int64_t panel = 0; panel < cv.panels; ++panel) {
+            BfpTileArgs t = panel_args(panel);
+            rows_at(t, rows, m0, count, i0, panel * ks.nr);
+            ks.tile_bfp(t);
+          }
         }
       };
     });
   } else {
     for_each_tile_chunk(cv, g, px, ks.bfp_mr, cv.panels, [&](int64_t) {
       return [&](const void** rows, int64_t m0, int64_t count, int64_t panel, bool) {
+        BfpTileArgs t = panel_args(panel);
         for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
-          prefetch(m0, count, i0, panel * ks.nr, ks.nr);
-          tile(rows, m0, count, i0, panel);
+          prefetch_output_ahead(y.data(), residual_data, cv.K, m0, count, i0, ks.bfp_mr, panel * ks.nr, ks.nr);
+          rows_at(t, rows, m0, count, i0, panel * ks.nr);
+          ks.tile_bfp(t);
         }
       };
     });

@@ -26,6 +26,8 @@ struct BlockFormat {
   int mantissa_bits = 2;
   int block = 128;
   int exponent_min = -15, exponent_max = 15;  // +-(2^(E-1) - 1)
+
+  bool operator==(const BlockFormat&) const = default;
 };
 
 // The exponent e of a block whose largest magnitude is `max`, as the emulation defines it: floor(log2

@@ -184,10 +184,8 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
       t.stage.relu = relu;
       t.stage.ld_residual = cv.K;
       for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
-        const int64_t m = m0 + i0, ahead = i0 + kPrefetchTiles * ks.mr;
-        if (ahead < count)
-          prefetch_output_rows(y.data(), residual ? residual->data() : nullptr, cv.K, m0 + ahead,
-                               std::min<int64_t>(ks.mr, count - ahead), k0, ks.nr);
+        const int64_t m = m0 + i0;
+        prefetch_output_ahead(y.data(), residual ? residual->data() : nullptr, cv.K, m0, count, i0, ks.mr, k0, ks.nr);
         t.rows = (dense ? dense_rows.data() : rows) + i0 * row_taps;
         t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
         t.out = y.data() + m * cv.K + k0;

@@ -111,8 +111,10 @@ namespace kernels_avx512_vnni {
 void tile_bfp(const BfpTileArgs& t);  // 12 x 32, for CPUs with AVX512_VNNI
 }
 namespace kernels_avx2 {
-constexpr int kBfpRows = 6;                // rows per AVX2 block floating point tile
-void tile_bfp_nr32(const BfpTileArgs& t);  // AVX2's tile over 32-wide panels: AVX-512 CPUs without VNNI
+constexpr int kBfpRows = 6;                      // rows per AVX2 block floating point tile
+void tile_bfp_nr32(const BfpTileArgs& t);        // AVX2's tile over 32-wide panels: AVX-512 CPUs without VNNI
+float bfp_block_max(const float* x, int64_t n);  // the quantizer's loops, also the AVX-512 set's
+int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m);
 }  // namespace kernels_avx2
 namespace kernels_ref {
 constexpr int kMr = 4, kNr = 8;
@@ -120,9 +122,5 @@ void tile_bfp(const BfpTileArgs& t);  // nn/kernels/bfp.cpp
 float bfp_block_max(const float* x, int64_t n);
 int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m);
 }  // namespace kernels_ref
-namespace kernels_avx2 {
-float bfp_block_max(const float* x, int64_t n);  // also the AVX-512 set's
-int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m);
-}  // namespace kernels_avx2
 
 }  // namespace toptag

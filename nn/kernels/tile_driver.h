@@ -44,15 +44,17 @@ void fill_rows(const ConvShape& cv, const OutputGrid& g, const PixelTable& px, i
 // layer passes over them.
 constexpr int64_t kChunkRows = 192;
 
-// Output rows [m, m + rows), columns [k0, k0 + columns) of an (., ld) output, and of the residual
-// when there is one, asked for ahead of the tile that writes them: a layer with few input channels
-// and many outputs (ResNet's 1x1 expansions, with their residual) is bound by streaming those rows
-// through memory. The kernels call it kPrefetchTiles tiles ahead.
+// The output rows of the tile kPrefetchTiles tiles of `mr` rows after the one at row i0 of a chunk
+// of `count` rows starting at output row m0 (none past the chunk), columns [k0, k0 + columns) of an
+// (., ld) output, and of the residual when there is one, asked for ahead of the tile that writes
+// them: a layer with few input channels and many outputs (ResNet's 1x1 expansions, with their
+// residual) is bound by streaming those rows through memory.
 constexpr int64_t kPrefetchTiles = 2;
-inline void prefetch_output_rows(float* out, const float* residual, int64_t ld, int64_t m, int64_t rows, int64_t k0,
-                                 int64_t columns) {
+inline void prefetch_output_ahead(float* out, const float* residual, int64_t ld, int64_t m0, int64_t count, int64_t i0,
+                                  int64_t mr, int64_t k0, int64_t columns) {
   constexpr int64_t kFloatsPerLine = 16;  // a 64-byte cache line
-  for (int64_t i = m; i < m + rows; ++i)
+  const int64_t first = i0 + kPrefetchTiles * mr, last = std::min(count, first + mr);
+  for (int64_t i = m0 + first; i < m0 + last; ++i)
     for (int64_t j = 0; j < columns; j += kFloatsPerLine) {
       __builtin_prefetch(out + i * ld + k0 + j, 1);
       if (residual) __builtin_prefetch(residual + i * ld + k0 + j, 0);
