@@ -71,6 +71,7 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const La
         break;
       }
       case LayerStep::Kind::block_begin:
+        if (step.name == "layer3.0") split_ = ops_.size();
         in_block = true;
         block_input_nonnegative = current_nonnegative;
         main_path.clear();
@@ -191,11 +192,26 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
 }
 
 Tensor FrozenResNet::features(const Tensor& images) const {
+  return finish_features(begin_features(images));
+}
+
+Tensor FrozenResNet::begin_features(const Tensor& images) const {
   if (images.rank() != 4 || images.dim(1) != in_channels_)
     fail("model expects images of shape (N, {}, H, W), got {}", in_channels_, images.shape().str());
-  Tensor current = nchw_to_nhwc(images), block_input, shortcut;
+  return run_ops(nchw_to_nhwc(images), 0, split_);
+}
+
+Tensor FrozenResNet::finish_features(const Tensor& partial) const {
+  if (partial.rank() != 4)
+    fail("finish_features expects (N, H, W, C) from begin_features, got {}", partial.shape().str());
+  return run_ops(partial, split_, ops_.size());
+}
+
+Tensor FrozenResNet::run_ops(Tensor current, size_t begin, size_t end) const {
+  Tensor block_input, shortcut;
   QuantizedInputCache cache;  // a block's input, quantized once for its shortcut and first convolution
-  for (const Op& op : ops_) {
+  for (size_t i = begin; i < end; ++i) {
+    const Op& op = ops_[i];
     if (op.starts_block) block_input = current;
     if (op.pool) {
       current = maxpool_nhwc(current, op.pool_params);
@@ -205,7 +221,7 @@ Tensor FrozenResNet::features(const Tensor& images) const {
     const Tensor* residual = !op.add_residual ? nullptr : op.residual == Slot::shortcut ? &shortcut : &block_input;
     (op.out == Slot::shortcut ? shortcut : current) = run(op, in, residual, &cache);
   }
-  return global_avgpool_nhwc(current);
+  return end == ops_.size() ? global_avgpool_nhwc(current) : current;
 }
 
 Tensor FrozenResNet::head(const Tensor& features) const {

@@ -188,6 +188,30 @@ bool all_finite(std::span<const float> values) {
   return std::all_of(values.begin(), values.end(), [](float v) { return std::isfinite(v); });
 }
 
+Tensor concat_rows(std::span<const Tensor> parts) {
+  if (parts.empty()) fail("concat_rows: no parts");
+  if (parts.size() == 1) return parts[0];
+  auto rest = [](const Tensor& t) {  // every dimension but the first
+    Shape s = t.shape();
+    if (s.rank() == 0) fail("concat_rows: a scalar has no rows");
+    s[0] = 0;
+    return s;
+  };
+  Shape shape = rest(parts[0]);
+  for (const Tensor& p : parts) {
+    if (!(rest(p) == rest(parts[0])))
+      fail("concat_rows: parts of shapes {} and {}", parts[0].shape().str(), p.shape().str());
+    shape[0] += p.dim(0);
+  }
+  Tensor all = Tensor::empty(shape);
+  float* out = all.data();
+  for (const Tensor& p : parts) {
+    if (p.numel() > 0) std::memcpy(out, p.data(), static_cast<size_t>(p.numel()) * sizeof(float));
+    out += p.numel();
+  }
+  return all;
+}
+
 void expect_shape(const Tensor& t, const Shape& expected, const std::string& what) {
   if (!t.defined()) fail("{}: tensor is missing (expected shape {})", what, expected.str());
   if (!(t.shape() == expected)) fail("{}: expected shape {}, found {}", what, expected.str(), t.shape().str());

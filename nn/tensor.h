@@ -75,6 +75,10 @@ void expect_shape(const Tensor& t, const Shape& expected, const std::string& wha
 // True when no value is NaN or inf.
 bool all_finite(std::span<const float> values);
 
+// The parts' rows (first dimension) one after the other, as one tensor; the parts must agree in
+// every other dimension. One part is returned as it is, not copied.
+Tensor concat_rows(std::span<const Tensor> parts);
+
 // The buffer pool behind Tensor::empty. Thread-safe. Freed buffers are kept for reuse until the
 // cached total exceeds a cap, past which they go back to the system.
 struct PoolStats {

@@ -69,6 +69,30 @@ TEST(FrozenResNet, ThePapersModelAtBatchOne) {
   EXPECT_NE(plan.describe().find(plan.kernel_set().name), std::string::npos);
 }
 
+// A server runs the early layers of each request as it comes and the late ones once for all
+// (serve/engine.h): the early layers' outputs of several batches, concatenated, finish as the
+// features of the whole batch. The split is at layer3's input.
+TEST(FrozenResNet, FeaturesInTwoPartsOverBatchesGatheredOneByOne) {
+  ResNet model(ResNetConfig{"resnet50", 1, 8, 32, 2}, 6);
+  Rng rng(7);
+  randomise_batchnorms(model, rng);
+  model.set_training(false);
+  model.fold_batchnorm();
+  const Tensor images = testing::random_tensor({6, 1, 40, 40}, rng);
+  for (Isa isa : testing::isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    const FrozenResNet plan(model, isa);
+    const Tensor whole = plan.features(images);
+    std::vector<Tensor> partials;
+    for (auto [begin, end] : {std::pair{0, 1}, {1, 4}, {4, 6}})
+      partials.push_back(plan.begin_features(testing::rows_of(images, begin, end)));
+    // 40x40 -> 20x20 (stem) -> 10x10 (max pool, layer1) -> 5x5 (layer2): 2 x 4 x width channels.
+    EXPECT_EQ(partials[1].shape(), Shape({3, 5, 5, 64}));
+    // Winograd runs on larger batches only, so the parts may round differently from the whole.
+    testing::expect_close_to_max(plan.finish_features(concat_rows(partials)), whole, "features", 1e-5);
+  }
+}
+
 TEST(FrozenResNet, RefusesWhatItCannotRun) {
   ResNet model(ResNetConfig{"resnet10", 1, 4, 8, 2}, 1);
   EXPECT_NE(testing::error_of([&] { FrozenResNet plan(model); }).find("batch norm is not folded"), std::string::npos);

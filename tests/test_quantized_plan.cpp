@@ -77,6 +77,11 @@ TEST_P(QuantizedPlanVsEmulation, FeaturesAndLogitsMatch) {
     const double tolerance = std::string(c.activations) == "int8" ? kInt8Tolerance : kTolerance;
     testing::expect_close_to_max(f, features, "features", tolerance);
     testing::expect_close_to_max(plan.head(f), logits, "logits", tolerance);
+    if (c.batch > 1) {  // in two parts, as the server runs it: the first row's early layers alone
+      const std::vector<Tensor> partials{plan.begin_features(testing::rows_of(images, 0, 1)),
+                                         plan.begin_features(testing::rows_of(images, 1, c.batch))};
+      testing::expect_close_to_max(plan.finish_features(concat_rows(partials)), f, "features in two parts", tolerance);
+    }
   }
 }
 

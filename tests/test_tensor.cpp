@@ -20,6 +20,19 @@ TEST(Tensor, ShapeAndReshape) {
   EXPECT_THROW(expect_shape(t, {2, 3, 5}, "thing"), Error);
 }
 
+TEST(Tensor, ConcatRowsPutsThePartsOneAfterTheOther) {
+  const Tensor a = Tensor::from({2, 1, 2}, std::vector<float>{1, 2, 3, 4});
+  const Tensor b = Tensor::from({1, 1, 2}, std::vector<float>{5, 6});
+  const std::vector<Tensor> parts{a, b, Tensor::zeros({0, 1, 2})};
+  const Tensor all = concat_rows(parts);
+  EXPECT_EQ(all.shape(), Shape({3, 1, 2}));
+  EXPECT_EQ(std::vector<float>(all.span().begin(), all.span().end()), (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  EXPECT_TRUE(concat_rows(std::vector<Tensor>{a}).shares_storage_with(a));  // one part: not copied
+  const std::vector<Tensor> mismatched{a, Tensor::zeros({1, 2, 1})};
+  EXPECT_THROW(concat_rows(mismatched), Error);
+  EXPECT_THROW(concat_rows(std::vector<Tensor>{}), Error);
+}
+
 TEST(Tensor, PoolReusesFreedBuffers) {
   pool_release_cached();
   const PoolStats before = pool_stats();

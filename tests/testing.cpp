@@ -94,6 +94,13 @@ Tensor random_tensor(const Shape& shape, Rng& rng, double scale) {
   return t;
 }
 
+Tensor rows_of(const Tensor& t, int64_t begin, int64_t end) {
+  Shape shape = t.shape();
+  shape[0] = end - begin;
+  const int64_t row = t.dim(0) ? t.numel() / t.dim(0) : 0;
+  return Tensor::from(shape, std::span<const float>(t.data() + begin * row, static_cast<size_t>((end - begin) * row)));
+}
+
 namespace {
 
 double weighted_sum(const Tensor& y, const Tensor& r) {

@@ -48,6 +48,9 @@ void expect_close_to_max(const Tensor& actual, const Tensor& expected, const std
 
 Tensor random_tensor(const Shape& shape, Rng& rng, double scale = 1.0);
 
+// A copy of rows [begin, end) of t's first dimension.
+Tensor rows_of(const Tensor& t, int64_t begin, int64_t end);
+
 // The instruction-set paths of the inference kernels this CPU runs (ref everywhere).
 std::vector<Isa> isas_here();
 
