@@ -243,8 +243,7 @@ void add_serve_commands(CLI::App& app) {
       ->default_val(5)
       ->check(in_range(1, 60));
   cmd->add_option("--port-file", a->port_file, "write the bound ports as JSON here once serving (for scripts)");
-  cmd->add_option("--instances", s.engine.instances,
-                  "model instances computing batches side by side (0: 2, or 1 on a single usable CPU)")
+  cmd->add_option("--instances", s.engine.instances, "model instances computing batches side by side (0: 1)")
       ->default_val(0)
       ->check(CLI::Range(0, 256));
   cmd->add_option("--threads", s.engine.threads,

@@ -6,6 +6,7 @@
 
 #include "nn/blas.h"
 #include "nn/check.h"
+#include "nn/inference_plan.h"
 #include "nn/parallel.h"
 #include "tagger/scores.h"
 
@@ -27,10 +28,11 @@ BatchingEngine::BatchingEngine(Tagger tagger, const EngineOptions& options)
   validate(tagger_.images);
   check_channels(*tagger_.model, tagger_.images, "toptag serve");
   const int cores = usable_cpus().count;  // the affinity mask and cgroup quota, not the machine
-  if (options_.instances <= 0) options_.instances = std::min(2, cores);
+  if (options_.instances <= 0) options_.instances = 1;
   if (options_.threads <= 0) options_.threads = std::max(1, cores / options_.instances);
   tagger_.model->set_training(false);
   freeze_for_inference(tagger_);  // quantized models: weights quantized once, not per batch
+  plan_ = tagger_.model->frozen();
   // Loading OpenBLAS may set OPENBLAS_CORETYPE in the environment: done here, before the workers
   // start, so that no worker's first batch calls setenv while another thread reads the environment
   // (gRPC's grpc_init reads it as the front end starts, and getenv racing setenv crashes).
@@ -105,55 +107,121 @@ void BatchingEngine::stop() {
 
 void BatchingEngine::work() {
   set_num_threads(options_.threads);  // OpenMP settings are per thread: apply them to this one
-  std::vector<Pending> batch;
+  std::vector<Pending> taken;
   for (;;) {
-    {
-      std::unique_lock lock(mutex_);
+    if (!take(taken, options_.max_batch, true)) return;
+    Execution e;
+    do begin(e, taken);
+    while (e.images < options_.max_batch && take(taken, options_.max_batch - e.images, false));
+    finish(e);
+    std::lock_guard lock(mutex_);
+    --computing_;
+  }
+}
+
+bool BatchingEngine::take(std::vector<Pending>& taken, int64_t room, bool idle) {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    if (idle) {
       changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping, and nothing left to answer
+      if (queue_.empty()) return false;  // stopping, and nothing left to answer
       // Wait for the batch to fill, at most max_queue_delay after the oldest request arrived; but
       // only while another instance is computing. With every instance idle, nothing suggests more
       // requests are about to come (one client alone gets no added latency); with one busy, its
       // clients come back as soon as it answers them, and a fuller batch is worth the wait.
       if (computing_ > 0) {
         const auto deadline = queue_.front().arrival + std::chrono::microseconds(options_.max_queue_delay_us);
-        changed_.wait_until(lock, deadline,
-                            [&] { return stopping_ || queue_.empty() || queued_images_ >= options_.max_batch; });
+        changed_.wait_until(lock, deadline, [&] { return stopping_ || queue_.empty() || queued_images_ >= room; });
         if (queue_.empty()) continue;  // another instance took them
       }
-      int64_t images = 0;
-      while (!queue_.empty() && images + queue_.front().images.dim(0) <= options_.max_batch) {
-        Pending p = std::move(queue_.front());
-        queue_.pop_front();
-        queued_images_ -= p.images.dim(0);
-        if (p.cancelled && p.cancelled->load()) {  // its client is gone: do not compute it
-          p.promise.set_exception(std::make_exception_ptr(Cancelled("the client cancelled the request")));
-          continue;
-        }
-        images += p.images.dim(0);
-        batch.push_back(std::move(p));
-      }
-      if (batch.empty()) continue;
-      ++computing_;
     }
-    changed_.notify_all();  // the queue changed: an instance waiting on it re-reads it
-    run_batch(batch);
-    batch.clear();
-    std::lock_guard lock(mutex_);
-    --computing_;
+    int64_t images = 0;
+    while (!queue_.empty() && images + queue_.front().images.dim(0) <= room) {
+      Pending p = std::move(queue_.front());
+      queue_.pop_front();
+      queued_images_ -= p.images.dim(0);
+      if (p.cancelled && p.cancelled->load()) {  // its client is gone: do not compute it
+        p.promise.set_exception(std::make_exception_ptr(Cancelled("the client cancelled the request")));
+        continue;
+      }
+      images += p.images.dim(0);
+      taken.push_back(std::move(p));
+    }
+    if (!taken.empty() || !idle) break;
   }
+  if (taken.empty()) return false;
+  if (idle) ++computing_;
+  lock.unlock();
+  changed_.notify_all();  // the queue changed: an instance waiting on it re-reads it
+  return true;
 }
 
-Tensor BatchingEngine::assemble(const std::vector<Pending>& batch, int64_t n) const {
-  if (batch.size() == 1) return batch[0].images;
-  const ImageOptions& o = tagger_.images;
-  Tensor images = Tensor::empty({n, o.channels, o.size, o.size});
-  int64_t row = 0;
-  for (const Pending& p : batch) {
-    std::memcpy(images.data() + row * o.pixels(), p.images.data(), p.images.numel() * sizeof(float));
-    row += p.images.dim(0);
+void BatchingEngine::begin(Execution& e, std::vector<Pending>& taken) {
+  const auto start = Clock::now();
+  std::vector<Tensor> images;
+  int64_t n = 0;
+  for (const Pending& p : taken) {
+    images.push_back(p.images);
+    n += p.images.dim(0);
   }
-  return images;
+  try {
+    const Tensor batch = concat_rows(images);
+    const auto assembled = Clock::now();
+    NoGradGuard no_grad;
+    e.partials.push_back(plan_ ? plan_->begin_features(batch) : batch);
+    e.input_ns += nanos(assembled - start);
+    e.infer_ns += nanos(Clock::now() - assembled);
+  } catch (...) {
+    for (Pending& p : taken) p.promise.set_exception(std::current_exception());
+    taken.clear();
+    return;
+  }
+  for (Pending& p : taken) {
+    e.queue_ns.push_back(nanos(start - p.arrival));
+    e.requests.push_back(std::move(p));
+  }
+  e.images += n;
+  taken.clear();
+}
+
+void BatchingEngine::finish(Execution& e) {
+  if (e.requests.empty()) return;  // every part failed, and was answered
+  size_t answered = 0;
+  try {
+    const auto start = Clock::now();
+    const Tensor partial = concat_rows(e.partials);
+    e.partials.clear();
+    const auto assembled = Clock::now();
+    NoGradGuard no_grad;
+    ResNet& model = *tagger_.model;
+    const Tensor features = plan_ ? plan_->finish_features(partial) : model.features(Var(partial)).value();
+    const Tensor probabilities = class_probabilities(model.head(Var(features)).value());
+    const auto computed = Clock::now();
+    std::vector<EngineResult> results = split(e.requests, features, probabilities);
+    const auto extracted = Clock::now();
+    const int64_t input_ns = e.input_ns + nanos(assembled - start), infer_ns = e.infer_ns + nanos(computed - assembled),
+                  output_ns = nanos(extracted - computed);
+    {  // counted before any client is answered, so an answered request's execution is in the statistics
+      std::lock_guard lock(statistics_mutex_);
+      BatchStatistics& s = batch_statistics_[e.images];
+      ++s.executions;
+      s.compute_input_ns += static_cast<uint64_t>(input_ns);
+      s.compute_infer_ns += static_cast<uint64_t>(infer_ns);
+      s.compute_output_ns += static_cast<uint64_t>(output_ns);
+    }
+    for (size_t b = 0; b < e.requests.size(); ++b) {
+      EngineResult& r = results[b];
+      r.queue_ns = e.queue_ns[b];
+      r.compute_input_ns = input_ns;
+      r.compute_infer_ns = infer_ns;
+      r.compute_output_ns = output_ns;
+      r.batch_images = e.images;
+      e.requests[b].promise.set_value(std::move(r));
+      ++answered;
+    }
+  } catch (...) {  // only the requests not answered yet: a promise is set once
+    for (size_t i = answered; i < e.requests.size(); ++i) e.requests[i].promise.set_exception(std::current_exception());
+  }
 }
 
 std::vector<EngineResult> BatchingEngine::split(const std::vector<Pending>& batch, const Tensor& features,
@@ -176,46 +244,6 @@ std::vector<EngineResult> BatchingEngine::split(const std::vector<Pending>& batc
     row += m;
   }
   return results;
-}
-
-void BatchingEngine::run_batch(std::vector<Pending>& batch) {
-  const auto start = Clock::now();
-  int64_t n = 0;
-  for (const Pending& p : batch) n += p.images.dim(0);
-  size_t answered = 0;
-  try {
-    const Tensor images = assemble(batch, n);
-    const auto assembled = Clock::now();
-    NoGradGuard no_grad;
-    ResNet& model = *tagger_.model;
-    Var features = model.features(Var(images));
-    const Tensor probabilities = class_probabilities(model.head(features).value());
-    const auto computed = Clock::now();
-    std::vector<EngineResult> results = split(batch, features.value(), probabilities);
-    const auto extracted = Clock::now();
-    const int64_t input_ns = nanos(assembled - start), infer_ns = nanos(computed - assembled),
-                  output_ns = nanos(extracted - computed);
-    {  // counted before any client is answered, so an answered request's execution is in the statistics
-      std::lock_guard lock(statistics_mutex_);
-      BatchStatistics& s = batch_statistics_[n];
-      ++s.executions;
-      s.compute_input_ns += static_cast<uint64_t>(input_ns);
-      s.compute_infer_ns += static_cast<uint64_t>(infer_ns);
-      s.compute_output_ns += static_cast<uint64_t>(output_ns);
-    }
-    for (size_t b = 0; b < batch.size(); ++b) {
-      EngineResult& r = results[b];
-      r.queue_ns = nanos(start - batch[b].arrival);
-      r.compute_input_ns = input_ns;
-      r.compute_infer_ns = infer_ns;
-      r.compute_output_ns = output_ns;
-      r.batch_images = n;
-      batch[b].promise.set_value(std::move(r));
-      ++answered;
-    }
-  } catch (...) {  // only the requests not answered yet: a promise is set once
-    for (size_t i = answered; i < batch.size(); ++i) batch[i].promise.set_exception(std::current_exception());
-  }
 }
 
 uint64_t BatchingEngine::executions() const {

@@ -3,8 +3,15 @@
 // images, runs the model once on the whole batch, and hands every request its own rows. While
 // another instance is computing, it first waits up to --max-queue-delay-us after the oldest request
 // arrived for more to come; with every instance idle it starts at once, so a lone client pays no
-// delay. Every row is computed independently of the others in its batch, so a response is what the
-// request would get alone (up to rounding in the matrix products). The queue is bounded
+// delay.
+//
+// A frozen model's execution is gathered in two parts (FrozenResNet::begin_features): the instance
+// runs the early layers on what it took, then on whatever came meanwhile, and so on up to
+// --max-batch; when nothing more waits it runs the late layers once on all of it. The late layers
+// hold most of the weights, and reading them bounds a small batch, so clients answered together
+// come back one by one without splitting into small batches taking turns. Every row is computed independently of the
+// others in its batch, so a response is what the request would get alone (up to rounding in the matrix products). The
+// queue is bounded
 // (--max-queue batches): beyond it, work is refused at once rather than left to pile up, and a part
 // whose client has gone is dropped before it is computed.
 #pragma once
@@ -30,7 +37,9 @@ struct EngineOptions {
   int64_t max_queue = 256;               // batches waiting for an instance; beyond it submit() refuses (QueueFull)
   int64_t max_queue_delay_us = kDefaultMaxQueueDelayUs;
   // Model instances: worker threads that each run one batch at a time, sharing the read-only
-  // weights; with two, one batch fills while the other computes. 0: two (one on a single core).
+  // weights; with two, one batch fills while the other computes. 0: one, with every core: on two
+  // cores it served 16 clients faster than two of one thread each, and a lone client in half the
+  // time, since one instance gathers its batch while it computes (begin_features).
   int instances = 0;
   int threads = 0;  // OpenMP/OpenBLAS threads of each instance (0: the cores divided among instances)
 };
@@ -110,14 +119,30 @@ class BatchingEngine {
     std::promise<EngineResult> promise;
     std::chrono::steady_clock::time_point arrival;
   };
+  // One model execution as it is gathered: its requests, the output of their early layers, and
+  // the time spent so far.
+  struct Execution {
+    std::vector<Pending> requests;
+    std::vector<int64_t> queue_ns;  // each request's wait in the queue
+    std::vector<Tensor> partials;   // begin_features of each part taken (the images if not frozen)
+    int64_t images = 0, input_ns = 0, infer_ns = 0;
+  };
   void work();
-  void run_batch(std::vector<Pending>& batch);
-  // The batch's images as one (n, C, H, W) tensor.
-  Tensor assemble(const std::vector<Pending>& batch, int64_t n) const;
+  // Moves queued requests of at most `room` images in all into `taken`, answering those whose
+  // client is gone. idle: this instance has nothing in hand: waits for work (false: stopping and
+  // none left), and while another instance computes, up to max_queue_delay for the batch to fill;
+  // counts the instance as computing once it returns true. Otherwise takes only what waits now
+  // (false: nothing).
+  bool take(std::vector<Pending>& taken, int64_t room, bool idle);
+  // Runs the early layers on `taken` and adds them to the execution; a failure answers them.
+  void begin(Execution& e, std::vector<Pending>& taken);
+  // Runs the late layers and the head on the whole execution and answers its requests.
+  void finish(Execution& e);
   // Each request's rows of the batch's outputs (features only where asked for), and where its
   // features first hold NaN or inf.
   std::vector<EngineResult> split(const std::vector<Pending>& batch, const Tensor& features,
                                   const Tensor& probabilities) const;
+  const FrozenResNet* plan_ = nullptr;  // the frozen model, run in two parts; null: the autograd ops
 
   Tagger tagger_;
   EngineOptions options_;

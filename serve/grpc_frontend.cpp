@@ -298,6 +298,12 @@ GrpcFrontEnd::GrpcFrontEnd(InferenceService& service, const std::string& host, i
   grpc::ResourceQuota quota("toptag-serve");
   quota.SetMaxThreads(max_threads);  // the sync server's threads: calls beyond get RESOURCE_EXHAUSTED
   builder.SetResourceQuota(quota);
+  // A thread that has answered a call stays to poll for the next one, up to half the threads: with
+  // gRPC's default of 2 pollers, 16 one-jet clients made it start and end a thread for most calls,
+  // and served throughput rose 8-11% (bench/served_throughput.sh) without that churn.
+  using Option = grpc::ServerBuilder::SyncServerOption;
+  builder.SetSyncServerOption(Option::MIN_POLLERS, std::min(4, max_threads));
+  builder.SetSyncServerOption(Option::MAX_POLLERS, std::max(std::min(4, max_threads), max_threads / 2));
   builder.RegisterService(impl_->service.get());
   impl_->server = builder.BuildAndStart();
   if (!impl_->server || port_ == 0) fail("cannot listen for gRPC on {}:{} (port in use?)", host, port);
