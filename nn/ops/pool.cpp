@@ -70,10 +70,17 @@ void maxpool_nhwc_forward(const float* x, const PoolGeometry& g, float* y, int32
               first = false;
               continue;
             }
+            if (!index) {  // inference: a loop the compiler vectorises (x != x: NaN)
+              for (int64_t c = 0; c < C; ++c) {
+                const float a = in[c], b = out[c];
+                out[c] = (a > b || (a != a && b == b)) ? a : b;
+              }
+              continue;
+            }
             for (int64_t c = 0; c < C; ++c) {
               const bool take = in[c] > out[c] || (std::isnan(in[c]) && !std::isnan(out[c]));
               out[c] = take ? in[c] : out[c];
-              if (index) index[c] = take ? position : index[c];
+              index[c] = take ? position : index[c];
             }
           }
       }
