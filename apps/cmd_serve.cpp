@@ -55,7 +55,8 @@ void run_serve(ServeArgs& a) {
   if (a.server.grpc_port < 0 && a.server.http_port < 0)
     fail("--grpc-port and --http-port are both -1: the server would have no way to be asked");
   FileUse().reads("--checkpoint", a.checkpoint).writes("--port-file", a.port_file).check();
-  Tagger tagger = load_tagger(a.checkpoint);
+  Tagger tagger;
+  run_on_passing_thread([&] { tagger = load_tagger(a.checkpoint); });  // so that only the engine's threads compute
   tagger.emulate = a.emulate;
   tagger.images = a.image.merged(tagger);
   validate(tagger.images);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <exception>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -268,6 +269,25 @@ void set_num_threads(int n) {
 
 int num_threads() {
   return configured_threads > 0 ? configured_threads : omp_get_max_threads();
+}
+
+void run_on_passing_thread(const std::function<void()>& work) {
+  const int threads = omp_get_max_threads();
+  std::exception_ptr error;
+  std::thread passing([&] {
+    omp_set_num_threads(threads);
+    try {
+      work();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  passing.join();
+  if (error) std::rethrow_exception(error);
+}
+
+void run_serially_on_this_thread() {
+  omp_set_num_threads(1);
 }
 
 }  // namespace toptag

@@ -31,7 +31,9 @@ BatchingEngine::BatchingEngine(Tagger tagger, const EngineOptions& options)
   if (options_.instances <= 0) options_.instances = 1;
   if (options_.threads <= 0) options_.threads = std::max(1, cores / options_.instances);
   tagger_.model->set_training(false);
-  freeze_for_inference(tagger_);  // quantized models: weights quantized once, not per batch
+  // Weights quantized once, not per batch, and packed, on a thread that ends with it: its OpenMP
+  // pool must not outlive it (nn/parallel.h).
+  run_on_passing_thread([&] { freeze_for_inference(tagger_); });
   plan_ = tagger_.model->frozen();
   // Loading OpenBLAS may set OPENBLAS_CORETYPE in the environment: done here, before the workers
   // start, so that no worker's first batch calls setenv while another thread reads the environment
@@ -58,6 +60,7 @@ bool BatchingEngine::running() const {
 
 Tensor BatchingEngine::images_from_constituents(std::span<const float> constituents, int64_t n,
                                                 int n_constituents) const {
+  run_serially_on_this_thread();  // a request handler: it must open no OpenMP pool (nn/parallel.h)
   return jet_images(constituents, n, n_constituents, tagger_.images);
 }
 

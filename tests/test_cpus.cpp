@@ -1,8 +1,12 @@
 // The CPUs a process may use (nn/parallel.h): cgroup v1 and v2 quotas read from made-up files, the
 // affinity mask against the machine, and the share of ranks whose masks overlap.
+#include <omp.h>
 #include <sched.h>
 
+#include <chrono>
+#include <filesystem>
 #include <map>
+#include <thread>
 
 #include "nn/parallel.h"
 #include "testing.h"
@@ -152,6 +156,64 @@ TEST(Threads, DefaultFollowsTheBudget) {
   set_num_threads(3);
   EXPECT_EQ(num_threads(), 3);
   set_num_threads(0);
+}
+
+// The threads this process runs now (its /proc/self/task entries).
+int64_t threads_now() {
+  return std::distance(std::filesystem::directory_iterator("/proc/self/task"), std::filesystem::directory_iterator());
+}
+
+// Waits up to 5 s for the thread count to come down to `want` (an ended thread's pool leaves as it
+// is told to, not at once); returns the count seen last.
+int64_t threads_after_settling(int64_t want) {
+  int64_t n = threads_now();
+  for (int i = 0; i < 500 && n > want; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    n = threads_now();
+  }
+  return n;
+}
+
+// Work that opens a parallel region of 4 threads: a thread that ran it keeps 3 OpenMP workers.
+int team_size() {
+  int size = 0;
+#pragma omp parallel num_threads(4)
+  {
+#pragma omp single
+    size = omp_get_num_threads();
+  }
+  return size;
+}
+
+// A server loads its model this way, so that the loading's OpenMP workers are gone when its engine
+// computes (nn/parallel.h): here, the pool that 4-thread region opens ends with the passing thread.
+TEST(Threads, APassingThreadTakesItsOpenMpPoolAlong) {
+  const int64_t before = threads_now();
+  int size = 0;
+  run_on_passing_thread([&] { size = team_size(); });
+  EXPECT_EQ(size, 4);
+  EXPECT_EQ(threads_after_settling(before), before) << "the passing thread's OpenMP workers outlived it";
+  EXPECT_THROW(run_on_passing_thread([] { fail("from the passing thread"); }), Error);
+  // The passing thread computes with the caller's thread count, not OpenMP's default.
+  set_num_threads(1);
+  int threads = 0;
+  run_on_passing_thread([&] { threads = omp_get_max_threads(); });
+  EXPECT_EQ(threads, 1);
+  set_num_threads(0);
+}
+
+// A request handler runs its regions alone: no team, no pool.
+TEST(Threads, ASerialThreadOpensNoPool) {
+  const int64_t before = threads_now();
+  std::thread handler([before] {
+    run_serially_on_this_thread();
+    int size = 0;
+#pragma omp parallel
+    size = omp_get_num_threads();
+    EXPECT_EQ(size, 1);
+    EXPECT_EQ(threads_now(), before + 1);  // itself only
+  });
+  handler.join();
 }
 
 }  // namespace
