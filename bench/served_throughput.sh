@@ -8,10 +8,11 @@
 #      concurrent one-jet clients (--shared-memory system: again with shared memory). Client and
 #      server share the machine's CPUs, as they would on one worker node.
 # The checkpoint is ResNet-50 at 40x40x1, untrained (one step at a learning rate of 1e-12 on 8
-# generated jets): the figures, not the scores, are the point.
+# generated jets): the figures, not the scores, are the point. --format ms-fp8 quantizes it (weights
+# and activations), as the study serves its fine-tuned model.
 #
 #   bash bench/served_throughput.sh [--toptag build/toptag] [--threads 2] [--clients 16] [--duration 10s]
-#                                   [--serve-args "--max-queue-delay-us 2000"]
+#                                   [--format ms-fp8] [--serve-args "--max-queue-delay-us 2000"]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOPTAG=$HERE/../build/toptag
@@ -19,6 +20,7 @@ THREADS=2
 CLIENTS=16
 DURATION=10s
 SERVE_ARGS=""
+FORMAT=""
 while [ $# -gt 0 ]; do
   case $1 in
     --toptag) TOPTAG=$2 ;;
@@ -26,7 +28,8 @@ while [ $# -gt 0 ]; do
     --clients) CLIENTS=$2 ;;
     --duration) DURATION=$2 ;;
     --serve-args) SERVE_ARGS=$2 ;;
-    *) sed -n '13,14p' "$0" >&2 && exit 2 ;;
+    --format) FORMAT=$2 ;;
+    *) sed -n '14,15p' "$0" >&2 && exit 2 ;;
   esac
   shift 2
 done
@@ -50,14 +53,19 @@ echo "load:  $(cut -d' ' -f1-3 /proc/loadavg)"
 "$TOPTAG" generate -o jets.h5 --jets 8 --seed 1 >/dev/null 2>&1
 "$TOPTAG" train --train jets.h5 --val jets.h5 -o run --epochs 1 --batch-size 4 --lr 1e-12 --threads "$THREADS" \
   >/dev/null 2>&1
+CHECKPOINT=run/last.h5
+if [ -n "$FORMAT" ]; then
+  "$TOPTAG" quantize -c run/last.h5 -f "$FORMAT" --activations -o quantized.h5 >/dev/null 2>&1
+  CHECKPOINT=quantized.h5
+fi
 
 section "local: toptag perf --local, $THREADS threads"
-"$TOPTAG" perf --local -c run/last.h5 --batch 1,8,16,32,64 --threads "$THREADS" --duration "$DURATION" \
+"$TOPTAG" perf --local -c "$CHECKPOINT" --batch 1,8,16,32,64 --threads "$THREADS" --duration "$DURATION" \
   --csv local.csv 2>&1 | grep -E "^engine|^local"
 
 section "served: toptag serve $SERVE_ARGS; toptag perf --server, $CLIENTS one-jet clients"
 # shellcheck disable=SC2086
-"$TOPTAG" serve -c run/last.h5 --host 127.0.0.1 --grpc-port 0 --http-port 0 --metrics-port 0 --port-file ports.json \
+"$TOPTAG" serve -c "$CHECKPOINT" --host 127.0.0.1 --grpc-port 0 --http-port 0 --metrics-port 0 --port-file ports.json \
   $SERVE_ARGS >serve.log 2>&1 &
 serve_pid=$!
 for _ in $(seq 100); do [ -s ports.json ] && break; sleep 0.1; done
