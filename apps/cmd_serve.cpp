@@ -72,9 +72,12 @@ void run_serve(ServeArgs& a) {
              listener_address("", a.server.host, server.grpc_port(), ""),
              listener_address("http://", a.server.host, server.http_port(), "/v2"),
              listener_address("http://", a.server.host, server.metrics_port(), "/metrics"));
-  fmt::print("  dynamic batching: up to {} images, queue delay up to {} us, {} instance(s) x {} thread(s)\n",
-             a.server.engine.max_batch, a.server.engine.max_queue_delay_us, server.service().engine().instances(),
-             server.service().engine().threads_per_instance());
+  const int instances = server.service().engine().instances();
+  fmt::print("  dynamic batching: up to {} images, gathered while computing, {}; {} instance(s) x {} thread(s)\n",
+             a.server.engine.max_batch,
+             instances > 1 ? fmt::format("queue delay up to {} us", a.server.engine.max_queue_delay_us)
+                           : std::string("no queue delay (one instance)"),
+             instances, server.service().engine().threads_per_instance());
   fmt::print("  Ctrl-C or SIGTERM stops\n");
   const BatchingEngine& engine = server.service().engine();
   fmt::print(stderr, "threads: {} instance(s) x {} ({})\n", engine.instances(), engine.threads_per_instance(),

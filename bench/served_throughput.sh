@@ -12,7 +12,7 @@
 # and activations), as the study serves its fine-tuned model.
 #
 #   bash bench/served_throughput.sh [--toptag build/toptag] [--threads 2] [--clients 16] [--duration 10s]
-#                                   [--format ms-fp8] [--serve-args "--max-queue-delay-us 2000"]
+#                                   [--format ms-fp8] [--serve-args "--instances 2 --threads 1"]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOPTAG=$HERE/../build/toptag

@@ -101,6 +101,8 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const La
   });
   if (linears != 2) fail("cannot freeze: expected a head of two linear layers, found {}", linears);
   quantized_ = nullptr;
+  const Op& first = ops_.at(split_);  // a convolution: a block starts with one, and so does the stem
+  split_channels_ = first.bfp ? first.bfp->C : first.conv.C;
 }
 
 FrozenResNet::Op FrozenResNet::conv_op(const LayerStep& step, bool input_nonnegative) const {
@@ -202,8 +204,8 @@ Tensor FrozenResNet::begin_features(const Tensor& images) const {
 }
 
 Tensor FrozenResNet::finish_features(const Tensor& partial) const {
-  if (partial.rank() != 4)
-    fail("finish_features expects (N, H, W, C) from begin_features, got {}", partial.shape().str());
+  if (partial.rank() != 4 || partial.dim(3) != split_channels_)
+    fail("finish_features expects (N, H, W, {}) from begin_features, got {}", split_channels_, partial.shape().str());
   return run_ops(partial, split_, ops_.size());
 }
 

@@ -126,8 +126,11 @@ class FrozenResNet {
   bool quantized_plan_ = false;
   int64_t in_channels_ = 0, feature_dim_ = 0;
   std::vector<Op> ops_;
-  size_t split_ = 0;  // ops_[split_] starts layer3: where begin_features ends (0: no such block)
-  Op fc1_, fc2_;      // the head, as 1x1 convolutions over a 1x1 image
+  // ops_[split_] starts layer3: where begin_features ends (0: no such block, which no ResNet of
+  // nn/resnet.h lacks), and the channels there.
+  size_t split_ = 0;
+  int64_t split_channels_ = 0;
+  Op fc1_, fc2_;  // the head, as 1x1 convolutions over a 1x1 image
 };
 
 }  // namespace toptag

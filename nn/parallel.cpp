@@ -286,8 +286,12 @@ void run_on_passing_thread(const std::function<void()>& work) {
   if (error) std::rethrow_exception(error);
 }
 
-void run_serially_on_this_thread() {
+SerialOpenMp::SerialOpenMp() : saved_(omp_get_max_threads()) {
   omp_set_num_threads(1);
+}
+
+SerialOpenMp::~SerialOpenMp() {
+  omp_set_num_threads(saved_);
 }
 
 }  // namespace toptag

@@ -29,9 +29,18 @@ int num_threads();
 // `work` runs on a thread, with the caller's thread count, that ends with it, and takes its pool
 // along. Its exception is the caller's.
 void run_on_passing_thread(const std::function<void()>& work);
-// This thread's own OpenMP regions run on it alone, and open no pool: for threads that do not
-// compute the model (a server's request handlers).
-void run_serially_on_this_thread();
+// While it lives, this thread's OpenMP regions run on it alone and open no pool: for threads that
+// do not compute the model (a server's request handlers). The thread's count is restored after.
+class SerialOpenMp {
+ public:
+  SerialOpenMp();
+  ~SerialOpenMp();
+  SerialOpenMp(const SerialOpenMp&) = delete;
+  SerialOpenMp& operator=(const SerialOpenMp&) = delete;
+
+ private:
+  int saved_;
+};
 
 // A cgroup CPU limit: `quota` microseconds of CPU time every `period` (cgroup v2 cpu.max, or v1
 // cpu.cfs_quota_us / cpu.cfs_period_us), which is ceil(quota / period) CPUs busy at once.

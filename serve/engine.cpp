@@ -60,7 +60,7 @@ bool BatchingEngine::running() const {
 
 Tensor BatchingEngine::images_from_constituents(std::span<const float> constituents, int64_t n,
                                                 int n_constituents) const {
-  run_serially_on_this_thread();  // a request handler: it must open no OpenMP pool (nn/parallel.h)
+  const SerialOpenMp serial;  // a request handler: it must open no OpenMP pool (nn/parallel.h)
   return jet_images(constituents, n, n_constituents, tagger_.images);
 }
 
@@ -114,8 +114,11 @@ void BatchingEngine::work() {
   for (;;) {
     if (!take(taken, options_.max_batch, true)) return;
     Execution e;
-    do begin(e, taken);
-    while (e.images < options_.max_batch && take(taken, options_.max_batch - e.images, false));
+    for (;;) {
+      begin(e, taken);
+      if (options_.after_early_layers) options_.after_early_layers();
+      if (e.images >= options_.max_batch || !take(taken, options_.max_batch - e.images, false)) break;
+    }
     finish(e);
     std::lock_guard lock(mutex_);
     --computing_;
@@ -161,29 +164,34 @@ bool BatchingEngine::take(std::vector<Pending>& taken, int64_t room, bool idle) 
 
 void BatchingEngine::begin(Execution& e, std::vector<Pending>& taken) {
   const auto start = Clock::now();
-  std::vector<Tensor> images;
-  int64_t n = 0;
-  for (const Pending& p : taken) {
-    images.push_back(p.images);
-    n += p.images.dim(0);
-  }
   try {
+    std::vector<Tensor> images;
+    int64_t n = 0;
+    for (const Pending& p : taken) {
+      images.push_back(p.images);
+      n += p.images.dim(0);
+    }
     const Tensor batch = concat_rows(images);
     const auto assembled = Clock::now();
     NoGradGuard no_grad;
-    e.partials.push_back(plan_ ? plan_->begin_features(batch) : batch);
+    Tensor partial = plan_ ? plan_->begin_features(batch) : batch;
+    for (auto* v : {&e.queue_ns, &e.input_before_ns, &e.infer_before_ns}) v->reserve(v->size() + taken.size());
+    e.requests.reserve(e.requests.size() + taken.size());
+    e.partials.reserve(e.partials.size() + 1);
+    // Nothing below throws: the part joins the execution whole.
+    e.partials.push_back(std::move(partial));
+    for (Pending& p : taken) {
+      e.queue_ns.push_back(nanos(start - p.arrival));
+      e.input_before_ns.push_back(e.input_ns);
+      e.infer_before_ns.push_back(e.infer_ns);
+      e.requests.push_back(std::move(p));
+    }
+    e.images += n;
     e.input_ns += nanos(assembled - start);
     e.infer_ns += nanos(Clock::now() - assembled);
-  } catch (...) {
+  } catch (...) {  // this part's requests only: none of them has joined the execution
     for (Pending& p : taken) p.promise.set_exception(std::current_exception());
-    taken.clear();
-    return;
   }
-  for (Pending& p : taken) {
-    e.queue_ns.push_back(nanos(start - p.arrival));
-    e.requests.push_back(std::move(p));
-  }
-  e.images += n;
   taken.clear();
 }
 
@@ -215,8 +223,8 @@ void BatchingEngine::finish(Execution& e) {
     for (size_t b = 0; b < e.requests.size(); ++b) {
       EngineResult& r = results[b];
       r.queue_ns = e.queue_ns[b];
-      r.compute_input_ns = input_ns;
-      r.compute_infer_ns = infer_ns;
+      r.compute_input_ns = input_ns - e.input_before_ns[b];
+      r.compute_infer_ns = infer_ns - e.infer_before_ns[b];
       r.compute_output_ns = output_ns;
       r.batch_images = e.images;
       e.requests[b].promise.set_value(std::move(r));

@@ -1,25 +1,26 @@
 // Dynamic batching (as Triton's dynamic batcher): requests from every client wait in one queue; a
 // worker thread per model instance (Triton's instance_group) takes as many as fit in --max-batch
 // images, runs the model once on the whole batch, and hands every request its own rows. While
-// another instance is computing, it first waits up to --max-queue-delay-us after the oldest request
-// arrived for more to come; with every instance idle it starts at once, so a lone client pays no
-// delay.
+// another instance is computing, an idle one first waits up to --max-queue-delay-us after the oldest
+// request arrived for more to come; with every instance idle it starts at once, so a lone client
+// pays no delay. (With one instance, the default, the delay never applies.)
 //
-// A frozen model's execution is gathered in two parts (FrozenResNet::begin_features): the instance
-// runs the early layers on what it took, then on whatever came meanwhile, and so on up to
+// An execution is gathered while it computes: the instance runs the early layers
+// (FrozenResNet::begin_features) on what it took, then on whatever came meanwhile, and so on up to
 // --max-batch; when nothing more waits it runs the late layers once on all of it. The late layers
 // hold most of the weights, and reading them bounds a small batch, so clients answered together
-// come back one by one without splitting into small batches taking turns. Every row is computed independently of the
-// others in its batch, so a response is what the request would get alone (up to rounding in the matrix products). The
-// queue is bounded
-// (--max-queue batches): beyond it, work is refused at once rather than left to pile up, and a part
-// whose client has gone is dropped before it is computed.
+// come back one by one without splitting into small batches taking turns. (A model that is not
+// frozen, --emulate, runs whole in the last step.) Every row is computed independently of the
+// others in its batch, so a response is what the request would get alone (up to rounding in the
+// matrix products). The queue is bounded (--max-queue batches): beyond it, work is refused at once
+// rather than left to pile up, and a part whose client has gone is dropped before it is computed.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -42,6 +43,9 @@ struct EngineOptions {
   // time, since one instance gathers its batch while it computes (begin_features).
   int instances = 0;
   int threads = 0;  // OpenMP/OpenBLAS threads of each instance (0: the cores divided among instances)
+  // Called by a worker after each part's early layers, before it looks for more requests to gather:
+  // tests submit there, so that a request arrives while an execution is gathered.
+  std::function<void()> after_early_layers;
 };
 
 // submit() refused work because max_queue batches are already waiting.
@@ -65,9 +69,10 @@ struct EngineResult {
   // The first row whose features hold NaN or inf, requested or not (-1: none): the head's ReLU can
   // turn a -inf feature into ordinary-looking probabilities.
   int64_t first_non_finite_features = -1;
-  // Nanoseconds, for the statistics: how long this part waited in the queue, and how long its batch
-  // (of batch_images images, all requests' together) took to assemble its input, run the model and
-  // extract the outputs.
+  // Nanoseconds, for the statistics: how long this part waited in the queue, and how long its
+  // execution (of batch_images images, all requests' together) took to assemble its input, run the
+  // model and extract the outputs, from the moment this part was taken: a part that joined an
+  // execution later is not charged for the early layers that ran before it.
   int64_t queue_ns = 0, compute_input_ns = 0, compute_infer_ns = 0, compute_output_ns = 0, batch_images = 0;
 };
 
@@ -124,7 +129,10 @@ class BatchingEngine {
   struct Execution {
     std::vector<Pending> requests;
     std::vector<int64_t> queue_ns;  // each request's wait in the queue
-    std::vector<Tensor> partials;   // begin_features of each part taken (the images if not frozen)
+    // The execution's input and infer time before each request's part began: a request joining
+    // later is charged only what ran after it was taken (what ran before is in its queue time).
+    std::vector<int64_t> input_before_ns, infer_before_ns;
+    std::vector<Tensor> partials;  // begin_features of each part taken (the images if not frozen)
     int64_t images = 0, input_ns = 0, infer_ns = 0;
   };
   void work();

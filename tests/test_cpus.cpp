@@ -190,8 +190,13 @@ int team_size() {
 TEST(Threads, APassingThreadTakesItsOpenMpPoolAlong) {
   const int64_t before = threads_now();
   int size = 0;
-  run_on_passing_thread([&] { size = team_size(); });
+  std::thread::id ran_on;
+  run_on_passing_thread([&] {
+    size = team_size();
+    ran_on = std::this_thread::get_id();
+  });
   EXPECT_EQ(size, 4);
+  EXPECT_NE(ran_on, std::this_thread::get_id());
   EXPECT_EQ(threads_after_settling(before), before) << "the passing thread's OpenMP workers outlived it";
   EXPECT_THROW(run_on_passing_thread([] { fail("from the passing thread"); }), Error);
   // The passing thread computes with the caller's thread count, not OpenMP's default.
@@ -202,16 +207,20 @@ TEST(Threads, APassingThreadTakesItsOpenMpPoolAlong) {
   set_num_threads(0);
 }
 
-// A request handler runs its regions alone: no team, no pool.
+// A request handler runs its regions alone, no team and no pool, and then gets its count back.
 TEST(Threads, ASerialThreadOpensNoPool) {
   const int64_t before = threads_now();
   std::thread handler([before] {
-    run_serially_on_this_thread();
-    int size = 0;
+    omp_set_num_threads(4);  // as many as there may be CPUs: the region would open a team of 4
+    {
+      const SerialOpenMp serial;
+      int size = 0;
 #pragma omp parallel
-    size = omp_get_num_threads();
-    EXPECT_EQ(size, 1);
-    EXPECT_EQ(threads_now(), before + 1);  // itself only
+      size = omp_get_num_threads();
+      EXPECT_EQ(size, 1);
+      EXPECT_EQ(threads_now(), before + 1);  // itself only
+    }
+    EXPECT_EQ(omp_get_max_threads(), 4) << "the thread's count was not restored";
   });
   handler.join();
 }
