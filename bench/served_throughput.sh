@@ -55,7 +55,7 @@ echo "load:  $(cut -d' ' -f1-3 /proc/loadavg)"
   >/dev/null 2>&1
 CHECKPOINT=run/last.h5
 if [ -n "$FORMAT" ]; then
-  "$TOPTAG" quantize -c run/last.h5 -f "$FORMAT" --activations -o quantized.h5 >/dev/null 2>&1
+  "$TOPTAG" quantize -c run/last.h5 -f "$FORMAT" --activations -o quantized.h5 >/dev/null  # errors stay visible
   CHECKPOINT=quantized.h5
 fi
 

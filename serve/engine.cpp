@@ -175,15 +175,14 @@ void BatchingEngine::begin(Execution& e, std::vector<Pending>& taken) {
     const auto assembled = Clock::now();
     NoGradGuard no_grad;
     Tensor partial = plan_ ? plan_->begin_features(batch) : batch;
-    for (auto* v : {&e.queue_ns, &e.input_before_ns, &e.infer_before_ns}) v->reserve(v->size() + taken.size());
     e.requests.reserve(e.requests.size() + taken.size());
     e.partials.reserve(e.partials.size() + 1);
     // Nothing below throws: the part joins the execution whole.
     e.partials.push_back(std::move(partial));
     for (Pending& p : taken) {
-      e.queue_ns.push_back(nanos(start - p.arrival));
-      e.input_before_ns.push_back(e.input_ns);
-      e.infer_before_ns.push_back(e.infer_ns);
+      p.queue_ns = nanos(start - p.arrival);
+      p.input_before_ns = e.input_ns;
+      p.infer_before_ns = e.infer_ns;
       e.requests.push_back(std::move(p));
     }
     e.images += n;
@@ -222,9 +221,10 @@ void BatchingEngine::finish(Execution& e) {
     }
     for (size_t b = 0; b < e.requests.size(); ++b) {
       EngineResult& r = results[b];
-      r.queue_ns = e.queue_ns[b];
-      r.compute_input_ns = input_ns - e.input_before_ns[b];
-      r.compute_infer_ns = infer_ns - e.infer_before_ns[b];
+      const Pending& p = e.requests[b];
+      r.queue_ns = p.queue_ns;
+      r.compute_input_ns = input_ns - p.input_before_ns;
+      r.compute_infer_ns = infer_ns - p.infer_before_ns;
       r.compute_output_ns = output_ns;
       r.batch_images = e.images;
       e.requests[b].promise.set_value(std::move(r));

@@ -123,15 +123,15 @@ class BatchingEngine {
     CancelFlag cancelled;
     std::promise<EngineResult> promise;
     std::chrono::steady_clock::time_point arrival;
+    // Set as it joins an execution: its wait in the queue, and the execution's input and infer time
+    // before its part began (a request joining later is charged only what ran after it was taken;
+    // what ran before is in its queue time).
+    int64_t queue_ns = 0, input_before_ns = 0, infer_before_ns = 0;
   };
   // One model execution as it is gathered: its requests, the output of their early layers, and
   // the time spent so far.
   struct Execution {
     std::vector<Pending> requests;
-    std::vector<int64_t> queue_ns;  // each request's wait in the queue
-    // The execution's input and infer time before each request's part began: a request joining
-    // later is charged only what ran after it was taken (what ran before is in its queue time).
-    std::vector<int64_t> input_before_ns, infer_before_ns;
     std::vector<Tensor> partials;  // begin_features of each part taken (the images if not frozen)
     int64_t images = 0, input_ns = 0, infer_ns = 0;
   };

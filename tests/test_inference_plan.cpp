@@ -106,6 +106,13 @@ TEST(FrozenResNet, RefusesWhatItCannotRun) {
             }).find("(N, 1, H, W)"),
             std::string::npos);
   EXPECT_NE(testing::error_of([&] { plan.head(Tensor::zeros({1, 5})); }).find("features of shape"), std::string::npos);
+  // The late layers take only what the early ones give: channels-last, with the split's channels.
+  const Tensor partial = plan.begin_features(Tensor::zeros({1, 1, 8, 8}));
+  EXPECT_NO_THROW(plan.finish_features(partial));
+  EXPECT_NE(testing::error_of([&] {
+              plan.finish_features(Tensor::zeros({1, 2, 2, partial.dim(3) + 1}));
+            }).find("from begin_features"),
+            std::string::npos);
 }
 
 TEST(ResNetFreeze, RunsThePlanOnlyWithoutGradientsAndDropsItWhenTheLayersMayChange) {
