@@ -2,10 +2,13 @@
 // this CPU runs (ref everywhere, avx2 and avx512 where present): the convolution tile with its output
 // stage over the shapes ResNet uses and the edges (1 and 3 input channels, 7x7 maps, odd sizes,
 // channel counts that are not a multiple of the tile, batch 1 and 64), and the NHWC pools.
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "nn/kernels/packed_conv.h"
+#include "nn/kernels/tile_driver.h"
 #include "nn/kernels/winograd.h"
 #include "nn/ops/layout.h"
 #include "nn/parallel.h"
@@ -132,6 +135,32 @@ TEST(PackedConv, ThreadedAndSingleThreadedAgreeBitForBit) {
     set_num_threads(saved);
     for (int64_t i = 0; i < one.numel(); ++i) ASSERT_EQ(one.data()[i], two.data()[i]) << isa_name(isa) << " at " << i;
   }
+}
+
+// The next panel's prefetch is cut among the current panel's tiles: together they ask for every line
+// of it once, each within its own reduction steps, and the last panel asks for nothing.
+TEST(NextPanel, TheTilesShareTheNextPanelExactly) {
+  const std::vector<float> weights(4 * 2048);
+  const int64_t panel_bytes = 2048 * sizeof(float), lines = panel_bytes / 64;
+  for (int64_t count : {1, 4, 12, 13, 64, 192})
+    for (int64_t steps : {lines / 2, lines}) {
+      const int64_t mr = 12, tiles = (count + mr - 1) / mr;
+      const NextPanel next = next_panel(weights.data(), panel_bytes, 1, 4, count, mr);
+      std::vector<int> asked(static_cast<size_t>(lines), 0);
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        TileArgs t{};
+        next.slice(tile, steps, t);
+        EXPECT_LE(t.prefetch_lines, steps * t.lines_per_step) << "count " << count << " tile " << tile;
+        const int64_t first =
+            (static_cast<const char*>(t.prefetch) - reinterpret_cast<const char*>(weights.data()) - 2 * panel_bytes) /
+            64;
+        for (int64_t l = 0; l < t.prefetch_lines; ++l) ++asked[static_cast<size_t>(first + l)];
+      }
+      EXPECT_EQ(std::count(asked.begin(), asked.end(), 1), lines) << "count " << count << " steps " << steps;
+    }
+  TileArgs last{};
+  next_panel(weights.data(), panel_bytes, 3, 4, 64, 12).slice(0, lines, last);
+  EXPECT_EQ(last.prefetch_lines, 0);
 }
 
 TEST(PackedConv, NanPassesTheFusedRelu) {

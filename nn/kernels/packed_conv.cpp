@@ -183,8 +183,10 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
       t.stage.bias = cv.bias.data() + k0;
       t.stage.relu = relu;
       t.stage.ld_residual = cv.K;
+      const NextPanel next = next_panel(cv.weights.data(), cv.panel_size() * 4, panel, cv.panels, count, ks.mr);
       for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
         const int64_t m = m0 + i0;
+        next.slice(i0 / ks.mr, taps * cv.C, t);
         prefetch_output_ahead(y.data(), residual ? residual->data() : nullptr, cv.K, m0, count, i0, ks.mr, k0, ks.nr);
         t.rows = (dense ? dense_rows.data() : rows) + i0 * row_taps;
         t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));

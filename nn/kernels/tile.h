@@ -44,6 +44,12 @@ struct TileArgs {
   int64_t ld_out;
   int col_count;  // 1..nr valid output channels in this panel
   OutputStage stage;
+  // Weights the next tiles will read (the next panel), asked into the cache while this tile computes:
+  // prefetch_lines 64-byte lines from `prefetch`, lines_per_step of them per reduction step. A panel
+  // read by a few tiles is bound by memory unless its reading overlaps the previous panel's work.
+  const void* prefetch = nullptr;
+  int64_t prefetch_lines = 0;
+  int lines_per_step = 0;
 };
 
 // Block floating point (bfp<E,M,B>, Brainwave's ms-fp8 among them), as integers. Both operands are

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "nn/check.h"
+#include "nn/kernels/tile_driver.h"
 #include "nn/parallel.h"
 #include "nn/profile.h"
 
@@ -161,7 +162,15 @@ Tensor conv_winograd(const WinogradConv& cv, const Tensor& x, const Tensor* resi
     t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, K - k0));
     const void* rows[32];
     TT_ASSERT(ks.mr <= 32);
+    // The weights are one array, point by point and panel by panel: the next item's panel follows
+    // this one (after the last of its row blocks).
+    const int64_t panel_bytes = C * ks.nr * static_cast<int64_t>(sizeof(float));
+    const bool last_rows = m1 == T && item + 1 < items;
+    const NextPanel next = last_rows ? NextPanel{static_cast<const char*>(t.panel) + panel_bytes, panel_bytes / 64,
+                                                 (m1 - m0 + ks.mr - 1) / ks.mr}
+                                     : NextPanel{};
     for (int64_t m = m0; m < m1; m += ks.mr) {
+      next.slice((m - m0) / ks.mr, C, t);
       t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, m1 - m));
       for (int i = 0; i < t.row_count; ++i) rows[i] = V.data() + (point * T + m + i) * C;
       t.rows = rows;
