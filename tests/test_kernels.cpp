@@ -148,19 +148,15 @@ TEST(NextPanel, TheTilesShareTheNextPanelExactly) {
       const NextPanel next = next_panel(weights.data(), panel_bytes, 1, 4, count, mr);
       std::vector<int> asked(static_cast<size_t>(lines), 0);
       for (int64_t tile = 0; tile < tiles; ++tile) {
-        TileArgs t{};
-        next.slice(tile, steps, t);
-        EXPECT_LE(t.prefetch_lines, steps * t.lines_per_step) << "count " << count << " tile " << tile;
+        const PanelPrefetch p = next.slice(tile, steps);
+        EXPECT_LE(p.lines, steps * p.lines_per_step) << "count " << count << " tile " << tile;
         const int64_t first =
-            (static_cast<const char*>(t.prefetch) - reinterpret_cast<const char*>(weights.data()) - 2 * panel_bytes) /
-            64;
-        for (int64_t l = 0; l < t.prefetch_lines; ++l) ++asked[static_cast<size_t>(first + l)];
+            (static_cast<const char*>(p.at) - reinterpret_cast<const char*>(weights.data()) - 2 * panel_bytes) / 64;
+        for (int64_t l = 0; l < p.lines; ++l) ++asked[static_cast<size_t>(first + l)];
       }
       EXPECT_EQ(std::count(asked.begin(), asked.end(), 1), lines) << "count " << count << " steps " << steps;
     }
-  TileArgs last{};
-  next_panel(weights.data(), panel_bytes, 3, 4, 64, 12).slice(0, lines, last);
-  EXPECT_EQ(last.prefetch_lines, 0);
+  EXPECT_EQ(next_panel(weights.data(), panel_bytes, 3, 4, 64, 12).slice(0, lines).lines, 0);
 }
 
 TEST(PackedConv, NanPassesTheFusedRelu) {

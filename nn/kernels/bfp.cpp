@@ -400,7 +400,9 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     for_each_tile_chunk(cv, g, px, ks.bfp_mr, cv.panels, [&](int64_t) {
       return [&](const void** rows, int64_t m0, int64_t count, int64_t panel, bool) {
         BfpTileArgs t = panel_args(panel);
+        const NextPanel next = next_panel(cv.weights.data(), cv.panel_size(), panel, cv.panels, count, ks.bfp_mr);
         for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
+          t.prefetch = next.slice(i0 / ks.bfp_mr, cv.taps() * cv.groups);
           prefetch_output_ahead(y.data(), residual_data, cv.K, m0, count, i0, ks.bfp_mr, panel * ks.nr, ks.nr);
           rows_at(t, rows, m0, count, i0, panel * ks.nr);
           ks.tile_bfp(t);

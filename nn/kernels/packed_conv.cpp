@@ -186,7 +186,7 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
       const NextPanel next = next_panel(cv.weights.data(), cv.panel_size() * 4, panel, cv.panels, count, ks.mr);
       for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
         const int64_t m = m0 + i0;
-        next.slice(i0 / ks.mr, taps * cv.C, t);
+        t.prefetch = next.slice(i0 / ks.mr, taps * cv.C);
         prefetch_output_ahead(y.data(), residual ? residual->data() : nullptr, cv.K, m0, count, i0, ks.mr, k0, ks.nr);
         t.rows = (dense ? dense_rows.data() : rows) + i0 * row_taps;
         t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));

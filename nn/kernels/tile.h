@@ -34,6 +34,16 @@ struct OutputStage {
   bool relu = false;  // max(0, .) last; NaN stays NaN
 };
 
+// Weights the next tiles will read (the next panel), asked into the cache while a tile computes:
+// `lines` 64-byte lines from `at`, lines_per_step of them per reduction step (a channel, or a group
+// of 4 channels in the integer tiles). A panel read by a few tiles is bound by memory unless its
+// reading overlaps the previous panel's work.
+struct PanelPrefetch {
+  const void* at = nullptr;
+  int64_t lines = 0;
+  int lines_per_step = 1;
+};
+
 struct TileArgs {
   const void* const* rows;  // rows * taps pointers, row-major: rows[i * taps + t] -> `channels` values
   int row_count;            // 1..mr
@@ -44,12 +54,7 @@ struct TileArgs {
   int64_t ld_out;
   int col_count;  // 1..nr valid output channels in this panel
   OutputStage stage;
-  // Weights the next tiles will read (the next panel), asked into the cache while this tile computes:
-  // prefetch_lines 64-byte lines from `prefetch`, lines_per_step of them per reduction step. A panel
-  // read by a few tiles is bound by memory unless its reading overlaps the previous panel's work.
-  const void* prefetch = nullptr;
-  int64_t prefetch_lines = 0;
-  int lines_per_step = 0;
+  PanelPrefetch prefetch;
 };
 
 // Block floating point (bfp<E,M,B>, Brainwave's ms-fp8 among them), as integers. Both operands are
@@ -83,6 +88,7 @@ struct BfpTileArgs {
   // tile_bfp_full_bytes.
   bool whole_reduction = false;
   const int32_t* offsets = nullptr;  // nr per panel
+  PanelPrefetch prefetch;
 };
 
 // One instruction set's kernels, and the tile shape they were written for.

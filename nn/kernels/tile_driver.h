@@ -63,18 +63,17 @@ inline void prefetch_output_ahead(float* out, const float* residual, int64_t ld,
 }
 
 // The panel after `panel` of a layer's packed weights (panel_bytes each), cut into one slice per tile
-// of the `count` rows the current panel computes, for TileArgs::prefetch: the next panel arrives while
-// this one's tiles compute. The last panel has none.
+// of the `count` rows the current panel computes, for the tiles' PanelPrefetch: the next panel arrives
+// while this one's tiles compute. The last panel has none.
 struct NextPanel {
   const char* begin = nullptr;
   int64_t lines = 0, tiles = 1;
 
-  // Sets tile `tile`'s share on t (none past the last), spread over its `steps` reduction steps.
-  void slice(int64_t tile, int64_t steps, TileArgs& t) const {
+  // Tile `tile`'s share (none past the last), spread over its `steps` reduction steps.
+  PanelPrefetch slice(int64_t tile, int64_t steps) const {
     const int64_t per_tile = (lines + tiles - 1) / tiles, first = std::min(lines, tile * per_tile);
-    t.prefetch = begin + first * 64;
-    t.prefetch_lines = begin ? std::min(per_tile, lines - first) : 0;
-    t.lines_per_step = per_tile > steps ? 2 : 1;  // a panel is at most 2 lines per step (32 floats)
+    // A panel is at most 2 lines per step (32 floats, or 32 columns of 4 bytes).
+    return {begin + first * 64, begin ? std::min(per_tile, lines - first) : 0, per_tile > steps ? 2 : 1};
   }
 };
 inline NextPanel next_panel(const void* weights, int64_t panel_bytes, int64_t panel, int64_t panels, int64_t count,

@@ -170,7 +170,7 @@ Tensor conv_winograd(const WinogradConv& cv, const Tensor& x, const Tensor* resi
                                                  (m1 - m0 + ks.mr - 1) / ks.mr}
                                      : NextPanel{};
     for (int64_t m = m0; m < m1; m += ks.mr) {
-      next.slice((m - m0) / ks.mr, C, t);
+      t.prefetch = next.slice((m - m0) / ks.mr, C);
       t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, m1 - m));
       for (int i = 0; i < t.row_count; ++i) rows[i] = V.data() + (point * T + m + i) * C;
       t.rows = rows;
