@@ -14,14 +14,19 @@ namespace {
 // core): it wins from 128 input channels (at 64 its transforms cost what it saves), from 16 tiles
 // (2x2 outputs) per call (with fewer, the layer is bound by reading its weights, which Winograd makes
 // 16/9 larger), and on maps that fill their tiles (a 5x5 map needs 9 tiles, 36 outputs for 25).
-// At 224x224 that is layers 2 to 4; at 40x40, layer 4 from batch 16.
+// And only where it computes clearly fewer products (16 a tile) than the direct kernel, which on
+// small maps at a batch of several images skips the taps that read padding: on 2x2 maps both compute
+// 16 for 4 outputs, and the direct kernel reads 9/16 of the weights.
+// At 224x224 that is layers 2 to 4; at 40x40, none.
 constexpr int64_t kWinogradMinChannels = 128;
 constexpr int64_t kWinogradMinTiles = 16;
 constexpr double kWinogradMinFill = 0.75;
+constexpr double kWinogradMinGain = 1.25;
 
-bool winograd_pays(const Tensor& in) {
+bool winograd_pays(const PackedConv& direct, const Tensor& in) {
   const int64_t N = in.dim(0), P = in.dim(1), Q = in.dim(2), tiles = winograd_tiles(N, P, Q);
-  return tiles >= kWinogradMinTiles && static_cast<double>(N * P * Q) >= kWinogradMinFill * 4.0 * tiles;
+  return tiles >= kWinogradMinTiles && static_cast<double>(N * P * Q) >= kWinogradMinFill * 4.0 * tiles &&
+         16.0 * static_cast<double>(tiles) * kWinogradMinGain <= conv_nhwc_taps(direct, in);
 }
 
 bool has_negative(const Tensor& x) {
@@ -189,7 +194,7 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
   }();
   // Winograd where the layer has enough tiles to be bound by arithmetic; below that the layer is
   // bound by reading its weights, which Winograd makes 16/9 larger.
-  if (op.winograd && winograd_pays(x)) return conv_winograd(*op.winograd, x, residual, op.relu);
+  if (op.winograd && winograd_pays(op.conv, x)) return conv_winograd(*op.winograd, x, residual, op.relu);
   return conv_nhwc(op.conv, x, residual, op.relu);
 }
 

@@ -55,13 +55,18 @@ TEST_P(PackedConvVsReference, EveryIsaEveryOutputStage) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, PackedConvVsReference,
-    ::testing::Values(ConvCase{1, 1, 40, 40, 64, 7, 2, 3},     // the stem at 40x40, one colour
-                      ConvCase{2, 3, 23, 17, 40, 7, 2, 3},     // three colours, odd sizes, K not a multiple of 16
-                      ConvCase{1, 64, 10, 10, 64, 3, 1, 1},    // layer1's 3x3
-                      ConvCase{3, 17, 7, 7, 33, 3, 2, 1},      // 7x7 maps, strided 3x3, odd channels
-                      ConvCase{1, 5, 7, 7, 70, 1, 1, 0},       // 1x1: a plain GEMM
-                      ConvCase{64, 8, 5, 5, 16, 1, 2, 0},      // batch 64, strided 1x1 downsample
-                      ConvCase{64, 16, 3, 3, 48, 3, 1, 1},     // batch 64, 3x3 with padding everywhere
+    ::testing::Values(ConvCase{1, 1, 40, 40, 64, 7, 2, 3},   // the stem at 40x40, one colour
+                      ConvCase{2, 3, 23, 17, 40, 7, 2, 3},   // three colours, odd sizes, K not a multiple of 16
+                      ConvCase{1, 64, 10, 10, 64, 3, 1, 1},  // layer1's 3x3
+                      ConvCase{3, 17, 7, 7, 33, 3, 2, 1},    // 7x7 maps, strided 3x3, odd channels
+                      ConvCase{1, 5, 7, 7, 70, 1, 1, 0},     // 1x1: a plain GEMM
+                      ConvCase{64, 8, 5, 5, 16, 1, 2, 0},    // batch 64, strided 1x1 downsample
+                      ConvCase{64, 16, 3, 3, 48, 3, 1, 1},   // batch 64, 3x3 with padding everywhere
+                      // Pixel by pixel (tile_driver.h pixel_major): batches of 8 and more on small maps.
+                      ConvCase{16, 512, 2, 2, 512, 3, 1, 1},   // layer4 at 40x40, batch 16: 56% of taps in padding
+                      ConvCase{13, 40, 5, 5, 70, 3, 2, 1},     // batch 13 (tiles of 7 and 6), strided, K off the panel
+                      ConvCase{9, 24, 5, 5, 33, 3, 1, 1},      // 5x5 maps, batch 9: one tile a pixel
+                      ConvCase{8, 6, 1, 1, 10, 3, 1, 3},       // pixels whose every tap reads padding
                       ConvCase{1, 2, 2, 2, 4, 7, 2, 3},        // a 2x2 image under the stem: most taps in padding
                       ConvCase{1, 512, 2, 2, 512, 3, 1, 1},    // layer4 at 40x40, batch 1: 4 rows, long reduction
                       ConvCase{2, 2048, 1, 1, 1024, 1, 1, 0},  // fc1 as a 1x1 convolution

@@ -22,12 +22,14 @@ constexpr int kRefMr = kernels_ref::kMr, kRefNr = kernels_ref::kNr;
 void tile_f32_ref(const TileArgs& t) {
   float sums[kRefMr][kRefNr] = {};
   const float* b = static_cast<const float*>(t.panel);
-  for (int tap = 0; tap < t.taps; ++tap)
+  for (int tap = 0; tap < t.taps; ++tap) {
+    if (t.tap_index) b = static_cast<const float*>(t.panel) + t.tap_index[tap] * t.channels * kRefNr;
     for (int64_t c = 0; c < t.channels; ++c, b += kRefNr)
       for (int i = 0; i < t.row_count; ++i) {
         const float a = static_cast<const float*>(t.rows[i * t.taps + tap])[c];
         for (int j = 0; j < kRefNr; ++j) sums[i][j] += a * b[j];
       }
+  }
   const OutputStage& st = t.stage;
   for (int i = 0; i < t.row_count; ++i)
     for (int j = 0; j < t.col_count; ++j) {
@@ -74,7 +76,18 @@ void fill_dense_rows(const PackedConv& cv, const void* const* rows, int64_t coun
   }
 }
 
+// Whether conv_nhwc runs a layer pixel by pixel (tile_driver.h): not one read as dense rows.
+bool runs_pixel_major(const PackedConv& cv, const OutputGrid& g) {
+  return !(cv.C <= kDenseMaxChannels && cv.taps() > 1) && pixel_major(cv, g);
+}
+
 }  // namespace
+
+double conv_nhwc_taps(const PackedConv& cv, const Tensor& x) {
+  const OutputGrid g = output_grid(cv, x, "conv_nhwc_taps");
+  const double all = static_cast<double>(g.rows() * cv.taps());
+  return runs_pixel_major(cv, g) ? all * taps_inside(cv, g) : all;
+}
 
 OutputGrid output_grid(const ConvShape& cv, const Tensor& x, const char* op) {
   if (x.rank() != 4 || x.dim(3) != cv.C) fail("{}: input must be (N, H, W, {}), found {}", op, cv.C, x.shape().str());
@@ -167,6 +180,32 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
   const int64_t row_taps = dense ? 1 : taps;  // pointers per row in the table the kernel reads
   const PixelTable px{reinterpret_cast<const char*>(x.data()), cv.C * static_cast<int64_t>(sizeof(float)),
                       cv.zeros.data()};
+  if (runs_pixel_major(cv, g)) {
+    const int64_t PQ = g.P * g.Q;
+    for_each_pixel_tile(cv, g, px, ks.mr, cv.panels,
+                        [&](const void** rows, int taps_inside, const int* tap_index, int64_t n0, int64_t count,
+                            int64_t pixel, int64_t panel, int64_t tile, int64_t tiles) {
+                          const int64_t k0 = panel * ks.nr, first = (n0 * PQ + pixel) * cv.K + k0;
+                          TileArgs t;
+                          t.rows = rows;
+                          t.row_count = static_cast<int>(count);
+                          t.taps = taps_inside;
+                          t.tap_index = tap_index;
+                          t.channels = cv.C;
+                          t.panel = cv.weights.data() + panel * cv.panel_size();
+                          t.out = y.data() + first;
+                          t.ld_out = PQ * cv.K;
+                          t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
+                          t.stage.bias = cv.bias.data() + k0;
+                          t.stage.relu = relu;
+                          t.stage.residual = residual ? residual->data() + first : nullptr;
+                          t.stage.ld_residual = PQ * cv.K;
+                          t.prefetch = next_panel(cv.weights.data(), cv.panel_size() * 4, panel, cv.panels, tiles, 1)
+                                           .slice(tile, taps_inside * cv.C);
+                          ks.tile_f32(t);
+                        });
+    return y;
+  }
   for_each_tile_chunk(cv, g, px, ks.mr, cv.panels, [&](int64_t chunk_rows) {
     // The thread's own copy of its chunk's rows, for a layer read as dense rows.
     return [&, dense_block = std::vector<float>(dense ? chunk_rows * taps * cv.C : 0),

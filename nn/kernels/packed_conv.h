@@ -48,6 +48,11 @@ PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams para
 // y = conv(x) + bias [+ residual] [ReLU]. x: (N, H, W, C); y, residual: (N, P, Q, K), all NHWC.
 Tensor conv_nhwc(const PackedConv& conv, const Tensor& x, const Tensor* residual, bool relu);
 
+// The (output pixel, tap) pairs conv_nhwc computes on x, over the batch: every tap of every pixel, or
+// only the taps inside the map where it runs pixel by pixel (nn/kernels/tile_driver.h). Times C * K,
+// its multiply-adds.
+double conv_nhwc_taps(const PackedConv& conv, const Tensor& x);
+
 // The same contract on the unpacked (K, C, R, S) weights: conv2d_forward_ref's direct loops in
 // double, then the residual and the ReLU. The reference the kernels are tested against.
 Tensor conv_nhwc_ref(const Tensor& x, const Tensor& weight, const Tensor* bias, Conv2dParams params,

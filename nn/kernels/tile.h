@@ -48,6 +48,9 @@ struct TileArgs {
   const void* const* rows;  // rows * taps pointers, row-major: rows[i * taps + t] -> `channels` values
   int row_count;            // 1..mr
   int taps;
+  // The panel's tap each of the `taps` reads: tap_index[t] (null: tap t). A tile whose rows all read
+  // the padding at some taps (a small map, rows pixel by pixel) passes only the others.
+  const int* tap_index = nullptr;
   int64_t channels;
   const void* panel;  // packed weights: taps * channels * nr values
   float* out;         // out[i * ld_out + j] for i < row_count, j < col_count

@@ -115,4 +115,75 @@ void for_each_tile_chunk(const ConvShape& cv, const OutputGrid& g, const PixelTa
   }
 }
 
+// --- Pixel by pixel: small maps with padding ---------------------------------------------------------
+// On a small map, many of a convolution's taps read the padding: a 3x3 one's 40% on 3x3 maps, 56% on
+// 2x2 maps. With the rows in their usual order (image, then pixel), a tile mixes pixels, and computes
+// every tap, on zeros for some of its rows. Pixel by pixel (one output pixel of every image of the
+// batch, then the next pixel), all the rows of a tile read the same taps, and the tile passes the
+// kernel only those inside the map (TileArgs::tap_index). That takes a batch of several images, since
+// a tile holds one pixel's rows, and strides the output: row n of pixel (p, q) is output row
+// (n * P + p) * Q + q.
+constexpr int64_t kPixelMajorMinBatch = 8;
+constexpr double kPixelMajorMaxInside = 0.8;  // the share of (pixel, tap) pairs inside the map at or below which it pays
+
+// The share of an output map's (pixel, tap) pairs that read inside the input (1: none read padding).
+inline double taps_inside(const ConvShape& cv, const OutputGrid& g) {
+  auto inside = [&](int64_t out, int64_t in, int64_t kernel) {
+    int64_t n = 0;
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t k = 0; k < kernel; ++k) {
+        const int64_t at = o * cv.stride - cv.pad + k;
+        n += at >= 0 && at < in;
+      }
+    return n;
+  };
+  return static_cast<double>(inside(g.P, g.H, cv.R) * inside(g.Q, g.W, cv.S)) /
+         static_cast<double>(g.P * g.Q * cv.taps());
+}
+
+inline bool pixel_major(const ConvShape& cv, const OutputGrid& g) {
+  return g.N >= kPixelMajorMinBatch && cv.taps() > 1 && taps_inside(cv, g) <= kPixelMajorMaxInside;
+}
+
+// Runs a convolution pixel_major() chose as items of one panel by one output pixel, panel by panel so
+// that a panel stays in cache over the pixels, each item as tiles of at most `mr` images (sizes
+// differing by at most one). work(rows, taps, tap_index, n0, count, pixel, panel, tile, tiles) computes
+// images [n0, n0 + count) at output pixel `pixel` (p * Q + q) of one panel: rows holds count * taps
+// pointers, the taps inside the map only, which are the panel's taps tap_index[0, taps); tile numbers
+// this panel's tiles, 0 to tiles - 1, in the order they run.
+template <class Work>
+void for_each_pixel_tile(const ConvShape& cv, const OutputGrid& g, const PixelTable& px, int mr, int64_t panels,
+                         Work work) {
+  const int64_t pixels = g.P * g.Q, items = panels * pixels, taps = cv.taps(), tiles = (g.N + mr - 1) / mr;
+  const auto macs = static_cast<int64_t>(taps_inside(cv, g) * static_cast<double>(g.rows() * cv.K * cv.C * taps));
+  const bool parallel = items > 1 && macs >= kParallelMinMacs && num_threads() > 1;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<const void*> rows(static_cast<size_t>(mr * taps));
+    std::vector<int> index(static_cast<size_t>(taps));
+    std::vector<int64_t> offset(static_cast<size_t>(taps));  // the input pixel (h * W + w) each tap reads
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t panel = item / pixels, pixel = item % pixels, p = pixel / g.Q, q = pixel % g.Q;
+      int inside = 0;
+      for (int64_t r = 0; r < cv.R; ++r)
+        for (int64_t s = 0; s < cv.S; ++s) {
+          const int64_t h = p * cv.stride - cv.pad + r, w = q * cv.stride - cv.pad + s;
+          if (h < 0 || h >= g.H || w < 0 || w >= g.W) continue;
+          index[static_cast<size_t>(inside)] = static_cast<int>(r * cv.S + s);
+          offset[static_cast<size_t>(inside)] = h * g.W + w;
+          ++inside;
+        }
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        const int64_t n0 = tile * g.N / tiles, count = (tile + 1) * g.N / tiles - n0;
+        for (int64_t i = 0; i < count; ++i)
+          for (int j = 0; j < inside; ++j)
+            rows[static_cast<size_t>(i * inside + j)] =
+                px.base + ((n0 + i) * g.H * g.W + offset[static_cast<size_t>(j)]) * px.stride;
+        work(rows.data(), inside, index.data(), n0, count, pixel, panel, pixel * tiles + tile, pixels * tiles);
+      }
+    }
+  }
+}
+
 }  // namespace toptag
