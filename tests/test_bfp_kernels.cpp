@@ -175,7 +175,10 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
     int kernel, stride, pad;
   };
   for (const Shape4& s : {Shape4{1, 64, 6, 40, 3, 1, 1}, Shape4{64, 17, 3, 33, 1, 2, 0}, Shape4{2, 256, 2, 64, 3, 1, 1},
-                          Shape4{1, 2048, 1, 10, 1, 1, 0}}) {
+                          Shape4{1, 2048, 1, 10, 1, 1, 0},
+                          // Batch 16 on 2x2 maps, where float and block floating point skip the padding's
+                          // taps (tile_driver.h pixel_major): int8 must not, its zero point being no 0.
+                          Shape4{16, 64, 2, 40, 3, 1, 1}}) {
     SCOPED_TRACE(s.c);
     const Tensor x = activations({s.n, s.h, s.h, s.c}, rng);
     const AffineRange r{-0.25f, range_of(x).max};  // a zero point inside the range: padding is not byte 0
@@ -332,7 +335,11 @@ INSTANTIATE_TEST_SUITE_P(
                       BfpCase{"ms-fp9", 2, 256, 4, 4, 48, 3, 1, 1},   // 7-bit mantissa products, int16 sums
                       BfpCase{"msfp12", 2, 40, 5, 5, 20, 3, 1, 1},    // blocks of 16
                       BfpCase{"msfp16", 2, 96, 4, 4, 36, 3, 1, 1},    // M = 7: pair sums widened every step
-                      BfpCase{"mxint8", 64, 64, 2, 2, 64, 1, 1, 0}));  // batch 64, blocks of 32
+                      BfpCase{"mxint8", 64, 64, 2, 2, 64, 1, 1, 0},   // batch 64, blocks of 32
+                      // Pixel by pixel (tile_driver.h pixel_major), the padding's taps skipped:
+                      BfpCase{"ms-fp8", 16, 256, 2, 2, 64, 3, 1, 1},  // layer4-like 2x2 maps at batch 16, 2 blocks
+                      BfpCase{"ms-fp9", 13, 40, 5, 5, 70, 3, 2, 1},   // batch 13, strided, K off the panel
+                      BfpCase{"msfp12", 9, 48, 3, 3, 33, 3, 1, 1}));  // 3x3 maps, blocks of 16
 
 // The largest mantissas everywhere: every activation and weight at the top of its block, where an
 // int16 sum or a saturating pair sum would show first.

@@ -381,7 +381,28 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
   };
   const float* residual_data = residual ? residual->data() : nullptr;
-  if (bfp_rows_outer(static_cast<int64_t>(cv.weights.size()), g.rows())) {
+  if (!cv.int8_input && pixel_major(cv, g)) {
+    // Pixel by pixel, the taps in the padding skipped (tile_driver.h); not for int8, whose offsets
+    // subtract the zero point's share over every tap.
+    const int64_t PQ = g.P * g.Q;
+    for_each_pixel_tile(cv, g, px, ks.bfp_mr, cv.panels,
+                        [&](const void** rows, int taps_inside, const int* tap_index, int64_t n0, int64_t count,
+                            int64_t pixel, int64_t panel, int64_t tile, int64_t tiles) {
+                          const int64_t first = (n0 * PQ + pixel) * cv.K + panel * ks.nr;
+                          BfpTileArgs t = panel_args(panel);
+                          t.rows = rows;
+                          t.row_count = static_cast<int>(count);
+                          t.taps = taps_inside;
+                          t.tap_index = tap_index;
+                          t.out = y.data() + first;
+                          t.ld_out = PQ * cv.K;
+                          t.stage.residual = residual ? residual->data() + first : nullptr;
+                          t.stage.ld_residual = PQ * cv.K;
+                          t.prefetch = next_panel(cv.weights.data(), cv.panel_size(), panel, cv.panels, tiles, 1)
+                                           .slice(tile, taps_inside * cv.groups);
+                          ks.tile_bfp(t);
+                        });
+  } else if (bfp_rows_outer(static_cast<int64_t>(cv.weights.size()), g.rows())) {
     // Small weights: every panel of a tile's rows before the next rows, so that the rows' outputs
     // and residuals are read and written in order, whole lines at a time.
     for_each_tile_chunk(cv, g, px, ks.bfp_mr, 1, [&](int64_t) {
@@ -491,8 +512,9 @@ void tile_bfp(const BfpTileArgs& t) {
   float sums[kMr][kNr] = {};
   if (t.whole_reduction) tile_whole_reduction(t, sums);
   for (int tap = 0; tap < (t.whole_reduction ? 0 : t.taps); ++tap) {
-    const int8_t* w = t.panel + tap * t.groups * kNr * kGroup;
-    const float* wstep = t.steps + tap * t.blocks * kNr;
+    const int panel_tap = t.tap_index ? t.tap_index[tap] : tap;
+    const int8_t* w = t.panel + panel_tap * t.groups * kNr * kGroup;
+    const float* wstep = t.steps + panel_tap * t.blocks * kNr;
     for (int i = 0; i < t.row_count; ++i) {
       const float* astep = static_cast<const float*>(t.rows[i * t.taps + tap]);
       const uint8_t* a = reinterpret_cast<const uint8_t*>(astep + t.blocks);

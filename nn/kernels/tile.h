@@ -75,12 +75,13 @@ struct BfpTileArgs {
   const void* const* rows;  // rows[i * taps + t] -> the record of the pixel tap t of row i reads
   int row_count;            // 1..mr
   int taps;
-  int64_t groups;        // input channels / 4, rounded up
-  int64_t block_groups;  // groups per block (B / 4)
-  int64_t blocks;        // ceil(input channels / B)
-  const int8_t* panel;   // taps * groups * nr * 4 mantissas
-  const float* steps;    // taps * blocks * nr weight steps
-  float* out;            // as TileArgs
+  const int* tap_index = nullptr;  // as TileArgs: the panel's tap each of `taps` reads (null: tap t)
+  int64_t groups;                  // input channels / 4, rounded up
+  int64_t block_groups;            // groups per block (B / 4)
+  int64_t blocks;                  // ceil(input channels / B)
+  const int8_t* panel;             // taps * groups * nr * 4 mantissas
+  const float* steps;              // taps * blocks * nr weight steps
+  float* out;                      // as TileArgs
   int64_t ld_out;
   int col_count;
   OutputStage stage;
@@ -88,7 +89,7 @@ struct BfpTileArgs {
   // int8: every tap and block has the same steps, so the whole reduction is one exact int32 sum, from
   // which offsets[j] (the zero point times the column's weight sum) is subtracted before it is scaled
   // once (by tap 0's steps; a NaN step of any tap still makes the row NaN). Only on tiles with
-  // tile_bfp_full_bytes.
+  // tile_bfp_full_bytes, and with every tap (the offsets cover them all).
   bool whole_reduction = false;
   const int32_t* offsets = nullptr;  // nr per panel
   PanelPrefetch prefetch;

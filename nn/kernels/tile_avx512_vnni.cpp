@@ -94,7 +94,7 @@ void whole_reduction_rows(const BfpTileArgs& t, float (&sums)[ROWS][kCols]) {
       nan_guard[i] += 0 * astep[0];
       a[i] = reinterpret_cast<const uint8_t*>(astep + 1);
     }
-    const int8_t* w = t.panel + tap * t.groups * kGroupBytes;
+    const int8_t* w = t.panel + tap * t.groups * kGroupBytes;  // whole_reduction: every tap, no tap_index
     accumulate_groups<ROWS>(acc0, acc1, a, w, 0, t.groups, next);
   }
   const __m512i o0 = t.offsets ? _mm512_loadu_si512(t.offsets) : _mm512_setzero_si512();
@@ -124,8 +124,9 @@ void rows(const BfpTileArgs& t) {
       astep[i] = static_cast<const float*>(t.rows[i * t.taps + tap]);
       a[i] = reinterpret_cast<const uint8_t*>(astep[i] + t.blocks);
     }
-    const int8_t* w = t.panel + tap * t.groups * kGroupBytes;
-    const float* wstep = t.steps + tap * t.blocks * kCols;
+    const int panel_tap = t.tap_index ? t.tap_index[tap] : tap;
+    const int8_t* w = t.panel + panel_tap * t.groups * kGroupBytes;
+    const float* wstep = t.steps + panel_tap * t.blocks * kCols;
     for (long b = 0; b < t.blocks; ++b) {
       const long g0 = b * t.block_groups, g1 = g0 + t.block_groups < t.groups ? g0 + t.block_groups : t.groups;
       __m512i acc0[ROWS], acc1[ROWS];
