@@ -244,6 +244,7 @@ std::vector<KernelSet> kernel_sets() {
     KernelSet fallback = kernels(Isa::avx512);
     fallback.bfp_name = "avx2 bfp on 32-wide panels";
     fallback.tile_bfp = kernels_avx2::tile_bfp_nr32;
+    fallback.bfp_tap_index = false;  // as kernels() sets it up on an AVX-512 CPU without VNNI
     sets.push_back(fallback);
   }
   return sets;

@@ -381,9 +381,9 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
   };
   const float* residual_data = residual ? residual->data() : nullptr;
-  if (!cv.int8_input && pixel_major(cv, g)) {
+  if (!cv.int8_input && ks.bfp_tap_index && pixel_major(cv, g)) {
     // Pixel by pixel, the taps in the padding skipped (tile_driver.h); not for int8, whose offsets
-    // subtract the zero point's share over every tap.
+    // subtract the zero point's share over every tap, nor on a tile without tap_index.
     const int64_t PQ = g.P * g.Q;
     for_each_pixel_tile(cv, g, px, ks.bfp_mr, cv.panels,
                         [&](const void** rows, int taps_inside, const int* tap_index, int64_t n0, int64_t count,

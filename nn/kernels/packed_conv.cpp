@@ -52,7 +52,8 @@ const KernelSet kRefSet{Isa::ref,
                         kernels_ref::tile_bfp,
                         true,
                         kernels_ref::bfp_block_max,
-                        kernels_ref::bfp_block_bytes};
+                        kernels_ref::bfp_block_bytes,
+                        true};
 
 // A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
 // per tap. Its rows are copied instead into a dense block, dense[i][t * C + c] (zeros in the padding),
@@ -125,6 +126,7 @@ const KernelSet& kernels(Isa isa) {
           s.bfp_mr = 12;
           s.tile_bfp_full_bytes = true;
           s.tile_bfp = kernels_avx512_vnni::tile_bfp;
+          s.bfp_tap_index = true;
         }
         return s;
       }();

@@ -75,13 +75,14 @@ struct BfpTileArgs {
   const void* const* rows;  // rows[i * taps + t] -> the record of the pixel tap t of row i reads
   int row_count;            // 1..mr
   int taps;
-  const int* tap_index = nullptr;  // as TileArgs: the panel's tap each of `taps` reads (null: tap t)
-  int64_t groups;                  // input channels / 4, rounded up
-  int64_t block_groups;            // groups per block (B / 4)
-  int64_t blocks;                  // ceil(input channels / B)
-  const int8_t* panel;             // taps * groups * nr * 4 mantissas
-  const float* steps;              // taps * blocks * nr weight steps
-  float* out;                      // as TileArgs
+  // As TileArgs: the panel's tap each of `taps` reads (null: tap t). Only on sets with bfp_tap_index.
+  const int* tap_index = nullptr;
+  int64_t groups;        // input channels / 4, rounded up
+  int64_t block_groups;  // groups per block (B / 4)
+  int64_t blocks;        // ceil(input channels / B)
+  const int8_t* panel;   // taps * groups * nr * 4 mantissas
+  const float* steps;    // taps * blocks * nr weight steps
+  float* out;            // as TileArgs
   int64_t ld_out;
   int col_count;
   OutputStage stage;
@@ -111,6 +112,9 @@ struct KernelSet {
   // which of kBlockSawNan and kBlockSawNegative it met.
   float (*bfp_block_max)(const float* x, int64_t n);
   int (*bfp_block_bytes)(const float* x, int64_t n, float inverse, float top, uint8_t* m);
+  // The integer tile takes BfpTileArgs::tap_index. AVX2's does not: given it, its loops measured 12%
+  // slower on every layer, used or not (16 registers, 16-step reductions a tap at 64 channels).
+  bool bfp_tap_index = false;
 };
 constexpr int kBlockSawNan = 1, kBlockSawNegative = 2;
 

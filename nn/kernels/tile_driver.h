@@ -124,7 +124,8 @@ void for_each_tile_chunk(const ConvShape& cv, const OutputGrid& g, const PixelTa
 // a tile holds one pixel's rows, and strides the output: row n of pixel (p, q) is output row
 // (n * P + p) * Q + q.
 constexpr int64_t kPixelMajorMinBatch = 8;
-constexpr double kPixelMajorMaxInside = 0.8;  // the share of (pixel, tap) pairs inside the map at or below which it pays
+constexpr double kPixelMajorMaxInside =
+    0.8;  // the share of (pixel, tap) pairs inside the map at or below which it pays
 
 // The share of an output map's (pixel, tap) pairs that read inside the input (1: none read padding).
 inline double taps_inside(const ConvShape& cv, const OutputGrid& g) {
