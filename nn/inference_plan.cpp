@@ -192,8 +192,9 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
     ProfileScope profile("input fake-quantize");
     return op.quantize_input(in);
   }();
-  // Winograd where the layer has enough tiles to be bound by arithmetic; below that the layer is
-  // bound by reading its weights, which Winograd makes 16/9 larger.
+  // Winograd where the layer has enough tiles to be bound by arithmetic (below that the layer is
+  // bound by reading its weights, which Winograd makes 16/9 larger) and computes clearly fewer
+  // products than the direct kernel.
   if (op.winograd && winograd_pays(op.conv, x)) return conv_winograd(*op.winograd, x, residual, op.relu);
   return conv_nhwc(op.conv, x, residual, op.relu);
 }

@@ -64,9 +64,9 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{64, 16, 3, 3, 48, 3, 1, 1},   // batch 64, 3x3 with padding everywhere
                       // Pixel by pixel (tile_driver.h pixel_major): batches of 8 and more on small maps.
                       ConvCase{16, 512, 2, 2, 512, 3, 1, 1},   // layer4 at 40x40, batch 16: 56% of taps in padding
-                      ConvCase{13, 40, 5, 5, 70, 3, 2, 1},     // batch 13 (tiles of 7 and 6), strided, K off the panel
-                      ConvCase{9, 24, 5, 5, 33, 3, 1, 1},      // 5x5 maps, batch 9: one tile a pixel
-                      ConvCase{8, 6, 1, 1, 10, 3, 1, 3},       // pixels whose every tap reads padding
+                      ConvCase{13, 40, 5, 5, 70, 3, 2, 1},     // batch 13 (two tiles a pixel), strided, K off the panel
+                      ConvCase{9, 24, 5, 5, 33, 3, 1, 1},      // 5x5 maps, batch 9
+                      ConvCase{8, 16, 1, 1, 10, 3, 1, 3},      // pixels whose every tap reads padding
                       ConvCase{1, 2, 2, 2, 4, 7, 2, 3},        // a 2x2 image under the stem: most taps in padding
                       ConvCase{1, 512, 2, 2, 512, 3, 1, 1},    // layer4 at 40x40, batch 1: 4 rows, long reduction
                       ConvCase{2, 2048, 1, 1, 1024, 1, 1, 0},  // fc1 as a 1x1 convolution
@@ -162,6 +162,35 @@ TEST(NextPanel, TheTilesShareTheNextPanelExactly) {
       EXPECT_EQ(std::count(asked.begin(), asked.end(), 1), lines) << "count " << count << " steps " << steps;
     }
   EXPECT_EQ(next_panel(weights.data(), panel_bytes, 3, 4, 64, 12).slice(0, lines).lines, 0);
+}
+
+// Pixel by pixel, a tile skips the taps in the padding, which only ever add exact zeros: a batch gives
+// bit for bit what its images give one at a time (run in the usual order), on every instruction set.
+// And the path is taken where it should be, and not at batch 1 or on maps with little padding.
+TEST(PixelMajor, ABatchGivesItsImagesResultsBitForBit) {
+  EXPECT_TRUE(pixel_major({512, 512, 3, 3, 1, 1}, {16, 2, 2, 2, 2}));     // layer4 at 40x40: 44% inside
+  EXPECT_TRUE(pixel_major({256, 256, 3, 3, 1, 1}, {8, 3, 3, 3, 3}));      // layer3: 60%
+  EXPECT_TRUE(pixel_major({128, 128, 3, 3, 1, 1}, {9, 5, 5, 5, 5}));      // layer2: 75%
+  EXPECT_FALSE(pixel_major({512, 512, 3, 3, 1, 1}, {7, 2, 2, 2, 2}));     // too few images
+  EXPECT_FALSE(pixel_major({64, 64, 3, 3, 1, 1}, {64, 10, 10, 10, 10}));  // 87% inside
+  EXPECT_FALSE(pixel_major({64, 64, 1, 1, 1, 0}, {64, 2, 2, 2, 2}));      // a 1x1 convolution reads no padding
+  Rng rng(23);
+  const Tensor x = testing::random_tensor({11, 3, 3, 24}, rng), w = testing::random_tensor({40, 24, 3, 3}, rng, 0.1);
+  const Tensor b = testing::random_tensor({40}, rng), residual = testing::random_tensor({11, 3, 3, 40}, rng);
+  for (Isa isa : testing::isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    const PackedConv cv = pack_conv(w, &b, {1, 1}, isa);
+    EXPECT_DOUBLE_EQ(conv_nhwc_taps(cv, x), 11.0 * 49);  // of 81 (pixel, tap) pairs on a 3x3 map
+    const Tensor batch = conv_nhwc(cv, x, &residual, true);
+    int64_t differ = 0;
+    for (int64_t n = 0; n < 11; ++n) {
+      const Tensor image = testing::rows_of(x, n, n + 1), image_residual = testing::rows_of(residual, n, n + 1);
+      EXPECT_DOUBLE_EQ(conv_nhwc_taps(cv, image), 81.0);
+      const Tensor one = conv_nhwc(cv, image, &image_residual, true);
+      for (int64_t i = 0; i < one.numel(); ++i) differ += one.data()[i] != batch.data()[n * one.numel() + i];
+    }
+    EXPECT_EQ(differ, 0);
+  }
 }
 
 TEST(PackedConv, NanPassesTheFusedRelu) {

@@ -386,20 +386,20 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     // subtract the zero point's share over every tap, nor on a tile without tap_index.
     const int64_t PQ = g.P * g.Q;
     for_each_pixel_tile(cv, g, px, ks.bfp_mr, cv.panels,
-                        [&](const void** rows, int taps_inside, const int* tap_index, int64_t n0, int64_t count,
+                        [&](const void** rows, int inside, const int* tap_index, int64_t n0, int64_t count,
                             int64_t pixel, int64_t panel, int64_t tile, int64_t tiles) {
                           const int64_t first = (n0 * PQ + pixel) * cv.K + panel * ks.nr;
                           BfpTileArgs t = panel_args(panel);
                           t.rows = rows;
                           t.row_count = static_cast<int>(count);
-                          t.taps = taps_inside;
+                          t.taps = inside;
                           t.tap_index = tap_index;
                           t.out = y.data() + first;
                           t.ld_out = PQ * cv.K;
                           t.stage.residual = residual ? residual->data() + first : nullptr;
                           t.stage.ld_residual = PQ * cv.K;
                           t.prefetch = next_panel(cv.weights.data(), cv.panel_size(), panel, cv.panels, tiles, 1)
-                                           .slice(tile, taps_inside * cv.groups);
+                                           .slice(tile, inside * cv.groups);
                           ks.tile_bfp(t);
                         });
   } else if (bfp_rows_outer(static_cast<int64_t>(cv.weights.size()), g.rows())) {

@@ -185,13 +185,13 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
   if (runs_pixel_major(cv, g)) {
     const int64_t PQ = g.P * g.Q;
     for_each_pixel_tile(cv, g, px, ks.mr, cv.panels,
-                        [&](const void** rows, int taps_inside, const int* tap_index, int64_t n0, int64_t count,
+                        [&](const void** rows, int inside, const int* tap_index, int64_t n0, int64_t count,
                             int64_t pixel, int64_t panel, int64_t tile, int64_t tiles) {
                           const int64_t k0 = panel * ks.nr, first = (n0 * PQ + pixel) * cv.K + k0;
                           TileArgs t;
                           t.rows = rows;
                           t.row_count = static_cast<int>(count);
-                          t.taps = taps_inside;
+                          t.taps = inside;
                           t.tap_index = tap_index;
                           t.channels = cv.C;
                           t.panel = cv.weights.data() + panel * cv.panel_size();
@@ -202,8 +202,10 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
                           t.stage.relu = relu;
                           t.stage.residual = residual ? residual->data() + first : nullptr;
                           t.stage.ld_residual = PQ * cv.K;
-                          t.prefetch = next_panel(cv.weights.data(), cv.panel_size() * 4, panel, cv.panels, tiles, 1)
-                                           .slice(tile, taps_inside * cv.C);
+                          t.prefetch =
+                              next_panel(cv.weights.data(), cv.panel_size() * static_cast<int64_t>(sizeof(float)),
+                                         panel, cv.panels, tiles, 1)
+                                  .slice(tile, inside * cv.C);
                           ks.tile_f32(t);
                         });
     return y;
@@ -224,7 +226,8 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
       t.stage.bias = cv.bias.data() + k0;
       t.stage.relu = relu;
       t.stage.ld_residual = cv.K;
-      const NextPanel next = next_panel(cv.weights.data(), cv.panel_size() * 4, panel, cv.panels, count, ks.mr);
+      const NextPanel next = next_panel(cv.weights.data(), cv.panel_size() * static_cast<int64_t>(sizeof(float)), panel,
+                                        cv.panels, count, ks.mr);
       for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
         const int64_t m = m0 + i0;
         t.prefetch = next.slice(i0 / ks.mr, taps * cv.C);

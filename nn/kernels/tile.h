@@ -49,10 +49,11 @@ struct TileArgs {
   int row_count;            // 1..mr
   int taps;
   // The panel's tap each of the `taps` reads: tap_index[t] (null: tap t). A tile whose rows all read
-  // the padding at some taps (a small map, rows pixel by pixel) passes only the others.
+  // the padding at some taps (a small map, rows pixel by pixel) passes only the others. Every
+  // tile_f32 honours it (the integer tiles: KernelSet::bfp_tap_index).
   const int* tap_index = nullptr;
   int64_t channels;
-  const void* panel;  // packed weights: taps * channels * nr values
+  const void* panel;  // packed weights: the panel's taps * channels * nr values
   float* out;         // out[i * ld_out + j] for i < row_count, j < col_count
   int64_t ld_out;
   int col_count;  // 1..nr valid output channels in this panel
@@ -80,8 +81,8 @@ struct BfpTileArgs {
   int64_t groups;        // input channels / 4, rounded up
   int64_t block_groups;  // groups per block (B / 4)
   int64_t blocks;        // ceil(input channels / B)
-  const int8_t* panel;   // taps * groups * nr * 4 mantissas
-  const float* steps;    // taps * blocks * nr weight steps
+  const int8_t* panel;   // the panel's taps * groups * nr * 4 mantissas
+  const float* steps;    // the panel's taps * blocks * nr weight steps
   float* out;            // as TileArgs
   int64_t ld_out;
   int col_count;

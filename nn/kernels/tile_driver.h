@@ -72,7 +72,10 @@ struct NextPanel {
   // Tile `tile`'s share (none past the last), spread over its `steps` reduction steps.
   PanelPrefetch slice(int64_t tile, int64_t steps) const {
     const int64_t per_tile = (lines + tiles - 1) / tiles, first = std::min(lines, tile * per_tile);
-    // A panel is at most 2 lines per step (32 floats, or 32 columns of 4 bytes).
+    // A panel is at most 2 lines per step (32 floats, or 32 columns of 4 bytes), so in the chunked
+    // order a tile asks for all its share. Pixel by pixel a tile may have only a few of the panel's
+    // taps, and asks for part of its share: the prefetch is a hint, and the capped rate keeps it
+    // cheap.
     return {begin + first * 64, begin ? std::min(per_tile, lines - first) : 0, per_tile > steps ? 2 : 1};
   }
 };
@@ -124,8 +127,8 @@ void for_each_tile_chunk(const ConvShape& cv, const OutputGrid& g, const PixelTa
 // a tile holds one pixel's rows, and strides the output: row n of pixel (p, q) is output row
 // (n * P + p) * Q + q.
 constexpr int64_t kPixelMajorMinBatch = 8;
-constexpr double kPixelMajorMaxInside =
-    0.8;  // the share of (pixel, tap) pairs inside the map at or below which it pays
+// The share of (pixel, tap) pairs inside the map at or below which it pays.
+constexpr double kPixelMajorMaxInside = 0.8;
 
 // The share of an output map's (pixel, tap) pairs that read inside the input (1: none read padding).
 inline double taps_inside(const ConvShape& cv, const OutputGrid& g) {

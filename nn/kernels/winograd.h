@@ -7,7 +7,9 @@
 //
 // Where it wins: a layer with enough tiles to be bound by arithmetic. Its transformed weights are
 // 16/9 the size of the direct ones, so a layer bound by reading its weights (batch 1 on small maps)
-// runs the direct kernel instead; conv_nhwc_auto chooses (bench_conv measures both).
+// runs the direct kernel instead, as does one where the direct kernel, skipping the taps in the
+// padding, computes about as few products; FrozenResNet (nn/inference_plan.cpp winograd_pays)
+// chooses (bench_conv measures both).
 // Error: the transforms round in float32; against the direct kernel the difference is a few units
 // of float32 rounding of the sums (tests/test_kernels.cpp states and checks the bound).
 #pragma once
