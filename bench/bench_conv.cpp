@@ -5,6 +5,8 @@
 //                  on every instruction set this CPU runs (isa: 0 ref, 1 avx2, 2 avx512)
 //   BM_BfpConv     the same shapes on the block floating point integer kernels (ms-fp8: bfp<5,2,128>),
 //                  the input's quantization included
+//   BM_Int8Conv    the same shapes on the int8 integer kernels (u8 activations with zero point 0, as
+//                  after a ReLU, s8 weights in [-127, 127]), the input's quantization included
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -102,6 +104,33 @@ void BM_BfpConv(benchmark::State& state) {
       2.0 * outputs * C * kernel * kernel, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
+// args: C, H, K, kernel, stride, pad, batch, isa. Random int8 weights, inputs |normal| on 0..255.
+void BM_Int8Conv(benchmark::State& state) {
+  const int64_t C = state.range(0), H = state.range(1), K = state.range(2), N = state.range(6);
+  const int kernel = static_cast<int>(state.range(3)), stride = static_cast<int>(state.range(4)),
+            pad = static_cast<int>(state.range(5));
+  const Isa isa = static_cast<Isa>(state.range(7));
+  if (!cpu_supports(isa)) return state.SkipWithError("this CPU cannot run the instruction set");
+  Rng rng(1);
+  Tensor x = random_tensor({N, H, H, C}, rng);
+  for (float& v : x.span()) v = std::abs(v);
+  std::vector<int32_t> weights(static_cast<size_t>(K * C * kernel * kernel));
+  for (int32_t& w : weights) w = static_cast<int32_t>(rng.below(255)) - 127;
+  const std::vector<float> scales(static_cast<size_t>(K), 0.01f);
+  const Tensor b = random_tensor({K}, rng);
+  if (!int8_tile_takes(isa, weights)) return state.SkipWithError("this instruction set has no int8 tile");
+  const PackedBfpConv cv =
+      pack_conv_int8(K, C, kernel, kernel, weights, scales, &b, {stride, pad}, AffineU8{4.0f / 255, 0}, isa);
+  int64_t outputs = 0;
+  for (auto _ : state) {
+    Tensor y = conv_nhwc_bfp(cv, x, nullptr, true);
+    outputs = y.numel();
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * outputs * C * kernel * kernel, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
 // args: C, pixels. The block floating point quantizer alone (ms-fp8), on |normal| inputs.
 void BM_BfpQuantize(benchmark::State& state) {
   const int64_t C = state.range(0), pixels = state.range(1);
@@ -189,4 +218,5 @@ BENCHMARK(BM_Winograd)
 BENCHMARK(BM_PackedConv)->Apply(PackedShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_BfpQuantize)->Args({64, 6400})->Args({256, 6400})->Args({2048, 256})->UseRealTime();
 BENCHMARK(BM_BfpConv)->Apply(PackedShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Int8Conv)->Apply(PackedShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

@@ -5,6 +5,8 @@
 // AVX-512's 32-wide panels (what an AVX-512 CPU without VNNI runs), and the edges: all-zero blocks,
 // the largest mantissas everywhere, the smallest and largest exponents, channel counts that are not a
 // multiple of the block or of 4, batch 1 and 64, sparse jet-like images.
+#include <fmt/format.h>
+
 #include <bit>
 #include <cmath>
 #include <limits>
@@ -198,30 +200,44 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
   }
 }
 
-// Bytes at both ends (0 and 255) against weights at -128 and 127 everywhere: the products a saturating
-// pair sum would get wrong.
+// Bytes at both ends (0 and 255) against weights at both ends everywhere: the products a saturating
+// pair sum gets wrong (two products of 255 x 127 overflow int16). With the zero point at 0, as after a
+// ReLU, and in the middle. -128 (fixed<8,I> weights reach it) on the tiles that take it; the AVX2 tile,
+// which reads the bytes signed, refuses it, and the plan then runs the layer on float kernels.
 TEST(Int8Conv, ExtremeBytesAndWeights) {
   const int64_t C = 512, K = 32;
-  Tensor x = Tensor::empty({1, 2, 2, C});
-  for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = i % 3 ? 10.0f : -10.0f;  // bytes 255 and 0
-  const AffineRange r{-10, 10};
-  std::vector<int32_t> q(static_cast<size_t>(K * C));
-  for (size_t i = 0; i < q.size(); ++i) q[i] = (i / 2) % 2 ? 127 : -128;  // -128: fixed<8,I> weights reach it
-  const std::vector<float> scales(K, 0.01f);
-  Tensor wq = Tensor::empty({K, C, 1, 1});
-  for (size_t i = 0; i < q.size(); ++i) wq.data()[i] = static_cast<float>(q[i]) * 0.01f;
-  Tensor xq = Tensor::empty(x.shape());
-  quantize_tensor(Format::parse("int8"), false, x, xq, nullptr, &r);
-  const Tensor expected = conv_nhwc_ref(xq, wq, nullptr, {1, 0}, nullptr, false);
-  for (Isa isa : full_byte_isas()) {
-    SCOPED_TRACE(isa_name(isa));
-    const PackedBfpConv cv =
-        pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, AffineU8{r.scale(), r.zero_point()}, isa);
-    testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "extreme bytes", 1e-5, 1e-6);
+  for (const AffineRange r : {AffineRange{-10, 10}, AffineRange{0, 10}}) {
+    Tensor x = Tensor::empty({1, 2, 2, C});
+    for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = i % 3 ? 10.0f : r.min;  // bytes 255 and 0
+    Tensor xq = Tensor::empty(x.shape());
+    quantize_tensor(Format::parse("int8"), false, x, xq, nullptr, &r);
+    const AffineU8 input{r.scale(), r.zero_point()};
+    for (const int lowest : {-127, -128}) {
+      SCOPED_TRACE(fmt::format("zero point {}, weights down to {}", r.zero_point(), lowest));
+      std::vector<int32_t> q(static_cast<size_t>(K * C));
+      for (size_t i = 0; i < q.size(); ++i) q[i] = (i / 2) % 3 ? 127 : lowest;  // pairs; sums not 0
+      const std::vector<float> scales(K, 0.01f);
+      Tensor wq = Tensor::empty({K, C, 1, 1});
+      for (size_t i = 0; i < q.size(); ++i) wq.data()[i] = static_cast<float>(q[i]) * 0.01f;
+      const Tensor expected = conv_nhwc_ref(xq, wq, nullptr, {1, 0}, nullptr, false);
+      for (Isa isa : full_byte_isas()) {
+        SCOPED_TRACE(isa_name(isa));
+        if (!int8_tile_takes(isa, q)) {
+          EXPECT_EQ(lowest, -128);
+          EXPECT_TRUE(kernels(isa).int8_signed_bytes);
+          EXPECT_THROW(pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, input, isa), Error);
+          continue;
+        }
+        const PackedBfpConv cv = pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, input, isa);
+        testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "extreme bytes", 1e-5, 1e-6);
+      }
+    }
   }
+  // Every set has an int8 tile; AVX2's takes weights down to -127.
+  for (Isa isa : testing::isas_here()) EXPECT_TRUE(kernels(isa).tile_bfp_full_bytes) << isa_name(isa);
   if (cpu_supports(Isa::avx2)) {
-    EXPECT_THROW(pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, AffineU8{r.scale(), r.zero_point()}, Isa::avx2),
-                 Error);
+    EXPECT_FALSE(int8_tile_takes(Isa::avx2, std::vector<int32_t>{3, -128, 5}));
+    EXPECT_TRUE(int8_tile_takes(Isa::avx2, std::vector<int32_t>{3, -127, 127}));
   }
 }
 
@@ -245,6 +261,7 @@ std::vector<KernelSet> kernel_sets() {
     fallback.bfp_name = "avx2 bfp on 32-wide panels";
     fallback.tile_bfp = kernels_avx2::tile_bfp_nr32;
     fallback.bfp_tap_index = false;  // as kernels() sets it up on an AVX-512 CPU without VNNI
+    fallback.int8_signed_bytes = true;
     sets.push_back(fallback);
   }
   return sets;

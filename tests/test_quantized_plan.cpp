@@ -23,7 +23,7 @@ struct QuantizedCase {
   const char* activations;  // "" for float inputs
   int64_t batch;
   int integer_layers;       // layers the integer kernels run (all but the stem, for bfp or int8 weights and inputs)
-  bool full_bytes = false;  // int8: only on tiles that take activation bytes up to 255 (AVX-512 VNNI, ref)
+  bool full_bytes = false;  // int8: only on tiles that take activation bytes up to 255 (all but AVX-512 without VNNI)
 };
 
 void PrintTo(const QuantizedCase& c, std::ostream* os) {
@@ -94,6 +94,31 @@ INSTANTIATE_TEST_SUITE_P(Formats, QuantizedPlanVsEmulation,
                                            QuantizedCase{"fixed<8,3>", "fixed<8,3>", 2, 54, true},
                                            QuantizedCase{"fixed<8,3,RND,SAT>", "ufixed<8,5,RND_CONV,SAT>", 3, 54, true},
                                            QuantizedCase{"fixed<16,6>", "fixed<16,6>", 2, 0}));
+
+// A fixed<8,I> weight at -128, which the AVX2 tile cannot take (it reads int8 bytes signed): that
+// layer runs on float kernels there, the others on integer ones, and the model still matches.
+TEST(QuantizedPlan, AWeightOfMinus128RunsItsLayerInFloatOnAvx2) {
+  ResNet model(ResNetConfig{"resnet50", 1, 8, 32, 2}, 3);
+  model.set_training(false);
+  model.fold_batchnorm();
+  model.convs()[1].second->weight.value().data()[0] = -4.0f;  // fixed<8,3>: -4 is -128 LSBs
+  Rng rng(4);
+  const Tensor images = sparse_images({2, 1, 40, 40}, rng);
+  auto config = std::make_shared<QuantizationConfig>(make_quantization("fixed<8,3>", "fixed<8,3>", "masked"));
+  attach_quantization(model, config);
+  freeze_for_inference(model, *config);
+  NoGradGuard no_grad;
+  const Tensor features = model.features(Var(images)).value();
+  const LayerQuantizations layers = plan_layers(model, *config);
+  for (Isa isa : testing::isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    const FrozenResNet plan(model, isa, true, &layers);
+    const int integer = kernels(isa).int8_signed_bytes ? 53 : 54;
+    EXPECT_NE(plan.describe().find(fmt::format("quantized: {} of 55 layers on integer", integer)), std::string::npos)
+        << plan.describe();
+    testing::expect_close_to_max(plan.features(images), features, "features", kInt8Tolerance);
+  }
+}
 
 // head() takes features from outside (a features file): negative ones, which no ReLU produced, run
 // the head's float path instead of the integer one that needs non-negative inputs.

@@ -267,6 +267,12 @@ PackedBfpConv pack_conv_bfp(const BfpWeight& w, const Tensor* bias, Conv2dParams
   return cv;
 }
 
+bool int8_tile_takes(Isa isa, std::span<const int32_t> weights) {
+  const KernelSet& ks = kernels(isa);
+  if (!ks.tile_bfp_full_bytes) return false;
+  return !ks.int8_signed_bytes || std::find(weights.begin(), weights.end(), -128) == weights.end();
+}
+
 PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
                              std::span<const float> scales, const Tensor* bias, Conv2dParams params,
                              const AffineU8& input, Isa isa) {
@@ -280,6 +286,7 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
   cv.kernels = &kernels(isa);
   if (!cv.kernels->tile_bfp_full_bytes)
     fail("pack_conv_int8: the {} tile cannot take activation bytes above 127", cv.kernels->bfp_name);
+  const int byte_offset = cv.kernels->int8_signed_bytes ? 128 : 0;  // the tile sums (q - 128) w
   cv.int8_input = input;
   const int64_t nr = cv.kernels->nr, taps = cv.taps();
   cv.panels = (K + nr - 1) / nr;
@@ -303,6 +310,9 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
       for (int64_t c = 0; c < C; ++c) {
         const int32_t w = weights[(k * C + c) * taps + t];
         if (w < -128 || w > 127) fail("pack_conv_int8: weight {} of output channel {} is not a signed byte", w, k);
+        if (w == -128 && byte_offset != 0)
+          fail("pack_conv_int8: the {} tile takes weights in [-127, 127], output channel {} has -128",
+               cv.kernels->bfp_name, k);
         packed[((t * cv.groups + c / kGroup) * nr + j) * kGroup + c % kGroup] = static_cast<int8_t>(w);
         sum += w;
         magnitude += std::abs(w);
@@ -312,7 +322,7 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
     // sum over c, t of (q - zp) w = (sum q w) - zp (sum w), all in int32: |sum q w| <= 255 sum |w|.
     if (255 * magnitude > std::numeric_limits<int32_t>::max())
       fail("pack_conv_int8: output channel {} could overflow an int32 sum ({} weights)", k, C * taps);
-    cv.offsets[panel * nr + j] = static_cast<int32_t>(input.zero_point * sum);
+    cv.offsets[panel * nr + j] = static_cast<int32_t>((input.zero_point - byte_offset) * sum);
     if (bias) cv.bias[panel * nr + j] = bias->data()[k];
   }
   // A pixel in the padding stands for 0: the zero point's byte, at the activation step.

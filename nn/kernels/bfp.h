@@ -45,8 +45,9 @@ bool bfp_kernels_apply(const BlockFormat& weights, const BlockFormat& inputs);
 // weights symmetric int8 per output channel, whose scale is the weight step of every tap. The zero
 // point's share, zero_point * sum of the channel's weights, is a constant per output channel,
 // subtracted from the exact int32 sum over all taps and channels before it is scaled, once. The bytes use all of
-// 0..255, which only tiles with exact unsigned-byte products run (KernelSet::tile_bfp_full_bytes: AVX-512 VNNI and ref;
-// AVX2's pair sums would saturate).
+// 0..255, which only tiles with exact unsigned-byte products run (KernelSet::tile_bfp_full_bytes: AVX-512 VNNI, ref,
+// and AVX2's, which reads them as signed bytes less 128 and takes weights in [-127, 127] only:
+// KernelSet::int8_signed_bytes).
 struct AffineU8 {
   float scale = 1;
   int zero_point = 0;
@@ -115,8 +116,12 @@ struct PackedBfpConv : ConvShape {
 PackedBfpConv pack_conv_bfp(const BfpWeight& weight, const Tensor* bias, Conv2dParams params, const BlockFormat& input,
                             Isa isa);
 
-// int8 weights (K, C, R, S), signed bytes, with one scale per output channel. Throws when the kernel
-// set's tile cannot take full-range bytes.
+// Whether the integer tile of `isa` can run int8 with these weights: a tile for full-range bytes, and
+// no weight of -128 on one that reads the bytes signed (fixed<8,I> weights reach -128; int8's stop at -127).
+bool int8_tile_takes(Isa isa, std::span<const int32_t> weights);
+
+// int8 weights (K, C, R, S), signed bytes, with one scale per output channel. Throws when
+// int8_tile_takes() is false.
 PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
                              std::span<const float> scales, const Tensor* bias, Conv2dParams params,
                              const AffineU8& input, Isa isa);

@@ -125,6 +125,7 @@ const KernelSet& kernels(Isa isa) {
           s.bfp_name = "avx512-vnni u8*s8 12x32";
           s.bfp_mr = 12;
           s.tile_bfp_full_bytes = true;
+          s.int8_signed_bytes = false;
           s.tile_bfp = kernels_avx512_vnni::tile_bfp;
           s.bfp_tap_index = true;
         }

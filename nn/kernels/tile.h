@@ -89,7 +89,8 @@ struct BfpTileArgs {
   OutputStage stage;
   bool int16_sums;  // a whole block's pair sums fit in int16 (bfp.h): AVX2 widens once per block
   // int8: every tap and block has the same steps, so the whole reduction is one exact int32 sum, from
-  // which offsets[j] (the zero point times the column's weight sum) is subtracted before it is scaled
+  // which offsets[j] (the zero point times the column's weight sum; KernelSet::int8_signed_bytes: the
+  // zero point less 128) is subtracted before it is scaled
   // once (by tap 0's steps; a NaN step of any tap still makes the row NaN). Only on tiles with
   // tile_bfp_full_bytes, and with every tap (the offsets cover them all).
   bool whole_reduction = false;
@@ -116,6 +117,10 @@ struct KernelSet {
   // The integer tile takes BfpTileArgs::tap_index. AVX2's does not: given it, its loops measured 12%
   // slower on every layer, used or not (16 registers, 16-step reductions a tap at 64 channels).
   bool bfp_tap_index = false;
+  // int8 on this tile reads each activation byte q as the signed byte q - 128 (AVX2, whose VPMADDUBSW
+  // is exact only so: tile_bfp_avx2.inc). Its offsets then hold (zero point - 128) times the column's
+  // weight sum, and its weights must lie in [-127, 127] (pack_conv_int8, int8_tile_takes).
+  bool int8_signed_bytes = false;
 };
 constexpr int kBlockSawNan = 1, kBlockSawNegative = 2;
 

@@ -75,7 +75,18 @@ int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t
   return seen;
 }
 
-const KernelSet set{Isa::avx2,       "avx2 f32 6x16", kMr,   kNr,           tile_f32,       "avx2 u8*s8 6x16",
-                    bfp_avx2::kRows, tile_bfp,        false, bfp_block_max, bfp_block_bytes};
+const KernelSet set{Isa::avx2,
+                    "avx2 f32 6x16",
+                    kMr,
+                    kNr,
+                    tile_f32,
+                    "avx2 u8*s8 6x16",
+                    bfp_avx2::kRows,
+                    tile_bfp,
+                    true,
+                    bfp_block_max,
+                    bfp_block_bytes,
+                    /*bfp_tap_index=*/false,
+                    /*int8_signed_bytes=*/true};
 
 }  // namespace toptag::kernels_avx2

@@ -18,8 +18,10 @@ const KernelSet set{Isa::avx512,
                     "avx2 u8*s8 6x16 on 32-wide panels",
                     kernels_avx2::kBfpRows,
                     kernels_avx2::tile_bfp_nr32,
-                    false,
+                    true,
                     kernels_avx2::bfp_block_max,
-                    kernels_avx2::bfp_block_bytes};
+                    kernels_avx2::bfp_block_bytes,
+                    /*bfp_tap_index=*/false,
+                    /*int8_signed_bytes=*/true};
 
 }  // namespace toptag::kernels_avx512
