@@ -179,7 +179,8 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
   for (const Shape4& s : {Shape4{1, 64, 6, 40, 3, 1, 1}, Shape4{64, 17, 3, 33, 1, 2, 0}, Shape4{2, 256, 2, 64, 3, 1, 1},
                           Shape4{1, 2048, 1, 10, 1, 1, 0},
                           // Batch 16 on 2x2 maps, where float and block floating point skip the padding's
-                          // taps (tile_driver.h pixel_major): int8 must not, its zero point being no 0.
+                          // taps (tile_driver.h pixel_major): int8 too, less the zero point's share
+                          // of the taps it reads only (its zero point here is no 0).
                           Shape4{16, 64, 2, 40, 3, 1, 1}}) {
     SCOPED_TRACE(s.c);
     const Tensor x = activations({s.n, s.h, s.h, s.c}, rng);

@@ -151,8 +151,8 @@ void fake_quantize_bfp(const float* x, int64_t pixels, int64_t channels, const B
 namespace {
 
 // One pixel's int8 bytes: q = clamp(round_half_even(x / scale) + zero_point, 0, 255), x / scale in
-// float as the emulation computes it. Returns whether the pixel held a NaN.
-bool quantize_u8_pixel(const float* in, int64_t n, const AffineU8& q, uint8_t* m) {
+// float as the emulation computes it, stored as q ^ flip. Returns whether the pixel held a NaN.
+bool quantize_u8_pixel(const float* in, int64_t n, const AffineU8& q, uint8_t* m, uint8_t flip = 0) {
   // Beyond +-512 every value saturates: clamping first keeps the conversion to int32 in range.
   constexpr float kLimit = 512;
   const float scale = q.scale;
@@ -167,8 +167,9 @@ bool quantize_u8_pixel(const float* in, int64_t n, const AffineU8& q, uint8_t* m
     nans = _mm_or_ps(nans, _mm_or_ps(_mm_cmpunord_ps(x0, x0), _mm_cmpunord_ps(x1, x1)));
     const __m128i i0 = _mm_add_epi32(_mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_div_ps(x0, s), hi), lo)), zp);
     const __m128i i1 = _mm_add_epi32(_mm_cvtps_epi32(_mm_max_ps(_mm_min_ps(_mm_div_ps(x1, s), hi), lo)), zp);
-    const __m128i words = _mm_packs_epi32(i0, i1);                                        // int16, no saturation
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(m + c), _mm_packus_epi16(words, words));  // clamps to 0..255
+    const __m128i words = _mm_packs_epi32(i0, i1);         // int16, no saturation
+    const __m128i bytes = _mm_packus_epi16(words, words);  // clamps to 0..255
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(m + c), _mm_xor_si128(bytes, _mm_set1_epi8(static_cast<char>(flip))));
   }
   nan = _mm_movemask_ps(nans) != 0;
 #endif
@@ -176,23 +177,25 @@ bool quantize_u8_pixel(const float* in, int64_t n, const AffineU8& q, uint8_t* m
     const float y = in[c] / scale;
     nan = nan || y != y;
     const float r = std::nearbyint(std::clamp(y, -kLimit, kLimit)) + static_cast<float>(q.zero_point);
-    m[c] = static_cast<uint8_t>(r != r ? 0 : std::clamp(r, 0.0f, 255.0f));
+    m[c] = static_cast<uint8_t>(r != r ? 0 : std::clamp(r, 0.0f, 255.0f)) ^ flip;
   }
   return nan;
 }
 
 }  // namespace
 
-BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& q) {
+BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& q,
+                                       bool signed_bytes) {
   BfpActivations a = empty_records(pixels, channels, 1);
+  const uint8_t flip = signed_bytes ? 0x80 : 0;
   const int64_t padding = a.groups * kGroup - channels;
 #pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
   for (int64_t p = 0; p < pixels; ++p) {
     float* step = a.storage.data() + p * a.record_floats();
     uint8_t* m = reinterpret_cast<uint8_t*>(step + 1);
-    const bool nan = quantize_u8_pixel(x + p * channels, channels, q, m);
+    const bool nan = quantize_u8_pixel(x + p * channels, channels, q, m, flip);
     *step = nan ? std::numeric_limits<float>::quiet_NaN() : q.scale;
-    for (int64_t c = 0; c < padding; ++c) m[channels + c] = 0;  // their weights are zero
+    for (int64_t c = 0; c < padding; ++c) m[channels + c] = flip;  // their weights are zero
   }
   return a;
 }
@@ -300,13 +303,14 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
   cv.weights.assign(static_cast<size_t>(cv.panels * cv.panel_size()), 0);
   cv.steps.assign(static_cast<size_t>(cv.panels * cv.panel_steps()), 0.0f);
   cv.bias.assign(static_cast<size_t>(cv.panels * nr), 0.0f);
-  cv.offsets.assign(static_cast<size_t>(cv.panels * nr), 0);
+  cv.offsets.assign(static_cast<size_t>(cv.panels * taps * nr), 0);
   for (int64_t k = 0; k < K; ++k) {
     const int64_t panel = k / nr, j = k % nr;
     int8_t* packed = cv.weights.data() + panel * cv.panel_size();
     float* steps = cv.steps.data() + panel * cv.panel_steps();
-    int64_t sum = 0, magnitude = 0;
+    int64_t magnitude = 0;
     for (int64_t t = 0; t < taps; ++t) {
+      int64_t sum = 0;  // of the tap's weights
       for (int64_t c = 0; c < C; ++c) {
         const int32_t w = weights[(k * C + c) * taps + t];
         if (w < -128 || w > 127) fail("pack_conv_int8: weight {} of output channel {} is not a signed byte", w, k);
@@ -318,18 +322,21 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
         magnitude += std::abs(w);
       }
       steps[t * nr + j] = scales[k];
+      // The zero point's share at this tap. A tap in the padding reads the zero point's byte, so a tile
+      // that skips it (pixel by pixel, tile_driver.h) subtracts only the taps it reads.
+      cv.offsets[(panel * taps + t) * nr + j] = static_cast<int32_t>((input.zero_point - byte_offset) * sum);
     }
     // sum over c, t of (q - zp) w = (sum q w) - zp (sum w), all in int32: |sum q w| <= 255 sum |w|.
     if (255 * magnitude > std::numeric_limits<int32_t>::max())
       fail("pack_conv_int8: output channel {} could overflow an int32 sum ({} weights)", k, C * taps);
-    cv.offsets[panel * nr + j] = static_cast<int32_t>((input.zero_point - byte_offset) * sum);
     if (bias) cv.bias[panel * nr + j] = bias->data()[k];
   }
-  // A pixel in the padding stands for 0: the zero point's byte, at the activation step.
+  // A pixel in the padding stands for 0: the zero point's byte, at the activation step (as the
+  // quantizer stores it: quantize_u8_activations).
   cv.zero_record.assign(static_cast<size_t>(1 + cv.groups), 0.0f);
   cv.zero_record[0] = input.scale;
   uint8_t* zero_bytes = reinterpret_cast<uint8_t*>(cv.zero_record.data() + 1);
-  for (int64_t c = 0; c < C; ++c) zero_bytes[c] = static_cast<uint8_t>(input.zero_point);
+  for (int64_t c = 0; c < C; ++c) zero_bytes[c] = static_cast<uint8_t>(input.zero_point ^ byte_offset);
   return cv;
 }
 
@@ -355,7 +362,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
   if (!cached) {
     ProfileScope quantize("input quantize");
     const int64_t pixels = g.N * g.H * g.W;
-    own = cv.int8_input ? quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input)
+    own = cv.int8_input ? quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->int8_signed_bytes)
                         : quantize_bfp_activations(x.data(), pixels, cv.C, cv.input, cv.kernels->isa);
   }
   const BfpActivations& a = cached ? cache->records : own;
@@ -379,7 +386,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     t.stage.ld_residual = cv.K;
     t.int16_sums = cv.int16_sums;
     t.whole_reduction = cv.int8_input.has_value();
-    t.offsets = cv.offsets.empty() ? nullptr : cv.offsets.data() + k0;
+    t.offsets = cv.offsets.empty() ? nullptr : cv.offsets.data() + panel * cv.taps() * ks.nr;
     return t;
   };
   // Rows [i0, i0 + bfp_mr) of a chunk of `count` rows from output row m0, in panel k0's columns.
@@ -391,9 +398,9 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
   };
   const float* residual_data = residual ? residual->data() : nullptr;
-  if (!cv.int8_input && ks.bfp_tap_index && pixel_major(cv, g)) {
-    // Pixel by pixel, the taps in the padding skipped (tile_driver.h); not for int8, whose offsets
-    // subtract the zero point's share over every tap, nor on a tile without tap_index.
+  if ((cv.int8_input || ks.bfp_tap_index) && pixel_major(cv, g)) {
+    // Pixel by pixel, the taps in the padding skipped (tile_driver.h): int8's whole reduction on every
+    // tile, block floating point on the tiles with tap_index.
     const int64_t PQ = g.P * g.Q;
     for_each_pixel_tile(cv, g, px, ks.bfp_mr, cv.panels,
                         [&](const void** rows, int inside, const int* tap_index, int64_t n0, int64_t count,
@@ -504,17 +511,19 @@ void tile_whole_reduction(const BfpTileArgs& t, float (&sums)[kMr][kNr]) {
     int32_t sum[kNr] = {};
     float nan_guard = 0;  // NaN if any tap's record is
     for (int tap = 0; tap < t.taps; ++tap) {
-      const int8_t* w = t.panel + tap * t.groups * kNr * kGroup;
+      const int panel_tap = t.tap_index ? t.tap_index[tap] : tap;
+      const int8_t* w = t.panel + panel_tap * t.groups * kNr * kGroup;
       const float* astep = static_cast<const float*>(t.rows[i * t.taps + tap]);
       const uint8_t* a = reinterpret_cast<const uint8_t*>(astep + 1);
       nan_guard += 0 * astep[0];
-      for (int j = 0; j < kNr; ++j)
+      for (int j = 0; j < kNr; ++j) {
         for (int64_t g = 0; g < t.groups; ++g)
           for (int l = 0; l < kGroup; ++l) sum[j] += a[g * kGroup + l] * w[(g * kNr + j) * kGroup + l];
+        if (t.offsets) sum[j] -= t.offsets[panel_tap * kNr + j];
+      }
     }
     const float astep = static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard;
-    for (int j = 0; j < kNr; ++j)
-      sums[i][j] = static_cast<float>(sum[j] - (t.offsets ? t.offsets[j] : 0)) * (t.steps[j] * astep);
+    for (int j = 0; j < kNr; ++j) sums[i][j] = static_cast<float>(sum[j]) * (t.steps[j] * astep);
   }
 }
 

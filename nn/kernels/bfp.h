@@ -81,7 +81,10 @@ bool fake_quantize_bfp_exact_in_float(const BlockFormat& f);
 void fake_quantize_bfp(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f, float* y);
 
 // The int8 records: one block of all `channels` per pixel, its step the scale (NaN if the pixel holds one).
-BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& a);
+// `signed_bytes` (KernelSet::int8_signed_bytes): each byte q stored as q ^ 0x80, which is q - 128 as a
+// signed byte.
+BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& a,
+                                       bool signed_bytes = false);
 // The same quantizer as values: y = (q(x) - zero_point) * scale, NaN staying NaN, for the float kernels
 // where the tile cannot take int8 (quantize/format.h's int8 activation quantizer, vectorised).
 void fake_quantize_u8(const float* x, int64_t n, const AffineU8& a, float* y);
@@ -106,7 +109,7 @@ struct PackedBfpConv : ConvShape {
   std::vector<float> bias;         // panels x nr
   std::vector<float> zero_record;  // a pixel in the padding: zero steps, zero mantissas
   bool int16_sums = false;         // BfpTileArgs::int16_sums
-  std::vector<int32_t> offsets;    // int8: panels x nr, BfpTileArgs::offsets (empty for bfp)
+  std::vector<int32_t> offsets;    // int8: panels x [taps][nr], BfpTileArgs::offsets (empty for bfp)
 
   int64_t panel_size() const { return taps() * groups * kernels->nr * 4; }
   int64_t panel_steps() const { return taps() * blocks * kernels->nr; }

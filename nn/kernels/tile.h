@@ -76,7 +76,8 @@ struct BfpTileArgs {
   const void* const* rows;  // rows[i * taps + t] -> the record of the pixel tap t of row i reads
   int row_count;            // 1..mr
   int taps;
-  // As TileArgs: the panel's tap each of `taps` reads (null: tap t). Only on sets with bfp_tap_index.
+  // As TileArgs: the panel's tap each of `taps` reads (null: tap t). Only on sets with bfp_tap_index,
+  // and for int8 (whole_reduction), which every tile takes it for.
   const int* tap_index = nullptr;
   int64_t groups;        // input channels / 4, rounded up
   int64_t block_groups;  // groups per block (B / 4)
@@ -89,12 +90,12 @@ struct BfpTileArgs {
   OutputStage stage;
   bool int16_sums;  // a whole block's pair sums fit in int16 (bfp.h): AVX2 widens once per block
   // int8: every tap and block has the same steps, so the whole reduction is one exact int32 sum, from
-  // which offsets[j] (the zero point times the column's weight sum; KernelSet::int8_signed_bytes: the
-  // zero point less 128) is subtracted before it is scaled
-  // once (by tap 0's steps; a NaN step of any tap still makes the row NaN). Only on tiles with
-  // tile_bfp_full_bytes, and with every tap (the offsets cover them all).
+  // which offsets[tap * nr + j] of each tap read (tap_index's, or all) is subtracted before it is
+  // scaled once (by the first tap's steps; a NaN step of any tap still makes the row NaN). An offset
+  // is the zero point times the column's weight sum at that tap (KernelSet::int8_signed_bytes: the
+  // zero point less 128). Only on tiles with tile_bfp_full_bytes; every tile takes tap_index here.
   bool whole_reduction = false;
-  const int32_t* offsets = nullptr;  // nr per panel
+  const int32_t* offsets = nullptr;  // the panel's [taps][nr]
   PanelPrefetch prefetch;
 };
 
@@ -114,12 +115,14 @@ struct KernelSet {
   // which of kBlockSawNan and kBlockSawNegative it met.
   float (*bfp_block_max)(const float* x, int64_t n);
   int (*bfp_block_bytes)(const float* x, int64_t n, float inverse, float top, uint8_t* m);
-  // The integer tile takes BfpTileArgs::tap_index. AVX2's does not: given it, its loops measured 12%
-  // slower on every layer, used or not (16 registers, 16-step reductions a tap at 64 channels).
+  // The integer tile takes BfpTileArgs::tap_index for block floating point (int8: every tile). AVX2's
+  // does not: given it, its block loops measured 12% slower on every layer, used or not (16
+  // registers, 16-step reductions a tap at 64 channels).
   bool bfp_tap_index = false;
-  // int8 on this tile reads each activation byte q as the signed byte q - 128 (AVX2, whose VPMADDUBSW
-  // is exact only so: tile_bfp_avx2.inc). Its offsets then hold (zero point - 128) times the column's
-  // weight sum, and its weights must lie in [-127, 127] (pack_conv_int8, int8_tile_takes).
+  // int8 on this tile takes each activation byte q as the signed byte q - 128, stored so by the
+  // quantizer (AVX2, whose VPMADDUBSW is exact only so: tile_bfp_avx2.inc). Its offsets then hold
+  // (zero point - 128) times the column's weight sum, and its weights must lie in [-127, 127]
+  // (pack_conv_int8, int8_tile_takes).
   bool int8_signed_bytes = false;
 };
 constexpr int kBlockSawNan = 1, kBlockSawNegative = 2;

@@ -73,8 +73,8 @@ __attribute__((always_inline)) inline void accumulate_groups(__m512i (&acc0)[ROW
   }
 }
 
-// int8 (BfpTileArgs::whole_reduction): one exact int32 sum per output over every tap and channel,
-// less the zero point's share, scaled once.
+// int8 (BfpTileArgs::whole_reduction): one exact int32 sum per output over the taps read and every
+// channel, less the zero point's share at those taps, scaled once.
 template <int ROWS>
 void whole_reduction_rows(const BfpTileArgs& t, float (&sums)[ROWS][kCols]) {
   constexpr long kGroupBytes = kCols * 4;
@@ -94,11 +94,17 @@ void whole_reduction_rows(const BfpTileArgs& t, float (&sums)[ROWS][kCols]) {
       nan_guard[i] += 0 * astep[0];
       a[i] = reinterpret_cast<const uint8_t*>(astep + 1);
     }
-    const int8_t* w = t.panel + tap * t.groups * kGroupBytes;  // whole_reduction: every tap, no tap_index
+    const int panel_tap = t.tap_index ? t.tap_index[tap] : tap;
+    const int8_t* w = t.panel + panel_tap * t.groups * kGroupBytes;
     accumulate_groups<ROWS>(acc0, acc1, a, w, 0, t.groups, next);
   }
-  const __m512i o0 = t.offsets ? _mm512_loadu_si512(t.offsets) : _mm512_setzero_si512();
-  const __m512i o1 = t.offsets ? _mm512_loadu_si512(t.offsets + 16) : _mm512_setzero_si512();
+  // The offsets of the taps read, summed after the loop (which keeps the registers for accumulators).
+  __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
+  for (int tap = 0; tap < (t.offsets ? t.taps : 0); ++tap) {
+    const int32_t* o = t.offsets + (t.tap_index ? t.tap_index[tap] : tap) * kCols;
+    o0 = _mm512_add_epi32(o0, _mm512_loadu_si512(o));
+    o1 = _mm512_add_epi32(o1, _mm512_loadu_si512(o + 16));
+  }
   const __m512 s0 = _mm512_loadu_ps(t.steps), s1 = _mm512_loadu_ps(t.steps + 16);
 #pragma GCC unroll 12
   for (int i = 0; i < ROWS; ++i) {
