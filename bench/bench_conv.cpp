@@ -118,7 +118,7 @@ void BM_Int8Conv(benchmark::State& state) {
   for (int32_t& w : weights) w = static_cast<int32_t>(rng.below(255)) - 127;
   const std::vector<float> scales(static_cast<size_t>(K), 0.01f);
   const Tensor b = random_tensor({K}, rng);
-  if (!int8_tile_takes(isa, weights)) return state.SkipWithError("this instruction set has no int8 tile");
+  if (!int8_tile_takes(kernels(isa), weights)) return state.SkipWithError("this instruction set has no int8 tile");
   const PackedBfpConv cv =
       pack_conv_int8(K, C, kernel, kernel, weights, scales, &b, {stride, pad}, AffineU8{4.0f / 255, 0}, isa);
   int64_t outputs = 0;

@@ -10,7 +10,7 @@
 // fills: nn knows no format by name). A layer whose weights and inputs are both block floating point
 // the integer kernels can run (nn/kernels/bfp.h) runs on them; every other layer runs the float
 // kernels on its decoded weights, its input fake-quantized first. int8 layers run on the same integer
-// tiles where the CPU's tile takes full-range bytes (AVX-512 VNNI, ref). All compute what the float
+// tiles (on AVX2 unless a weight is -128: int8_tile_takes in nn/kernels/bfp.h). All compute what the float
 // emulation (the layers' hooks) computes, to float32 rounding of the sums.
 #pragma once
 

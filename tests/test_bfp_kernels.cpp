@@ -161,11 +161,27 @@ TEST(U8Activations, ExactlyTheEmulationsValues) {
   }
 }
 
-// The kernel sets whose tile takes bytes up to 255.
-std::vector<Isa> full_byte_isas() {
-  std::vector<Isa> out;
-  for (Isa isa : testing::isas_here())
-    if (kernels(isa).tile_bfp_full_bytes) out.push_back(isa);
+// The kernel sets to check: every ISA here, and AVX2's tile on the AVX-512 set's panels.
+std::vector<KernelSet> kernel_sets() {
+  std::vector<KernelSet> sets;
+  for (Isa isa : testing::isas_here()) sets.push_back(kernels(isa));
+  if (cpu_supports(Isa::avx512)) {
+    KernelSet fallback = kernels(Isa::avx512);
+    fallback.bfp_name = "avx2 bfp on 32-wide panels";
+    fallback.tile_bfp = kernels_avx2::tile_bfp_nr32;
+    fallback.bfp_tap_index = false;  // as kernels() sets it up on an AVX-512 CPU without VNNI
+    fallback.tile_bfp_full_bytes = true;
+    fallback.int8_signed_bytes = true;
+    sets.push_back(fallback);
+  }
+  return sets;
+}
+
+// The kernel sets whose tile takes bytes up to 255 (kernel_sets(): AVX2's on 32-wide panels too).
+std::vector<KernelSet> full_byte_sets() {
+  std::vector<KernelSet> out;
+  for (const KernelSet& ks : kernel_sets())
+    if (ks.tile_bfp_full_bytes) out.push_back(ks);
   return out;
 }
 
@@ -181,7 +197,9 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
                           // Batch 16 on 2x2 maps, where float and block floating point skip the padding's
                           // taps (tile_driver.h pixel_major): int8 too, less the zero point's share
                           // of the taps it reads only (its zero point here is no 0).
-                          Shape4{16, 64, 2, 40, 3, 1, 1}}) {
+                          Shape4{16, 64, 2, 40, 3, 1, 1},
+                          // Pixels whose every tap reads the padding: their tiles get no tap at all.
+                          Shape4{8, 16, 1, 10, 3, 1, 3}, Shape4{13, 40, 3, 70, 3, 1, 1}}) {
     SCOPED_TRACE(s.c);
     const Tensor x = activations({s.n, s.h, s.h, s.c}, rng);
     const AffineRange r{-0.25f, range_of(x).max};  // a zero point inside the range: padding is not byte 0
@@ -192,10 +210,10 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
     quantize_tensor(int8, false, x, xq, nullptr, &r);
     const Conv2dParams params{s.stride, s.pad};
     const Tensor expected = conv_nhwc_ref(xq, decode_weight(int8, e, w.shape()), &b, params, nullptr, false);
-    for (Isa isa : full_byte_isas()) {
-      SCOPED_TRACE(isa_name(isa));
+    for (const KernelSet& ks : full_byte_sets()) {
+      SCOPED_TRACE(ks.bfp_name);
       const PackedBfpConv cv = pack_conv_int8(s.k, s.c, s.kernel, s.kernel, e.integers, e.scales, &b, params,
-                                              AffineU8{r.scale(), r.zero_point()}, isa);
+                                              AffineU8{r.scale(), r.zero_point()}, ks);
       testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "int8 conv", 1e-4, 1e-5);
     }
   }
@@ -209,7 +227,8 @@ TEST(Int8Conv, ExtremeBytesAndWeights) {
   const int64_t C = 512, K = 32;
   for (const AffineRange r : {AffineRange{-10, 10}, AffineRange{0, 10}}) {
     Tensor x = Tensor::empty({1, 2, 2, C});
-    for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = i % 3 ? 10.0f : r.min;  // bytes 255 and 0
+    // Bytes 255 and 0 in adjacent pairs: two of 0 (s = -128 on AVX2) give its largest pair sum.
+    for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = (i / 2) % 3 ? 10.0f : r.min;
     Tensor xq = Tensor::empty(x.shape());
     quantize_tensor(Format::parse("int8"), false, x, xq, nullptr, &r);
     const AffineU8 input{r.scale(), r.zero_point()};
@@ -221,15 +240,15 @@ TEST(Int8Conv, ExtremeBytesAndWeights) {
       Tensor wq = Tensor::empty({K, C, 1, 1});
       for (size_t i = 0; i < q.size(); ++i) wq.data()[i] = static_cast<float>(q[i]) * 0.01f;
       const Tensor expected = conv_nhwc_ref(xq, wq, nullptr, {1, 0}, nullptr, false);
-      for (Isa isa : full_byte_isas()) {
-        SCOPED_TRACE(isa_name(isa));
-        if (!int8_tile_takes(isa, q)) {
+      for (const KernelSet& ks : full_byte_sets()) {
+        SCOPED_TRACE(ks.bfp_name);
+        if (!int8_tile_takes(ks, q)) {
           EXPECT_EQ(lowest, -128);
-          EXPECT_TRUE(kernels(isa).int8_signed_bytes);
-          EXPECT_THROW(pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, input, isa), Error);
+          EXPECT_TRUE(ks.int8_signed_bytes);
+          EXPECT_THROW(pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, input, ks), Error);
           continue;
         }
-        const PackedBfpConv cv = pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, input, isa);
+        const PackedBfpConv cv = pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, input, ks);
         testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "extreme bytes", 1e-5, 1e-6);
       }
     }
@@ -237,8 +256,28 @@ TEST(Int8Conv, ExtremeBytesAndWeights) {
   // Every set has an int8 tile; AVX2's takes weights down to -127.
   for (Isa isa : testing::isas_here()) EXPECT_TRUE(kernels(isa).tile_bfp_full_bytes) << isa_name(isa);
   if (cpu_supports(Isa::avx2)) {
-    EXPECT_FALSE(int8_tile_takes(Isa::avx2, std::vector<int32_t>{3, -128, 5}));
-    EXPECT_TRUE(int8_tile_takes(Isa::avx2, std::vector<int32_t>{3, -127, 127}));
+    EXPECT_FALSE(int8_tile_takes(kernels(Isa::avx2), std::vector<int32_t>{3, -128, 5}));
+    EXPECT_TRUE(int8_tile_takes(kernels(Isa::avx2), std::vector<int32_t>{3, -127, 127}));
+  }
+}
+
+// A NaN in one image reaches every int8 output that reads it (its pixel's record has a NaN step), in
+// whole-map rows at batch 1 and pixel by pixel at batch 16; the other images stay finite.
+TEST(Int8Conv, NanInAnInputReachesTheOutputsThatReadIt) {
+  for (const int64_t n : {1, 16}) {
+    Rng rng(3);
+    Tensor x = activations({n, 2, 2, 24}, rng);
+    x.data()[5] = NAN;  // image 0, pixel (0, 0): every 3x3 output of a 2x2 map reads it
+    const Tensor w = testing::random_tensor({12, 24, 3, 3}, rng, 0.1);
+    const EncodedTensor e = encode_weight(Format::parse("int8"), w);
+    for (const KernelSet& ks : full_byte_sets()) {
+      SCOPED_TRACE(fmt::format("{} batch {}", ks.bfp_name, n));
+      const PackedBfpConv cv =
+          pack_conv_int8(12, 24, 3, 3, e.integers, e.scales, nullptr, {1, 1}, AffineU8{0.02f, 3}, ks);
+      const Tensor y = conv_nhwc_bfp(cv, x, nullptr, true);
+      for (int64_t i = 0; i < y.numel(); ++i)
+        ASSERT_EQ(std::isnan(y.data()[i]), i < 4 * 12) << i;  // image 0's 4 pixels x 12 channels
+    }
   }
 }
 
@@ -251,21 +290,6 @@ struct BfpCase {
 void PrintTo(const BfpCase& c, std::ostream* os) {
   *os << c.format << " " << c.n << "x" << c.c << "x" << c.h << "x" << c.w << " -> " << c.k << " " << c.kernel << "x"
       << c.kernel << "/" << c.stride;
-}
-
-// The kernel sets to check: every ISA here, and AVX2's tile on the AVX-512 set's panels.
-std::vector<KernelSet> kernel_sets() {
-  std::vector<KernelSet> sets;
-  for (Isa isa : testing::isas_here()) sets.push_back(kernels(isa));
-  if (cpu_supports(Isa::avx512)) {
-    KernelSet fallback = kernels(Isa::avx512);
-    fallback.bfp_name = "avx2 bfp on 32-wide panels";
-    fallback.tile_bfp = kernels_avx2::tile_bfp_nr32;
-    fallback.bfp_tap_index = false;  // as kernels() sets it up on an AVX-512 CPU without VNNI
-    fallback.int8_signed_bytes = true;
-    sets.push_back(fallback);
-  }
-  return sets;
 }
 
 // A convolution on every kernel set against a float32 conv of the emulation's operands, with and

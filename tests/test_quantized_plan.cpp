@@ -23,7 +23,7 @@ struct QuantizedCase {
   const char* activations;  // "" for float inputs
   int64_t batch;
   int integer_layers;       // layers the integer kernels run (all but the stem, for bfp or int8 weights and inputs)
-  bool full_bytes = false;  // int8: only on tiles that take activation bytes up to 255 (all but AVX-512 without VNNI)
+  bool full_bytes = false;  // int8: only on tiles that take activation bytes up to 255 (today every set's)
 };
 
 void PrintTo(const QuantizedCase& c, std::ostream* os) {

@@ -270,8 +270,7 @@ PackedBfpConv pack_conv_bfp(const BfpWeight& w, const Tensor* bias, Conv2dParams
   return cv;
 }
 
-bool int8_tile_takes(Isa isa, std::span<const int32_t> weights) {
-  const KernelSet& ks = kernels(isa);
+bool int8_tile_takes(const KernelSet& ks, std::span<const int32_t> weights) {
   if (!ks.tile_bfp_full_bytes) return false;
   return !ks.int8_signed_bytes || std::find(weights.begin(), weights.end(), -128) == weights.end();
 }
@@ -279,6 +278,12 @@ bool int8_tile_takes(Isa isa, std::span<const int32_t> weights) {
 PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
                              std::span<const float> scales, const Tensor* bias, Conv2dParams params,
                              const AffineU8& input, Isa isa) {
+  return pack_conv_int8(K, C, R, S, weights, scales, bias, params, input, kernels(isa));
+}
+
+PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
+                             std::span<const float> scales, const Tensor* bias, Conv2dParams params,
+                             const AffineU8& input, const KernelSet& ks) {
   PackedBfpConv cv;
   cv.K = K;
   cv.C = C;
@@ -286,10 +291,12 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
   cv.S = S;
   cv.stride = params.stride;
   cv.pad = params.padding;
-  cv.kernels = &kernels(isa);
+  cv.kernels = &ks;
   if (!cv.kernels->tile_bfp_full_bytes)
     fail("pack_conv_int8: the {} tile cannot take activation bytes above 127", cv.kernels->bfp_name);
   const int byte_offset = cv.kernels->int8_signed_bytes ? 128 : 0;  // the tile sums (q - 128) w
+  if (input.zero_point < 0 || input.zero_point > 255)
+    fail("pack_conv_int8: zero point {} is not a byte", input.zero_point);
   cv.int8_input = input;
   const int64_t nr = cv.kernels->nr, taps = cv.taps();
   cv.panels = (K + nr - 1) / nr;
@@ -505,7 +512,7 @@ int bfp_block_bytes(const float* in, int64_t n, float inverse, float top, uint8_
 }
 
 // The reference tile: the same order of operations as the SIMD tiles, in plain loops.
-// int8 (BfpTileArgs::whole_reduction): one int32 sum per output over every tap and channel.
+// int8 (BfpTileArgs::whole_reduction): one int32 sum per output over the taps read and every channel.
 void tile_whole_reduction(const BfpTileArgs& t, float (&sums)[kMr][kNr]) {
   for (int i = 0; i < t.row_count; ++i) {
     int32_t sum[kNr] = {};
@@ -522,7 +529,8 @@ void tile_whole_reduction(const BfpTileArgs& t, float (&sums)[kMr][kNr]) {
         if (t.offsets) sum[j] -= t.offsets[panel_tap * kNr + j];
       }
     }
-    const float astep = static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard;
+    // No tap at all (an output pixel whose every tap reads the padding) sums nothing: 0.
+    const float astep = t.taps > 0 ? static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard : 0.0f;
     for (int j = 0; j < kNr; ++j) sums[i][j] = static_cast<float>(sum[j]) * (t.steps[j] * astep);
   }
 }

@@ -43,10 +43,11 @@ bool bfp_kernels_apply(const BlockFormat& weights, const BlockFormat& inputs);
 // int8 on the same tiles: activations affine uint8 per tensor, q = clamp(round_half_even(x / scale)
 // + zero_point, 0, 255) (quantize/format.h), as one block per pixel and tap whose step is `scale`;
 // weights symmetric int8 per output channel, whose scale is the weight step of every tap. The zero
-// point's share, zero_point * sum of the channel's weights, is a constant per output channel,
-// subtracted from the exact int32 sum over all taps and channels before it is scaled, once. The bytes use all of
-// 0..255, which only tiles with exact unsigned-byte products run (KernelSet::tile_bfp_full_bytes: AVX-512 VNNI, ref,
-// and AVX2's, which reads them as signed bytes less 128 and takes weights in [-127, 127] only:
+// point's share at a tap, zero_point * the sum of the channel's weights there, is a constant per
+// output channel and tap; the shares of the taps a tile reads are subtracted from the exact int32 sum
+// over those taps and every channel before it is scaled, once. The bytes use all of 0..255, which
+// only tiles that multiply them exactly run (KernelSet::tile_bfp_full_bytes: all of toptag's; AVX2's
+// takes them as signed bytes less 128, with the 128 in the shares, and weights in [-127, 127] only:
 // KernelSet::int8_signed_bytes).
 struct AffineU8 {
   float scale = 1;
@@ -54,7 +55,8 @@ struct AffineU8 {
 };
 
 // Activations quantized for the kernels: one record per pixel (or per row of a (N, I) input), of
-// `blocks` float steps 2^(e + 1 - M) and then `groups * 4` mantissa bytes, channels past C zero.
+// `blocks` float steps 2^(e + 1 - M) and then `groups * 4` mantissa bytes, channels past C zero (int8
+// signed bytes: 0x80, which is 0).
 // A block holding a NaN gets a NaN step, so the NaN reaches every output that reads it (as in the
 // emulation); an inf saturates to the largest mantissa.
 struct BfpActivations {
@@ -107,7 +109,7 @@ struct PackedBfpConv : ConvShape {
   std::vector<int8_t> weights;     // panels x [taps][groups][nr][4] mantissas, zero past K and C
   std::vector<float> steps;        // panels x [taps][blocks][nr] weight steps, zero past K
   std::vector<float> bias;         // panels x nr
-  std::vector<float> zero_record;  // a pixel in the padding: zero steps, zero mantissas
+  std::vector<float> zero_record;  // a pixel in the padding: zero steps and mantissas (int8: the scale, zero point)
   bool int16_sums = false;         // BfpTileArgs::int16_sums
   std::vector<int32_t> offsets;    // int8: panels x [taps][nr], BfpTileArgs::offsets (empty for bfp)
 
@@ -121,13 +123,17 @@ PackedBfpConv pack_conv_bfp(const BfpWeight& weight, const Tensor* bias, Conv2dP
 
 // Whether the integer tile of `isa` can run int8 with these weights: a tile for full-range bytes, and
 // no weight of -128 on one that reads the bytes signed (fixed<8,I> weights reach -128; int8's stop at -127).
-bool int8_tile_takes(Isa isa, std::span<const int32_t> weights);
+bool int8_tile_takes(const KernelSet& kernels, std::span<const int32_t> weights);
 
 // int8 weights (K, C, R, S), signed bytes, with one scale per output channel. Throws when
 // int8_tile_takes() is false.
 PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
                              std::span<const float> scales, const Tensor* bias, Conv2dParams params,
                              const AffineU8& input, Isa isa);
+// The same for a given kernel set, which must outlive the result (tests: AVX2's tile on 32-wide panels).
+PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
+                             std::span<const float> scales, const Tensor* bias, Conv2dParams params,
+                             const AffineU8& input, const KernelSet& kernels);
 
 // One layer input's block floating point records, kept for the next layer that reads the same tensor
 // in the same format (a ResNet block's shortcut and its first convolution). It holds the tensor, so

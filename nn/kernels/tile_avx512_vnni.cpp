@@ -108,7 +108,9 @@ void whole_reduction_rows(const BfpTileArgs& t, float (&sums)[ROWS][kCols]) {
   const __m512 s0 = _mm512_loadu_ps(t.steps), s1 = _mm512_loadu_ps(t.steps + 16);
 #pragma GCC unroll 12
   for (int i = 0; i < ROWS; ++i) {
-    const __m512 as = _mm512_set1_ps(static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard[i]);
+    // No tap at all (an output pixel whose every tap reads the padding): the sums are 0.
+    const __m512 as =
+        _mm512_set1_ps(t.taps > 0 ? static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard[i] : 0.0f);
     _mm512_store_ps(sums[i], _mm512_mul_ps(to_float(_mm512_sub_epi32(acc0[i], o0)), _mm512_mul_ps(s0, as)));
     _mm512_store_ps(sums[i] + 16, _mm512_mul_ps(to_float(_mm512_sub_epi32(acc1[i], o1)), _mm512_mul_ps(s1, as)));
   }
