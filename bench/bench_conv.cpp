@@ -53,82 +53,86 @@ void BM_Conv(benchmark::State& state) {
       benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
-// args: C, H, K, kernel, stride, pad, batch, isa
-void BM_PackedConv(benchmark::State& state) {
-  const int64_t C = state.range(0), H = state.range(1), K = state.range(2), N = state.range(6);
-  const int kernel = static_cast<int>(state.range(3)), stride = static_cast<int>(state.range(4)),
-            pad = static_cast<int>(state.range(5));
-  const Isa isa = static_cast<Isa>(state.range(7));
-  if (!cpu_supports(isa)) return state.SkipWithError("this CPU cannot run the instruction set");
-  Rng rng(1);
-  const Tensor x = random_tensor({N, H, H, C}, rng), w = random_tensor({K, C, kernel, kernel}, rng),
-               b = random_tensor({K}, rng);
-  const PackedConv cv = pack_conv(w, &b, {stride, pad}, isa);
+// The packed-kernel cases' args: C, H, K, kernel, stride, pad, batch, isa.
+struct PackedArgs {
+  int64_t C, H, K, N;
+  int kernel, stride, pad;
+  Isa isa;
+
+  explicit PackedArgs(const benchmark::State& state)
+      : C(state.range(0)),
+        H(state.range(1)),
+        K(state.range(2)),
+        N(state.range(6)),
+        kernel(static_cast<int>(state.range(3))),
+        stride(static_cast<int>(state.range(4))),
+        pad(static_cast<int>(state.range(5))),
+        isa(static_cast<Isa>(state.range(7))) {}
+};
+
+// Times run() (a convolution returning its output) and reports GFLOP/s of the direct form.
+template <class Run>
+void time_conv(benchmark::State& state, const PackedArgs& a, Run run) {
   int64_t outputs = 0;
   for (auto _ : state) {
-    Tensor y = conv_nhwc(cv, x, nullptr, true);
+    Tensor y = run();
     outputs = y.numel();
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * outputs * C * kernel * kernel, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * outputs * a.C * a.kernel * a.kernel, benchmark::Counter::kIsIterationInvariantRate,
+                         benchmark::Counter::kIs1000);
 }
 
-// args: C, H, K, kernel, stride, pad, batch, isa. Random ms-fp8 mantissas and exponents, inputs
-// |normal| (they follow a ReLU).
-void BM_BfpConv(benchmark::State& state) {
-  const int64_t C = state.range(0), H = state.range(1), K = state.range(2), N = state.range(6);
-  const int kernel = static_cast<int>(state.range(3)), stride = static_cast<int>(state.range(4)),
-            pad = static_cast<int>(state.range(5));
-  const Isa isa = static_cast<Isa>(state.range(7));
-  if (!cpu_supports(isa)) return state.SkipWithError("this CPU cannot run the instruction set");
+void BM_PackedConv(benchmark::State& state) {
+  const PackedArgs a(state);
+  if (!cpu_supports(a.isa)) return state.SkipWithError("this CPU cannot run the instruction set");
   Rng rng(1);
-  Tensor x = random_tensor({N, H, H, C}, rng);
+  const Tensor x = random_tensor({a.N, a.H, a.H, a.C}, rng), w = random_tensor({a.K, a.C, a.kernel, a.kernel}, rng),
+               b = random_tensor({a.K}, rng);
+  const PackedConv cv = pack_conv(w, &b, {a.stride, a.pad}, a.isa);
+  time_conv(state, a, [&] { return conv_nhwc(cv, x, nullptr, true); });
+}
+
+// Inputs |normal| (they follow a ReLU).
+Tensor relu_inputs(const PackedArgs& a, Rng& rng) {
+  Tensor x = random_tensor({a.N, a.H, a.H, a.C}, rng);
   for (float& v : x.span()) v = std::abs(v);
+  return x;
+}
+
+// Random ms-fp8 mantissas and exponents.
+void BM_BfpConv(benchmark::State& state) {
+  const PackedArgs a(state);
+  if (!cpu_supports(a.isa)) return state.SkipWithError("this CPU cannot run the instruction set");
+  Rng rng(1);
+  const Tensor x = relu_inputs(a, rng);
   const BlockFormat ms_fp8{2, 128, -15, 15};
-  const int64_t taps = kernel * kernel, blocks = (C + 127) / 128;
-  std::vector<int32_t> mantissas(static_cast<size_t>(K * C * taps));
-  std::vector<int8_t> exponents(static_cast<size_t>(K * blocks * taps));
+  const int64_t taps = a.kernel * a.kernel, blocks = (a.C + 127) / 128;
+  std::vector<int32_t> mantissas(static_cast<size_t>(a.K * a.C * taps));
+  std::vector<int8_t> exponents(static_cast<size_t>(a.K * blocks * taps));
   for (int32_t& m : mantissas) m = static_cast<int32_t>(rng.below(7)) - 3;
   for (int8_t& e : exponents) e = static_cast<int8_t>(-static_cast<int>(rng.below(6)));
-  const Tensor b = random_tensor({K}, rng);
+  const Tensor b = random_tensor({a.K}, rng);
   const PackedBfpConv cv =
-      pack_conv_bfp({K, C, kernel, kernel, mantissas, exponents, ms_fp8}, &b, {stride, pad}, ms_fp8, isa);
-  int64_t outputs = 0;
-  for (auto _ : state) {
-    Tensor y = conv_nhwc_bfp(cv, x, nullptr, true);
-    outputs = y.numel();
-    benchmark::DoNotOptimize(y.data());
-  }
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * outputs * C * kernel * kernel, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+      pack_conv_bfp({a.K, a.C, a.kernel, a.kernel, mantissas, exponents, ms_fp8}, &b, {a.stride, a.pad}, ms_fp8, a.isa);
+  time_conv(state, a, [&] { return conv_nhwc_bfp(cv, x, nullptr, true); });
 }
 
-// args: C, H, K, kernel, stride, pad, batch, isa. Random int8 weights, inputs |normal| on 0..255.
+// Random int8 weights; inputs on 0..255 with zero point 0.
 void BM_Int8Conv(benchmark::State& state) {
-  const int64_t C = state.range(0), H = state.range(1), K = state.range(2), N = state.range(6);
-  const int kernel = static_cast<int>(state.range(3)), stride = static_cast<int>(state.range(4)),
-            pad = static_cast<int>(state.range(5));
-  const Isa isa = static_cast<Isa>(state.range(7));
-  if (!cpu_supports(isa)) return state.SkipWithError("this CPU cannot run the instruction set");
+  const PackedArgs a(state);
+  if (!cpu_supports(a.isa)) return state.SkipWithError("this CPU cannot run the instruction set");
   Rng rng(1);
-  Tensor x = random_tensor({N, H, H, C}, rng);
-  for (float& v : x.span()) v = std::abs(v);
-  std::vector<int32_t> weights(static_cast<size_t>(K * C * kernel * kernel));
+  const Tensor x = relu_inputs(a, rng);
+  std::vector<int32_t> weights(static_cast<size_t>(a.K * a.C * a.kernel * a.kernel));
   for (int32_t& w : weights) w = static_cast<int32_t>(rng.below(255)) - 127;
-  const std::vector<float> scales(static_cast<size_t>(K), 0.01f);
-  const Tensor b = random_tensor({K}, rng);
-  if (!int8_tile_takes(kernels(isa), weights)) return state.SkipWithError("this instruction set has no int8 tile");
-  const PackedBfpConv cv =
-      pack_conv_int8(K, C, kernel, kernel, weights, scales, &b, {stride, pad}, AffineU8{4.0f / 255, 0}, isa);
-  int64_t outputs = 0;
-  for (auto _ : state) {
-    Tensor y = conv_nhwc_bfp(cv, x, nullptr, true);
-    outputs = y.numel();
-    benchmark::DoNotOptimize(y.data());
-  }
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * outputs * C * kernel * kernel, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  const std::vector<float> scales(static_cast<size_t>(a.K), 0.01f);
+  const Tensor b = random_tensor({a.K}, rng);
+  if (!int8_tile_takes(kernels(a.isa), weights)) return state.SkipWithError("this instruction set has no int8 tile");
+  const PackedBfpConv cv = pack_conv_int8(a.K, a.C, a.kernel, a.kernel, weights, scales, &b, {a.stride, a.pad},
+                                          AffineU8{4.0f / 255, 0}, a.isa);
+  time_conv(state, a, [&] { return conv_nhwc_bfp(cv, x, nullptr, true); });
 }
 
 // args: C, pixels. The block floating point quantizer alone (ms-fp8), on |normal| inputs.
