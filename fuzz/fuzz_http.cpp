@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -117,9 +118,12 @@ std::string request_bytes(const uint8_t* data, size_t size) {
 
 // Sends `request`, half-closes the connection if asked, and returns all the listener answers
 // before it closes. (A complete request is not half-closed: the listener would take it for a
-// client gone and answer 499 without computing.)
+// client gone and answer 499 without computing.) Every call is retried when a signal interrupts it:
+// libFuzzer's timeout alarm (SIGALRM every timeout/2 + 1 seconds) lands in one now and then. An
+// interrupted connect goes on in the kernel; calling it again waits for it, or says it is done.
 std::string exchange(int port, const std::string& request, bool half_close) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) __builtin_trap();
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -127,16 +131,25 @@ std::string exchange(int port, const std::string& request, bool half_close) {
   timeval tv{10, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) __builtin_trap();
+  while (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    if (errno == EISCONN) break;
+    if (errno != EINTR && errno != EALREADY) __builtin_trap();
+  }
   for (size_t sent = 0; sent < request.size();) {  // the listener may refuse and close before all is sent
     const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     sent += static_cast<size_t>(n);
   }
   if (half_close) ::shutdown(fd, SHUT_WR);
   std::string replies;
   char buffer[4096];
-  for (ssize_t n; (n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;) replies.append(buffer, static_cast<size_t>(n));
+  for (;;) {
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    replies.append(buffer, static_cast<size_t>(n));
+  }
   ::close(fd);
   return replies;
 }
