@@ -299,6 +299,7 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
     fail("pack_conv_int8: zero point {} is not a byte", input.zero_point);
   cv.int8_input = input;
   const int64_t nr = cv.kernels->nr, taps = cv.taps();
+  if (nr > kMaxNr) fail("pack_conv_int8: the {} tile's panels are wider than {}", cv.kernels->bfp_name, kMaxNr);
   cv.panels = (K + nr - 1) / nr;
   cv.groups = (C + kGroup - 1) / kGroup;
   cv.block_groups = cv.groups;  // one block: a tap's whole reduction is one exact int32 sum
@@ -311,6 +312,7 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
   cv.steps.assign(static_cast<size_t>(cv.panels * cv.panel_steps()), 0.0f);
   cv.bias.assign(static_cast<size_t>(cv.panels * nr), 0.0f);
   cv.offsets.assign(static_cast<size_t>(cv.panels * taps * nr), 0);
+  cv.offset_totals.assign(static_cast<size_t>(cv.panels * nr), 0);
   for (int64_t k = 0; k < K; ++k) {
     const int64_t panel = k / nr, j = k % nr;
     int8_t* packed = cv.weights.data() + panel * cv.panel_size();
@@ -332,6 +334,7 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
       // The zero point's share at this tap. A tap in the padding reads the zero point's byte, so a tile
       // that skips it (pixel by pixel, tile_driver.h) subtracts only the taps it reads.
       cv.offsets[(panel * taps + t) * nr + j] = static_cast<int32_t>((input.zero_point - byte_offset) * sum);
+      cv.offset_totals[panel * nr + j] += cv.offsets[(panel * taps + t) * nr + j];
     }
     // sum over c, t of (q - zp) w = (sum q w) - zp (sum w), all in int32: |sum q w| <= 255 sum |w|.
     if (255 * magnitude > std::numeric_limits<int32_t>::max())
@@ -354,6 +357,16 @@ constexpr int64_t kRowsOuterMaxWeightBytes = 16 << 10;
 bool bfp_rows_outer(int64_t weight_bytes, int64_t rows) {
   // Enough chunks of rows for every thread to get several, since the panels are no longer split.
   return weight_bytes <= kRowsOuterMaxWeightBytes && rows >= 4 * kChunkRows * num_threads();
+}
+
+// int8, a pixel whose taps in the padding are skipped: out[j] = the zero point's share of panel
+// column j over the `inside` taps it reads (tap_index), for BfpTileArgs::offsets.
+static void sum_tap_offsets(const PackedBfpConv& cv, int64_t panel, int inside, const int* tap_index, int32_t* out) {
+  const int64_t nr = cv.kernels->nr;
+  const int32_t* panel_offsets = cv.offsets.data() + panel * cv.taps() * nr;
+  std::fill(out, out + nr, 0);
+  for (int t = 0; t < inside; ++t)
+    for (int64_t j = 0; j < nr; ++j) out[j] += panel_offsets[tap_index[t] * nr + j];
 }
 
 Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* residual, bool relu,
@@ -393,7 +406,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     t.stage.ld_residual = cv.K;
     t.int16_sums = cv.int16_sums;
     t.whole_reduction = cv.int8_input.has_value();
-    t.offsets = cv.offsets.empty() ? nullptr : cv.offsets.data() + panel * cv.taps() * ks.nr;
+    t.offsets = cv.offset_totals.empty() ? nullptr : cv.offset_totals.data() + panel * ks.nr;
     return t;
   };
   // Rows [i0, i0 + bfp_mr) of a chunk of `count` rows from output row m0, in panel k0's columns.
@@ -418,6 +431,12 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
                           t.row_count = static_cast<int>(count);
                           t.taps = inside;
                           t.tap_index = tap_index;
+                          // int8: the zero point's share of the taps read only.
+                          alignas(64) int32_t offsets[kMaxNr];
+                          if (t.offsets && inside < cv.taps()) {
+                            sum_tap_offsets(cv, panel, inside, tap_index, offsets);
+                            t.offsets = offsets;
+                          }
                           t.out = y.data() + first;
                           t.ld_out = PQ * cv.K;
                           t.stage.residual = residual ? residual->data() + first : nullptr;
@@ -516,21 +535,15 @@ int bfp_block_bytes(const float* in, int64_t n, float inverse, float top, uint8_
 void tile_whole_reduction(const BfpTileArgs& t, float (&sums)[kMr][kNr]) {
   for (int i = 0; i < t.row_count; ++i) {
     int32_t sum[kNr] = {};
-    float nan_guard = 0;  // NaN if any tap's record is
     for (int tap = 0; tap < t.taps; ++tap) {
-      const int panel_tap = t.tap_index ? t.tap_index[tap] : tap;
-      const int8_t* w = t.panel + panel_tap * t.groups * kNr * kGroup;
-      const float* astep = static_cast<const float*>(t.rows[i * t.taps + tap]);
-      const uint8_t* a = reinterpret_cast<const uint8_t*>(astep + 1);
-      nan_guard += 0 * astep[0];
-      for (int j = 0; j < kNr; ++j) {
+      const int8_t* w = t.panel + t.panel_tap(tap) * t.groups * kNr * kGroup;
+      const uint8_t* a = static_cast<const uint8_t*>(t.rows[i * t.taps + tap]) + sizeof(float);  // after the step
+      for (int j = 0; j < kNr; ++j)
         for (int64_t g = 0; g < t.groups; ++g)
           for (int l = 0; l < kGroup; ++l) sum[j] += a[g * kGroup + l] * w[(g * kNr + j) * kGroup + l];
-        if (t.offsets) sum[j] -= t.offsets[panel_tap * kNr + j];
-      }
     }
-    // No tap at all (an output pixel whose every tap reads the padding) sums nothing: 0.
-    const float astep = t.taps > 0 ? static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard : 0.0f;
+    for (int j = 0; j < kNr && t.offsets; ++j) sum[j] -= t.offsets[j];
+    const float astep = t.int8_row_step(i);
     for (int j = 0; j < kNr; ++j) sums[i][j] = static_cast<float>(sum[j]) * (t.steps[j] * astep);
   }
 }
@@ -539,7 +552,7 @@ void tile_bfp(const BfpTileArgs& t) {
   float sums[kMr][kNr] = {};
   if (t.whole_reduction) tile_whole_reduction(t, sums);
   for (int tap = 0; tap < (t.whole_reduction ? 0 : t.taps); ++tap) {
-    const int panel_tap = t.tap_index ? t.tap_index[tap] : tap;
+    const int panel_tap = t.panel_tap(tap);
     const int8_t* w = t.panel + panel_tap * t.groups * kNr * kGroup;
     const float* wstep = t.steps + panel_tap * t.blocks * kNr;
     for (int i = 0; i < t.row_count; ++i) {

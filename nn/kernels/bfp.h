@@ -111,7 +111,10 @@ struct PackedBfpConv : ConvShape {
   std::vector<float> bias;         // panels x nr
   std::vector<float> zero_record;  // a pixel in the padding: zero steps and mantissas (int8: the scale, zero point)
   bool int16_sums = false;         // BfpTileArgs::int16_sums
-  std::vector<int32_t> offsets;    // int8: panels x [taps][nr], BfpTileArgs::offsets (empty for bfp)
+  // int8 (empty for bfp): the zero point's share of each column's sum (BfpTileArgs::offsets), per tap
+  // as panels x [taps][nr], for a pixel whose taps in the padding are skipped, and over every tap as
+  // panels x [nr] (a tap in the padding reads the zero point's byte, so it has its share too).
+  std::vector<int32_t> offsets, offset_totals;
 
   int64_t panel_size() const { return taps() * groups * kernels->nr * 4; }
   int64_t panel_steps() const { return taps() * blocks * kernels->nr; }

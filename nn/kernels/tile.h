@@ -52,6 +52,7 @@ struct TileArgs {
   // the padding at some taps (a small map, rows pixel by pixel) passes only the others. Every
   // tile_f32 honours it (the integer tiles: KernelSet::bfp_tap_index).
   const int* tap_index = nullptr;
+  int panel_tap(int tap) const { return tap_index ? tap_index[tap] : tap; }
   int64_t channels;
   const void* panel;  // packed weights: the panel's taps * channels * nr values
   float* out;         // out[i * ld_out + j] for i < row_count, j < col_count
@@ -79,6 +80,7 @@ struct BfpTileArgs {
   // As TileArgs: the panel's tap each of `taps` reads (null: tap t). Only on sets with bfp_tap_index,
   // and for int8 (whole_reduction), which every tile takes it for.
   const int* tap_index = nullptr;
+  int panel_tap(int tap) const { return tap_index ? tap_index[tap] : tap; }
   int64_t groups;        // input channels / 4, rounded up
   int64_t block_groups;  // groups per block (B / 4)
   int64_t blocks;        // ceil(input channels / B)
@@ -90,14 +92,28 @@ struct BfpTileArgs {
   OutputStage stage;
   bool int16_sums;  // a whole block's pair sums fit in int16 (bfp.h): AVX2 widens once per block
   // int8: every tap and block has the same steps, so the whole reduction is one exact int32 sum, from
-  // which offsets[tap * nr + j] of each tap read (tap_index's, or all) is subtracted before it is
-  // scaled once (by the first tap's steps; a NaN step of any tap still makes the row NaN). An offset
-  // is the zero point times the column's weight sum at that tap (KernelSet::int8_signed_bytes: the
-  // zero point less 128). Only on tiles with tile_bfp_full_bytes; every tile takes tap_index here.
+  // which offsets[j] is subtracted before it is scaled once (by the first tap's steps; a NaN step of
+  // any tap still makes the row NaN). offsets[j] is the zero point's share of the taps read: the zero
+  // point times column j's weight sum over them (KernelSet::int8_signed_bytes: the zero point less
+  // 128), summed by the caller (PackedBfpConv::offsets). Only on tiles with tile_bfp_full_bytes;
+  // every tile takes tap_index here.
   bool whole_reduction = false;
-  const int32_t* offsets = nullptr;  // the panel's [taps][nr]
+  const int32_t* offsets = nullptr;  // [nr]
+
+  // int8: row i's activation step (a record's first 4 bytes; every tap's is the same), NaN if any
+  // tap's record has a NaN step, and 0 for a row with no taps (an output pixel whose every tap reads
+  // the padding sums nothing). Read after the accumulation: guards held through it take registers.
+  float int8_row_step(int i) const {
+    if (taps == 0) return 0.0f;
+    float nan_guard = 0;
+    for (int tap = 0; tap < taps; ++tap) nan_guard += 0 * static_cast<const float*>(rows[i * taps + tap])[0];
+    return static_cast<const float*>(rows[i * taps])[0] + nan_guard;
+  }
   PanelPrefetch prefetch;
 };
+
+// The widest panel of any kernel set (AVX-512's): a caller's per-column scratch holds this many.
+constexpr int kMaxNr = 32;
 
 // One instruction set's kernels, and the tile shape they were written for.
 struct KernelSet {

@@ -79,38 +79,22 @@ template <int ROWS>
 void whole_reduction_rows(const BfpTileArgs& t, float (&sums)[ROWS][kCols]) {
   constexpr long kGroupBytes = kCols * 4;
   __m512i acc0[ROWS], acc1[ROWS];
-  float nan_guard[ROWS];  // NaN if any tap's record is
 #pragma GCC unroll 12
-  for (int i = 0; i < ROWS; ++i) {
-    acc0[i] = acc1[i] = _mm512_setzero_si512();
-    nan_guard[i] = 0;
-  }
+  for (int i = 0; i < ROWS; ++i) acc0[i] = acc1[i] = _mm512_setzero_si512();
   NextLines next(t.prefetch);
   for (int tap = 0; tap < t.taps; ++tap) {
-    const uint8_t* a[ROWS];
+    const uint8_t* a[ROWS];  // the bytes after each record's step
 #pragma GCC unroll 12
-    for (int i = 0; i < ROWS; ++i) {
-      const float* astep = static_cast<const float*>(t.rows[i * t.taps + tap]);
-      nan_guard[i] += 0 * astep[0];
-      a[i] = reinterpret_cast<const uint8_t*>(astep + 1);
-    }
-    const int panel_tap = t.tap_index ? t.tap_index[tap] : tap;
-    const int8_t* w = t.panel + panel_tap * t.groups * kGroupBytes;
+    for (int i = 0; i < ROWS; ++i) a[i] = static_cast<const uint8_t*>(t.rows[i * t.taps + tap]) + sizeof(float);
+    const int8_t* w = t.panel + t.panel_tap(tap) * t.groups * kGroupBytes;
     accumulate_groups<ROWS>(acc0, acc1, a, w, 0, t.groups, next);
   }
-  // The offsets of the taps read, summed after the loop (which keeps the registers for accumulators).
-  __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
-  for (int tap = 0; tap < (t.offsets ? t.taps : 0); ++tap) {
-    const int32_t* o = t.offsets + (t.tap_index ? t.tap_index[tap] : tap) * kCols;
-    o0 = _mm512_add_epi32(o0, _mm512_loadu_si512(o));
-    o1 = _mm512_add_epi32(o1, _mm512_loadu_si512(o + 16));
-  }
+  const __m512i o0 = t.offsets ? _mm512_loadu_si512(t.offsets) : _mm512_setzero_si512();
+  const __m512i o1 = t.offsets ? _mm512_loadu_si512(t.offsets + 16) : _mm512_setzero_si512();
   const __m512 s0 = _mm512_loadu_ps(t.steps), s1 = _mm512_loadu_ps(t.steps + 16);
 #pragma GCC unroll 12
   for (int i = 0; i < ROWS; ++i) {
-    // No tap at all (an output pixel whose every tap reads the padding): the sums are 0.
-    const __m512 as =
-        _mm512_set1_ps(t.taps > 0 ? static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard[i] : 0.0f);
+    const __m512 as = _mm512_set1_ps(t.int8_row_step(i));
     _mm512_store_ps(sums[i], _mm512_mul_ps(to_float(_mm512_sub_epi32(acc0[i], o0)), _mm512_mul_ps(s0, as)));
     _mm512_store_ps(sums[i] + 16, _mm512_mul_ps(to_float(_mm512_sub_epi32(acc1[i], o1)), _mm512_mul_ps(s1, as)));
   }
@@ -132,7 +116,7 @@ void rows(const BfpTileArgs& t) {
       astep[i] = static_cast<const float*>(t.rows[i * t.taps + tap]);
       a[i] = reinterpret_cast<const uint8_t*>(astep[i] + t.blocks);
     }
-    const int panel_tap = t.tap_index ? t.tap_index[tap] : tap;
+    const int panel_tap = t.panel_tap(tap);
     const int8_t* w = t.panel + panel_tap * t.groups * kGroupBytes;
     const float* wstep = t.steps + panel_tap * t.blocks * kCols;
     for (long b = 0; b < t.blocks; ++b) {
