@@ -317,7 +317,7 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
     const int64_t panel = k / nr, j = k % nr;
     int8_t* packed = cv.weights.data() + panel * cv.panel_size();
     float* steps = cv.steps.data() + panel * cv.panel_steps();
-    int64_t magnitude = 0;
+    int64_t magnitude = 0, total = 0;  // of |w|, and of the zero point's shares
     for (int64_t t = 0; t < taps; ++t) {
       int64_t sum = 0;  // of the tap's weights
       for (int64_t c = 0; c < C; ++c) {
@@ -331,14 +331,17 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
         magnitude += std::abs(w);
       }
       steps[t * nr + j] = scales[k];
-      // The zero point's share at this tap. A tap in the padding reads the zero point's byte, so a tile
-      // that skips it (pixel by pixel, tile_driver.h) subtracts only the taps it reads.
-      cv.offsets[(panel * taps + t) * nr + j] = static_cast<int32_t>((input.zero_point - byte_offset) * sum);
-      cv.offset_totals[panel * nr + j] += cv.offsets[(panel * taps + t) * nr + j];
+      // The zero point's share at this tap. A tap in the padding reads the zero point's byte, so the
+      // driver, when it skips such taps (pixel by pixel, tile_driver.h), sums only the shares of the
+      // taps it passes (sum_tap_offsets).
+      const int64_t share = (input.zero_point - byte_offset) * sum;
+      cv.offsets[(panel * taps + t) * nr + j] = static_cast<int32_t>(share);
+      total += share;
     }
     // sum over c, t of (q - zp) w = (sum q w) - zp (sum w), all in int32: |sum q w| <= 255 sum |w|.
     if (255 * magnitude > std::numeric_limits<int32_t>::max())
       fail("pack_conv_int8: output channel {} could overflow an int32 sum ({} weights)", k, C * taps);
+    cv.offset_totals[panel * nr + j] = static_cast<int32_t>(total);
     if (bias) cv.bias[panel * nr + j] = bias->data()[k];
   }
   // A pixel in the padding stands for 0: the zero point's byte, at the activation step (as the
@@ -536,14 +539,14 @@ void tile_whole_reduction(const BfpTileArgs& t, float (&sums)[kMr][kNr]) {
   for (int i = 0; i < t.row_count; ++i) {
     int32_t sum[kNr] = {};
     for (int tap = 0; tap < t.taps; ++tap) {
-      const int8_t* w = t.panel + t.panel_tap(tap) * t.groups * kNr * kGroup;
+      const int8_t* w = t.panel + panel_tap(t, tap) * t.groups * kNr * kGroup;
       const uint8_t* a = static_cast<const uint8_t*>(t.rows[i * t.taps + tap]) + sizeof(float);  // after the step
       for (int j = 0; j < kNr; ++j)
         for (int64_t g = 0; g < t.groups; ++g)
           for (int l = 0; l < kGroup; ++l) sum[j] += a[g * kGroup + l] * w[(g * kNr + j) * kGroup + l];
     }
     for (int j = 0; j < kNr && t.offsets; ++j) sum[j] -= t.offsets[j];
-    const float astep = t.int8_row_step(i);
+    const float astep = int8_row_step(t, i);
     for (int j = 0; j < kNr; ++j) sums[i][j] = static_cast<float>(sum[j]) * (t.steps[j] * astep);
   }
 }
@@ -552,9 +555,9 @@ void tile_bfp(const BfpTileArgs& t) {
   float sums[kMr][kNr] = {};
   if (t.whole_reduction) tile_whole_reduction(t, sums);
   for (int tap = 0; tap < (t.whole_reduction ? 0 : t.taps); ++tap) {
-    const int panel_tap = t.panel_tap(tap);
-    const int8_t* w = t.panel + panel_tap * t.groups * kNr * kGroup;
-    const float* wstep = t.steps + panel_tap * t.blocks * kNr;
+    const int weight_tap = panel_tap(t, tap);
+    const int8_t* w = t.panel + weight_tap * t.groups * kNr * kGroup;
+    const float* wstep = t.steps + weight_tap * t.blocks * kNr;
     for (int i = 0; i < t.row_count; ++i) {
       const float* astep = static_cast<const float*>(t.rows[i * t.taps + tap]);
       const uint8_t* a = reinterpret_cast<const uint8_t*>(astep + t.blocks);

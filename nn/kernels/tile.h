@@ -52,7 +52,6 @@ struct TileArgs {
   // the padding at some taps (a small map, rows pixel by pixel) passes only the others. Every
   // tile_f32 honours it (the integer tiles: KernelSet::bfp_tap_index).
   const int* tap_index = nullptr;
-  int panel_tap(int tap) const { return tap_index ? tap_index[tap] : tap; }
   int64_t channels;
   const void* panel;  // packed weights: the panel's taps * channels * nr values
   float* out;         // out[i * ld_out + j] for i < row_count, j < col_count
@@ -80,7 +79,6 @@ struct BfpTileArgs {
   // As TileArgs: the panel's tap each of `taps` reads (null: tap t). Only on sets with bfp_tap_index,
   // and for int8 (whole_reduction), which every tile takes it for.
   const int* tap_index = nullptr;
-  int panel_tap(int tap) const { return tap_index ? tap_index[tap] : tap; }
   int64_t groups;        // input channels / 4, rounded up
   int64_t block_groups;  // groups per block (B / 4)
   int64_t blocks;        // ceil(input channels / B)
@@ -100,17 +98,26 @@ struct BfpTileArgs {
   bool whole_reduction = false;
   const int32_t* offsets = nullptr;  // [nr]
 
-  // int8: row i's activation step (a record's first 4 bytes; every tap's is the same), NaN if any
-  // tap's record has a NaN step, and 0 for a row with no taps (an output pixel whose every tap reads
-  // the padding sums nothing). Read after the accumulation: guards held through it take registers.
-  float int8_row_step(int i) const {
-    if (taps == 0) return 0.0f;
-    float nan_guard = 0;
-    for (int tap = 0; tap < taps; ++tap) nan_guard += 0 * static_cast<const float*>(rows[i * taps + tap])[0];
-    return static_cast<const float*>(rows[i * taps])[0] + nan_guard;
-  }
   PanelPrefetch prefetch;
 };
+
+// The helpers below are static: this header is compiled for several instruction sets, and an inline
+// function's one linked copy could be the one compiled for AVX-512 (see tile_simd.inc).
+
+// The panel's tap that tap `tap` of a tile reads (BfpTileArgs::tap_index).
+static inline int panel_tap(const BfpTileArgs& t, int tap) {
+  return t.tap_index ? t.tap_index[tap] : tap;
+}
+
+// int8: row i's activation step (a record's first 4 bytes; every tap's is the same), NaN if any tap's
+// record has a NaN step, and 0 for a row with no taps (an output pixel whose every tap reads the
+// padding sums nothing). Read after the accumulation: guards held through it take registers.
+static inline float int8_row_step(const BfpTileArgs& t, int i) {
+  if (t.taps == 0) return 0.0f;
+  float nan_guard = 0;
+  for (int tap = 0; tap < t.taps; ++tap) nan_guard += 0 * static_cast<const float*>(t.rows[i * t.taps + tap])[0];
+  return static_cast<const float*>(t.rows[i * t.taps])[0] + nan_guard;
+}
 
 // The widest panel of any kernel set (AVX-512's): a caller's per-column scratch holds this many.
 constexpr int kMaxNr = 32;

@@ -86,7 +86,7 @@ void whole_reduction_rows(const BfpTileArgs& t, float (&sums)[ROWS][kCols]) {
     const uint8_t* a[ROWS];  // the bytes after each record's step
 #pragma GCC unroll 12
     for (int i = 0; i < ROWS; ++i) a[i] = static_cast<const uint8_t*>(t.rows[i * t.taps + tap]) + sizeof(float);
-    const int8_t* w = t.panel + t.panel_tap(tap) * t.groups * kGroupBytes;
+    const int8_t* w = t.panel + panel_tap(t, tap) * t.groups * kGroupBytes;
     accumulate_groups<ROWS>(acc0, acc1, a, w, 0, t.groups, next);
   }
   const __m512i o0 = t.offsets ? _mm512_loadu_si512(t.offsets) : _mm512_setzero_si512();
@@ -94,7 +94,7 @@ void whole_reduction_rows(const BfpTileArgs& t, float (&sums)[ROWS][kCols]) {
   const __m512 s0 = _mm512_loadu_ps(t.steps), s1 = _mm512_loadu_ps(t.steps + 16);
 #pragma GCC unroll 12
   for (int i = 0; i < ROWS; ++i) {
-    const __m512 as = _mm512_set1_ps(t.int8_row_step(i));
+    const __m512 as = _mm512_set1_ps(int8_row_step(t, i));
     _mm512_store_ps(sums[i], _mm512_mul_ps(to_float(_mm512_sub_epi32(acc0[i], o0)), _mm512_mul_ps(s0, as)));
     _mm512_store_ps(sums[i] + 16, _mm512_mul_ps(to_float(_mm512_sub_epi32(acc1[i], o1)), _mm512_mul_ps(s1, as)));
   }
@@ -116,9 +116,9 @@ void rows(const BfpTileArgs& t) {
       astep[i] = static_cast<const float*>(t.rows[i * t.taps + tap]);
       a[i] = reinterpret_cast<const uint8_t*>(astep[i] + t.blocks);
     }
-    const int panel_tap = t.panel_tap(tap);
-    const int8_t* w = t.panel + panel_tap * t.groups * kGroupBytes;
-    const float* wstep = t.steps + panel_tap * t.blocks * kCols;
+    const int weight_tap = panel_tap(t, tap);
+    const int8_t* w = t.panel + weight_tap * t.groups * kGroupBytes;
+    const float* wstep = t.steps + weight_tap * t.blocks * kCols;
     for (long b = 0; b < t.blocks; ++b) {
       const long g0 = b * t.block_groups, g1 = g0 + t.block_groups < t.groups ? g0 + t.block_groups : t.groups;
       __m512i acc0[ROWS], acc1[ROWS];
