@@ -138,9 +138,11 @@ struct KernelSet {
   // which of kBlockSawNan and kBlockSawNegative it met.
   float (*bfp_block_max)(const float* x, int64_t n);
   int (*bfp_block_bytes)(const float* x, int64_t n, float inverse, float top, uint8_t* m);
-  // The integer tile takes BfpTileArgs::tap_index for block floating point (int8: every tile). AVX2's
-  // does not: given it, its block loops measured 12% slower on every layer, used or not (16
-  // registers, 16-step reductions a tap at 64 channels).
+  // The integer tile is given BfpTileArgs::tap_index for block floating point (int8: every set). Every
+  // tile honours it; the AVX-512 set without VNNI (which runs AVX2's tile) is not given it: on a Xeon,
+  // AVX2's block loops with it measured 12% slower on every layer, used or not. On Zen 3 they did
+  // not (bench_conv, alternating builds), and a 3x3 layer onto a 2x2 map at batch 64 took half the
+  // time, so the AVX2 set takes it.
   bool bfp_tap_index = false;
   // int8 on this tile takes each activation byte q as the signed byte q - 128, stored so by the
   // quantizer (AVX2, whose VPMADDUBSW is exact only so: tile_bfp_avx2.inc). Its offsets then hold

@@ -86,7 +86,7 @@ const KernelSet set{Isa::avx2,
                     true,
                     bfp_block_max,
                     bfp_block_bytes,
-                    /*bfp_tap_index=*/false,
+                    /*bfp_tap_index=*/true,
                     /*int8_signed_bytes=*/true};
 
 }  // namespace toptag::kernels_avx2
