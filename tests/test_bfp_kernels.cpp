@@ -383,6 +383,7 @@ INSTANTIATE_TEST_SUITE_P(
                       BfpCase{"ms-fp8", 16, 256, 2, 2, 64, 3, 1, 1},  // layer4-like 2x2 maps at batch 16, 2 blocks
                       BfpCase{"ms-fp9", 13, 40, 5, 5, 70, 3, 2, 1},   // batch 13, strided, K off the panel
                       BfpCase{"msfp12", 9, 48, 3, 3, 33, 3, 1, 1},    // 3x3 maps, blocks of 16
+                      BfpCase{"msfp16", 9, 96, 3, 3, 36, 3, 1, 1},    // M = 7: AVX2's widening loop
                       BfpCase{"ms-fp8", 8, 16, 1, 1, 10, 3, 1, 3}));  // pixels whose every tap reads padding
 
 // The largest mantissas everywhere: every activation and weight at the top of its block, where an

@@ -139,10 +139,10 @@ struct KernelSet {
   float (*bfp_block_max)(const float* x, int64_t n);
   int (*bfp_block_bytes)(const float* x, int64_t n, float inverse, float top, uint8_t* m);
   // The integer tile is given BfpTileArgs::tap_index for block floating point (int8: every set). Every
-  // tile honours it; the AVX-512 set without VNNI (which runs AVX2's tile) is not given it: on a Xeon,
-  // AVX2's block loops with it measured 12% slower on every layer, used or not. On Zen 3 they did
-  // not (bench_conv, alternating builds), and a 3x3 layer onto a 2x2 map at batch 64 took half the
-  // time, so the AVX2 set takes it.
+  // tile honours it. The AVX2 tile's block loops with it measured 12% slower on every layer, used or
+  // not, on an Intel Xeon (TOPTAG_ISA=avx2), and faster on AMD Zen 3, the AVX2-only machine here (a
+  // 3x3 layer onto a 2x2 map at batch 64 in half the time; batch-1 layers no slower): the AVX2 set
+  // takes it. The AVX-512 set without VNNI, which runs the same tile on Intel CPUs only, does not.
   bool bfp_tap_index = false;
   // int8 on this tile takes each activation byte q as the signed byte q - 128, stored so by the
   // quantizer (AVX2, whose VPMADDUBSW is exact only so: tile_bfp_avx2.inc). Its offsets then hold
