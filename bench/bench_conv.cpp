@@ -131,7 +131,7 @@ void BM_Int8Conv(benchmark::State& state) {
   const Tensor b = random_tensor({a.K}, rng);
   if (!int8_tile_takes(kernels(a.isa), weights)) return state.SkipWithError("this instruction set has no int8 tile");
   const PackedBfpConv cv = pack_conv_int8(a.K, a.C, a.kernel, a.kernel, weights, scales, &b, {a.stride, a.pad},
-                                          AffineU8{4.0f / 255, 0}, a.isa);
+                                          AffineU8{4.0f / 255, 0}, kernels(a.isa));
   time_conv(state, a, [&] { return conv_nhwc_bfp(cv, x, nullptr, true); });
 }
 

@@ -163,7 +163,7 @@ void FrozenResNet::quantize_op(Op& op, const std::string& name, const Tensor* bi
   } else if (q.int8 && op.input_nonnegative && int8_tile_takes(*kernels_, q.int8->weights)) {
     // int8 takes negative inputs too (its bytes are affine); 8-bit fixed point first runs its own quantizer.
     op.bfp = pack_conv_int8(w.dim(0), w.dim(1), w.dim(2), w.dim(3), q.int8->weights, q.int8->scales, bias, params,
-                            q.int8->input, isa_);
+                            q.int8->input, *kernels_);
     op.integer_quantizes_first = q.int8->fake_quantize_first;
   }
   if (!op.bfp || op.float_if_negative) op.conv = pack_conv(w, bias, params, isa_);

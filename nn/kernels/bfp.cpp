@@ -277,12 +277,6 @@ bool int8_tile_takes(const KernelSet& ks, std::span<const int32_t> weights) {
 
 PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
                              std::span<const float> scales, const Tensor* bias, Conv2dParams params,
-                             const AffineU8& input, Isa isa) {
-  return pack_conv_int8(K, C, R, S, weights, scales, bias, params, input, kernels(isa));
-}
-
-PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
-                             std::span<const float> scales, const Tensor* bias, Conv2dParams params,
                              const AffineU8& input, const KernelSet& ks) {
   PackedBfpConv cv;
   cv.K = K;

@@ -124,16 +124,12 @@ struct PackedBfpConv : ConvShape {
 PackedBfpConv pack_conv_bfp(const BfpWeight& weight, const Tensor* bias, Conv2dParams params, const BlockFormat& input,
                             Isa isa);
 
-// Whether the integer tile of `isa` can run int8 with these weights: a tile for full-range bytes, and
+// Whether the integer tile of `kernels` can run int8 with these weights: a tile for full-range bytes, and
 // no weight of -128 on one that reads the bytes signed (fixed<8,I> weights reach -128; int8's stop at -127).
 bool int8_tile_takes(const KernelSet& kernels, std::span<const int32_t> weights);
 
-// int8 weights (K, C, R, S), signed bytes, with one scale per output channel. Throws when
-// int8_tile_takes() is false.
-PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
-                             std::span<const float> scales, const Tensor* bias, Conv2dParams params,
-                             const AffineU8& input, Isa isa);
-// The same for a given kernel set, which must outlive the result (tests: AVX2's tile on 32-wide panels).
+// int8 weights (K, C, R, S), signed bytes, with one scale per output channel, for a kernel set
+// (kernels(isa), or a test's own), which must outlive the result. Throws when int8_tile_takes() is false.
 PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
                              std::span<const float> scales, const Tensor* bias, Conv2dParams params,
                              const AffineU8& input, const KernelSet& kernels);

@@ -97,7 +97,6 @@ struct BfpTileArgs {
   // every tile takes tap_index here.
   bool whole_reduction = false;
   const int32_t* offsets = nullptr;  // [nr]
-
   PanelPrefetch prefetch;
 };
 
