@@ -63,11 +63,14 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{64, 8, 5, 5, 16, 1, 2, 0},    // batch 64, strided 1x1 downsample
                       ConvCase{64, 16, 3, 3, 48, 3, 1, 1},   // batch 64, 3x3 with padding everywhere
                       // Pixel by pixel (tile_driver.h pixel_major): batches of 8 and more on small maps.
-                      ConvCase{16, 512, 2, 2, 512, 3, 1, 1},   // layer4 at 40x40, batch 16: 56% of taps in padding
-                      ConvCase{13, 40, 5, 5, 70, 3, 2, 1},     // batch 13 (two tiles a pixel), strided, K off the panel
-                      ConvCase{9, 24, 5, 5, 33, 3, 1, 1},      // 5x5 maps, batch 9
-                      ConvCase{8, 16, 1, 1, 10, 3, 1, 3},      // pixels whose every tap reads padding
-                      ConvCase{1, 2, 2, 2, 4, 7, 2, 3},        // a 2x2 image under the stem: most taps in padding
+                      ConvCase{16, 512, 2, 2, 512, 3, 1, 1},  // layer4 at 40x40, batch 16: 56% of taps in padding
+                      ConvCase{13, 40, 5, 5, 70, 3, 2, 1},    // batch 13 (two tiles a pixel), strided, K off the panel
+                      ConvCase{9, 24, 5, 5, 33, 3, 1, 1},     // 5x5 maps, batch 9
+                      ConvCase{8, 16, 1, 1, 10, 3, 1, 3},     // pixels whose every tap reads padding
+                      ConvCase{1, 2, 2, 2, 4, 7, 2, 3},       // a 2x2 image under the stem: most taps in padding
+                      // Few channels, read as dense rows: padding wider than the kernel (rows whose every tap reads
+                      // padding), stride 3.
+                      ConvCase{2, 2, 1, 1, 10, 3, 1, 4}, ConvCase{3, 4, 9, 6, 20, 5, 3, 2},
                       ConvCase{1, 512, 2, 2, 512, 3, 1, 1},    // layer4 at 40x40, batch 1: 4 rows, long reduction
                       ConvCase{2, 2048, 1, 1, 1024, 1, 1, 0},  // fc1 as a 1x1 convolution
                       ConvCase{5, 1024, 1, 1, 2, 1, 1, 0}));   // fc2: two output channels

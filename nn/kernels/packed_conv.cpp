@@ -60,18 +60,28 @@ const KernelSet kRefSet{Isa::ref,
 // that the kernel reads as one tap of taps * C channels: the packed panel has that same order.
 constexpr int64_t kDenseMaxChannels = 8;
 
-void fill_dense_rows(const PackedConv& cv, const void* const* rows, int64_t count, float* dense, const void** out) {
-  const int64_t taps = cv.taps(), width = taps * cv.C;
+// Output rows [m0, m0 + count) of a layer with few input channels (x: NHWC, C channels) as dense
+// rows of taps * C floats, the taps in the packed order. A kernel row's S taps read adjacent pixels:
+// its part inside the map is one copy, and zeros stand for the padding around it.
+void fill_dense_rows(const PackedConv& cv, const OutputGrid& g, const float* x, int64_t m0, int64_t count, float* dense,
+                     const void** out) {
+  const int64_t C = cv.C, span = cv.S * C, width = cv.R * span, PQ = g.P * g.Q;
   for (int64_t i = 0; i < count; ++i) {
+    const int64_t m = m0 + i, n = m / PQ, p = (m % PQ) / g.Q, q = m % g.Q;
+    const int64_t w0 = q * cv.stride - cv.pad;
+    const int64_t first = std::max<int64_t>(0, -w0) * C, end = std::min<int64_t>(cv.S, g.W - w0) * C;
     float* row = dense + i * width;
-    const void* const* from = rows + i * taps;
-    // Taps that read adjacent pixels (a kernel row inside the image) are one copy.
-    for (int64_t t = 0; t < taps;) {
-      const float* start = static_cast<const float*>(from[t]);
-      int64_t run = 1;
-      while (t + run < taps && from[t + run] == start + run * cv.C && start != cv.zeros.data()) ++run;
-      std::copy_n(start, run * cv.C, row + t * cv.C);
-      t += run;
+    for (int64_t r = 0; r < cv.R; ++r) {
+      float* to = row + r * span;
+      const int64_t h = p * cv.stride - cv.pad + r;
+      if (h < 0 || h >= g.H || first >= end) {
+        std::fill_n(to, span, 0.0f);
+        continue;
+      }
+      const int64_t from = ((n * g.H + h) * g.W + w0) * C;  // below 0 where w0 is: only [first, end) is read
+      for (int64_t j = 0; j < first; ++j) to[j] = 0.0f;
+      for (int64_t j = first; j < end; ++j) to[j] = x[from + j];
+      for (int64_t j = end; j < span; ++j) to[j] = 0.0f;
     }
     out[i] = row;
   }
@@ -211,36 +221,40 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
                         });
     return y;
   }
-  for_each_tile_chunk(cv, g, px, ks.mr, cv.panels, [&](int64_t chunk_rows) {
-    // The thread's own copy of its chunk's rows, for a layer read as dense rows.
-    return [&, dense_block = std::vector<float>(dense ? chunk_rows * taps * cv.C : 0),
-            dense_rows = std::vector<const void*>(dense ? chunk_rows : 0)](const void** rows, int64_t m0, int64_t count,
-                                                                           int64_t panel, bool fresh) mutable {
-      if (dense && fresh) fill_dense_rows(cv, rows, count, dense_block.data(), dense_rows.data());
-      const int64_t k0 = panel * ks.nr;
-      TileArgs t;
-      t.taps = static_cast<int>(row_taps);
-      t.channels = dense ? taps * cv.C : cv.C;
-      t.panel = cv.weights.data() + panel * cv.panel_size();
-      t.ld_out = cv.K;
-      t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
-      t.stage.bias = cv.bias.data() + k0;
-      t.stage.relu = relu;
-      t.stage.ld_residual = cv.K;
-      const NextPanel next = next_panel(cv.weights.data(), cv.panel_size() * static_cast<int64_t>(sizeof(float)), panel,
-                                        cv.panels, count, ks.mr);
-      for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
-        const int64_t m = m0 + i0;
-        t.prefetch = next.slice(i0 / ks.mr, taps * cv.C);
-        prefetch_output_ahead(y.data(), residual ? residual->data() : nullptr, cv.K, m0, count, i0, ks.mr, k0, ks.nr);
-        t.rows = (dense ? dense_rows.data() : rows) + i0 * row_taps;
-        t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
-        t.out = y.data() + m * cv.K + k0;
-        t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
-        ks.tile_f32(t);
-      }
-    };
-  });
+  for_each_tile_chunk(
+      cv, g, px, ks.mr, cv.panels,
+      [&](int64_t chunk_rows) {
+        // The thread's own copy of its chunk's rows, for a layer read as dense rows.
+        return [&, dense_block = std::vector<float>(dense ? chunk_rows * taps * cv.C : 0),
+                dense_rows = std::vector<const void*>(dense ? chunk_rows : 0)](
+                   const void** rows, int64_t m0, int64_t count, int64_t panel, bool fresh) mutable {
+          if (dense && fresh) fill_dense_rows(cv, g, x.data(), m0, count, dense_block.data(), dense_rows.data());
+          const int64_t k0 = panel * ks.nr;
+          TileArgs t;
+          t.taps = static_cast<int>(row_taps);
+          t.channels = dense ? taps * cv.C : cv.C;
+          t.panel = cv.weights.data() + panel * cv.panel_size();
+          t.ld_out = cv.K;
+          t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
+          t.stage.bias = cv.bias.data() + k0;
+          t.stage.relu = relu;
+          t.stage.ld_residual = cv.K;
+          const NextPanel next = next_panel(cv.weights.data(), cv.panel_size() * static_cast<int64_t>(sizeof(float)),
+                                            panel, cv.panels, count, ks.mr);
+          for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
+            const int64_t m = m0 + i0;
+            t.prefetch = next.slice(i0 / ks.mr, taps * cv.C);
+            prefetch_output_ahead(y.data(), residual ? residual->data() : nullptr, cv.K, m0, count, i0, ks.mr, k0,
+                                  ks.nr);
+            t.rows = (dense ? dense_rows.data() : rows) + i0 * row_taps;
+            t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
+            t.out = y.data() + m * cv.K + k0;
+            t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
+            ks.tile_f32(t);
+          }
+        };
+      },
+      /*gather=*/!dense);
   return y;
 }
 

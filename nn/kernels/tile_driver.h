@@ -87,10 +87,11 @@ inline NextPanel next_panel(const void* weights, int64_t panel_bytes, int64_t pa
 
 // Runs every (chunk, panel) item. make_worker() is called once per thread and returns the callable
 // work(rows, m0, count, panel, fresh) that computes output rows [m0, m0 + count) of one panel, where
-// rows is the chunk's indirection table (count * taps pointers) and fresh says it was just filled.
+// rows is the chunk's indirection table (count * taps pointers; null when `gather` is false: the
+// worker reads the input its own way) and fresh says the chunk is new to this thread.
 template <class MakeWorker>
 void for_each_tile_chunk(const ConvShape& cv, const OutputGrid& g, const PixelTable& px, int mr, int64_t panels,
-                         MakeWorker make_worker) {
+                         MakeWorker make_worker, bool gather = true) {
   const int64_t M = g.rows(), taps = cv.taps();
   // Chunks of about kChunkRows rows, all the same size (a multiple of the tile's rows), so that the
   // threads' shares are even: 196 rows are two chunks of 108 and 88, not 192 and 4.
@@ -102,18 +103,16 @@ void for_each_tile_chunk(const ConvShape& cv, const OutputGrid& g, const PixelTa
 #pragma omp parallel if (parallel)
   {
     auto work = make_worker(chunk_rows);
-    std::vector<const void*> rows(static_cast<size_t>(chunk_rows * taps));
+    std::vector<const void*> rows(gather ? static_cast<size_t>(chunk_rows * taps) : 0);
     int64_t filled = -1;  // the chunk whose rows are in `rows`
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t chunk = item / panels, panel = item % panels;
       const int64_t m0 = chunk * chunk_rows, count = std::min(chunk_rows, M - m0);
       const bool fresh = filled != chunk;
-      if (fresh) {
-        fill_rows(cv, g, px, m0, count, rows.data());
-        filled = chunk;
-      }
-      work(rows.data(), m0, count, panel, fresh);
+      if (fresh && gather) fill_rows(cv, g, px, m0, count, rows.data());
+      filled = chunk;
+      work(gather ? rows.data() : nullptr, m0, count, panel, fresh);
     }
   }
 }
