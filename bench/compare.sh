@@ -8,9 +8,12 @@
 #   PyTorch:      bench/torch_resnet.py (torchvision's resnet50 with toptag's head, eager mode)
 # The checkpoints are untrained: one training step at a learning rate of 1e-12 on 4 generated jets.
 # Ratios above 1 mean toptag is faster (latency: reference ms / toptag ms; throughput: toptag / reference).
+# --rounds N repeats the measurements N times, the programs taking turns in each round, and ends with
+# each figure's and each ratio's median over the rounds: on a shared machine one program alone can
+# move by 20% from one minute to the next, and turns spread that over all of them.
 #
 #   bash bench/compare.sh [--toptag build/toptag] [--bench build/bench/bench_resnet] [--threads 2]
-#                         [--duration 5s] [--latency-reps 50] [--ort-prefix DIR]
+#                         [--duration 5s] [--latency-reps 50] [--rounds 1] [--ort-prefix DIR]
 #
 # The references are for benchmarking only (toptag and its tests never need them); a missing one is
 # skipped with a message:
@@ -24,6 +27,7 @@ BENCH=$HERE/../build/bench/bench_resnet
 THREADS=2
 DURATION=5s
 REPS=50
+ROUNDS=1
 PYTHON=${PYTHON:-/usr/bin/python3}
 while [ $# -gt 0 ]; do
   case $1 in
@@ -32,8 +36,9 @@ while [ $# -gt 0 ]; do
     --threads) THREADS=$2 ;;
     --duration) DURATION=$2 ;;
     --latency-reps) REPS=$2 ;;
+    --rounds) ROUNDS=$2 ;;
     --ort-prefix) export NODE_PATH=$2/node_modules ;;
-    *) sed -n '12,13p' "$0" >&2 && exit 2 ;;
+    *) sed -n '15,16p' "$0" >&2 && exit 2 ;;
   esac
   shift 2
 done
@@ -60,47 +65,82 @@ for shape in 40:1 224:3; do
   "$TOPTAG" export -c "run$size/last.h5" -o "r$size.onnx"
 done
 
-section "toptag perf --local"
-"$TOPTAG" perf --local -c run224/last.h5 --batch 1 --threads "$THREADS" --duration "$DURATION" --csv t224.csv
-"$TOPTAG" perf --local -c run40/last.h5 --batch 1,64 --threads "$THREADS" --duration "$DURATION" --csv t40.csv
+have_ort() { command -v node >/dev/null && node -e 'require.resolve("onnxruntime-node")' 2>/dev/null; }
+have_torch() { "$PYTHON" -c 'import torch, torchvision' 2>/dev/null; }
+for round in $(seq "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && section "round $round of $ROUNDS"
+  section "toptag perf --local"
+  "$TOPTAG" perf --local -c run224/last.h5 --batch 1 --threads "$THREADS" --duration "$DURATION" --csv "t224.$round.csv"
+  "$TOPTAG" perf --local -c run40/last.h5 --batch 1,64 --threads "$THREADS" --duration "$DURATION" --csv "t40.$round.csv"
 
-section "ONNX Runtime: bench/ort_resnet.js on toptag's exports"
-if command -v node >/dev/null && node -e 'require.resolve("onnxruntime-node")' 2>/dev/null; then
-  node "$HERE/ort_resnet.js" r224.onnx --threads "$THREADS" --latency-reps "$REPS" --batch 0 | tee ort.txt
-  node "$HERE/ort_resnet.js" r40.onnx --threads "$THREADS" --latency-reps "$REPS" | tee -a ort.txt
-else
-  echo "skipped: no node or no onnxruntime-node (NODE_PATH=${NODE_PATH:-unset}); see this script's header"
-fi
+  section "ONNX Runtime: bench/ort_resnet.js on toptag's exports"
+  if have_ort; then
+    node "$HERE/ort_resnet.js" r224.onnx --threads "$THREADS" --latency-reps "$REPS" --batch 0 | tee "ort.$round.txt"
+    node "$HERE/ort_resnet.js" r40.onnx --threads "$THREADS" --latency-reps "$REPS" | tee -a "ort.$round.txt"
+  else
+    echo "skipped: no node or no onnxruntime-node (NODE_PATH=${NODE_PATH:-unset}); see this script's header"
+  fi
 
-section "PyTorch: bench/torch_resnet.py"
-if "$PYTHON" -c 'import torch, torchvision' 2>/dev/null; then
-  "$PYTHON" "$HERE/torch_resnet.py" --threads "$THREADS" --latency-reps "$REPS" | tee torch.txt
-else
-  echo "skipped: $PYTHON cannot import torch and torchvision; see this script's header"
-fi
+  section "PyTorch: bench/torch_resnet.py"
+  if have_torch; then
+    "$PYTHON" "$HERE/torch_resnet.py" --threads "$THREADS" --latency-reps "$REPS" | tee "torch.$round.txt"
+  else
+    echo "skipped: $PYTHON cannot import torch and torchvision; see this script's header"
+  fi
 
-section "toptag training: bench_resnet"
-"$BENCH" --threads "$THREADS" | tee bench.txt
-echo "load:  $(cut -d' ' -f1-3 /proc/loadavg)"
+  section "toptag training: bench_resnet"
+  "$BENCH" --threads "$THREADS" | tee "bench.$round.txt"
+  echo "load:  $(cut -d' ' -f1-3 /proc/loadavg)"
+done
 
 # figure FILE WORD KEY: the number in bench_resnet's line format "WORD KEY batch N : NUMBER ...".
 figure() { [ -f "$1" ] && awk -v w="$2" -v k="$3" '$1 == w && $2 == k { print $6; exit }' "$1"; }
 # perf_figure FILE BATCH COLUMN: a value from toptag perf's CSV (5: images/s, 7: p50 ms).
 perf_figure() { awk -F, -v b="$2" -v c="$3" '$4 == b { print $c; exit }' "$1"; }
-# row CASE UNIT TOPTAG ORT TORCH: the figures (empty: not measured) and toptag's speed-up on each reference.
-row() {
-  awk -v name="$1" -v unit="$2" -v t="$3" -v o="$4" -v p="$5" '
-    function shown(x) { return x == "" ? "-" : sprintf(unit == "ms" ? "%.2f" : "%.1f", x) }
-    function ratio(x) { return (t == "" || x == "") ? "-" : sprintf("%.2f", unit == "ms" ? x / t : t / x) }
-    BEGIN { printf "%-30s %-9s %9s %9s %9s %10s %12s\n", name, unit, shown(t), shown(o), shown(p), ratio(o), ratio(p) }'
-}
+# A figures file, one line per case and round: CASE|UNIT|TOPTAG|ORT|TORCH (empty: not measured).
+for round in $(seq "$ROUNDS"); do
+  echo "latency 224x224x3 batch 1 p50|ms|$(perf_figure "t224.$round.csv" 1 7)|$(figure "ort.$round.txt" latency \
+    224x224x3)|$(figure "torch.$round.txt" latency 224x224x3)"
+  echo "latency 40x40x1 batch 1 p50|ms|$(perf_figure "t40.$round.csv" 1 7)|$(figure "ort.$round.txt" latency \
+    40x40x1)|$(figure "torch.$round.txt" latency 40x40x1)"
+  echo "inference 40x40x1 batch 64|images/s|$(perf_figure "t40.$round.csv" 64 5)|$(figure "ort.$round.txt" \
+    inference 40x40)|$(figure "torch.$round.txt" inference 40x40)"
+  echo "training 40x40x1 batch 64|images/s|$(figure "bench.$round.txt" train 40x40)||$(figure "torch.$round.txt" \
+    train 40x40)"
+done >figures.txt
 
-section "toptag against ONNX Runtime and PyTorch ($THREADS threads; ratios > 1: toptag faster)"
-printf '%-30s %-9s %9s %9s %9s %10s %12s\n' case unit toptag ORT torch toptag/ORT toptag/torch
-row "latency 224x224x3 batch 1 p50" ms "$(perf_figure t224.csv 1 7)" "$(figure ort.txt latency 224x224x3)" \
-  "$(figure torch.txt latency 224x224x3)"
-row "latency 40x40x1 batch 1 p50" ms "$(perf_figure t40.csv 1 7)" "$(figure ort.txt latency 40x40x1)" \
-  "$(figure torch.txt latency 40x40x1)"
-row "inference 40x40x1 batch 64" images/s "$(perf_figure t40.csv 64 5)" "$(figure ort.txt inference 40x40)" \
-  "$(figure torch.txt inference 40x40)"
-row "training 40x40x1 batch 64" images/s "$(figure bench.txt train 40x40)" "" "$(figure torch.txt train 40x40)"
+# table TITLE: the rounds' rows (each round's own ratios), then with several rounds each column's
+# median, ratios included (the median of the rounds' ratios, not the ratio of the medians).
+table() {
+  section "$1"
+  awk -F'|' -v rounds="$ROUNDS" '
+    function shown(x, unit) { return x == "" ? "-" : sprintf(unit == "ms" ? "%.2f" : "%.1f", x) }
+    function ratio(t, x, unit) { return (t == "" || x == "") ? "" : (unit == "ms" ? x / t : t / x) }
+    function median(list,   v, n, i, j, tmp) {
+      n = split(list, v, " ")
+      if (n == 0) return ""
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { tmp = v[j]; v[j] = v[j - 1]; v[j - 1] = tmp }
+      return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    function add(key, x) { if (x != "") list[key] = list[key] " " x }
+    function line(name, unit, t, o, p, ro, rp) {
+      printf "%-36s %-9s %9s %9s %9s %10s %12s\n", name, unit, shown(t, unit), shown(o, unit), shown(p, unit),
+        ro == "" ? "-" : sprintf("%.2f", ro), rp == "" ? "-" : sprintf("%.2f", rp)
+    }
+    BEGIN { printf "%-36s %-9s %9s %9s %9s %10s %12s\n", "case", "unit", "toptag", "ORT", "torch", "toptag/ORT", "toptag/torch" }
+    {
+      n = ++seen[$1]; order[$1] = order[$1] ? order[$1] : ++cases; name[order[$1]] = $1; unit[$1] = $2
+      line(rounds > 1 ? $1 " (" n ")" : $1, $2, $3, $4, $5, ratio($3, $4, $2), ratio($3, $5, $2))
+      add($1 "t", $3); add($1 "o", $4); add($1 "p", $5); add($1 "ro", ratio($3, $4, $2)); add($1 "rp", ratio($3, $5, $2))
+    }
+    END {
+      if (rounds < 2) exit
+      printf "\nmedian over %d rounds\n", rounds
+      for (i = 1; i <= cases; i++) {
+        c = name[i]
+        line(c, unit[c], median(list[c "t"]), median(list[c "o"]), median(list[c "p"]), median(list[c "ro"]),
+          median(list[c "rp"]))
+      }
+    }' figures.txt
+}
+table "toptag against ONNX Runtime and PyTorch ($THREADS threads; ratios > 1: toptag faster)"
