@@ -7,9 +7,10 @@
 #     export of the same checkpoint (the issue's bar is the better of the two)
 # The checkpoint is untrained (one step at a learning rate of 1e-12 on 8 generated jets); int8
 # activation ranges are calibrated on 64 generated jets. Ratios above 1: toptag's quantized model faster.
+# --rounds N: the programs take turns N times, then each figure's and ratio's median (see compare.sh).
 #
 #   bash bench/compare_quantized.sh [--toptag build/toptag] [--threads 2] [--duration 5s]
-#                                   [--latency-reps 50] [--ort-prefix DIR]
+#                                   [--latency-reps 50] [--rounds 1] [--ort-prefix DIR]
 #
 # ONNX Runtime is for benchmarking only (see bench/compare.sh); without it its columns are skipped.
 set -euo pipefail
@@ -18,14 +19,16 @@ TOPTAG=$HERE/../build/toptag
 THREADS=2
 DURATION=5s
 REPS=50
+ROUNDS=1
 while [ $# -gt 0 ]; do
   case $1 in
     --toptag) TOPTAG=$2 ;;
     --threads) THREADS=$2 ;;
     --duration) DURATION=$2 ;;
     --latency-reps) REPS=$2 ;;
+    --rounds) ROUNDS=$2 ;;
     --ort-prefix) export NODE_PATH=$2/node_modules ;;
-    *) sed -n '11,12p' "$0" >&2 && exit 2 ;;
+    *) sed -n '12,13p' "$0" >&2 && exit 2 ;;
   esac
   shift 2
 done
@@ -52,38 +55,69 @@ section "checkpoints and their ONNX exports"
 "$TOPTAG" export -c int8.h5 -o int8.onnx >/dev/null 2>&1
 ls -l float.onnx int8.onnx | awk '{ print $9, $5, "bytes" }'
 
-section "toptag perf --local"
-for model in run/last.h5:float int8.h5:int8 msfp8.h5:msfp8; do
-  "$TOPTAG" perf --local -c "${model%:*}" --batch 1,64 --threads "$THREADS" --duration "$DURATION" \
-    --csv "t_${model#*:}.csv" 2>&1 | grep -E "^engine|^local"
-done
-
-section "ONNX Runtime: bench/ort_resnet.js"
-if command -v node >/dev/null && node -e 'require.resolve("onnxruntime-node")' 2>/dev/null; then
-  for model in float int8; do
-    node "$HERE/ort_resnet.js" "$model.onnx" --threads "$THREADS" --latency-reps "$REPS" | tee "ort_$model.txt"
+for round in $(seq "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && section "round $round of $ROUNDS"
+  section "toptag perf --local"
+  for model in run/last.h5:float int8.h5:int8 msfp8.h5:msfp8; do
+    "$TOPTAG" perf --local -c "${model%:*}" --batch 1,64 --threads "$THREADS" --duration "$DURATION" \
+      --csv "t_${model#*:}.$round.csv" 2>&1 | grep -E "^engine|^local"
   done
-else
-  echo "skipped: no node or no onnxruntime-node (NODE_PATH=${NODE_PATH:-unset}); see bench/compare.sh"
-fi
+
+  section "ONNX Runtime: bench/ort_resnet.js"
+  if command -v node >/dev/null && node -e 'require.resolve("onnxruntime-node")' 2>/dev/null; then
+    for model in float int8; do
+      node "$HERE/ort_resnet.js" "$model.onnx" --threads "$THREADS" --latency-reps "$REPS" | tee "ort_$model.$round.txt"
+    done
+  else
+    echo "skipped: no node or no onnxruntime-node (NODE_PATH=${NODE_PATH:-unset}); see bench/compare.sh"
+  fi
+done
 
 # perf_figure FILE BATCH COLUMN: a value from toptag perf's CSV (5: images/s, 7: p50 ms).
 perf_figure() { awk -F, -v b="$2" -v c="$3" '$4 == b { print $c; exit }' "$1"; }
 # ort_figure FILE WORD: bench/ort_resnet.js's "latency 40x40x1 batch 1 : MS" or "inference 40x40 batch 64 : RATE".
 ort_figure() { [ -f "$1" ] && awk -v w="$2" '$1 == w { print $6; exit }' "$1"; }
 
+# One line per case and round: CASE|FLOAT|INT8|MSFP8|ORT-F32|ORT-INT8 (empty: not measured).
+for round in $(seq "$ROUNDS"); do
+  for kase in "latency-b1-ms:1:7:latency" "images/s-b64:64:5:inference"; do
+    IFS=: read -r name batch column word <<<"$kase"
+    echo "$name|$(perf_figure "t_float.$round.csv" "$batch" "$column")|$(perf_figure "t_int8.$round.csv" "$batch" \
+      "$column")|$(perf_figure "t_msfp8.$round.csv" "$batch" "$column")|$(ort_figure "ort_float.$round.txt" \
+      "$word")|$(ort_figure "ort_int8.$round.txt" "$word")"
+  done
+done >figures.txt
+
 section "toptag quantized against its float model and ONNX Runtime ($THREADS threads; ratios > 1: faster)"
-printf '%-26s %9s %9s %9s %9s %9s %10s %10s %10s\n' case float int8 ms-fp8 ORT-f32 ORT-int8 int8/float \
-  msfp8/float int8/ORT
-for kase in "latency-b1-ms:1:7:latency" "images/s-b64:64:5:inference"; do
-  IFS=: read -r name batch column word <<<"$kase"
-  awk -v name="$name" -v f="$(perf_figure t_float.csv "$batch" "$column")" \
-    -v i="$(perf_figure t_int8.csv "$batch" "$column")" -v m="$(perf_figure t_msfp8.csv "$batch" "$column")" \
-    -v of="$(ort_figure ort_float.txt "$word")" -v oi="$(ort_figure ort_int8.txt "$word")" '
-    function shown(x) { return x == "" ? "-" : sprintf("%.2f", x) }
-    # speed-up of a over b: latency b / a, throughput a / b
-    function up(a, b) { return (a == "" || b == "") ? "-" : sprintf("%.2f", name ~ /ms/ ? b / a : a / b) }
-    function better(x, y) { if (x == "") return y; if (y == "") return x; return name ~ /ms/ ? (x < y ? x : y) : (x > y ? x : y) }
-    BEGIN { printf "%-26s %9s %9s %9s %9s %9s %10s %10s %10s\n", name, shown(f), shown(i), shown(m), shown(of),
-            shown(oi), up(i, f), up(m, f), up(i, better(of, oi)) }'
-done
+awk -F'|' -v rounds="$ROUNDS" '
+  function shown(x) { return x == "" ? "-" : sprintf("%.2f", x) }
+  # speed-up of a over b: latency b / a, throughput a / b
+  function up(name, a, b) { return (a == "" || b == "") ? "" : (name ~ /ms/ ? b / a : a / b) }
+  function better(name, x, y) { if (x == "") return y; if (y == "") return x; return name ~ /ms/ ? (x < y ? x : y) : (x > y ? x : y) }
+  function median(list,   v, n, i, j, tmp) {
+    n = split(list, v, " ")
+    if (n == 0) return ""
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { tmp = v[j]; v[j] = v[j - 1]; v[j - 1] = tmp }
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  function line(name, c) {
+    printf "%-30s %9s %9s %9s %9s %9s %10s %11s %10s\n", name, shown(c[1]), shown(c[2]), shown(c[3]), shown(c[4]),
+      shown(c[5]), shown(c[6]), shown(c[7]), shown(c[8])
+  }
+  BEGIN { printf "%-30s %9s %9s %9s %9s %9s %10s %11s %10s\n", "case", "float", "int8", "ms-fp8", "ORT-f32", "ORT-int8",
+          "int8/float", "msfp8/float", "int8/ORT" }
+  {
+    n = ++seen[$1]; if (n == 1) name[++cases] = $1
+    c[1] = $2; c[2] = $3; c[3] = $4; c[4] = $5; c[5] = $6
+    c[6] = up($1, $3, $2); c[7] = up($1, $4, $2); c[8] = up($1, $3, better($1, $5, $6))
+    line(rounds > 1 ? $1 " (" n ")" : $1, c)
+    for (k = 1; k <= 8; k++) if (c[k] != "") list[$1, k] = list[$1, k] " " c[k]
+  }
+  END {
+    if (rounds < 2) exit
+    printf "\nmedian over %d rounds\n", rounds
+    for (i = 1; i <= cases; i++) {
+      for (k = 1; k <= 8; k++) m[k] = median(list[name[i], k])
+      line(name[i], m)
+    }
+  }' figures.txt
