@@ -1,10 +1,11 @@
 // Quantized inference speed against float, as predict and serve run it: ResNet-50 frozen on toptag's
 // kernels in float32, and quantized (weights and activations in one format) on the frozen plan, where
 // block floating point layers run on the integer kernels (nn/kernels/bfp.h), and on the float
-// emulation (--emulate's path). Three cases, each the median of --reps runs:
+// emulation (--emulate's path). Three cases, each the median of a round's timed calls (--reps at
+// 40x40x1 batch 1, a fifth of them at batch 64, half at 224x224x3, at least 3):
 //   40x40x1 batch 1 latency, 40x40x1 batch 64 throughput, 224x224x3 batch 1 latency (the paper's).
-// The engines take turns, --rounds times. Prints one table: each figure's median over the rounds,
-// and each engine's speed against float's as the median of the rounds' own ratios.
+// The engines take turns, --rounds times, each round starting with the next engine. Prints one table: each figure's
+// median over the rounds, and each engine's speed against float's as the median of the rounds' own ratios.
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -180,8 +181,11 @@ int main(int argc, char** argv) {
   // machine slows all of them, and each round's ratios compare engines measured side by side.
   std::vector<std::vector<Timing>> timings;
   for (int round = 0; round < rounds; ++round) {
-    timings.emplace_back();
-    for (const Subject& s : subjects) timings.back().push_back(measure(s, in, reps));
+    timings.emplace_back(subjects.size());
+    for (size_t k = 0; k < subjects.size(); ++k) {
+      const size_t e = (round + k) % subjects.size();
+      timings.back()[e] = measure(subjects[e], in, reps);
+    }
   }
   // Per engine: the median over rounds of each figure, and of each round's ratio to float32's.
   fmt::print("\n{} round{}; ratios to float32 are the median of the rounds' own ratios\n", rounds,

@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
   esac
   shift 2
 done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "--rounds takes a positive whole number, not '$ROUNDS'" >&2; exit 2; }
 TOPTAG=$(realpath "$TOPTAG")
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

@@ -20,10 +20,13 @@ namespace {
 struct ConvCase {
   int64_t n, c, h, w, k;
   int kernel, stride, pad;
+  int kernel_w = 0;  // the kernel's width where it is not square (0: square)
+
+  int width() const { return kernel_w ? kernel_w : kernel; }
 };
 
 void PrintTo(const ConvCase& c, std::ostream* os) {
-  *os << c.n << "x" << c.c << "x" << c.h << "x" << c.w << " -> " << c.k << " " << c.kernel << "x" << c.kernel << "/"
+  *os << c.n << "x" << c.c << "x" << c.h << "x" << c.w << " -> " << c.k << " " << c.kernel << "x" << c.width() << "/"
       << c.stride << " pad " << c.pad;
 }
 
@@ -33,8 +36,8 @@ TEST_P(PackedConvVsReference, EveryIsaEveryOutputStage) {
   const ConvCase c = GetParam();
   Rng rng(7);
   const Tensor x = testing::random_tensor({c.n, c.h, c.w, c.c}, rng);
-  const double fan_in = static_cast<double>(c.c * c.kernel * c.kernel);
-  const Tensor w = testing::random_tensor({c.k, c.c, c.kernel, c.kernel}, rng, 1.0 / std::sqrt(fan_in));
+  const double fan_in = static_cast<double>(c.c * c.kernel * c.width());
+  const Tensor w = testing::random_tensor({c.k, c.c, c.kernel, c.width()}, rng, 1.0 / std::sqrt(fan_in));
   const Tensor b = testing::random_tensor({c.k}, rng);
   const Conv2dParams params{c.stride, c.pad};
   const Tensor plain = conv_nhwc_ref(x, w, nullptr, params, nullptr, false);
@@ -68,9 +71,14 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{9, 24, 5, 5, 33, 3, 1, 1},     // 5x5 maps, batch 9
                       ConvCase{8, 16, 1, 1, 10, 3, 1, 3},     // pixels whose every tap reads padding
                       ConvCase{1, 2, 2, 2, 4, 7, 2, 3},       // a 2x2 image under the stem: most taps in padding
-                      // Few channels, read as dense rows: padding wider than the kernel (rows whose every tap reads
-                      // padding), stride 3.
-                      ConvCase{2, 2, 1, 1, 10, 3, 1, 4}, ConvCase{3, 4, 9, 6, 20, 5, 3, 2},
+                      // Few channels (at most 8), read as dense rows:
+                      ConvCase{2, 2, 1, 1, 10, 3, 1, 4},       // padding wider than the kernel: rows all padding
+                      ConvCase{3, 4, 9, 6, 20, 5, 3, 2},       // stride 3
+                      ConvCase{2, 3, 8, 9, 20, 2, 3, 0},       // stride wider than the kernel
+                      ConvCase{2, 2, 9, 11, 24, 3, 2, 1, 5},   // a 3x5 kernel
+                      ConvCase{1, 3, 6, 12, 17, 1, 1, 0, 7},   // a 1x7 kernel
+                      ConvCase{2, 8, 9, 7, 20, 3, 2, 1},       // 8 channels: the last dense ones
+                      ConvCase{2, 9, 9, 7, 20, 3, 2, 1},       // 9 channels: the pointer table
                       ConvCase{1, 512, 2, 2, 512, 3, 1, 1},    // layer4 at 40x40, batch 1: 4 rows, long reduction
                       ConvCase{2, 2048, 1, 1, 1024, 1, 1, 0},  // fc1 as a 1x1 convolution
                       ConvCase{5, 1024, 1, 1, 2, 1, 1, 0}));   // fc2: two output channels
@@ -130,18 +138,22 @@ TEST(Winograd, ErrorAgainstTheDirectKernelIsFloatRounding) {
 
 TEST(PackedConv, ThreadedAndSingleThreadedAgreeBitForBit) {
   // Each output element is summed by one thread in a fixed order, so the thread count changes nothing.
+  // Also the stem's dense rows, whose chunks (some starting inside an image) each thread copies itself.
   Rng rng(3);
-  const Tensor x = testing::random_tensor({4, 20, 20, 32}, rng);
-  const Tensor w = testing::random_tensor({96, 32, 3, 3}, rng, 0.1);
+  const Tensor x = testing::random_tensor({4, 20, 20, 32}, rng), stem_x = testing::random_tensor({3, 40, 40, 3}, rng);
+  const Tensor w = testing::random_tensor({96, 32, 3, 3}, rng, 0.1),
+               stem_w = testing::random_tensor({64, 3, 7, 7}, rng, 0.1);
   for (Isa isa : testing::isas_here()) {
-    const PackedConv cv = pack_conv(w, nullptr, {1, 1}, isa);
+    const PackedConv cv = pack_conv(w, nullptr, {1, 1}, isa), stem = pack_conv(stem_w, nullptr, {2, 3}, isa);
     const int saved = num_threads();
     set_num_threads(1);
-    const Tensor one = conv_nhwc(cv, x, nullptr, false);
-    set_num_threads(2);
-    const Tensor two = conv_nhwc(cv, x, nullptr, false);
+    const Tensor one = conv_nhwc(cv, x, nullptr, false), stem_one = conv_nhwc(stem, stem_x, nullptr, false);
+    set_num_threads(3);
+    const Tensor three = conv_nhwc(cv, x, nullptr, false), stem_three = conv_nhwc(stem, stem_x, nullptr, false);
     set_num_threads(saved);
-    for (int64_t i = 0; i < one.numel(); ++i) ASSERT_EQ(one.data()[i], two.data()[i]) << isa_name(isa) << " at " << i;
+    for (int64_t i = 0; i < one.numel(); ++i) ASSERT_EQ(one.data()[i], three.data()[i]) << isa_name(isa) << " at " << i;
+    for (int64_t i = 0; i < stem_one.numel(); ++i)
+      ASSERT_EQ(stem_one.data()[i], stem_three.data()[i]) << isa_name(isa) << " stem at " << i;
   }
 }
 

@@ -78,7 +78,8 @@ void fill_dense_rows(const PackedConv& cv, const OutputGrid& g, const float* x, 
         std::fill_n(to, span, 0.0f);
         continue;
       }
-      const int64_t from = ((n * g.H + h) * g.W + w0) * C;  // below 0 where w0 is: only [first, end) is read
+      const int64_t from =
+          ((n * g.H + h) * g.W + w0) * C;  // left of the row's start where w0 < 0: only [first, end) is read
       for (int64_t j = 0; j < first; ++j) to[j] = 0.0f;
       for (int64_t j = first; j < end; ++j) to[j] = x[from + j];
       for (int64_t j = end; j < span; ++j) to[j] = 0.0f;

@@ -104,7 +104,7 @@ void for_each_tile_chunk(const ConvShape& cv, const OutputGrid& g, const PixelTa
   {
     auto work = make_worker(chunk_rows);
     std::vector<const void*> rows(gather ? static_cast<size_t>(chunk_rows * taps) : 0);
-    int64_t filled = -1;  // the chunk whose rows are in `rows`
+    int64_t filled = -1;  // the chunk this thread last ran (whose rows are in `rows`)
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t chunk = item / panels, panel = item % panels;
