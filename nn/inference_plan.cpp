@@ -41,6 +41,18 @@ Conv2dParams params_of(const Conv2d& conv) {
 
 }  // namespace
 
+const WinogradConv& FrozenResNet::LazyWinograd::get(const PackedConv& direct) const {
+  std::call_once(once_, [&] {
+    conv_ = pack_winograd(direct);
+    packed_ = true;
+  });
+  return *conv_;
+}
+
+int64_t FrozenResNet::LazyWinograd::packed_bytes() const {
+  return packed_ ? static_cast<int64_t>(conv_->weights.size() * sizeof(float)) : 0;
+}
+
 FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const LayerQuantizations* quantized)
     : kernels_(&kernels(isa)), isa_(isa), winograd_(winograd), quantized_(quantized), quantized_plan_(quantized) {
   in_channels_ = model.config().in_channels;
@@ -126,10 +138,8 @@ FrozenResNet::Op FrozenResNet::conv_op(const LayerStep& step, bool input_nonnega
   } else {
     op.conv = pack_conv(conv.weight.value(), bias, params_of(conv), isa_);
   }
-  if (winograd_ && winograd_applies(op.conv) && op.conv.C >= kWinogradMinChannels) {
-    const Tensor& w = quantized_ ? quantized_->at(step.name).weight : conv.weight.value();
-    op.winograd = pack_winograd(w, bias, isa_);
-  }
+  if (winograd_ && winograd_applies(op.conv) && op.conv.C >= kWinogradMinChannels)
+    op.winograd = std::make_unique<LazyWinograd>();
   return op;
 }
 
@@ -195,7 +205,7 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
   // Winograd where the layer has enough tiles to be bound by arithmetic (below that the layer is
   // bound by reading its weights, which Winograd makes 16/9 larger) and computes clearly fewer
   // products than the direct kernel.
-  if (op.winograd && winograd_pays(op.conv, x)) return conv_winograd(*op.winograd, x, residual, op.relu);
+  if (op.winograd && winograd_pays(op.conv, x)) return conv_winograd(op.winograd->get(op.conv), x, residual, op.relu);
   return conv_nhwc(op.conv, x, residual, op.relu);
 }
 
@@ -242,12 +252,14 @@ Tensor FrozenResNet::head(const Tensor& features) const {
 }
 
 std::string FrozenResNet::describe() const {
-  int64_t bytes = 0, convs = 0, winograd = 0, integer = 0, fake_quantized = 0;
+  int64_t bytes = 0, convs = 0, winograd = 0, winograd_packed = 0, integer = 0, fake_quantized = 0;
   auto count = [&](const Op& op) {
     bytes += static_cast<int64_t>(op.conv.weights.size() * sizeof(float));
     if (op.winograd) {
-      bytes += static_cast<int64_t>(op.winograd->weights.size() * sizeof(float));
+      const int64_t packed = op.winograd->packed_bytes();
+      bytes += packed;
       ++winograd;
+      winograd_packed += packed > 0;
     }
     if (op.bfp) {
       bytes += static_cast<int64_t>(op.bfp->weights.size() + op.bfp->steps.size() * sizeof(float));
@@ -263,9 +275,9 @@ std::string FrozenResNet::describe() const {
   count(fc1_);
   count(fc2_);
   std::string text = fmt::format(
-      "{} (instruction set {}), {} convolutions ({} also as Winograd F(2x2,3x3)) + 2 linear layers packed "
-      "({:.1f} MB)",
-      kernels_->name, isa_name(kernels_->isa), convs, winograd, static_cast<double>(bytes) / 1e6);
+      "{} (instruction set {}), {} convolutions ({} may run as Winograd F(2x2,3x3), packed on first use: {} so "
+      "far) + 2 linear layers packed ({:.1f} MB)",
+      kernels_->name, isa_name(kernels_->isa), convs, winograd, winograd_packed, static_cast<double>(bytes) / 1e6);
   if (quantized_plan_)
     text += fmt::format(
         "; quantized: {} of {} layers on integer kernels ({}), the rest on float kernels over their decoded "

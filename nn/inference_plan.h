@@ -14,8 +14,11 @@
 // emulation (the layers' hooks) computes, to float32 rounding of the sums.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -78,8 +81,9 @@ class FrozenResNet {
   // features (N, feature_dim) -> logits (N, classes)
   Tensor head(const Tensor& features) const;
 
-  // "avx512 f32 12x32 (instruction set avx512), 53 convolutions (13 also as Winograd F(2x2,3x3)) + 2
-  // linear layers packed (165.3 MB)"; a quantized model adds how many layers run on integer kernels.
+  // "avx512 f32 12x32 (instruction set avx512), 53 convolutions (10 may run as Winograd F(2x2,3x3),
+  // packed on first use: 0 so far) + 2 linear layers packed (102.2 MB)"; a quantized model adds how
+  // many layers run on integer kernels.
   std::string describe() const;
   const KernelSet& kernel_set() const { return *kernels_; }
 
@@ -87,12 +91,24 @@ class FrozenResNet {
   // Where an operation reads or writes: the running activation, the current block's input (kept for
   // its shortcut and residual), or the block's shortcut output.
   enum class Slot { current, block_input, shortcut };
+  // A layer's Winograd weights, packed from its direct ones the first time an input makes Winograd
+  // pay (by any thread; once). At 40x40 none does: ResNet-50's would be 66 MB held for nothing.
+  class LazyWinograd {
+   public:
+    const WinogradConv& get(const PackedConv& direct) const;
+    int64_t packed_bytes() const;  // 0 until packed
+
+   private:
+    mutable std::once_flag once_;
+    mutable std::optional<WinogradConv> conv_;
+    mutable std::atomic<bool> packed_{false};
+  };
   struct Op {
     bool pool = false;  // a max pool (else a convolution)
     MaxPool2dParams pool_params;
-    PackedConv conv;                       // float32 weights (a quantized layer's decoded ones)
-    std::optional<WinogradConv> winograd;  // 3x3 stride-1 convolutions: also packed for Winograd
-    std::optional<PackedBfpConv> bfp;      // integer (block floating point or int8): runs instead of conv
+    PackedConv conv;                         // float32 weights (a quantized layer's decoded ones)
+    std::unique_ptr<LazyWinograd> winograd;  // 3x3 stride-1 layers that may run as Winograd
+    std::optional<PackedBfpConv> bfp;        // integer (block floating point or int8): runs instead of conv
     std::function<Tensor(const Tensor&)> quantize_input;  // the quantized layer's input quantizer
     bool integer_quantizes_first = false;                 // fixed point: the integer path runs it too
     // The head's first layer also keeps the float path: head() takes features from outside (a

@@ -69,6 +69,30 @@ TEST(FrozenResNet, ThePapersModelAtBatchOne) {
   EXPECT_NE(plan.describe().find(plan.kernel_set().name), std::string::npos);
 }
 
+// Winograd's weights are packed the first time an input makes it pay (the layer's 3x3 maps at 40x40
+// never do; 4x4 maps at batch 4 do), by one thread however many ask, and give the model's outputs.
+TEST(FrozenResNet, WinogradPackedOnFirstUse) {
+  ResNet model(ResNetConfig{"resnet18", 1, 32, 16, 2}, 4);  // layer3's 3x3 layers: 128 channels
+  Rng rng(6);
+  randomise_batchnorms(model, rng);
+  model.set_training(false);
+  model.fold_batchnorm();
+  const Tensor small = testing::random_tensor({1, 1, 40, 40}, rng), large = testing::random_tensor({4, 1, 64, 64}, rng);
+  NoGradGuard no_grad;
+  const Tensor expected = model.features(Var(large)).value();
+  const FrozenResNet plan(model, active_isa(), true);
+  const std::string unpacked = "may run as Winograd F(2x2,3x3), packed on first use: 0 so far";
+  EXPECT_NE(plan.describe().find(unpacked), std::string::npos) << plan.describe();
+  plan.features(small);
+  EXPECT_NE(plan.describe().find(unpacked), std::string::npos) << "40x40 needs no Winograd: " << plan.describe();
+  std::vector<Tensor> out(4);
+#pragma omp parallel for num_threads(4)
+  for (int i = 0; i < 4; ++i) out[static_cast<size_t>(i)] = plan.features(large);
+  EXPECT_EQ(plan.describe().find(unpacked), std::string::npos) << plan.describe();
+  EXPECT_NE(plan.describe().find("packed on first use: 3 so far"), std::string::npos) << plan.describe();
+  for (const Tensor& f : out) testing::expect_close_to_max(f, expected, "features", 1e-4);
+}
+
 // A server runs the early layers of each request as it comes and the late ones once for all
 // (serve/engine.h): the early layers' outputs of several batches, concatenated, finish as the
 // features of the whole batch. The split is at layer3's input.

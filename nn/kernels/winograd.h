@@ -35,6 +35,8 @@ bool winograd_applies(const PackedConv& conv);
 
 // Transforms and packs the (K, C, 3, 3) weights of a convolution winograd_applies() to.
 WinogradConv pack_winograd(const Tensor& weight, const Tensor* bias, Isa isa);
+// The same from the direct kernel's packed weights and bias, for its kernel set.
+WinogradConv pack_winograd(const PackedConv& direct);
 
 // The same contract as conv_nhwc (nn/kernels/packed_conv.h).
 Tensor conv_winograd(const WinogradConv& conv, const Tensor& x, const Tensor* residual, bool relu);
