@@ -114,15 +114,9 @@ done >figures.txt
 # median, ratios included (the median of the rounds' ratios, not the ratio of the medians).
 table() {
   section "$1"
-  awk -F'|' -v rounds="$ROUNDS" '
+  awk -F'|' -v rounds="$ROUNDS" "$(cat "$HERE/median.awk")"'
     function shown(x, unit) { return x == "" ? "-" : sprintf(unit == "ms" ? "%.2f" : "%.1f", x) }
     function ratio(t, x, unit) { return (t == "" || x == "") ? "" : (unit == "ms" ? x / t : t / x) }
-    function median(list,   v, n, i, j, tmp) {
-      n = split(list, v, " ")
-      if (n == 0) return ""
-      for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { tmp = v[j]; v[j] = v[j - 1]; v[j - 1] = tmp }
-      return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    }
     function add(key, x) { if (x != "") list[key] = list[key] " " x }
     function line(name, unit, t, o, p, ro, rp) {
       printf "%-36s %-9s %9s %9s %9s %10s %12s\n", name, unit, shown(t, unit), shown(o, unit), shown(p, unit),

@@ -90,17 +90,11 @@ for round in $(seq "$ROUNDS"); do
 done >figures.txt
 
 section "toptag quantized against its float model and ONNX Runtime ($THREADS threads; ratios > 1: faster)"
-awk -F'|' -v rounds="$ROUNDS" '
+awk -F'|' -v rounds="$ROUNDS" "$(cat "$HERE/median.awk")"'
   function shown(x) { return x == "" ? "-" : sprintf("%.2f", x) }
   # speed-up of a over b: latency b / a, throughput a / b
   function up(name, a, b) { return (a == "" || b == "") ? "" : (name ~ /ms/ ? b / a : a / b) }
   function better(name, x, y) { if (x == "") return y; if (y == "") return x; return name ~ /ms/ ? (x < y ? x : y) : (x > y ? x : y) }
-  function median(list,   v, n, i, j, tmp) {
-    n = split(list, v, " ")
-    if (n == 0) return ""
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { tmp = v[j]; v[j] = v[j - 1]; v[j - 1] = tmp }
-    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-  }
   function line(name, c) {
     printf "%-30s %9s %9s %9s %9s %9s %10s %11s %10s\n", name, shown(c[1]), shown(c[2]), shown(c[3]), shown(c[4]),
       shown(c[5]), shown(c[6]), shown(c[7]), shown(c[8])
