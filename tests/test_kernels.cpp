@@ -157,6 +157,17 @@ TEST(PackedConv, ThreadedAndSingleThreadedAgreeBitForBit) {
   }
 }
 
+// Unpacking gives back exactly the weights packed, for K off the panel width and a non-square kernel.
+TEST(PackedConv, UnpackGivesBackTheWeights) {
+  Rng rng(4);
+  const Tensor w = testing::random_tensor({37, 5, 3, 2}, rng);
+  for (Isa isa : testing::isas_here()) {
+    const Tensor back = unpack_conv_weight(pack_conv(w, nullptr, {1, 0}, isa));
+    ASSERT_EQ(back.shape(), w.shape());
+    for (int64_t i = 0; i < w.numel(); ++i) ASSERT_EQ(back.data()[i], w.data()[i]) << isa_name(isa) << " at " << i;
+  }
+}
+
 // The next panel's prefetch is cut among the current panel's tiles: together they ask for every line
 // of it once, each within its own reduction steps, and the last panel asks for nothing.
 TEST(NextPanel, TheTilesShareTheNextPanelExactly) {

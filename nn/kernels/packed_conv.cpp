@@ -71,15 +71,20 @@ void fill_dense_rows(const PackedConv& cv, const OutputGrid& g, const float* x, 
     const int64_t w0 = q * cv.stride - cv.pad;
     const int64_t first = std::max<int64_t>(0, -w0) * C, end = std::min<int64_t>(cv.S, g.W - w0) * C;
     float* row = dense + i * width;
+    if (first >= end) {  // every tap of this pixel reads padding
+      std::fill_n(row, width, 0.0f);
+      out[i] = row;
+      continue;
+    }
     for (int64_t r = 0; r < cv.R; ++r) {
       float* to = row + r * span;
       const int64_t h = p * cv.stride - cv.pad + r;
-      if (h < 0 || h >= g.H || first >= end) {
+      if (h < 0 || h >= g.H) {
         std::fill_n(to, span, 0.0f);
         continue;
       }
-      const int64_t from =
-          ((n * g.H + h) * g.W + w0) * C;  // left of the row's start where w0 < 0: only [first, end) is read
+      // Pixel w0 of image row h, left of the row's start where w0 < 0: only [first, end) is read.
+      const int64_t from = ((n * g.H + h) * g.W + w0) * C;
       for (int64_t j = 0; j < first; ++j) to[j] = 0.0f;
       for (int64_t j = first; j < end; ++j) to[j] = x[from + j];
       for (int64_t j = end; j < span; ++j) to[j] = 0.0f;
@@ -179,6 +184,17 @@ PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams para
     if (bias) cv.bias[k] = bias->data()[k];
   }
   return cv;
+}
+
+Tensor unpack_conv_weight(const PackedConv& cv) {
+  const int64_t nr = cv.kernels->nr, taps = cv.taps();
+  Tensor w = Tensor::empty({cv.K, cv.C, cv.R, cv.S});
+  for (int64_t k = 0; k < cv.K; ++k) {
+    const float* panel = cv.weights.data() + (k / nr) * cv.panel_size() + k % nr;
+    for (int64_t c = 0; c < cv.C; ++c)
+      for (int64_t t = 0; t < taps; ++t) w.data()[(k * cv.C + c) * taps + t] = panel[(t * cv.C + c) * nr];
+  }
+  return w;
 }
 
 Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, bool relu) {

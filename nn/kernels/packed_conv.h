@@ -45,6 +45,9 @@ struct PackedConv : ConvShape {
 // Packs PyTorch-layout weights (K, C, R, S) and an optional bias (K) for `isa`'s kernels.
 PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams params, Isa isa);
 
+// The (K, C, R, S) weights `conv` was packed from, exactly (packing only moves them).
+Tensor unpack_conv_weight(const PackedConv& conv);
+
 // y = conv(x) + bias [+ residual] [ReLU]. x: (N, H, W, C); y, residual: (N, P, Q, K), all NHWC.
 Tensor conv_nhwc(const PackedConv& conv, const Tensor& x, const Tensor* residual, bool relu);
 

@@ -133,16 +133,9 @@ WinogradConv pack_winograd(const Tensor& weight, const Tensor* bias, Isa isa) {
 
 WinogradConv pack_winograd(const PackedConv& direct) {
   if (!winograd_applies(direct)) fail("pack_winograd: not a 3x3, stride-1, padding-1 convolution");
-  // Unpack panels x [taps][C][nr] (packed_conv.h) into (K, C, 3, 3).
-  const int64_t K = direct.K, C = direct.C, nr = direct.kernels->nr;
-  Tensor weight = Tensor::empty({K, C, 3, 3}), bias = Tensor::empty({K});
-  for (int64_t k = 0; k < K; ++k) {
-    const float* panel = direct.weights.data() + (k / nr) * direct.panel_size() + k % nr;
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t t = 0; t < 9; ++t) weight.data()[(k * C + c) * 9 + t] = panel[(t * C + c) * nr];
-    bias.data()[k] = direct.bias[static_cast<size_t>(k)];
-  }
-  return pack_winograd(weight, &bias, direct.kernels->isa);
+  Tensor bias = Tensor::empty({direct.K});
+  std::copy_n(direct.bias.begin(), direct.K, bias.data());  // the first K of its padded panels
+  return pack_winograd(unpack_conv_weight(direct), &bias, direct.kernels->isa);
 }
 
 Tensor conv_winograd(const WinogradConv& cv, const Tensor& x, const Tensor* residual, bool relu) {
