@@ -6,7 +6,8 @@
 //   BM_BfpConv     the same shapes on the block floating point integer kernels (ms-fp8: bfp<5,2,128>),
 //                  the input's quantization included
 //   BM_Int8Conv    the same shapes on the int8 integer kernels (u8 activations with zero point 0, as
-//                  after a ReLU, s8 weights in [-127, 127]), the input's quantization included
+//                  after a ReLU, s8 weights in [-127, 127]), the input's quantization included, on the
+//                  byte tile (tile:1) and the word tile (tile:2)
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -132,7 +133,9 @@ void BM_Int8Conv(benchmark::State& state) {
   if (!int8_tile_takes(kernels(a.isa), weights)) return state.SkipWithError("this instruction set has no int8 tile");
   const PackedBfpConv cv = pack_conv_int8(a.K, a.C, a.kernel, a.kernel, weights, scales, &b, {a.stride, a.pad},
                                           AffineU8{4.0f / 255, 0}, kernels(a.isa));
-  time_conv(state, a, [&] { return conv_nhwc_bfp(cv, x, nullptr, true); });
+  const Int8Tile tile = state.range(8) == 2 ? Int8Tile::words : Int8Tile::bytes;
+  if (tile == Int8Tile::words && !cv.words) return state.SkipWithError("this instruction set has no int8 word tile");
+  time_conv(state, a, [&] { return conv_nhwc_bfp(cv, x, nullptr, true, nullptr, tile); });
 }
 
 // args: C, pixels. The block floating point quantizer alone (ms-fp8), on |normal| inputs.
@@ -184,8 +187,9 @@ void ResNet50Shapes(benchmark::internal::Benchmark* b) {
       for (int64_t nhwc : {0, 1}) b->Args({s[0], s[1], s[2], s[3], s[4], s[5], bwd, nhwc});
 }
 
-void PackedShapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"C", "H", "K", "k", "s", "p", "N", "isa"});
+// The packed kernels' cases: C, H, K, kernel, stride, pad, N, isa.
+std::vector<std::vector<int64_t>> packed_cases() {
+  std::vector<std::vector<int64_t>> cases;
   const std::vector<std::vector<int64_t>> shapes = {
       {1, 40, 64, 7, 2, 3},    {64, 10, 64, 3, 1, 1},    {64, 10, 256, 1, 1, 0},
       {256, 10, 64, 1, 1, 0},  {512, 3, 512, 3, 2, 1},   {1024, 3, 2048, 1, 2, 0},
@@ -193,7 +197,7 @@ void PackedShapes(benchmark::internal::Benchmark* b) {
   };
   for (const auto& s : shapes)
     for (int64_t n : {1, 64})
-      for (int64_t isa : {0, 1, 2}) b->Args({s[0], s[1], s[2], s[3], s[4], s[5], n, isa});
+      for (int64_t isa : {0, 1, 2}) cases.push_back({s[0], s[1], s[2], s[3], s[4], s[5], n, isa});
   // The paper's 224x224x3 at batch 1: the stem, the same arithmetic as a plain GEMM (147 = 3 x 7 x 7
   // inputs a pixel: what the stem's dense rows cost beyond it), and each stage's first block.
   const std::vector<std::vector<int64_t>> paper = {
@@ -202,7 +206,25 @@ void PackedShapes(benchmark::internal::Benchmark* b) {
       {512, 7, 512, 3, 1, 1}, {512, 28, 1024, 1, 2, 0}, {1024, 14, 256, 1, 1, 0},
   };
   for (const auto& s : paper)
-    for (int64_t isa : {1, 2}) b->Args({s[0], s[1], s[2], s[3], s[4], s[5], 1, isa});
+    for (int64_t isa : {1, 2}) cases.push_back({s[0], s[1], s[2], s[3], s[4], s[5], 1, isa});
+  return cases;
+}
+
+void PackedShapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"C", "H", "K", "k", "s", "p", "N", "isa"});
+  for (const auto& c : packed_cases()) b->Args(c);
+}
+
+// The same, for int8, on each tile: 1 the byte tile, 2 the word tile (where the set has one).
+void Int8Shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"C", "H", "K", "k", "s", "p", "N", "isa", "tile"});
+  for (auto c : packed_cases()) {
+    c.push_back(0);
+    for (int64_t tile : {1, 2}) {
+      c.back() = tile;
+      b->Args(c);
+    }
+  }
 }
 
 }  // namespace
@@ -227,5 +249,5 @@ BENCHMARK(BM_Winograd)
 BENCHMARK(BM_PackedConv)->Apply(PackedShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_BfpQuantize)->Args({64, 6400})->Args({256, 6400})->Args({2048, 256})->UseRealTime();
 BENCHMARK(BM_BfpConv)->Apply(PackedShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Int8Conv)->Apply(PackedShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Int8Conv)->Apply(Int8Shapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

@@ -252,7 +252,8 @@ Tensor FrozenResNet::head(const Tensor& features) const {
 }
 
 std::string FrozenResNet::describe() const {
-  int64_t bytes = 0, convs = 0, winograd = 0, winograd_packed = 0, integer = 0, fake_quantized = 0;
+  int64_t bytes = 0, convs = 0, winograd = 0, winograd_packed = 0, integer = 0, words = 0, words_packed = 0,
+          fake_quantized = 0;
   auto count = [&](const Op& op) {
     bytes += static_cast<int64_t>(op.conv.weights.size() * sizeof(float));
     if (op.winograd) {
@@ -264,6 +265,12 @@ std::string FrozenResNet::describe() const {
     if (op.bfp) {
       bytes += static_cast<int64_t>(op.bfp->weights.size() + op.bfp->steps.size() * sizeof(float));
       ++integer;
+      if (op.bfp->words) {
+        const int64_t packed = op.bfp->words->packed_bytes();
+        bytes += packed;
+        ++words;
+        words_packed += packed > 0;
+      }
     }
     if (op.quantize_input && !op.bfp) ++fake_quantized;
   };
@@ -283,6 +290,10 @@ std::string FrozenResNet::describe() const {
         "; quantized: {} of {} layers on integer kernels ({}), the rest on float kernels over their decoded "
         "weights ({} with quantized inputs)",
         integer, convs + 2, kernels_->bfp_name, fake_quantized);
+  if (words > 0)
+    text +=
+        fmt::format("; {} int8 layers may run on 16-bit words (from 24 output rows), packed on first use: {} so far",
+                    words, words_packed);
   return text;
 }
 

@@ -9,6 +9,7 @@
 
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "nn/kernels/bfp.h"
@@ -185,6 +186,16 @@ std::vector<KernelSet> full_byte_sets() {
   return out;
 }
 
+// The int8 tiles a packed layer can run on: the byte tile, and the word tile where its set has one.
+std::vector<Int8Tile> int8_tiles(const PackedBfpConv& cv) {
+  if (!cv.words) return {Int8Tile::bytes};
+  return {Int8Tile::bytes, Int8Tile::words};
+}
+
+const char* tile_name(Int8Tile t) {
+  return t == Int8Tile::words ? "word tile" : "byte tile";
+}
+
 TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
   const Format int8 = Format::parse("int8");
   Rng rng(12);
@@ -214,7 +225,10 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
       SCOPED_TRACE(ks.bfp_name);
       const PackedBfpConv cv = pack_conv_int8(s.k, s.c, s.kernel, s.kernel, e.integers, e.scales, &b, params,
                                               AffineU8{r.scale(), r.zero_point()}, ks);
-      testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "int8 conv", 1e-4, 1e-5);
+      for (const Int8Tile tile : int8_tiles(cv)) {
+        SCOPED_TRACE(tile_name(tile));
+        testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false, nullptr, tile), expected, "int8 conv", 1e-4, 1e-5);
+      }
     }
   }
 }
@@ -249,7 +263,11 @@ TEST(Int8Conv, ExtremeBytesAndWeights) {
           continue;
         }
         const PackedBfpConv cv = pack_conv_int8(K, C, 1, 1, q, scales, nullptr, {1, 0}, input, ks);
-        testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false), expected, "extreme bytes", 1e-5, 1e-6);
+        for (const Int8Tile tile : int8_tiles(cv)) {
+          SCOPED_TRACE(tile_name(tile));
+          testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false, nullptr, tile), expected, "extreme bytes", 1e-5,
+                                1e-6);
+        }
       }
     }
   }
@@ -274,11 +292,114 @@ TEST(Int8Conv, NanInAnInputReachesTheOutputsThatReadIt) {
       SCOPED_TRACE(fmt::format("{} batch {}", ks.bfp_name, n));
       const PackedBfpConv cv =
           pack_conv_int8(12, 24, 3, 3, e.integers, e.scales, nullptr, {1, 1}, AffineU8{0.02f, 3}, ks);
-      const Tensor y = conv_nhwc_bfp(cv, x, nullptr, true);
-      for (int64_t i = 0; i < y.numel(); ++i)
-        ASSERT_EQ(std::isnan(y.data()[i]), i < 4 * 12) << i;  // image 0's 4 pixels x 12 channels
+      for (const Int8Tile tile : int8_tiles(cv)) {
+        SCOPED_TRACE(tile_name(tile));
+        const Tensor y = conv_nhwc_bfp(cv, x, nullptr, true, nullptr, tile);
+        for (int64_t i = 0; i < y.numel(); ++i)
+          ASSERT_EQ(std::isnan(y.data()[i]), i < 4 * 12) << i;  // image 0's 4 pixels x 12 channels
+      }
     }
   }
+}
+
+// The word tile sums the same integers as the byte tile, (q - zero point) w exactly, and scales them
+// the same way: their outputs are equal bit for bit, on each of the driver's three orders (pixel by
+// pixel on a small map, chunks of rows, and rows outer for small weights over many rows), with a
+// residual and ReLU, channel counts off the groups of 4 and panels of 16, and zero points 0 and not.
+TEST(Int8Conv, WordTileEqualsTheByteTile) {
+  struct Shape4 {
+    int64_t n, c, h, k;
+    int kernel, stride, pad;
+  };
+  Rng rng(21);
+  for (const Shape4& s : {Shape4{16, 64, 2, 40, 3, 1, 1}, Shape4{3, 33, 9, 70, 3, 2, 1}, Shape4{2, 17, 10, 24, 1, 1, 0},
+                          Shape4{16, 64, 10, 48, 1, 1, 0}, Shape4{1, 130, 5, 16, 3, 1, 1}}) {
+    for (const int zero_point : {0, 37}) {
+      SCOPED_TRACE(fmt::format("{}x{}x{}x{} -> {} {}x{}/{}, zero point {}", s.n, s.h, s.h, s.c, s.k, s.kernel, s.kernel,
+                               s.stride, zero_point));
+      Tensor x = activations({s.n, s.h, s.h, s.c}, rng);
+      for (int64_t i = 0; i < x.numel(); i += 7) x.data()[i] = 1e3f;  // saturates at 255
+      const Tensor w = testing::random_tensor({s.k, s.c, s.kernel, s.kernel}, rng, 0.1);
+      const Tensor b = testing::random_tensor({s.k}, rng);
+      const EncodedTensor e = encode_weight(Format::parse("int8"), w);
+      const Conv2dParams params{s.stride, s.pad};
+      const AffineU8 input{0.01f, zero_point};
+      bool compared = false;
+      for (const KernelSet& ks : full_byte_sets()) {
+        const PackedBfpConv cv =
+            pack_conv_int8(s.k, s.c, s.kernel, s.kernel, e.integers, e.scales, &b, params, input, ks);
+        if (!cv.words) continue;
+        SCOPED_TRACE(ks.bfp_name);
+        const Tensor bytes = conv_nhwc_bfp(cv, x, nullptr, true, nullptr, Int8Tile::bytes);
+        const Tensor residual = testing::random_tensor(bytes.shape(), rng);
+        const Tensor words = conv_nhwc_bfp(cv, x, nullptr, true, nullptr, Int8Tile::words);
+        ASSERT_EQ(std::memcmp(words.data(), bytes.data(), sizeof(float) * bytes.numel()), 0);
+        const Tensor bytes_r = conv_nhwc_bfp(cv, x, &residual, true, nullptr, Int8Tile::bytes);
+        const Tensor words_r = conv_nhwc_bfp(cv, x, &residual, true, nullptr, Int8Tile::words);
+        ASSERT_EQ(std::memcmp(words_r.data(), bytes_r.data(), sizeof(float) * bytes_r.numel()), 0);
+        compared = true;
+      }
+      if (cpu_supports(Isa::avx2)) {
+        EXPECT_TRUE(compared) << "AVX2 has a word tile";
+      }
+    }
+  }
+}
+
+// The word panels are packed by the first call that runs the word tile, once, and only then: a call
+// on few rows takes the byte tile and packs nothing.
+TEST(Int8Conv, WordPanelsPackedOnFirstUse) {
+  if (!cpu_supports(Isa::avx2)) GTEST_SKIP() << "no word tile on this CPU";
+  Rng rng(8);
+  const Tensor w = testing::random_tensor({20, 24, 3, 3}, rng, 0.1);
+  const EncodedTensor e = encode_weight(Format::parse("int8"), w);
+  const PackedBfpConv cv =
+      pack_conv_int8(20, 24, 3, 3, e.integers, e.scales, nullptr, {1, 1}, AffineU8{0.02f, 3}, kernels(Isa::avx2));
+  ASSERT_TRUE(cv.words);
+  EXPECT_EQ(cv.words->packed_bytes(), 0);
+  conv_nhwc_bfp(cv, activations({1, 2, 2, 24}, rng), nullptr, true);  // 4 rows: the byte tile
+  EXPECT_FALSE(int8_words_pay(cv, 4));
+  EXPECT_EQ(cv.words->packed_bytes(), 0);
+  const Tensor x = activations({4, 6, 6, 24}, rng);  // 144 rows
+  EXPECT_TRUE(int8_words_pay(cv, 144));
+  const Tensor first = conv_nhwc_bfp(cv, x, nullptr, true);
+  const int64_t packed = cv.words->packed_bytes();
+  EXPECT_GE(packed, static_cast<int64_t>(2 * cv.weights.size()));
+  const Tensor again = conv_nhwc_bfp(cv, x, nullptr, true);
+  EXPECT_EQ(cv.words->packed_bytes(), packed);
+  ASSERT_EQ(std::memcmp(first.data(), again.data(), sizeof(float) * first.numel()), 0);
+  const Tensor bytes = conv_nhwc_bfp(cv, x, nullptr, true, nullptr, Int8Tile::bytes);
+  ASSERT_EQ(std::memcmp(first.data(), bytes.data(), sizeof(float) * first.numel()), 0);
+}
+
+// The word records: q - zero point per channel as int16 after the scale, zeros past C, the bytes'
+// q computed as quantize_u8_activations computes them.
+TEST(Int8Conv, WordRecordsHoldTheBytesLessTheZeroPoint) {
+  Rng rng(5);
+  const int64_t pixels = 7, C = 21;  // 24 words a record, 3 of them padding
+  Tensor x = testing::random_tensor({pixels, C}, rng);
+  x.data()[3] = 1e6f;
+  x.data()[4] = -1e6f;
+  x.data()[C + 2] = NAN;  // pixel 1
+  const AffineU8 q{0.013f, 100};
+  const BfpActivations bytes = quantize_u8_activations(x.data(), pixels, C, q);
+  const BfpActivations words = quantize_u8_words(x.data(), pixels, C, q);
+  ASSERT_EQ(words.value_bytes, 2);
+  ASSERT_EQ(words.record_floats(), 1 + 2 * bytes.groups);
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float step = words.steps(p)[0];
+    if (p == 1)
+      EXPECT_TRUE(std::isnan(step));
+    else
+      EXPECT_EQ(step, q.scale);
+    const auto* w = reinterpret_cast<const int16_t*>(words.mantissas(p));
+    for (int64_t c = 0; c < 4 * words.groups; ++c) {
+      const int expected = c < C ? bytes.mantissas(p)[c] - q.zero_point : 0;
+      ASSERT_EQ(w[c], expected) << "pixel " << p << " channel " << c;
+    }
+  }
+  EXPECT_EQ(reinterpret_cast<const int16_t*>(words.mantissas(0))[3], 255 - 100);
+  EXPECT_EQ(reinterpret_cast<const int16_t*>(words.mantissas(0))[4], -100);
 }
 
 struct BfpCase {

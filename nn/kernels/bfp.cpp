@@ -85,13 +85,14 @@ void quantize_block(const KernelSet& ks, const float* in, int64_t n, const Block
   *step = nan ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(s.step);
 }
 
-// Room for `pixels` records of `blocks` steps and `channels` bytes (uninitialised).
-BfpActivations empty_records(int64_t pixels, int64_t channels, int64_t blocks) {
+// Room for `pixels` records of `blocks` steps and `channels` values of value_bytes (uninitialised).
+BfpActivations empty_records(int64_t pixels, int64_t channels, int64_t blocks, int64_t value_bytes = 1) {
   BfpActivations a;
   a.pixels = pixels;
   a.channels = channels;
   a.groups = (channels + kGroup - 1) / kGroup;
   a.blocks = blocks;
+  a.value_bytes = value_bytes;
   a.storage = Tensor::empty({pixels * a.record_floats()});
   return a;
 }
@@ -196,6 +197,32 @@ BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t c
     const bool nan = quantize_u8_pixel(x + p * channels, channels, q, m, flip);
     *step = nan ? std::numeric_limits<float>::quiet_NaN() : q.scale;
     for (int64_t c = 0; c < padding; ++c) m[channels + c] = flip;  // their weights are zero
+  }
+  return a;
+}
+
+BfpActivations quantize_u8_words(const float* x, int64_t pixels, int64_t channels, const AffineU8& q) {
+  BfpActivations a = empty_records(pixels, channels, 1, 2);
+  const int64_t padded = a.groups * kGroup;
+#pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
+  for (int64_t p = 0; p < pixels; ++p) {
+    float* step = a.storage.data() + p * a.record_floats();
+    int16_t* words = reinterpret_cast<int16_t*>(step + 1);
+    // The bytes first, into the words' own room (their upper half), then widened from the front:
+    // word c is written after byte c is read, and never lands on a byte not yet read.
+    uint8_t* bytes = reinterpret_cast<uint8_t*>(words) + padded;
+    const bool nan = quantize_u8_pixel(x + p * channels, channels, q, bytes);
+    *step = nan ? std::numeric_limits<float>::quiet_NaN() : q.scale;
+    int64_t c = 0;
+#ifdef __SSE2__
+    const __m128i zp = _mm_set1_epi16(static_cast<int16_t>(q.zero_point)), zero = _mm_setzero_si128();
+    for (; c + 8 <= channels; c += 8) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + c));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(words + c), _mm_sub_epi16(_mm_unpacklo_epi8(b, zero), zp));
+    }
+#endif
+    for (; c < channels; ++c) words[c] = static_cast<int16_t>(bytes[c] - q.zero_point);
+    for (; c < padded; ++c) words[c] = 0;  // their weights are zero
   }
   return a;
 }
@@ -344,7 +371,40 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
   cv.zero_record[0] = input.scale;
   uint8_t* zero_bytes = reinterpret_cast<uint8_t*>(cv.zero_record.data() + 1);
   for (int64_t c = 0; c < C; ++c) zero_bytes[c] = static_cast<uint8_t>(input.zero_point ^ byte_offset);
+  if (ks.tile_int8_words) cv.words = std::make_shared<const LazyInt8Words>();
   return cv;
+}
+
+// The word tile's copy of an int8 layer's packed bytes: [tap][group][nr][4] -> [tap][pair][nr][2].
+const Int8Words& LazyInt8Words::get(const PackedBfpConv& cv) const {
+  std::call_once(once_, [&] {
+    const int64_t nr = cv.kernels->nr, steps = cv.panels * cv.taps() * cv.groups;
+    words_.weights.resize(cv.weights.size());
+    for (int64_t s = 0; s < steps; ++s) {  // one group of one tap of one panel
+      const int8_t* in = cv.weights.data() + s * nr * kGroup;
+      int16_t* out = words_.weights.data() + s * nr * kGroup;
+      for (int64_t j = 0; j < nr; ++j)
+        for (int64_t c = 0; c < kGroup; ++c) out[((c / 2) * nr + j) * 2 + c % 2] = in[j * kGroup + c];
+    }
+    words_.zero_record.assign(static_cast<size_t>(1 + 2 * cv.groups), 0.0f);
+    words_.zero_record[0] = cv.int8_input->scale;
+    packed_.store(true, std::memory_order_release);
+  });
+  return words_;
+}
+
+int64_t LazyInt8Words::packed_bytes() const {
+  if (!packed_.load(std::memory_order_acquire)) return 0;
+  return static_cast<int64_t>(words_.weights.size() * sizeof(int16_t) + words_.zero_record.size() * sizeof(float));
+}
+
+bool int8_words_pay(const PackedBfpConv& cv, int64_t rows) {
+  // bench_conv on Zen 3 (BM_Int8Conv tile:1 against tile:2, fastest of 15 runs): the word tile took
+  // 0.77-0.98 of the byte tile's time at batch 64 and 0.40-0.97 on the 224x224x3 layers (49 rows and
+  // up), but 1.5x longer on layers of 1-4 rows, where a panel's weights are read for one tile and the
+  // byte tile's half-size weights win.
+  constexpr int64_t kMinRows = 24;
+  return cv.words && rows >= kMinRows;
 }
 
 // A layer's weights this small stay in L1 while a tile's rows pass over all its panels: half of a
@@ -367,25 +427,36 @@ static void sum_tap_offsets(const PackedBfpConv& cv, int64_t panel, int inside, 
 }
 
 Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* residual, bool relu,
-                     QuantizedInputCache* cache) {
+                     QuantizedInputCache* cache, Int8Tile int8_tile) {
   const OutputGrid g = output_grid(cv, x, "conv_nhwc_bfp");
   Tensor y = Tensor::empty({g.N, g.P, g.Q, cv.K});
   if (residual) expect_shape(*residual, y.shape(), "conv_nhwc_bfp residual");
   if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc bfp");
+  const bool words = cv.int8_input && cv.words &&
+                     (int8_tile == Int8Tile::words || (int8_tile == Int8Tile::chosen && int8_words_pay(cv, g.rows())));
+  const Int8Words* word_panels = words ? &cv.words->get(cv) : nullptr;
   const bool cached = cache && !cv.int8_input && cache->source.data() == x.data() &&
                       cache->source.shape() == x.shape() && cache->format == cv.input;
   BfpActivations own;
   if (!cached) {
     ProfileScope quantize("input quantize");
     const int64_t pixels = g.N * g.H * g.W;
-    own = cv.int8_input ? quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->int8_signed_bytes)
-                        : quantize_bfp_activations(x.data(), pixels, cv.C, cv.input, cv.kernels->isa);
+    if (words)
+      own = quantize_u8_words(x.data(), pixels, cv.C, *cv.int8_input);
+    else if (cv.int8_input)
+      own = quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->int8_signed_bytes);
+    else
+      own = quantize_bfp_activations(x.data(), pixels, cv.C, cv.input, cv.kernels->isa);
   }
   const BfpActivations& a = cached ? cache->records : own;
   const KernelSet& ks = *cv.kernels;
+  const auto run_tile = words ? ks.tile_int8_words : ks.tile_bfp;
   const PixelTable px{reinterpret_cast<const char*>(a.storage.data()),
-                      a.record_floats() * static_cast<int64_t>(sizeof(float)), cv.zero_record.data()};
+                      a.record_floats() * static_cast<int64_t>(sizeof(float)),
+                      words ? word_panels->zero_record.data() : cv.zero_record.data()};
+  const void* weights = words ? static_cast<const void*>(word_panels->weights.data()) : cv.weights.data();
+  const int64_t panel_bytes = cv.panel_size() * (words ? 2 : 1);
   // A panel's tile arguments; each tile then sets its rows (rows_at).
   auto panel_args = [&](int64_t panel) {
     const int64_t k0 = panel * ks.nr;
@@ -403,7 +474,8 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     t.stage.ld_residual = cv.K;
     t.int16_sums = cv.int16_sums;
     t.whole_reduction = cv.int8_input.has_value();
-    t.offsets = cv.offset_totals.empty() ? nullptr : cv.offset_totals.data() + panel * ks.nr;
+    t.offsets = cv.offset_totals.empty() || words ? nullptr : cv.offset_totals.data() + panel * ks.nr;
+    if (words) t.word_panel = word_panels->weights.data() + panel * cv.panel_size();
     return t;
   };
   // Rows [i0, i0 + bfp_mr) of a chunk of `count` rows from output row m0, in panel k0's columns.
@@ -419,29 +491,29 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     // Pixel by pixel, the taps in the padding skipped (tile_driver.h): int8's whole reduction on every
     // tile, block floating point on the tiles with tap_index.
     const int64_t PQ = g.P * g.Q;
-    for_each_pixel_tile(cv, g, px, ks.bfp_mr, cv.panels,
-                        [&](const void** rows, int inside, const int* tap_index, int64_t n0, int64_t count,
-                            int64_t pixel, int64_t panel, int64_t tile, int64_t tiles) {
-                          const int64_t first = (n0 * PQ + pixel) * cv.K + panel * ks.nr;
-                          BfpTileArgs t = panel_args(panel);
-                          t.rows = rows;
-                          t.row_count = static_cast<int>(count);
-                          t.taps = inside;
-                          t.tap_index = tap_index;
-                          // int8: the zero point's share of the taps read only.
-                          alignas(64) int32_t offsets[kMaxNr];
-                          if (t.offsets && inside < cv.taps()) {
-                            sum_tap_offsets(cv, panel, inside, tap_index, offsets);
-                            t.offsets = offsets;
-                          }
-                          t.out = y.data() + first;
-                          t.ld_out = PQ * cv.K;
-                          t.stage.residual = residual ? residual->data() + first : nullptr;
-                          t.stage.ld_residual = PQ * cv.K;
-                          t.prefetch = next_panel(cv.weights.data(), cv.panel_size(), panel, cv.panels, tiles, 1)
-                                           .slice(tile, inside * cv.groups);
-                          ks.tile_bfp(t);
-                        });
+    for_each_pixel_tile(
+        cv, g, px, ks.bfp_mr, cv.panels,
+        [&](const void** rows, int inside, const int* tap_index, int64_t n0, int64_t count, int64_t pixel,
+            int64_t panel, int64_t tile, int64_t tiles) {
+          const int64_t first = (n0 * PQ + pixel) * cv.K + panel * ks.nr;
+          BfpTileArgs t = panel_args(panel);
+          t.rows = rows;
+          t.row_count = static_cast<int>(count);
+          t.taps = inside;
+          t.tap_index = tap_index;
+          // int8: the zero point's share of the taps read only.
+          alignas(64) int32_t offsets[kMaxNr];
+          if (t.offsets && inside < cv.taps()) {
+            sum_tap_offsets(cv, panel, inside, tap_index, offsets);
+            t.offsets = offsets;
+          }
+          t.out = y.data() + first;
+          t.ld_out = PQ * cv.K;
+          t.stage.residual = residual ? residual->data() + first : nullptr;
+          t.stage.ld_residual = PQ * cv.K;
+          t.prefetch = next_panel(weights, panel_bytes, panel, cv.panels, tiles, 1).slice(tile, inside * cv.groups);
+          run_tile(t);
+        });
   } else if (bfp_rows_outer(static_cast<int64_t>(cv.weights.size()), g.rows())) {
     // Small weights: every panel of a tile's rows before the next rows, so that the rows' outputs
     // and residuals are read and written in order, whole lines at a time.
@@ -452,7 +524,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
           for (int64_t panel = 0; panel < cv.panels; ++panel) {
             BfpTileArgs t = panel_args(panel);
             rows_at(t, rows, m0, count, i0, panel * ks.nr);
-            ks.tile_bfp(t);
+            run_tile(t);
           }
         }
       };
@@ -461,12 +533,12 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     for_each_tile_chunk(cv, g, px, ks.bfp_mr, cv.panels, [&](int64_t) {
       return [&](const void** rows, int64_t m0, int64_t count, int64_t panel, bool) {
         BfpTileArgs t = panel_args(panel);
-        const NextPanel next = next_panel(cv.weights.data(), cv.panel_size(), panel, cv.panels, count, ks.bfp_mr);
+        const NextPanel next = next_panel(weights, panel_bytes, panel, cv.panels, count, ks.bfp_mr);
         for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
           t.prefetch = next.slice(i0 / ks.bfp_mr, cv.taps() * cv.groups);
           prefetch_output_ahead(y.data(), residual_data, cv.K, m0, count, i0, ks.bfp_mr, panel * ks.nr, ks.nr);
           rows_at(t, rows, m0, count, i0, panel * ks.nr);
-          ks.tile_bfp(t);
+          run_tile(t);
         }
       };
     });

@@ -12,7 +12,10 @@
 // the float kernels on its decoded weights and fake-quantized inputs.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <vector>
@@ -61,9 +64,11 @@ struct AffineU8 {
 // emulation); an inf saturates to the largest mantissa.
 struct BfpActivations {
   int64_t pixels = 0, channels = 0, groups = 0, blocks = 0;
-  Tensor storage;  // pixels * record_floats(), from the buffer pool
+  int64_t value_bytes = 1;  // 2: int8 as 16-bit words (quantize_u8_words)
+  Tensor storage;           // pixels * record_floats(), from the buffer pool
 
-  int64_t record_floats() const { return blocks + groups; }  // a group of 4 bytes is one float's room
+  // A group of 4 bytes is one float's room, of 4 words two.
+  int64_t record_floats() const { return blocks + groups * value_bytes; }
   const float* steps(int64_t pixel) const { return storage.data() + pixel * record_floats(); }
   const uint8_t* mantissas(int64_t pixel) const { return reinterpret_cast<const uint8_t*>(steps(pixel) + blocks); }
 };
@@ -87,6 +92,9 @@ void fake_quantize_bfp(const float* x, int64_t pixels, int64_t channels, const B
 // signed byte.
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& a,
                                        bool signed_bytes = false);
+// The int8 records as 16-bit words for KernelSet::tile_int8_words: each value q - zero_point, an int16
+// (channels past C: 0), after the same step.
+BfpActivations quantize_u8_words(const float* x, int64_t pixels, int64_t channels, const AffineU8& a);
 // The same quantizer as values: y = (q(x) - zero_point) * scale, NaN staying NaN, for the float kernels
 // where the tile cannot take int8 (quantize/format.h's int8 activation quantizer, vectorised).
 void fake_quantize_u8(const float* x, int64_t n, const AffineU8& a, float* y);
@@ -98,6 +106,26 @@ struct BfpWeight {
   std::span<const int32_t> mantissas;
   std::span<const int8_t> exponents;
   BlockFormat format;
+};
+
+// An int8 layer's weights for the word tile: panels x [taps][groups * 2][nr][2] int16 (tile.h
+// BfpTileArgs::word_panel), and a padding pixel's word record (the scale, zeros).
+struct Int8Words {
+  std::vector<int16_t> weights;
+  std::vector<float> zero_record;
+};
+struct PackedBfpConv;
+// Int8Words packed from the byte panels by the first call that wants them; concurrent callers (a
+// server's requests) wait for that one.
+class LazyInt8Words {
+ public:
+  const Int8Words& get(const PackedBfpConv& conv) const;
+  int64_t packed_bytes() const;  // 0 until packed
+
+ private:
+  mutable std::once_flag once_;
+  mutable Int8Words words_;
+  mutable std::atomic<bool> packed_{false};
 };
 
 // A convolution's BFP weights packed for one kernel set.
@@ -115,8 +143,11 @@ struct PackedBfpConv : ConvShape {
   // as panels x [taps][nr], for a pixel whose taps in the padding are skipped, and over every tap as
   // panels x [nr] (a tap in the padding reads the zero point's byte, so it has its share too).
   std::vector<int32_t> offsets, offset_totals;
+  // int8 on the word tile (KernelSet::tile_int8_words; null without one), packed on first use: a
+  // model run only on a jet at a time never pays its memory (twice the bytes').
+  std::shared_ptr<const LazyInt8Words> words;
 
-  int64_t panel_size() const { return taps() * groups * kernels->nr * 4; }
+  int64_t panel_size() const { return taps() * groups * kernels->nr * 4; }  // also Int8Words' per panel
   int64_t panel_steps() const { return taps() * blocks * kernels->nr; }
 };
 
@@ -133,6 +164,13 @@ bool int8_tile_takes(const KernelSet& kernels, std::span<const int32_t> weights)
 PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::span<const int32_t> weights,
                              std::span<const float> scales, const Tensor* bias, Conv2dParams params,
                              const AffineU8& input, const KernelSet& kernels);
+
+// Which tile runs an int8 layer: the byte tile, the word tile (KernelSet::tile_int8_words), or the one
+// that pays for this many output rows (int8_words_pay).
+enum class Int8Tile { chosen, bytes, words };
+// Whether the word tile runs an int8 layer of `rows` output rows: it has one, and every panel's twice
+// larger weights serve enough rows to be worth reading (a batch of jets; not one jet's last stages).
+bool int8_words_pay(const PackedBfpConv& conv, int64_t rows);
 
 // One layer input's block floating point records, kept for the next layer that reads the same tensor
 // in the same format (a ResNet block's shortcut and its first convolution). It holds the tensor, so
@@ -152,6 +190,6 @@ bool bfp_rows_outer(int64_t weight_bytes, int64_t rows);
 // or taken from `cache` when it holds x's records in this layer's format (block floating point
 // inputs only; int8 is quantized each time). A quantization made here is left in `cache`.
 Tensor conv_nhwc_bfp(const PackedBfpConv& conv, const Tensor& x, const Tensor* residual, bool relu,
-                     QuantizedInputCache* cache = nullptr);
+                     QuantizedInputCache* cache = nullptr, Int8Tile int8_tile = Int8Tile::chosen);
 
 }  // namespace toptag

@@ -144,6 +144,7 @@ const KernelSet& kernels(Isa isa) {
           s.int8_signed_bytes = false;
           s.tile_bfp = kernels_avx512_vnni::tile_bfp;
           s.bfp_tap_index = true;
+          s.tile_int8_words = nullptr;  // VPDPBUSD multiplies the bytes exactly, at the words' rate
         }
         return s;
       }();

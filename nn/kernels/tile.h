@@ -97,6 +97,11 @@ struct BfpTileArgs {
   // every tile takes tap_index here.
   bool whole_reduction = false;
   const int32_t* offsets = nullptr;  // [nr]
+  // int8 as 16-bit words (KernelSet::tile_int8_words; whole_reduction also set): the records hold
+  // q - zero_point as int16 (quantize_u8_words, bfp.h), `groups * 4` of them, and the panel is
+  // word_panel, [taps][groups * 2][nr][2] int16, two input channels of one output channel side by
+  // side (the operand order of VPMADDWD). The zero point is already out of the sums: no offsets.
+  const int16_t* word_panel = nullptr;
   PanelPrefetch prefetch;
 };
 
@@ -148,6 +153,11 @@ struct KernelSet {
   // (zero point - 128) times the column's weight sum, and its weights must lie in [-127, 127]
   // (pack_conv_int8, int8_tile_takes).
   bool int8_signed_bytes = false;
+  // int8 on 16-bit words (BfpTileArgs::word_panel), for layers with rows enough that the twice larger
+  // weights stay in cache while they are reused (int8_words_pay, bfp.h); null where the byte tile is
+  // as fast (VNNI's VPDPBUSD). AVX2 has no exact u8*s8 multiply-add into int32: its byte tile spends
+  // 7 multiply-port instructions on 64 products (tile_bfp_avx2.inc), the word tile 4.
+  void (*tile_int8_words)(const BfpTileArgs&) = nullptr;
 };
 constexpr int kBlockSawNan = 1, kBlockSawNegative = 2;
 

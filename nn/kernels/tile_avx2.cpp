@@ -87,6 +87,7 @@ const KernelSet set{Isa::avx2,
                     bfp_block_max,
                     bfp_block_bytes,
                     /*bfp_tap_index=*/true,
-                    /*int8_signed_bytes=*/true};
+                    /*int8_signed_bytes=*/true,
+                    /*tile_int8_words=*/tile_bfp};
 
 }  // namespace toptag::kernels_avx2

@@ -22,6 +22,7 @@ const KernelSet set{Isa::avx512,
                     kernels_avx2::bfp_block_max,
                     kernels_avx2::bfp_block_bytes,
                     /*bfp_tap_index=*/false,
-                    /*int8_signed_bytes=*/true};
+                    /*int8_signed_bytes=*/true,
+                    /*tile_int8_words=*/kernels_avx2::tile_bfp_nr32};
 
 }  // namespace toptag::kernels_avx512
