@@ -41,18 +41,6 @@ Conv2dParams params_of(const Conv2d& conv) {
 
 }  // namespace
 
-const WinogradConv& FrozenResNet::LazyWinograd::get(const PackedConv& direct) const {
-  std::call_once(once_, [&] {
-    conv_ = pack_winograd(direct);
-    packed_ = true;
-  });
-  return *conv_;
-}
-
-int64_t FrozenResNet::LazyWinograd::packed_bytes() const {
-  return packed_ ? static_cast<int64_t>(conv_->weights.size() * sizeof(float)) : 0;
-}
-
 FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const LayerQuantizations* quantized)
     : kernels_(&kernels(isa)), isa_(isa), winograd_(winograd), quantized_(quantized), quantized_plan_(quantized) {
   in_channels_ = model.config().in_channels;
@@ -139,7 +127,7 @@ FrozenResNet::Op FrozenResNet::conv_op(const LayerStep& step, bool input_nonnega
     op.conv = pack_conv(conv.weight.value(), bias, params_of(conv), isa_);
   }
   if (winograd_ && winograd_applies(op.conv) && op.conv.C >= kWinogradMinChannels)
-    op.winograd = std::make_unique<LazyWinograd>();
+    op.winograd = std::make_unique<PackedOnFirstUse<WinogradConv>>();
   return op;
 }
 
@@ -205,7 +193,8 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
   // Winograd where the layer has enough tiles to be bound by arithmetic (below that the layer is
   // bound by reading its weights, which Winograd makes 16/9 larger) and computes clearly fewer
   // products than the direct kernel.
-  if (op.winograd && winograd_pays(op.conv, x)) return conv_winograd(op.winograd->get(op.conv), x, residual, op.relu);
+  if (op.winograd && winograd_pays(op.conv, x))
+    return conv_winograd(op.winograd->get([&] { return pack_winograd(op.conv); }), x, residual, op.relu);
   return conv_nhwc(op.conv, x, residual, op.relu);
 }
 
@@ -292,7 +281,7 @@ std::string FrozenResNet::describe() const {
         integer, convs + 2, kernels_->bfp_name, fake_quantized);
   if (words > 0)
     text +=
-        fmt::format("; {} int8 layers may run on 16-bit words (from 24 output rows), packed on first use: {} so far",
+        fmt::format("; {} int8 layers may run on 16-bit words (from 48 output rows), packed on first use: {} so far",
                     words, words_packed);
   return text;
 }

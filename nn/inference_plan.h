@@ -14,17 +14,16 @@
 // emulation (the layers' hooks) computes, to float32 rounding of the sums.
 #pragma once
 
-#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "nn/kernels/bfp.h"
 #include "nn/kernels/packed_conv.h"
+#include "nn/kernels/packed_on_first_use.h"
 #include "nn/kernels/winograd.h"
 #include "nn/resnet.h"
 
@@ -91,24 +90,14 @@ class FrozenResNet {
   // Where an operation reads or writes: the running activation, the current block's input (kept for
   // its shortcut and residual), or the block's shortcut output.
   enum class Slot { current, block_input, shortcut };
-  // A layer's Winograd weights, packed from its direct ones the first time an input makes Winograd
-  // pay (by any thread; once). At 40x40 none does: ResNet-50's would be 66 MB held for nothing.
-  class LazyWinograd {
-   public:
-    const WinogradConv& get(const PackedConv& direct) const;
-    int64_t packed_bytes() const;  // 0 until packed
-
-   private:
-    mutable std::once_flag once_;
-    mutable std::optional<WinogradConv> conv_;
-    mutable std::atomic<bool> packed_{false};
-  };
   struct Op {
     bool pool = false;  // a max pool (else a convolution)
     MaxPool2dParams pool_params;
-    PackedConv conv;                         // float32 weights (a quantized layer's decoded ones)
-    std::unique_ptr<LazyWinograd> winograd;  // 3x3 stride-1 layers that may run as Winograd
-    std::optional<PackedBfpConv> bfp;        // integer (block floating point or int8): runs instead of conv
+    PackedConv conv;  // float32 weights (a quantized layer's decoded ones)
+    // A 3x3 stride-1 layer's Winograd weights, packed from its direct ones the first time an input
+    // makes Winograd pay. At 40x40 none does: ResNet-50's would be 66 MB held for nothing.
+    std::unique_ptr<PackedOnFirstUse<WinogradConv>> winograd;
+    std::optional<PackedBfpConv> bfp;  // integer (block floating point or int8): runs instead of conv
     std::function<Tensor(const Tensor&)> quantize_input;  // the quantized layer's input quantizer
     bool integer_quantizes_first = false;                 // fixed point: the integer path runs it too
     // The head's first layer also keeps the float path: head() takes features from outside (a

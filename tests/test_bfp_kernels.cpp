@@ -173,6 +173,7 @@ std::vector<KernelSet> kernel_sets() {
     fallback.bfp_tap_index = false;  // as kernels() sets it up on an AVX-512 CPU without VNNI
     fallback.tile_bfp_full_bytes = true;
     fallback.int8_signed_bytes = true;
+    fallback.tile_int8_words = kernels_avx2::tile_bfp_nr32;
     sets.push_back(fallback);
   }
   return sets;
@@ -312,8 +313,10 @@ TEST(Int8Conv, WordTileEqualsTheByteTile) {
     int kernel, stride, pad;
   };
   Rng rng(21);
+  // Rows outer needs 4 chunks of rows per thread (bfp_rows_outer): 10x10 maps, 8 images a thread.
+  const int64_t many = 8 * num_threads();
   for (const Shape4& s : {Shape4{16, 64, 2, 40, 3, 1, 1}, Shape4{3, 33, 9, 70, 3, 2, 1}, Shape4{2, 17, 10, 24, 1, 1, 0},
-                          Shape4{16, 64, 10, 48, 1, 1, 0}, Shape4{1, 130, 5, 16, 3, 1, 1}}) {
+                          Shape4{many, 64, 10, 48, 1, 1, 0}, Shape4{1, 130, 5, 16, 3, 1, 1}}) {
     for (const int zero_point : {0, 37}) {
       SCOPED_TRACE(fmt::format("{}x{}x{}x{} -> {} {}x{}/{}, zero point {}", s.n, s.h, s.h, s.c, s.k, s.kernel, s.kernel,
                                s.stride, zero_point));
@@ -330,6 +333,9 @@ TEST(Int8Conv, WordTileEqualsTheByteTile) {
             pack_conv_int8(s.k, s.c, s.kernel, s.kernel, e.integers, e.scales, &b, params, input, ks);
         if (!cv.words) continue;
         SCOPED_TRACE(ks.bfp_name);
+        if (s.h == 10 && s.c == 64) {  // the many-rows case
+          EXPECT_TRUE(bfp_rows_outer(static_cast<int64_t>(cv.weights.size()), many * 100));
+        }
         const Tensor bytes = conv_nhwc_bfp(cv, x, nullptr, true, nullptr, Int8Tile::bytes);
         const Tensor residual = testing::random_tensor(bytes.shape(), rng);
         const Tensor words = conv_nhwc_bfp(cv, x, nullptr, true, nullptr, Int8Tile::words);

@@ -371,39 +371,37 @@ PackedBfpConv pack_conv_int8(int64_t K, int64_t C, int64_t R, int64_t S, std::sp
   cv.zero_record[0] = input.scale;
   uint8_t* zero_bytes = reinterpret_cast<uint8_t*>(cv.zero_record.data() + 1);
   for (int64_t c = 0; c < C; ++c) zero_bytes[c] = static_cast<uint8_t>(input.zero_point ^ byte_offset);
-  if (ks.tile_int8_words) cv.words = std::make_shared<const LazyInt8Words>();
+  if (ks.tile_int8_words) cv.words = std::make_shared<const PackedOnFirstUse<Int8Words>>();
   return cv;
 }
 
 // The word tile's copy of an int8 layer's packed bytes: [tap][group][nr][4] -> [tap][pair][nr][2].
-const Int8Words& LazyInt8Words::get(const PackedBfpConv& cv) const {
-  std::call_once(once_, [&] {
-    const int64_t nr = cv.kernels->nr, steps = cv.panels * cv.taps() * cv.groups;
-    words_.weights.resize(cv.weights.size());
-    for (int64_t s = 0; s < steps; ++s) {  // one group of one tap of one panel
-      const int8_t* in = cv.weights.data() + s * nr * kGroup;
-      int16_t* out = words_.weights.data() + s * nr * kGroup;
-      for (int64_t j = 0; j < nr; ++j)
-        for (int64_t c = 0; c < kGroup; ++c) out[((c / 2) * nr + j) * 2 + c % 2] = in[j * kGroup + c];
-    }
-    words_.zero_record.assign(static_cast<size_t>(1 + 2 * cv.groups), 0.0f);
-    words_.zero_record[0] = cv.int8_input->scale;
-    packed_.store(true, std::memory_order_release);
-  });
-  return words_;
+Int8Words pack_int8_words(const PackedBfpConv& cv) {
+  const int64_t nr = cv.kernels->nr, steps = cv.panels * cv.taps() * cv.groups;
+  Int8Words words;
+  words.weights.resize(cv.weights.size());
+  for (int64_t s = 0; s < steps; ++s) {  // one group of one tap of one panel
+    const int8_t* in = cv.weights.data() + s * nr * kGroup;
+    int16_t* out = words.weights.data() + s * nr * kGroup;
+    for (int64_t j = 0; j < nr; ++j)
+      for (int64_t c = 0; c < kGroup; ++c) out[((c / 2) * nr + j) * 2 + c % 2] = in[j * kGroup + c];
+  }
+  words.zero_record.assign(static_cast<size_t>(1 + 2 * cv.groups), 0.0f);
+  words.zero_record[0] = cv.int8_input->scale;
+  return words;
 }
 
-int64_t LazyInt8Words::packed_bytes() const {
-  if (!packed_.load(std::memory_order_acquire)) return 0;
-  return static_cast<int64_t>(words_.weights.size() * sizeof(int16_t) + words_.zero_record.size() * sizeof(float));
+int64_t toptag_packed_bytes(const Int8Words& words) {
+  return static_cast<int64_t>(words.weights.size() * sizeof(int16_t) + words.zero_record.size() * sizeof(float));
 }
 
 bool int8_words_pay(const PackedBfpConv& cv, int64_t rows) {
-  // bench_conv on Zen 3 (BM_Int8Conv tile:1 against tile:2, fastest of 15 runs): the word tile took
-  // 0.77-0.98 of the byte tile's time at batch 64 and 0.40-0.97 on the 224x224x3 layers (49 rows and
-  // up), but 1.5x longer on layers of 1-4 rows, where a panel's weights are read for one tile and the
-  // byte tile's half-size weights win.
-  constexpr int64_t kMinRows = 24;
+  // bench_conv on Zen 3 (BM_Int8Conv tile:1 against tile:2, fastest of 15-30 runs): the word tile
+  // took 0.77-0.98 of the byte tile's time at batch 64 and 0.40-0.97 on the 224x224x3 layers (49 rows
+  // and up), the same within the noise (0.82-1.20) on 40x40's 25-row layers at batch 1, and 1.5x as
+  // long on layers of 1-4 rows, where a panel's weights are read for one tile and the byte tile's
+  // half-size weights win.
+  constexpr int64_t kMinRows = 48;
   return cv.words && rows >= kMinRows;
 }
 
@@ -435,7 +433,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
   ProfileScope profile("conv nhwc bfp");
   const bool words = cv.int8_input && cv.words &&
                      (int8_tile == Int8Tile::words || (int8_tile == Int8Tile::chosen && int8_words_pay(cv, g.rows())));
-  const Int8Words* word_panels = words ? &cv.words->get(cv) : nullptr;
+  const Int8Words* word_panels = words ? &cv.words->get([&] { return pack_int8_words(cv); }) : nullptr;
   const bool cached = cache && !cv.int8_input && cache->source.data() == x.data() &&
                       cache->source.shape() == x.shape() && cache->format == cv.input;
   BfpActivations own;
@@ -457,6 +455,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
                       words ? word_panels->zero_record.data() : cv.zero_record.data()};
   const void* weights = words ? static_cast<const void*>(word_panels->weights.data()) : cv.weights.data();
   const int64_t panel_bytes = cv.panel_size() * (words ? 2 : 1);
+  const int64_t steps_per_tap = cv.groups * (words ? 2 : 1);  // the tile's reduction steps (PanelPrefetch)
   // A panel's tile arguments; each tile then sets its rows (rows_at).
   auto panel_args = [&](int64_t panel) {
     const int64_t k0 = panel * ks.nr;
@@ -511,7 +510,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
           t.ld_out = PQ * cv.K;
           t.stage.residual = residual ? residual->data() + first : nullptr;
           t.stage.ld_residual = PQ * cv.K;
-          t.prefetch = next_panel(weights, panel_bytes, panel, cv.panels, tiles, 1).slice(tile, inside * cv.groups);
+          t.prefetch = next_panel(weights, panel_bytes, panel, cv.panels, tiles, 1).slice(tile, inside * steps_per_tap);
           run_tile(t);
         });
   } else if (bfp_rows_outer(static_cast<int64_t>(cv.weights.size()), g.rows())) {
@@ -535,7 +534,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
         BfpTileArgs t = panel_args(panel);
         const NextPanel next = next_panel(weights, panel_bytes, panel, cv.panels, count, ks.bfp_mr);
         for (int64_t i0 = 0; i0 < count; i0 += ks.bfp_mr) {
-          t.prefetch = next.slice(i0 / ks.bfp_mr, cv.taps() * cv.groups);
+          t.prefetch = next.slice(i0 / ks.bfp_mr, cv.taps() * steps_per_tap);
           prefetch_output_ahead(y.data(), residual_data, cv.K, m0, count, i0, ks.bfp_mr, panel * ks.nr, ks.nr);
           rows_at(t, rows, m0, count, i0, panel * ks.nr);
           run_tile(t);

@@ -12,15 +12,14 @@
 // the float kernels on its decoded weights and fake-quantized inputs.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <vector>
 
 #include "nn/kernels/packed_conv.h"
+#include "nn/kernels/packed_on_first_use.h"
 
 namespace toptag {
 
@@ -114,19 +113,10 @@ struct Int8Words {
   std::vector<int16_t> weights;
   std::vector<float> zero_record;
 };
+int64_t toptag_packed_bytes(const Int8Words& words);
 struct PackedBfpConv;
-// Int8Words packed from the byte panels by the first call that wants them; concurrent callers (a
-// server's requests) wait for that one.
-class LazyInt8Words {
- public:
-  const Int8Words& get(const PackedBfpConv& conv) const;
-  int64_t packed_bytes() const;  // 0 until packed
-
- private:
-  mutable std::once_flag once_;
-  mutable Int8Words words_;
-  mutable std::atomic<bool> packed_{false};
-};
+// The word panels of `conv`, packed from its byte panels (conv.words->get() packs them on first use).
+Int8Words pack_int8_words(const PackedBfpConv& conv);
 
 // A convolution's BFP weights packed for one kernel set.
 struct PackedBfpConv : ConvShape {
@@ -143,9 +133,9 @@ struct PackedBfpConv : ConvShape {
   // as panels x [taps][nr], for a pixel whose taps in the padding are skipped, and over every tap as
   // panels x [nr] (a tap in the padding reads the zero point's byte, so it has its share too).
   std::vector<int32_t> offsets, offset_totals;
-  // int8 on the word tile (KernelSet::tile_int8_words; null without one), packed on first use: a
-  // model run only on a jet at a time never pays its memory (twice the bytes').
-  std::shared_ptr<const LazyInt8Words> words;
+  // int8 on the word tile (KernelSet::tile_int8_words; null without one), packed on first use: only
+  // the layers that run on it hold its memory (twice the bytes').
+  std::shared_ptr<const PackedOnFirstUse<Int8Words>> words;
 
   int64_t panel_size() const { return taps() * groups * kernels->nr * 4; }  // also Int8Words' per panel
   int64_t panel_steps() const { return taps() * blocks * kernels->nr; }

@@ -72,10 +72,10 @@ struct NextPanel {
   // Tile `tile`'s share (none past the last), spread over its `steps` reduction steps.
   PanelPrefetch slice(int64_t tile, int64_t steps) const {
     const int64_t per_tile = (lines + tiles - 1) / tiles, first = std::min(lines, tile * per_tile);
-    // A panel is at most 2 lines per step (32 floats, or 32 columns of 4 bytes), so in the chunked
-    // order a tile asks for all its share. Pixel by pixel a tile may have only a few of the panel's
-    // taps, and asks for part of its share: the prefetch is a hint, and the capped rate keeps it
-    // cheap.
+    // A panel is at most 2 lines per step (32 floats, or 32 columns of 4 bytes; int8's word panels,
+    // 4 lines per group of 4 channels at 32 columns, are 2 per pair of channels, the word tile's
+    // step), so in the chunked order a tile asks for all its share. Pixel by pixel a tile may have only a few of the
+    // panel's taps, and asks for part of its share: the prefetch is a hint, and the capped rate keeps it cheap.
     return {begin + first * 64, begin ? std::min(per_tile, lines - first) : 0, per_tile > steps ? 2 : 1};
   }
 };

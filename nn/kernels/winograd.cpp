@@ -87,6 +87,10 @@ void transform_output(const float* M, const Tiling& g, const WinogradConv& cv, i
 
 }  // namespace
 
+int64_t toptag_packed_bytes(const WinogradConv& conv) {
+  return static_cast<int64_t>(conv.weights.size() * sizeof(float));
+}
+
 bool winograd_applies(const PackedConv& conv) {
   return conv.R == 3 && conv.S == 3 && conv.stride == 1 && conv.pad == 1;
 }

@@ -29,6 +29,7 @@ struct WinogradConv {
 
   int64_t point_size() const { return panels * C * kernels->nr; }
 };
+int64_t toptag_packed_bytes(const WinogradConv& conv);  // its weights (PackedOnFirstUse)
 
 // Whether conv is one Winograd F(2x2, 3x3) computes: 3x3, stride 1, padding 1.
 bool winograd_applies(const PackedConv& conv);
