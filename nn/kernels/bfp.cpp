@@ -398,8 +398,8 @@ int64_t toptag_packed_bytes(const Int8Words& words) {
 bool int8_words_pay(const PackedBfpConv& cv, int64_t rows) {
   // bench_conv on Zen 3 (BM_Int8Conv tile:1 against tile:2, fastest of 15-30 runs): the word tile
   // took 0.77-0.98 of the byte tile's time at batch 64 and 0.40-0.97 on the 224x224x3 layers (49 rows
-  // and up), the same within the noise (0.82-1.20) on 40x40's 25-row layers at batch 1, and 1.5x as
-  // long on layers of 1-4 rows, where a panel's weights are read for one tile and the byte tile's
+  // and up), the same within the noise (0.82-1.20) on 40x40's 25-row layers at batch 1, and 0.91-1.55
+  // on layers of 1-4 rows, where a panel's weights are read for one tile and the byte tile's
   // half-size weights win.
   constexpr int64_t kMinRows = 48;
   return cv.words && rows >= kMinRows;

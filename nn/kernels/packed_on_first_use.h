@@ -10,7 +10,8 @@
 
 namespace toptag {
 
-// Packed must have an `int64_t packed_bytes(const Packed&)` found by argument-dependent lookup.
+// Packed must have an `int64_t toptag_packed_bytes(const Packed&)` found by argument-dependent lookup
+// (a name of its own: the member packed_bytes() would hide a free function of that name).
 template <class Packed>
 class PackedOnFirstUse {
  public:
