@@ -73,11 +73,13 @@ void run_serve(ServeArgs& a) {
              listener_address("http://", a.server.host, server.http_port(), "/v2"),
              listener_address("http://", a.server.host, server.metrics_port(), "/metrics"));
   const int instances = server.service().engine().instances();
-  fmt::print("  dynamic batching: up to {} images, gathered while computing, {}; {} instance(s) x {} thread(s)\n",
-             a.server.engine.max_batch,
-             instances > 1 ? fmt::format("queue delay up to {} us", a.server.engine.max_queue_delay_us)
-                           : std::string("no queue delay (one instance)"),
-             instances, server.service().engine().threads_per_instance());
+  fmt::print(
+      "  dynamic batching: up to {} images, gathered while computing, queue delay up to {} us ({}); {} "
+      "instance(s) x {} thread(s)\n",
+      a.server.engine.max_batch, a.server.engine.max_queue_delay_us,
+      instances > 1 ? "while another instance computes, or for the clients answered last"
+                    : "for the clients answered last",
+      instances, server.service().engine().threads_per_instance());
   fmt::print("  Ctrl-C or SIGTERM stops\n");
   const BatchingEngine& engine = server.service().engine();
   fmt::print(stderr, "threads: {} instance(s) x {} ({})\n", engine.instances(), engine.threads_per_instance(),
@@ -224,8 +226,10 @@ void add_serve_commands(CLI::App& app) {
   cmd->add_option("--max-batch", s.engine.max_batch, "dynamic batching: most images per model execution")
       ->default_val(kDefaultMaxBatch)
       ->check(CLI::Range(1, 4096));
-  cmd->add_option("--max-queue-delay-us", s.engine.max_queue_delay_us,
-                  "dynamic batching: longest wait for a batch to fill while another instance computes, in microseconds")
+  cmd->add_option(
+         "--max-queue-delay-us", s.engine.max_queue_delay_us,
+         "dynamic batching: longest wait for a batch to fill while another instance computes, or for the clients "
+         "answered by the last execution to come back, in microseconds")
       ->default_val(kDefaultMaxQueueDelayUs)
       ->check(CLI::Range(0, 10000000));
   cmd->add_option("--max-queue", s.engine.max_queue,

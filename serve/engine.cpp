@@ -111,18 +111,33 @@ void BatchingEngine::stop() {
 void BatchingEngine::work() {
   set_num_threads(options_.threads);  // OpenMP settings are per thread: apply them to this one
   std::vector<Pending> taken;
+  int64_t expected = 0;  // images this instance expects back: the clients it answered last, and those queued then
   for (;;) {
     if (!take(taken, options_.max_batch, true)) return;
+    const auto deadline = Clock::now() + std::chrono::microseconds(options_.max_queue_delay_us);
     Execution e;
     for (;;) {
       begin(e, taken);
       if (options_.after_early_layers) options_.after_early_layers();
-      if (e.images >= options_.max_batch || !take(taken, options_.max_batch - e.images, false)) break;
+      if (e.images >= options_.max_batch) break;
+      const int64_t room = options_.max_batch - e.images;
+      // Nothing waits now: run the late layers, unless the clients answered last are still on their
+      // way back (they come back one by one: without the wait, the first of them ran alone, and a
+      // straggler went on running alone execution after execution).
+      bool more = take(taken, room, false);
+      while (!more && e.images < expected && await_arrival(deadline)) more = take(taken, room, false);
+      if (!more) break;
     }
     finish(e);
     std::lock_guard lock(mutex_);
     --computing_;
+    expected = std::min(options_.max_batch, e.images + e.queued_when_answered);
   }
+}
+
+bool BatchingEngine::await_arrival(Clock::time_point deadline) {
+  std::unique_lock lock(mutex_);
+  return changed_.wait_until(lock, deadline, [&] { return stopping_ || !queue_.empty(); }) && !stopping_;
 }
 
 bool BatchingEngine::take(std::vector<Pending>& taken, int64_t room, bool idle) {
@@ -218,6 +233,10 @@ void BatchingEngine::finish(Execution& e) {
       s.compute_input_ns += static_cast<uint64_t>(input_ns);
       s.compute_infer_ns += static_cast<uint64_t>(infer_ns);
       s.compute_output_ns += static_cast<uint64_t>(output_ns);
+    }
+    {  // before answering: a client answered may be back in the queue at once
+      std::lock_guard lock(mutex_);
+      e.queued_when_answered = queued_images_;
     }
     for (size_t b = 0; b < e.requests.size(); ++b) {
       EngineResult& r = results[b];

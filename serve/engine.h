@@ -3,14 +3,16 @@
 // images, runs the model once on the whole batch, and hands every request its own rows. While
 // another instance is computing, an idle one first waits up to --max-queue-delay-us after the oldest
 // request arrived for more to come; with every instance idle it starts at once, so a lone client
-// pays no delay. (With one instance, the default, the delay never applies.)
+// pays no delay.
 //
 // An execution is gathered while it computes: the instance runs the early layers
 // (FrozenResNet::begin_features) on what it took, then on whatever came meanwhile, and so on up to
 // --max-batch; when nothing more waits it runs the late layers once on all of it. The late layers
 // hold most of the weights, and reading them bounds a small batch, so clients answered together
 // come back one by one without splitting into small batches taking turns. (A model that is not
-// frozen, --emulate, runs whole in the last step.) Every row is computed independently of the
+// frozen, --emulate, runs whole in the last step.) Before the late layers, it waits, up to
+// --max-queue-delay-us from the execution's start, until it holds as many images as it answered
+// last time plus those queued then: those clients are on their way back. Every row is computed independently of the
 // others in its batch, so a response is what the request would get alone (up to rounding in the
 // matrix products). The queue is bounded (--max-queue batches): beyond it, work is refused at once
 // rather than left to pile up, and a part whose client has gone is dropped before it is computed.
@@ -134,6 +136,7 @@ class BatchingEngine {
     std::vector<Pending> requests;
     std::vector<Tensor> partials;  // begin_features of each part taken (the images if not frozen)
     int64_t images = 0, input_ns = 0, infer_ns = 0;
+    int64_t queued_when_answered = 0;  // images in the queue just before finish() answered it
   };
   void work();
   // Moves queued requests of at most `room` images in all into `taken`, answering those whose
@@ -142,6 +145,8 @@ class BatchingEngine {
   // counts the instance as computing once it returns true. Otherwise takes only what waits now
   // (false: nothing).
   bool take(std::vector<Pending>& taken, int64_t room, bool idle);
+  // Waits until a request is queued (true) or until `deadline` or stop() (false).
+  bool await_arrival(std::chrono::steady_clock::time_point deadline);
   // Runs the early layers on `taken` and adds them to the execution; a failure answers them.
   void begin(Execution& e, std::vector<Pending>& taken);
   // Runs the late layers and the head on the whole execution and answers its requests.

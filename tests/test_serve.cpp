@@ -2183,6 +2183,56 @@ TEST(Serve, AnExecutionGathersRequestsArrivingWhileItComputes) {
   }
 }
 
+// Clients answered together come back one by one. An execution that began with the first of them
+// waits (up to --max-queue-delay-us) for as many images as the instance answered last, plus those
+// queued then, before its late layers: without that, the first one back ran alone, and so did a
+// straggler, execution after execution. A client that has left costs one wait, and the expectation
+// follows: a lone client then waits for no one.
+TEST(Serve, ClientsAnsweredTogetherComeBackIntoOneExecution) {
+  EngineOptions eo;
+  eo.instances = 1, eo.max_batch = 8;
+  eo.max_queue_delay_us = 5'000'000;  // far longer than the test's clients take to come back
+  std::atomic<int> early_parts{0};
+  eo.after_early_layers = [&] { ++early_parts; };
+  BatchingEngine engine(tiny_tagger(), eo);
+  const std::vector<float> images = random_images(4, 61);
+  auto parts = [&](int n) {
+    std::vector<Tensor> p;
+    for (int i = 0; i < n; ++i)
+      p.push_back(Tensor::from({1, 1, kSize, kSize}, std::span(images).subspan(i * kSize * kSize, kSize * kSize)));
+    return p;
+  };
+  auto batch_images = [](std::vector<std::future<EngineResult>>& futures) {
+    std::vector<int64_t> b;
+    for (std::future<EngineResult>& f : futures) b.push_back(f.get().batch_images);
+    return b;
+  };
+  // Four clients answered together.
+  std::vector<std::future<EngineResult>> four = engine.submit(parts(4), false);
+  EXPECT_EQ(batch_images(four), (std::vector<int64_t>(4, 4)));
+  // The first comes back; the other three well after its early layers, when the late layers would
+  // long have run without the wait.
+  const int before = early_parts.load();
+  std::vector<std::future<EngineResult>> first = engine.submit(parts(1), false);
+  while (early_parts.load() == before) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::vector<std::future<EngineResult>> rest = engine.submit(parts(3), false);
+  EXPECT_EQ(batch_images(first), (std::vector<int64_t>{4}));
+  EXPECT_EQ(batch_images(rest), (std::vector<int64_t>(3, 4)));
+  EXPECT_EQ(engine.executions(), 2u);
+  // Three have left: the one that comes back waits the queue delay out, alone.
+  std::vector<std::future<EngineResult>> alone = engine.submit(parts(1), false);
+  EXPECT_EQ(batch_images(alone), (std::vector<int64_t>{1}));
+  // Now it is expected alone. Not a timing test: a wrong wait would last the whole 5 s.
+  for (int round = 0; round < 2; ++round) {
+    const auto sent = std::chrono::steady_clock::now();
+    std::vector<std::future<EngineResult>> again = engine.submit(parts(1), false);
+    EXPECT_EQ(batch_images(again), (std::vector<int64_t>{1}));
+    EXPECT_LT(std::chrono::steady_clock::now() - sent, std::chrono::milliseconds(2500)) << "round " << round;
+  }
+  EXPECT_EQ(engine.executions(), 5u);
+}
+
 // Parts are taken in order, and one too large for what is left of --max-batch waits for the next
 // execution, and so does everything behind it.
 TEST(Serve, APartTooLargeForTheRestOfAnExecutionWaitsForTheNext) {
