@@ -125,7 +125,7 @@ void BatchingEngine::work() {
       // way back (they come back one by one: without the wait, the first of them ran alone, and a
       // straggler went on running alone execution after execution).
       bool more = take(taken, room, false);
-      while (!more && e.images < expected && await_arrival(deadline)) more = take(taken, room, false);
+      while (!more && e.images < expected && await_arrival(deadline, room)) more = take(taken, room, false);
       if (!more) break;
     }
     finish(e);
@@ -135,9 +135,11 @@ void BatchingEngine::work() {
   }
 }
 
-bool BatchingEngine::await_arrival(Clock::time_point deadline) {
+bool BatchingEngine::await_arrival(Clock::time_point deadline, int64_t room) {
   std::unique_lock lock(mutex_);
-  return changed_.wait_until(lock, deadline, [&] { return stopping_ || !queue_.empty(); }) && !stopping_;
+  changed_.wait_until(lock, deadline, [&] { return stopping_ || !queue_.empty(); });
+  // A part too large for the room left holds up the queue behind it: no use waiting.
+  return !stopping_ && !queue_.empty() && queue_.front().images.dim(0) <= room && Clock::now() < deadline;
 }
 
 bool BatchingEngine::take(std::vector<Pending>& taken, int64_t room, bool idle) {

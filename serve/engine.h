@@ -12,9 +12,9 @@
 // come back one by one without splitting into small batches taking turns. (A model that is not
 // frozen, --emulate, runs whole in the last step.) Before the late layers, it waits, up to
 // --max-queue-delay-us from the execution's start, until it holds as many images as it answered
-// last time plus those queued then: those clients are on their way back. Every row is computed independently of the
-// others in its batch, so a response is what the request would get alone (up to rounding in the
-// matrix products). The queue is bounded (--max-queue batches): beyond it, work is refused at once
+// last time plus those queued then: those clients are on their way back. Every row is computed
+// independently of the others in its batch, so a response is what the request would get alone (up
+// to rounding in the matrix products). The queue is bounded (--max-queue batches): beyond it, work is refused at once
 // rather than left to pile up, and a part whose client has gone is dropped before it is computed.
 #pragma once
 
@@ -145,8 +145,9 @@ class BatchingEngine {
   // counts the instance as computing once it returns true. Otherwise takes only what waits now
   // (false: nothing).
   bool take(std::vector<Pending>& taken, int64_t room, bool idle);
-  // Waits until a request is queued (true) or until `deadline` or stop() (false).
-  bool await_arrival(std::chrono::steady_clock::time_point deadline);
+  // Waits until a request is queued, and says whether the first one fits in `room` images; false at
+  // `deadline` or stop().
+  bool await_arrival(std::chrono::steady_clock::time_point deadline, int64_t room);
   // Runs the early layers on `taken` and adds them to the execution; a failure answers them.
   void begin(Execution& e, std::vector<Pending>& taken);
   // Runs the late layers and the head on the whole execution and answers its requests.

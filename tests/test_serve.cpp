@@ -2231,6 +2231,17 @@ TEST(Serve, ClientsAnsweredTogetherComeBackIntoOneExecution) {
     EXPECT_LT(std::chrono::steady_clock::now() - sent, std::chrono::milliseconds(2500)) << "round " << round;
   }
   EXPECT_EQ(engine.executions(), 5u);
+  // Four again; then one comes back ahead of a part too large for the rest of the execution, which
+  // holds up the queue: the one runs without waiting, and the large part next.
+  std::vector<std::future<EngineResult>> together = engine.submit(parts(4), false);
+  EXPECT_EQ(batch_images(together), (std::vector<int64_t>(4, 4)));
+  std::vector<Tensor> one_then_eight = parts(1);
+  one_then_eight.push_back(Tensor::zeros({8, 1, kSize, kSize}));
+  const auto sent = std::chrono::steady_clock::now();
+  std::vector<std::future<EngineResult>> blocked = engine.submit(std::move(one_then_eight), false);
+  EXPECT_EQ(batch_images(blocked), (std::vector<int64_t>{1, 8}));
+  EXPECT_LT(std::chrono::steady_clock::now() - sent, std::chrono::milliseconds(2500));
+  EXPECT_EQ(engine.executions(), 8u);
 }
 
 // Parts are taken in order, and one too large for what is left of --max-batch waits for the next
