@@ -14,8 +14,9 @@
 // --max-queue-delay-us from the execution's start, until it holds as many images as it answered
 // last time plus those queued then: those clients are on their way back. Every row is computed
 // independently of the others in its batch, so a response is what the request would get alone (up
-// to rounding in the matrix products). The queue is bounded (--max-queue batches): beyond it, work is refused at once
-// rather than left to pile up, and a part whose client has gone is dropped before it is computed.
+// to rounding in the matrix products). The queue is bounded (--max-queue batches): beyond it, work
+// is refused at once rather than left to pile up, and a part whose client has gone is dropped before
+// it is computed.
 #pragma once
 
 #include <atomic>
