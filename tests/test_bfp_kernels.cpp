@@ -7,6 +7,7 @@
 // multiple of the block or of 4, batch 1 and 64, sparse jet-like images.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -160,6 +161,60 @@ TEST(U8Activations, ExactlyTheEmulationsValues) {
         ASSERT_EQ(values.data()[p * C + c], expected.data()[p * C + c]) << p << " " << c;
       }
   }
+}
+
+// Every instruction set's int8 quantizer (KernelSet::int8_bytes, int8_words: 32 or 16 at a time on
+// AVX2, then the reference's loops) gives the emulation's q: lengths below, at and past the vector
+// loops, exact halves (x / scale = k + 0.5 rounds to even), the clamps at 0 and 255 and at +-512,
+// infinities; and flags a NaN wherever it sits.
+TEST(U8Activations, EveryInstructionSetQuantizesAsTheEmulation) {
+  Rng rng(21);
+  // 0.25: x / scale is exact, and k + 0.5 is reached. 0.037: x a few floats from (k + 0.5) * scale,
+  // where x / scale and x times the reciprocal of scale round to different integers.
+  for (float scale : {0.25f, 0.037f})
+    for (int zero_point : {0, 3, 128, 255})
+      for (int64_t n : {1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 600}) {
+        Tensor x = Tensor::empty({1, n});
+        for (int64_t c = 0; c < n; ++c) {
+          const double pick = rng.uniform();
+          if (pick < 0.5) {
+            float v = static_cast<float>((std::floor(rng.uniform() * 600 - 300) + 0.5) * scale);
+            const int nudge = static_cast<int>(rng.uniform() * 5) - 2;
+            for (int i = 0; i < std::abs(nudge); ++i) v = std::nextafter(v, nudge > 0 ? 1e9f : -1e9f);
+            x.data()[c] = v;
+          } else {
+            x.data()[c] = pick < 0.9 ? static_cast<float>((rng.uniform() - 0.5) * 200)
+                                     : static_cast<float>(rng.uniform() < 0.5 ? 1e9 : -1e9);
+          }
+        }
+        x.data()[n - 1] = n % 2 ? std::numeric_limits<float>::infinity() : static_cast<float>(511.5 * scale);
+        if (n > 2) x.data()[n / 2] = static_cast<float>(-512.5 * scale);
+        Tensor expected = Tensor::empty(x.shape());
+        for (int64_t c = 0; c < n; ++c) {
+          // The emulation's int8 quantizer (quantize/format.h), written out: round half to even in float.
+          const float y = std::clamp(x.data()[c] / scale, -512.0f, 512.0f);
+          expected.data()[c] = std::clamp(std::nearbyint(y) + static_cast<float>(zero_point), 0.0f, 255.0f);
+        }
+        for (Isa isa : testing::isas_here()) {
+          const KernelSet& ks = kernels(isa);
+          std::vector<uint8_t> bytes(static_cast<size_t>(n));
+          std::vector<int16_t> words(static_cast<size_t>(n));
+          EXPECT_FALSE(ks.int8_bytes(x.data(), n, scale, zero_point, 0x80, bytes.data())) << ks.name;
+          EXPECT_FALSE(ks.int8_words(x.data(), n, scale, zero_point, words.data())) << ks.name;
+          for (int64_t c = 0; c < n; ++c) {
+            const int q = static_cast<int>(expected.data()[c]);
+            ASSERT_EQ(bytes[static_cast<size_t>(c)], q ^ 0x80)
+                << ks.name << " n " << n << " c " << c << " x " << x.data()[c];
+            ASSERT_EQ(words[static_cast<size_t>(c)], q - zero_point) << ks.name << " n " << n << " c " << c;
+          }
+          for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
+            Tensor poisoned = x.clone();
+            poisoned.data()[at] = NAN;
+            EXPECT_TRUE(ks.int8_bytes(poisoned.data(), n, scale, zero_point, 0, bytes.data())) << ks.name << " " << at;
+            EXPECT_TRUE(ks.int8_words(poisoned.data(), n, scale, zero_point, words.data())) << ks.name << " " << at;
+          }
+        }
+      }
 }
 
 // The kernel sets to check: every ISA here, and AVX2's tile on the AVX-512 set's panels.

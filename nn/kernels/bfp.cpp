@@ -149,19 +149,18 @@ void fake_quantize_bfp(const float* x, int64_t pixels, int64_t channels, const B
     }
 }
 
-namespace {
+namespace kernels_ref {
 
-// One pixel's int8 bytes: q = clamp(round_half_even(x / scale) + zero_point, 0, 255), x / scale in
-// float as the emulation computes it, stored as q ^ flip. Returns whether the pixel held a NaN.
-bool quantize_u8_pixel(const float* in, int64_t n, const AffineU8& q, uint8_t* m, uint8_t flip = 0) {
+// int8's quantizer (tile.h KernelSet::int8_bytes) on SSE2 (every x86-64 CPU), 8 values at a time,
+// or in plain C++, x / scale in float as the emulation computes it.
+bool int8_bytes(const float* in, int64_t n, float scale, int zero_point, uint8_t flip, uint8_t* m) {
   // Beyond +-512 every value saturates: clamping first keeps the conversion to int32 in range.
   constexpr float kLimit = 512;
-  const float scale = q.scale;
   bool nan = false;
   int64_t c = 0;
 #ifdef __SSE2__
   const __m128 s = _mm_set1_ps(scale), lo = _mm_set1_ps(-kLimit), hi = _mm_set1_ps(kLimit);
-  const __m128i zp = _mm_set1_epi32(q.zero_point);
+  const __m128i zp = _mm_set1_epi32(zero_point);
   __m128 nans = _mm_setzero_ps();
   for (; c + 8 <= n; c += 8) {
     const __m128 x0 = _mm_loadu_ps(in + c), x1 = _mm_loadu_ps(in + c + 4);
@@ -177,52 +176,63 @@ bool quantize_u8_pixel(const float* in, int64_t n, const AffineU8& q, uint8_t* m
   for (; c < n; ++c) {
     const float y = in[c] / scale;
     nan = nan || y != y;
-    const float r = std::nearbyint(std::clamp(y, -kLimit, kLimit)) + static_cast<float>(q.zero_point);
+    const float r = std::nearbyint(std::clamp(y, -kLimit, kLimit)) + static_cast<float>(zero_point);
     m[c] = static_cast<uint8_t>(r != r ? 0 : std::clamp(r, 0.0f, 255.0f)) ^ flip;
   }
   return nan;
 }
 
-}  // namespace
+// The words (KernelSet::int8_words): the bytes, a stretch at a time, less the zero point.
+bool int8_words(const float* in, int64_t n, float scale, int zero_point, int16_t* w) {
+  constexpr int64_t kStretch = 256;
+  bool nan = false;
+  for (int64_t c0 = 0; c0 < n; c0 += kStretch) {
+    uint8_t bytes[kStretch];
+    const int64_t count = std::min(kStretch, n - c0);
+    nan = int8_bytes(in + c0, count, scale, zero_point, 0, bytes) || nan;
+    int64_t c = 0;
+#ifdef __SSE2__
+    const __m128i zp = _mm_set1_epi16(static_cast<int16_t>(zero_point)), zero = _mm_setzero_si128();
+    for (; c + 8 <= count; c += 8) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + c));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(w + c0 + c), _mm_sub_epi16(_mm_unpacklo_epi8(b, zero), zp));
+    }
+#endif
+    for (; c < count; ++c) w[c0 + c] = static_cast<int16_t>(bytes[c] - zero_point);
+  }
+  return nan;
+}
+
+}  // namespace kernels_ref
 
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& q,
-                                       bool signed_bytes) {
+                                       bool signed_bytes, Isa isa) {
   BfpActivations a = empty_records(pixels, channels, 1);
+  const auto quantize = kernels(isa).int8_bytes;
   const uint8_t flip = signed_bytes ? 0x80 : 0;
   const int64_t padding = a.groups * kGroup - channels;
 #pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
   for (int64_t p = 0; p < pixels; ++p) {
     float* step = a.storage.data() + p * a.record_floats();
     uint8_t* m = reinterpret_cast<uint8_t*>(step + 1);
-    const bool nan = quantize_u8_pixel(x + p * channels, channels, q, m, flip);
+    const bool nan = quantize(x + p * channels, channels, q.scale, q.zero_point, flip, m);
     *step = nan ? std::numeric_limits<float>::quiet_NaN() : q.scale;
     for (int64_t c = 0; c < padding; ++c) m[channels + c] = flip;  // their weights are zero
   }
   return a;
 }
 
-BfpActivations quantize_u8_words(const float* x, int64_t pixels, int64_t channels, const AffineU8& q) {
+BfpActivations quantize_u8_words(const float* x, int64_t pixels, int64_t channels, const AffineU8& q, Isa isa) {
   BfpActivations a = empty_records(pixels, channels, 1, 2);
+  const auto quantize = kernels(isa).int8_words;
   const int64_t padded = a.groups * kGroup;
 #pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
   for (int64_t p = 0; p < pixels; ++p) {
     float* step = a.storage.data() + p * a.record_floats();
     int16_t* words = reinterpret_cast<int16_t*>(step + 1);
-    // The bytes first, into the words' own room (their upper half), then widened from the front:
-    // word c is written after byte c is read, and never lands on a byte not yet read.
-    uint8_t* bytes = reinterpret_cast<uint8_t*>(words) + padded;
-    const bool nan = quantize_u8_pixel(x + p * channels, channels, q, bytes);
+    const bool nan = quantize(x + p * channels, channels, q.scale, q.zero_point, words);
     *step = nan ? std::numeric_limits<float>::quiet_NaN() : q.scale;
-    int64_t c = 0;
-#ifdef __SSE2__
-    const __m128i zp = _mm_set1_epi16(static_cast<int16_t>(q.zero_point)), zero = _mm_setzero_si128();
-    for (; c + 8 <= channels; c += 8) {
-      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + c));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(words + c), _mm_sub_epi16(_mm_unpacklo_epi8(b, zero), zp));
-    }
-#endif
-    for (; c < channels; ++c) words[c] = static_cast<int16_t>(bytes[c] - q.zero_point);
-    for (; c < padded; ++c) words[c] = 0;  // their weights are zero
+    for (int64_t c = channels; c < padded; ++c) words[c] = 0;  // their weights are zero
   }
   return a;
 }
@@ -234,7 +244,7 @@ void fake_quantize_u8(const float* x, int64_t n, const AffineU8& a, float* y) {
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
     uint8_t bytes[kChunk];
     const int64_t count = std::min(kChunk, n - c0);
-    quantize_u8_pixel(x + c0, count, a, bytes);
+    kernels_ref::int8_bytes(x + c0, count, a.scale, a.zero_point, 0, bytes);
     for (int64_t i = 0; i < count; ++i) {
       const float v = x[c0 + i];
       y[c0 + i] = v != v ? v : (static_cast<float>(bytes[i]) - zero_point) * a.scale;
@@ -441,9 +451,10 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     ProfileScope quantize("input quantize");
     const int64_t pixels = g.N * g.H * g.W;
     if (words)
-      own = quantize_u8_words(x.data(), pixels, cv.C, *cv.int8_input);
+      own = quantize_u8_words(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->isa);
     else if (cv.int8_input)
-      own = quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->int8_signed_bytes);
+      own = quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->int8_signed_bytes,
+                                    cv.kernels->isa);
     else
       own = quantize_bfp_activations(x.data(), pixels, cv.C, cv.input, cv.kernels->isa);
   }

@@ -53,7 +53,11 @@ const KernelSet kRefSet{Isa::ref,
                         true,
                         kernels_ref::bfp_block_max,
                         kernels_ref::bfp_block_bytes,
-                        true};
+                        /*bfp_tap_index=*/true,
+                        /*int8_signed_bytes=*/false,
+                        /*tile_int8_words=*/nullptr,
+                        kernels_ref::int8_bytes,
+                        kernels_ref::int8_words};
 
 // A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
 // per tap. Its rows are copied instead into a dense block, dense[i][t * C + c] (zeros in the padding),

@@ -158,6 +158,12 @@ struct KernelSet {
   // as fast (VNNI's VPDPBUSD). AVX2 has no exact u8*s8 multiply-add into int32: its byte tile spends
   // 7 multiply-port instructions on 64 products (tile_bfp_avx2.inc), the word tile 4.
   void (*tile_int8_words)(const BfpTileArgs&) = nullptr;
+  // int8's activation quantizer (nn/kernels/bfp.h quantize_u8_activations, quantize_u8_words),
+  // vectorised for this set, over n values of one pixel: q = clamp(round_half_even(x / scale) +
+  // zero_point, 0, 255), x / scale divided in float as the emulation divides. int8_bytes stores q ^ flip,
+  // int8_words q - zero_point as int16. Both return whether x held a NaN (its value is then any q).
+  bool (*int8_bytes)(const float* x, int64_t n, float scale, int zero_point, uint8_t flip, uint8_t* q) = nullptr;
+  bool (*int8_words)(const float* x, int64_t n, float scale, int zero_point, int16_t* w) = nullptr;
 };
 constexpr int kBlockSawNan = 1, kBlockSawNegative = 2;
 
@@ -178,12 +184,16 @@ constexpr int kBfpRows = 6;                      // rows per AVX2 block floating
 void tile_bfp_nr32(const BfpTileArgs& t);        // AVX2's tile over 32-wide panels: AVX-512 CPUs without VNNI
 float bfp_block_max(const float* x, int64_t n);  // the quantizer's loops, also the AVX-512 set's
 int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m);
+bool int8_bytes(const float* x, int64_t n, float scale, int zero_point, uint8_t flip, uint8_t* q);
+bool int8_words(const float* x, int64_t n, float scale, int zero_point, int16_t* w);
 }  // namespace kernels_avx2
 namespace kernels_ref {
 constexpr int kMr = 4, kNr = 8;
 void tile_bfp(const BfpTileArgs& t);  // nn/kernels/bfp.cpp
 float bfp_block_max(const float* x, int64_t n);
 int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m);
+bool int8_bytes(const float* x, int64_t n, float scale, int zero_point, uint8_t flip, uint8_t* q);
+bool int8_words(const float* x, int64_t n, float scale, int zero_point, int16_t* w);
 }  // namespace kernels_ref
 
 }  // namespace toptag

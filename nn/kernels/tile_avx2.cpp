@@ -75,6 +75,61 @@ int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t
   return seen;
 }
 
+// int8's activation quantizer (tile.h KernelSet::int8_bytes, int8_words), 32 or 16 values at a time,
+// the rest on the reference loops; as the reference, x / scale is clamped to +-512 first (every value
+// beyond saturates) so that the conversion to int32 stays in range. VDIVPS divides as the scalar
+// division does, and VCVTPS2DQ rounds half to even. MINPS gives its second operand for a NaN.
+namespace {
+struct Int8Quantizer {
+  __m256 scale, lo = _mm256_set1_ps(-512.0f), hi = _mm256_set1_ps(512.0f), nans = _mm256_setzero_ps();
+  __m256i zero_point;
+
+  Int8Quantizer(float s, int zp) : scale(_mm256_set1_ps(s)), zero_point(_mm256_set1_epi32(zp)) {}
+
+  // round_half_even(x / scale) + zero_point as int32 (not yet clamped to 0..255).
+  __m256i convert(const float* x) {
+    const __m256 v = _mm256_loadu_ps(x);
+    nans = _mm256_or_ps(nans, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(_mm256_div_ps(v, scale), hi), lo)),
+                            zero_point);
+  }
+  bool saw_nan() const { return _mm256_movemask_ps(nans) != 0; }
+};
+}  // namespace
+
+bool int8_bytes(const float* x, int64_t n, float scale, int zero_point, uint8_t flip, uint8_t* q) {
+  Int8Quantizer z(scale, zero_point);
+  const __m256i flips = _mm256_set1_epi8(static_cast<char>(flip));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // as in bfp_block_bytes
+  int64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    const __m256i i0 = z.convert(x + c), i1 = z.convert(x + c + 8), i2 = z.convert(x + c + 16),
+                  i3 = z.convert(x + c + 24);
+    // PACKSSDW keeps every value (at most 512 + 255 in magnitude); PACKUSWB clamps to 0..255.
+    const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c),
+                        _mm256_xor_si256(_mm256_permutevar8x32_epi32(bytes, order), flips));
+  }
+  const bool nan = z.saw_nan();
+  return (c < n && kernels_ref::int8_bytes(x + c, n - c, scale, zero_point, flip, q + c)) || nan;
+}
+
+bool int8_words(const float* x, int64_t n, float scale, int zero_point, int16_t* w) {
+  Int8Quantizer z(scale, zero_point);
+  const __m256i lowest = _mm256_setzero_si256(), highest = _mm256_set1_epi32(255);
+  auto word = [&](const float* at) {
+    return _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(z.convert(at), lowest), highest), z.zero_point);
+  };
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    // PACKSSDW works within 128-bit lanes (a.lo b.lo a.hi b.hi): VPERMQ puts the quarters in order.
+    const __m256i words = _mm256_packs_epi32(word(x + c), word(x + c + 8));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + c), _mm256_permute4x64_epi64(words, 0xd8));
+  }
+  const bool nan = z.saw_nan();
+  return (c < n && kernels_ref::int8_words(x + c, n - c, scale, zero_point, w + c)) || nan;
+}
+
 const KernelSet set{Isa::avx2,
                     "avx2 f32 6x16",
                     kMr,
@@ -88,6 +143,8 @@ const KernelSet set{Isa::avx2,
                     bfp_block_bytes,
                     /*bfp_tap_index=*/true,
                     /*int8_signed_bytes=*/true,
-                    /*tile_int8_words=*/tile_bfp};
+                    /*tile_int8_words=*/tile_bfp,
+                    int8_bytes,
+                    int8_words};
 
 }  // namespace toptag::kernels_avx2

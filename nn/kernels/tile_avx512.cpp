@@ -23,6 +23,8 @@ const KernelSet set{Isa::avx512,
                     kernels_avx2::bfp_block_bytes,
                     /*bfp_tap_index=*/false,
                     /*int8_signed_bytes=*/true,
-                    /*tile_int8_words=*/kernels_avx2::tile_bfp_nr32};
+                    /*tile_int8_words=*/kernels_avx2::tile_bfp_nr32,
+                    kernels_avx2::int8_bytes,
+                    kernels_avx2::int8_words};
 
 }  // namespace toptag::kernels_avx512
