@@ -199,14 +199,18 @@ TEST(U8Activations, EveryInstructionSetQuantizesAsTheEmulation) {
           const KernelSet& ks = kernels(isa);
           std::vector<uint8_t> bytes(static_cast<size_t>(n));
           std::vector<int16_t> words(static_cast<size_t>(n));
-          EXPECT_FALSE(ks.int8_bytes(x.data(), n, scale, zero_point, 0x80, bytes.data())) << ks.name;
-          EXPECT_FALSE(ks.int8_words(x.data(), n, scale, zero_point, words.data())) << ks.name;
-          for (int64_t c = 0; c < n; ++c) {
-            const int q = static_cast<int>(expected.data()[c]);
-            ASSERT_EQ(bytes[static_cast<size_t>(c)], q ^ 0x80)
-                << ks.name << " n " << n << " c " << c << " x " << x.data()[c];
-            ASSERT_EQ(words[static_cast<size_t>(c)], q - zero_point) << ks.name << " n " << n << " c " << c;
+          // The bytes as they are, and as AVX2's tile reads them (q ^ 0x80, KernelSet::int8_signed_bytes).
+          for (const int flip : {0, 0x80}) {
+            EXPECT_FALSE(ks.int8_bytes(x.data(), n, scale, zero_point, static_cast<uint8_t>(flip), bytes.data()))
+                << ks.name;
+            for (int64_t c = 0; c < n; ++c)
+              ASSERT_EQ(bytes[static_cast<size_t>(c)], static_cast<int>(expected.data()[c]) ^ flip)
+                  << ks.name << " n " << n << " c " << c << " x " << x.data()[c];
           }
+          EXPECT_FALSE(ks.int8_words(x.data(), n, scale, zero_point, words.data())) << ks.name;
+          for (int64_t c = 0; c < n; ++c)
+            ASSERT_EQ(words[static_cast<size_t>(c)], static_cast<int>(expected.data()[c]) - zero_point)
+                << ks.name << " n " << n << " c " << c;
           for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
             Tensor poisoned = x.clone();
             poisoned.data()[at] = NAN;
@@ -265,8 +269,9 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
                           // taps (tile_driver.h pixel_major): int8 too, less the zero point's share
                           // of the taps it reads only (its zero point here is no 0).
                           Shape4{16, 64, 2, 40, 3, 1, 1},
-                          // Pixels whose every tap reads the padding: their tiles get no tap at all.
-                          Shape4{8, 16, 1, 10, 3, 1, 3}, Shape4{13, 40, 3, 70, 3, 1, 1}}) {
+                          // Pixels whose every tap reads the padding: their tiles get no tap at all
+                          // (K 20: a panel of all 16 columns, whose stage runs from registers, and a part).
+                          Shape4{8, 16, 1, 20, 3, 1, 3}, Shape4{13, 40, 3, 70, 3, 1, 1}}) {
     SCOPED_TRACE(s.c);
     const Tensor x = activations({s.n, s.h, s.h, s.c}, rng);
     const AffineRange r{-0.25f, range_of(x).max};  // a zero point inside the range: padding is not byte 0
@@ -277,6 +282,9 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
     quantize_tensor(int8, false, x, xq, nullptr, &r);
     const Conv2dParams params{s.stride, s.pad};
     const Tensor expected = conv_nhwc_ref(xq, decode_weight(int8, e, w.shape()), &b, params, nullptr, false);
+    // With a residual and the ReLU too: the whole output stage, as a ResNet block's last convolution.
+    const Tensor residual = testing::random_tensor(expected.shape(), rng);
+    const Tensor expected_block = conv_nhwc_ref(xq, decode_weight(int8, e, w.shape()), &b, params, &residual, true);
     for (const KernelSet& ks : full_byte_sets()) {
       SCOPED_TRACE(ks.bfp_name);
       const PackedBfpConv cv = pack_conv_int8(s.k, s.c, s.kernel, s.kernel, e.integers, e.scales, &b, params,
@@ -284,6 +292,8 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
       for (const Int8Tile tile : int8_tiles(cv)) {
         SCOPED_TRACE(tile_name(tile));
         testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false, nullptr, tile), expected, "int8 conv", 1e-4, 1e-5);
+        testing::expect_close(conv_nhwc_bfp(cv, x, &residual, true, nullptr, tile), expected_block,
+                              "int8 conv + residual, ReLU", 1e-4, 1e-5);
       }
     }
   }
@@ -336,23 +346,24 @@ TEST(Int8Conv, ExtremeBytesAndWeights) {
 }
 
 // A NaN in one image reaches every int8 output that reads it (its pixel's record has a NaN step), in
-// whole-map rows at batch 1 and pixel by pixel at batch 16; the other images stay finite.
+// whole-map rows at batch 1 and pixel by pixel at batch 16, through the ReLU, in a full panel of 16
+// columns and a part of one; the other images stay finite.
 TEST(Int8Conv, NanInAnInputReachesTheOutputsThatReadIt) {
   for (const int64_t n : {1, 16}) {
     Rng rng(3);
     Tensor x = activations({n, 2, 2, 24}, rng);
     x.data()[5] = NAN;  // image 0, pixel (0, 0): every 3x3 output of a 2x2 map reads it
-    const Tensor w = testing::random_tensor({12, 24, 3, 3}, rng, 0.1);
+    const Tensor w = testing::random_tensor({20, 24, 3, 3}, rng, 0.1);
     const EncodedTensor e = encode_weight(Format::parse("int8"), w);
     for (const KernelSet& ks : full_byte_sets()) {
       SCOPED_TRACE(fmt::format("{} batch {}", ks.bfp_name, n));
       const PackedBfpConv cv =
-          pack_conv_int8(12, 24, 3, 3, e.integers, e.scales, nullptr, {1, 1}, AffineU8{0.02f, 3}, ks);
+          pack_conv_int8(20, 24, 3, 3, e.integers, e.scales, nullptr, {1, 1}, AffineU8{0.02f, 3}, ks);
       for (const Int8Tile tile : int8_tiles(cv)) {
         SCOPED_TRACE(tile_name(tile));
         const Tensor y = conv_nhwc_bfp(cv, x, nullptr, true, nullptr, tile);
         for (int64_t i = 0; i < y.numel(); ++i)
-          ASSERT_EQ(std::isnan(y.data()[i]), i < 4 * 12) << i;  // image 0's 4 pixels x 12 channels
+          ASSERT_EQ(std::isnan(y.data()[i]), i < 4 * 20) << i;  // image 0's 4 pixels x 20 channels
       }
     }
   }
@@ -566,7 +577,7 @@ INSTANTIATE_TEST_SUITE_P(
                       BfpCase{"ms-fp9", 13, 40, 5, 5, 70, 3, 2, 1},   // batch 13, strided, K off the panel
                       BfpCase{"msfp12", 9, 48, 3, 3, 33, 3, 1, 1},    // 3x3 maps, blocks of 16
                       BfpCase{"msfp16", 9, 96, 3, 3, 36, 3, 1, 1},    // M = 7: AVX2's widening loop
-                      BfpCase{"ms-fp8", 8, 16, 1, 1, 10, 3, 1, 3}));  // pixels whose every tap reads padding
+                      BfpCase{"ms-fp8", 8, 16, 1, 1, 20, 3, 1, 3}));  // pixels whose every tap reads padding
 
 // The largest mantissas everywhere: every activation and weight at the top of its block, where an
 // int16 sum or a saturating pair sum would show first.
@@ -618,10 +629,10 @@ TEST(BfpConv, NanInAnInputReachesTheOutputsThatReadIt) {
   const Format f = Format::parse("ms-fp8");
   Rng rng(2);
   Tensor x = activations({1, 3, 3, 8}, rng);
-  x.data()[4 * 8 + 2] = NAN;  // the centre pixel: every 3x3 output reads it
-  const Tensor w = testing::random_tensor({4, 8, 3, 3}, rng);
+  x.data()[4 * 8 + 2] = NAN;                                    // the centre pixel: every 3x3 output reads it
+  const Tensor w = testing::random_tensor({20, 8, 3, 3}, rng);  // a full panel of 16 columns and a part
   const EncodedTensor e = encode_weight(f, w);
-  const BfpWeight weight{4, 8, 3, 3, e.integers, e.exponents, block_format(f)};
+  const BfpWeight weight{20, 8, 3, 3, e.integers, e.exponents, block_format(f)};
   for (Isa isa : testing::isas_here()) {
     const Tensor y = conv_nhwc_bfp(pack_conv_bfp(weight, nullptr, {1, 1}, block_format(f), isa), x, nullptr, true);
     for (float v : y.span()) EXPECT_TRUE(std::isnan(v)) << isa_name(isa);

@@ -206,9 +206,9 @@ bool int8_words(const float* in, int64_t n, float scale, int zero_point, int16_t
 }  // namespace kernels_ref
 
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& q,
-                                       bool signed_bytes, Isa isa) {
+                                       bool signed_bytes, const KernelSet& ks) {
   BfpActivations a = empty_records(pixels, channels, 1);
-  const auto quantize = kernels(isa).int8_bytes;
+  const auto quantize = ks.int8_bytes;
   const uint8_t flip = signed_bytes ? 0x80 : 0;
   const int64_t padding = a.groups * kGroup - channels;
 #pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
@@ -222,9 +222,10 @@ BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t c
   return a;
 }
 
-BfpActivations quantize_u8_words(const float* x, int64_t pixels, int64_t channels, const AffineU8& q, Isa isa) {
+BfpActivations quantize_u8_words(const float* x, int64_t pixels, int64_t channels, const AffineU8& q,
+                                 const KernelSet& ks) {
   BfpActivations a = empty_records(pixels, channels, 1, 2);
-  const auto quantize = kernels(isa).int8_words;
+  const auto quantize = ks.int8_words;
   const int64_t padded = a.groups * kGroup;
 #pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
   for (int64_t p = 0; p < pixels; ++p) {
@@ -451,10 +452,9 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     ProfileScope quantize("input quantize");
     const int64_t pixels = g.N * g.H * g.W;
     if (words)
-      own = quantize_u8_words(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->isa);
+      own = quantize_u8_words(x.data(), pixels, cv.C, *cv.int8_input, *cv.kernels);
     else if (cv.int8_input)
-      own = quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->int8_signed_bytes,
-                                    cv.kernels->isa);
+      own = quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->int8_signed_bytes, *cv.kernels);
     else
       own = quantize_bfp_activations(x.data(), pixels, cv.C, cv.input, cv.kernels->isa);
   }

@@ -89,13 +89,13 @@ void fake_quantize_bfp(const float* x, int64_t pixels, int64_t channels, const B
 // The int8 records: one block of all `channels` per pixel, its step the scale (NaN if the pixel holds one).
 // `signed_bytes` (KernelSet::int8_signed_bytes): each byte q stored as q ^ 0x80, which is q - 128 as a
 // signed byte.
-// `isa`: whose vector loops quantize (KernelSet::int8_bytes; every set gives the same bytes).
+// `ks`: whose vector loops quantize (KernelSet::int8_bytes; every set gives the same bytes).
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& a,
-                                       bool signed_bytes = false, Isa isa = Isa::ref);
+                                       bool signed_bytes = false, const KernelSet& ks = kernels(Isa::ref));
 // The int8 records as 16-bit words for KernelSet::tile_int8_words: each value q - zero_point, an int16
 // (channels past C: 0), after the same step.
 BfpActivations quantize_u8_words(const float* x, int64_t pixels, int64_t channels, const AffineU8& a,
-                                 Isa isa = Isa::ref);
+                                 const KernelSet& ks = kernels(Isa::ref));
 // The same quantizer as values: y = (q(x) - zero_point) * scale, NaN staying NaN, for the float kernels
 // where the tile cannot take int8 (quantize/format.h's int8 activation quantizer, vectorised).
 void fake_quantize_u8(const float* x, int64_t n, const AffineU8& a, float* y);
