@@ -22,7 +22,9 @@ for object in "${objects[@]}"; do
   # is what UBSan's function check emits for the kernels' own signatures.
   # Judged on mangled names: toptag::kernels_avx2::... is _ZN6toptag12kernels_avx2... (_ZNK for const
   # members), whatever its return type; a library template over our types would start _ZNSt or _ZSt.
-  prefix="_ZN6toptag${#ns}$ns\|_ZNK6toptag${#ns}$ns"
+  # _ZZN6toptag...: an entity local to one of our functions (a lambda's operator(), which an
+  # unoptimised or sanitizer build emits out of line), named by that function: ours too.
+  prefix="_ZN6toptag${#ns}$ns\|_ZNK6toptag${#ns}$ns\|_ZZN6toptag${#ns}$ns\|_ZZNK6toptag${#ns}$ns"
   stray=$(nm --defined-only "$object" | awk '$2 ~ /^[TWVDBR]$/ { print $3 }' \
     | grep -v "^\($prefix\)" | grep -v "^_ZT[IS]\|^__odr_asan\|^__asan\|^__sancov\|^asan\.\|^sancov\." | c++filt || true)
   if [ -n "$stray" ]; then
