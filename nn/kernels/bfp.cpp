@@ -206,10 +206,10 @@ bool int8_words(const float* in, int64_t n, float scale, int zero_point, int16_t
 }  // namespace kernels_ref
 
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& q,
-                                       bool signed_bytes, const KernelSet& ks) {
+                                       const KernelSet& ks) {
   BfpActivations a = empty_records(pixels, channels, 1);
   const auto quantize = ks.int8_bytes;
-  const uint8_t flip = signed_bytes ? 0x80 : 0;
+  const uint8_t flip = ks.int8_signed_bytes ? 0x80 : 0;
   const int64_t padding = a.groups * kGroup - channels;
 #pragma omp parallel for schedule(static) if (pixels * channels > (1 << 16))
   for (int64_t p = 0; p < pixels; ++p) {
@@ -454,7 +454,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
     if (words)
       own = quantize_u8_words(x.data(), pixels, cv.C, *cv.int8_input, *cv.kernels);
     else if (cv.int8_input)
-      own = quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input, cv.kernels->int8_signed_bytes, *cv.kernels);
+      own = quantize_u8_activations(x.data(), pixels, cv.C, *cv.int8_input, *cv.kernels);
     else
       own = quantize_bfp_activations(x.data(), pixels, cv.C, cv.input, cv.kernels->isa);
   }

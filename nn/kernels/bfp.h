@@ -87,11 +87,11 @@ bool fake_quantize_bfp_exact_in_float(const BlockFormat& f);
 void fake_quantize_bfp(const float* x, int64_t pixels, int64_t channels, const BlockFormat& f, float* y);
 
 // The int8 records: one block of all `channels` per pixel, its step the scale (NaN if the pixel holds one).
-// `signed_bytes` (KernelSet::int8_signed_bytes): each byte q stored as q ^ 0x80, which is q - 128 as a
-// signed byte.
-// `ks`: whose vector loops quantize (KernelSet::int8_bytes; every set gives the same bytes).
+// `ks`: the set whose tile reads them, and whose vector loops quantize (KernelSet::int8_bytes; every
+// set gives the same values). Where its tile takes signed bytes (KernelSet::int8_signed_bytes), each
+// byte q is stored as q ^ 0x80, which is q - 128 as a signed byte.
 BfpActivations quantize_u8_activations(const float* x, int64_t pixels, int64_t channels, const AffineU8& a,
-                                       bool signed_bytes = false, const KernelSet& ks = kernels(Isa::ref));
+                                       const KernelSet& ks = kernels(Isa::ref));
 // The int8 records as 16-bit words for KernelSet::tile_int8_words: each value q - zero_point, an int16
 // (channels past C: 0), after the same step.
 BfpActivations quantize_u8_words(const float* x, int64_t pixels, int64_t channels, const AffineU8& a,
