@@ -113,7 +113,7 @@ void run_serve(ServeArgs& a) {
 struct PerfArgs {
   std::string server_url, model = kDefaultModelName, checkpoint, arch, format, csv, plot, duration = "10s",
                           warmup = "1s", input = "images", shared_memory = "none";
-  bool local = false, emulate = false;
+  bool local = false, emulate = false, profile = false;
   std::vector<int> concurrency = {1, 2, 4, 8, 16, 32}, threads;
   std::vector<int64_t> batches;
   ImageArgs image;
@@ -137,6 +137,7 @@ void quantize_untrained(Tagger& tagger, const std::string& format) {
 
 void run_perf(const PerfArgs& a) {
   if (a.local == !a.server_url.empty()) fail("give either --server URL or --local --checkpoint C");
+  if (a.profile && !a.local) fail("--profile times the layers of in-process inference: use it with --local");
   FileUse().reads("--checkpoint", a.checkpoint).writes("--csv", a.csv).writes("--plot", a.plot).check();
   std::vector<PerfPoint> points;
   if (a.local) {
@@ -157,6 +158,7 @@ void run_perf(const PerfArgs& a) {
     fmt::print(stderr, "engine: {}\n", tagger.describe_engine());
     fmt::print(stderr, "{}\n", blas_info().summary());
     LocalPerfOptions o;
+    o.profile = a.profile;
     if (!a.batches.empty()) o.batches = a.batches;
     const CpuBudget& cpus = usable_cpus();
     if (!a.threads.empty())
@@ -278,6 +280,9 @@ void add_serve_commands(CLI::App& app) {
       ->check(CLI::IsMember({"none", "system"}))
       ->default_val("none");
   perf->add_flag("--local", p->local, "measure in-process inference instead");
+  perf->add_flag(
+      "--profile", p->profile,
+      "--local: also print where each point's time goes, layer by layer (kernel, output, ms, share, GMAC/s)");
   perf->add_option("--checkpoint,-c", p->checkpoint, "model for --local")->check(CLI::ExistingFile);
   perf->add_option("--arch", p->arch,
                    "--local without a checkpoint: time this architecture untrained (with --image-size, --channels)");

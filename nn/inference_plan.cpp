@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
+
 #include "nn/check.h"
 #include "nn/ops/layout.h"
 #include "nn/profile.h"
@@ -57,6 +59,7 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const La
       case LayerStep::Kind::conv: {
         const bool reads_block_input = in_block && (step.shortcut || main_path.empty());
         Op op = conv_op(step, reads_block_input ? block_input_nonnegative : current_nonnegative);
+        op.name = step.name;
         current_nonnegative = step.relu;
         if (!in_block) {
           ops_.push_back(std::move(op));
@@ -73,6 +76,7 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const La
         Op& op = ops_.emplace_back();  // in place: moving an Op with empty optionals trips GCC 12's
         op.pool = true;                // -Wmaybe-uninitialized
         op.pool_params = step.pool;
+        op.name = step.name;
         break;
       }
       case LayerStep::Kind::block_begin:
@@ -94,8 +98,10 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const La
       case LayerStep::Kind::linear:
         if (linears == 0) {
           fc1_ = linear_op(step, current_nonnegative, true);
+          fc1_.name = step.name;
         } else if (linears == 1) {
           fc2_ = linear_op(step, current_nonnegative, false);
+          fc2_.name = step.name;
         } else {
           fail("cannot freeze: the head has more than two linear layers ({})", step.name);
         }
@@ -180,10 +186,18 @@ void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, st
   for (Op& op : main_path) ops_.push_back(std::move(op));
 }
 
-Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache) {
+Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache,
+                         const char** kernel) {
+  const char* ran = "";
   if (op.bfp && !(op.float_if_negative && has_negative(in))) {
     const Tensor x = op.integer_quantizes_first ? op.quantize_input(in) : in;
-    return conv_nhwc_bfp(*op.bfp, x, residual, op.relu, cache);
+    Tensor y = conv_nhwc_bfp(*op.bfp, x, residual, op.relu, cache);
+    if (!op.bfp->int8_input)
+      ran = op.bfp->int16_sums ? "bfp, int16 block sums" : "bfp, int32 block sums";
+    else  // the choice conv_nhwc_bfp made, for its output rows
+      ran = int8_words_pay(*op.bfp, y.numel() / y.dim(y.rank() - 1)) ? "int8 words" : "int8 bytes";
+    if (kernel) *kernel = ran;
+    return y;
   }
   const Tensor x = [&] {
     if (!op.quantize_input) return in;
@@ -193,9 +207,56 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
   // Winograd where the layer has enough tiles to be bound by arithmetic (below that the layer is
   // bound by reading its weights, which Winograd makes 16/9 larger) and computes clearly fewer
   // products than the direct kernel.
-  if (op.winograd && winograd_pays(op.conv, x))
+  if (op.winograd && winograd_pays(op.conv, x)) {
+    if (kernel) *kernel = op.quantize_input ? "f32 Winograd F(2x2,3x3), decoded weights" : "f32 Winograd F(2x2,3x3)";
     return conv_winograd(op.winograd->get([&] { return pack_winograd(op.conv); }), x, residual, op.relu);
+  }
+  if (kernel) *kernel = op.quantize_input ? "f32 direct, decoded weights" : "f32 direct";
   return conv_nhwc(op.conv, x, residual, op.relu);
+}
+
+Tensor FrozenResNet::run_timed(size_t index, const Op& op, const Tensor& in, const Tensor* residual,
+                               QuantizedInputCache* cache) const {
+  if (!timing_.load(std::memory_order_relaxed)) return run(op, in, residual, cache);
+  const char* kernel = "";
+  const auto start = std::chrono::steady_clock::now();
+  Tensor y = run(op, in, residual, cache, &kernel);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const ConvShape& shape = op.bfp ? static_cast<const ConvShape&>(*op.bfp) : op.conv;
+  const double rows = static_cast<double>(y.numel() / y.dim(y.rank() - 1));
+  record_time(index, kernel, y, rows * static_cast<double>(shape.K * shape.C * shape.taps()), seconds);
+  return y;
+}
+
+void FrozenResNet::record_time(size_t index, const char* kernel, const Tensor& out, double macs, double seconds) const {
+  std::lock_guard lock(times_mutex_);
+  if (index >= times_.size()) return;  // timing was turned off meanwhile
+  LayerTime& t = times_[index];
+  t.kernel = kernel;
+  t.output.clear();
+  for (int d = 0; d < out.rank(); ++d) t.output += (d ? "x" : "") + std::to_string(out.dim(d));
+  t.macs += macs;
+  t.seconds += seconds;
+  ++t.calls;
+}
+
+void FrozenResNet::time_layers(bool on) const {
+  std::lock_guard lock(times_mutex_);
+  times_.clear();
+  if (on) {
+    for (const Op& op : ops_) times_.emplace_back().layer = op.name;
+    times_.emplace_back().layer = fc1_.name;
+    times_.emplace_back().layer = fc2_.name;
+  }
+  timing_ = on;
+}
+
+std::vector<LayerTime> FrozenResNet::layer_times() const {
+  std::lock_guard lock(times_mutex_);
+  std::vector<LayerTime> out;
+  for (const LayerTime& t : times_)
+    if (t.calls > 0) out.push_back(t);
+  return out;
 }
 
 Tensor FrozenResNet::features(const Tensor& images) const {
@@ -221,12 +282,17 @@ Tensor FrozenResNet::run_ops(Tensor current, size_t begin, size_t end) const {
     const Op& op = ops_[i];
     if (op.starts_block) block_input = current;
     if (op.pool) {
+      const bool timed = timing_.load(std::memory_order_relaxed);
+      const auto start = std::chrono::steady_clock::now();
       current = maxpool_nhwc(current, op.pool_params);
+      if (timed)
+        record_time(i, "max pool", current, 0,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       continue;
     }
     const Tensor& in = op.in == Slot::block_input ? block_input : current;
     const Tensor* residual = !op.add_residual ? nullptr : op.residual == Slot::shortcut ? &shortcut : &block_input;
-    (op.out == Slot::shortcut ? shortcut : current) = run(op, in, residual, &cache);
+    (op.out == Slot::shortcut ? shortcut : current) = run_timed(i, op, in, residual, &cache);
   }
   return end == ops_.size() ? global_avgpool_nhwc(current) : current;
 }
@@ -235,8 +301,8 @@ Tensor FrozenResNet::head(const Tensor& features) const {
   if (features.rank() != 2 || features.dim(1) != feature_dim_)
     fail("the head expects features of shape (N, {}), got {}", feature_dim_, features.shape().str());
   const int64_t N = features.dim(0);
-  const Tensor hidden = run(fc1_, features.reshape({N, 1, 1, feature_dim_}), nullptr);
-  const Tensor logits = run(fc2_, hidden, nullptr);
+  const Tensor hidden = run_timed(ops_.size(), fc1_, features.reshape({N, 1, 1, feature_dim_}), nullptr);
+  const Tensor logits = run_timed(ops_.size() + 1, fc2_, hidden, nullptr);
   return logits.reshape({N, logits.dim(3)});
 }
 

@@ -14,9 +14,11 @@
 // emulation (the layers' hooks) computes, to float32 rounding of the sums.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -57,6 +59,16 @@ struct LayerQuantization {
 // Every conv and linear layer of a quantized model, by state_dict prefix ("layer1.0.conv2", "fc1").
 using LayerQuantizations = std::map<std::string, LayerQuantization>;
 
+// One layer's share of the plan's runs while its layers are timed (FrozenResNet::time_layers).
+struct LayerTime {
+  std::string layer;   // the state_dict prefix ("conv1", "layer2.0.downsample.0", "fc1") or "maxpool"
+  std::string kernel;  // what ran it the last time: "f32 direct", "f32 Winograd F(2x2,3x3)", "int8 words", ...
+  std::string output;  // the last output's shape, channels last: "64x10x10x256"
+  double macs = 0;     // multiply-adds of the direct convolution, summed over the runs (Winograd computes fewer)
+  double seconds = 0;  // wall time, summed over the runs
+  int64_t calls = 0;
+};
+
 class FrozenResNet {
  public:
   // Throws toptag::Error when the model cannot be frozen: a batch norm not folded, a layer with hooks
@@ -86,11 +98,18 @@ class FrozenResNet {
   std::string describe() const;
   const KernelSet& kernel_set() const { return *kernels_; }
 
+  // Times every layer of the runs from now on, from whichever thread they run on (toptag perf --local
+  // --profile): on clears the times so far; off stops. Costs two clock reads a layer while on.
+  void time_layers(bool on) const;
+  // The layers timed so far, in forward order (those that ran at least once).
+  std::vector<LayerTime> layer_times() const;
+
  private:
   // Where an operation reads or writes: the running activation, the current block's input (kept for
   // its shortcut and residual), or the block's shortcut output.
   enum class Slot { current, block_input, shortcut };
   struct Op {
+    std::string name;   // the state_dict prefix, or "maxpool"
     bool pool = false;  // a max pool (else a convolution)
     MaxPool2dParams pool_params;
     PackedConv conv;  // float32 weights (a quantized layer's decoded ones)
@@ -120,7 +139,14 @@ class FrozenResNet {
   void add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut);
   // One convolution (or linear layer) on its input, by whichever path it was packed for.
   // `cache`: the block floating point records of the last input quantized, for a layer reading it again.
-  static Tensor run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache = nullptr);
+  // `kernel`, when given, is set to what ran it (LayerTime::kernel).
+  static Tensor run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache = nullptr,
+                    const char** kernel = nullptr);
+  // run(), timed into times_[index] while time_layers is on.
+  Tensor run_timed(size_t index, const Op& op, const Tensor& in, const Tensor* residual,
+                   QuantizedInputCache* cache = nullptr) const;
+  // Adds one run of layer `index` to times_ (when timing is still on).
+  void record_time(size_t index, const char* kernel, const Tensor& out, double macs, double seconds) const;
   // ops_[begin, end) on a channels-last activation; begin starts a block (or is 0).
   Tensor run_ops(Tensor current, size_t begin, size_t end) const;
 
@@ -136,6 +162,12 @@ class FrozenResNet {
   size_t split_ = 0;
   int64_t split_channels_ = 0;
   Op fc1_, fc2_;  // the head, as 1x1 convolutions over a 1x1 image
+
+  // Layer timing: one entry per op of ops_, then fc1_ and fc2_. The only state that changes after
+  // construction, under its mutex.
+  mutable std::atomic<bool> timing_{false};
+  mutable std::mutex times_mutex_;
+  mutable std::vector<LayerTime> times_;
 };
 
 }  // namespace toptag

@@ -147,6 +147,9 @@ std::vector<PerfPoint> measure_local(Tagger& tagger, const LocalPerfOptions& o, 
   const int image_size = tagger.images.size;
   ResNet& model = *tagger.model;
   model.set_training(false);
+  const FrozenResNet* plan = o.profile ? model.frozen() : nullptr;
+  if (o.profile && !plan)
+    fail("--profile times the layers of the frozen engine; this model runs without it (--emulate)");
   std::vector<PerfPoint> points;
   for (int threads : o.threads) {
     set_num_threads(threads);
@@ -160,6 +163,7 @@ std::vector<PerfPoint> measure_local(Tagger& tagger, const LocalPerfOptions& o, 
       const auto warm_end = Clock::now() + std::chrono::duration<double>(o.warmup_s);
       do model.forward(Var(images));
       while (Clock::now() < warm_end);
+      if (plan) plan->time_layers(true);
       const auto t0 = Clock::now();
       while (std::chrono::duration<double>(Clock::now() - t0).count() < o.duration_s) {
         const auto s = Clock::now();
@@ -171,11 +175,45 @@ std::vector<PerfPoint> measure_local(Tagger& tagger, const LocalPerfOptions& o, 
       if (show_progress)
         fmt::print(stderr, "local {} thread(s), batch {:>3}: {:8.1f} images/s, p50 {:.2f} ms\n", p.threads, batch,
                    p.stats.throughput, p.stats.p50_ms);
+      if (plan) {
+        const std::vector<LayerTime> layers = plan->layer_times();
+        plan->time_layers(false);
+        double run_ms = 0;
+        for (double m : ms) run_ms += m;
+        fmt::print("\nwhere the time goes: {} thread(s), batch {}\n{}", p.threads, batch,
+                   layer_table(layers, static_cast<int64_t>(ms.size()), run_ms / 1e3));
+      }
       points.push_back(p);
     }
   }
   set_num_threads(0);
   return points;
+}
+
+std::string layer_table(const std::vector<LayerTime>& layers, int64_t runs, double run_seconds) {
+  if (runs <= 0 || run_seconds <= 0) return "no runs timed\n";
+  size_t name_width = 5, kernel_width = 6, output_width = 6;
+  for (const LayerTime& t : layers) {
+    name_width = std::max(name_width, t.layer.size());
+    kernel_width = std::max(kernel_width, t.kernel.size());
+    output_width = std::max(output_width, t.output.size());
+  }
+  const double per_run = 1e3 / static_cast<double>(runs);  // seconds over the runs -> ms a run
+  std::string out = fmt::format("{} runs of {:.2f} ms on average; GMAC/s counts a direct convolution's multiply-adds\n",
+                                runs, run_seconds * per_run);
+  out += fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>9}  {:>6}  {:>7}\n", "layer", name_width, "kernel", kernel_width,
+                     "output", output_width, "ms a run", "share", "GMAC/s");
+  double layers_seconds = 0;
+  for (const LayerTime& t : layers) {
+    layers_seconds += t.seconds;
+    const std::string rate = t.macs > 0 && t.seconds > 0 ? fmt::format("{:.1f}", t.macs / t.seconds / 1e9) : "-";
+    out += fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>9.3f}  {:>5.1f}%  {:>7}\n", t.layer, name_width, t.kernel,
+                       kernel_width, t.output, output_width, t.seconds * per_run, 100 * t.seconds / run_seconds, rate);
+  }
+  const double rest = std::max(0.0, run_seconds - layers_seconds);
+  out += fmt::format("{:<{}}  {:>9.3f}  {:>5.1f}%\n", "the rest (input layout, average pool, softmax)",
+                     name_width + kernel_width + output_width + 4, rest * per_run, 100 * rest / run_seconds);
+  return out;
 }
 
 std::string perf_table(const std::vector<PerfPoint>& points) {

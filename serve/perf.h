@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "nn/inference_plan.h"
 #include "tagger/tagger.h"
 #include "triton/model_config.h"
 
@@ -42,9 +43,16 @@ struct LocalPerfOptions {
   std::vector<int64_t> batches = {1, 8, 32, 64};
   std::vector<int> threads = {1, 2};
   double duration_s = 10, warmup_s = 1;
+  // Also time every layer of the measured runs and print where each point's time goes (layer_table);
+  // needs the frozen engine (not --emulate).
+  bool profile = false;
 };
 // Random images of tagger.images' shape.
 std::vector<PerfPoint> measure_local(Tagger& tagger, const LocalPerfOptions& options, bool show_progress = true);
+// Where `runs` runs of `run_seconds` in all went, layer by layer in forward order: each layer's
+// kernel, output shape, milliseconds a run, share of the runs' time and GMAC/s, and what the layers
+// leave (the input's layout change, the average pool, the softmax).
+std::string layer_table(const std::vector<LayerTime>& layers, int64_t runs, double run_seconds);
 
 std::string perf_table(const std::vector<PerfPoint>& points);
 void write_perf_csv(const std::string& path, const std::vector<PerfPoint>& points);

@@ -109,6 +109,20 @@ grep -q "stopped after" serve.log || fail "serve did not report its shutdown: $(
 $TOPTAG perf --local -c run/best.h5 --batch 1,4 --threads 1 --duration 200ms --warmup 50ms >perf_local.txt 2>&1 \
   || fail "perf --local: $(tail -3 perf_local.txt)"
 grep -q "^local" perf_local.txt || fail "perf --local printed no table"
+# --profile: where each point's time goes, layer by layer, in the order they run.
+$TOPTAG perf --local -c run/best.h5 --batch 2 --threads 1 --duration 200ms --warmup 50ms --profile >perf_profile.txt \
+  2>&1 || fail "perf --local --profile: $(tail -3 perf_profile.txt)"
+grep -q "^where the time goes: 1 thread(s), batch 2" perf_profile.txt || fail "perf --profile printed no layer table"
+first_layer=$(grep -A2 "^layer  *kernel" perf_profile.txt | sed -n 2p)
+echo "$first_layer" | grep -q "^conv1  *f32 direct  *2x" || fail "perf --profile: first layer row '$first_layer'"
+grep -q "^fc2 " perf_profile.txt || fail "perf --profile lists no fc2"
+grep -q "^the rest" perf_profile.txt || fail "perf --profile leaves out the rest of a run's time"
+expect_error "--profile against a server" "use it with --local" $TOPTAG perf --server "$GRPC" --profile
+$TOPTAG perf --local -c q_ms-fp8.h5 --batch 2 --threads 1 --duration 100ms --warmup 0s --profile >perf_q.txt 2>&1 \
+  || fail "perf --local --profile, ms-fp8: $(tail -3 perf_q.txt)"
+grep -q "^layer1.0.conv1  *bfp, int16 block sums " perf_q.txt || fail "ms-fp8's integer kernel not shown: $(cat perf_q.txt)"
+expect_error "--profile with --emulate" "--emulate" $TOPTAG perf --local -c q_ms-fp8.h5 --emulate --profile \
+  --duration 100ms
 
 # Errors: clear message, non-zero exit, nothing overwritten.
 echo "not hdf5" > junk.h5

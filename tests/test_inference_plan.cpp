@@ -1,6 +1,7 @@
 // The frozen inference plan (nn/inference_plan.h) computes the model's function: its features and
 // logits match the autograd path's (batch norms folded, eval mode) on every instruction set this CPU
 // runs, for bottleneck and basic blocks, one and three colours, batch 1 and 64, 40x40 and odd sizes.
+#include <algorithm>
 #include <cmath>
 #include <functional>
 
@@ -91,6 +92,66 @@ TEST(FrozenResNet, WinogradPackedOnFirstUse) {
   EXPECT_EQ(plan.describe().find(unpacked), std::string::npos) << plan.describe();
   EXPECT_NE(plan.describe().find("packed on first use: 3 so far"), std::string::npos) << plan.describe();
   for (const Tensor& f : out) testing::expect_close_to_max(f, expected, "features", 1e-4);
+}
+
+// toptag perf --local --profile: while timing is on, every run of every layer is timed, in the order
+// the plan runs them, with the kernel that ran it, its output and its multiply-adds.
+TEST(FrozenResNet, TimesEachLayerOnlyWhileAsked) {
+  ResNet model(ResNetConfig{"resnet18", 1, 32, 16, 2}, 4);
+  Rng rng(7);
+  randomise_batchnorms(model, rng);
+  model.set_training(false);
+  model.fold_batchnorm();
+  const Tensor images = testing::random_tensor({4, 1, 64, 64}, rng);  // layer3's 3x3 layers run as Winograd
+  std::vector<std::string> walked;
+  model.walk([&](const LayerStep& step) {
+    if (step.kind == LayerStep::Kind::conv || step.kind == LayerStep::Kind::max_pool ||
+        step.kind == LayerStep::Kind::linear)
+      walked.push_back(step.name);
+  });
+  NoGradGuard no_grad;
+  const FrozenResNet plan(model, active_isa(), true);
+  plan.head(plan.features(images));
+  EXPECT_TRUE(plan.layer_times().empty()) << "timed without being asked";
+  plan.time_layers(true);
+  for (int run = 0; run < 2; ++run) plan.head(plan.features(images));
+  const std::vector<LayerTime> times = plan.layer_times();
+  ASSERT_EQ(times.size(), walked.size());
+  std::vector<std::string> names;
+  for (const LayerTime& t : times) {
+    names.push_back(t.layer);
+    EXPECT_EQ(t.calls, 2) << t.layer;
+    EXPECT_GT(t.seconds, 0) << t.layer;
+    EXPECT_FALSE(t.kernel.empty()) << t.layer;
+  }
+  // The plan's order: the walk's, but a block's shortcut before its main path.
+  auto at = [&](const std::string& name) { return std::find(names.begin(), names.end(), name) - names.begin(); };
+  EXPECT_LT(at("layer2.0.downsample.0"), at("layer2.0.conv1"));
+  EXPECT_EQ(names.front(), "conv1");
+  EXPECT_EQ(names[1], "maxpool");
+  EXPECT_EQ(names[names.size() - 2], "fc1");
+  EXPECT_EQ(names.back(), "fc2");
+  std::vector<std::string> sorted_names = names, sorted_walk = walked;
+  std::sort(sorted_names.begin(), sorted_names.end());
+  std::sort(sorted_walk.begin(), sorted_walk.end());
+  EXPECT_EQ(sorted_names, sorted_walk);
+  const LayerTime& stem = times[0];
+  EXPECT_EQ(stem.kernel, "f32 direct");
+  EXPECT_EQ(stem.output, "4x32x32x32");
+  EXPECT_EQ(stem.macs, 2.0 * 4 * 32 * 32 * 32 * 1 * 7 * 7);  // runs x N P Q x K C R S
+  EXPECT_EQ(times[1].kernel, "max pool");
+  EXPECT_EQ(times[1].output, "4x16x16x32");
+  EXPECT_EQ(times[1].macs, 0);
+  const LayerTime& fc1 = times[times.size() - 2];
+  EXPECT_EQ(fc1.output, "4x1x1x16");
+  EXPECT_EQ(fc1.macs, 2.0 * 4 * 16 * static_cast<double>(model.feature_dim()));
+  EXPECT_EQ(times[at("layer3.1.conv1")].kernel, "f32 Winograd F(2x2,3x3)");
+  EXPECT_EQ(times[at("layer3.1.conv1")].output, "4x4x4x128");
+  EXPECT_EQ(times[at("layer4.1.conv1")].kernel, "f32 direct");  // 2x2 maps: Winograd would not pay
+  plan.time_layers(false);
+  EXPECT_TRUE(plan.layer_times().empty());
+  plan.features(images);
+  EXPECT_TRUE(plan.layer_times().empty()) << "timed after timing stopped";
 }
 
 // A server runs the early layers of each request as it comes and the late ones once for all

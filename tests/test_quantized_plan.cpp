@@ -73,7 +73,15 @@ TEST_P(QuantizedPlanVsEmulation, FeaturesAndLogitsMatch) {
     const std::string engine = plan.describe();
     const int integer = c.full_bytes && !kernels(isa).tile_bfp_full_bytes ? 0 : c.integer_layers;
     EXPECT_NE(engine.find(fmt::format("quantized: {} of 55 layers on integer", integer)), std::string::npos) << engine;
+    plan.time_layers(true);  // and each layer says which kernel ran it (toptag perf --local --profile)
     const Tensor f = plan.features(images);
+    plan.head(f);
+    int timed_integer = 0;
+    const std::string integer_kernel =
+        std::string(c.activations) == "ms-fp8" || std::string(c.activations) == "msfp16" ? "bfp, int" : "int8 ";
+    for (const LayerTime& t : plan.layer_times()) timed_integer += t.kernel.rfind(integer_kernel, 0) == 0;
+    EXPECT_EQ(timed_integer, integer);
+    plan.time_layers(false);
     const double tolerance = std::string(c.activations) == "int8" ? kInt8Tolerance : kTolerance;
     testing::expect_close_to_max(f, features, "features", tolerance);
     testing::expect_close_to_max(plan.head(f), logits, "logits", tolerance);
