@@ -188,15 +188,13 @@ void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, st
 
 Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache,
                          const char** kernel) {
-  const char* ran = "";
   if (op.bfp && !(op.float_if_negative && has_negative(in))) {
     const Tensor x = op.integer_quantizes_first ? op.quantize_input(in) : in;
     Tensor y = conv_nhwc_bfp(*op.bfp, x, residual, op.relu, cache);
-    if (!op.bfp->int8_input)
-      ran = op.bfp->int16_sums ? "bfp, int16 block sums" : "bfp, int32 block sums";
-    else  // the choice conv_nhwc_bfp made, for its output rows
-      ran = int8_words_pay(*op.bfp, y.numel() / y.dim(y.rank() - 1)) ? "int8 words" : "int8 bytes";
-    if (kernel) *kernel = ran;
+    if (kernel && !op.bfp->int8_input)
+      *kernel = op.bfp->int16_sums ? "bfp, int16 block sums" : "bfp, int32 block sums";
+    else if (kernel)  // the choice conv_nhwc_bfp made, for its output rows
+      *kernel = int8_words_pay(*op.bfp, y.numel() / y.dim(y.rank() - 1)) ? "int8 words" : "int8 bytes";
     return y;
   }
   const Tensor x = [&] {

@@ -211,7 +211,7 @@ std::string layer_table(const std::vector<LayerTime>& layers, int64_t runs, doub
                        kernel_width, t.output, output_width, t.seconds * per_run, 100 * t.seconds / run_seconds, rate);
   }
   const double rest = std::max(0.0, run_seconds - layers_seconds);
-  out += fmt::format("{:<{}}  {:>9.3f}  {:>5.1f}%\n", "the rest (input layout, average pool, softmax)",
+  out += fmt::format("{:<{}}  {:>9.3f}  {:>5.1f}%\n", "the rest (input layout change, average pool)",
                      name_width + kernel_width + output_width + 4, rest * per_run, 100 * rest / run_seconds);
   return out;
 }
