@@ -282,7 +282,8 @@ void add_serve_commands(CLI::App& app) {
   perf->add_flag("--local", p->local, "measure in-process inference instead");
   perf->add_flag(
       "--profile", p->profile,
-      "--local: also print where each point's time goes, layer by layer (kernel, output, ms, share, GMAC/s)");
+      "--local: also print where each point's time goes, layer by layer (kernel, output, ms, share, GMAC/s); its "
+      "figures include the timing (two clock reads and a lock a layer)");
   perf->add_option("--checkpoint,-c", p->checkpoint, "model for --local")->check(CLI::ExistingFile);
   perf->add_option("--arch", p->arch,
                    "--local without a checkpoint: time this architecture untrained (with --image-size, --channels)");

@@ -59,7 +59,6 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const La
       case LayerStep::Kind::conv: {
         const bool reads_block_input = in_block && (step.shortcut || main_path.empty());
         Op op = conv_op(step, reads_block_input ? block_input_nonnegative : current_nonnegative);
-        op.name = step.name;
         current_nonnegative = step.relu;
         if (!in_block) {
           ops_.push_back(std::move(op));
@@ -98,10 +97,8 @@ FrozenResNet::FrozenResNet(const ResNet& model, Isa isa, bool winograd, const La
       case LayerStep::Kind::linear:
         if (linears == 0) {
           fc1_ = linear_op(step, current_nonnegative, true);
-          fc1_.name = step.name;
         } else if (linears == 1) {
           fc2_ = linear_op(step, current_nonnegative, false);
-          fc2_.name = step.name;
         } else {
           fail("cannot freeze: the head has more than two linear layers ({})", step.name);
         }
@@ -124,6 +121,7 @@ FrozenResNet::Op FrozenResNet::conv_op(const LayerStep& step, bool input_nonnega
     fail("cannot freeze {}: its batch norm is not folded (fold_batchnorm first)", step.name);
   const Tensor* bias = conv.bias.value().defined() ? &conv.bias.value() : nullptr;
   Op op;
+  op.name = step.name;
   op.input_nonnegative = input_nonnegative;
   op.relu = step.relu;
   if (quantized_) {
@@ -142,6 +140,7 @@ FrozenResNet::Op FrozenResNet::linear_op(const LayerStep& step, bool input_nonne
   if (linear.hooks && !quantized_)
     fail("cannot freeze {}: it has hooks (a quantized model is frozen from its layers' quantization)", step.name);
   Op op;
+  op.name = step.name;
   op.input_nonnegative = input_nonnegative;
   op.relu = step.relu;
   if (quantized_) {
@@ -192,9 +191,9 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
     const Tensor x = op.integer_quantizes_first ? op.quantize_input(in) : in;
     Tensor y = conv_nhwc_bfp(*op.bfp, x, residual, op.relu, cache);
     if (kernel && !op.bfp->int8_input)
-      *kernel = op.bfp->int16_sums ? "bfp, int16 block sums" : "bfp, int32 block sums";
-    else if (kernel)  // the choice conv_nhwc_bfp made, for its output rows
-      *kernel = int8_words_pay(*op.bfp, y.numel() / y.dim(y.rank() - 1)) ? "int8 words" : "int8 bytes";
+      *kernel = "bfp integer";
+    else if (kernel)  // conv_nhwc_bfp's choice for its output rows
+      *kernel = int8_runs_on_words(*op.bfp, y.numel() / y.dim(y.rank() - 1)) ? "int8 words" : "int8 bytes";
     return y;
   }
   const Tensor x = [&] {
@@ -206,10 +205,11 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
   // bound by reading its weights, which Winograd makes 16/9 larger) and computes clearly fewer
   // products than the direct kernel.
   if (op.winograd && winograd_pays(op.conv, x)) {
-    if (kernel) *kernel = op.quantize_input ? "f32 Winograd F(2x2,3x3), decoded weights" : "f32 Winograd F(2x2,3x3)";
+    if (kernel)
+      *kernel = op.quantize_input ? "f32 Winograd F(2x2,3x3), input fake-quantized" : "f32 Winograd F(2x2,3x3)";
     return conv_winograd(op.winograd->get([&] { return pack_winograd(op.conv); }), x, residual, op.relu);
   }
-  if (kernel) *kernel = op.quantize_input ? "f32 direct, decoded weights" : "f32 direct";
+  if (kernel) *kernel = op.quantize_input ? "f32 direct, input fake-quantized" : "f32 direct";
   return conv_nhwc(op.conv, x, residual, op.relu);
 }
 
@@ -231,8 +231,8 @@ void FrozenResNet::record_time(size_t index, const char* kernel, const Tensor& o
   if (index >= times_.size()) return;  // timing was turned off meanwhile
   LayerTime& t = times_[index];
   t.kernel = kernel;
-  t.output.clear();
-  for (int d = 0; d < out.rank(); ++d) t.output += (d ? "x" : "") + std::to_string(out.dim(d));
+  if (t.calls == 0)
+    for (int d = 0; d < out.rank(); ++d) t.output += (d ? "x" : "") + std::to_string(out.dim(d));
   t.macs += macs;
   t.seconds += seconds;
   ++t.calls;
@@ -280,12 +280,14 @@ Tensor FrozenResNet::run_ops(Tensor current, size_t begin, size_t end) const {
     const Op& op = ops_[i];
     if (op.starts_block) block_input = current;
     if (op.pool) {
-      const bool timed = timing_.load(std::memory_order_relaxed);
+      if (!timing_.load(std::memory_order_relaxed)) {
+        current = maxpool_nhwc(current, op.pool_params);
+        continue;
+      }
       const auto start = std::chrono::steady_clock::now();
       current = maxpool_nhwc(current, op.pool_params);
-      if (timed)
-        record_time(i, "max pool", current, 0,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      record_time(i, "max pool", current, 0,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       continue;
     }
     const Tensor& in = op.in == Slot::block_input ? block_input : current;

@@ -63,7 +63,7 @@ using LayerQuantizations = std::map<std::string, LayerQuantization>;
 struct LayerTime {
   std::string layer;   // the state_dict prefix ("conv1", "layer2.0.downsample.0", "fc1") or "maxpool"
   std::string kernel;  // what ran it the last time: "f32 direct", "f32 Winograd F(2x2,3x3)", "int8 words", ...
-  std::string output;  // the last output's shape, channels last: "64x10x10x256"
+  std::string output;  // its first timed output's shape, channels last: "64x10x10x256"
   double macs = 0;     // multiply-adds of the direct convolution, summed over the runs (Winograd computes fewer)
   double seconds = 0;  // wall time, summed over the runs
   int64_t calls = 0;
@@ -98,8 +98,10 @@ class FrozenResNet {
   std::string describe() const;
   const KernelSet& kernel_set() const { return *kernels_; }
 
-  // Times every layer of the runs from now on, from whichever thread they run on (toptag perf --local
-  // --profile): on clears the times so far; off stops. Costs two clock reads a layer while on.
+  // Times every layer of the runs from now on (toptag perf --local --profile): on clears the times so
+  // far; off stops. Costs two clock reads and a lock a layer while on. Meant for one caller at a time:
+  // the layers of concurrent runs add up their times. (nn/profile.h's ProfileScope times the phases
+  // of a training step, each without the phases nested in it; this times the plan's layers whole.)
   void time_layers(bool on) const;
   // The layers timed so far, in forward order (those that ran at least once).
   std::vector<LayerTime> layer_times() const;
@@ -163,8 +165,8 @@ class FrozenResNet {
   int64_t split_channels_ = 0;
   Op fc1_, fc2_;  // the head, as 1x1 convolutions over a 1x1 image
 
-  // Layer timing: one entry per op of ops_, then fc1_ and fc2_. The only state that changes after
-  // construction, under its mutex.
+  // Layer timing: one entry per op of ops_, then fc1_ and fc2_, under the mutex; timing_ says whether
+  // runs record. (Winograd's and int8's word panels, packed on first use, change after construction too.)
   mutable std::atomic<bool> timing_{false};
   mutable std::mutex times_mutex_;
   mutable std::vector<LayerTime> times_;

@@ -157,7 +157,7 @@ class ResNet {
   BatchNorm2d bn1;
   std::vector<std::vector<Block>> layers;
   Linear fc1, fc2;
-  std::shared_ptr<const FrozenResNet> frozen_;  // immutable once built: shared by concurrent callers
+  std::shared_ptr<const FrozenResNet> frozen_;  // shared by concurrent callers: its weights fixed once built
 };
 
 }  // namespace toptag

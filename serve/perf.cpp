@@ -149,7 +149,7 @@ std::vector<PerfPoint> measure_local(Tagger& tagger, const LocalPerfOptions& o, 
   model.set_training(false);
   const FrozenResNet* plan = o.profile ? model.frozen() : nullptr;
   if (o.profile && !plan)
-    fail("--profile times the layers of the frozen engine; this model runs without it (--emulate)");
+    fail("--profile times the layers of the frozen engine; a quantized model's --emulate runs without it");
   std::vector<PerfPoint> points;
   for (int threads : o.threads) {
     set_num_threads(threads);
@@ -211,7 +211,7 @@ std::string layer_table(const std::vector<LayerTime>& layers, int64_t runs, doub
                        kernel_width, t.output, output_width, t.seconds * per_run, 100 * t.seconds / run_seconds, rate);
   }
   const double rest = std::max(0.0, run_seconds - layers_seconds);
-  out += fmt::format("{:<{}}  {:>9.3f}  {:>5.1f}%\n", "the rest (input layout change, average pool)",
+  out += fmt::format("{:<{}}  {:>9.3f}  {:>5.1f}%\n", "the rest (input layout change, average pool, timing)",
                      name_width + kernel_width + output_width + 4, rest * per_run, 100 * rest / run_seconds);
   return out;
 }

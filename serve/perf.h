@@ -51,7 +51,7 @@ struct LocalPerfOptions {
 std::vector<PerfPoint> measure_local(Tagger& tagger, const LocalPerfOptions& options, bool show_progress = true);
 // Where `runs` runs of `run_seconds` in all went, layer by layer in forward order: each layer's
 // kernel, output shape, milliseconds a run, share of the runs' time and GMAC/s, and what the layers
-// leave (the input's layout change, the average pool).
+// leave (the input's layout change, the average pool, the timing's own cost).
 std::string layer_table(const std::vector<LayerTime>& layers, int64_t runs, double run_seconds);
 
 std::string perf_table(const std::vector<PerfPoint>& points);

@@ -120,7 +120,7 @@ grep -q "^the rest" perf_profile.txt || fail "perf --profile leaves out the rest
 expect_error "--profile against a server" "use it with --local" $TOPTAG perf --server "$GRPC" --profile
 $TOPTAG perf --local -c q_ms-fp8.h5 --batch 2 --threads 1 --duration 100ms --warmup 0s --profile >perf_q.txt 2>&1 \
   || fail "perf --local --profile, ms-fp8: $(tail -3 perf_q.txt)"
-grep -q "^layer1.0.conv1  *bfp, int16 block sums " perf_q.txt || fail "ms-fp8's integer kernel not shown: $(cat perf_q.txt)"
+grep -q "^layer1.0.conv1  *bfp integer " perf_q.txt || fail "ms-fp8's integer kernel not shown: $(cat perf_q.txt)"
 expect_error "--profile with --emulate" "--emulate" $TOPTAG perf --local -c q_ms-fp8.h5 --emulate --profile \
   --duration 100ms
 

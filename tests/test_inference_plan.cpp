@@ -124,6 +124,10 @@ TEST(FrozenResNet, TimesEachLayerOnlyWhileAsked) {
     EXPECT_GT(t.seconds, 0) << t.layer;
     EXPECT_FALSE(t.kernel.empty()) << t.layer;
   }
+  std::vector<std::string> sorted_names = names, sorted_walk = walked;
+  std::sort(sorted_names.begin(), sorted_names.end());
+  std::sort(sorted_walk.begin(), sorted_walk.end());
+  ASSERT_EQ(sorted_names, sorted_walk);
   // The plan's order: the walk's, but a block's shortcut before its main path.
   auto at = [&](const std::string& name) { return std::find(names.begin(), names.end(), name) - names.begin(); };
   EXPECT_LT(at("layer2.0.downsample.0"), at("layer2.0.conv1"));
@@ -131,10 +135,6 @@ TEST(FrozenResNet, TimesEachLayerOnlyWhileAsked) {
   EXPECT_EQ(names[1], "maxpool");
   EXPECT_EQ(names[names.size() - 2], "fc1");
   EXPECT_EQ(names.back(), "fc2");
-  std::vector<std::string> sorted_names = names, sorted_walk = walked;
-  std::sort(sorted_names.begin(), sorted_names.end());
-  std::sort(sorted_walk.begin(), sorted_walk.end());
-  EXPECT_EQ(sorted_names, sorted_walk);
   const LayerTime& stem = times[0];
   EXPECT_EQ(stem.kernel, "f32 direct");
   EXPECT_EQ(stem.output, "4x32x32x32");
@@ -148,6 +148,10 @@ TEST(FrozenResNet, TimesEachLayerOnlyWhileAsked) {
   EXPECT_EQ(times[at("layer3.1.conv1")].kernel, "f32 Winograd F(2x2,3x3)");
   EXPECT_EQ(times[at("layer3.1.conv1")].output, "4x4x4x128");
   EXPECT_EQ(times[at("layer4.1.conv1")].kernel, "f32 direct");  // 2x2 maps: Winograd would not pay
+  plan.time_layers(true);                                       // starts again from nothing
+  plan.features(images);
+  for (const LayerTime& t : plan.layer_times()) EXPECT_EQ(t.calls, 1) << t.layer;
+  EXPECT_EQ(plan.layer_times().size(), walked.size() - 2);  // the head did not run
   plan.time_layers(false);
   EXPECT_TRUE(plan.layer_times().empty());
   plan.features(images);

@@ -76,11 +76,25 @@ TEST_P(QuantizedPlanVsEmulation, FeaturesAndLogitsMatch) {
     plan.time_layers(true);  // and each layer says which kernel ran it (toptag perf --local --profile)
     const Tensor f = plan.features(images);
     plan.head(f);
-    int timed_integer = 0;
-    const std::string integer_kernel =
-        std::string(c.activations) == "ms-fp8" || std::string(c.activations) == "msfp16" ? "bfp, int" : "int8 ";
-    for (const LayerTime& t : plan.layer_times()) timed_integer += t.kernel.rfind(integer_kernel, 0) == 0;
+    int timed_integer = 0, words = 0, bytes = 0;
+    const char* other_family = c.full_bytes ? "bfp" : "int8";  // int8 and fixed<8,I> run int8's tiles
+    for (const LayerTime& t : plan.layer_times()) {
+      timed_integer += t.kernel.rfind("f32 ", 0) != 0 && t.kernel != "max pool";
+      words += t.kernel == "int8 words";
+      bytes += t.kernel == "int8 bytes";
+      EXPECT_NE(t.kernel.rfind(other_family, 0), 0u) << t.layer << ": " << t.kernel;
+    }
     EXPECT_EQ(timed_integer, integer);
+    // int8 runs on the word tile from 48 output rows (bfp.h int8_words_pay), where the set has one:
+    // at batch 64 the layers of 1 to 4 pixels too; at a batch of 2 or 3 those run on the byte tile.
+    if (c.full_bytes && integer > 0) {
+      if (c.batch >= 48 && kernels(isa).tile_int8_words) {
+        EXPECT_GT(words, 0);
+      }
+      if (c.batch <= 3) {
+        EXPECT_GT(bytes, 0);
+      }
+    }
     plan.time_layers(false);
     const double tolerance = std::string(c.activations) == "int8" ? kInt8Tolerance : kTolerance;
     testing::expect_close_to_max(f, features, "features", tolerance);

@@ -416,6 +416,11 @@ bool int8_words_pay(const PackedBfpConv& cv, int64_t rows) {
   return cv.words && rows >= kMinRows;
 }
 
+bool int8_runs_on_words(const PackedBfpConv& cv, int64_t rows, Int8Tile tile) {
+  return cv.int8_input && cv.words &&
+         (tile == Int8Tile::words || (tile == Int8Tile::chosen && int8_words_pay(cv, rows)));
+}
+
 // A layer's weights this small stay in L1 while a tile's rows pass over all its panels: half of a
 // 32 KB L1 (AMD Zen 3's), which ResNet-50's 64 <-> 256 channel 1x1 layers fill exactly.
 constexpr int64_t kRowsOuterMaxWeightBytes = 16 << 10;
@@ -442,8 +447,7 @@ Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* res
   if (residual) expect_shape(*residual, y.shape(), "conv_nhwc_bfp residual");
   if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc bfp");
-  const bool words = cv.int8_input && cv.words &&
-                     (int8_tile == Int8Tile::words || (int8_tile == Int8Tile::chosen && int8_words_pay(cv, g.rows())));
+  const bool words = int8_runs_on_words(cv, g.rows(), int8_tile);
   const Int8Words* word_panels = words ? &cv.words->get([&] { return pack_int8_words(cv); }) : nullptr;
   const bool cached = cache && !cv.int8_input && cache->source.data() == x.data() &&
                       cache->source.shape() == x.shape() && cache->format == cv.input;

@@ -163,6 +163,8 @@ enum class Int8Tile { chosen, bytes, words };
 // Whether the word tile runs an int8 layer of `rows` output rows: it has one, and every panel's twice
 // larger weights serve enough rows to be worth reading (a batch of jets; not one jet's last stages).
 bool int8_words_pay(const PackedBfpConv& conv, int64_t rows);
+// Whether conv_nhwc_bfp runs `conv` (int8) on the word tile for `rows` output rows, asked for `tile`.
+bool int8_runs_on_words(const PackedBfpConv& conv, int64_t rows, Int8Tile tile = Int8Tile::chosen);
 
 // One layer input's block floating point records, kept for the next layer that reads the same tensor
 // in the same format (a ResNet block's shortcut and its first convolution). It holds the tensor, so
