@@ -187,6 +187,10 @@ void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, st
 
 Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache,
                          const char** kernel) {
+  if (op.pool) {
+    if (kernel) *kernel = "max pool";
+    return maxpool_nhwc(in, op.pool_params);
+  }
   if (op.bfp && !(op.float_if_negative && has_negative(in))) {
     const Tensor x = op.integer_quantizes_first ? op.quantize_input(in) : in;
     Tensor y = conv_nhwc_bfp(*op.bfp, x, residual, op.relu, cache);
@@ -222,7 +226,8 @@ Tensor FrozenResNet::run_timed(size_t index, const Op& op, const Tensor& in, con
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const ConvShape& shape = op.bfp ? static_cast<const ConvShape&>(*op.bfp) : op.conv;
   const double rows = static_cast<double>(y.numel() / y.dim(y.rank() - 1));
-  record_time(index, kernel, y, rows * static_cast<double>(shape.K * shape.C * shape.taps()), seconds);
+  const double macs = op.pool ? 0 : rows * static_cast<double>(shape.K * shape.C * shape.taps());
+  record_time(index, kernel, y, macs, seconds);
   return y;
 }
 
@@ -279,17 +284,6 @@ Tensor FrozenResNet::run_ops(Tensor current, size_t begin, size_t end) const {
   for (size_t i = begin; i < end; ++i) {
     const Op& op = ops_[i];
     if (op.starts_block) block_input = current;
-    if (op.pool) {
-      if (!timing_.load(std::memory_order_relaxed)) {
-        current = maxpool_nhwc(current, op.pool_params);
-        continue;
-      }
-      const auto start = std::chrono::steady_clock::now();
-      current = maxpool_nhwc(current, op.pool_params);
-      record_time(i, "max pool", current, 0,
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-      continue;
-    }
     const Tensor& in = op.in == Slot::block_input ? block_input : current;
     const Tensor* residual = !op.add_residual ? nullptr : op.residual == Slot::shortcut ? &shortcut : &block_input;
     (op.out == Slot::shortcut ? shortcut : current) = run_timed(i, op, in, residual, &cache);

@@ -139,7 +139,7 @@ class FrozenResNet {
                    bool keep_float = false) const;
   // Appends a block's convolutions: the shortcut first, the residual add and ReLU fused into the last.
   void add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut);
-  // One convolution (or linear layer) on its input, by whichever path it was packed for.
+  // One convolution (or linear layer, or max pool) on its input, by whichever path it was packed for.
   // `cache`: the block floating point records of the last input quantized, for a layer reading it again.
   // `kernel`, when given, is set to what ran it (LayerTime::kernel).
   static Tensor run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache = nullptr,

@@ -44,7 +44,7 @@ struct LocalPerfOptions {
   std::vector<int> threads = {1, 2};
   double duration_s = 10, warmup_s = 1;
   // Also time every layer of the measured runs and print where each point's time goes (layer_table);
-  // needs the frozen engine (not --emulate).
+  // needs the frozen engine (a quantized model's --emulate runs without it).
   bool profile = false;
 };
 // Random images of tagger.images' shape.
