@@ -58,6 +58,7 @@ void run_model(const ModelArgs& args) {
   fmt::print("GEMM FLOPs     {:.3f} G per {}x{} image (forward), counted\n", forward_gflops(*model, args.image_size),
              args.image_size, args.image_size);
   fmt::print("BLAS           {} (training)\n", blas_info().summary());
+  if (!blas_info().advice.empty()) fmt::print("               warning: {}\n", blas_info().advice);
   fmt::print("training       {}\n", model->featurizer_layout() == ActivationLayout::nhwc
                                         ? "channels-last (NHWC) autograd, im2col + OpenBLAS sgemm"
                                         : "NCHW autograd (the layers' input quantizers), im2col + OpenBLAS sgemm");

@@ -55,7 +55,8 @@ Blas load_blas() {
   const char* ours = std::getenv(kSelectedBy);
   const bool inherited = env && ours && std::strcmp(env, ours) == 0;
   const std::string user = env && !inherited ? env : "";
-  const std::string choice = already_loaded ? "" : choose_coretype(detect_cpu(), user);
+  const CpuFeatures cpu = detect_cpu();
+  const std::string choice = already_loaded ? "" : choose_coretype(cpu, user);
   if (!choice.empty()) {
     setenv("OPENBLAS_CORETYPE", choice.c_str(), 1);
     setenv(kSelectedBy, choice.c_str(), 1);
@@ -79,6 +80,7 @@ Blas load_blas() {
     b.info.reason = fmt::format("OpenBLAS's own choice: this build has no {} kernel", choice);
   else
     b.info.reason = "OpenBLAS's own choice";
+  if (!already_loaded) b.info.advice = coretype_advice(cpu, user, b.info.core);
   return b;
 }
 
@@ -136,6 +138,19 @@ std::string choose_coretype(const CpuFeatures& cpu, const std::string& user_core
   const bool avx512 = cpu.avx512f && cpu.avx512cd && cpu.avx512bw && cpu.avx512dq && cpu.avx512vl;
   if (avx512 && cpu.avx2 && cpu.fma && cpu.os_saves_avx && cpu.os_saves_avx512) return "SkylakeX";
   return "";
+}
+
+bool avx512_coretype(const std::string& core) {
+  return same_name(core, "SkylakeX") || same_name(core, "Cooperlake") || same_name(core, "SapphireRapids");
+}
+
+std::string coretype_advice(const CpuFeatures& cpu, const std::string& user_coretype, const std::string& core) {
+  if (user_coretype.empty() || avx512_coretype(core) || choose_coretype(cpu, "").empty()) return "";
+  return fmt::format(
+      "OPENBLAS_CORETYPE={} (set in the environment) runs OpenBLAS's {} kernel on a CPU with AVX-512: "
+      "training's matrix products run at about half the speed this CPU has. Unset OPENBLAS_CORETYPE and "
+      "toptag selects SkylakeX, OpenBLAS's AVX-512 kernel",
+      user_coretype, core);
 }
 
 std::string BlasInfo::summary() const {

@@ -30,12 +30,21 @@ CpuFeatures detect_cpu();
 // user's OPENBLAS_CORETYPE (empty when unset). A user's value is never replaced.
 std::string choose_coretype(const CpuFeatures& cpu, const std::string& user_coretype);
 
+// Whether OpenBLAS's kernel `core` is one of its AVX-512 sgemm kernels (SkylakeX, Cooperlake, SapphireRapids).
+bool avx512_coretype(const std::string& core);
+
+// A warning when the user's OPENBLAS_CORETYPE holds OpenBLAS to a kernel without AVX-512 (`core`, the
+// one loaded) on a CPU that toptag would run on SkylakeX: the training GEMMs then run at about half
+// the speed the CPU has. "" otherwise. The user's value still wins; this only says what it costs.
+std::string coretype_advice(const CpuFeatures& cpu, const std::string& user_coretype, const std::string& core);
+
 // The loaded library and the kernel it runs.
 struct BlasInfo {
   std::string library;  // the file loaded
   std::string core;     // OpenBLAS's name for the kernel in use ("SkylakeX", "Haswell", ...)
   std::string config;   // openblas_get_config(): version and build options
   std::string reason;   // why this kernel: "selected by toptag: ...", "OPENBLAS_CORETYPE=...", ...
+  std::string advice;   // coretype_advice(): what the user's OPENBLAS_CORETYPE costs here, or ""
   // One line for banners and reports: "OpenBLAS 0.3.21 kernel SkylakeX (selected by toptag: ...)".
   std::string summary() const;
 };

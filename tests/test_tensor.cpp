@@ -145,6 +145,25 @@ TEST(Blas, AskForTheAvx512KernelOnlyWhereTheCpuAndTheOsHaveIt) {
   EXPECT_EQ(choose_coretype(CpuFeatures{}, ""), "");  // nothing detected (another architecture)
 }
 
+// The user's OPENBLAS_CORETYPE wins, and costs a warning only where it holds an AVX-512 CPU to AVX2.
+TEST(Blas, WarnsWhenTheUsersCoretypeLeavesAvx512Unused) {
+  CpuFeatures zen5;  // AMD EPYC Zen 5, as this project's machines, with OPENBLAS_CORETYPE=Haswell set
+  zen5.avx2 = zen5.fma = zen5.os_saves_avx = zen5.os_saves_avx512 = true;
+  zen5.avx512f = zen5.avx512cd = zen5.avx512bw = zen5.avx512dq = zen5.avx512vl = true;
+  const std::string advice = coretype_advice(zen5, "Haswell", "Haswell");
+  EXPECT_NE(advice.find("OPENBLAS_CORETYPE=Haswell"), std::string::npos) << advice;
+  EXPECT_NE(advice.find("SkylakeX"), std::string::npos) << advice;
+  EXPECT_EQ(coretype_advice(zen5, "", "SkylakeX"), "") << "toptag's own choice";
+  EXPECT_EQ(coretype_advice(zen5, "", "Haswell"), "") << "no user value: nothing the user could change";
+  EXPECT_EQ(coretype_advice(zen5, "skylakex", "SkylakeX"), "") << "the user asked for AVX-512";
+  EXPECT_EQ(coretype_advice(zen5, "Cooperlake", "Cooperlake"), "");
+  EXPECT_TRUE(avx512_coretype("SapphireRapids") && !avx512_coretype("Zen"));
+
+  CpuFeatures zen3 = zen5;  // AVX2 only: Haswell is the best OpenBLAS has for it
+  zen3.avx512f = zen3.avx512cd = zen3.avx512bw = zen3.avx512dq = zen3.avx512vl = zen3.os_saves_avx512 = false;
+  EXPECT_EQ(coretype_advice(zen3, "Haswell", "Haswell"), "");
+}
+
 TEST(Blas, ReportsTheKernelItLoaded) {
   const BlasInfo& info = blas_info();
   EXPECT_FALSE(info.core.empty());
@@ -159,6 +178,11 @@ TEST(Blas, ReportsTheKernelItLoaded) {
   if (!user && choose_coretype(cpu, "") == "SkylakeX") {
     EXPECT_EQ(info.core, "SkylakeX") << info.summary();
   }
+  // This machine's own case: a warning exactly where a user's value holds an AVX-512 CPU to AVX2.
+  const char* selected = std::getenv("TOPTAG_SELECTED_CORETYPE");  // set where toptag chose the value
+  const bool ours = user && selected && std::string(user) == selected;
+  const bool held_back = user && !ours && !avx512_coretype(info.core) && choose_coretype(cpu, "") == "SkylakeX";
+  EXPECT_EQ(!info.advice.empty(), held_back) << info.summary() << ": " << info.advice;
 }
 
 }  // namespace
