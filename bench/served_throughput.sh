@@ -72,19 +72,48 @@ for _ in $(seq 100); do [ -s ports.json ] && break; sleep 0.1; done
 [ -s ports.json ] || { cat serve.log; exit 1; }
 grep -E "instances|batching" serve.log | head -3
 grpc=$(python3 -c 'import json; print(json.load(open("ports.json"))["grpc"])')
-"$TOPTAG" perf --server "grpc://127.0.0.1:$grpc" --concurrency "$CLIENTS" --shared-memory system \
+# CPU seconds (user + system) of the server process so far, from /proc.
+server_cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$serve_pid/stat"; }
+server_before=$(server_cpu)
+# The clients' CPU seconds: the perf process's own, from getrusage once it has ended.
+python3 -c '
+import resource, subprocess, sys
+subprocess.run(sys.argv[2:], check=True)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime:.2f}\n")' clients_cpu.txt \
+  "$TOPTAG" perf --server "grpc://127.0.0.1:$grpc" --concurrency "$CLIENTS" --shared-memory system \
   --duration "$DURATION" --csv served.csv 2>&1 | grep -E "^(server|shm)"
+server_after=$(server_cpu)
 metrics=$(python3 -c 'import json; print(json.load(open("ports.json"))["metrics"])')
-python3 - "$metrics" <<'PY'
+best=$(awk -F, 'NR > 1 && $5 > b { b = $5 } END { print b }' local.csv)
+python3 - "$metrics" "$server_before" "$server_after" "$(cat clients_cpu.txt)" "$best" "$THREADS" <<'PY'
 import sys, urllib.request
-text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+metrics, server_before, server_after, clients, best, threads = sys.argv[1:]
+text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics").read().decode()
 value = lambda name: sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name + "{"))
-print(f"server: mean batch {value('nv_inference_count') / max(value('nv_inference_exec_count'), 1):.1f} images "
+images = value("nv_inference_count")
+print(f"server: mean batch {images / max(value('nv_inference_exec_count'), 1):.1f} images "
       f"over the run (inferences / executions)")
+# Where a request's time goes inside the server (Triton's counters, summed over requests): a client's
+# mean latency above less this is the transport, the gRPC threads and the client itself.
+if images > 0:
+    per = lambda name: value(name) / images / 1e3
+    print(f"server: a request's mean {per('nv_inference_request_duration_us'):.2f} ms inside the server: queue "
+          f"{per('nv_inference_queue_duration_us'):.2f} ms, its batch's compute "
+          f"{per('nv_inference_compute_infer_duration_us'):.2f} ms, input and output "
+          f"{per('nv_inference_compute_input_duration_us') + per('nv_inference_compute_output_duration_us'):.2f} ms")
+# Where a 2-core machine's CPU goes: the service's and the clients' CPU time a request, against
+# the best local point's (its threads busy for 1 / rate seconds an image).
+if images > 0:
+    server_ms = 1e3 * (float(server_after) - float(server_before)) / images
+    clients_ms = 1e3 * float(clients) / images
+    local_ms = 1e3 * int(threads) / float(best)
+    print(f"CPU a request: server {server_ms:.3f} ms (its waiting threads spin, so this bounds it from above), "
+          f"clients {clients_ms:.3f} ms; the best local point: {local_ms:.3f} ms an image "
+          f"({threads} threads x 1 / {float(best):.0f} images/s)")
 PY
 
 section "served / best local (throughput, images/s)"
-best=$(awk -F, 'NR > 1 && $5 > b { b = $5 } END { print b }' local.csv)
 for mode in server shm; do
   awk -F, -v m="$mode" -v b="$best" 'NR > 1 && $1 == m {
     printf "%-7s %3d clients: %8.1f images/s, best local %8.1f: %.2f\n", m, $2, $5, b, $5 / b }' served.csv
