@@ -199,7 +199,7 @@ std::vector<std::vector<int64_t>> packed_cases() {
     for (int64_t n : {1, 64})
       for (int64_t isa : {0, 1, 2}) cases.push_back({s[0], s[1], s[2], s[3], s[4], s[5], n, isa});
   // The paper's 224x224x3 at batch 1: the stem, the same arithmetic as a plain GEMM (147 = 3 x 7 x 7
-  // inputs a pixel: what the stem's dense rows cost beyond it), and each stage's first block.
+  // inputs a pixel: what reading the stem's kernel rows costs beyond it), and each stage's first block.
   const std::vector<std::vector<int64_t>> paper = {
       {3, 224, 64, 7, 2, 3},  {147, 112, 64, 1, 1, 0},  {64, 56, 64, 1, 1, 0},    {64, 56, 64, 3, 1, 1},
       {64, 56, 256, 1, 1, 0}, {256, 56, 64, 1, 1, 0},   {128, 28, 128, 3, 1, 1},  {256, 14, 256, 3, 1, 1},

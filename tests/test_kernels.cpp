@@ -71,13 +71,13 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{9, 24, 5, 5, 33, 3, 1, 1},     // 5x5 maps, batch 9
                       ConvCase{8, 16, 1, 1, 10, 3, 1, 3},     // pixels whose every tap reads padding
                       ConvCase{1, 2, 2, 2, 4, 7, 2, 3},       // a 2x2 image under the stem: most taps in padding
-                      // Few channels (at most 8), read as dense rows:
+                      // Few channels (at most 8), read as kernel rows:
                       ConvCase{2, 2, 1, 1, 10, 3, 1, 4},       // padding wider than the kernel: rows all padding
                       ConvCase{3, 4, 9, 6, 20, 5, 3, 2},       // stride 3
                       ConvCase{2, 3, 8, 9, 20, 2, 3, 0},       // stride wider than the kernel
                       ConvCase{2, 2, 9, 11, 24, 3, 2, 1, 5},   // a 3x5 kernel
                       ConvCase{1, 3, 6, 12, 17, 1, 1, 0, 7},   // a 1x7 kernel
-                      ConvCase{2, 8, 9, 7, 20, 3, 2, 1},       // 8 channels: the last dense ones
+                      ConvCase{2, 8, 9, 7, 20, 3, 2, 1},       // 8 channels: the last read as kernel rows
                       ConvCase{2, 9, 9, 7, 20, 3, 2, 1},       // 9 channels: the pointer table
                       ConvCase{1, 512, 2, 2, 512, 3, 1, 1},    // layer4 at 40x40, batch 1: 4 rows, long reduction
                       ConvCase{2, 2048, 1, 1, 1024, 1, 1, 0},  // fc1 as a 1x1 convolution
@@ -138,7 +138,7 @@ TEST(Winograd, ErrorAgainstTheDirectKernelIsFloatRounding) {
 
 TEST(PackedConv, ThreadedAndSingleThreadedAgreeBitForBit) {
   // Each output element is summed by one thread in a fixed order, so the thread count changes nothing.
-  // Also the stem's dense rows, whose chunks (some starting inside an image) each thread copies itself.
+  // Also the stem's kernel rows, whose chunks (some starting inside an image) each thread lays out itself.
   Rng rng(3);
   const Tensor x = testing::random_tensor({4, 20, 20, 32}, rng), stem_x = testing::random_tensor({3, 40, 40, 3}, rng);
   const Tensor w = testing::random_tensor({96, 32, 3, 3}, rng, 0.1),

@@ -60,46 +60,48 @@ const KernelSet kRefSet{Isa::ref,
                         kernels_ref::int8_words};
 
 // A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
-// per tap. Its rows are copied instead into a dense block, dense[i][t * C + c] (zeros in the padding),
-// that the kernel reads as one tap of taps * C channels: the packed panel has that same order.
-constexpr int64_t kDenseMaxChannels = 8;
+// per tap. Each output row is read instead as R kernel rows: kernel row r's S taps read S adjacent
+// pixels, S * C floats that lie side by side in x (NHWC), which the kernel reads as tap r of S * C
+// channels. The packed panel has that same order ((r * S + s) * C + c). Only a kernel row that
+// crosses the map's left or right edge is copied, with zeros for the padding.
+constexpr int64_t kKernelRowMaxChannels = 8;
 
-// Output rows [m0, m0 + count) of a layer with few input channels (x: NHWC, C channels) as dense
-// rows of taps * C floats, the taps in the packed order. A kernel row's S taps read adjacent pixels:
-// its part inside the map is one copy, and zeros stand for the padding around it.
-void fill_dense_rows(const PackedConv& cv, const OutputGrid& g, const float* x, int64_t m0, int64_t count, float* dense,
-                     const void** out) {
-  const int64_t C = cv.C, span = cv.S * C, width = cv.R * span, PQ = g.P * g.Q;
+// Output rows [m0, m0 + count) of such a layer as R kernel rows each, out[i * R + r]. A kernel row
+// inside the map is read where it lies in x; one in the padding above or below reads `zeros` (S * C
+// of them); one that crosses the left or right edge is copied into its place in `copies` (row i's R
+// spans of S * C floats).
+void fill_kernel_rows(const PackedConv& cv, const OutputGrid& g, const float* x, const float* zeros, int64_t m0,
+                      int64_t count, float* copies, const void** out) {
+  const int64_t C = cv.C, span = cv.S * C, PQ = g.P * g.Q;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t m = m0 + i, n = m / PQ, p = (m % PQ) / g.Q, q = m % g.Q;
     const int64_t w0 = q * cv.stride - cv.pad;
-    const int64_t first = std::max<int64_t>(0, -w0) * C, end = std::min<int64_t>(cv.S, g.W - w0) * C;
-    float* row = dense + i * width;
-    if (first >= end) {  // every tap of this pixel reads padding
-      std::fill_n(row, width, 0.0f);
-      out[i] = row;
-      continue;
-    }
+    // The part of each kernel row inside the map: [first, end) of its span.
+    const int64_t first = std::clamp<int64_t>(-w0, 0, cv.S) * C, end = std::clamp<int64_t>(g.W - w0, 0, cv.S) * C;
     for (int64_t r = 0; r < cv.R; ++r) {
-      float* to = row + r * span;
       const int64_t h = p * cv.stride - cv.pad + r;
-      if (h < 0 || h >= g.H) {
-        std::fill_n(to, span, 0.0f);
+      const void** to = out + i * cv.R + r;
+      if (h < 0 || h >= g.H || first >= end) {
+        *to = zeros;
         continue;
       }
-      // Pixel w0 of image row h, left of the row's start where w0 < 0: only [first, end) is read.
-      const int64_t from = ((n * g.H + h) * g.W + w0) * C;
-      for (int64_t j = 0; j < first; ++j) to[j] = 0.0f;
-      for (int64_t j = first; j < end; ++j) to[j] = x[from + j];
-      for (int64_t j = end; j < span; ++j) to[j] = 0.0f;
+      const int64_t from = ((n * g.H + h) * g.W + w0) * C;  // left of the image row's start where w0 < 0
+      if (first == 0 && end == span) {
+        *to = x + from;
+        continue;
+      }
+      float* copy = copies + (i * cv.R + r) * span;
+      for (int64_t j = 0; j < first; ++j) copy[j] = 0.0f;
+      for (int64_t j = first; j < end; ++j) copy[j] = x[from + j];
+      for (int64_t j = end; j < span; ++j) copy[j] = 0.0f;
+      *to = copy;
     }
-    out[i] = row;
   }
 }
 
-// Whether conv_nhwc runs a layer pixel by pixel (tile_driver.h): not one read as dense rows.
+// Whether conv_nhwc runs a layer pixel by pixel (tile_driver.h): not one read as kernel rows.
 bool runs_pixel_major(const PackedConv& cv, const OutputGrid& g) {
-  return !(cv.C <= kDenseMaxChannels && cv.taps() > 1) && pixel_major(cv, g);
+  return !(cv.C <= kKernelRowMaxChannels && cv.taps() > 1) && pixel_major(cv, g);
 }
 
 }  // namespace
@@ -211,8 +213,10 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
 
   const KernelSet& ks = *cv.kernels;
   const int64_t taps = cv.taps();
-  const bool dense = cv.C <= kDenseMaxChannels && taps > 1;
-  const int64_t row_taps = dense ? 1 : taps;  // pointers per row in the table the kernel reads
+  // A layer with few input channels is read as kernel rows (fill_kernel_rows): R pointers per output
+  // row, of S * C channels each.
+  const bool kernel_rows = cv.C <= kKernelRowMaxChannels && taps > 1;
+  const int64_t row_taps = kernel_rows ? cv.R : taps, row_channels = kernel_rows ? cv.S * cv.C : cv.C;
   const PixelTable px{reinterpret_cast<const char*>(x.data()), cv.C * static_cast<int64_t>(sizeof(float)),
                       cv.zeros.data()};
   if (runs_pixel_major(cv, g)) {
@@ -246,15 +250,19 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
   for_each_tile_chunk(
       cv, g, px, ks.mr, cv.panels,
       [&](int64_t chunk_rows) {
-        // The thread's own copy of its chunk's rows, for a layer read as dense rows.
-        return [&, dense_block = std::vector<float>(dense ? chunk_rows * taps * cv.C : 0),
-                dense_rows = std::vector<const void*>(dense ? chunk_rows : 0)](
+        // The thread's own table of its chunk's kernel rows, the copies of those at the edges, and
+        // one kernel row of zeros after them, for a layer read as kernel rows.
+        const int64_t copy_floats = kernel_rows ? chunk_rows * taps * cv.C : 0;
+        return [&, copy_floats, copies = std::vector<float>(kernel_rows ? copy_floats + row_channels : 0),
+                kernel_row_table = std::vector<const void*>(kernel_rows ? chunk_rows * row_taps : 0)](
                    const void** rows, int64_t m0, int64_t count, int64_t panel, bool fresh) mutable {
-          if (dense && fresh) fill_dense_rows(cv, g, x.data(), m0, count, dense_block.data(), dense_rows.data());
+          if (kernel_rows && fresh)
+            fill_kernel_rows(cv, g, x.data(), copies.data() + copy_floats, m0, count, copies.data(),
+                             kernel_row_table.data());
           const int64_t k0 = panel * ks.nr;
           TileArgs t;
           t.taps = static_cast<int>(row_taps);
-          t.channels = dense ? taps * cv.C : cv.C;
+          t.channels = row_channels;
           t.panel = cv.weights.data() + panel * cv.panel_size();
           t.ld_out = cv.K;
           t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
@@ -268,7 +276,7 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
             t.prefetch = next.slice(i0 / ks.mr, taps * cv.C);
             prefetch_output_ahead(y.data(), residual ? residual->data() : nullptr, cv.K, m0, count, i0, ks.mr, k0,
                                   ks.nr);
-            t.rows = (dense ? dense_rows.data() : rows) + i0 * row_taps;
+            t.rows = (kernel_rows ? kernel_row_table.data() : rows) + i0 * row_taps;
             t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
             t.out = y.data() + m * cv.K + k0;
             t.stage.residual = residual ? residual->data() + m * cv.K + k0 : nullptr;
@@ -276,7 +284,7 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
           }
         };
       },
-      /*gather=*/!dense);
+      /*gather=*/!kernel_rows);
   return y;
 }
 
