@@ -82,7 +82,9 @@ subprocess.run(sys.argv[2:], check=True)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime:.2f}\n")' clients_cpu.txt \
   "$TOPTAG" perf --server "grpc://127.0.0.1:$grpc" --concurrency "$CLIENTS" --shared-memory system \
-  --duration "$DURATION" --csv served.csv 2>&1 | grep -E "^(server|shm)"
+  --duration "$DURATION" --csv served.csv >perf.log 2>&1 || { cat perf.log serve.log; exit 1; }
+grep -E "^(server|shm)" perf.log
+kill -0 "$serve_pid" 2>/dev/null || { echo "the server has ended:"; cat serve.log; exit 1; }
 server_after=$(server_cpu)
 metrics=$(python3 -c 'import json; print(json.load(open("ports.json"))["metrics"])')
 best=$(awk -F, 'NR > 1 && $5 > b { b = $5 } END { print b }' local.csv)
@@ -91,22 +93,22 @@ import sys, urllib.request
 metrics, server_before, server_after, clients, best, threads = sys.argv[1:]
 text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics").read().decode()
 value = lambda name: sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name + "{"))
-images = value("nv_inference_count")
+images, requests = value("nv_inference_count"), value("nv_inference_request_success")
 print(f"server: mean batch {images / max(value('nv_inference_exec_count'), 1):.1f} images "
       f"over the run (inferences / executions)")
 # Where a request's time goes inside the server (Triton's counters, summed over requests): a client's
 # mean latency above less this is the transport, the gRPC threads and the client itself.
-if images > 0:
-    per = lambda name: value(name) / images / 1e3
+if requests > 0:
+    per = lambda name: value(name) / requests / 1e3
     print(f"server: a request's mean {per('nv_inference_request_duration_us'):.2f} ms inside the server: queue "
           f"{per('nv_inference_queue_duration_us'):.2f} ms, its batch's compute "
           f"{per('nv_inference_compute_infer_duration_us'):.2f} ms, input and output "
           f"{per('nv_inference_compute_input_duration_us') + per('nv_inference_compute_output_duration_us'):.2f} ms")
 # Where a 2-core machine's CPU goes: the service's and the clients' CPU time a request, against
 # the best local point's (its threads busy for 1 / rate seconds an image).
-if images > 0:
-    server_ms = 1e3 * (float(server_after) - float(server_before)) / images
-    clients_ms = 1e3 * float(clients) / images
+if requests > 0:
+    server_ms = 1e3 * (float(server_after) - float(server_before)) / requests
+    clients_ms = 1e3 * float(clients) / requests
     local_ms = 1e3 * int(threads) / float(best)
     print(f"CPU a request: server {server_ms:.3f} ms (its waiting threads spin, so this bounds it from above), "
           f"clients {clients_ms:.3f} ms; the best local point: {local_ms:.3f} ms an image "

@@ -145,7 +145,11 @@ bool avx512_coretype(const std::string& core) {
 }
 
 std::string coretype_advice(const CpuFeatures& cpu, const std::string& user_coretype, const std::string& core) {
-  if (user_coretype.empty() || avx512_coretype(core) || choose_coretype(cpu, "").empty()) return "";
+  // Nothing to say where the user asked for AVX-512 (a build without that kernel gives the same one
+  // unset), or where toptag would not choose it either.
+  if (user_coretype.empty() || avx512_coretype(user_coretype) || avx512_coretype(core) ||
+      choose_coretype(cpu, "").empty())
+    return "";
   return fmt::format(
       "OPENBLAS_CORETYPE={} (set in the environment) runs OpenBLAS's {} kernel on a CPU with AVX-512: "
       "training's matrix products run at about half the speed this CPU has. Unset OPENBLAS_CORETYPE and "

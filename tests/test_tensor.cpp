@@ -157,6 +157,7 @@ TEST(Blas, WarnsWhenTheUsersCoretypeLeavesAvx512Unused) {
   EXPECT_EQ(coretype_advice(zen5, "", "Haswell"), "") << "no user value: nothing the user could change";
   EXPECT_EQ(coretype_advice(zen5, "skylakex", "SkylakeX"), "") << "the user asked for AVX-512";
   EXPECT_EQ(coretype_advice(zen5, "Cooperlake", "Cooperlake"), "");
+  EXPECT_EQ(coretype_advice(zen5, "SkylakeX", "Haswell"), "") << "a build without SkylakeX: unsetting gives the same";
   EXPECT_TRUE(avx512_coretype("SapphireRapids") && !avx512_coretype("Zen"));
 
   CpuFeatures zen3 = zen5;  // AVX2 only: Haswell is the best OpenBLAS has for it
