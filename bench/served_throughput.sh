@@ -104,9 +104,8 @@ if requests > 0:
           f"{per('nv_inference_queue_duration_us'):.2f} ms, its batch's compute "
           f"{per('nv_inference_compute_infer_duration_us'):.2f} ms, input and output "
           f"{per('nv_inference_compute_input_duration_us') + per('nv_inference_compute_output_duration_us'):.2f} ms")
-# Where a 2-core machine's CPU goes: the service's and the clients' CPU time a request, against
-# the best local point's (its threads busy for 1 / rate seconds an image).
-if requests > 0:
+    # Where a 2-core machine's CPU goes: the service's and the clients' CPU time a request, against
+    # the best local point's (its threads busy for 1 / rate seconds an image).
     server_ms = 1e3 * (float(server_after) - float(server_before)) / requests
     clients_ms = 1e3 * float(clients) / requests
     local_ms = 1e3 * int(threads) / float(best)

@@ -65,6 +65,9 @@ const KernelSet kRefSet{Isa::ref,
 // channels. The packed panel has that same order ((r * S + s) * C + c). Only a kernel row that
 // crosses the map's left or right edge is copied, with zeros for the padding.
 constexpr int64_t kKernelRowMaxChannels = 8;
+inline bool reads_kernel_rows(const PackedConv& cv) {
+  return cv.C <= kKernelRowMaxChannels && cv.taps() > 1;
+}
 
 // Output rows [m0, m0 + count) of such a layer as R kernel rows each, out[i * R + r]. A kernel row
 // inside the map is read where it lies in x; one in the padding above or below reads `zeros` (S * C
@@ -101,7 +104,7 @@ void fill_kernel_rows(const PackedConv& cv, const OutputGrid& g, const float* x,
 
 // Whether conv_nhwc runs a layer pixel by pixel (tile_driver.h): not one read as kernel rows.
 bool runs_pixel_major(const PackedConv& cv, const OutputGrid& g) {
-  return !(cv.C <= kKernelRowMaxChannels && cv.taps() > 1) && pixel_major(cv, g);
+  return !reads_kernel_rows(cv) && pixel_major(cv, g);
 }
 
 }  // namespace
@@ -215,7 +218,7 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
   const int64_t taps = cv.taps();
   // A layer with few input channels is read as kernel rows (fill_kernel_rows): R pointers per output
   // row, of S * C channels each.
-  const bool kernel_rows = cv.C <= kKernelRowMaxChannels && taps > 1;
+  const bool kernel_rows = reads_kernel_rows(cv);
   const int64_t row_taps = kernel_rows ? cv.R : taps, row_channels = kernel_rows ? cv.S * cv.C : cv.C;
   const PixelTable px{reinterpret_cast<const char*>(x.data()), cv.C * static_cast<int64_t>(sizeof(float)),
                       cv.zeros.data()};
