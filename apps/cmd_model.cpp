@@ -57,11 +57,12 @@ void run_model(const ModelArgs& args) {
   fmt::print("buffers        {} tensors (batch-norm running statistics)\n", state.buffers.size());
   fmt::print("GEMM FLOPs     {:.3f} G per {}x{} image (forward), counted\n", forward_gflops(*model, args.image_size),
              args.image_size, args.image_size);
-  fmt::print("BLAS           {} (training)\n", blas_info().summary());
-  if (!blas_info().advice.empty()) fmt::print("               warning: {}\n", blas_info().advice);
-  fmt::print("training       {}\n", model->featurizer_layout() == ActivationLayout::nhwc
-                                        ? "channels-last (NHWC) autograd, im2col + OpenBLAS sgemm"
-                                        : "NCHW autograd (the layers' input quantizers), im2col + OpenBLAS sgemm");
+  fmt::print("BLAS           {}\n", blas_info().summary());
+  fmt::print("training       {}, matrix products on {}\n",
+             model->featurizer_layout() == ActivationLayout::nhwc
+                 ? "channels-last (NHWC) autograd, im2col"
+                 : "NCHW autograd (the layers' input quantizers), im2col",
+             gemm_choice().reason);
   if (tagger && tagger->quantized()) {
     // Frozen as predict and serve freeze it, to say which layers run on integer kernels.
     tagger->model = std::move(model);

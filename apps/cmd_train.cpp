@@ -48,12 +48,6 @@ void check_files(const TrainConfig& c, const std::string& output_dir) {
       .check();
 }
 
-// Training's matrix products run on OpenBLAS: say so when the environment holds it below this CPU.
-void warn_slow_blas() {
-  if (World::get().root() && !blas_info().advice.empty())
-    fmt::print(stderr, "toptag: warning: {}\n", blas_info().advice);
-}
-
 void run_train(TrainArgs& a) {
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
@@ -65,7 +59,6 @@ void run_train(TrainArgs& a) {
     const TrainConfig stored = read_train_config(checkpoint);
     check_files(stored, output_dir);
     apply_threads(stored.threads);
-    warn_slow_blas();
     fmt::print(stderr, "resuming {} from {}\n", output_dir, checkpoint);
     // The number of epochs is the only setting a resume may change.
     r = resume(checkpoint, output_dir, a.epochs_option->count() > 0 ? a.config.epochs : 0, &stop_requested);
@@ -77,7 +70,6 @@ void run_train(TrainArgs& a) {
       if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
     check_files(config, config.output_dir);
     apply_threads(config.threads);
-    warn_slow_blas();
     r = train(config, &stop_requested);
   }
   std::signal(SIGINT, SIG_DFL);

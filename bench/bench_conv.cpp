@@ -13,8 +13,10 @@
 #include <cmath>
 #include <vector>
 
+#include "nn/gemm.h"
 #include "nn/kernels/bfp.h"
 #include "nn/kernels/packed_conv.h"
+#include "nn/kernels/tiled_gemm.h"
 #include "nn/kernels/winograd.h"
 #include "nn/ops/conv2d.h"
 #include "nn/ops/conv2d_nhwc.h"
@@ -227,8 +229,44 @@ void Int8Shapes(benchmark::internal::Benchmark* b) {
   }
 }
 
+// Training's matrix products (40x40, batch 64: the shapes that take most of a step's multiply-adds),
+// on OpenBLAS (gemm 0) and on toptag's tiles (1 avx2, 2 avx512). args: M, N, K, trans_a, trans_b, gemm.
+void BM_Gemm(benchmark::State& state) {
+  const int64_t M = state.range(0), N = state.range(1), K = state.range(2);
+  const bool trans_a = state.range(3) != 0, trans_b = state.range(4) != 0;
+  const int backend = static_cast<int>(state.range(5));
+  if (backend > 0 && !cpu_supports(static_cast<Isa>(backend)))
+    return state.SkipWithError("this CPU cannot run the instruction set");
+  Rng rng(1);
+  const Tensor a = random_tensor({M * K}, rng), b = random_tensor({K * N}, rng);
+  Tensor c = Tensor::zeros({M * N});
+  const int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N;
+  for (auto _ : state) {
+    if (backend == 0)
+      openblas_gemm(trans_a, trans_b, M, N, K, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(), N);
+    else
+      tiled_gemm(static_cast<Isa>(backend), trans_a, trans_b, M, N, K, a.data(), lda, b.data(), ldb, 0.0f, c.data(), N);
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+void GemmShapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"M", "N", "K", "ta", "tb", "gemm"});
+  const std::vector<std::vector<int64_t>> shapes = {
+      {576, 256, 2304, 0, 1},  {256, 512, 4608, 0, 1}, {576, 2304, 256, 0, 0},  {256, 2304, 576, 1, 0},
+      {256, 4608, 512, 0, 0},  {512, 4608, 256, 1, 0}, {1600, 128, 1152, 0, 1}, {576, 1024, 256, 0, 1},
+      {6400, 64, 576, 0, 1},   {64, 576, 6400, 1, 0},  {6400, 256, 64, 0, 1},   {128, 1152, 1600, 1, 0},
+      {1600, 1152, 128, 0, 0}, {1024, 256, 576, 1, 0},
+  };
+  for (const auto& s : shapes)
+    for (int64_t backend : {0, 1, 2}) b->Args({s[0], s[1], s[2], s[3], s[4], backend});
+}
+
 }  // namespace
 
+BENCHMARK(BM_Gemm)->Apply(GemmShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Conv)->Apply(ResNet50Shapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Winograd)
     ->ArgNames({"C", "H", "K", "N", "isa"})

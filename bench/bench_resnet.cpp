@@ -131,7 +131,7 @@ int main(int argc, char** argv) {
   const CpuFeatures cpu = detect_cpu();
   fmt::print("cpu        {} ({}), {} threads\n", cpu.brand, cpu.avx512f ? "AVX-512" : "no AVX-512", num_threads());
   fmt::print("blas       {}\n", blas_info().summary());
-  if (!blas_info().advice.empty()) fmt::print("           warning: {}\n", blas_info().advice);
+  fmt::print("gemm       {}\n", gemm_choice().reason);
   const double peak = measured_sgemm_gflops();
   fmt::print("sgemm peak: {:8.1f} GFLOP/s (best of n = 1024, 2048)\n", peak);
 

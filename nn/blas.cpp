@@ -11,6 +11,8 @@
 
 #include "nn/check.h"
 #include "nn/gemm.h"
+#include "nn/kernels/isa.h"
+#include "nn/kernels/tiled_gemm.h"
 #include "nn/parallel.h"
 #include "nn/profile.h"
 
@@ -80,7 +82,6 @@ Blas load_blas() {
     b.info.reason = fmt::format("OpenBLAS's own choice: this build has no {} kernel", choice);
   else
     b.info.reason = "OpenBLAS's own choice";
-  if (!already_loaded) b.info.advice = coretype_advice(cpu, user, b.info.core);
   return b;
 }
 
@@ -144,17 +145,23 @@ bool avx512_coretype(const std::string& core) {
   return same_name(core, "SkylakeX") || same_name(core, "Cooperlake") || same_name(core, "SapphireRapids");
 }
 
-std::string coretype_advice(const CpuFeatures& cpu, const std::string& user_coretype, const std::string& core) {
-  // Nothing to say where the user asked for AVX-512 (a build without that kernel gives the same one
-  // unset), or where toptag would not choose it either.
-  if (user_coretype.empty() || avx512_coretype(user_coretype) || avx512_coretype(core) ||
-      choose_coretype(cpu, "").empty())
-    return "";
-  return fmt::format(
-      "OPENBLAS_CORETYPE={} (set in the environment) runs OpenBLAS's {} kernel on a CPU with AVX-512: "
-      "training's matrix products run at about half the speed this CPU has. Unset OPENBLAS_CORETYPE and "
-      "toptag selects SkylakeX, OpenBLAS's AVX-512 kernel",
-      user_coretype, core);
+GemmChoice choose_gemm(Isa isa, const std::string& openblas_core, const char* forced) {
+  const std::string tiles = fmt::format("toptag's {} tiles", isa_name(isa));
+  const std::string blas = fmt::format("OpenBLAS, kernel {}", openblas_core);
+  if (forced) {
+    const std::string value = forced;
+    if (value == "toptag") return {true, tiles + " (TOPTAG_GEMM=toptag)"};
+    if (value == "openblas") return {false, blas + " (TOPTAG_GEMM=openblas)"};
+    fail("TOPTAG_GEMM={}: use openblas or toptag (or leave it unset)", value);
+  }
+  if (isa == Isa::avx512 && !avx512_coretype(openblas_core))
+    return {true, fmt::format("{}: OpenBLAS's kernel {} has no AVX-512", tiles, openblas_core)};
+  return {false, blas};
+}
+
+const GemmChoice& gemm_choice() {
+  static const GemmChoice choice = choose_gemm(active_isa(), blas_info().core, std::getenv("TOPTAG_GEMM"));
+  return choice;
 }
 
 std::string BlasInfo::summary() const {
@@ -203,11 +210,8 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
 
 }  // namespace
 
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  ProfileScope profile("gemm");
-  flops_done.fetch_add(2 * M * N * K, std::memory_order_relaxed);
+void openblas_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   const int threads = num_threads();
   if (threads < 2 || omp_in_parallel() || N > kSplitMaxColumns || M < kSplitMinRowsPerThread * threads) {
     sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -221,6 +225,18 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
     sgemm(trans_a, trans_b, m1 - m0, N, K, alpha, trans_a ? A + m0 : A + m0 * lda, lda, B, ldb, beta, C + m0 * ldc,
           ldc);
   }
+}
+
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  ProfileScope profile("gemm");
+  flops_done.fetch_add(2 * M * N * K, std::memory_order_relaxed);
+  if (gemm_choice().tiles && tiled_gemm_takes(M, N, K, alpha, beta)) {
+    tiled_gemm(active_isa(), trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  openblas_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 }  // namespace toptag

@@ -13,6 +13,8 @@
 
 #include <string>
 
+#include "nn/kernels/isa_id.h"
+
 namespace toptag {
 
 // What the CPU and the operating system support, from cpuid and xgetbv.
@@ -33,18 +35,12 @@ std::string choose_coretype(const CpuFeatures& cpu, const std::string& user_core
 // Whether OpenBLAS's kernel `core` is one of its AVX-512 sgemm kernels (SkylakeX, Cooperlake, SapphireRapids).
 bool avx512_coretype(const std::string& core);
 
-// A warning when the user's OPENBLAS_CORETYPE holds OpenBLAS to a kernel without AVX-512 (`core`, the
-// one loaded) on a CPU that toptag would run on SkylakeX: the training GEMMs then run at about half
-// the speed the CPU has. "" otherwise. The user's value still wins; this only says what it costs.
-std::string coretype_advice(const CpuFeatures& cpu, const std::string& user_coretype, const std::string& core);
-
 // The loaded library and the kernel it runs.
 struct BlasInfo {
   std::string library;  // the file loaded
   std::string core;     // OpenBLAS's name for the kernel in use ("SkylakeX", "Haswell", ...)
   std::string config;   // openblas_get_config(): version and build options
   std::string reason;   // why this kernel: "selected by toptag: ...", "OPENBLAS_CORETYPE=...", ...
-  std::string advice;   // coretype_advice(): what the user's OPENBLAS_CORETYPE costs here, or ""
   // One line for banners and reports: "OpenBLAS 0.3.21 kernel SkylakeX (selected by toptag: ...)".
   std::string summary() const;
 };
@@ -53,6 +49,22 @@ struct BlasInfo {
 const BlasInfo& blas_info();
 // Whether OpenBLAS has been loaded (without loading it): code that starts threads checks its order.
 bool blas_loaded();
+
+// Who computes gemm()'s products (nn/gemm.h): OpenBLAS, or toptag's own tiles (nn/kernels/tiled_gemm.h).
+// The tiles run on an AVX-512 path whose OpenBLAS kernel has no AVX-512: a user's (or a cluster
+// image's) OPENBLAS_CORETYPE=Haswell on an AMD Zen 4 or 5. There, on training's products at 40x40,
+// batch 64, they measured 1.6-2.2x OpenBLAS's Haswell kernel, and the training step 1.5x. With
+// OpenBLAS's AVX-512 kernel (SkylakeX) the two measured the same, and on AVX2 OpenBLAS was ahead, so
+// OpenBLAS keeps those. TOPTAG_GEMM=openblas|toptag decides instead.
+struct GemmChoice {
+  bool tiles = false;
+  std::string reason;  // "toptag's avx512 tiles: OpenBLAS's kernel Haswell has no AVX-512"
+};
+// The rule, given the kernel path in use (nn/kernels/isa.h), OpenBLAS's kernel and TOPTAG_GEMM (null
+// when unset). Throws toptag::Error for a TOPTAG_GEMM other than openblas or toptag.
+GemmChoice choose_gemm(Isa isa, const std::string& openblas_core, const char* forced);
+// This process's choice, made once.
+const GemmChoice& gemm_choice();
 
 // openblas_set_num_threads on the loaded library (nn/parallel.h sets it with OpenMP's).
 void set_blas_threads(int n);

@@ -1,4 +1,4 @@
-// Row-major single-precision matrix products on OpenBLAS.
+// Row-major single-precision matrix products: on OpenBLAS, or on toptag's own tiles (nn/blas.h GemmChoice).
 #pragma once
 
 #include <cstdint>
@@ -9,6 +9,10 @@ namespace toptag {
 // op(A) is M x K: A is M x K (lda >= K) or, with trans_a, K x M (lda >= M). Likewise op(B) is K x N.
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// The same product on OpenBLAS alone (gemm() may take it on toptag's own tiles instead: nn/kernels/tiled_gemm.h).
+void openblas_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // Floating-point operations (2 M N K per call) done by gemm() in this process so far: take the
 // difference around a forward or a training step to count a model's FLOPs exactly.

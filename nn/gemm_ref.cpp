@@ -1,6 +1,7 @@
 #include "nn/gemm.h"
 
-// gemm_ref, the plain reference of gemm(); gemm() itself calls OpenBLAS, which nn/blas.cpp loads.
+// gemm_ref, the plain reference of gemm(); gemm() itself calls OpenBLAS, which nn/blas.cpp loads, or
+// toptag's tiles (nn/kernels/tiled_gemm.h).
 
 namespace toptag {
 

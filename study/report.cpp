@@ -138,7 +138,8 @@ struct Speed {
             {"local_224x224x3", perf_rows(paper_input)},
             {"local_float", perf_rows(local_float)},
             {"local_224x224x3_float", perf_rows(paper_input_float)},
-            {"blas", blas_info().summary()}};
+            {"blas", blas_info().summary()},
+            {"training_matrix_products", gemm_choice().reason}};
   }
 };
 
@@ -227,8 +228,9 @@ std::string speed_section(const StudyOptions& o, const Speed& s) {
       "quantized from, on this machine's CPU with {} hardware threads, and the same architecture at the "
       "paper's 224x224x3 input (untrained: timing only), in both precisions. Quantized models run on "
       "toptag's integer kernels where the format allows (`toptag model -c` says which). Latency is the median "
-      "time of one call; throughput counts inferences (jets) per second. Linear algebra: {}.\n\n",
-      o.arch, o.image_size, o.image_size, o.format, s.max_threads, blas_info().summary());
+      "time of one call; throughput counts inferences (jets) per second. Linear algebra: {}; training's "
+      "matrix products on {}.\n\n",
+      o.arch, o.image_size, o.image_size, o.format, s.max_threads, blas_info().summary(), gemm_choice().reason);
   md +=
       "| platform | precision | batch | latency p50 (ms) | throughput (inferences/s) | paper (Duarte et al. 2019) |\n";
   md += "|---|---|---|---|---|---|\n";

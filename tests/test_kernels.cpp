@@ -3,12 +3,15 @@
 // stage over the shapes ResNet uses and the edges (1 and 3 input channels, 7x7 maps, odd sizes,
 // channel counts that are not a multiple of the tile, batch 1 and 64), and the NHWC pools.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "nn/gemm.h"
 #include "nn/kernels/packed_conv.h"
 #include "nn/kernels/tile_driver.h"
+#include "nn/kernels/tiled_gemm.h"
 #include "nn/kernels/winograd.h"
 #include "nn/ops/layout.h"
 #include "nn/parallel.h"
@@ -251,6 +254,55 @@ TEST(PackedConv, EveryRowAndColumnRemainder) {
           testing::expect_close(conv_nhwc(pack_conv(w, &b, {1, 1}, isa), x, nullptr, true), expected,
                                 fmt::format("{} rows {} K {} C {}", isa_name(isa), rows, K, C), 1e-4, 1e-5);
         }
+  }
+}
+
+// Training's GEMM on the tiles against gemm_ref: every transposition, beta 0 and 1, leading dimensions
+// wider than the matrices, on one thread and on two, and shapes across each of the driver's edges: a
+// partial panel and a partial tile, several blocks of rows (over 16 tiles), several blocks of k (over
+// 256), and one row or column.
+TEST(TiledGemm, MatchesTheReferenceAcrossEveryEdge) {
+  Rng rng(31);
+  const int threads = num_threads();
+  const std::array<std::array<int64_t, 3>, 6> shapes = {
+      {{1, 1, 1}, {13, 37, 5}, {5, 70, 300}, {400, 33, 17}, {250, 64, 520}, {1, 96, 64}}};
+  for (Isa isa : testing::isas_here())
+    for (const auto& [M, N, K] : shapes)
+      for (int ta = 0; ta < 2; ++ta)
+        for (int tb = 0; tb < 2; ++tb) {
+          const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2, ldc = N + 1;
+          const Tensor a = testing::random_tensor({(ta ? K : M) * lda}, rng);
+          const Tensor b = testing::random_tensor({(tb ? N : K) * ldb}, rng);
+          for (float beta : {0.0f, 1.0f})
+            for (int t : {1, 2}) {
+              Tensor c = testing::random_tensor({M * ldc}, rng), expected = c.clone();
+              if (beta == 0.0f) c.fill(std::numeric_limits<float>::quiet_NaN());  // never read with beta 0
+              gemm_ref(ta, tb, M, N, K, 1.0f, a.data(), lda, b.data(), ldb, beta, expected.data(), ldc);
+              set_num_threads(t);
+              tiled_gemm(isa, ta, tb, M, N, K, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+              set_num_threads(threads);
+              // Only the product's columns: the ones past N in each row of C are not the product's.
+              for (int64_t i = 0; i < M; ++i)
+                for (int64_t j = N; j < ldc; ++j) c.data()[i * ldc + j] = expected.data()[i * ldc + j];
+              testing::expect_close(
+                  c, expected,
+                  fmt::format("{} {}x{}x{} ta {} tb {} beta {} threads {}", isa_name(isa), M, N, K, ta, tb, beta, t),
+                  1e-4, 1e-5);
+            }
+        }
+}
+
+// A NaN in A reaches exactly its row of C, and one in B exactly its column, as in OpenBLAS.
+TEST(TiledGemm, NanReachesItsRowAndColumn) {
+  const int64_t M = 30, N = 40, K = 300;
+  for (Isa isa : testing::isas_here()) {
+    Tensor a = Tensor::full({M * K}, 0.5f), b = Tensor::full({K * N}, 0.25f), c = Tensor::zeros({M * N});
+    a.data()[7 * K + 260] = std::numeric_limits<float>::quiet_NaN();  // row 7, in the second block of k
+    b.data()[3 * N + 35] = std::numeric_limits<float>::quiet_NaN();   // column 35, in a partial panel
+    tiled_gemm(isa, false, false, M, N, K, a.data(), K, b.data(), N, 0.0f, c.data(), N);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j)
+        EXPECT_EQ(std::isnan(c.data()[i * N + j]), i == 7 || j == 35) << isa_name(isa) << " " << i << "," << j;
   }
 }
 

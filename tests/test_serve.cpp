@@ -2089,7 +2089,8 @@ TEST(Serve, AFullQueueRefusesAtOnce) {
   o.engine.instances = 1;
   o.engine.threads = 1;
   // A model slow enough that A's 488 batches take seconds: with the tiny one, the frozen kernels
-  // computed them before B's 4000 images had crossed the loopback, and B was accepted.
+  // computed them before B's 4000 images had crossed the loopback, and B was accepted. Width 16 (0.4 s
+  // here) still lost that race once in a loaded test run (-j2); width 64 takes 0.8 s.
   Tagger slow = tiny_tagger();
   slow.model = std::make_unique<ResNet>(ResNetConfig{"resnet18", 1, 64, 16, 2}, 11);
   o.host = "127.0.0.1";

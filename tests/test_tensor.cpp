@@ -3,6 +3,7 @@
 
 #include "nn/blas.h"
 #include "nn/gemm.h"
+#include "nn/kernels/isa.h"
 #include "nn/ops/elementwise.h"
 #include "nn/ops/linear.h"
 #include "testing.h"
@@ -110,7 +111,7 @@ TEST(Gemm, OpenBlasMatchesReferenceInAllTranspositions) {
       for (bool tb : {false, true}) {
         Tensor a = testing::random_tensor({M * K}, rng), b = testing::random_tensor({K * N}, rng);
         Tensor c = testing::random_tensor({M * N}, rng), c_ref = c.clone();
-        gemm(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c.data(), N);
+        openblas_gemm(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c.data(), N);
         gemm_ref(ta, tb, M, N, K, 0.5f, a.data(), ta ? M : K, b.data(), tb ? K : N, 1.0f, c_ref.data(), N);
         testing::expect_close(c, c_ref, "gemm " + std::to_string(M) + "x" + std::to_string(N), 1e-5, 1e-5);
       }
@@ -145,24 +146,19 @@ TEST(Blas, AskForTheAvx512KernelOnlyWhereTheCpuAndTheOsHaveIt) {
   EXPECT_EQ(choose_coretype(CpuFeatures{}, ""), "");  // nothing detected (another architecture)
 }
 
-// The user's OPENBLAS_CORETYPE wins, and costs a warning only where it holds an AVX-512 CPU to AVX2.
-TEST(Blas, WarnsWhenTheUsersCoretypeLeavesAvx512Unused) {
-  CpuFeatures zen5;  // AMD EPYC Zen 5, as this project's machines, with OPENBLAS_CORETYPE=Haswell set
-  zen5.avx2 = zen5.fma = zen5.os_saves_avx = zen5.os_saves_avx512 = true;
-  zen5.avx512f = zen5.avx512cd = zen5.avx512bw = zen5.avx512dq = zen5.avx512vl = true;
-  const std::string advice = coretype_advice(zen5, "Haswell", "Haswell");
-  EXPECT_NE(advice.find("OPENBLAS_CORETYPE=Haswell"), std::string::npos) << advice;
-  EXPECT_NE(advice.find("SkylakeX"), std::string::npos) << advice;
-  EXPECT_EQ(coretype_advice(zen5, "", "SkylakeX"), "") << "toptag's own choice";
-  EXPECT_EQ(coretype_advice(zen5, "", "Haswell"), "") << "no user value: nothing the user could change";
-  EXPECT_EQ(coretype_advice(zen5, "skylakex", "SkylakeX"), "") << "the user asked for AVX-512";
-  EXPECT_EQ(coretype_advice(zen5, "Cooperlake", "Cooperlake"), "");
-  EXPECT_EQ(coretype_advice(zen5, "SkylakeX", "Haswell"), "") << "a build without SkylakeX: unsetting gives the same";
+// Training's products run on toptag's tiles exactly where OpenBLAS's kernel leaves the AVX-512 path's
+// width unused (a user's OPENBLAS_CORETYPE=Haswell on a Zen 5), unless TOPTAG_GEMM says otherwise.
+TEST(Blas, ChoosesTheTilesWhereOpenBlasLacksAvx512) {
+  EXPECT_TRUE(choose_gemm(Isa::avx512, "Haswell", nullptr).tiles);
+  EXPECT_NE(choose_gemm(Isa::avx512, "Haswell", nullptr).reason.find("Haswell has no AVX-512"), std::string::npos);
+  EXPECT_FALSE(choose_gemm(Isa::avx512, "SkylakeX", nullptr).tiles);
+  EXPECT_FALSE(choose_gemm(Isa::avx512, "Cooperlake", nullptr).tiles);
+  EXPECT_FALSE(choose_gemm(Isa::avx2, "Haswell", nullptr).tiles) << "AVX2: OpenBLAS measured ahead";
+  EXPECT_FALSE(choose_gemm(Isa::ref, "Prescott", nullptr).tiles);
+  EXPECT_TRUE(choose_gemm(Isa::avx2, "Haswell", "toptag").tiles);
+  EXPECT_FALSE(choose_gemm(Isa::avx512, "Haswell", "openblas").tiles);
+  EXPECT_THROW(choose_gemm(Isa::avx512, "Haswell", "mkl"), Error);
   EXPECT_TRUE(avx512_coretype("SapphireRapids") && !avx512_coretype("Zen"));
-
-  CpuFeatures zen3 = zen5;  // AVX2 only: Haswell is the best OpenBLAS has for it
-  zen3.avx512f = zen3.avx512cd = zen3.avx512bw = zen3.avx512dq = zen3.avx512vl = zen3.os_saves_avx512 = false;
-  EXPECT_EQ(coretype_advice(zen3, "Haswell", "Haswell"), "");
 }
 
 TEST(Blas, ReportsTheKernelItLoaded) {
@@ -179,12 +175,10 @@ TEST(Blas, ReportsTheKernelItLoaded) {
   if (!user && choose_coretype(cpu, "") == "SkylakeX") {
     EXPECT_EQ(info.core, "SkylakeX") << info.summary();
   }
-  // This machine's own case: a warning exactly where a user's value holds an AVX-512 CPU to AVX2.
-  const char* selected = std::getenv("TOPTAG_SELECTED_CORETYPE");  // set where toptag chose the value
-  const bool ours = user && selected && std::string(user) == selected;
-  const bool held_back =
-      user && !ours && !avx512_coretype(user) && !avx512_coretype(info.core) && choose_coretype(cpu, "") == "SkylakeX";
-  EXPECT_EQ(!info.advice.empty(), held_back) << info.summary() << ": " << info.advice;
+  // This machine's own choice of who runs training's products.
+  if (!std::getenv("TOPTAG_GEMM")) {
+    EXPECT_EQ(gemm_choice().tiles, active_isa() == Isa::avx512 && !avx512_coretype(info.core)) << gemm_choice().reason;
+  }
 }
 
 }  // namespace

@@ -57,7 +57,8 @@ const KernelSet kRefSet{Isa::ref,
                         /*int8_signed_bytes=*/false,
                         /*tile_int8_words=*/nullptr,
                         kernels_ref::int8_bytes,
-                        kernels_ref::int8_words};
+                        kernels_ref::int8_words,
+                        kernels_ref::tile_gemm};
 
 // A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
 // per tap. Each output row is read instead as R kernel rows: kernel row r's S taps read S adjacent

@@ -61,6 +61,25 @@ struct TileArgs {
   PanelPrefetch prefetch;
 };
 
+// One tile of training's GEMM (nn/kernels/tiled_gemm.h): c[i][j] (+)= sum over k of a(i, k) b[k][j], for
+// i < row_count and j < col_count. A is read where it lies: row-major (a(i, k) = a[i * lda + k]) or,
+// with k_major, stored transposed (a(i, k) = a[k * lda + i]: op(A) of a product with trans_a). B is a
+// panel of nr columns, b[k * ldb + j] for every j < nr: a packed panel (ldb = nr) or, where nr whole
+// columns lie side by side, the matrix itself.
+struct GemmTileArgs {
+  const float* a;
+  int64_t lda;
+  bool k_major;
+  int row_count;  // 1..mr
+  int64_t depth;  // k < depth
+  const float* b;
+  int64_t ldb;
+  float* c;
+  int64_t ldc;
+  int col_count;    // 1..nr
+  bool accumulate;  // add to c instead of overwriting it
+};
+
 // Block floating point (bfp<E,M,B>, Brainwave's ms-fp8 among them), as integers. Both operands are
 // mantissas with one power-of-two step per block of input channels: an activation block is one
 // pixel's channels [b*B, (b+1)*B), a weight block the same channels of one output channel and tap.
@@ -164,6 +183,8 @@ struct KernelSet {
   // int8_words q - zero_point as int16. Both return whether x held a NaN (its value is then any q).
   bool (*int8_bytes)(const float* x, int64_t n, float scale, int zero_point, uint8_t flip, uint8_t* q) = nullptr;
   bool (*int8_words)(const float* x, int64_t n, float scale, int zero_point, int16_t* w) = nullptr;
+  // Training's GEMM tile, mr x nr as tile_f32.
+  void (*tile_gemm)(const GemmTileArgs&) = nullptr;
 };
 constexpr int kBlockSawNan = 1, kBlockSawNegative = 2;
 
@@ -189,7 +210,8 @@ bool int8_words(const float* x, int64_t n, float scale, int zero_point, int16_t*
 }  // namespace kernels_avx2
 namespace kernels_ref {
 constexpr int kMr = 4, kNr = 8;
-void tile_bfp(const BfpTileArgs& t);  // nn/kernels/bfp.cpp
+void tile_gemm(const GemmTileArgs& t);  // nn/kernels/tiled_gemm.cpp
+void tile_bfp(const BfpTileArgs& t);    // nn/kernels/bfp.cpp
 float bfp_block_max(const float* x, int64_t n);
 int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m);
 bool int8_bytes(const float* x, int64_t n, float scale, int zero_point, uint8_t flip, uint8_t* q);

@@ -145,6 +145,7 @@ const KernelSet set{Isa::avx2,
                     /*int8_signed_bytes=*/true,
                     /*tile_int8_words=*/tile_bfp,
                     int8_bytes,
-                    int8_words};
+                    int8_words,
+                    tile_gemm};
 
 }  // namespace toptag::kernels_avx2

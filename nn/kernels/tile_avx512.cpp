@@ -25,6 +25,7 @@ const KernelSet set{Isa::avx512,
                     /*int8_signed_bytes=*/true,
                     /*tile_int8_words=*/kernels_avx2::tile_bfp_nr32,
                     kernels_avx2::int8_bytes,
-                    kernels_avx2::int8_words};
+                    kernels_avx2::int8_words,
+                    tile_gemm};
 
 }  // namespace toptag::kernels_avx512
