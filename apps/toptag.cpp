@@ -52,7 +52,8 @@ int run(int argc, char** argv) {
   app.set_version_flag("--version", std::string("toptag ") + TOPTAG_VERSION);
   toptag::apps::register_commands(app);
   try {
-    toptag::blas_info();  // loads OpenBLAS with its kernel chosen, before any other thread starts
+    toptag::blas_info();    // loads OpenBLAS with its kernel chosen, before any other thread starts
+    toptag::gemm_choice();  // a bad TOPTAG_GEMM is an error now, not at the first matrix product
     check_runs_under_mpi(argc, argv);
     check_command_exists(app, argc, argv);
     app.parse(argc, argv);

@@ -148,7 +148,7 @@ bool avx512_coretype(const std::string& core) {
 GemmChoice choose_gemm(Isa isa, const std::string& openblas_core, const char* forced) {
   const std::string tiles = fmt::format("toptag's {} tiles", isa_name(isa));
   const std::string blas = fmt::format("OpenBLAS, kernel {}", openblas_core);
-  if (forced) {
+  if (forced && *forced) {
     const std::string value = forced;
     if (value == "toptag") return {true, tiles + " (TOPTAG_GEMM=toptag)"};
     if (value == "openblas") return {false, blas + " (TOPTAG_GEMM=openblas)"};

@@ -61,7 +61,7 @@ struct GemmChoice {
   std::string reason;  // "toptag's avx512 tiles: OpenBLAS's kernel Haswell has no AVX-512"
 };
 // The rule, given the kernel path in use (nn/kernels/isa.h), OpenBLAS's kernel and TOPTAG_GEMM (null
-// when unset). Throws toptag::Error for a TOPTAG_GEMM other than openblas or toptag.
+// or empty when unset). Throws toptag::Error for a TOPTAG_GEMM other than openblas or toptag.
 GemmChoice choose_gemm(Isa isa, const std::string& openblas_core, const char* forced);
 // This process's choice, made once.
 const GemmChoice& gemm_choice();

@@ -2,6 +2,7 @@
 
 #include "io/checkpoint.h"
 #include "io/config_json.h"
+#include "nn/blas.h"
 #include "nn/check.h"
 #include "nn/inference_plan.h"
 
@@ -14,9 +15,9 @@ std::string Tagger::describe() const {
 std::string Tagger::describe_engine() const {
   if (model && model->frozen()) return "kernels " + model->frozen()->describe();
   if (quantization)
-    return "float emulation of " + quantization->describe() + " (im2col + OpenBLAS sgemm" +
+    return "float emulation of " + quantization->describe() + " (im2col + " + gemm_choice().reason +
            (emulate ? ", --emulate)" : ")");
-  return "autograd ops (im2col + OpenBLAS sgemm; not frozen)";
+  return "autograd ops (im2col + " + gemm_choice().reason + "; not frozen)";
 }
 
 std::optional<std::string> stored_training_config(hid_t file) {

@@ -38,8 +38,8 @@ struct Tagger {
   bool quantized() const { return quantization != nullptr; }
   std::string describe() const;  // "float32" or the quantization
   // Which code computes it: "kernels avx512 f32 12x32 (...), 53 convolutions ... packed (...)" once
-  // frozen, "float emulation of <format> (im2col + OpenBLAS sgemm)" for a quantized model, else
-  // "autograd ops (im2col + OpenBLAS sgemm; not frozen)".
+  // frozen, "float emulation of <format> (im2col + <who runs the GEMMs>)" for a quantized model, else
+  // "autograd ops (im2col + <who runs the GEMMs>; not frozen)" (nn/blas.h gemm_choice).
   std::string describe_engine() const;
 };
 

@@ -2,8 +2,9 @@
 # Every instruction-set path of the inference kernels (nn/kernels/isa.h) that this CPU runs gives the
 # same scores from the CLI: predict under TOPTAG_ISA=ref, avx2 and avx512 agree to float rounding,
 # toptag model and perf name the path (and model the training layout), an ms-fp8 model runs on each
-# path's integer kernels as its float emulation scores, and a path the CPU lacks or an unknown name is
-# refused.
+# path's integer kernels as its float emulation scores, training gives the same run with its matrix
+# products on OpenBLAS and on toptag's tiles (TOPTAG_GEMM), and a path the CPU lacks or an unknown
+# name is refused.
 # Usage: engine_isa.sh TOPTAG
 set -euo pipefail
 TOPTAG=$(realpath "$1")
@@ -62,6 +63,20 @@ for isa in $isas; do
   awk -v w="$worst" 'BEGIN { exit !(w + 0 == w && w <= 1e-5) }' || fail "$isa ms-fp8 scores differ from the emulation by $worst"
   echo "$isa ms-fp8 on integer kernels: largest score difference from the emulation $worst"
 done
+
+# Training's matrix products on OpenBLAS and on toptag's tiles (TOPTAG_GEMM; the tiles on this CPU's
+# best path): the same run, to float rounding, and toptag model names who runs them.
+for gemm in openblas toptag; do
+  TOPTAG_GEMM=$gemm $TOPTAG train --train jets.h5 --val jets.h5 --arch resnet18 --width 8 --hidden 32 --image-size 24 \
+    --batch-size 32 --epochs 1 --seed 5 -o "run_$gemm" >"train_$gemm.log" 2>&1 || fail "train under TOPTAG_GEMM=$gemm"
+  TOPTAG_GEMM=$gemm $TOPTAG model --arch resnet18 >model.txt 2>&1 || fail "model under TOPTAG_GEMM=$gemm"
+  grep -q "matrix products on .*(TOPTAG_GEMM=$gemm)" model.txt || fail "model does not name TOPTAG_GEMM=$gemm: $(cat model.txt)"
+done
+losses=$(paste -d, <(cut -d, -f4,5 run_openblas/metrics.csv) <(cut -d, -f4,5 run_toptag/metrics.csv) | tail -n +2)
+echo "train and validation loss, OpenBLAS then tiles: $losses"
+awk -F, '{ for (i = 1; i <= 2; ++i) { d = $i - $(i + 2); if (d < 0) d = -d; if (!(d <= 1e-4 * ($i < 0 ? -$i : $i) + 1e-6)) bad = 1 } }
+  END { exit bad }' <<<"$losses" || fail "training on the tiles differs from OpenBLAS: $losses"
+expect_error "unknown TOPTAG_GEMM" "TOPTAG_GEMM=mkl: use openblas or toptag" env TOPTAG_GEMM=mkl $TOPTAG model --arch resnet18
 
 expect_error "unknown TOPTAG_ISA" "TOPTAG_ISA=sse9: unknown" env TOPTAG_ISA=sse9 $TOPTAG predict -c run/best.h5 -i jets.h5 -o x.csv
 if ! has avx512f; then

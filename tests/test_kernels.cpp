@@ -276,20 +276,28 @@ TEST(TiledGemm, MatchesTheReferenceAcrossEveryEdge) {
           for (float beta : {0.0f, 1.0f})
             for (int t : {1, 2}) {
               Tensor c = testing::random_tensor({M * ldc}, rng), expected = c.clone();
-              if (beta == 0.0f) c.fill(std::numeric_limits<float>::quiet_NaN());  // never read with beta 0
+              if (beta == 0.0f)  // never read with beta 0; the column past N in each row is not C's
+                for (int64_t i = 0; i < M; ++i) std::fill_n(c.data() + i * ldc, N, std::nanf(""));
               gemm_ref(ta, tb, M, N, K, 1.0f, a.data(), lda, b.data(), ldb, beta, expected.data(), ldc);
               set_num_threads(t);
               tiled_gemm(isa, ta, tb, M, N, K, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
               set_num_threads(threads);
-              // Only the product's columns: the ones past N in each row of C are not the product's.
-              for (int64_t i = 0; i < M; ++i)
-                for (int64_t j = N; j < ldc; ++j) c.data()[i * ldc + j] = expected.data()[i * ldc + j];
               testing::expect_close(
                   c, expected,
                   fmt::format("{} {}x{}x{} ta {} tb {} beta {} threads {}", isa_name(isa), M, N, K, ta, tb, beta, t),
                   1e-4, 1e-5);
             }
         }
+}
+
+// gemm() hands the tiles only what they compute: alpha 1, beta 0 or 1, and work enough to share.
+TEST(TiledGemm, TakesOnlyWhatItComputes) {
+  EXPECT_TRUE(tiled_gemm_takes(64, 64, 64, 1.0f, 0.0f));
+  EXPECT_TRUE(tiled_gemm_takes(64, 64, 64, 1.0f, 1.0f));
+  EXPECT_FALSE(tiled_gemm_takes(64, 64, 64, 0.5f, 0.0f));
+  EXPECT_FALSE(tiled_gemm_takes(64, 64, 64, 1.0f, 0.5f));
+  EXPECT_FALSE(tiled_gemm_takes(64, 64, 0, 1.0f, 0.0f)) << "K 0: C = beta C, OpenBLAS's to do";
+  EXPECT_FALSE(tiled_gemm_takes(64, 64, 63, 1.0f, 0.0f)) << "under 2^18 multiply-adds";
 }
 
 // A NaN in A reaches exactly its row of C, and one in B exactly its column, as in OpenBLAS.

@@ -2088,9 +2088,8 @@ TEST(Serve, AFullQueueRefusesAtOnce) {
   o.engine.max_queue = 512;
   o.engine.instances = 1;
   o.engine.threads = 1;
-  // A model slow enough that A's 488 batches take seconds: with the tiny one, the frozen kernels
-  // computed them before B's 4000 images had crossed the loopback, and B was accepted. Width 16 (0.4 s
-  // here) still lost that race once in a loaded test run (-j2); width 64 takes 0.8 s.
+  // A model slow enough that A's batches take most of a second: with the tiny one, the frozen kernels
+  // computed them before B's 4000 images had crossed the loopback, and B was accepted.
   Tagger slow = tiny_tagger();
   slow.model = std::make_unique<ResNet>(ResNetConfig{"resnet18", 1, 64, 16, 2}, 11);
   o.host = "127.0.0.1";
@@ -2098,25 +2097,30 @@ TEST(Serve, AFullQueueRefusesAtOnce) {
   auto server = std::make_unique<InferenceServer>(std::move(slow), o);
   InferenceService& service = server->service();
   // A fills the queue (4096 images: 512 batches of 8); B (4000 images, 500 batches), sent as soon as
-  // A is queued, fits only once 488 of A's batches are computed: refused at once. B's request is
-  // made before A starts, so that only its sending is in the race.
+  // A is queued, fits only once 500 of A's batches are computed: refused at once. B's bytes, all but
+  // the last, cross the loopback before A starts, so that only reading its last byte and decoding it
+  // are in the race (sent whole after A, B once arrived after A's batches under ctest -j2).
   const std::vector<float> a = random_images(4096, 31);
   const std::vector<float> b = random_images(4000, 32);
-  httplib::Client http("127.0.0.1", server->http_port());
   std::string header = json{{"inputs",
                              {{{"name", "images"},
                                {"datatype", "FP32"},
                                {"shape", {4000, 1, kSize, kSize}},
                                {"parameters", {{"binary_data_size", b.size() * 4}}}}}}}
                            .dump();
-  const std::string body = header + std::string(reinterpret_cast<const char*>(b.data()), b.size() * 4);
+  const std::string request = post_request(
+      "/v2/models/toptag/infer", header + std::string(reinterpret_cast<const char*>(b.data()), b.size() * 4),
+      fmt::format("Inference-Header-Content-Length: {}\r\nContent-Type: application/octet-stream\r\n", header.size()));
+  const int fd = connect_loopback(server->http_port(), 30);
+  ASSERT_GE(fd, 0);
+  send_all(fd, request.substr(0, request.size() - 1));
   std::thread first([&] { service.infer("toptag", "", {"images", "FP32", {4096, 1, kSize, kSize}, a, {}}, {}); });
   while (server->service().engine().queued() == 0) std::this_thread::yield();
-  auto res = http.Post("/v2/models/toptag/infer", {{"Inference-Header-Content-Length", std::to_string(header.size())}},
-                       body, "application/octet-stream");
-  ASSERT_TRUE(res);
-  EXPECT_EQ(res->status, 503) << res->body;
-  EXPECT_NE(res->body.find("queue is full"), std::string::npos) << res->body;
+  send_all(fd, request.substr(request.size() - 1));
+  const std::string reply = receive_all(fd);
+  ::close(fd);
+  EXPECT_EQ(reply.rfind("HTTP/1.1 503", 0), 0u) << reply.substr(0, 400);
+  EXPECT_NE(reply.find("queue is full"), std::string::npos) << reply.substr(0, 400);
   first.join();
   httplib::Client m("127.0.0.1", server->metrics_port());
   const std::string text = m.Get("/metrics")->body;

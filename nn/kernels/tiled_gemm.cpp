@@ -64,6 +64,12 @@ bool packs_panel(bool trans_b, int64_t p, int nr, int64_t N) {
   return trans_b || (p + 1) * nr > N;
 }
 
+// Where panel p is packed: a transposed B packs every panel, one after the other; otherwise only the
+// last is, in the first slot.
+int64_t packed_slot(bool trans_b, int64_t p) {
+  return trans_b ? p : 0;
+}
+
 }  // namespace
 
 namespace kernels_ref {
@@ -97,7 +103,7 @@ void tiled_gemm(Isa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64
   const int64_t block_rows = ((M + row_blocks - 1) / row_blocks + mr - 1) / mr * mr, units = row_blocks * panels;
   const bool packs_any = packs_panel(trans_b, panels - 1, nr, N);
   thread_local std::vector<float> b_buffer;
-  float* const packed_b = packs_any ? scratch(b_buffer, panels * kKc * nr) : nullptr;
+  float* const packed_b = packs_any ? scratch(b_buffer, (trans_b ? panels : 1) * kKc * nr) : nullptr;
   const int threads = omp_in_parallel() ? 1 : static_cast<int>(std::min<int64_t>(num_threads(), units));
 #pragma omp parallel num_threads(threads)
   {
@@ -112,7 +118,7 @@ void tiled_gemm(Isa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64
         for (int64_t p = 0; p < panels; ++p)
           if (packs_panel(trans_b, p, nr, N))
             pack_b_panel(trans_b, B, ldb, k0, kc, p * nr, static_cast<int>(std::min<int64_t>(nr, N - p * nr)), nr,
-                         packed_b + p * kKc * nr);
+                         packed_b + packed_slot(trans_b, p) * kKc * nr);
         // (the loop's barrier: every panel is packed before any tile reads one)
       }
       for (int64_t u = u0; u < u1; ++u) {
@@ -123,7 +129,7 @@ void tiled_gemm(Isa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64
         tile.k_major = trans_a;
         tile.depth = kc;
         if (packs_panel(trans_b, p, nr, N)) {
-          tile.b = packed_b + p * kKc * nr;
+          tile.b = packed_b + packed_slot(trans_b, p) * kKc * nr;
           tile.ldb = nr;
         } else {
           tile.b = B + k0 * ldb + p * nr;

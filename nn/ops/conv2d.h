@@ -1,4 +1,4 @@
-// 2-D convolution (groups = 1), by im2col + OpenBLAS sgemm.
+// 2-D convolution (groups = 1), by im2col + GEMM (nn/gemm.h).
 // Shape letters: N batch, C input channels, H W input size, K output channels, R S kernel size,
 // P Q output size with P = (H + 2*padding - R) / stride + 1.
 #pragma once
