@@ -40,8 +40,9 @@ constexpr double kTolerance = 1e-5;
 // across a rounding boundary, one step, and later layers carry that on. At batch 2 nothing flips
 // (1e-7 of the largest feature); at batch 64 a few values do, in the emulation against itself as well
 // (its GEMMs block differently), and the float and integer plans both end up 7e-3 of the largest
-// feature and 1.1e-2 of the largest logit from it, on this random-weight network.
-constexpr double kInt8Tolerance = 2e-2;
+// feature and 1.1e-2 of the largest logit from it, on this random-weight network; 2.1e-2 of the
+// largest logit in the sanitizer build (clang) with the emulation's GEMMs on toptag's tiles.
+constexpr double kInt8Tolerance = 3e-2;
 
 class QuantizedPlanVsEmulation : public ::testing::TestWithParam<QuantizedCase> {};
 
