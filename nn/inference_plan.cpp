@@ -12,22 +12,27 @@ namespace toptag {
 
 namespace {
 
-// When a 3x3 layer runs as Winograd, from bench_conv (BM_Winograd against BM_PackedConv, one AVX-512
-// core): it wins from 128 input channels (at 64 its transforms cost what it saves), from 16 tiles
-// (2x2 outputs) per call (with fewer, the layer is bound by reading its weights, which Winograd makes
-// 16/9 larger), and on maps that fill their tiles (a 5x5 map needs 9 tiles, 36 outputs for 25).
-// And only where it computes clearly fewer products (16 a tile) than the direct kernel, which on
-// small maps at a batch of several images skips the taps that read padding: on 2x2 maps both compute
-// 16 for 4 outputs, and the direct kernel reads 9/16 of the weights.
-// At 224x224 that is layers 2 to 4; at 40x40, none.
-constexpr int64_t kWinogradMinChannels = 128;
+// When a 3x3 layer runs as Winograd, from bench_conv (BM_Winograd against BM_PackedConv, AVX-512 and
+// AVX2): it wins from 64 input channels, and from 16 tiles (2x2 outputs) per call (with fewer, the
+// layer is bound by reading its weights, which Winograd makes 16/9 larger); at 64 channels, whose
+// transforms weigh more against the products, from 128 tiles (a 10x10 map at batch 1, 25 tiles, ran
+// 0.016-0.040 ms against the direct kernel's 0.024-0.028 on AVX-512, and slower on AVX2). And on maps
+// that fill their tiles (a 5x5 map needs 9 tiles, 36 outputs for 25), and only where it computes
+// clearly fewer products (16 a tile) than the direct kernel, which on small maps at a batch of
+// several images skips the taps that read padding: on 2x2 maps both compute 16 for 4 outputs, and
+// the direct kernel reads 9/16 of the weights.
+// At 224x224 that is every stride-1 3x3 layer but layer4.0's; at 40x40, layer1's at batches of 6 or
+// more.
+constexpr int64_t kWinogradMinChannels = 64;
 constexpr int64_t kWinogradMinTiles = 16;
+constexpr int64_t kWinogradFewChannels = 128, kWinogradFewChannelsMinTiles = 128;
 constexpr double kWinogradMinFill = 0.75;
 constexpr double kWinogradMinGain = 1.25;
 
 bool winograd_pays(const PackedConv& direct, const Tensor& in) {
   const int64_t N = in.dim(0), P = in.dim(1), Q = in.dim(2), tiles = winograd_tiles(N, P, Q);
-  return tiles >= kWinogradMinTiles && static_cast<double>(N * P * Q) >= kWinogradMinFill * 4.0 * tiles &&
+  const int64_t min_tiles = direct.C < kWinogradFewChannels ? kWinogradFewChannelsMinTiles : kWinogradMinTiles;
+  return tiles >= min_tiles && static_cast<double>(N * P * Q) >= kWinogradMinFill * 4.0 * tiles &&
          16.0 * static_cast<double>(tiles) * kWinogradMinGain <= conv_nhwc_taps(direct, in);
 }
 
@@ -185,7 +190,7 @@ void FrozenResNet::add_block(const LayerStep& end, std::vector<Op> main_path, st
   for (Op& op : main_path) ops_.push_back(std::move(op));
 }
 
-Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache,
+Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual, Output to, QuantizedInputCache* cache,
                          const char** kernel) {
   if (op.pool) {
     if (kernel) *kernel = "max pool";
@@ -193,7 +198,7 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
   }
   if (op.bfp && !(op.float_if_negative && has_negative(in))) {
     const Tensor x = op.integer_quantizes_first ? op.quantize_input(in) : in;
-    Tensor y = conv_nhwc_bfp(*op.bfp, x, residual, op.relu, cache);
+    Tensor y = conv_nhwc_bfp(*op.bfp, x, residual, op.relu, cache, Int8Tile::chosen, to);
     if (kernel && !op.bfp->int8_input)
       *kernel = "bfp integer";
     else if (kernel)  // conv_nhwc_bfp's choice for its output rows
@@ -211,18 +216,18 @@ Tensor FrozenResNet::run(const Op& op, const Tensor& in, const Tensor* residual,
   if (op.winograd && winograd_pays(op.conv, x)) {
     if (kernel)
       *kernel = op.quantize_input ? "f32 Winograd F(2x2,3x3), input fake-quantized" : "f32 Winograd F(2x2,3x3)";
-    return conv_winograd(op.winograd->get([&] { return pack_winograd(op.conv); }), x, residual, op.relu);
+    return conv_winograd(op.winograd->get([&] { return pack_winograd(op.conv); }), x, residual, op.relu, to);
   }
   if (kernel) *kernel = op.quantize_input ? "f32 direct, input fake-quantized" : "f32 direct";
-  return conv_nhwc(op.conv, x, residual, op.relu);
+  return conv_nhwc(op.conv, x, residual, op.relu, to);
 }
 
-Tensor FrozenResNet::run_timed(size_t index, const Op& op, const Tensor& in, const Tensor* residual,
+Tensor FrozenResNet::run_timed(size_t index, const Op& op, const Tensor& in, const Tensor* residual, Output to,
                                QuantizedInputCache* cache) const {
-  if (!timing_.load(std::memory_order_relaxed)) return run(op, in, residual, cache);
+  if (!timing_.load(std::memory_order_relaxed)) return run(op, in, residual, to, cache);
   const char* kernel = "";
   const auto start = std::chrono::steady_clock::now();
-  Tensor y = run(op, in, residual, cache, &kernel);
+  Tensor y = run(op, in, residual, to, cache, &kernel);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const ConvShape& shape = op.bfp ? static_cast<const ConvShape&>(*op.bfp) : op.conv;
   const double rows = static_cast<double>(y.numel() / y.dim(y.rank() - 1));
@@ -286,7 +291,11 @@ Tensor FrozenResNet::run_ops(Tensor current, size_t begin, size_t end) const {
     if (op.starts_block) block_input = current;
     const Tensor& in = op.in == Slot::block_input ? block_input : current;
     const Tensor* residual = !op.add_residual ? nullptr : op.residual == Slot::shortcut ? &shortcut : &block_input;
-    (op.out == Slot::shortcut ? shortcut : current) = run_timed(i, op, in, residual, &cache);
+    // A residual that nothing else holds (not the caller, not the input, not the quantized input
+    // cache) is dead after this add: the output goes over it.
+    const bool dead = residual && residual->sole_owner() && !residual->shares_storage_with(in);
+    const Output to = dead ? Output::over_residual : Output::fresh;
+    (op.out == Slot::shortcut ? shortcut : current) = run_timed(i, op, in, residual, to, &cache);
   }
   return end == ops_.size() ? global_avgpool_nhwc(current) : current;
 }

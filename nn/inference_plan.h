@@ -141,11 +141,12 @@ class FrozenResNet {
   void add_block(const LayerStep& end, std::vector<Op> main_path, std::optional<Op> shortcut);
   // One convolution (or linear layer, or max pool) on its input, by whichever path it was packed for.
   // `cache`: the block floating point records of the last input quantized, for a layer reading it again.
-  // `kernel`, when given, is set to what ran it (LayerTime::kernel).
-  static Tensor run(const Op& op, const Tensor& in, const Tensor* residual, QuantizedInputCache* cache = nullptr,
-                    const char** kernel = nullptr);
+  // `to`: whether the output may go over the residual (packed_conv.h Output). `kernel`, when given, is
+  // set to what ran it (LayerTime::kernel).
+  static Tensor run(const Op& op, const Tensor& in, const Tensor* residual, Output to,
+                    QuantizedInputCache* cache = nullptr, const char** kernel = nullptr);
   // run(), timed into times_[index] while time_layers is on.
-  Tensor run_timed(size_t index, const Op& op, const Tensor& in, const Tensor* residual,
+  Tensor run_timed(size_t index, const Op& op, const Tensor& in, const Tensor* residual, Output to = Output::fresh,
                    QuantizedInputCache* cache = nullptr) const;
   // Adds one run of layer `index` to times_ (when timing is still on).
   void record_time(size_t index, const char* kernel, const Tensor& out, double macs, double seconds) const;

@@ -294,6 +294,9 @@ TEST(Int8Conv, MatchesTheEmulationOnEveryShape) {
         testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, false, nullptr, tile), expected, "int8 conv", 1e-4, 1e-5);
         testing::expect_close(conv_nhwc_bfp(cv, x, &residual, true, nullptr, tile), expected_block,
                               "int8 conv + residual, ReLU", 1e-4, 1e-5);
+        testing::expect_same_over_residual(
+            [&](const Tensor* r, Output to) { return conv_nhwc_bfp(cv, x, r, true, nullptr, tile, to); }, residual,
+            "int8 conv over its residual");
       }
     }
   }
@@ -509,6 +512,9 @@ void expect_emulation(const BfpCase& c) {
     testing::expect_close(conv_nhwc_bfp(cv, x, nullptr, true), plain, "conv + bias, ReLU", 1e-4, 1e-5);
     testing::expect_close(conv_nhwc_bfp(cv, x, &residual, true), with_residual, "conv + bias + residual, ReLU", 1e-4,
                           1e-5);
+    testing::expect_same_over_residual(
+        [&](const Tensor* r, Output to) { return conv_nhwc_bfp(cv, x, r, true, nullptr, Int8Tile::chosen, to); },
+        residual, "block floating point conv over its residual");
   }
 }
 

@@ -56,6 +56,8 @@ TEST_P(PackedConvVsReference, EveryIsaEveryOutputStage) {
                           "conv + bias + residual, ReLU", 1e-4, 1e-5);
     testing::expect_close(conv_nhwc(bare, x, &residual, false), conv_nhwc_ref(x, w, nullptr, params, &residual, false),
                           "conv + residual", 1e-4, 1e-5);
+    testing::expect_same_over_residual([&](const Tensor* r, Output to) { return conv_nhwc(biased, x, r, true, to); },
+                                       residual, "conv over its residual");
   }
 }
 
@@ -110,6 +112,9 @@ TEST_P(WinogradVsReference, EveryIsaEveryOutputStage) {
                                  1e-5);
     testing::expect_close_to_max(conv_winograd(biased, x, nullptr, true),
                                  conv_nhwc_ref(x, w, &b, {1, 1}, nullptr, true), "winograd + bias, ReLU", 1e-5);
+    testing::expect_same_over_residual(
+        [&](const Tensor* r, Output to) { return conv_winograd(biased, x, r, true, to); }, residual,
+        "winograd over its residual");
   }
 }
 

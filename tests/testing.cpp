@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 namespace toptag::testing {
@@ -86,6 +87,21 @@ void expect_close(const Tensor& actual, const Tensor& expected, const std::strin
 
 void expect_close_to_max(const Tensor& actual, const Tensor& expected, const std::string& what, double tol) {
   check_close(actual, expected, what, 0.0, tol * max_abs(expected));
+}
+
+void expect_same_over_residual(const std::function<Tensor(const Tensor* residual, Output to)>& conv,
+                               const Tensor& residual, const std::string& what) {
+  const Tensor fresh = conv(&residual, Output::fresh);
+  EXPECT_FALSE(fresh.shares_storage_with(residual)) << what;
+  const Tensor copy = residual.clone();
+  const Tensor over = conv(&copy, Output::over_residual);
+  EXPECT_TRUE(over.shares_storage_with(copy)) << what << ": not written over the residual";
+  ASSERT_EQ(over.shape(), fresh.shape()) << what;
+  int64_t differ = 0;
+  for (int64_t i = 0; i < fresh.numel(); ++i)
+    differ += std::memcmp(&over.data()[i], &fresh.data()[i], sizeof(float)) != 0;
+  EXPECT_EQ(differ, 0) << what << ": written over the residual, " << differ << " of " << fresh.numel()
+                       << " values differ from a new tensor's";
 }
 
 Tensor random_tensor(const Shape& shape, Rng& rng, double scale) {

@@ -12,6 +12,7 @@
 #include "nn/autograd.h"
 #include "nn/check.h"
 #include "nn/kernels/isa.h"
+#include "nn/kernels/packed_conv.h"
 #include "nn/random.h"
 
 namespace toptag::testing {
@@ -47,6 +48,12 @@ void expect_close(const Tensor& actual, const Tensor& expected, const std::strin
 void expect_close_to_max(const Tensor& actual, const Tensor& expected, const std::string& what, double tol);
 
 Tensor random_tensor(const Shape& shape, Rng& rng, double scale = 1.0);
+
+// A convolution with a residual, conv(residual, to), run into a new tensor and over a copy of
+// `residual` (Output::over_residual): the second must be written in the copy's buffer, with the same
+// bits as the first.
+void expect_same_over_residual(const std::function<Tensor(const Tensor* residual, Output to)>& conv,
+                               const Tensor& residual, const std::string& what);
 
 // A copy of rows [begin, end) of t's first dimension.
 Tensor rows_of(const Tensor& t, int64_t begin, int64_t end);

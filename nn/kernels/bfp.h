@@ -184,6 +184,7 @@ bool bfp_rows_outer(int64_t weight_bytes, int64_t rows);
 // or taken from `cache` when it holds x's records in this layer's format (block floating point
 // inputs only; int8 is quantized each time). A quantization made here is left in `cache`.
 Tensor conv_nhwc_bfp(const PackedBfpConv& conv, const Tensor& x, const Tensor* residual, bool relu,
-                     QuantizedInputCache* cache = nullptr, Int8Tile int8_tile = Int8Tile::chosen);
+                     QuantizedInputCache* cache = nullptr, Int8Tile int8_tile = Int8Tile::chosen,
+                     Output to = Output::fresh);
 
 }  // namespace toptag

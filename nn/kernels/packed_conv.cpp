@@ -58,7 +58,9 @@ const KernelSet kRefSet{Isa::ref,
                         /*tile_int8_words=*/nullptr,
                         kernels_ref::int8_bytes,
                         kernels_ref::int8_words,
-                        kernels_ref::tile_gemm};
+                        kernels_ref::tile_gemm,
+                        kernels_ref::winograd_input,
+                        kernels_ref::winograd_output};
 
 // A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
 // per tap. Each output row is read instead as R kernel rows: kernel row r's S taps read S adjacent
@@ -208,10 +210,16 @@ Tensor unpack_conv_weight(const PackedConv& cv) {
   return w;
 }
 
-Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, bool relu) {
+Tensor output_tensor(const Shape& shape, const Tensor* residual, Output to, const char* op) {
+  if (residual) expect_shape(*residual, shape, fmt::format("{} residual", op));
+  if (to == Output::fresh) return Tensor::empty(shape);
+  if (!residual) fail("{}: asked to write over a residual it was not given", op);
+  return *residual;
+}
+
+Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, bool relu, Output to) {
   const OutputGrid g = output_grid(cv, x, "conv_nhwc");
-  Tensor y = Tensor::empty({g.N, g.P, g.Q, cv.K});
-  if (residual) expect_shape(*residual, y.shape(), "conv_nhwc residual");
+  Tensor y = output_tensor({g.N, g.P, g.Q, cv.K}, residual, to, "conv_nhwc");
   if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc");
 

@@ -48,8 +48,19 @@ PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams para
 // The (K, C, R, S) weights `conv` was packed from, exactly (packing only moves them).
 Tensor unpack_conv_weight(const PackedConv& conv);
 
+// Where a convolution's output goes (conv_nhwc, conv_winograd, conv_nhwc_bfp): a new tensor, or
+// over_residual, into the residual's own buffer, whose values the caller gives up (each output stage
+// reads a residual value before it writes that place). A ResNet block's last convolution then streams
+// one map through memory instead of two: at 224x224 its 3.2 MB maps do not stay in cache, and writing
+// a new one first reads it in.
+enum class Output { fresh, over_residual };
+
+// The tensor a convolution `op` writes: a new one of `shape`, or *residual (over_residual). Checks the
+// residual's shape.
+Tensor output_tensor(const Shape& shape, const Tensor* residual, Output to, const char* op);
+
 // y = conv(x) + bias [+ residual] [ReLU]. x: (N, H, W, C); y, residual: (N, P, Q, K), all NHWC.
-Tensor conv_nhwc(const PackedConv& conv, const Tensor& x, const Tensor* residual, bool relu);
+Tensor conv_nhwc(const PackedConv& conv, const Tensor& x, const Tensor* residual, bool relu, Output to = Output::fresh);
 
 // The (output pixel, tap) pairs conv_nhwc computes on x, over the batch: every tap of every pixel, or
 // only the taps inside the map where it runs pixel by pixel (nn/kernels/tile_driver.h). Times C * K,

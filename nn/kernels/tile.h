@@ -185,6 +185,14 @@ struct KernelSet {
   bool (*int8_words)(const float* x, int64_t n, float scale, int zero_point, int16_t* w) = nullptr;
   // Training's GEMM tile, mr x nr as tile_f32.
   void (*tile_gemm)(const GemmTileArgs&) = nullptr;
+  // Winograd F(2x2, 3x3)'s transforms of one tile (nn/kernels/winograd.h), over n channels:
+  //   winograd_input:  v[p][c] = (B^T d B)[p], d[i * 4 + j] -> the channels of the tile's input pixel
+  //                    (i, j), or zeros in the padding;
+  //   winograd_output: y[o][k] = (A^T m A)[o] + bias[k] (+ r[o][k]) (ReLU), m[p] -> point p's products;
+  //                    y[o] null for an output past the map's edge, r null without a residual.
+  void (*winograd_input)(const float* const* d, float* const* v, int64_t n) = nullptr;
+  void (*winograd_output)(const float* const* m, float* const* y, const float* const* r, const float* bias, bool relu,
+                          int64_t n) = nullptr;
 };
 constexpr int kBlockSawNan = 1, kBlockSawNegative = 2;
 
@@ -216,6 +224,10 @@ float bfp_block_max(const float* x, int64_t n);
 int bfp_block_bytes(const float* x, int64_t n, float inverse, float top, uint8_t* m);
 bool int8_bytes(const float* x, int64_t n, float scale, int zero_point, uint8_t flip, uint8_t* q);
 bool int8_words(const float* x, int64_t n, float scale, int zero_point, int16_t* w);
+// nn/kernels/winograd.cpp
+void winograd_input(const float* const* d, float* const* v, int64_t n);
+void winograd_output(const float* const* m, float* const* y, const float* const* r, const float* bias, bool relu,
+                     int64_t n);
 }  // namespace kernels_ref
 
 }  // namespace toptag

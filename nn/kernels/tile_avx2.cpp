@@ -146,6 +146,8 @@ const KernelSet set{Isa::avx2,
                     /*tile_int8_words=*/tile_bfp,
                     int8_bytes,
                     int8_words,
-                    tile_gemm};
+                    tile_gemm,
+                    winograd_input,
+                    winograd_output};
 
 }  // namespace toptag::kernels_avx2

@@ -26,6 +26,8 @@ const KernelSet set{Isa::avx512,
                     /*tile_int8_words=*/kernels_avx2::tile_bfp_nr32,
                     kernels_avx2::int8_bytes,
                     kernels_avx2::int8_words,
-                    tile_gemm};
+                    tile_gemm,
+                    winograd_input,
+                    winograd_output};
 
 }  // namespace toptag::kernels_avx512

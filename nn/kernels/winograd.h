@@ -3,7 +3,15 @@
 //   Y = A^T [ (G g G^T) . (B^T d B) ] A
 // so the 36 multiply-adds per output pair of channels of the direct form become 16, done as 16
 // independent GEMMs (one per point of the 4x4 transformed tile) by the same tile kernels as
-// conv_nhwc (nn/kernels/tile.h). The transforms are additions only, save G's halves.
+// conv_nhwc (nn/kernels/tile.h). The transforms are additions only, save G's halves; the input and
+// output transforms are each instruction set's (KernelSet::winograd_input, winograd_output), a vector
+// of channels at a time.
+//
+// Two forms. Where the transformed weights fit a core's cache (up to 1 MB: 128 x 128 channels), the
+// layer runs fused, in blocks of tiles, each block transformed, multiplied and transformed back while
+// its 16 points stay in cache (about 384 KB a block). Larger layers run layer by layer: every tile's
+// transform, the 16 GEMMs, every tile's output. At 224x224, batch 1, fusing took layer1's 3x3 (64
+// channels, 56x56) from 0.37-0.40 ms to 0.30-0.32 on AVX-512 (bench_conv BM_Winograd, Zen 5).
 //
 // Where it wins: a layer with enough tiles to be bound by arithmetic. Its transformed weights are
 // 16/9 the size of the direct ones, so a layer bound by reading its weights (batch 1 on small maps)
@@ -40,7 +48,8 @@ WinogradConv pack_winograd(const Tensor& weight, const Tensor* bias, Isa isa);
 WinogradConv pack_winograd(const PackedConv& direct);
 
 // The same contract as conv_nhwc (nn/kernels/packed_conv.h).
-Tensor conv_winograd(const WinogradConv& conv, const Tensor& x, const Tensor* residual, bool relu);
+Tensor conv_winograd(const WinogradConv& conv, const Tensor& x, const Tensor* residual, bool relu,
+                     Output to = Output::fresh);
 
 // 2x2 tiles of a P x Q map, over a batch of N.
 int64_t winograd_tiles(int64_t N, int64_t P, int64_t Q);
