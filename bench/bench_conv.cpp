@@ -97,6 +97,22 @@ void BM_PackedConv(benchmark::State& state) {
   time_conv(state, a, [&] { return conv_nhwc(cv, x, nullptr, true); });
 }
 
+// The stem and its max pool (3x3, stride 2): fused (fused 1, conv_nhwc_maxpool) or one after the other
+// (0). args: C, H, K, kernel, stride, pad, N, isa, fused.
+void BM_ConvMaxpool(benchmark::State& state) {
+  const PackedArgs a(state);
+  if (!cpu_supports(a.isa)) return state.SkipWithError("this CPU cannot run the instruction set");
+  Rng rng(1);
+  const Tensor x = random_tensor({a.N, a.H, a.H, a.C}, rng), w = random_tensor({a.K, a.C, a.kernel, a.kernel}, rng),
+               b = random_tensor({a.K}, rng);
+  const PackedConv cv = pack_conv(w, &b, {a.stride, a.pad}, a.isa);
+  const MaxPool2dParams pool{3, 2, 1};
+  if (state.range(8))
+    for (auto _ : state) benchmark::DoNotOptimize(conv_nhwc_maxpool(cv, x, true, pool).data());
+  else
+    for (auto _ : state) benchmark::DoNotOptimize(maxpool_nhwc(conv_nhwc(cv, x, nullptr, true), pool).data());
+}
+
 // Inputs |normal| (they follow a ReLU).
 Tensor relu_inputs(const PackedArgs& a, Rng& rng) {
   Tensor x = random_tensor({a.N, a.H, a.H, a.C}, rng);
@@ -268,6 +284,12 @@ void GemmShapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_Gemm)->Apply(GemmShapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Conv)->Apply(ResNet50Shapes)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ConvMaxpool)
+    ->ArgNames({"C", "H", "K", "k", "s", "p", "N", "isa", "fused"})
+    ->ArgsProduct({{3}, {224}, {64}, {7}, {2}, {3}, {1}, {1, 2}, {0, 1}})
+    ->ArgsProduct({{1}, {40}, {64}, {7}, {2}, {3}, {1, 64}, {1, 2}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_Winograd)
     ->ArgNames({"C", "H", "K", "N", "isa"})
     ->Args({64, 10, 64, 64, 2})

@@ -236,6 +236,28 @@ Tensor FrozenResNet::run_timed(size_t index, const Op& op, const Tensor& in, con
   return y;
 }
 
+bool FrozenResNet::pool_follows(size_t i, size_t end) const {
+  if (i + 1 >= end) return false;
+  const Op &op = ops_[i], &next = ops_[i + 1];
+  const bool plain_conv = !op.pool && !op.bfp && !op.quantize_input && !op.winograd && !op.add_residual;
+  return plain_conv && op.out == Slot::current && next.pool && !next.starts_block && next.in == Slot::current &&
+         next.out == Slot::current;
+}
+
+Tensor FrozenResNet::run_pooled(size_t i, const Tensor& in) const {
+  const Op &op = ops_[i], &pool = ops_[i + 1];
+  if (!timing_.load(std::memory_order_relaxed)) return conv_nhwc_maxpool(op.conv, in, op.relu, pool.pool_params);
+  const auto start = std::chrono::steady_clock::now();
+  Tensor y = conv_nhwc_maxpool(op.conv, in, op.relu, pool.pool_params);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double rows =
+      static_cast<double>(in.dim(0) * op.conv.out_size(in.dim(1), op.conv.R) * op.conv.out_size(in.dim(2), op.conv.S));
+  record_time(i, "f32 direct, max pool in its output stage", y,
+              rows * static_cast<double>(op.conv.K * op.conv.C * op.conv.taps()), seconds);
+  record_time(i + 1, "max pool, in the layer before's output stage", y, 0, 0);
+  return y;
+}
+
 void FrozenResNet::record_time(size_t index, const char* kernel, const Tensor& out, double macs, double seconds) const {
   std::lock_guard lock(times_mutex_);
   if (index >= times_.size()) return;  // timing was turned off meanwhile
@@ -290,6 +312,11 @@ Tensor FrozenResNet::run_ops(Tensor current, size_t begin, size_t end) const {
     const Op& op = ops_[i];
     if (op.starts_block) block_input = current;
     const Tensor& in = op.in == Slot::block_input ? block_input : current;
+    if (pool_follows(i, end)) {  // the stem: its map, the network's largest, never goes through memory
+      current = run_pooled(i, in);
+      ++i;
+      continue;
+    }
     const Tensor* residual = !op.add_residual ? nullptr : op.residual == Slot::shortcut ? &shortcut : &block_input;
     // A residual that nothing else holds (not the caller, not the input, not the quantized input
     // cache) is dead after this add: the output goes over it.

@@ -148,6 +148,11 @@ class FrozenResNet {
   // run(), timed into times_[index] while time_layers is on.
   Tensor run_timed(size_t index, const Op& op, const Tensor& in, const Tensor* residual, Output to = Output::fresh,
                    QuantizedInputCache* cache = nullptr) const;
+  // Whether ops_[i] is a float convolution followed by a max pool that can run in its output stage
+  // (conv_nhwc_maxpool), both within [i, end): the stem.
+  bool pool_follows(size_t i, size_t end) const;
+  // ops_[i] and the max pool after it as one, timed into both layers' entries while time_layers is on.
+  Tensor run_pooled(size_t i, const Tensor& in) const;
   // Adds one run of layer `index` to times_ (when timing is still on).
   void record_time(size_t index, const char* kernel, const Tensor& out, double macs, double seconds) const;
   // ops_[begin, end) on a channels-last activation; begin starts a block (or is 0).

@@ -126,6 +126,55 @@ INSTANTIATE_TEST_SUITE_P(Shapes, WinogradVsReference,
                                            ConvCase{64, 16, 5, 5, 48, 3, 1, 1},   // batch 64, 5x5 maps
                                            ConvCase{1, 32, 28, 28, 40, 3, 1, 1}));  // many tiles, K off the panel
 
+// The stem with the max pool in its output stage gives the bits of the two run one after the other,
+// NaN included, whichever way the rows are read (kernel rows for few channels, the pointer table for
+// more), on batches whose bands share out unevenly and windows cut by every edge.
+TEST(ConvMaxpool, TheBitsOfTheConvolutionThenThePool) {
+  struct Case {
+    ConvCase conv;
+    MaxPool2dParams pool;
+  };
+  const std::vector<Case> cases = {
+      {{1, 3, 224, 224, 64, 7, 2, 3}, {3, 2, 1}},  // the paper's stem
+      {{3, 1, 40, 40, 64, 7, 2, 3}, {3, 2, 1}},    // 40x40, batch 3
+      {{2, 3, 37, 29, 20, 7, 2, 3}, {3, 2, 1}},    // odd sizes, K off the panel
+      {{1, 16, 9, 11, 33, 3, 1, 1}, {2, 2, 0}},    // 16 channels: the pointer table; a 2x2 pool
+      {{5, 2, 6, 6, 8, 3, 1, 1}, {3, 3, 1}},       // a stride-3 pool, one band an image
+      {{1, 1, 2, 2, 4, 7, 2, 3}, {3, 2, 1}},       // a 1x1 map under the pool
+  };
+  Rng rng(29);
+  for (const Case& c : cases) {
+    const ConvCase& v = c.conv;
+    SCOPED_TRACE(::testing::PrintToString(v));
+    Tensor x = testing::random_tensor({v.n, v.h, v.w, v.c}, rng);
+    x.data()[x.numel() / 2] = std::numeric_limits<float>::quiet_NaN();
+    const Tensor w = testing::random_tensor({v.k, v.c, v.kernel, v.kernel}, rng, 0.2);
+    const Tensor b = testing::random_tensor({v.k}, rng);
+    for (Isa isa : testing::isas_here()) {
+      SCOPED_TRACE(isa_name(isa));
+      const PackedConv cv = pack_conv(w, &b, {v.stride, v.pad}, isa);
+      for (bool relu : {false, true}) {
+        const Tensor expected = maxpool_nhwc(conv_nhwc(cv, x, nullptr, relu), c.pool);
+        const Tensor fused = conv_nhwc_maxpool(cv, x, relu, c.pool);
+        ASSERT_EQ(fused.shape(), expected.shape());
+        int64_t differ = 0, nan = 0;
+        for (int64_t i = 0; i < fused.numel(); ++i) {
+          const float e = expected.data()[i], f = fused.data()[i];
+          nan += std::isnan(e);
+          differ += std::isnan(e) ? !std::isnan(f) : e != f;
+        }
+        EXPECT_EQ(differ, 0) << "of " << fused.numel() << (relu ? ", ReLU" : "");
+        EXPECT_GT(nan, 0) << "the NaN did not reach the output";
+      }
+    }
+  }
+  const PackedConv cv = pack_conv(Tensor::zeros({4, 2, 3, 3}), nullptr, {1, 1}, active_isa());
+  EXPECT_NE(testing::error_of([&] {
+              conv_nhwc_maxpool(cv, Tensor::zeros({1, 2, 2, 2}), true, {5, 1, 0});
+            }).find("smaller than the 5x5 window"),
+            std::string::npos);
+}
+
 TEST(Winograd, ErrorAgainstTheDirectKernelIsFloatRounding) {
   // Measured, not assumed: the largest difference between the two float32 paths on layer1's shape,
   // relative to the largest output.

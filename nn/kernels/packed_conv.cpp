@@ -79,8 +79,16 @@ inline bool reads_kernel_rows(const PackedConv& cv) {
 void fill_kernel_rows(const PackedConv& cv, const OutputGrid& g, const float* x, const float* zeros, int64_t m0,
                       int64_t count, float* copies, const void** out) {
   const int64_t C = cv.C, span = cv.S * C, PQ = g.P * g.Q;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t m = m0 + i, n = m / PQ, p = (m % PQ) / g.Q, q = m % g.Q;
+  // Output row m0 + i is pixel (p, q) of image n, stepped along without dividing for every row.
+  int64_t n = m0 / PQ, p = (m0 % PQ) / g.Q, q = m0 % g.Q;
+  for (int64_t i = 0; i < count; ++i, ++q) {
+    if (q == g.Q) {
+      q = 0;
+      if (++p == g.P) {
+        p = 0;
+        ++n;
+      }
+    }
     const int64_t w0 = q * cv.stride - cv.pad;
     // The part of each kernel row inside the map: [first, end) of its span.
     const int64_t first = std::clamp<int64_t>(-w0, 0, cv.S) * C, end = std::clamp<int64_t>(g.W - w0, 0, cv.S) * C;
@@ -298,6 +306,107 @@ Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, 
       },
       /*gather=*/!kernel_rows);
   return y;
+}
+
+namespace {
+
+// Output rows [m0, m0 + count) of conv_nhwc(cv, x) without a residual, on the calling thread, into
+// out[(m - m0) * K + k]. `table` and `copies` are the caller's scratch, kept between calls.
+void conv_rows(const PackedConv& cv, const OutputGrid& g, const float* x, int64_t m0, int64_t count, bool relu,
+               float* out, std::vector<const void*>& table, std::vector<float>& copies) {
+  const KernelSet& ks = *cv.kernels;
+  const bool kernel_rows = reads_kernel_rows(cv);
+  const int64_t row_taps = kernel_rows ? cv.R : cv.taps(), row_channels = kernel_rows ? cv.S * cv.C : cv.C;
+  table.resize(static_cast<size_t>(count * row_taps));
+  if (kernel_rows) {
+    const int64_t copy_floats = count * cv.taps() * cv.C;  // then one kernel row of zeros
+    copies.resize(static_cast<size_t>(copy_floats + row_channels));
+    std::fill(copies.begin() + copy_floats, copies.end(), 0.0f);
+    fill_kernel_rows(cv, g, x, copies.data() + copy_floats, m0, count, copies.data(), table.data());
+  } else {
+    const PixelTable px{reinterpret_cast<const char*>(x), cv.C * static_cast<int64_t>(sizeof(float)), cv.zeros.data()};
+    fill_rows(cv, g, px, m0, count, table.data());
+  }
+  TileArgs t;
+  t.taps = static_cast<int>(row_taps);
+  t.channels = row_channels;
+  t.ld_out = cv.K;
+  t.stage.relu = relu;
+  for (int64_t i0 = 0; i0 < count; i0 += ks.mr) {
+    t.rows = table.data() + i0 * row_taps;
+    t.row_count = static_cast<int>(std::min<int64_t>(ks.mr, count - i0));
+    for (int64_t panel = 0; panel < cv.panels; ++panel) {
+      const int64_t k0 = panel * ks.nr;
+      t.panel = cv.weights.data() + panel * cv.panel_size();
+      t.col_count = static_cast<int>(std::min<int64_t>(ks.nr, cv.K - k0));
+      t.stage.bias = cv.bias.data() + k0;
+      t.out = out + i0 * cv.K + k0;
+      ks.tile_f32(t);
+    }
+  }
+}
+
+// Pooled bands a thread computes at once: its convolution rows fill about this much of its cache.
+constexpr int64_t kPoolBandBytes = 512 * 1024;
+
+}  // namespace
+
+Tensor conv_nhwc_maxpool(const PackedConv& cv, const Tensor& x, bool relu, MaxPool2dParams pool) {
+  const OutputGrid g = output_grid(cv, x, "conv_nhwc_maxpool");
+  // The pool over the convolution's P x Q map: maxpool_nhwc's geometry and checks.
+  const int64_t s = pool.stride, pad = pool.padding, k = pool.kernel;
+  if (k < 1 || s < 1 || pad < 0 || 2 * pad > k)
+    fail("conv_nhwc_maxpool: invalid kernel {} stride {} padding {}", k, s, pad);
+  const int64_t PP = (g.P + 2 * pad - k) / s + 1, QQ = (g.Q + 2 * pad - k) / s + 1;
+  if (PP < 1 || QQ < 1) fail("conv_nhwc_maxpool: the {}x{} map is smaller than the {}x{} window", g.P, g.Q, k, k);
+  Tensor z = Tensor::empty({g.N, PP, QQ, cv.K});
+  if (z.numel() == 0) return z;
+  ProfileScope profile("conv nhwc + max pool");
+
+  // Items of one image's band of pooled rows; bands as large as kPoolBandBytes of convolution rows
+  // allows, and enough of them to share out evenly between the threads.
+  const int threads = num_threads();
+  const int64_t row_bytes = g.Q * cv.K * static_cast<int64_t>(sizeof(float));
+  const int64_t most = std::max<int64_t>(1, (kPoolBandBytes / row_bytes - k + s) / s);
+  int64_t bands = (PP + most - 1) / most;
+  while ((g.N * bands) % threads != 0 && bands < PP) ++bands;
+  const int64_t band = (PP + bands - 1) / bands;
+  bands = (PP + band - 1) / band;
+  const int64_t items = g.N * bands, macs = g.rows() * cv.K * cv.C * cv.taps();
+  const bool parallel = items > 1 && macs >= kParallelMinMacs && threads > 1;
+#pragma omp parallel if (parallel)
+  {
+    Tensor rows = Tensor::empty({std::min(g.P, band * s + k) * g.Q * cv.K});
+    std::vector<const void*> table;
+    std::vector<float> copies;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / bands, r0 = (item % bands) * band, r1 = std::min(PP, r0 + band);
+      // The convolution rows the band's windows read: [a, b).
+      const int64_t a = std::max<int64_t>(0, r0 * s - pad), b = std::min(g.P, (r1 - 1) * s - pad + k);
+      conv_rows(cv, g, x.data(), (n * g.P + a) * g.Q, (b - a) * g.Q, relu, rows.data(), table, copies);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t q = 0; q < QQ; ++q) {
+          float* out = z.data() + ((n * PP + r) * QQ + q) * cv.K;
+          const int64_t h0 = r * s - pad, w0 = q * s - pad;
+          bool first = true;
+          for (int64_t h = std::max<int64_t>(h0, 0); h < std::min(h0 + k, g.P); ++h)
+            for (int64_t w = std::max<int64_t>(w0, 0); w < std::min(w0 + k, g.Q); ++w) {
+              const float* in = rows.data() + ((h - a) * g.Q + w) * cv.K;
+              if (first) {
+                std::copy_n(in, cv.K, out);
+                first = false;
+                continue;
+              }
+              for (int64_t c = 0; c < cv.K; ++c) {  // maxpool_nhwc's rule: a NaN wins (x != x: NaN)
+                const float u = in[c], v = out[c];
+                out[c] = (u > v || (u != u && v == v)) ? u : v;
+              }
+            }
+        }
+    }
+  }
+  return z;
 }
 
 Tensor conv_nhwc_ref(const Tensor& x, const Tensor& weight, const Tensor* bias, Conv2dParams params,

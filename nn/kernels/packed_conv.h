@@ -62,6 +62,12 @@ Tensor output_tensor(const Shape& shape, const Tensor* residual, Output to, cons
 // y = conv(x) + bias [+ residual] [ReLU]. x: (N, H, W, C); y, residual: (N, P, Q, K), all NHWC.
 Tensor conv_nhwc(const PackedConv& conv, const Tensor& x, const Tensor* residual, bool relu, Output to = Output::fresh);
 
+// y = maxpool(conv(x) + bias [ReLU]), as ResNet's stem and the max pool after it: the convolution's
+// output rows are made a band at a time in a thread's own buffer and pooled from there, so its map
+// (the stem's, 3.2 MB at 224x224) never goes through memory. The same bits as
+// maxpool_nhwc(conv_nhwc(conv, x, nullptr, relu), pool).
+Tensor conv_nhwc_maxpool(const PackedConv& conv, const Tensor& x, bool relu, MaxPool2dParams pool);
+
 // The (output pixel, tap) pairs conv_nhwc computes on x, over the batch: every tap of every pixel, or
 // only the taps inside the map where it runs pixel by pixel (nn/kernels/tile_driver.h). Times C * K,
 // its multiply-adds.
