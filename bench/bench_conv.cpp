@@ -87,14 +87,23 @@ void time_conv(benchmark::State& state, const PackedArgs& a, Run run) {
                          benchmark::Counter::kIs1000);
 }
 
-void BM_PackedConv(benchmark::State& state) {
-  const PackedArgs a(state);
-  if (!cpu_supports(a.isa)) return state.SkipWithError("this CPU cannot run the instruction set");
+// A float layer of the args' shape: a random input, and random weights and bias packed for a.isa.
+struct FloatLayer {
+  Tensor x;
+  PackedConv cv;
+};
+FloatLayer float_layer(const PackedArgs& a) {
   Rng rng(1);
   const Tensor x = random_tensor({a.N, a.H, a.H, a.C}, rng), w = random_tensor({a.K, a.C, a.kernel, a.kernel}, rng),
                b = random_tensor({a.K}, rng);
-  const PackedConv cv = pack_conv(w, &b, {a.stride, a.pad}, a.isa);
-  time_conv(state, a, [&] { return conv_nhwc(cv, x, nullptr, true); });
+  return {x, pack_conv(w, &b, {a.stride, a.pad}, a.isa)};
+}
+
+void BM_PackedConv(benchmark::State& state) {
+  const PackedArgs a(state);
+  if (!cpu_supports(a.isa)) return state.SkipWithError("this CPU cannot run the instruction set");
+  const FloatLayer l = float_layer(a);
+  time_conv(state, a, [&] { return conv_nhwc(l.cv, l.x, nullptr, true); });
 }
 
 // The stem and its max pool (3x3, stride 2): fused (fused 1, conv_nhwc_maxpool) or one after the other
@@ -102,15 +111,12 @@ void BM_PackedConv(benchmark::State& state) {
 void BM_ConvMaxpool(benchmark::State& state) {
   const PackedArgs a(state);
   if (!cpu_supports(a.isa)) return state.SkipWithError("this CPU cannot run the instruction set");
-  Rng rng(1);
-  const Tensor x = random_tensor({a.N, a.H, a.H, a.C}, rng), w = random_tensor({a.K, a.C, a.kernel, a.kernel}, rng),
-               b = random_tensor({a.K}, rng);
-  const PackedConv cv = pack_conv(w, &b, {a.stride, a.pad}, a.isa);
+  const FloatLayer l = float_layer(a);
   const MaxPool2dParams pool{3, 2, 1};
   if (state.range(8))
-    for (auto _ : state) benchmark::DoNotOptimize(conv_nhwc_maxpool(cv, x, true, pool).data());
+    for (auto _ : state) benchmark::DoNotOptimize(conv_nhwc_maxpool(l.cv, l.x, true, pool).data());
   else
-    for (auto _ : state) benchmark::DoNotOptimize(maxpool_nhwc(conv_nhwc(cv, x, nullptr, true), pool).data());
+    for (auto _ : state) benchmark::DoNotOptimize(maxpool_nhwc(conv_nhwc(l.cv, l.x, nullptr, true), pool).data());
 }
 
 // Inputs |normal| (they follow a ReLU).

@@ -21,8 +21,7 @@ namespace {
 // clearly fewer products (16 a tile) than the direct kernel, which on small maps at a batch of
 // several images skips the taps that read padding: on 2x2 maps both compute 16 for 4 outputs, and
 // the direct kernel reads 9/16 of the weights.
-// At 224x224 that is every stride-1 3x3 layer but layer4.0's; at 40x40, layer1's at batches of 6 or
-// more.
+// At 224x224 that is every stride-1 3x3 layer; at 40x40, layer1's at batches of 6 or more.
 constexpr int64_t kWinogradMinChannels = 64;
 constexpr int64_t kWinogradMinTiles = 16;
 constexpr int64_t kWinogradFewChannels = 128, kWinogradFewChannelsMinTiles = 128;
@@ -323,6 +322,9 @@ Tensor FrozenResNet::run_ops(Tensor current, size_t begin, size_t end) const {
     const bool dead = residual && residual->sole_owner() && !residual->shares_storage_with(in);
     const Output to = dead ? Output::over_residual : Output::fresh;
     (op.out == Slot::shortcut ? shortcut : current) = run_timed(i, op, in, residual, to, &cache);
+    // The shortcut is spent: holding it would keep the block's output (written over it) from being
+    // the next block's sole residual.
+    if (residual == &shortcut) shortcut = Tensor();
   }
   return end == ops_.size() ? global_avgpool_nhwc(current) : current;
 }

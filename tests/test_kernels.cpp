@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -128,7 +129,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, WinogradVsReference,
 
 // The stem with the max pool in its output stage gives the bits of the two run one after the other,
 // NaN included, whichever way the rows are read (kernel rows for few channels, the pointer table for
-// more), on batches whose bands share out unevenly and windows cut by every edge.
+// more), on 1 to 3 threads (bands that share out evenly or not) and windows cut by every edge.
 TEST(ConvMaxpool, TheBitsOfTheConvolutionThenThePool) {
   struct Case {
     ConvCase conv;
@@ -155,23 +156,37 @@ TEST(ConvMaxpool, TheBitsOfTheConvolutionThenThePool) {
       const PackedConv cv = pack_conv(w, &b, {v.stride, v.pad}, isa);
       for (bool relu : {false, true}) {
         const Tensor expected = maxpool_nhwc(conv_nhwc(cv, x, nullptr, relu), c.pool);
-        const Tensor fused = conv_nhwc_maxpool(cv, x, relu, c.pool);
-        ASSERT_EQ(fused.shape(), expected.shape());
-        int64_t differ = 0, nan = 0;
-        for (int64_t i = 0; i < fused.numel(); ++i) {
-          const float e = expected.data()[i], f = fused.data()[i];
-          nan += std::isnan(e);
-          differ += std::isnan(e) ? !std::isnan(f) : e != f;
+        for (int threads : {1, 2, 3}) {
+          set_num_threads(threads);
+          const Tensor fused = conv_nhwc_maxpool(cv, x, relu, c.pool);
+          ASSERT_EQ(fused.shape(), expected.shape());
+          int64_t differ = 0, nan = 0;
+          for (int64_t i = 0; i < fused.numel(); ++i) {
+            nan += std::isnan(expected.data()[i]);
+            differ += std::memcmp(&fused.data()[i], &expected.data()[i], sizeof(float)) != 0;
+          }
+          EXPECT_EQ(differ, 0) << "of " << fused.numel() << (relu ? ", ReLU, " : ", ") << threads << " threads";
+          EXPECT_GT(nan, 0) << "the NaN did not reach the output";
         }
-        EXPECT_EQ(differ, 0) << "of " << fused.numel() << (relu ? ", ReLU" : "");
-        EXPECT_GT(nan, 0) << "the NaN did not reach the output";
       }
     }
   }
+  set_num_threads(0);
   const PackedConv cv = pack_conv(Tensor::zeros({4, 2, 3, 3}), nullptr, {1, 1}, active_isa());
   EXPECT_NE(testing::error_of([&] {
               conv_nhwc_maxpool(cv, Tensor::zeros({1, 2, 2, 2}), true, {5, 1, 0});
             }).find("smaller than the 5x5 window"),
+            std::string::npos);
+}
+
+// Writing over a residual that is the convolution's own input would overwrite rows other tiles still
+// read: refused, as is writing over a residual that was not given.
+TEST(OverResidual, RefusesTheInputAndAMissingResidual) {
+  const Tensor x = Tensor::zeros({1, 4, 4, 32});
+  const PackedConv cv = pack_conv(Tensor::zeros({32, 32, 1, 1}), nullptr, {1, 0}, active_isa());
+  EXPECT_NE(testing::error_of([&] { conv_nhwc(cv, x, &x, true, Output::over_residual); }).find("its own input"),
+            std::string::npos);
+  EXPECT_NE(testing::error_of([&] { conv_nhwc(cv, x, nullptr, true, Output::over_residual); }).find("not given"),
             std::string::npos);
 }
 

@@ -443,7 +443,7 @@ static void sum_tap_offsets(const PackedBfpConv& cv, int64_t panel, int inside, 
 Tensor conv_nhwc_bfp(const PackedBfpConv& cv, const Tensor& x, const Tensor* residual, bool relu,
                      QuantizedInputCache* cache, Int8Tile int8_tile, Output to) {
   const OutputGrid g = output_grid(cv, x, "conv_nhwc_bfp");
-  Tensor y = output_tensor({g.N, g.P, g.Q, cv.K}, residual, to, "conv_nhwc_bfp");
+  Tensor y = output_tensor({g.N, g.P, g.Q, cv.K}, x, residual, to, "conv_nhwc_bfp");
   if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc bfp");
   const bool words = int8_runs_on_words(cv, g.rows(), int8_tile);

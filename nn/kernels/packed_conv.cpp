@@ -218,16 +218,17 @@ Tensor unpack_conv_weight(const PackedConv& cv) {
   return w;
 }
 
-Tensor output_tensor(const Shape& shape, const Tensor* residual, Output to, const char* op) {
+Tensor output_tensor(const Shape& shape, const Tensor& x, const Tensor* residual, Output to, const char* op) {
   if (residual) expect_shape(*residual, shape, fmt::format("{} residual", op));
   if (to == Output::fresh) return Tensor::empty(shape);
   if (!residual) fail("{}: asked to write over a residual it was not given", op);
+  if (residual->shares_storage_with(x)) fail("{}: asked to write over a residual that is its own input", op);
   return *residual;
 }
 
 Tensor conv_nhwc(const PackedConv& cv, const Tensor& x, const Tensor* residual, bool relu, Output to) {
   const OutputGrid g = output_grid(cv, x, "conv_nhwc");
-  Tensor y = output_tensor({g.N, g.P, g.Q, cv.K}, residual, to, "conv_nhwc");
+  Tensor y = output_tensor({g.N, g.P, g.Q, cv.K}, x, residual, to, "conv_nhwc");
   if (y.numel() == 0) return y;  // an empty batch
   ProfileScope profile("conv nhwc");
 
@@ -368,10 +369,16 @@ Tensor conv_nhwc_maxpool(const PackedConv& cv, const Tensor& x, bool relu, MaxPo
   const int threads = num_threads();
   const int64_t row_bytes = g.Q * cv.K * static_cast<int64_t>(sizeof(float));
   const int64_t most = std::max<int64_t>(1, (kPoolBandBytes / row_bytes - k + s) / s);
-  int64_t bands = (PP + most - 1) / most;
-  while ((g.N * bands) % threads != 0 && bands < PP) ++bands;
-  const int64_t band = (PP + bands - 1) / bands;
-  bands = (PP + band - 1) / band;
+  const int64_t fewest = (PP + most - 1) / most;
+  int64_t band = (PP + fewest - 1) / fewest;
+  for (int64_t wanted = fewest; wanted <= PP; ++wanted) {  // more bands until the items share out evenly
+    const int64_t b = (PP + wanted - 1) / wanted;
+    if ((g.N * ((PP + b - 1) / b)) % threads == 0) {
+      band = b;
+      break;
+    }
+  }
+  const int64_t bands = (PP + band - 1) / band;
   const int64_t items = g.N * bands, macs = g.rows() * cv.K * cv.C * cv.taps();
   const bool parallel = items > 1 && macs >= kParallelMinMacs && threads > 1;
 #pragma omp parallel if (parallel)
@@ -398,10 +405,7 @@ Tensor conv_nhwc_maxpool(const PackedConv& cv, const Tensor& x, bool relu, MaxPo
                 first = false;
                 continue;
               }
-              for (int64_t c = 0; c < cv.K; ++c) {  // maxpool_nhwc's rule: a NaN wins (x != x: NaN)
-                const float u = in[c], v = out[c];
-                out[c] = (u > v || (u != u && v == v)) ? u : v;
-              }
+              max_into(out, in, cv.K);
             }
         }
     }

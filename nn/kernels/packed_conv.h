@@ -55,9 +55,9 @@ Tensor unpack_conv_weight(const PackedConv& conv);
 // a new one first reads it in.
 enum class Output { fresh, over_residual };
 
-// The tensor a convolution `op` writes: a new one of `shape`, or *residual (over_residual). Checks the
-// residual's shape.
-Tensor output_tensor(const Shape& shape, const Tensor* residual, Output to, const char* op);
+// The tensor a convolution `op` of x writes: a new one of `shape`, or *residual (over_residual), which
+// must not be x's own buffer (other outputs still read it). Checks the residual's shape.
+Tensor output_tensor(const Shape& shape, const Tensor& x, const Tensor* residual, Output to, const char* op);
 
 // y = conv(x) + bias [+ residual] [ReLU]. x: (N, H, W, C); y, residual: (N, P, Q, K), all NHWC.
 Tensor conv_nhwc(const PackedConv& conv, const Tensor& x, const Tensor* residual, bool relu, Output to = Output::fresh);

@@ -84,8 +84,8 @@ void multiply_point(const WinogradConv& cv, const float* V, float* M, int64_t po
 
 // Tiles per block of the fused form, or 0 for layer by layer. Fused where the transformed weights
 // (16 C K floats) stay in a core's cache over the blocks: otherwise every block would read them from
-// memory again. A block's points (16 x tiles x (C + K) floats) fit in about kFusedBlockBytes, its
-// tiles a multiple of the kernel's rows, and the blocks share out evenly between the threads.
+// memory again. A block's points (16 x tiles x (C + K) floats) fit in about kFusedBlockBytes, and
+// the blocks share out evenly between the threads (a block's last tile of rows may be partial).
 int64_t fused_block_tiles(const WinogradConv& cv, int64_t T, int threads) {
   const int64_t mr = cv.kernels->mr;
   const int64_t weight_bytes = kPoints * cv.C * cv.K * static_cast<int64_t>(sizeof(float));
@@ -158,45 +158,40 @@ WinogradConv pack_winograd(const PackedConv& direct) {
   return pack_winograd(unpack_conv_weight(direct), &bias, direct.kernels->isa);
 }
 
-Tensor conv_winograd(const WinogradConv& cv, const Tensor& x, const Tensor* residual, bool relu, Output to) {
-  if (x.rank() != 4 || x.dim(3) != cv.C)
-    fail("conv_winograd: input must be (N, H, W, {}), found {}", cv.C, x.shape().str());
-  const Tiling g{x.dim(0), x.dim(1), x.dim(2), (x.dim(1) + 1) / 2, (x.dim(2) + 1) / 2};
-  Tensor y = output_tensor({g.N, g.H, g.W, cv.K}, residual, to, "conv_winograd");
-  if (y.numel() == 0) return y;  // an empty batch
-  ProfileScope profile("conv winograd");
-  const int64_t T = g.count(), C = cv.C, K = cv.K;
-  const bool parallel = T * K * C * kPoints >= kParallelMinMacs && num_threads() > 1;
-  const float* r = residual ? residual->data() : nullptr;
-  const int64_t block = fused_block_tiles(cv, T, parallel ? num_threads() : 1);
-  if (block > 0) {
-    // Fused: each block of tiles is transformed, multiplied and transformed back while its 16 points
-    // stay in the thread's cache; the weights, small enough to stay there too, serve every block.
-    const int64_t blocks = (T + block - 1) / block;
-#pragma omp parallel if (parallel)
-    {
-      Tensor V = Tensor::empty({kPoints * block * C}), M = Tensor::empty({kPoints * block * K});
-#pragma omp for schedule(static)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t t0 = b * block, count = std::min(block, T - t0);
-        for (int64_t i = 0; i < count; ++i) transform_input(cv, x.data(), g, t0 + i, V.data(), block, i);
-        for (int64_t point = 0; point < kPoints; ++point)
-          for (int64_t panel = 0; panel < cv.panels; ++panel)
-            multiply_point(cv, V.data(), M.data(), block, point, panel, 0, count, NextPanel{});
-        for (int64_t i = 0; i < count; ++i) transform_output(cv, M.data(), block, i, g, t0 + i, r, relu, y.data());
-      }
-    }
-    return y;
-  }
+namespace {
 
-  // Layer by layer: every tile's transform, then the 16 GEMMs M[p] (T x K) = V[p] (T x C) U[p] (C x K)
-  // in items of kGemmRows tiles x one panel, then every tile's output.
-  Tensor V = Tensor::empty({kPoints * T * C}), M = Tensor::empty({kPoints * T * K});
+// The fused form: each block of `block` tiles is transformed, multiplied and transformed back while
+// its 16 points stay in the thread's cache; the weights, small enough to stay there too, serve every
+// block.
+void winograd_fused(const WinogradConv& cv, const float* x, const Tiling& g, int64_t block, const float* r, bool relu,
+                    bool parallel, float* y) {
+  const int64_t T = g.count(), blocks = (T + block - 1) / block;
+#pragma omp parallel if (parallel)
+  {
+    Tensor V = Tensor::empty({kPoints * block * cv.C}), M = Tensor::empty({kPoints * block * cv.K});
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t t0 = b * block, count = std::min(block, T - t0);
+      for (int64_t i = 0; i < count; ++i) transform_input(cv, x, g, t0 + i, V.data(), block, i);
+      for (int64_t point = 0; point < kPoints; ++point)
+        for (int64_t panel = 0; panel < cv.panels; ++panel)
+          multiply_point(cv, V.data(), M.data(), block, point, panel, 0, count, NextPanel{});
+      for (int64_t i = 0; i < count; ++i) transform_output(cv, M.data(), block, i, g, t0 + i, r, relu, y);
+    }
+  }
+}
+
+// Layer by layer: every tile's transform, then the 16 GEMMs M[p] (T x K) = V[p] (T x C) U[p] (C x K)
+// in items of kGemmRows tiles x one panel, then every tile's output.
+void winograd_layer_by_layer(const WinogradConv& cv, const float* x, const Tiling& g, const float* r, bool relu,
+                             bool parallel, float* y) {
+  const int64_t T = g.count();
+  Tensor V = Tensor::empty({kPoints * T * cv.C}), M = Tensor::empty({kPoints * T * cv.K});
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t tile = 0; tile < T; ++tile) transform_input(cv, x.data(), g, tile, V.data(), T, tile);
+  for (int64_t tile = 0; tile < T; ++tile) transform_input(cv, x, g, tile, V.data(), T, tile);
 
   const int64_t row_blocks = (T + kGemmRows - 1) / kGemmRows, items = kPoints * cv.panels * row_blocks;
-  const int64_t panel_bytes = C * cv.kernels->nr * static_cast<int64_t>(sizeof(float));
+  const int64_t panel_bytes = cv.C * cv.kernels->nr * static_cast<int64_t>(sizeof(float));
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t point = item / (cv.panels * row_blocks), panel = (item / row_blocks) % cv.panels;
@@ -212,7 +207,26 @@ Tensor conv_winograd(const WinogradConv& cv, const Tensor& x, const Tensor* resi
   }
 
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t tile = 0; tile < T; ++tile) transform_output(cv, M.data(), T, tile, g, tile, r, relu, y.data());
+  for (int64_t tile = 0; tile < T; ++tile) transform_output(cv, M.data(), T, tile, g, tile, r, relu, y);
+}
+
+}  // namespace
+
+Tensor conv_winograd(const WinogradConv& cv, const Tensor& x, const Tensor* residual, bool relu, Output to) {
+  if (x.rank() != 4 || x.dim(3) != cv.C)
+    fail("conv_winograd: input must be (N, H, W, {}), found {}", cv.C, x.shape().str());
+  const Tiling g{x.dim(0), x.dim(1), x.dim(2), (x.dim(1) + 1) / 2, (x.dim(2) + 1) / 2};
+  Tensor y = output_tensor({g.N, g.H, g.W, cv.K}, x, residual, to, "conv_winograd");
+  if (y.numel() == 0) return y;  // an empty batch
+  ProfileScope profile("conv winograd");
+  const int64_t T = g.count();
+  const bool parallel = T * cv.K * cv.C * kPoints >= kParallelMinMacs && num_threads() > 1;
+  const float* r = residual ? residual->data() : nullptr;
+  const int64_t block = fused_block_tiles(cv, T, parallel ? num_threads() : 1);
+  if (block > 0)
+    winograd_fused(cv, x.data(), g, block, r, relu, parallel, y.data());
+  else
+    winograd_layer_by_layer(cv, x.data(), g, r, relu, parallel, y.data());
   return y;
 }
 

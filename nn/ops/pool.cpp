@@ -70,11 +70,8 @@ void maxpool_nhwc_forward(const float* x, const PoolGeometry& g, float* y, int32
               first = false;
               continue;
             }
-            if (!index) {  // inference: a loop the compiler vectorises (x != x: NaN)
-              for (int64_t c = 0; c < C; ++c) {
-                const float a = in[c], b = out[c];
-                out[c] = (a > b || (a != a && b == b)) ? a : b;
-              }
+            if (!index) {  // inference
+              max_into(out, in, C);
               continue;
             }
             for (int64_t c = 0; c < C; ++c) {

@@ -22,6 +22,15 @@ Var global_avgpool(const Var& x);
 // loops run along contiguous channels. maxpool2d_nhwc keeps the same tie rule.
 Var maxpool2d_nhwc(const Var& x, MaxPool2dParams params);
 Var global_avgpool_nhwc(const Var& x);
+// out[c] = max(out[c], in[c]) for c < n, a NaN winning as in the max pools above (a loop the compiler
+// vectorises: x != x is NaN).
+inline void max_into(float* out, const float* in, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    const float a = in[c], b = out[c];
+    out[c] = (a > b || (a != a && b == b)) ? a : b;
+  }
+}
+
 // Their forward passes alone, for the frozen inference plan.
 Tensor maxpool_nhwc(const Tensor& x, MaxPool2dParams params);
 Tensor global_avgpool_nhwc(const Tensor& x);
