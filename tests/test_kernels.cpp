@@ -359,6 +359,57 @@ TEST(TiledGemm, MatchesTheReferenceAcrossEveryEdge) {
         }
 }
 
+// Adam's update on each instruction set against the reference's division: m and v as the reference's
+// up to FMA rounding; the step itself within 4 ulp (the reciprocal's estimate and its Newton step).
+// Gradients over 12 decades, zeros (v = 0: the divisor is eps alone), lengths across the vector width,
+// and a NaN, which reaches exactly its own parameter.
+TEST(AdamKernel, MatchesTheReferenceDivision) {
+  Rng rng(41);
+  const AdamStep a{0.9f, 0.999f, 1e-3f / 0.1f, 1.0f / std::sqrt(1.0f - 0.999f), 1e-8f, 1.0f};
+  for (Isa isa : testing::isas_here())
+    for (int64_t n : {1, 7, 8, 15, 16, 17, 33, 1000}) {
+      Tensor g = testing::random_tensor({n}, rng), m = testing::random_tensor({n}, rng, 0.1);
+      Tensor v = testing::random_tensor({n}, rng, 0.01);
+      for (int64_t j = 0; j < n; ++j) {
+        g.data()[j] *= std::pow(10.0f, static_cast<float>(j % 13) - 9.0f);  // 1e-9 .. 1e3
+        v.data()[j] = v.data()[j] * v.data()[j];                            // >= 0
+        if (j % 5 == 0) g.data()[j] = m.data()[j] = v.data()[j] = 0.0f;
+      }
+      if (n > 16) g.data()[16] = std::nanf("");
+      // w = 0 and no decay: w comes back as the step itself, -step_size * m / (sqrt(v) c + eps).
+      Tensor w = Tensor::zeros({n}), m_ref = m.clone(), v_ref = v.clone(), w_ref = w.clone();
+      kernels(isa).adam(a, w.data(), g.data(), m.data(), v.data(), n);
+      kernels_ref::adam(a, w_ref.data(), g.data(), m_ref.data(), v_ref.data(), n);
+      for (int64_t j = 0; j < n; ++j) {
+        const std::string where = fmt::format("{} n {} at {}", isa_name(isa), n, j);
+        if (std::isnan(g.data()[j])) {
+          EXPECT_TRUE(std::isnan(w.data()[j])) << where;
+          continue;
+        }
+        const float eps = std::numeric_limits<float>::epsilon();
+        EXPECT_NEAR(m.data()[j], m_ref.data()[j], 2 * eps * std::fabs(m_ref.data()[j]) + 1e-38f) << where;
+        EXPECT_NEAR(v.data()[j], v_ref.data()[j], 2 * eps * v_ref.data()[j] + 1e-38f) << where;
+        EXPECT_NEAR(w.data()[j], w_ref.data()[j], 4 * eps * std::fabs(w_ref.data()[j]) + 1e-38f) << where;
+        EXPECT_FALSE(std::isnan(w.data()[j])) << where;
+      }
+    }
+}
+
+// Weight decay (AdamW) on every set: w * decay less the step, as the reference.
+TEST(AdamKernel, DecaysTheWeights) {
+  Rng rng(43);
+  const AdamStep a{0.9f, 0.999f, 1e-3f, 31.6f, 1e-8f, 0.99f};
+  const int64_t n = 100;
+  const Tensor g = testing::random_tensor({n}, rng), w0 = testing::random_tensor({n}, rng);
+  Tensor w_ref = w0.clone(), m_ref = Tensor::zeros({n}), v_ref = Tensor::zeros({n});
+  kernels_ref::adam(a, w_ref.data(), g.data(), m_ref.data(), v_ref.data(), n);
+  for (Isa isa : testing::isas_here()) {
+    Tensor w = w0.clone(), m = Tensor::zeros({n}), v = Tensor::zeros({n});
+    kernels(isa).adam(a, w.data(), g.data(), m.data(), v.data(), n);
+    testing::expect_close(w, w_ref, isa_name(isa), 1e-6, 1e-9);
+  }
+}
+
 // gemm() hands the tiles only what they compute: alpha 1, beta 0 or 1, and work enough to share.
 TEST(TiledGemm, TakesOnlyWhatItComputes) {
   EXPECT_TRUE(tiled_gemm_takes(64, 64, 64, 1.0f, 0.0f));

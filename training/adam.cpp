@@ -1,11 +1,19 @@
 #include "training/adam.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "nn/check.h"
+#include "nn/kernels/isa.h"
+#include "nn/kernels/tile.h"
+#include "nn/parallel.h"
 #include "nn/profile.h"
 
 namespace toptag {
+
+namespace {
+constexpr int64_t kParallelMin = 1 << 15;  // parameters below which one thread updates a tensor
+}  // namespace
 
 Adam::Adam(std::vector<NamedParameter> parameters, AdamOptions options)
     : parameters_(std::move(parameters)), options_(options) {
@@ -19,11 +27,14 @@ void Adam::step() {
   ProfileScope profile("adam");
   ++step_;
   const double t = static_cast<double>(step_);
-  const float b1 = static_cast<float>(options_.beta1), b2 = static_cast<float>(options_.beta2);
-  const float step_size = static_cast<float>(options_.lr / (1.0 - std::pow(options_.beta1, t)));
-  const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(options_.beta2, t)));
-  const float eps = static_cast<float>(options_.eps);
-  const float decay = static_cast<float>(1.0 - options_.lr * options_.weight_decay);
+  AdamStep a;
+  a.b1 = static_cast<float>(options_.beta1);
+  a.b2 = static_cast<float>(options_.beta2);
+  a.step_size = static_cast<float>(options_.lr / (1.0 - std::pow(options_.beta1, t)));
+  a.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(options_.beta2, t)));
+  a.eps = static_cast<float>(options_.eps);
+  a.decay = static_cast<float>(1.0 - options_.lr * options_.weight_decay);
+  const KernelSet& ks = kernels(active_isa());
   for (size_t i = 0; i < parameters_.size(); ++i) {
     Var& p = *parameters_[i].var;
     if (!p.grad().defined()) continue;
@@ -32,11 +43,12 @@ void Adam::step() {
     float* m = m_[i].data();
     float* v = v_[i].data();
     const int64_t n = p.value().numel();
-#pragma omp parallel for simd schedule(static)
-    for (int64_t j = 0; j < n; ++j) {
-      m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-      v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
-      w[j] = w[j] * decay - step_size * m[j] / (std::sqrt(v[j]) * inv_sqrt_bc2 + eps);
+    // Pieces of whole cache lines, one a thread; a small tensor (a bias) in one.
+    const int64_t pieces = n >= kParallelMin ? num_threads() : 1, piece = (n / pieces + 15) / 16 * 16;
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; ++k) {
+      const int64_t j0 = std::min(n, k * piece), j1 = k + 1 == pieces ? n : std::min(n, j0 + piece);
+      ks.adam(a, w + j0, g + j0, m + j0, v + j0, j1 - j0);
     }
   }
 }

@@ -60,7 +60,8 @@ const KernelSet kRefSet{Isa::ref,
                         kernels_ref::int8_words,
                         kernels_ref::tile_gemm,
                         kernels_ref::winograd_input,
-                        kernels_ref::winograd_output};
+                        kernels_ref::winograd_output,
+                        kernels_ref::adam};
 
 // A layer with few input channels (the stem: 1 or 3) would give the kernel reductions of 1 to 3 values
 // per tap. Each output row is read instead as R kernel rows: kernel row r's S taps read S adjacent

@@ -10,6 +10,13 @@ namespace toptag::kernels_avx2 {
 #define TOPTAG_VEC_FLOATS 8
 #define TOPTAG_TILE_MR 6
 #include "nn/kernels/tile_bfp_avx2.inc"
+typedef float vec8 __attribute__((vector_size(32)));
+inline vec8 vector_sqrt(vec8 x) {
+  return reinterpret_cast<vec8>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
+}
+inline vec8 reciprocal_estimate(vec8 d) {  // relative error at most 1.5 * 2^-12
+  return reinterpret_cast<vec8>(_mm256_rcp_ps(reinterpret_cast<__m256>(d)));
+}
 #include "nn/kernels/tile_simd.inc"
 
 void tile_bfp(const BfpTileArgs& t) {
@@ -148,6 +155,7 @@ const KernelSet set{Isa::avx2,
                     int8_words,
                     tile_gemm,
                     winograd_input,
-                    winograd_output};
+                    winograd_output,
+                    adam};
 
 }  // namespace toptag::kernels_avx2
