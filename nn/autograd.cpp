@@ -50,6 +50,7 @@ const Tensor& Var::grad() const {
 Tensor& Var::mutable_grad() {
   if (!slot_) fail("mutable_grad() on a tensor that does not require a gradient");
   materialize(*slot_, value_.shape());
+  if (!slot_->grad.sole_owner()) slot_->grad = slot_->grad.clone();  // the caller writes: copy on write
   return slot_->grad;
 }
 
@@ -60,15 +61,24 @@ void Var::zero_grad() {
 void add_grad(GradSlot& slot, Tensor grad) {
   ProfileScope profile("add_grad");
   if (!slot.grad.defined()) {
-    slot.grad = grad.sole_owner() ? std::move(grad) : grad.clone();
+    slot.grad = std::move(grad);
     return;
   }
   TT_ASSERT(slot.grad.shape() == grad.shape());
-  float* out = slot.grad.data();
-  const float* in = grad.data();
   const int64_t n = grad.numel();
+  // Copy on write: a buffer another slot (or the caller) still holds is never changed; the sum then
+  // goes into `grad` if nobody else holds that, else into a new buffer.
+  Tensor out = slot.grad.sole_owner() ? slot.grad : grad.sole_owner() ? grad : Tensor::empty(grad.shape());
+  const float* a = slot.grad.data();
+  const float* b = grad.data();
+  float* y = out.data();
 #pragma omp parallel for simd schedule(static) if (n > kParallelAddThreshold)
-  for (int64_t i = 0; i < n; ++i) out[i] += in[i];
+  for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+  slot.grad = std::move(out);
+}
+
+Tensor* grad_to_add_into(GradSlot& slot, const Shape& shape) {
+  return slot.grad.defined() && slot.grad.sole_owner() && slot.grad.shape() == shape ? &slot.grad : nullptr;
 }
 
 Var record_op(Tensor output, std::initializer_list<const Var*> inputs, std::function<void(const Tensor&)> backward) {
@@ -89,11 +99,7 @@ void backward(const Var& output, const Tensor& grad_output, const ParameterReady
   if (!output.requires_grad()) fail("backward(): the output does not depend on anything that requires a gradient");
   expect_shape(grad_output, output.shape(), "backward() seed gradient");
   GradSlot& seed = *output.slot();
-  if (seed.grad.defined()) {
-    for (int64_t i = 0; i < grad_output.numel(); ++i) seed.grad.data()[i] += grad_output.data()[i];
-  } else {
-    seed.grad = grad_output.clone();
-  }
+  add_grad(seed, grad_output.clone());
   // Move the tape out first: closures must not see (or grow) the tape they are being run from.
   std::vector<TapeEntry> entries;
   entries.swap(tape);

@@ -56,9 +56,15 @@ class Var {
 
 // Delivers the gradient `grad` of one input of the op whose closure is running.
 // requires: `slot` is that input's slot and grad has the input's shape.
-// ensures: slot.grad == (previous gradient, or zeros) + grad. A `grad` whose buffer nobody else
-// holds (a fresh Tensor moved in) is adopted without a copy; a shared one is copied.
+// ensures: slot.grad == (previous gradient, or zeros) + grad. The first delivery adopts `grad`'s
+// buffer, even one that others hold (both inputs of a sum get the same one); a buffer held by more
+// than one is never written: a later sum goes to a buffer of the slot's own (copy on write), and
+// mutable_grad() copies before it hands one out.
 void add_grad(GradSlot& slot, Tensor grad);
+// The slot's gradient when a backward may add its own part into it in place instead of delivering
+// a tensor (a GEMM with beta 1, a col2im), saving a pass: defined, of `shape`, and held by nobody
+// else. Null otherwise: deliver with add_grad.
+Tensor* grad_to_add_into(GradSlot& slot, const Shape& shape);
 
 // Returns a Var holding `output`. If grad mode is on and any input requires a gradient, the output
 // gets a slot and `backward(grad_output)` is recorded on the tape. Null inputs are skipped.

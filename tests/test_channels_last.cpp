@@ -12,6 +12,7 @@
 #include "nn/ops/batchnorm2d.h"
 #include "nn/ops/conv2d.h"
 #include "nn/ops/conv2d_nhwc.h"
+#include "nn/ops/elementwise.h"
 #include "nn/ops/layout.h"
 #include "nn/ops/pool.h"
 #include "nn/resnet.h"
@@ -85,6 +86,23 @@ TEST(ChannelsLast, ConvFiniteDifferences) {
         return conv2d_nhwc(v[0], v[1], nullptr, {1, 0});
       },
       {x1, w1}, "conv2d_nhwc 1x1");
+}
+
+// A residual: y = relu(conv_b(conv_a(x)) + x), as a block ends. By the time conv_a's backward runs, x's gradient
+// already holds the identity's part, its own: conv_a adds into it in place (grad_to_add_into), through the GEMM (1x1)
+// and through col2im (3x3).
+TEST(ChannelsLast, ConvAddsIntoAResidualsGradient) {
+  Rng rng(4);
+  for (int k : {1, 3}) {
+    const Tensor x = random_tensor({2, 4, 4, 3}, rng), wa = random_tensor({5, 3, k, k}, rng, 0.5),
+                 wb = random_tensor({3, 5, 1, 1}, rng, 0.5);
+    expect_gradients_match(
+        [k](std::vector<Var>& v) {
+          const Var a = conv2d_nhwc(v[0], v[1], nullptr, {1, k / 2});
+          return add_relu(conv2d_nhwc(a, v[2], nullptr, {1, 0}), v[0]);
+        },
+        {x, wa, wb}, fmt::format("residual over conv_a {}x{}", k, k));
+  }
 }
 
 TEST(ChannelsLast, ConvRejectsMismatchedChannels) {

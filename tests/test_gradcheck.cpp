@@ -125,6 +125,32 @@ TEST(GradCheck, LinearSoftmaxCrossEntropy) {
                          "softmax_cross_entropy");
 }
 
+// Two slots given the same buffer (both inputs of a sum) share it until one of them adds to it: the
+// sum goes to a buffer of its own, and neither the other slot's gradient nor the caller's tensor
+// changes. mutable_grad() hands out a buffer of the slot's own.
+TEST(AddGrad, SharedGradientsAreCopiedOnWrite) {
+  GradSlot a, b;
+  const Tensor d = Tensor::full({5}, 2.0f);
+  add_grad(a, d);
+  add_grad(b, d);
+  EXPECT_TRUE(a.grad.shares_storage_with(d)) << "the first delivery adopts the buffer";
+  EXPECT_EQ(grad_to_add_into(a, d.shape()), nullptr) << "a shared buffer is not one to add into";
+  add_grad(a, Tensor::full({5}, 1.0f));
+  for (int64_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(a.grad.data()[i], 3.0f);
+    EXPECT_EQ(b.grad.data()[i], 2.0f) << "the other slot's gradient changed";
+    EXPECT_EQ(d.data()[i], 2.0f) << "the caller's tensor changed";
+  }
+  ASSERT_NE(grad_to_add_into(a, d.shape()), nullptr) << "the sum's buffer is the slot's own";
+  EXPECT_EQ(grad_to_add_into(a, Shape{4}), nullptr) << "another shape";
+
+  Var v = Var::parameter(Tensor::zeros({5}));
+  add_grad(*v.slot(), d);
+  v.mutable_grad().data()[0] = 7.0f;
+  EXPECT_EQ(d.data()[0], 2.0f) << "mutable_grad() wrote into a shared buffer";
+  EXPECT_EQ(v.grad().data()[0], 7.0f);
+}
+
 TEST(GradCheck, HarnessCatchesAWrongGradient) {
   // A deliberately wrong backward (2x the true gradient) must fail the check.
   auto wrong_double = [](std::vector<Var>& v) {

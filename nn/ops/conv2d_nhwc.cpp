@@ -158,15 +158,23 @@ void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tenso
       add_grad(*w_slot, std::move(dw));
     }
     if (x_slot) {
-      Tensor dx = Tensor::empty({g.N, g.H, g.W, g.C});
-      gemm(false, false, g.rows(), g.C, g.K, 1.0f, gy.data(), g.K, wt.data(), g.C, 0.0f, dx.data(), g.C);
-      add_grad(*x_slot, std::move(dx));
+      const Shape shape{g.N, g.H, g.W, g.C};
+      if (Tensor* sum = grad_to_add_into(*x_slot, shape)) {  // a residual's other part is there: add to it
+        gemm(false, false, g.rows(), g.C, g.K, 1.0f, gy.data(), g.K, wt.data(), g.C, 1.0f, sum->data(), g.C);
+      } else {
+        Tensor dx = Tensor::empty(shape);
+        gemm(false, false, g.rows(), g.C, g.K, 1.0f, gy.data(), g.K, wt.data(), g.C, 0.0f, dx.data(), g.C);
+        add_grad(*x_slot, std::move(dx));
+      }
     }
   } else if (w_slot || x_slot) {
     const int64_t chunk = images_per_chunk(g);
     Tensor col = Tensor::empty({chunk * g.P * g.Q * g.depth()});  // columns for dW, then dcol for dX
     Tensor dwt = w_slot ? Tensor::empty({g.K, g.depth()}) : Tensor();
-    Tensor dx = x_slot ? Tensor::zeros({g.N, g.H, g.W, g.C}) : Tensor();  // col2im adds overlapping windows
+    // col2im adds overlapping windows: into zeros, or into the part of the gradient already there.
+    Tensor* sum = x_slot ? grad_to_add_into(*x_slot, {g.N, g.H, g.W, g.C}) : nullptr;
+    Tensor dx = x_slot && !sum ? Tensor::zeros({g.N, g.H, g.W, g.C}) : Tensor();
+    float* const dx_data = sum ? sum->data() : dx.data();
     for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
       const int64_t B = std::min(chunk, g.N - n0), rows = B * g.P * g.Q;
       const float* gyb = gy.data() + n0 * g.P * g.Q * g.K;
@@ -177,14 +185,14 @@ void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tenso
       }
       if (x_slot) {
         gemm(false, false, rows, g.depth(), g.K, 1.0f, gyb, g.K, wt.data(), g.depth(), 0.0f, col.data(), g.depth());
-        col2im_add(col.data(), g, n0, B, dx.data());
+        col2im_add(col.data(), g, n0, B, dx_data);
       }
     }
     if (w_slot) {
       Tensor dw = weight_kcrs(std::move(dwt), g);  // its own statement: the argument is gone before add_grad
       add_grad(*w_slot, std::move(dw));
     }
-    if (x_slot) add_grad(*x_slot, std::move(dx));
+    if (x_slot && !sum) add_grad(*x_slot, std::move(dx));
   }
   if (b_slot) {
     const std::vector<double> sums =
