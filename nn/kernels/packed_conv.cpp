@@ -356,11 +356,8 @@ constexpr int64_t kPoolBandBytes = 512 * 1024;
 Tensor conv_nhwc_maxpool(const PackedConv& cv, const Tensor& x, bool relu, MaxPool2dParams pool) {
   const OutputGrid g = output_grid(cv, x, "conv_nhwc_maxpool");
   // The pool over the convolution's P x Q map: maxpool_nhwc's geometry and checks.
-  const int64_t s = pool.stride, pad = pool.padding, k = pool.kernel;
-  if (k < 1 || s < 1 || pad < 0 || 2 * pad > k)
-    fail("conv_nhwc_maxpool: invalid kernel {} stride {} padding {}", k, s, pad);
-  const int64_t PP = (g.P + 2 * pad - k) / s + 1, QQ = (g.Q + 2 * pad - k) / s + 1;
-  if (PP < 1 || QQ < 1) fail("conv_nhwc_maxpool: the {}x{} map is smaller than the {}x{} window", g.P, g.Q, k, k);
+  const PoolGeometry pg = pool_geometry("conv_nhwc_maxpool", Shape{g.N, g.P, g.Q, cv.K}, g.N, cv.K, g.P, g.Q, pool);
+  const int64_t s = pool.stride, pad = pool.padding, k = pool.kernel, PP = pg.P, QQ = pg.Q;
   Tensor z = Tensor::empty({g.N, PP, QQ, cv.K});
   if (z.numel() == 0) return z;
   ProfileScope profile("conv nhwc + max pool");
@@ -394,21 +391,8 @@ Tensor conv_nhwc_maxpool(const PackedConv& cv, const Tensor& x, bool relu, MaxPo
       const int64_t a = std::max<int64_t>(0, r0 * s - pad), b = std::min(g.P, (r1 - 1) * s - pad + k);
       conv_rows(cv, g, x.data(), (n * g.P + a) * g.Q, (b - a) * g.Q, relu, rows.data(), table, copies);
       for (int64_t r = r0; r < r1; ++r)
-        for (int64_t q = 0; q < QQ; ++q) {
-          float* out = z.data() + ((n * PP + r) * QQ + q) * cv.K;
-          const int64_t h0 = r * s - pad, w0 = q * s - pad;
-          bool first = true;
-          for (int64_t h = std::max<int64_t>(h0, 0); h < std::min(h0 + k, g.P); ++h)
-            for (int64_t w = std::max<int64_t>(w0, 0); w < std::min(w0 + k, g.Q); ++w) {
-              const float* in = rows.data() + ((h - a) * g.Q + w) * cv.K;
-              if (first) {
-                std::copy_n(in, cv.K, out);
-                first = false;
-                continue;
-              }
-              max_into(out, in, cv.K);
-            }
-        }
+        for (int64_t q = 0; q < QQ; ++q)
+          window_max_nhwc(rows.data(), a, pg, r, q, z.data() + ((n * PP + r) * QQ + q) * cv.K);
     }
   }
   return z;

@@ -13,11 +13,6 @@ namespace toptag {
 
 namespace {
 
-struct PoolGeometry {
-  int64_t N, C, H, W, P, Q;
-  MaxPool2dParams p;
-};
-
 // Index (h*W + w) of the first maximum of output pixel (oh, ow)'s window in one plane.
 int64_t window_argmax(const float* plane, const PoolGeometry& g, int64_t oh, int64_t ow) {
   const int64_t h0 = oh * g.p.stride - g.p.padding, w0 = ow * g.p.stride - g.p.padding;
@@ -36,16 +31,6 @@ int64_t window_argmax(const float* plane, const PoolGeometry& g, int64_t oh, int
   return best;
 }
 
-PoolGeometry pool_geometry(const Shape& s, int64_t N, int64_t C, int64_t H, int64_t W, MaxPool2dParams params) {
-  if (params.kernel < 1 || params.stride < 1 || params.padding < 0 || 2 * params.padding > params.kernel)
-    fail("maxpool2d: invalid kernel {} stride {} padding {}", params.kernel, params.stride, params.padding);
-  const int64_t P = (H + 2 * params.padding - params.kernel) / params.stride + 1;
-  const int64_t Q = (W + 2 * params.padding - params.kernel) / params.stride + 1;
-  if (P < 1 || Q < 1)
-    fail("maxpool2d: input {} is smaller than the {}x{} window", s.str(), params.kernel, params.kernel);
-  return {N, C, H, W, P, Q, params};
-}
-
 // Channels-last max pool: y (N,P,Q,C) and, when argmax is given, each output's window position
 // h*W + w of the first maximum, the tie rule of window_argmax: a later value wins only if larger,
 // and the first NaN wins for good.
@@ -58,6 +43,10 @@ void maxpool_nhwc_forward(const float* x, const PoolGeometry& g, float* y, int32
         const int64_t at = ((n * g.P + oh) * g.Q + ow) * C;
         float* out = y + at;
         int32_t* index = argmax ? argmax + at : nullptr;
+        if (!index) {  // inference
+          window_max_nhwc(x + n * g.H * g.W * C, 0, g, oh, ow, out);
+          continue;
+        }
         const int64_t h0 = oh * g.p.stride - g.p.padding, w0 = ow * g.p.stride - g.p.padding;
         bool first = true;
         for (int64_t h = std::max<int64_t>(h0, 0); h < std::min<int64_t>(h0 + g.p.kernel, g.H); ++h)
@@ -66,12 +55,8 @@ void maxpool_nhwc_forward(const float* x, const PoolGeometry& g, float* y, int32
             const auto position = static_cast<int32_t>(h * g.W + w);
             if (first) {
               std::copy_n(in, C, out);
-              if (index) std::fill_n(index, C, position);
+              std::fill_n(index, C, position);
               first = false;
-              continue;
-            }
-            if (!index) {  // inference
-              max_into(out, in, C);
               continue;
             }
             for (int64_t c = 0; c < C; ++c) {
@@ -85,10 +70,34 @@ void maxpool_nhwc_forward(const float* x, const PoolGeometry& g, float* y, int32
 
 }  // namespace
 
+PoolGeometry pool_geometry(const char* op, const Shape& s, int64_t N, int64_t C, int64_t H, int64_t W,
+                           MaxPool2dParams params) {
+  if (params.kernel < 1 || params.stride < 1 || params.padding < 0 || 2 * params.padding > params.kernel)
+    fail("{}: invalid kernel {} stride {} padding {}", op, params.kernel, params.stride, params.padding);
+  const int64_t P = (H + 2 * params.padding - params.kernel) / params.stride + 1;
+  const int64_t Q = (W + 2 * params.padding - params.kernel) / params.stride + 1;
+  if (P < 1 || Q < 1) fail("{}: input {} is smaller than the {}x{} window", op, s.str(), params.kernel, params.kernel);
+  return {N, C, H, W, P, Q, params};
+}
+
+void window_max_nhwc(const float* x, int64_t first_row, const PoolGeometry& g, int64_t oh, int64_t ow, float* out) {
+  const int64_t h0 = oh * g.p.stride - g.p.padding, w0 = ow * g.p.stride - g.p.padding;
+  bool first = true;
+  for (int64_t h = std::max<int64_t>(h0, 0); h < std::min<int64_t>(h0 + g.p.kernel, g.H); ++h)
+    for (int64_t w = std::max<int64_t>(w0, 0); w < std::min<int64_t>(w0 + g.p.kernel, g.W); ++w) {
+      const float* in = x + ((h - first_row) * g.W + w) * g.C;
+      if (first)
+        std::copy_n(in, g.C, out);
+      else
+        max_into(out, in, g.C);
+      first = false;
+    }
+}
+
 Var maxpool2d(const Var& x, MaxPool2dParams params) {
   const Shape& s = x.shape();
   if (s.rank() != 4) fail("maxpool2d: input must be (N,C,H,W), found shape {}", s.str());
-  const PoolGeometry g = pool_geometry(s, s[0], s[1], s[2], s[3], params);
+  const PoolGeometry g = pool_geometry("maxpool2d", s, s[0], s[1], s[2], s[3], params);
   const int64_t P = g.P, Q = g.Q;
   ProfileScope profile("pool");
 
@@ -150,7 +159,7 @@ Var global_avgpool(const Var& x) {
 
 Tensor maxpool_nhwc(const Tensor& x, MaxPool2dParams params) {
   if (x.rank() != 4) fail("maxpool2d: input must be (N,H,W,C), found shape {}", x.shape().str());
-  const PoolGeometry g = pool_geometry(x.shape(), x.dim(0), x.dim(3), x.dim(1), x.dim(2), params);
+  const PoolGeometry g = pool_geometry("maxpool2d", x.shape(), x.dim(0), x.dim(3), x.dim(1), x.dim(2), params);
   ProfileScope profile("pool nhwc");
   Tensor y = Tensor::empty({g.N, g.P, g.Q, g.C});
   maxpool_nhwc_forward(x.data(), g, y.data(), nullptr);
@@ -159,7 +168,8 @@ Tensor maxpool_nhwc(const Tensor& x, MaxPool2dParams params) {
 
 Var maxpool2d_nhwc(const Var& x, MaxPool2dParams params) {
   if (x.shape().rank() != 4) fail("maxpool2d: input must be (N,H,W,C), found shape {}", x.shape().str());
-  const PoolGeometry g = pool_geometry(x.shape(), x.shape()[0], x.shape()[3], x.shape()[1], x.shape()[2], params);
+  const PoolGeometry g =
+      pool_geometry("maxpool2d", x.shape(), x.shape()[0], x.shape()[3], x.shape()[1], x.shape()[2], params);
   ProfileScope profile("pool");
   const bool keep = x.requires_grad() && grad_enabled();
   auto argmax = keep ? std::make_shared<std::vector<int32_t>>(static_cast<size_t>(g.N * g.P * g.Q * g.C)) : nullptr;

@@ -31,6 +31,19 @@ inline void max_into(float* out, const float* in, int64_t n) {
   }
 }
 
+// A max pool's sizes: input N x C x H x W, output P x Q. pool_geometry checks the window and the
+// input's size, naming `op` (and the shape s) in its errors.
+struct PoolGeometry {
+  int64_t N, C, H, W, P, Q;
+  MaxPool2dParams p;
+};
+PoolGeometry pool_geometry(const char* op, const Shape& s, int64_t N, int64_t C, int64_t H, int64_t W,
+                           MaxPool2dParams params);
+// out[0, C) = the max over output pixel (oh, ow)'s window of one channels-last image, whose row
+// `first_row` is at x (rows before it are never read: the window must not reach them); the NaN rule
+// of max_into.
+void window_max_nhwc(const float* x, int64_t first_row, const PoolGeometry& g, int64_t oh, int64_t ow, float* out);
+
 // Their forward passes alone, for the frozen inference plan.
 Tensor maxpool_nhwc(const Tensor& x, MaxPool2dParams params);
 Tensor global_avgpool_nhwc(const Tensor& x);
