@@ -360,12 +360,14 @@ TEST(TiledGemm, MatchesTheReferenceAcrossEveryEdge) {
 }
 
 // Adam's update on each instruction set against the reference's division: m and v as the reference's
-// up to FMA rounding; the step itself within 4 ulp (the reciprocal's estimate and its Newton step).
-// Gradients over 12 decades, zeros (v = 0: the divisor is eps alone), lengths across the vector width,
-// and a NaN, which reaches exactly its own parameter.
+// up to the rounding of an FMA (in m relative to its two terms, which can cancel); the step within
+// 4 ulp of the quotient of the set's own m and v, taken in double. Gradients over 12 decades, zeros
+// (v = 0: the divisor is eps alone), one so large that v overflows to inf (the step is then 0), lengths
+// across the vector width, and a NaN, which reaches exactly its own parameter.
 TEST(AdamKernel, MatchesTheReferenceDivision) {
   Rng rng(41);
   const AdamStep a{0.9f, 0.999f, 1e-3f / 0.1f, 1.0f / std::sqrt(1.0f - 0.999f), 1e-8f, 1.0f};
+  const double ulp = std::numeric_limits<float>::epsilon();
   for (Isa isa : testing::isas_here())
     for (int64_t n : {1, 7, 8, 15, 16, 17, 33, 1000}) {
       Tensor g = testing::random_tensor({n}, rng), m = testing::random_tensor({n}, rng, 0.1);
@@ -375,8 +377,10 @@ TEST(AdamKernel, MatchesTheReferenceDivision) {
         v.data()[j] = v.data()[j] * v.data()[j];                            // >= 0
         if (j % 5 == 0) g.data()[j] = m.data()[j] = v.data()[j] = 0.0f;
       }
+      if (n > 3) g.data()[3] = 1e21f;  // (1 - b2) g^2 overflows
       if (n > 16) g.data()[16] = std::nanf("");
       // w = 0 and no decay: w comes back as the step itself, -step_size * m / (sqrt(v) c + eps).
+      const Tensor m0 = m.clone(), v0 = v.clone();
       Tensor w = Tensor::zeros({n}), m_ref = m.clone(), v_ref = v.clone(), w_ref = w.clone();
       kernels(isa).adam(a, w.data(), g.data(), m.data(), v.data(), n);
       kernels_ref::adam(a, w_ref.data(), g.data(), m_ref.data(), v_ref.data(), n);
@@ -386,12 +390,19 @@ TEST(AdamKernel, MatchesTheReferenceDivision) {
           EXPECT_TRUE(std::isnan(w.data()[j])) << where;
           continue;
         }
-        const float eps = std::numeric_limits<float>::epsilon();
-        EXPECT_NEAR(m.data()[j], m_ref.data()[j], 2 * eps * std::fabs(m_ref.data()[j]) + 1e-38f) << where;
-        EXPECT_NEAR(v.data()[j], v_ref.data()[j], 2 * eps * v_ref.data()[j] + 1e-38f) << where;
-        EXPECT_NEAR(w.data()[j], w_ref.data()[j], 4 * eps * std::fabs(w_ref.data()[j]) + 1e-38f) << where;
-        EXPECT_FALSE(std::isnan(w.data()[j])) << where;
+        const double m_terms = std::fabs(a.b1 * m0.data()[j]) + std::fabs((1.0 - a.b1) * g.data()[j]);
+        EXPECT_NEAR(m.data()[j], m_ref.data()[j], 2 * ulp * m_terms) << where;
+        if (std::isinf(v_ref.data()[j])) {
+          EXPECT_EQ(v.data()[j], v_ref.data()[j]) << where;
+          EXPECT_EQ(w.data()[j], 0.0f) << where << ": v is inf, the step m / inf is 0";
+          continue;
+        }
+        EXPECT_NEAR(v.data()[j], v_ref.data()[j], 2 * ulp * v_ref.data()[j]) << where;
+        const double step = -static_cast<double>(a.step_size) * m.data()[j] /
+                            (std::sqrt(static_cast<double>(v.data()[j])) * a.inv_sqrt_bc2 + a.eps);
+        EXPECT_NEAR(w.data()[j], step, 4 * ulp * std::fabs(step)) << where;
       }
+      EXPECT_TRUE(std::isinf(v_ref.data()[std::min<int64_t>(3, n - 1)]) || n <= 3) << "the overflow case is there";
     }
 }
 

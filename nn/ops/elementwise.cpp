@@ -52,7 +52,7 @@ Tensor sum(const Var& a, const Var& b, const char* op) {
   return y;
 }
 
-// Hands both inputs of a sum the same gradient buffer (add_grad copies it only if one of them adds to it).
+// Hands both inputs of a sum the same gradient buffer; add_grad never writes it while both hold it.
 void deliver_to_both(GradSlot* as, GradSlot* bs, Tensor d) {
   if (as && bs) add_grad(*as, d);
   if (bs)
