@@ -380,7 +380,7 @@ TEST(AdamKernel, MatchesTheReferenceDivision) {
       if (n > 3) g.data()[3] = 1e21f;  // (1 - b2) g^2 overflows
       if (n > 16) g.data()[16] = std::nanf("");
       // w = 0 and no decay: w comes back as the step itself, -step_size * m / (sqrt(v) c + eps).
-      const Tensor m0 = m.clone(), v0 = v.clone();
+      const Tensor m0 = m.clone();
       Tensor w = Tensor::zeros({n}), m_ref = m.clone(), v_ref = v.clone(), w_ref = w.clone();
       kernels(isa).adam(a, w.data(), g.data(), m.data(), v.data(), n);
       kernels_ref::adam(a, w_ref.data(), g.data(), m_ref.data(), v_ref.data(), n);

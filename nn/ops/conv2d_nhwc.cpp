@@ -158,14 +158,12 @@ void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tenso
       add_grad(*w_slot, std::move(dw));
     }
     if (x_slot) {
-      const Shape shape{g.N, g.H, g.W, g.C};
-      if (Tensor* sum = grad_to_add_into(*x_slot, shape)) {  // a residual's other part is there: add to it
-        gemm(false, false, g.rows(), g.C, g.K, 1.0f, gy.data(), g.K, wt.data(), g.C, 1.0f, sum->data(), g.C);
-      } else {
-        Tensor dx = Tensor::empty(shape);
-        gemm(false, false, g.rows(), g.C, g.K, 1.0f, gy.data(), g.K, wt.data(), g.C, 0.0f, dx.data(), g.C);
-        add_grad(*x_slot, std::move(dx));
-      }
+      // Into a new tensor, or added (beta 1) to the part of the gradient already there (a residual's).
+      Tensor* sum = grad_to_add_into(*x_slot, {g.N, g.H, g.W, g.C});
+      Tensor dx = sum ? Tensor() : Tensor::empty({g.N, g.H, g.W, g.C});
+      gemm(false, false, g.rows(), g.C, g.K, 1.0f, gy.data(), g.K, wt.data(), g.C, sum ? 1.0f : 0.0f,
+           sum ? sum->data() : dx.data(), g.C);
+      if (!sum) add_grad(*x_slot, std::move(dx));
     }
   } else if (w_slot || x_slot) {
     const int64_t chunk = images_per_chunk(g);
