@@ -111,6 +111,9 @@ void tiled_gemm(Isa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64
     // stay in its core's L2 while the panels pass.
     const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
     const int64_t u0 = units * t / n, u1 = units * (t + 1) / n;
+    // A transposed A's block of rows, kKc rows of k of it, copied (tiled_gemm.h).
+    thread_local std::vector<float> a_buffer;
+    float* const packed_a = trans_a ? scratch(a_buffer, kKc * block_rows) : nullptr;
     for (int64_t k0 = 0; k0 < K; k0 += kKc) {
       const int64_t kc = std::min(kKc, K - k0);
       if (packs_any) {
@@ -121,11 +124,19 @@ void tiled_gemm(Isa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64
                          packed_b + packed_slot(trans_b, p) * kKc * nr);
         // (the loop's barrier: every panel is packed before any tile reads one)
       }
+      int64_t packed_block = -1;
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t block = u / panels, p = u % panels;
         const int64_t r0 = block * block_rows, r1 = std::min(M, r0 + block_rows);
+        if (trans_a && block != packed_block) {
+          for (int64_t k = 0; k < kc; ++k) {
+            const float* src = A + (k0 + k) * lda + r0;
+            std::copy(src, src + (r1 - r0), packed_a + k * block_rows);
+          }
+          packed_block = block;
+        }
         GemmTileArgs tile{};
-        tile.lda = lda;
+        tile.lda = trans_a ? block_rows : lda;
         tile.k_major = trans_a;
         tile.depth = kc;
         if (packs_panel(trans_b, p, nr, N)) {
@@ -141,7 +152,7 @@ void tiled_gemm(Isa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64
         // first with beta 1.
         tile.accumulate = k0 > 0 || beta != 0.0f;
         for (int64_t i0 = r0; i0 < r1; i0 += mr) {
-          tile.a = trans_a ? A + k0 * lda + i0 : A + i0 * lda + k0;
+          tile.a = trans_a ? packed_a + (i0 - r0) : A + i0 * lda + k0;
           tile.row_count = static_cast<int>(std::min<int64_t>(mr, r1 - i0));
           tile.c = C + i0 * ldc + p * nr;
           ks.tile_gemm(tile);

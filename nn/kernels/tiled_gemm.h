@@ -4,7 +4,9 @@
 // It is the inference kernels' tile made general (tile.h GemmTileArgs: the same registers, 12x32 on
 // AVX-512, 6x16 on AVX2). Each tile keeps its mr x nr sums in registers over kKc = 256 steps of k and
 // adds them to C on the way out. op(A) is read where it lies, row by row, or, transposed (the weight
-// gradients' A), kKc rows of k at a time, the tile's rows side by side in each. op(B) is read where
+// gradients' A), from a copy of the block's rows, kKc rows of k at a time, the rows side by side in
+// each: read in place, rows 2048 floats apart fell on few cache sets, and 2048 x 1024 x 256 (dW of a
+// 1x1 in layer4) ran in 4.3 ms against OpenBLAS's 3.3; with the copy, 3.1 (Intel Xeon). op(B) is read where
 // it lies too, nr columns at a time, except where it is transposed (the forward's weights) or its
 // last panel is narrower than nr: those panels are packed, kKc rows at a time, shared by the threads.
 // The tiles run in blocks of up to 16 row tiles by every panel, so that a block's rows stay in L2
