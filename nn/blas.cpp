@@ -190,6 +190,10 @@ int64_t gemm_flops() {
   return flops_done.load(std::memory_order_relaxed);
 }
 
+void count_gemm_flops(int64_t flops) {
+  flops_done.fetch_add(flops, std::memory_order_relaxed);
+}
+
 namespace {
 
 // A product with many rows and few columns (a channels-last training layer: 6400 pixels x 64

@@ -17,6 +17,9 @@ void openblas_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
 // Floating-point operations (2 M N K per call) done by gemm() in this process so far: take the
 // difference around a forward or a training step to count a model's FLOPs exactly.
 int64_t gemm_flops();
+// Adds to that count the products an op does without gemm() where it stands for one (a channels-last
+// training convolution run on toptag's direct kernel counts its im2col GEMM's 2 x rows x K x RSC).
+void count_gemm_flops(int64_t flops);
 
 // Plain triple-loop reference of gemm(), for tests.
 void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "nn/kernels/isa.h"
 #include "nn/ops/batchnorm2d.h"
 #include "nn/ops/conv2d.h"
 #include "nn/ops/conv2d_nhwc.h"
@@ -36,72 +37,102 @@ struct ConvCase {
   }
 };
 
+// conv2d_nhwc on kernel set `isa` (its direct kernel; ref: im2col and GEMMs only) for a scope.
+struct ConvIsaScope {
+  explicit ConvIsaScope(Isa isa) : before(conv2d_nhwc_isa()) { set_conv2d_nhwc_isa(isa); }
+  ~ConvIsaScope() { set_conv2d_nhwc_isa(before); }
+  Isa before;
+};
+
 TEST(ChannelsLast, ConvMatchesNchwForwardAndEveryGradient) {
-  Rng rng(1);
-  const std::vector<ConvCase> cases = {
-      {2, 1, 9, 9, 4, 7, 2, 3, false, false},    // the stem, one channel
-      {3, 3, 7, 7, 5, 3, 1, 1, true, true},      // three channels, a 7x7 map
-      {2, 8, 5, 6, 6, 3, 2, 1, false, true},     // odd, non-square, strided
-      {1, 16, 7, 7, 8, 1, 1, 0, true, false},    // batch 1, the plain-GEMM 1x1
-      {2, 16, 7, 7, 8, 1, 2, 0, false, false},   // the strided 1x1 (a downsample)
-      {64, 12, 3, 3, 10, 3, 1, 1, false, true},  // batch 64 on a tiny map
-      {64, 20, 5, 5, 7, 1, 1, 0, true, true},    // batch 64, 1x1
-      // Columns past the 64 MiB budget (110 x 110 x 576 floats an image): chunks of 2 images and 1.
-      {3, 64, 110, 110, 8, 3, 1, 1, false, false},
-  };
-  for (const ConvCase& c : cases) {
-    SCOPED_TRACE(c.name());
-    const Tensor x = random_tensor({c.N, c.C, c.H, c.W}, rng), w = random_tensor({c.K, c.C, c.kernel, c.kernel}, rng),
-                 b = random_tensor({c.K}, rng);
-    const Conv2dParams params{c.stride, c.pad, c.relu};
+  for (const Isa isa : testing::isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    const ConvIsaScope scope(isa);
+    Rng rng(1);
+    const std::vector<ConvCase> cases = {
+        {2, 1, 9, 9, 4, 7, 2, 3, false, false},    // the stem, one channel
+        {3, 3, 7, 7, 5, 3, 1, 1, true, true},      // three channels, a 7x7 map
+        {2, 8, 5, 6, 6, 3, 2, 1, false, true},     // odd, non-square, strided
+        {1, 16, 7, 7, 8, 1, 1, 0, true, false},    // batch 1, the plain-GEMM 1x1
+        {2, 16, 7, 7, 8, 1, 2, 0, false, false},   // the strided 1x1 (a downsample)
+        {64, 12, 3, 3, 10, 3, 1, 1, false, true},  // batch 64 on a tiny map
+        {64, 20, 5, 5, 7, 1, 1, 0, true, true},    // batch 64, 1x1
+        // Columns past the 64 MiB budget (110 x 110 x 576 floats an image): chunks of 2 images and 1.
+        {3, 64, 110, 110, 8, 3, 1, 1, false, false},
+        // ResNet-50's layer4 at 40x40: a 2x2 map, every window but the centre tap in the padding; and
+        // channel counts off the panel widths (8, 16, 32) both ways, for the packed weights' tails.
+        {5, 33, 2, 2, 40, 3, 1, 1, false, false},
+        {4, 40, 6, 5, 33, 3, 1, 1, true, true},
+        {2, 17, 3, 3, 9, 3, 2, 1, false, false},
+    };
+    for (const ConvCase& c : cases) {
+      SCOPED_TRACE(c.name());
+      const Tensor x = random_tensor({c.N, c.C, c.H, c.W}, rng), w = random_tensor({c.K, c.C, c.kernel, c.kernel}, rng),
+                   b = random_tensor({c.K}, rng);
+      const Conv2dParams params{c.stride, c.pad, c.relu};
 
-    Var x1(x, true), w1 = Var::parameter(w.clone()), b1 = Var::parameter(b.clone());
-    Var y1 = conv2d(x1, w1, c.bias ? &b1 : nullptr, params);
-    const Tensor r = random_tensor(y1.shape(), rng);  // L = sum(y * r)
-    backward(y1, r);
+      Var x1(x, true), w1 = Var::parameter(w.clone()), b1 = Var::parameter(b.clone());
+      Var y1 = conv2d(x1, w1, c.bias ? &b1 : nullptr, params);
+      const Tensor r = random_tensor(y1.shape(), rng);  // L = sum(y * r)
+      backward(y1, r);
 
-    Var x2(nchw_to_nhwc(x), true), w2 = Var::parameter(w.clone()), b2 = Var::parameter(b.clone());
-    Var y2 = conv2d_nhwc(x2, w2, c.bias ? &b2 : nullptr, params);
-    backward(y2, nchw_to_nhwc(r));
+      Var x2(nchw_to_nhwc(x), true), w2 = Var::parameter(w.clone()), b2 = Var::parameter(b.clone());
+      Var y2 = conv2d_nhwc(x2, w2, c.bias ? &b2 : nullptr, params);
+      backward(y2, nchw_to_nhwc(r));
 
-    expect_close(nhwc_to_nchw(y2.value()), y1.value(), c.name() + " y", 1e-5, 1e-6);
-    expect_close(nhwc_to_nchw(x2.grad()), x1.grad(), c.name() + " dx", 1e-5, 1e-6);
-    expect_close(w2.grad(), w1.grad(), c.name() + " dw", 1e-5, 1e-6);
-    if (c.bias) expect_close(b2.grad(), b1.grad(), c.name() + " db", 1e-5, 1e-6);
+      expect_close(nhwc_to_nchw(y2.value()), y1.value(), c.name() + " y", 1e-5, 1e-6);
+      expect_close(nhwc_to_nchw(x2.grad()), x1.grad(), c.name() + " dx", 1e-5, 1e-6);
+      expect_close(w2.grad(), w1.grad(), c.name() + " dw", 1e-5, 1e-6);
+      if (c.bias) expect_close(b2.grad(), b1.grad(), c.name() + " db", 1e-5, 1e-6);
+    }
   }
 }
 
 TEST(ChannelsLast, ConvFiniteDifferences) {
-  Rng rng(2);
-  const Tensor x = random_tensor({2, 5, 6, 3}, rng), w = random_tensor({4, 3, 3, 3}, rng, 0.5),
-               b = random_tensor({4}, rng);
-  expect_gradients_match(
-      [](std::vector<Var>& v) {
-        return conv2d_nhwc(v[0], v[1], &v[2], {2, 1});
-      },
-      {x, w, b}, "conv2d_nhwc 3x3 s2");
-  const Tensor x1 = random_tensor({3, 4, 4, 6}, rng), w1 = random_tensor({5, 6, 1, 1}, rng, 0.5);
-  expect_gradients_match(
-      [](std::vector<Var>& v) {
-        return conv2d_nhwc(v[0], v[1], nullptr, {1, 0});
-      },
-      {x1, w1}, "conv2d_nhwc 1x1");
+  for (const Isa isa : testing::isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    const ConvIsaScope scope(isa);
+    Rng rng(2);
+    const Tensor x = random_tensor({2, 5, 6, 3}, rng), w = random_tensor({4, 3, 3, 3}, rng, 0.5),
+                 b = random_tensor({4}, rng);
+    expect_gradients_match(
+        [](std::vector<Var>& v) {
+          return conv2d_nhwc(v[0], v[1], &v[2], {2, 1});
+        },
+        {x, w, b}, "conv2d_nhwc 3x3 s2");
+    const Tensor x1 = random_tensor({3, 4, 4, 6}, rng), w1 = random_tensor({5, 6, 1, 1}, rng, 0.5);
+    expect_gradients_match(
+        [](std::vector<Var>& v) {
+          return conv2d_nhwc(v[0], v[1], nullptr, {1, 0});
+        },
+        {x1, w1}, "conv2d_nhwc 1x1");
+    const Tensor x3 = random_tensor({2, 3, 4, 5}, rng), w3 = random_tensor({6, 5, 3, 3}, rng, 0.5);
+    expect_gradients_match(
+        [](std::vector<Var>& v) {
+          return conv2d_nhwc(v[0], v[1], nullptr, {1, 1});
+        },
+        {x3, w3}, "conv2d_nhwc 3x3 s1");
+  }
 }
 
 // A residual: y = relu(conv_b(conv_a(x)) + x), as a block ends. By the time conv_a's backward runs, x's gradient
 // already holds the identity's part, its own: conv_a adds into it in place (grad_to_add_into), through the GEMM (1x1)
 // and through col2im (3x3).
 TEST(ChannelsLast, ConvAddsIntoAResidualsGradient) {
-  Rng rng(4);
-  for (int k : {1, 3}) {
-    const Tensor x = random_tensor({2, 4, 4, 3}, rng), wa = random_tensor({5, 3, k, k}, rng, 0.5),
-                 wb = random_tensor({3, 5, 1, 1}, rng, 0.5);
-    expect_gradients_match(
-        [k](std::vector<Var>& v) {
-          const Var a = conv2d_nhwc(v[0], v[1], nullptr, {1, k / 2});
-          return add_relu(conv2d_nhwc(a, v[2], nullptr, {1, 0}), v[0]);
-        },
-        {x, wa, wb}, fmt::format("residual over conv_a {}x{}", k, k));
+  for (const Isa isa : testing::isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    const ConvIsaScope scope(isa);
+    Rng rng(4);
+    for (int k : {1, 3}) {
+      const Tensor x = random_tensor({2, 4, 4, 3}, rng), wa = random_tensor({5, 3, k, k}, rng, 0.5),
+                   wb = random_tensor({3, 5, 1, 1}, rng, 0.5);
+      expect_gradients_match(
+          [k](std::vector<Var>& v) {
+            const Var a = conv2d_nhwc(v[0], v[1], nullptr, {1, k / 2});
+            return add_relu(conv2d_nhwc(a, v[2], nullptr, {1, 0}), v[0]);
+          },
+          {x, wa, wb}, fmt::format("residual over conv_a {}x{}", k, k));
+    }
   }
 }
 

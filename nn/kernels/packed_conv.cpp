@@ -182,29 +182,118 @@ const KernelSet& kernels(Isa isa) {
   return kRefSet;
 }
 
+namespace {
+
+// A PackedConv of `shape` for isa's kernels: its weights allocated (every value is then written by
+// the caller), its bias and zeros set.
+PackedConv packed_shell(const ConvShape& shape, const Tensor* bias, Isa isa) {
+  PackedConv cv;
+  static_cast<ConvShape&>(cv) = shape;
+  cv.kernels = &kernels(isa);
+  const int64_t nr = cv.kernels->nr;
+  cv.panels = (cv.K + nr - 1) / nr;
+  cv.weights.resize(static_cast<size_t>(cv.panels * cv.panel_size()));
+  cv.bias.assign(static_cast<size_t>(cv.panels * nr), 0.0f);
+  if (bias) {
+    expect_shape(*bias, Shape{cv.K}, "pack_conv bias");
+    std::copy(bias->data(), bias->data() + cv.K, cv.bias.begin());
+  }
+  cv.zeros.assign(static_cast<size_t>(cv.C), 0.0f);
+  return cv;
+}
+
+// Fills the packed rows of every panel: source(p, i), for i < rows_per_panel, gives a row of panel p
+// (which) and where its nr values lie (in[j * ld], j < nr; zeros past the panel's last channel). The
+// sources visit the weights in memory order, so that a row's strided reads hit lines the rows just
+// before loaded: ResNet-50's 2.36M weights of a 512-channel 3x3 in 0.4 ms on 2 threads (Intel Xeon),
+// where visiting them in packed order (each line loaded 9 times) took twice that, and scattering each
+// output channel's values into the panel four times. Parallel over the panels: training packs every
+// step.
+struct PackedRow {
+  const float* in;
+  int64_t ld;
+  int64_t row;
+};
+
+// Panel p's rows; NR known, so the reads unroll.
+template <int64_t NR, class Source>
+void fill_panel(float* __restrict panel, int64_t p, int64_t rows, int64_t cols, const Source& source) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const PackedRow r = source(p, i);
+    const float* __restrict from = r.in;
+    float* __restrict out = panel + r.row * NR;
+    if (cols == NR) {
+      for (int64_t j = 0; j < NR; ++j) out[j] = from[j * r.ld];
+    } else {
+      for (int64_t j = 0; j < cols; ++j) out[j] = from[j * r.ld];
+      for (int64_t j = cols; j < NR; ++j) out[j] = 0.0f;
+    }
+  }
+}
+
+template <class Source>
+void fill_panels(PackedConv& cv, int64_t rows_per_panel, const Source& source) {
+  const int64_t nr = cv.kernels->nr;
+  float* const packed = cv.weights.data();
+#pragma omp parallel for schedule(static) if (cv.weights.size() > 65536)
+  for (int64_t p = 0; p < cv.panels; ++p) {
+    const int64_t cols = std::min(nr, cv.K - p * nr);
+    float* panel = packed + p * cv.panel_size();
+    if (nr == 32)
+      fill_panel<32>(panel, p, rows_per_panel, cols, source);
+    else if (nr == 16)
+      fill_panel<16>(panel, p, rows_per_panel, cols, source);
+    else if (nr == kernels_ref::kNr)
+      fill_panel<kernels_ref::kNr>(panel, p, rows_per_panel, cols, source);
+    else
+      fail("pack_conv: no packing for panels {} wide", nr);
+  }
+}
+
+}  // namespace
+
 PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams params, Isa isa) {
   if (weight.rank() != 4) fail("pack_conv: weight must be (K,C,R,S), found {}", weight.shape().str());
-  PackedConv cv;
-  cv.kernels = &kernels(isa);
-  cv.K = weight.dim(0);
-  cv.C = weight.dim(1);
-  cv.R = weight.dim(2);
-  cv.S = weight.dim(3);
-  cv.stride = params.stride;
-  cv.pad = params.padding;
-  if (bias) expect_shape(*bias, Shape{cv.K}, "pack_conv bias");
-  const int64_t nr = cv.kernels->nr, taps = cv.taps();
-  cv.panels = (cv.K + nr - 1) / nr;
-  cv.weights.assign(static_cast<size_t>(cv.panels * cv.panel_size()), 0.0f);
-  cv.bias.assign(static_cast<size_t>(cv.panels * nr), 0.0f);
-  cv.zeros.assign(static_cast<size_t>(cv.C), 0.0f);
+  ConvShape shape;
+  shape.K = weight.dim(0);
+  shape.C = weight.dim(1);
+  shape.R = weight.dim(2);
+  shape.S = weight.dim(3);
+  shape.stride = params.stride;
+  shape.pad = params.padding;
+  PackedConv cv = packed_shell(shape, bias, isa);
+  // Packed row t C + c of panel p: input channel c at tap t of output channels [p nr, p nr + nr),
+  // visited c by c (a channel's taps lie together).
+  const int64_t nr = cv.kernels->nr, taps = cv.taps(), C = cv.C;
   const float* w = weight.data();
-  for (int64_t k = 0; k < cv.K; ++k) {
-    float* panel = cv.weights.data() + (k / nr) * cv.panel_size() + k % nr;
-    for (int64_t c = 0; c < cv.C; ++c)
-      for (int64_t t = 0; t < taps; ++t) panel[(t * cv.C + c) * nr] = w[(k * cv.C + c) * taps + t];
-    if (bias) cv.bias[k] = bias->data()[k];
-  }
+  fill_panels(cv, taps * C, [=](int64_t p, int64_t i) {
+    const int64_t c = i / taps, t = i % taps;
+    return PackedRow{w + (p * nr * C + c) * taps + t, C * taps, t * C + c};
+  });
+  return cv;
+}
+
+PackedConv pack_conv_input_gradient(const Tensor& weight, Conv2dParams params, Isa isa) {
+  if (weight.rank() != 4) fail("pack_conv_input_gradient: weight must be (K,C,R,S), found {}", weight.shape().str());
+  if (params.stride != 1)
+    fail("pack_conv_input_gradient: stride {} (only a stride-1 convolution's is a convolution)", params.stride);
+  ConvShape back;
+  back.K = weight.dim(1);
+  back.C = weight.dim(0);
+  back.R = weight.dim(2);
+  back.S = weight.dim(3);
+  back.pad = static_cast<int>(back.R - 1 - params.padding);
+  if (back.pad < 0 || back.S - 1 - params.padding != back.pad)
+    fail("pack_conv_input_gradient: padding {} of a {}x{} kernel", params.padding, back.R, back.S);
+  PackedConv cv = packed_shell(back, nullptr, isa);
+  // Packed row t K + k of panel p: the gradient's channels [p nr, p nr + nr) from output channel k at
+  // tap t, which is the forward's tap taps-1-t (flipped both ways); visited k by k.
+  const int64_t nr = cv.kernels->nr, taps = cv.taps(), K = back.C, C = back.K;
+  const float* w = weight.data();
+  fill_panels(cv, taps * K, [=](int64_t p, int64_t i) {
+    const int64_t k = i / taps, t = i % taps;
+    return PackedRow{w + (k * C + p * nr) * taps + (taps - 1 - t), taps, t * K + k};
+  });
   return cv;
 }
 

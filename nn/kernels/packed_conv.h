@@ -8,6 +8,8 @@
 // to be worth a second thread runs on one.
 #pragma once
 
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "nn/kernels/isa.h"
@@ -31,13 +33,28 @@ struct ConvShape {
   int64_t out_size(int64_t in, int64_t kernel) const { return (in + 2 * pad - kernel) / stride + 1; }
 };
 
+// A std::allocator whose resize() leaves new values unwritten, for buffers that are filled whole next:
+// channels-last training packs its weights every step, and zeroing each buffer first took a third of
+// the packing's time.
+template <class T>
+struct UninitializedAllocator : std::allocator<T> {
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
 // A convolution's float32 weights packed for one kernel set.
 struct PackedConv : ConvShape {
   const KernelSet* kernels = nullptr;
-  int64_t panels = 0;          // ceil(K / nr)
-  std::vector<float> weights;  // panels x [R*S taps][C][nr], zero past channel K
-  std::vector<float> bias;     // panels x nr, zero past channel K (and zero when the conv has none)
-  std::vector<float> zeros;    // C zeros: what a tap in the padding reads
+  int64_t panels = 0;                                         // ceil(K / nr)
+  std::vector<float, UninitializedAllocator<float>> weights;  // panels x [R*S taps][C][nr], zero past channel K
+  std::vector<float> bias;   // panels x nr, zero past channel K (and zero when the conv has none)
+  std::vector<float> zeros;  // C zeros: what a tap in the padding reads
 
   int64_t panel_size() const { return taps() * C * kernels->nr; }
 };
@@ -45,6 +62,10 @@ struct PackedConv : ConvShape {
 // Packs PyTorch-layout weights (K, C, R, S) and an optional bias (K) for `isa`'s kernels.
 PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams params, Isa isa);
 
+// Packs the convolution that gives a stride-1 convolution's input gradient from its output gradient,
+// from the same (K, C, R, S) weights: C outputs from K inputs, every tap flipped (r, s -> R-1-r,
+// S-1-s), padding R-1-pad. Channels-last training runs it on the direct kernel (conv2d_nhwc.cpp).
+PackedConv pack_conv_input_gradient(const Tensor& weight, Conv2dParams params, Isa isa);
 // The (K, C, R, S) weights `conv` was packed from, exactly (packing only moves them).
 Tensor unpack_conv_weight(const PackedConv& conv);
 
