@@ -44,6 +44,24 @@ struct ConvIsaScope {
   Isa before;
 };
 
+// conv2d_nhwc against conv2d on x (N,C,H,W): the output, dX, dW and db for L = sum(y * r).
+void expect_conv_matches_nchw(const Tensor& x, const Tensor& w, const Tensor* b, Conv2dParams params,
+                              const std::string& name, Rng& rng) {
+  Var x1(x, true), w1 = Var::parameter(w.clone()), b1 = b ? Var::parameter(b->clone()) : Var();
+  Var y1 = conv2d(x1, w1, b ? &b1 : nullptr, params);
+  const Tensor r = random_tensor(y1.shape(), rng);  // L = sum(y * r)
+  backward(y1, r);
+
+  Var x2(nchw_to_nhwc(x), true), w2 = Var::parameter(w.clone()), b2 = b ? Var::parameter(b->clone()) : Var();
+  Var y2 = conv2d_nhwc(x2, w2, b ? &b2 : nullptr, params);
+  backward(y2, nchw_to_nhwc(r));
+
+  expect_close(nhwc_to_nchw(y2.value()), y1.value(), name + " y", 1e-5, 1e-6);
+  expect_close(nhwc_to_nchw(x2.grad()), x1.grad(), name + " dx", 1e-5, 1e-6);
+  expect_close(w2.grad(), w1.grad(), name + " dw", 1e-5, 1e-6);
+  if (b) expect_close(b2.grad(), b1.grad(), name + " db", 1e-5, 1e-6);
+}
+
 TEST(ChannelsLast, ConvMatchesNchwForwardAndEveryGradient) {
   for (const Isa isa : testing::isas_here()) {
     SCOPED_TRACE(isa_name(isa));
@@ -69,21 +87,27 @@ TEST(ChannelsLast, ConvMatchesNchwForwardAndEveryGradient) {
       SCOPED_TRACE(c.name());
       const Tensor x = random_tensor({c.N, c.C, c.H, c.W}, rng), w = random_tensor({c.K, c.C, c.kernel, c.kernel}, rng),
                    b = random_tensor({c.K}, rng);
-      const Conv2dParams params{c.stride, c.pad, c.relu};
+      expect_conv_matches_nchw(x, w, c.bias ? &b : nullptr, {c.stride, c.pad, c.relu}, c.name(), rng);
+    }
+  }
+}
 
-      Var x1(x, true), w1 = Var::parameter(w.clone()), b1 = Var::parameter(b.clone());
-      Var y1 = conv2d(x1, w1, c.bias ? &b1 : nullptr, params);
-      const Tensor r = random_tensor(y1.shape(), rng);  // L = sum(y * r)
-      backward(y1, r);
-
-      Var x2(nchw_to_nhwc(x), true), w2 = Var::parameter(w.clone()), b2 = Var::parameter(b.clone());
-      Var y2 = conv2d_nhwc(x2, w2, c.bias ? &b2 : nullptr, params);
-      backward(y2, nchw_to_nhwc(r));
-
-      expect_close(nhwc_to_nchw(y2.value()), y1.value(), c.name() + " y", 1e-5, 1e-6);
-      expect_close(nhwc_to_nchw(x2.grad()), x1.grad(), c.name() + " dx", 1e-5, 1e-6);
-      expect_close(w2.grad(), w1.grad(), c.name() + " dw", 1e-5, 1e-6);
-      if (c.bias) expect_close(b2.grad(), b1.grad(), c.name() + " db", 1e-5, 1e-6);
+// Kernels whose input gradient is no plain convolution of dY (not square, or padded as wide as the
+// kernel) take im2col's dX on every kernel set; their forward still runs on the direct kernel.
+TEST(ChannelsLast, ConvNonSquareAndWidelyPaddedKernels) {
+  for (const Isa isa : testing::isas_here()) {
+    SCOPED_TRACE(isa_name(isa));
+    const ConvIsaScope scope(isa);
+    Rng rng(5);
+    struct Case {
+      int64_t R, S;
+      int pad;
+    };
+    for (const Case& c : {Case{1, 3, 0}, Case{3, 1, 1}, Case{1, 1, 1}, Case{3, 3, 2}, Case{3, 3, 3}}) {
+      const std::string name = fmt::format("{}x{} pad {}", c.R, c.S, c.pad);
+      SCOPED_TRACE(name);
+      const Tensor x = random_tensor({9, 5, 4, 6}, rng), w = random_tensor({7, 5, c.R, c.S}, rng);
+      expect_conv_matches_nchw(x, w, nullptr, {1, c.pad, false}, name, rng);
     }
   }
 }
@@ -117,7 +141,7 @@ TEST(ChannelsLast, ConvFiniteDifferences) {
 
 // A residual: y = relu(conv_b(conv_a(x)) + x), as a block ends. By the time conv_a's backward runs, x's gradient
 // already holds the identity's part, its own: conv_a adds into it in place (grad_to_add_into), through the GEMM (1x1)
-// and through col2im (3x3).
+// and, for the 3x3, through the direct kernel's output stage (over the residual), or col2im on the ref kernel set.
 TEST(ChannelsLast, ConvAddsIntoAResidualsGradient) {
   for (const Isa isa : testing::isas_here()) {
     SCOPED_TRACE(isa_name(isa));

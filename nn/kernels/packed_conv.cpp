@@ -234,6 +234,7 @@ void fill_panel(float* __restrict panel, int64_t p, int64_t rows, int64_t cols, 
 template <class Source>
 void fill_panels(PackedConv& cv, int64_t rows_per_panel, const Source& source) {
   const int64_t nr = cv.kernels->nr;
+  if (nr != 32 && nr != 16 && nr != kernels_ref::kNr) fail("pack_conv: no packing for panels {} wide", nr);
   float* const packed = cv.weights.data();
 #pragma omp parallel for schedule(static) if (cv.weights.size() > 65536)
   for (int64_t p = 0; p < cv.panels; ++p) {
@@ -243,10 +244,8 @@ void fill_panels(PackedConv& cv, int64_t rows_per_panel, const Source& source) {
       fill_panel<32>(panel, p, rows_per_panel, cols, source);
     else if (nr == 16)
       fill_panel<16>(panel, p, rows_per_panel, cols, source);
-    else if (nr == kernels_ref::kNr)
-      fill_panel<kernels_ref::kNr>(panel, p, rows_per_panel, cols, source);
     else
-      fail("pack_conv: no packing for panels {} wide", nr);
+      fill_panel<kernels_ref::kNr>(panel, p, rows_per_panel, cols, source);
   }
 }
 

@@ -39,6 +39,13 @@ struct ConvShape {
 template <class T>
 struct UninitializedAllocator : std::allocator<T> {
   template <class U>
+  struct rebind {
+    using other = UninitializedAllocator<U>;
+  };
+  UninitializedAllocator() = default;
+  template <class U>
+  UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}
+  template <class U>
   void construct(U* p) noexcept {
     ::new (static_cast<void*>(p)) U;
   }
@@ -64,7 +71,9 @@ PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams para
 
 // Packs the convolution that gives a stride-1 convolution's input gradient from its output gradient,
 // from the same (K, C, R, S) weights: C outputs from K inputs, every tap flipped (r, s -> R-1-r,
-// S-1-s), padding R-1-pad. Channels-last training runs it on the direct kernel (conv2d_nhwc.cpp).
+// S-1-s), padding R-1-pad. A square kernel with padding under R only (it throws otherwise: the
+// transposed convolution of another needs different padding on each side). Channels-last training
+// runs it on the direct kernel (conv2d_nhwc.cpp).
 PackedConv pack_conv_input_gradient(const Tensor& weight, Conv2dParams params, Isa isa);
 // The (K, C, R, S) weights `conv` was packed from, exactly (packing only moves them).
 Tensor unpack_conv_weight(const PackedConv& conv);

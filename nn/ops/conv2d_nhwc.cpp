@@ -57,6 +57,12 @@ bool runs_direct(const Geometry& g) {
   return !g.is_pointwise() && conv2d_nhwc_isa() != Isa::ref;
 }
 
+// Whether dX runs on the direct kernel too: where it is a convolution of dY with padding R-1-pad on
+// every side (stride 1, a square kernel, pad < R). Others (1x3, a padded 1x1) take im2col's.
+bool direct_input_gradient(const Geometry& g) {
+  return runs_direct(g) && g.stride == 1 && g.R == g.S && g.pad < g.R;
+}
+
 int64_t images_per_chunk(const Geometry& g) {
   return images_within_column_budget(g.P * g.Q * g.depth(), g.N);
 }
@@ -192,7 +198,8 @@ void backward_columns(const Tensor& gy, const Tensor& x, const Tensor& w, const 
   const Tensor wt = x_slot ? weight_rsc(w, g) : Tensor();
   const int64_t chunk = images_per_chunk(g);
   Tensor col = Tensor::empty({chunk * g.P * g.Q * g.depth()});  // columns for dW, then dcol for dX
-  Tensor dwt = w_slot ? Tensor::empty({g.K, g.depth()}) : Tensor();
+  // (zeros for an empty batch, which no GEMM below writes)
+  Tensor dwt = w_slot ? (g.N > 0 ? Tensor::empty({g.K, g.depth()}) : Tensor::zeros({g.K, g.depth()})) : Tensor();
   // col2im adds overlapping windows: into zeros, or into the part of the gradient already there.
   Tensor* sum = x_slot ? grad_to_add_into(*x_slot, {g.N, g.H, g.W, g.C}) : nullptr;
   Tensor dx = x_slot && !sum ? Tensor::zeros({g.N, g.H, g.W, g.C}) : Tensor();
@@ -217,11 +224,11 @@ void backward_columns(const Tensor& gy, const Tensor& x, const Tensor& w, const 
   if (x_slot && !sum) add_grad(*x_slot, std::move(dx));
 }
 
-// Backward of y = conv(x, w) + bias, with dY (rows, K) and wt = weight_rsc(w):
+// Backward of y = conv(x, w) + bias, with the (K, C, R, S) weight w, dY (rows, K) and wt = weight_rsc(w):
 //   dW (K, RSC) += dY^T * col        (col gathered again from x, chunk by chunk)
 //   dcol (rows, RSC) = dY * wt,  dx = col2im(dcol)          (1x1 stride 1: dx = dY * wt directly)
 //   dbias[k] += sum over rows of dY[:, k]
-// dX of a stride-1 convolution that runs_direct() is the direct kernel's instead.
+// dX is the direct kernel's instead where direct_input_gradient().
 void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tensor& w, const Geometry& g,
               GradSlot* x_slot, GradSlot* w_slot, GradSlot* b_slot) {
   const Tensor gy = g.relu ? relu_backward(gy_in, y) : gy_in;
@@ -241,7 +248,7 @@ void backward(const Tensor& gy_in, const Tensor& y, const Tensor& x, const Tenso
       if (!sum) add_grad(*x_slot, std::move(dx));
     }
   } else {
-    if (x_slot && runs_direct(g) && g.stride == 1) {
+    if (x_slot && direct_input_gradient(g)) {
       input_gradient_direct(gy, w, g, *x_slot);
       x_slot = nullptr;  // done
     }
@@ -270,6 +277,7 @@ Isa conv2d_nhwc_isa() {
 }
 
 void set_conv2d_nhwc_isa(Isa isa) {
+  if (!cpu_supports(isa)) fail("set_conv2d_nhwc_isa: this CPU cannot run {}", isa_name(isa));
   chosen_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
