@@ -12,8 +12,13 @@
 # each figure's and each ratio's median over the rounds: on a shared machine one program alone can
 # move by 20% from one minute to the next, and turns spread that over all of them.
 #
+# Training is timed over --train-steps steps (20) after one untimed step, in both: PyTorch's steps
+# get faster for a while (on a 2-core Xeon, 90 images/s over 5 steps, 103 over 20, 108 over 40),
+# and a short run flatters toptag (2.14x over 5 steps, 1.78x over 20, 2026-12-03).
+#
 #   bash bench/compare.sh [--toptag build/toptag] [--bench build/bench/bench_resnet] [--threads 2]
-#                         [--duration 5s] [--latency-reps 50] [--rounds 1] [--ort-prefix DIR]
+#                         [--duration 5s] [--latency-reps 50] [--train-steps 20] [--rounds 1]
+#                         [--ort-prefix DIR]
 #
 # The references are for benchmarking only (toptag and its tests never need them); a missing one is
 # skipped with a message:
@@ -27,6 +32,7 @@ BENCH=$HERE/../build/bench/bench_resnet
 THREADS=2
 DURATION=5s
 REPS=50
+TRAIN_STEPS=20
 ROUNDS=1
 PYTHON=${PYTHON:-/usr/bin/python3}
 while [ $# -gt 0 ]; do
@@ -36,9 +42,10 @@ while [ $# -gt 0 ]; do
     --threads) THREADS=$2 ;;
     --duration) DURATION=$2 ;;
     --latency-reps) REPS=$2 ;;
+    --train-steps) TRAIN_STEPS=$2 ;;
     --rounds) ROUNDS=$2 ;;
     --ort-prefix) export NODE_PATH=$2/node_modules ;;
-    *) sed -n '15,16p' "$0" >&2 && exit 2 ;;
+    *) sed -n '19,21p' "$0" >&2 && exit 2 ;;
   esac
   shift 2
 done
@@ -84,13 +91,14 @@ for round in $(seq "$ROUNDS"); do
 
   section "PyTorch: bench/torch_resnet.py"
   if have_torch; then
-    "$PYTHON" "$HERE/torch_resnet.py" --threads "$THREADS" --latency-reps "$REPS" | tee "torch.$round.txt"
+    "$PYTHON" "$HERE/torch_resnet.py" --threads "$THREADS" --latency-reps "$REPS" --train-steps "$TRAIN_STEPS" |
+      tee "torch.$round.txt"
   else
     echo "skipped: $PYTHON cannot import torch and torchvision; see this script's header"
   fi
 
   section "toptag training: bench_resnet"
-  "$BENCH" --threads "$THREADS" | tee "bench.$round.txt"
+  "$BENCH" --threads "$THREADS" --train-steps "$TRAIN_STEPS" | tee "bench.$round.txt"
   echo "load:  $(cut -d' ' -f1-3 /proc/loadavg)"
 done
 
