@@ -272,18 +272,23 @@ PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams para
   return cv;
 }
 
+bool input_gradient_is_convolution(int64_t R, int64_t S, Conv2dParams params) {
+  return params.stride == 1 && R == S && params.padding < R;
+}
+
 PackedConv pack_conv_input_gradient(const Tensor& weight, Conv2dParams params, Isa isa) {
   if (weight.rank() != 4) fail("pack_conv_input_gradient: weight must be (K,C,R,S), found {}", weight.shape().str());
-  if (params.stride != 1)
-    fail("pack_conv_input_gradient: stride {} (only a stride-1 convolution's is a convolution)", params.stride);
+  if (!input_gradient_is_convolution(weight.dim(2), weight.dim(3), params))
+    fail(
+        "pack_conv_input_gradient: the input gradient of a {}x{} convolution with stride {} and padding {} is "
+        "no convolution (it needs stride 1, a square kernel and padding under its size)",
+        weight.dim(2), weight.dim(3), params.stride, params.padding);
   ConvShape back;
   back.K = weight.dim(1);
   back.C = weight.dim(0);
   back.R = weight.dim(2);
   back.S = weight.dim(3);
   back.pad = static_cast<int>(back.R - 1 - params.padding);
-  if (back.pad < 0 || back.S - 1 - params.padding != back.pad)
-    fail("pack_conv_input_gradient: padding {} of a {}x{} kernel", params.padding, back.R, back.S);
   PackedConv cv = packed_shell(back, nullptr, isa);
   // Packed row t K + k of panel p: the gradient's channels [p nr, p nr + nr) from output channel k at
   // tap t, which is the forward's tap taps-1-t (flipped both ways); visited k by k.

@@ -69,11 +69,13 @@ struct PackedConv : ConvShape {
 // Packs PyTorch-layout weights (K, C, R, S) and an optional bias (K) for `isa`'s kernels.
 PackedConv pack_conv(const Tensor& weight, const Tensor* bias, Conv2dParams params, Isa isa);
 
-// Packs the convolution that gives a stride-1 convolution's input gradient from its output gradient,
-// from the same (K, C, R, S) weights: C outputs from K inputs, every tap flipped (r, s -> R-1-r,
-// S-1-s), padding R-1-pad. A square kernel with padding under R only (it throws otherwise: the
-// transposed convolution of another needs different padding on each side). Channels-last training
-// runs it on the direct kernel (conv2d_nhwc.cpp).
+// Whether an R x S convolution's input gradient is itself a convolution of its output gradient, with
+// padding R-1-pad on every side: stride 1, a square kernel, pad < R. (Another's transposed
+// convolution needs different padding on each side, or a stride.)
+bool input_gradient_is_convolution(int64_t R, int64_t S, Conv2dParams params);
+// Packs that convolution, from the same (K, C, R, S) weights: C outputs from K inputs, every tap
+// flipped (r, s -> R-1-r, S-1-s), padding R-1-pad. Throws where input_gradient_is_convolution() is
+// false. Channels-last training runs it on the direct kernel (conv2d_nhwc.cpp).
 PackedConv pack_conv_input_gradient(const Tensor& weight, Conv2dParams params, Isa isa);
 // The (K, C, R, S) weights `conv` was packed from, exactly (packing only moves them).
 Tensor unpack_conv_weight(const PackedConv& conv);

@@ -57,10 +57,10 @@ bool runs_direct(const Geometry& g) {
   return !g.is_pointwise() && conv2d_nhwc_isa() != Isa::ref;
 }
 
-// Whether dX runs on the direct kernel too: where it is a convolution of dY with padding R-1-pad on
-// every side (stride 1, a square kernel, pad < R). Others (1x3, a padded 1x1) take im2col's.
+// Whether dX runs on the direct kernel too: where it is a convolution of dY (packed_conv.h). Others
+// (1x3, a padded 1x1, a strided one) take im2col's.
 bool direct_input_gradient(const Geometry& g) {
-  return runs_direct(g) && g.stride == 1 && g.R == g.S && g.pad < g.R;
+  return runs_direct(g) && input_gradient_is_convolution(g.R, g.S, {g.stride, g.pad});
 }
 
 int64_t images_per_chunk(const Geometry& g) {
